@@ -1,0 +1,1 @@
+"""The Slack bot: settings, app factory, state store, audit log, engine clients."""

@@ -1,0 +1,69 @@
+"""Every error of the bot, in one place; each has a ``code`` and a user message.
+
+Tree::
+
+    BotError
+    ├── SettingsError             a missing or bad setting (names it, never echoes a secret)
+    ├── EngineClientError         talking to an engine failed
+    │   ├── HostUnreachableError  TCP/SSH connect failed or timed out
+    │   ├── AuthRefusedError      the panel host refused our key
+    │   ├── HostKeyMismatchError  unknown or changed host key (shows the presented fingerprint)
+    │   ├── ProtocolMismatchError hello missing or an unsupported protocol version
+    │   ├── EngineCrashedError    the event stream ended without a closing event
+    │   └── RemoteEngineError     the engine answered with an ``error`` event
+    └── (handler-side errors are added below by the bot/handlers code)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BotError(Exception):
+    code = "bot_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SettingsError(BotError):
+    code = "bad_settings"
+
+
+class EngineClientError(BotError):
+    code = "engine_client"
+
+
+class HostUnreachableError(EngineClientError):
+    code = "host_unreachable"
+
+
+class AuthRefusedError(EngineClientError):
+    code = "auth_refused"
+
+
+class HostKeyMismatchError(EngineClientError):
+    code = "host_key_mismatch"
+
+
+class ProtocolMismatchError(EngineClientError):
+    code = "protocol_mismatch"
+
+
+class EngineCrashedError(EngineClientError):
+    code = "engine_crashed"
+
+
+class RemoteEngineError(EngineClientError):
+    """The engine's own ``error`` event, carried as an exception."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__(str(event.get("message", "engine error")))
+        self.event = event
+        self.code = str(event.get("code", "engine_error"))
+        self.rolled_back = event.get("rolled_back")
+        self.retryable = bool(event.get("retryable", False))

@@ -1,0 +1,115 @@
+"""Every error the engine raises, in one place.
+
+Each error carries a stable ``code`` (sent in the protocol's ``error`` event and
+used by the bot to choose its words), a user ``message`` that is safe to show
+anywhere (it never contains key material or a credential), and whether the
+operation may simply be ``retryable``.
+
+Tree::
+
+    EngineError
+    ├── ProfileError            bad or missing panel profile setting
+    ├── EnvFileError            config/.env missing, malformed, unwritable
+    │   └── BadKeyError         PANEL_ENCRYPTION_KEY is not 64 hex characters
+    ├── DatabaseError           MySQL unreachable, lost, refused a statement
+    ├── LayoutError             no (or more than one) ciphertext layout opens every value
+    ├── UndecryptableError      some stored values do not open with the current key
+    ├── LockedError             another engine run holds the panel's lock
+    ├── UnfinishedRotationError a journal of an unfinished rotation exists: run recover
+    ├── NothingToRecoverError   recover was asked for with no unfinished journal
+    ├── KeyReuseError           the new key equals the current or an earlier key
+    ├── HookError               restart / verify / escrow / backup command failed
+    │   └── PanelCheckError     the panel's own check says credentials do not show
+    ├── VerificationError       values do not all open with the key on disk
+    ├── RollbackFailedError     rollback itself failed: recover is needed
+    ├── AgentError              agent rotation failure (per agent)
+    └── ProtocolError           bad request on the serve protocol
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of all engine errors. ``str(err)`` is the user message."""
+
+    code = "engine_error"
+    retryable = False
+
+    def __init__(self, message: str, *, rolled_back: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.rolled_back = rolled_back
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProfileError(EngineError):
+    code = "bad_profile"
+
+
+class EnvFileError(EngineError):
+    code = "bad_env_file"
+
+
+class BadKeyError(EnvFileError):
+    code = "bad_key"
+
+
+class DatabaseError(EngineError):
+    code = "database"
+    retryable = True
+
+
+class LayoutError(EngineError):
+    code = "layout"
+
+
+class UndecryptableError(EngineError):
+    code = "undecryptable"
+
+    def __init__(self, message: str, locations: list[str]) -> None:
+        super().__init__(message)
+        self.locations = locations
+
+
+class LockedError(EngineError):
+    code = "locked"
+    retryable = True
+
+
+class UnfinishedRotationError(EngineError):
+    code = "unfinished_rotation"
+
+
+class NothingToRecoverError(EngineError):
+    code = "nothing_to_recover"
+
+
+class KeyReuseError(EngineError):
+    code = "key_reuse"
+    retryable = True
+
+
+class HookError(EngineError):
+    code = "hook_failed"
+
+
+class PanelCheckError(HookError):
+    code = "panel_check_failed"
+
+
+class VerificationError(EngineError):
+    code = "verification_failed"
+
+
+class RollbackFailedError(EngineError):
+    code = "rollback_failed"
+
+
+class AgentError(EngineError):
+    code = "agent_failed"
+
+
+class ProtocolError(EngineError):
+    code = "bad_request"
