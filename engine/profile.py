@@ -1,0 +1,194 @@
+"""The panel profile: what we cannot know about a MyOsicam panel, in TOML.
+
+Every setting has a documented default matching a stock panel; ``probe``
+checks the profile against the live panel. Validation errors name the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.cipher import Scheme
+from engine.errors import ProfileError
+
+DEFAULT_COLUMNS: tuple[str, ...] = (
+    "oscam_installs.webif_password",
+    "saved_servers.ssh_credential_encrypted",
+    "email_settings.smtp_password",
+    "email_settings.mailgun_api_key",
+    "email_configurations.smtp_password",
+    "email_configurations.mailgun_api_key",
+)
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+Ident = Annotated[str, Field(pattern=_IDENT)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    table: Ident
+    column: Ident
+    primary_key: Ident = "id"
+
+    @property
+    def label(self) -> str:
+        return f"{self.table}.{self.column}"
+
+
+class DatabaseSettings(_Strict):
+    """Explicit connection settings; any left out are read from ``.env``."""
+
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    name: str | None = None
+    user: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    unix_socket: str | None = None
+    env_keys: dict[str, str] = Field(
+        default_factory=lambda: {
+            "host": "DB_HOST",
+            "port": "DB_PORT",
+            "name": "DB_DATABASE",
+            "user": "DB_USERNAME",
+            "password": "DB_PASSWORD",
+        }
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class AgentSettings(_Strict):
+    """Agent token rotation (DESIGN.md section 5); defaults match the reference panel."""
+
+    table: Ident = "agents"
+    id_column: Ident = "id"
+    name_column: Ident = "name"
+    token_column: Ident = "agent_token"
+    server_column: Ident = "server_id"
+    last_seen_column: Ident = "last_seen"
+    install_token_provider: Literal["sql", "command"] = "sql"
+    install_token_table: Ident = "agent_install_tokens"
+    install_token_command: list[str] | None = None
+    install_token_ttl_s: int = Field(default=900, gt=0)
+    panel_url: str = "http://127.0.0.1"
+    bootstrap_command: str = "myosicam-agent-bootstrap --panel {panel_url} --agent-id {agent_id}"
+    reregister_timeout_s: float = Field(default=120.0, gt=0)
+    parallelism: int = Field(default=4, ge=1, le=64)
+    ssh_source: Literal["panel", "inventory"] = "panel"
+    known_hosts: Path | None = None
+    inventory: dict[str, dict[str, str | int]] = Field(default_factory=dict)
+    ssh_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class Profile(_Strict):
+    name: str = "panel"
+    panel_root: Path
+    env_file: Path | None = None
+    key_name: str = "PANEL_ENCRYPTION_KEY"
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    columns: list[ColumnSpec] = Field(
+        default_factory=lambda: [
+            ColumnSpec(table=c.split(".")[0], column=c.split(".")[1]) for c in DEFAULT_COLUMNS
+        ]
+    )
+    ciphertext: str = "auto"
+    restart_command: list[str] = Field(
+        default_factory=lambda: ["systemctl", "restart", "php8.3-fpm"], min_length=1
+    )
+    restart_timeout_s: float = Field(default=60.0, gt=0)
+    verify_url: str | None = None
+    verify_command: list[str] | None = None
+    verify_timeout_s: float = Field(default=15.0, gt=0)
+    escrow_command: list[str] | None = None
+    escrow_label: str = "escrow"
+    backup_command: list[str] | None = None
+    hook_timeout_s: float = Field(default=300.0, gt=0)
+    env_owner: str = "www-data"
+    env_group: str = "www-data"
+    env_mode: str = "0640"
+    journal_dir: Path = Path("/var/lib/myosicam-rotator")
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_from_strings(cls, value: object) -> object:
+        if isinstance(value, list):
+            out: list[object] = []
+            for item in value:
+                if isinstance(item, str):
+                    table, dot, column = item.partition(".")
+                    if not dot:
+                        raise ValueError(f"column {item!r} must be written table.column")
+                    out.append({"table": table, "column": column})
+                else:
+                    out.append(item)
+            return out
+        return value
+
+    @field_validator("ciphertext")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value != "auto":
+            Scheme.parse(value)
+        return value
+
+    @field_validator("env_mode")
+    @classmethod
+    def _octal_mode(cls, value: str) -> str:
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise ValueError("must be an octal mode such as 0640") from None
+        if mode & ~0o777 or mode & 0o002:
+            raise ValueError("must be a file mode no wider than 0775 and not world-writable")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_columns(self) -> Profile:
+        labels = [c.label for c in self.columns]
+        if len(set(labels)) != len(labels):
+            raise ValueError("columns lists the same table.column twice")
+        return self
+
+    @property
+    def env_path(self) -> Path:
+        return self.env_file or self.panel_root / "config" / ".env"
+
+    @property
+    def mode(self) -> int:
+        return int(self.env_mode, 8)
+
+    @property
+    def scheme(self) -> Scheme | None:
+        return None if self.ciphertext == "auto" else Scheme.parse(self.ciphertext)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile; errors name the file and the bad field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(f"panel profile {path} does not exist") from None
+    except OSError as exc:
+        raise ProfileError(f"cannot read panel profile {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"panel profile {path} is not valid TOML: {exc}") from exc
+    return profile_from_dict(data, source=str(path))
+
+
+def profile_from_dict(data: dict[str, object], source: str = "profile") -> Profile:
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{where}: {err['msg']}")
+        raise ProfileError(f"{source} has bad settings: " + "; ".join(problems)) from None
