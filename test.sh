@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Everything the tests need on a fresh Debian machine, then the whole suite.
+# Usage: ./test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v php >/dev/null 2>&1 || need_apt+=(php-cli php-mysql)
+php -m 2>/dev/null | grep -qi pdo_mysql || need_apt+=(php-mysql)
+[ -x /usr/sbin/php-fpm8.2 ] || ls /usr/sbin/php-fpm* >/dev/null 2>&1 || need_apt+=(php-fpm)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "==> apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1; then
+    echo "==> starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 100); do
+        mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null
+fi
+
+echo "==> pip install -e .[test]"
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "==> ruff"
+python3 -m ruff check engine bot handlers tests bench
+echo "==> mypy"
+python3 -m mypy engine bot handlers
+
+echo "==> pytest"
+python3 -m pytest -q "$@"
