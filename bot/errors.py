@@ -6,11 +6,14 @@ Tree::
     ├── SettingsError             a missing or bad setting (names it, never echoes a secret)
     ├── EngineClientError         talking to an engine failed
     │   ├── HostUnreachableError  TCP/SSH connect failed or timed out
+    │   │   └── ConnectionLostError   the connection dropped and re-attaching failed
     │   ├── AuthRefusedError      the panel host refused our key
     │   ├── HostKeyMismatchError  unknown or changed host key (shows the presented fingerprint)
     │   ├── ProtocolMismatchError hello missing or an unsupported protocol version
     │   ├── EngineCrashedError    the event stream ended without a closing event
-    │   └── RemoteEngineError     the engine answered with an ``error`` event
+    │   ├── RemoteEngineError     the engine answered with an ``error`` event
+    │   ├── EngineTimeoutError    no event within the per-event timeout
+    │   └── ClientKeyError        the bot's SSH key file is missing or unreadable
     └── (handler-side errors are added below by the bot/handlers code)
 """
 
@@ -67,3 +70,22 @@ class RemoteEngineError(EngineClientError):
         self.code = str(event.get("code", "engine_error"))
         self.rolled_back = event.get("rolled_back")
         self.retryable = bool(event.get("retryable", False))
+
+
+class ConnectionLostError(HostUnreachableError):
+    """The SSH connection dropped before the engine's closing event (and, for a
+    rotation, re-attaching did not succeed within the configured attempts)."""
+
+    code = "connection_lost"
+
+
+class EngineTimeoutError(EngineClientError):
+    """No event arrived from the engine within the per-event timeout."""
+
+    code = "engine_timeout"
+
+
+class ClientKeyError(EngineClientError):
+    """The bot's own SSH key file is missing, unreadable or needs another passphrase."""
+
+    code = "client_key"
