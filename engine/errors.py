@@ -39,6 +39,8 @@ class EngineError(Exception):
         super().__init__(message)
         self.message = message
         self.rolled_back = rolled_back
+        #: extra, non-secret facts for the closing ``error`` event
+        self.details: dict[str, object] = {}
 
     def __str__(self) -> str:
         return self.message

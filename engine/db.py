@@ -1,0 +1,242 @@
+"""The panel's MySQL/MariaDB, through PyMySQL: the one place that speaks SQL.
+
+PyMySQL's exceptions are translated here, once, into ``DatabaseError``.
+Writes are batched: each column's new ciphertexts go into a temporary table
+by multi-row INSERTs (PyMySQL's ``executemany`` batches only INSERT), then one
+``UPDATE ... JOIN`` applies them with a compare-and-swap on the old value.
+Reads are keyset-paginated so memory stays flat however many rows there are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from engine.errors import DatabaseError, ProfileError
+from engine.profile import ColumnSpec, DatabaseSettings
+
+Row = tuple[Any, Any]
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str
+    unix_socket: str | None
+    connect_timeout_s: float
+
+    def __repr__(self) -> str:  # never show the password
+        return f"ConnectionSettings({self.user}@{self.host}:{self.port}/{self.name})"
+
+
+def resolve_settings(db: DatabaseSettings, env: dict[str, str]) -> ConnectionSettings:
+    """Explicit profile values win; the rest come from the panel's ``.env``."""
+
+    def pick(field: str, default: str | None = None) -> str:
+        explicit = getattr(db, field)
+        if explicit is not None:
+            return str(explicit)
+        key = db.env_keys.get(field, "")
+        if key and key in env:
+            return env[key]
+        if default is not None:
+            return default
+        raise ProfileError(
+            f"database {field} is not set: give database.{field} in the profile "
+            f"or {key or 'its key'} in .env"
+        )
+
+    port_text = pick("port", "3306")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ProfileError(f"database port {port_text!r} is not a number") from None
+    return ConnectionSettings(
+        host=pick("host", "127.0.0.1"),
+        port=port,
+        name=pick("name"),
+        user=pick("user"),
+        password=pick("password", ""),
+        unix_socket=db.unix_socket,
+        connect_timeout_s=db.connect_timeout_s,
+    )
+
+
+def _translate(exc: Exception, doing: str) -> DatabaseError:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if isinstance(exc, pymysql.err.OperationalError) and code in (2003, 2006, 2013, 2055):
+        return DatabaseError(f"lost the database connection while {doing} (MySQL error {code})")
+    if isinstance(exc, pymysql.err.OperationalError) and code == 1045:
+        return DatabaseError(f"the database refused the panel's credentials while {doing}")
+    detail = f"MySQL error {code}" if code else type(exc).__name__
+    return DatabaseError(f"database error while {doing} ({detail})")
+
+
+class PanelDB:
+    """One connection to the panel database, autocommit off."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+        try:
+            self._conn = pymysql.connect(
+                host=settings.host,
+                port=settings.port,
+                user=settings.user,
+                password=settings.password,
+                database=settings.name,
+                unix_socket=settings.unix_socket,
+                connect_timeout=settings.connect_timeout_s,
+                charset="utf8mb4",
+                autocommit=False,
+            )
+        except pymysql.MySQLError as exc:
+            raise _translate(exc, f"connecting to {settings.host}:{settings.port}") from exc
+        self._temp_tables: set[str] = set()
+
+    # -- plumbing -------------------------------------------------------------
+    def execute(self, sql: str, args: Any = None, doing: str = "running a query") -> int:
+        try:
+            with self._conn.cursor() as cur:
+                return int(cur.execute(sql, args))
+        except pymysql.MySQLError as exc:
+            raise _translate(exc, doing) from exc
+
+    def query(self, sql: str, args: Any = None, doing: str = "reading") -> list[tuple[Any, ...]]:
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(sql, args)
+                return list(cur.fetchall())
+        except pymysql.MySQLError as exc:
+            raise _translate(exc, doing) from exc
+
+    def begin(self) -> None:
+        try:
+            self._conn.begin()
+        except pymysql.MySQLError as exc:
+            raise _translate(exc, "starting a transaction") from exc
+
+    def commit(self) -> None:
+        try:
+            self._conn.commit()
+        except pymysql.MySQLError as exc:
+            raise _translate(exc, "committing") from exc
+
+    def rollback(self) -> None:
+        """Best effort: a lost connection is rolled back by the server anyway."""
+        with contextlib.suppress(pymysql.MySQLError, OSError):
+            self._conn.rollback()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+    # -- schema ---------------------------------------------------------------
+    def existing_columns(self, specs: list[ColumnSpec]) -> tuple[list[ColumnSpec], list[str]]:
+        """(columns present, tables missing). A missing column in a present table is an error."""
+        rows = self.query(
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()",
+            doing="reading the schema",
+        )
+        have: dict[str, set[str]] = {}
+        for table, column in rows:
+            have.setdefault(str(table), set()).add(str(column))
+        present: list[ColumnSpec] = []
+        missing: list[str] = []
+        for spec in specs:
+            if spec.table not in have:
+                if spec.table not in missing:
+                    missing.append(spec.table)
+                continue
+            for needed in (spec.column, spec.primary_key):
+                if needed not in have[spec.table]:
+                    raise ProfileError(
+                        f"table {spec.table} has no column {needed}: fix columns in the profile"
+                    )
+            present.append(spec)
+        return present, missing
+
+    def count(self, spec: ColumnSpec) -> int:
+        rows = self.query(
+            f"SELECT COUNT(*) FROM `{spec.table}` WHERE `{spec.column}` IS NOT NULL AND `{spec.column}` <> ''",
+            doing=f"counting {spec.label}",
+        )
+        return int(rows[0][0])
+
+    # -- streaming reads ------------------------------------------------------
+    def iter_values(
+        self, spec: ColumnSpec, batch: int, *, for_update: bool = False, limit: int | None = None
+    ) -> Iterator[list[Row]]:
+        """(primary key, stored value) of non-empty values, in key order, ``batch`` at a time."""
+        t, c, pk = spec.table, spec.column, spec.primary_key
+        lock = " FOR UPDATE" if for_update else ""
+        last: Any = None
+        seen = 0
+        while True:
+            size = batch if limit is None else min(batch, limit - seen)
+            if size <= 0:
+                return
+            where = f"`{c}` IS NOT NULL AND `{c}` <> ''"
+            if last is None:
+                sql = f"SELECT `{pk}`, `{c}` FROM `{t}` WHERE {where} ORDER BY `{pk}` LIMIT %s{lock}"
+                args: tuple[Any, ...] = (size,)
+            else:
+                sql = (
+                    f"SELECT `{pk}`, `{c}` FROM `{t}` WHERE `{pk}` > %s AND {where} "
+                    f"ORDER BY `{pk}` LIMIT %s{lock}"
+                )
+                args = (last, size)
+            rows: list[Row] = [(r[0], r[1]) for r in self.query(sql, args, doing=f"reading {spec.label}")]
+            if not rows:
+                return
+            yield rows
+            seen += len(rows)
+            last = rows[-1][0]
+            if len(rows) < size:
+                return
+
+    # -- batched compare-and-swap writes --------------------------------------
+    def _temp_name(self, spec: ColumnSpec) -> str:
+        return f"rotator_{spec.table}_{spec.column}"[:64]
+
+    def prepare_staging(self, spec: ColumnSpec) -> None:
+        """Create the column's temporary table. Call before ``begin``: DDL may commit."""
+        name = self._temp_name(spec)
+        self.execute(f"DROP TEMPORARY TABLE IF EXISTS `{name}`", doing="preparing staging")
+        self.execute(
+            f"CREATE TEMPORARY TABLE `{name}` (PRIMARY KEY (k)) "
+            f"SELECT `{spec.primary_key}` AS k, `{spec.column}` AS old_v, `{spec.column}` AS new_v "
+            f"FROM `{spec.table}` LIMIT 0",
+            doing=f"preparing staging for {spec.label}",
+        )
+        self._temp_tables.add(name)
+
+    def stage(self, spec: ColumnSpec, rows: list[tuple[Any, Any, str]]) -> None:
+        """Queue (key, old value, new value) triples with multi-row INSERTs."""
+        if not rows:
+            return
+        name = self._temp_name(spec)
+        try:
+            with self._conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO `{name}` (k, old_v, new_v) VALUES (%s, %s, %s)", rows)
+        except pymysql.MySQLError as exc:
+            raise _translate(exc, f"staging new values for {spec.label}") from exc
+
+    def apply_staged(self, spec: ColumnSpec) -> int:
+        """One UPDATE ... JOIN; a row changed since it was read is left alone (CAS)."""
+        name = self._temp_name(spec)
+        changed = self.execute(
+            f"UPDATE `{spec.table}` AS t JOIN `{name}` AS s ON t.`{spec.primary_key}` = s.k "
+            f"SET t.`{spec.column}` = s.new_v "
+            f"WHERE CAST(t.`{spec.column}` AS BINARY) = CAST(s.old_v AS BINARY)",
+            doing=f"writing new values to {spec.label}",
+        )
+        self.execute(f"DELETE FROM `{name}`", doing="clearing staging")
+        return changed

@@ -1,0 +1,80 @@
+"""Commands and checks the profile configures: restart, panel check, escrow, backup.
+
+Commands run without a shell, from an argv list. A secret (the new key, for
+escrow) is only ever fed on stdin. What a command prints is reduced to its
+last line, with anything that looks like key material removed, before it
+reaches an event or an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+
+from engine.errors import HookError, PanelCheckError
+
+_SECRETISH = re.compile(r"[0-9A-Fa-f]{32,}|[A-Za-z0-9+/=_-]{40,}")
+
+
+def redact(text: str) -> str:
+    return _SECRETISH.sub("[redacted]", text)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return redact(lines[-1])[:200] if lines else ""
+
+
+def run_command(
+    what: str,
+    argv: list[str],
+    *,
+    timeout_s: float,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    error: type[HookError] = HookError,
+) -> str:
+    """Run ``argv``; return its last output line (redacted) or raise ``error``."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    try:
+        proc = subprocess.run(
+            argv,
+            input=stdin if stdin is not None else b"",
+            capture_output=True,
+            timeout=timeout_s,
+            env=full_env,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise error(f"{what} failed: command {argv[0]!r} not found") from None
+    except PermissionError:
+        raise error(f"{what} failed: command {argv[0]!r} is not executable") from None
+    except subprocess.TimeoutExpired:
+        raise error(f"{what} did not finish within {timeout_s:g} s") from None
+    out = proc.stdout.decode(errors="replace")
+    err = proc.stderr.decode(errors="replace")
+    if proc.returncode != 0:
+        said = _last_line(err) or _last_line(out)
+        raise error(f"{what} failed (exit {proc.returncode})" + (f": {said}" if said else ""))
+    return _last_line(out)
+
+
+def check_url(url: str, timeout_s: float) -> str:
+    """GET ``url``; a 2xx answer passes. Returns e.g. ``200 OK``."""
+    if not url.startswith(("http://", "https://")):
+        raise PanelCheckError(f"verify_url must be an http(s) URL, not {url.split(':')[0]!r}")
+    request = urllib.request.Request(url, headers={"User-Agent": "myosicam-rotator"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            return f"{response.status} {response.reason}"
+    except urllib.error.HTTPError as exc:
+        raise PanelCheckError(f"panel check failed: GET {url} returned {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PanelCheckError(f"panel check failed: GET {url} did not answer ({reason})") from None

@@ -1,0 +1,204 @@
+"""The write-ahead journal of a rotation, on the panel host.
+
+The journal holds both keys of an unfinished rotation (DESIGN.md rule 1: the
+new key is stored before any row is written with it), so it lives in a 0700
+folder, the file is 0600 and every write is fsynced and renamed into place.
+When a rotation ends (DONE or ROLLED_BACK) the keys are dropped: what stays
+is an archive with fingerprints only, plus the key history used to refuse a
+key that was used before.
+
+Files in ``journal_dir``::
+
+    lock                  flock'ed by the running engine; holds its pid
+    rotation.json         the unfinished rotation (keys inside), if any
+    env.backup            the previous .env, 0600, until the rotation ends
+    key-history.json      fingerprints of every key this panel has had
+    done/<id>.json        finished rotations, fingerprints only
+    events/<id>.events.jsonl   every event, for ``attach``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError, LockedError
+
+STATES = (
+    "PREFLIGHT",
+    "STAGED",
+    "REENCRYPTED",
+    "DB_VERIFIED",
+    "ENV_WRITTEN",
+    "RESTARTED",
+    "SWEPT",
+    "VERIFIED",
+    "BACKED_UP",
+    "DONE",
+    "ROLLING_BACK",
+    "ROLLED_BACK",
+)
+#: From here on, the new key is in .env: recovery finishes the rotation by default.
+FORWARD_STATES = frozenset({"ENV_WRITTEN", "RESTARTED", "SWEPT", "VERIFIED", "BACKED_UP"})
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """0600, fsynced, atomically renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class JournalRecord:
+    rotation_id: str
+    op: str
+    state: str
+    old_key: str
+    new_key: str
+    scheme: str
+    old_fingerprint: str
+    new_fingerprint: str
+    started_at: float
+    requested_by: str | None = None
+    approved_by: list[str] = field(default_factory=list)
+    reason: str | None = None
+    committed: bool = False
+    restarted: bool = False
+    trail: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the keys."""
+        data = asdict(self)
+        data.pop("old_key")
+        data.pop("new_key")
+        return data
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.current = directory / "rotation.json"
+        self.env_backup = directory / "env.backup"
+        self.history_file = directory / "key-history.json"
+        self.done_dir = directory / "done"
+        self.events_dir = directory / "events"
+        self._lock_fd: int | None = None
+
+    def ensure_dir(self) -> None:
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.dir, 0o700)
+        except OSError as exc:
+            raise EngineError(f"cannot create journal_dir {self.dir}: {exc.strerror}") from exc
+
+    # -- lock -----------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        self.ensure_dir()
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(
+                f"another engine run (pid {holder}) holds this panel's lock; "
+                "wait for it to finish, or look at it with `status`"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- the unfinished rotation ---------------------------------------------
+    def load(self) -> JournalRecord | None:
+        try:
+            raw = self.current.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return JournalRecord(**json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise EngineError(
+                f"the journal {self.current} is damaged; it holds the keys of an unfinished "
+                "rotation: keep it and contact support"
+            ) from exc
+
+    def save(self, record: JournalRecord) -> None:
+        if not record.trail or record.trail[-1] != record.state:
+            record.trail.append(record.state)
+        write_private(self.current, json.dumps(asdict(record)).encode())
+
+    def finish(self, record: JournalRecord) -> None:
+        """Archive without keys, remember fingerprints, drop the keys and backup."""
+        self.done_dir.mkdir(mode=0o700, exist_ok=True)
+        write_private(
+            self.done_dir / f"{record.rotation_id}.json", json.dumps(record.public()).encode()
+        )
+        self.remember(record.old_fingerprint, record.new_fingerprint)
+        self.current.unlink(missing_ok=True)
+        self.env_backup.unlink(missing_ok=True)
+        _fsync_dir(self.dir)
+
+    # -- key history (fingerprints only) -------------------------------------
+    def history(self) -> list[str]:
+        try:
+            data = json.loads(self.history_file.read_bytes())
+        except FileNotFoundError:
+            return []
+        except ValueError:
+            return []
+        return [str(fp) for fp in data]
+
+    def remember(self, *fingerprints: str) -> None:
+        known = self.history()
+        for fp in fingerprints:
+            if fp not in known:
+                known.append(fp)
+        write_private(self.history_file, json.dumps(known).encode())
+
+    def save_env_backup(self, data: bytes) -> None:
+        write_private(self.env_backup, data)
+
+    def read_env_backup(self) -> bytes | None:
+        try:
+            return self.env_backup.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def finished(self, limit: int = 5) -> list[dict[str, Any]]:
+        if not self.done_dir.exists():
+            return []
+        files = sorted(self.done_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        out = []
+        for path in files[:limit]:
+            with contextlib.suppress(ValueError, OSError):
+                out.append(json.loads(path.read_bytes()))
+        return out

@@ -1,0 +1,83 @@
+"""Preflight: check everything a rotation needs, change nothing.
+
+It is also the whole of ``plan``: the read-only answer the bot shows on the
+request card before anyone approves.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from engine import __version__, envfile
+from engine.cipher import Codec, Scheme
+from engine.context import Context
+from engine.errors import HookError, UndecryptableError
+from engine.profile import ColumnSpec
+from engine.protocol import fingerprint
+from engine.scan import census
+
+
+@dataclass
+class Preflight:
+    env_bytes: bytes
+    key_hex: str
+    key_fingerprint: str
+    scheme: Scheme
+    columns: list[ColumnSpec]
+    missing: list[str]
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Plain facts for a plan or a result; no key material, only a fingerprint."""
+        return {
+            "columns": self.counts,
+            "skipped": self.missing,
+            "total": self.total,
+            "scheme": self.scheme.label,
+            "scheme_description": self.scheme.description,
+            "key_fingerprint": self.key_fingerprint,
+            "engine_version": __version__,
+        }
+
+
+def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) -> Preflight:
+    profile = ctx.profile
+    with ctx.step("preflight", "checking .env, the database and every stored value") as out:
+        env_bytes = envfile.read(profile.env_path)
+        key_hex = envfile.read_key(profile.env_path, profile.key_name)
+        if write_checks:
+            envfile.check_writable(profile.env_path, ctx.ownership())
+            program = profile.restart_command[0]
+            if shutil.which(program) is None:
+                raise HookError(f"restart command {program!r} is not found on this host")
+        db = ctx.connect()
+        try:
+            columns, missing = ctx.columns(db)
+            scheme = ctx.scheme(db, columns, key_hex)
+            found = census(db, columns, Codec(scheme, key_hex), None, profile.batch_size)
+        finally:
+            db.close()
+        if found.n_neither:
+            raise UndecryptableError(
+                f"{found.n_neither} stored values do not decrypt with the current key: "
+                f"{found.listed_neither()}. Nothing was changed; fix or clear those values first",
+                found.neither_at,
+            )
+        pre = Preflight(
+            env_bytes=env_bytes,
+            key_hex=key_hex,
+            key_fingerprint=fingerprint(key_hex),
+            scheme=scheme,
+            columns=columns,
+            missing=missing,
+            counts=dict(found.target),
+        )
+        out.detail = f"{pre.total:,} values open with the current key · {lock_note}"
+        out.data = pre.summary()
+    return pre

@@ -1,0 +1,296 @@
+"""Key rotation: the journaled state machine of DESIGN.md section 4.
+
+PREFLIGHT -> STAGED -> REENCRYPTED -> DB_VERIFIED -> ENV_WRITTEN -> RESTARTED
+-> SWEPT -> VERIFIED -> BACKED_UP -> DONE, or ROLLING_BACK -> ROLLED_BACK.
+
+The blank window (workers holding one key while the rows are under the other)
+is kept as short as a commit: the re-encryption runs in one transaction that
+locks the rows, ``.env`` is written and php-fpm restarted while that
+transaction is still open (old workers keep reading old values), and the
+commit follows the moment the new workers are up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from engine import __version__, envfile, faults, hooks
+from engine.cipher import Codec, new_key_hex
+from engine.context import Context
+from engine.converge import RollbackPlan, roll_back
+from engine.db import PanelDB
+from engine.errors import (
+    DatabaseError,
+    EngineError,
+    KeyReuseError,
+    UndecryptableError,
+    UnfinishedRotationError,
+    VerificationError,
+)
+from engine.events import Stopwatch
+from engine.journal import JournalRecord
+from engine.preflight import Preflight, run_preflight
+from engine.protocol import fingerprint
+from engine.scan import census, reencrypt
+from engine.verify import panel_check, verify_from_disk
+
+
+class KeyRotation:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        rotation_id: str,
+        dry_run: bool = False,
+        requested_by: str | None = None,
+        approved_by: list[str] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.profile = ctx.profile
+        self.rotation_id = rotation_id
+        self.dry_run = dry_run
+        self.requested_by = requested_by
+        self.approved_by = approved_by or []
+        self.reason = reason
+        self.record: JournalRecord | None = None
+        self.db: PanelDB | None = None
+        self.env_before: bytes | None = None
+        self.env_written = False
+        self.restart_attempted = False
+        self.watch = Stopwatch()
+
+    # -- entry point ---------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        journal = self.ctx.journal
+        journal.acquire_lock()
+        try:
+            unfinished = journal.load()
+            if unfinished is not None:
+                raise UnfinishedRotationError(
+                    f"rotation {unfinished.rotation_id} stopped at {unfinished.state} and is "
+                    "unfinished: run `python -m engine --profile PROFILE recover` first"
+                )
+            pre = run_preflight(self.ctx, lock_note="lock held")
+            self.env_before = pre.env_bytes
+            if self.dry_run:
+                return self._dry_run_result(pre)
+            try:
+                return self._rotate(pre)
+            except EngineError as failure:
+                if self.record is None:
+                    raise
+                return self._fail(failure)
+            except Exception as failure:
+                if self.record is None:
+                    raise
+                return self._fail(EngineError(f"unexpected error: {type(failure).__name__}"))
+        finally:
+            if self.db is not None:
+                self.db.close()
+            journal.release_lock()
+
+    def _dry_run_result(self, pre: Preflight) -> dict[str, Any]:
+        return {
+            "rotation_id": self.rotation_id,
+            "dry_run": True,
+            "state": "PREFLIGHT",
+            "would_reencrypt": pre.total,
+            **pre.summary(),
+        }
+
+    # -- the forward path ------------------------------------------------------------
+    def _rotate(self, pre: Preflight) -> dict[str, Any]:
+        ctx, journal, profile = self.ctx, self.ctx.journal, self.profile
+        old_key = pre.key_hex
+        columns = pre.columns
+
+        with ctx.step("stage", "generating and storing the new key") as out:
+            new_key = new_key_hex()
+            new_fp = fingerprint(new_key)
+            if new_fp in journal.history() or new_key == old_key:
+                raise KeyReuseError("the generated key was used before on this panel; try again")
+            journal.save_env_backup(pre.env_bytes)
+            self.record = JournalRecord(
+                rotation_id=self.rotation_id,
+                op="rotate-key",
+                state="STAGED",
+                old_key=old_key,
+                new_key=new_key,
+                scheme=pre.scheme.label,
+                old_fingerprint=pre.key_fingerprint,
+                new_fingerprint=new_fp,
+                started_at=time.time(),
+                requested_by=self.requested_by,
+                approved_by=self.approved_by,
+                reason=self.reason,
+            )
+            journal.save(self.record)
+            escrow = "no escrow configured"
+            if profile.escrow_command:
+                hooks.run_command(
+                    "escrow",
+                    profile.escrow_command,
+                    timeout_s=profile.hook_timeout_s,
+                    stdin=(new_key + "\n").encode(),
+                    env=self._hook_env(new_fp),
+                )
+                escrow = f"escrowed ({profile.escrow_label})"
+            out.detail = f"fingerprint {new_fp} · {escrow} · journal written"
+            out.data = {"new_fingerprint": new_fp}
+        faults.checkpoint("state:STAGED")
+
+        old_codec = Codec(pre.scheme, old_key)
+        new_codec = Codec(pre.scheme, new_key)
+        self.db = ctx.connect()
+        db = self.db
+
+        with ctx.step("reencrypt", f"re-encrypting {pre.total:,} values in one transaction") as out:
+            rewrite = reencrypt(
+                db,
+                columns,
+                old_codec,
+                new_codec,
+                profile.batch_size,
+                lock_rows=True,
+                progress=lambda done: ctx.emitter.progress("reencrypt", done, pre.total),
+                after_batch=lambda n: faults.checkpoint(f"reencrypt:batch:{n}"),
+            )
+            if rewrite.neither:
+                raise UndecryptableError(
+                    "values changed since preflight no longer open with the current key: "
+                    + ", ".join(rewrite.neither_at),
+                    rewrite.neither_at,
+                )
+            if rewrite.lost_race:
+                raise DatabaseError(f"{rewrite.lost_race} rows changed under the row lock; not writing")
+            out.detail = f"re-encrypted {rewrite.n_written:,} values in one transaction"
+            out.data = {"columns": rewrite.written, "count": rewrite.n_written}
+        self._advance("REENCRYPTED")
+
+        with ctx.step("verify_db", "reading back inside the transaction") as out:
+            check = census(db, columns, new_codec, None, profile.batch_size)
+            if check.n_neither or check.digest != rewrite.digest:
+                raise VerificationError(
+                    f"database check failed: {check.n_target:,}/{check.total:,} values open with the "
+                    "new key or their plaintexts differ; nothing was committed"
+                )
+            out.detail = (
+                f"{check.n_target:,}/{check.total:,} open with the new key, plaintext digests match"
+            )
+            out.data = {"count": check.n_target}
+        self._advance("DB_VERIFIED")
+
+        with ctx.step("write_env", f"writing {profile.env_path.name}") as out:
+            ownership = ctx.ownership()
+            new_bytes = envfile.replace_key(pre.env_bytes, profile.key_name, new_key)
+            self.env_written = True
+            envfile.write_atomic(profile.env_path, new_bytes, ownership)
+            if envfile.read_key(profile.env_path, profile.key_name) != new_key:
+                raise VerificationError(".env does not read back with the new key")
+            out.detail = (
+                f"{profile.env_path} updated atomically · {ownership.describe()} · "
+                "previous kept until done"
+            )
+        self._advance("ENV_WRITTEN")
+
+        with ctx.step("restart", "restarting the panel, then committing") as out:
+            self.restart_attempted = True
+            said = hooks.run_command(
+                "restart", profile.restart_command, timeout_s=profile.restart_timeout_s
+            )
+            faults.checkpoint("commit:before")
+            db.commit()
+            self.record.committed = True
+            self.record.restarted = True
+            out.detail = f"{' '.join(profile.restart_command[:3])} ok · committed" + (
+                f" · {said}" if said else ""
+            )
+        self._advance("RESTARTED")
+
+        with ctx.step("sweep", "looking for values written under the old key") as out:
+            swept = reencrypt(db, columns, old_codec, new_codec, profile.batch_size, lock_rows=True)
+            db.commit()
+            out.detail = f"{swept.n_written} values written under the old key during the switch"
+            out.data = {"count": swept.n_written}
+        self._advance("SWEPT")
+
+        with ctx.step("verify", "decrypting every value with the key read from disk") as out:
+            verified = verify_from_disk(ctx, db, columns, pre.scheme, expect_key=new_key)
+            check_text = panel_check(ctx)
+            out.detail = f"verified from disk · {verified:,}/{verified:,}" + (
+                f" · panel check {check_text}" if check_text else ""
+            )
+            out.data = {"count": verified, "panel_check": check_text}
+        self._advance("VERIFIED")
+
+        with ctx.step("backup", "running the backup hook") as out:
+            if profile.backup_command:
+                hooks.run_command(
+                    "backup hook",
+                    profile.backup_command,
+                    timeout_s=profile.hook_timeout_s,
+                    env=self._hook_env(new_fp),
+                )
+                out.detail = "backup updated"
+            else:
+                out.skipped = True
+                out.detail = "no backup hook configured"
+        self._advance("BACKED_UP")
+
+        self.record.state = "DONE"
+        journal.save(self.record)
+        journal.finish(self.record)
+        return {
+            "rotation_id": self.rotation_id,
+            "state": "DONE",
+            "verified": True,
+            "old_fingerprint": pre.key_fingerprint,
+            "new_fingerprint": new_fp,
+            "columns": pre.counts,
+            "skipped": pre.missing,
+            "total": pre.total,
+            "reencrypted": rewrite.n_written,
+            "swept": swept.n_written,
+            "panel_check": check_text,
+            "scheme": pre.scheme.label,
+            "duration_ms": self.watch.ms,
+            "engine_version": __version__,
+        }
+
+    def _advance(self, state: str) -> None:
+        assert self.record is not None
+        self.record.state = state
+        self.ctx.journal.save(self.record)
+        faults.checkpoint(f"state:{state}")
+
+    def _hook_env(self, new_fp: str) -> dict[str, str]:
+        return {
+            "ROTATOR_PANEL": self.profile.name,
+            "ROTATOR_ROTATION_ID": self.rotation_id,
+            "ROTATOR_KEY_FINGERPRINT": new_fp,
+            "ROTATOR_ENV_FILE": str(self.profile.env_path),
+        }
+
+    # -- failure: roll back by itself ---------------------------------------------------
+    def _fail(self, failure: EngineError) -> dict[str, Any]:
+        assert self.record is not None and self.env_before is not None
+        if self.db is not None:
+            self.db.rollback()
+            self.db.close()
+            self.db = None
+        plan = RollbackPlan(restart_needed=self.restart_attempted)
+        outcome = roll_back(self.ctx, self.record, plan, cause=failure.message)
+        failure.rolled_back = True
+        failure.details = {
+            "rotation_id": self.rotation_id,
+            "state": "ROLLED_BACK",
+            "old_fingerprint": self.record.old_fingerprint,
+            "new_fingerprint": self.record.new_fingerprint,
+            "verified_old": outcome.get("verified"),
+            "panel_check": outcome.get("panel_check"),
+            "duration_ms": self.watch.ms,
+        }
+        raise failure
+
