@@ -46,7 +46,7 @@ class PanelEntry(BaseModel):
 
     def backoff_s(self, attempt: int) -> float:
         """Seconds to wait before reconnect ``attempt`` (1-based): doubling, capped."""
-        return min(self.reconnect_backoff_s * 2 ** (attempt - 1), self.reconnect_backoff_max_s)
+        return min(self.reconnect_backoff_s * 2.0 ** (attempt - 1), self.reconnect_backoff_max_s)
 
 
 class Inventory(BaseModel):

@@ -48,7 +48,7 @@ _SECRETISH = re.compile(
     r"(?i)\b([A-Z0-9_]*(?:KEY|TOKEN|PASS(?:WORD)?|SECRET|CREDENTIAL)[A-Z0-9_]*)(\s*[=:]\s*)(\S+)"
 )
 _LONG_HEX = re.compile(r"\b[0-9a-fA-F]{32,}\b")
-_LONG_B64 = re.compile(r"[A-Za-z0-9+/_-]{40,}={0,2}")
+_LONG_B64 = re.compile(r"(?<![\w/.+-])[A-Za-z0-9+/_-]{32,}={0,2}")
 
 
 class BadRequest(Exception):
@@ -64,7 +64,18 @@ def redact(text: str) -> str:
     """Hide anything that looks like key material or a credential."""
     text = _SECRETISH.sub(r"\1\2[redacted]", text)
     text = _LONG_HEX.sub("[redacted-hex]", text)
-    return _LONG_B64.sub("[redacted]", text)
+    return _LONG_B64.sub(_redact_token, text)
+
+
+def _redact_token(match: re.Match[str]) -> str:
+    """Base64-like runs: redacted when they mix upper case, lower case and digits."""
+    token = match.group(0)
+    mixed = (
+        any(c.isupper() for c in token)
+        and any(c.islower() for c in token)
+        and any(c.isdigit() for c in token)
+    )
+    return "[redacted]" if mixed and not token.startswith("/") else token
 
 
 def _log(stderr: IO[str], message: str) -> None:
@@ -248,6 +259,11 @@ def attach(
     return closing
 
 
+def is_mutating(request: protocol.Request) -> bool:
+    """Operations that change the panel, and so must outlive their connection."""
+    return request.op in MUTATING_OPS and not request.dry_run
+
+
 RunOperation = Callable[[protocol.Request, Profile, Emitter], dict[str, Any]]
 
 
@@ -274,13 +290,21 @@ def dispatch(
     if request.op == "attach":
         return attach(request, profile, stdout, emitter)
     run_operation = _engine_core()
-    if request.op in MUTATING_OPS:
+    if is_mutating(request):
         detach_from_session()
         with running_marker(profile, request.id):
             data = run_operation(request, profile, emitter)
             return emitter.emit(protocol.result_event(request.op, **data))
     data = run_operation(request, profile, emitter)
     return emitter.emit(protocol.result_event(request.op, **data))
+
+
+def _details(exc: EngineError) -> dict[str, Any]:
+    """The error's extra, non-secret facts, minus anything that would shadow a field."""
+    details: dict[str, Any] = dict(getattr(exc, "details", None) or {})
+    for reserved in ("type", "code", "message", "retryable", "rolled_back", "id", "seq", "ts"):
+        details.pop(reserved, None)
+    return details
 
 
 def serve(profile_path: Path, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
@@ -311,7 +335,11 @@ def serve(profile_path: Path, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> 
     except EngineError as exc:
         closing = emitter.emit(
             protocol.error_event(
-                exc.code, exc.message, retryable=exc.retryable, rolled_back=exc.rolled_back
+                exc.code,
+                exc.message,
+                retryable=exc.retryable,
+                rolled_back=exc.rolled_back,
+                **_details(exc),
             )
         )
     except Exception as exc:
