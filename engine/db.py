@@ -10,6 +10,7 @@ Reads are keyset-paginated so memory stays flat however many rows there are.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ from engine.errors import DatabaseError, ProfileError
 from engine.profile import ColumnSpec, DatabaseSettings
 
 Row = tuple[Any, Any]
+#: Multi-row INSERTs are cut at this size, well under MariaDB's 16 MiB max_allowed_packet.
+STATEMENT_BYTES = 4 * 1024 * 1024
+_BASE64 = re.compile(r"[A-Za-z0-9+/=]*")
 
 
 @dataclass(frozen=True)
@@ -218,16 +222,41 @@ class PanelDB:
         )
         self._temp_tables.add(name)
 
-    def stage(self, spec: ColumnSpec, rows: list[tuple[Any, Any, str]]) -> None:
-        """Queue (key, old value, new value) triples with multi-row INSERTs."""
-        if not rows:
-            return
-        name = self._temp_name(spec)
+    def staging_statements(self, spec: ColumnSpec, rows: list[tuple[Any, Any, str]]) -> list[str]:
+        """Multi-row INSERTs for (key, old value, new value) triples. Pure (no I/O),
+        so a worker thread can build them while the connection waits on the server."""
+        head = f"INSERT INTO `{self._temp_name(spec)}` (k, old_v, new_v) VALUES "
+        literal = self._literal
+        statements: list[str] = []
+        parts: list[str] = []
+        size = 0
+        for pk, old, new in rows:
+            part = f"({literal(pk)},{literal(old)},{literal(new)})"
+            parts.append(part)
+            size += len(part)
+            if size >= STATEMENT_BYTES:
+                statements.append(head + ",".join(parts))
+                parts, size = [], 0
+        if parts:
+            statements.append(head + ",".join(parts))
+        return statements
+
+    def stage(self, spec: ColumnSpec, statements: list[str]) -> None:
         try:
             with self._conn.cursor() as cur:
-                cur.executemany(f"INSERT INTO `{name}` (k, old_v, new_v) VALUES (%s, %s, %s)", rows)
+                for sql in statements:
+                    cur.execute(sql)
         except pymysql.MySQLError as exc:
             raise _translate(exc, f"staging new values for {spec.label}") from exc
+
+    def _literal(self, value: Any) -> str:
+        """SQL literal. Base64 text (every ciphertext we write) cannot hold a quote or a
+        backslash, so it is quoted as is; anything else goes through PyMySQL's escaping."""
+        if type(value) is int:
+            return str(value)
+        if type(value) is str and _BASE64.fullmatch(value):
+            return f"'{value}'"
+        return str(self._conn.escape(value))
 
     def apply_staged(self, spec: ColumnSpec) -> int:
         """One UPDATE ... JOIN; a row changed since it was read is left alone (CAS)."""

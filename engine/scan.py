@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.cipher import Codec
-from engine.db import PanelDB
+from engine.db import PanelDB, Row
 from engine.profile import ColumnSpec
 
 MAX_LISTED = 20
@@ -133,6 +134,36 @@ class Rewrite:
         return sum(self.written.values())
 
 
+@dataclass
+class _Batch:
+    statements: list[str]
+    staged: int
+    neither_at: list[str]
+    digest: PlainDigest
+
+
+def _prepare(
+    db: PanelDB, spec: ColumnSpec, rows: list[Row], source: Codec, dest: Codec
+) -> _Batch:
+    """Decrypt, re-seal and build the staging SQL for one batch (no I/O)."""
+    label = spec.label
+    digest = PlainDigest()
+    neither_at: list[str] = []
+    out: list[tuple[Any, Any, str]] = []
+    for pk, stored in rows:
+        plain = source.open(stored)
+        if plain is None:
+            already = dest.open(stored)
+            if already is not None:
+                digest.add(label, pk, already)
+            else:
+                neither_at.append(f"{label} id {pk}")
+            continue
+        digest.add(label, pk, plain)
+        out.append((pk, stored, dest.seal(plain)))
+    return _Batch(db.staging_statements(spec, out), len(out), neither_at, digest)
+
+
 def reencrypt(
     db: PanelDB,
     columns: list[ColumnSpec],
@@ -144,47 +175,53 @@ def reencrypt(
     progress: Progress | None = None,
     after_batch: Callable[[int], None] | None = None,
 ) -> Rewrite:
-    """Inside the caller's transaction: every value ``source`` opens is sealed
-    under ``dest``; values ``dest`` already opens are kept; others are left alone.
+    """Inside one transaction (begun here, committed by the caller): every value
+    ``source`` opens is sealed under ``dest``; values ``dest`` already opens are
+    kept; values neither opens are counted and never touched.
 
     Rows are read ``FOR UPDATE`` when ``lock_rows``, so a panel write to a row
-    waits for our commit instead of racing us.
+    waits for our commit instead of racing us. A worker thread does the crypto
+    and builds the SQL of batch n while the connection carries batch n-1 and
+    reads batch n+1: the server's time and Python's overlap.
     """
     result = Rewrite()
-    done = 0
-    batches = 0
     for spec in columns:
         db.prepare_staging(spec)
     db.begin()
-    for spec in columns:
-        label = spec.label
-        staged = 0
-        for rows in db.iter_values(spec, batch, for_update=lock_rows):
-            out: list[tuple[Any, Any, str]] = []
-            for pk, stored in rows:
-                plain = source.open(stored)
-                if plain is None:
-                    already = dest.open(stored)
-                    if already is not None:
-                        result.digest.add(label, pk, already)
-                        continue
-                    result.neither[label] = result.neither.get(label, 0) + 1
-                    if len(result.neither_at) < MAX_LISTED:
-                        result.neither_at.append(f"{label} id {pk}")
-                    continue
-                result.digest.add(label, pk, plain)
-                out.append((pk, stored, dest.seal(plain)))
-            db.stage(spec, out)
-            staged += len(out)
-            done += len(rows)
-            batches += 1
-            if progress:
-                progress(done)
-            if after_batch:
-                after_batch(batches)
-        changed = db.apply_staged(spec) if staged else 0
-        result.lost_race += staged - changed
-        result.written[label] = changed
+    done = 0
+    batches = 0
+
+    def collect(spec: ColumnSpec, prepared: _Batch) -> int:
+        nonlocal batches
+        db.stage(spec, prepared.statements)
+        result.digest.total = (result.digest.total + prepared.digest.total) % _MOD
+        result.digest.count += prepared.digest.count
+        for where in prepared.neither_at:
+            result.neither[spec.label] = result.neither.get(spec.label, 0) + 1
+            if len(result.neither_at) < MAX_LISTED:
+                result.neither_at.append(where)
+        batches += 1
+        if after_batch:
+            after_batch(batches)
+        return prepared.staged
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reencrypt") as worker:
+        for spec in columns:
+            staged = 0
+            pending: Future[_Batch] | None = None
+            for rows in db.iter_values(spec, batch, for_update=lock_rows):
+                job = worker.submit(_prepare, db, spec, rows, source, dest)
+                if pending is not None:
+                    staged += collect(spec, pending.result())
+                pending = job
+                done += len(rows)
+                if progress:
+                    progress(done)
+            if pending is not None:
+                staged += collect(spec, pending.result())
+            changed = db.apply_staged(spec) if staged else 0
+            result.lost_race += staged - changed
+            result.written[spec.label] = changed
     return result
 
 
