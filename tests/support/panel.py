@@ -1,0 +1,462 @@
+"""A complete panel to rotate, per test: ``config/.env``, a database, PHP-encrypted values.
+
+``build_panel`` makes a tmp ``panel_root`` with a realistic ``.env``, a fresh
+database (with its own MariaDB login, so ``DB_PASSWORD`` is a real secret),
+fixture values in the six encrypted columns encrypted *by PHP*, a panel
+profile for the engine, and optionally the reference panel serving it
+(``tests/support/panel_ctl.py``). The original plaintexts stay on the object,
+so ``php_check_all`` can ask PHP whether every value still opens under the key
+in ``.env`` and gives back exactly what was stored.
+
+Fixture values per column, by row id (1-based): id % 10 == 3 is NULL, == 6 an
+encrypted empty string, == 8 a stored '' (no value, as a panel keeps a
+cleared field); id 2 is non-ASCII, id 4 about 10 KB; the rest ``pw-<hex>``.
+Values without a secret (NULL, '') must stay exactly as they are.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.cipher import Scheme
+from tests.support.mariadb import TestDatabase, create_database
+from tests.support.panel_ctl import parse_env
+from tests.support.php_crypto import php_decrypt, php_encrypt
+from tests.support.secrets_scan import REGISTRY, SecretRegistry
+
+REPO = Path(__file__).resolve().parents[2]
+PANEL_CTL = REPO / "tests" / "support" / "panel_ctl.py"
+ROUTER = REPO / "tests" / "php" / "panel" / "index.php"
+PANEL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("oscam_installs", "webif_password"),
+    ("saved_servers", "ssh_credential_encrypted"),
+    ("email_settings", "smtp_password"),
+    ("email_settings", "mailgun_api_key"),
+    ("email_configurations", "smtp_password"),
+    ("email_configurations", "mailgun_api_key"),
+)
+NON_ASCII = "pässwörd-ünïcode-🔑"
+LONG_LEN = 10_000
+_KEY_LINE = re.compile(r"^(PANEL_ENCRYPTION_KEY=)(.*)$", re.MULTILINE)
+
+
+def label(table: str, column: str, row_id: int) -> str:
+    return f"{table}.{column}#{row_id}"
+
+
+def fixture_value(row_id: int, blanks: bool = True) -> bytes | str | None:
+    """The plaintext for a row (see module docstring); ``""`` (str) means a stored ''."""
+    kind = row_id % 10
+    if kind == 3:
+        return None
+    if kind == 6:
+        return b""
+    if kind == 8 and blanks:
+        return ""
+    if row_id == 2:
+        return f"{NON_ASCII}-{secrets.token_hex(4)}".encode()
+    if row_id == 4:
+        return ("pw-long-" + secrets.token_hex(LONG_LEN // 2))[:LONG_LEN].encode()
+    return f"pw-{secrets.token_hex(8)}".encode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- a little TOML, enough for a profile ---------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """Scalars and lists first, then each nested mapping as a ``[table]``."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            name = f"{prefix}{key}"
+            lines += ["", f"[{name}]", to_toml(value, prefix=f"{name}.").rstrip("\n")]
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` over ``base``; nested mappings merge, ``None`` removes a key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- the sandbox ---------------------------------------------------------------------------
+
+
+@dataclass
+class PanelSandbox:
+    """One panel under test. Labels are ``"table.column#id"``."""
+
+    root: Path
+    panel_root: Path
+    env_path: Path
+    db: TestDatabase
+    scheme: str
+    initial_key: str = field(repr=False)
+    license_key: str = field(repr=False)
+    columns: tuple[tuple[str, str], ...]
+    plaintexts: dict[str, bytes | None] = field(repr=False)
+    """Per label, the secret the row holds, ``None`` when it holds none (NULL or '')."""
+    no_value: dict[str, str | None] = field(repr=False)
+    """For labels without a secret, what is stored (None or ''); it must stay so."""
+    profile_base: dict[str, Any]
+    profile_path: Path
+    state_dir: Path
+    port: int | None = None
+    fpm: bool = False
+    registry: SecretRegistry = field(default=REGISTRY, repr=False)
+    _profiles_written: int = 0
+
+    # --- files ---
+
+    def write_profile(self, **overrides: Any) -> Path:
+        """A new profile TOML: the sandbox's settings with ``overrides`` merged (None removes)."""
+        self._profiles_written += 1
+        path = self.root / f"profile-{self._profiles_written}.toml"
+        path.write_text(to_toml(deep_merge(self.profile_base, overrides)), encoding="utf-8")
+        return path
+
+    def env_key(self) -> str:
+        """PANEL_ENCRYPTION_KEY as ``.env`` on disk holds it now."""
+        return parse_env(self.env_path.read_text(encoding="utf-8"))["PANEL_ENCRYPTION_KEY"]
+
+    def set_env_key(self, key_hex: str) -> None:
+        """Rewrite the key's value in ``.env`` (as a person editing it would), nothing else."""
+        self.registry.register_key(key_hex, "PANEL_ENCRYPTION_KEY (set by a test)")
+        text = self.env_path.read_text(encoding="utf-8")
+        self.env_path.write_text(_KEY_LINE.sub(lambda m: m.group(1) + key_hex, text, count=1))
+
+    # --- the database ---
+
+    def stored_values(self) -> dict[str, str | None]:
+        """Every row of every present encrypted column, as stored now."""
+        values: dict[str, str | None] = {}
+        with self.db.connect() as conn, conn.cursor() as cur:
+            for table, column in self.columns:
+                cur.execute(f"SELECT id, `{column}` FROM `{table}` ORDER BY id")
+                for row_id, stored in cur.fetchall():
+                    values[label(table, column, row_id)] = stored
+        return values
+
+    def php_check_all(self, key_hex: str | None = None, scheme: str | None = None) -> list[str]:
+        """PHP opens every stored value under ``key_hex`` (default: the key in ``.env`` now).
+
+        Returns one line per mismatch, naming the label but never a plaintext;
+        an empty list means every value gives back exactly its original plaintext
+        and every row without a secret is unchanged.
+        """
+        key = key_hex or self.env_key()
+        stored = self.stored_values()
+        problems = [f"{lbl}: row is gone" for lbl in self.plaintexts if lbl not in stored]
+        problems += [f"{lbl}: row the fixtures did not write" for lbl in stored.keys()
+                     - self.plaintexts.keys()]
+        secret_labels = [lbl for lbl, p in self.plaintexts.items() if p is not None and lbl in stored]
+        for lbl, p in self.plaintexts.items():
+            if p is None and lbl in stored and stored[lbl] != self.no_value[lbl]:
+                problems.append(f"{lbl}: held no secret, now holds {_shape(stored[lbl])}")
+        to_open = [stored[lbl] for lbl in secret_labels]
+        opened = php_decrypt(scheme or self.scheme, key, to_open) if to_open else []
+        for lbl, value, plain in zip(secret_labels, to_open, opened, strict=True):
+            if value is None or value == "":
+                problems.append(f"{lbl}: secret lost, now {_shape(value)}")
+            elif plain is False:
+                problems.append(f"{lbl}: does not decrypt with the key")
+            elif plain != self.plaintexts[lbl]:
+                problems.append(f"{lbl}: decrypts to a different plaintext")
+        return sorted(problems)
+
+    # --- the reference panel ---
+
+    @property
+    def verify_url(self) -> str | None:
+        return None if self.port is None else f"http://127.0.0.1:{self.port}/health"
+
+    @property
+    def restart_command(self) -> list[str]:
+        return [sys.executable, str(PANEL_CTL), "restart", "--state-dir", str(self.state_dir)]
+
+    def panel_ctl(self, action: str) -> None:
+        """Run ``panel_ctl.py <action>`` for this sandbox's panel; raise on failure."""
+        argv = [sys.executable, str(PANEL_CTL), action, "--state-dir", str(self.state_dir)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip() or f"panel_ctl {action} exited {proc.returncode}")
+
+    def start_panel(self) -> None:
+        self.panel_ctl("start")
+
+    def restart_panel(self) -> None:
+        self.panel_ctl("restart")
+
+    def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        if self.port is None:
+            raise RuntimeError("this sandbox runs no panel (build it with server=True)")
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, {"error": raw.decode(errors="replace")}
+        except OSError as exc:
+            return 0, {"error": f"panel unreachable: {exc}"}
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``GET /health``: (HTTP status, JSON). Status 0 when nothing answers (e.g. mid-restart)."""
+        return self._request("GET", "/health")
+
+    def credentials(self) -> dict[str, Any]:
+        """``GET /credentials``: label -> plaintext, None (no value), False (does not open)."""
+        status, body = self._request("GET", "/credentials")
+        if status != 200:
+            raise RuntimeError(f"GET /credentials answered {status}: {body}")
+        return dict(body)
+
+    def save_credential(self, table: str, column: str, row_id: int, plaintext: str | None) -> None:
+        """A user saving a password in the panel: the worker encrypts with the key it holds."""
+        self.registry.register(plaintext, f"saved plaintext {label(table, column, row_id)}")
+        body = {"table": table, "column": column, "id": row_id, "plaintext": plaintext}
+        status, answer = self._request("POST", "/credentials", body)
+        if status != 200:
+            raise RuntimeError(f"POST /credentials answered {status}: {answer}")
+        lbl = label(table, column, row_id)
+        self.plaintexts[lbl] = None if plaintext is None else plaintext.encode()
+        if plaintext is None:
+            self.no_value[lbl] = None
+
+    def stop(self) -> None:
+        """Stop the reference panel, if one runs."""
+        if (self.state_dir / "panel.json").exists():
+            self.panel_ctl("stop")
+
+    def close(self) -> None:
+        """Stop the panel and drop the database (the factory does this at teardown)."""
+        try:
+            self.stop()
+        finally:
+            self.db.drop()
+
+
+def _shape(value: str | None) -> str:
+    """Describe a stored value without showing it."""
+    return "NULL" if value is None else f"a {len(value)}-character value"
+
+
+def _env_text(db: TestDatabase, key_hex: str, license_key: str, port: int | None) -> str:
+    return f"""# MyOsicam panel configuration
+# Written by the installer. PANEL_ENCRYPTION_KEY protects stored credentials:
+# do not change it by hand.
+
+APP_NAME="MyOsicam Panel"
+APP_ENV=production
+APP_DEBUG=false
+APP_URL=http://127.0.0.1:{port or 8080}
+APP_TIMEZONE='Europe/Berlin'
+
+# Database
+DB_CONNECTION=mysql
+DB_HOST={db.host}
+DB_PORT={db.port}
+DB_DATABASE={db.name}
+DB_USERNAME={db.user}
+DB_PASSWORD="{db.password}"
+
+# Licence (not rotated with the encryption key)
+PANEL_LICENSE_KEY='{license_key}'
+
+PANEL_ENCRYPTION_KEY={key_hex}
+
+MAIL_FROM_NAME="MyOsicam Panel"
+SESSION_LIFETIME=120
+"""
+
+
+def _fill_tables(
+    db: TestDatabase,
+    scheme: str,
+    key_hex: str,
+    rows: Mapping[str, int],
+    blanks: bool,
+) -> tuple[dict[str, bytes | None], dict[str, str | None]]:
+    """Insert the fixture rows; values are encrypted by PHP in one batch."""
+    columns_of: dict[str, list[str]] = {}
+    for table, column in PANEL_COLUMNS:
+        if table in db.tables:
+            columns_of.setdefault(table, []).append(column)
+    wanted: dict[str, bytes | str | None] = {}
+    for table, columns in columns_of.items():
+        for row_id in range(1, rows.get(table, 0) + 1):
+            for column in columns:
+                wanted[label(table, column, row_id)] = fixture_value(row_id, blanks)
+    to_encrypt = [lbl for lbl, v in wanted.items() if isinstance(v, bytes)]
+    encrypted = php_encrypt(scheme, key_hex, [wanted[lbl] for lbl in to_encrypt])  # type: ignore[misc]
+    sealed = dict(zip(to_encrypt, encrypted, strict=True))
+    stored = {lbl: sealed.get(lbl, v if v == "" else None) for lbl, v in wanted.items()}
+    extra = {
+        "oscam_installs": (["name"], lambda i: [f"oscam-{i}"]),
+        "saved_servers": (
+            ["name", "host", "port", "ssh_user"],
+            lambda i: [f"server-{i}", f"10.0.{i // 250}.{i % 250 + 1}", 22, "oscam"],
+        ),
+        "email_settings": ([], lambda i: []),
+        "email_configurations": (["name"], lambda i: [f"mail-config-{i}"]),
+    }
+    for table, columns in columns_of.items():
+        names, make = extra[table]
+        db.insert_rows(
+            table,
+            ["id", *names, *columns],
+            (
+                [i, *make(i), *(stored[label(table, c, i)] for c in columns)]
+                for i in range(1, rows.get(table, 0) + 1)
+            ),
+        )
+    plaintexts = {lbl: v if isinstance(v, bytes) else None for lbl, v in wanted.items()}
+    no_value = {lbl: stored[lbl] for lbl, v in wanted.items() if not isinstance(v, bytes)}
+    return plaintexts, no_value
+
+
+def build_panel(
+    root: Path,
+    *,
+    scheme: str = "iv12_tag_ct/hex",
+    rows: int | Mapping[str, int] = 10,
+    missing_tables: tuple[str, ...] = (),
+    server: bool = False,
+    fpm: bool = False,
+    blanks: bool = True,
+    key_hex: str | None = None,
+    registry: SecretRegistry = REGISTRY,
+) -> PanelSandbox:
+    """Build a panel under ``root`` (an empty tmp dir).
+
+    ``rows``: rows per table (an int for all four, or ``{table: n}``; tables
+    left out get none). ``missing_tables``: tables that do not exist at all.
+    ``server``: run the reference panel (``fpm``: php-fpm behind nginx, else
+    ``php -S``). Every secret made here is registered with ``registry``.
+    """
+    Scheme.parse(scheme)
+    key = key_hex or secrets.token_hex(32)
+    license_key = f"MYO-{secrets.token_hex(6).upper()}-{secrets.token_hex(6).upper()}"
+    per_table = (
+        dict.fromkeys({t for t, _ in PANEL_COLUMNS}, rows) if isinstance(rows, int) else dict(rows)
+    )
+    registry.register_key(key)
+    registry.register(license_key, "PANEL_LICENSE_KEY")
+    db = create_database(exclude_tables=missing_tables, own_user=True)
+    try:
+        registry.register(db.password, "DB_PASSWORD")
+        plaintexts, no_value = _fill_tables(db, scheme, key, per_table, blanks)
+        registry.register_many((p, f"fixture plaintext {lbl}") for lbl, p in plaintexts.items())
+        port = free_port() if server else None
+        panel_root = root / "panel"
+        (panel_root / "config").mkdir(parents=True)
+        env_path = panel_root / "config" / ".env"
+        env_path.write_text(_env_text(db, key, license_key, port), encoding="utf-8")
+        env_path.chmod(0o640)
+        state_dir = root / "panel-ctl"
+        state_dir.mkdir()
+        sandbox = PanelSandbox(
+            root=root,
+            panel_root=panel_root,
+            env_path=env_path,
+            db=db,
+            scheme=scheme,
+            initial_key=key,
+            license_key=license_key,
+            columns=tuple(c for c in PANEL_COLUMNS if c[0] in db.tables),
+            plaintexts=plaintexts,
+            no_value=no_value,
+            profile_base={},
+            profile_path=root / "profile.toml",
+            state_dir=state_dir,
+            port=port,
+            fpm=fpm,
+            registry=registry,
+        )
+        sandbox.profile_base = {
+            "name": "sandbox",
+            "panel_root": str(panel_root),
+            "ciphertext": "auto",
+            "restart_command": sandbox.restart_command if server else ["true"],
+            "env_owner": pwd.getpwuid(os.geteuid()).pw_name,
+            "env_group": grp.getgrgid(os.getegid()).gr_name,
+            "env_mode": "0640",
+            "journal_dir": str(root / "journal"),
+        }
+        if server:
+            sandbox.profile_base["verify_url"] = sandbox.verify_url
+            (state_dir / "panel.json").write_text(
+                json.dumps(
+                    {
+                        "port": port,
+                        "env_file": str(env_path),
+                        "scheme": scheme,
+                        "router": str(ROUTER),
+                        "mode": "fpm" if fpm else "php-s",
+                    },
+                    indent=2,
+                )
+            )
+        sandbox.profile_path.write_text(to_toml(sandbox.profile_base), encoding="utf-8")
+        if server:
+            sandbox.start_panel()
+    except BaseException:
+        if (root / "panel-ctl" / "panel.json").exists():
+            subprocess.run(
+                [sys.executable, str(PANEL_CTL), "stop", "--state-dir", str(root / "panel-ctl")],
+                capture_output=True,
+                check=False,
+            )
+        db.drop()
+        raise
+    return sandbox
