@@ -225,6 +225,7 @@ AllowTcpForwarding no
 X11Forwarding no
 PermitTTY no
 MaxStartups 50
+Subsystem sftp /usr/lib/openssh/sftp-server
 LogLevel VERBOSE
 """
 
