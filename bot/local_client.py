@@ -31,6 +31,7 @@ from bot.errors import (
 from engine.protocol import CLOSING_TYPES, PROTOCOL_VERSION, Request, decode_event
 
 log = logging.getLogger(__name__)
+stderr_log = logging.getLogger("bot.engine_stderr")
 
 MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "recover"})
 
@@ -62,7 +63,7 @@ def _redact_token(match: re.Match[str]) -> str:
 def log_engine_stderr(source: str, text: str) -> None:
     for line in text.splitlines():
         if line.strip():
-            log.info("engine %s: %s", source, redact(line)[:1000])
+            stderr_log.info("%s: %s", source, redact(line)[:1000])
 
 
 class EventStream:

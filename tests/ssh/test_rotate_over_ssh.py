@@ -1,0 +1,159 @@
+"""A real key rotation through OpenSSH, a real MariaDB and PHP, including a cut connection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bot.ssh_client import SSHEngineClient
+from engine.protocol import KEY_STEPS, Request
+from tests.ssh.conftest import PanelFactory
+from tests.support.panel import PanelSandbox
+from tests.support.procs import wait_for_stopped, wait_until
+from tests.support.sshd import SSHServer, descendants, parent_pid, process_state
+
+pytestmark = pytest.mark.slow
+
+
+def rotate_request(rotation_id: str) -> Request:
+    return Request(
+        v=1, id=rotation_id, op="rotate-key",
+        requested_by="U-ALICE", approved_by=["U-BOB"], reason="ssh test",
+    )  # fmt: skip
+
+
+def is_engine_for(sandbox: PanelSandbox) -> Callable[[list[str]], bool]:
+    """Matches this sandbox's `python -u -m engine --profile P serve` process."""
+    profile = str(sandbox.profile_path)
+    return lambda argv: "engine" in argv and "serve" in argv and profile in argv
+
+
+def read_in_background(stream: Iterator[dict[str, Any]]) -> tuple[threading.Thread, list[Any]]:
+    """Consume ``stream`` on a thread; returns (thread, list of events then any exception)."""
+    seen: list[Any] = []
+
+    def read() -> None:
+        try:
+            for event in stream:
+                seen.append(event)
+        except BaseException as exc:
+            seen.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+@pytest.fixture
+def sandbox(panel_factory: Callable[..., PanelSandbox]) -> PanelSandbox:
+    return panel_factory(rows=200)
+
+
+def test_a_rotate_key_through_ssh_streams_its_steps_and_verifies(
+    ssh_panel: PanelFactory, sandbox: PanelSandbox
+) -> None:
+    """rotate-key over SSH: hello, the steps in order, the first step before the end,
+    a verified DONE; PHP opens every value under the new key in .env."""
+    old_key = sandbox.env_key()
+    client = SSHEngineClient(ssh_panel(sandbox.profile_path))
+    arrivals: list[tuple[dict[str, Any], float]] = []
+
+    for event in client.run(rotate_request("r-ssh-1")):
+        arrivals.append((event, time.monotonic()))
+
+    events = [e for e, _ in arrivals]
+    first_step_at = next(t for e, t in arrivals if e["type"] == "step")
+    assert "hello" == events[0]["type"]
+    assert ("result", True) == (events[-1]["type"], events[-1]["ok"])
+    assert list(range(len(events))) == [e["seq"] for e in events]
+    assert first_step_at < arrivals[-1][1]
+    ok_steps = list(
+        dict.fromkeys(e["name"] for e in events if e["type"] == "step" and e["state"] == "ok")
+    )
+    assert [s for s in KEY_STEPS if s in ok_steps] == ok_steps
+    assert old_key != sandbox.env_key()
+    assert [] == sandbox.php_check_all()
+
+
+def test_the_first_step_arrives_while_the_rotation_is_still_running(
+    ssh_panel: PanelFactory, sandbox: PanelSandbox
+) -> None:
+    """Events are streamed, not delivered at the end: the engine is stopped at a fault
+    point after the first steps, and the caller has those steps already."""
+    panel = ssh_panel(sandbox.profile_path, env={"MYOSICAM_ENGINE_FAULT": "stop@state:STAGED"})
+    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-stream")))
+    pid = wait_for_stopped(is_engine_for(sandbox), timeout=60)
+    try:
+        wait_until(lambda: any(e["type"] == "step" for e in seen), 30, what="a step event")
+        assert not any(e["type"] in ("result", "error") for e in seen)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        reader.join(120)
+
+    assert "result" == seen[-1]["type"]
+    assert [] == sandbox.php_check_all()
+
+
+def cut_connection_of(engine_pid: int, sshd: SSHServer) -> None:
+    """SIGKILL the sshd session processes above the engine: the connection drops."""
+    chain = []
+    ancestor = parent_pid(engine_pid)
+    while ancestor and ancestor not in (1, sshd.process.pid):
+        chain.append(ancestor)
+        ancestor = parent_pid(ancestor)
+    sessions = [p for p in sshd.session_pids() if engine_pid in descendants(p)]
+    assert chain and set(sessions) <= set(chain), "the engine does not run under this sshd"
+    for pid in chain:
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stopped_engines() -> Iterator[list[int]]:
+    """Engines a test stopped; continued at teardown whatever happened."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if process_state(pid) == "T":
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_cut_connection_mid_reencryption_reattaches_and_sees_every_event_once(
+    sshd: SSHServer,
+    ssh_panel: PanelFactory,
+    sandbox: PanelSandbox,
+    stopped_engines: list[int],
+) -> None:
+    """The SSH session is killed while the engine is inside re-encryption. The engine
+    finishes anyway; the client re-attaches; the caller sees each seq once, the steps
+    before and after the cut, and the verified result; PHP opens every value."""
+    old_key = sandbox.env_key()
+    panel = ssh_panel(
+        sandbox.profile_path,
+        env={"MYOSICAM_ENGINE_FAULT": "stop@reencrypt:batch:1"},
+        reconnect_attempts=10,
+        reconnect_backoff_s=0.2,
+    )
+    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-cut")))
+    engine = wait_for_stopped(is_engine_for(sandbox), timeout=60)
+    stopped_engines.append(engine)
+    seq_before_cut = wait_until(lambda: max((e["seq"] for e in seen), default=0), 30)
+
+    cut_connection_of(engine, sshd)
+    wait_until(lambda: sshd.log_text().count("Accepted publickey") >= 2, 60, what="a re-attach")
+    os.kill(engine, signal.SIGCONT)
+    reader.join(180)
+
+    assert not [e for e in seen if isinstance(e, BaseException)]
+    seqs = [e["seq"] for e in seen]
+    assert list(range(len(seen))) == seqs
+    assert ("result", True) == (seen[-1]["type"], seen[-1]["ok"])
+    assert seq_before_cut < seqs[-1]
+    assert 1 == sum(1 for e in seen if e["type"] == "hello")
+    assert old_key != sandbox.env_key()
+    assert [] == sandbox.php_check_all()
