@@ -36,7 +36,6 @@ from bot.errors import (
     EngineTimeoutError,
     HostKeyMismatchError,
     HostUnreachableError,
-    RemoteEngineError,
     SettingsError,
 )
 from bot.inventory import PanelEntry
@@ -113,37 +112,39 @@ class SSHEngineClient:
         attempt = 0
         current = request
         while True:
+            seen_before = progress.last_seq
             try:
                 closing = yield from self._session(current, progress)
             except _StreamEnded as ended:
                 if not is_mutating(request):
                     raise self._ended_error(ended) from None
-                if attempt >= self.panel.reconnect_attempts:
-                    raise ConnectionLostError(
-                        f"{self.source}: lost the engine running {request.id} ({ended.reason}) "
-                        f"and could not re-attach after {attempt} attempts; it keeps running "
-                        "on the host: check its status there or re-attach later"
-                    ) from None
+                reason: str = ended.reason
             except HostUnreachableError as exc:
-                if current is request or attempt >= self.panel.reconnect_attempts:
-                    raise
-                log.warning("%s: re-attach failed: %s", self.source, exc)
-            except RemoteEngineError as exc:
-                if current is not request and exc.code == "unknown_rotation":
+                if current is request:
+                    raise  # never started: nothing to re-attach to
+                reason = exc.message
+            else:
+                if current is not request and closing.get("code") == "unknown_rotation":
                     raise EngineCrashedError(
                         f"{self.source}: the engine ended without a closing event and "
                         f"the host has no record of {request.id}: it may never have started"
-                    ) from exc
-                raise
-            else:
+                    )
                 raise_for_closing(closing)
                 return
+            if progress.last_seq > seen_before:
+                attempt = 0  # the last connection got somewhere: a fresh budget
+            if attempt >= self.panel.reconnect_attempts:
+                raise ConnectionLostError(
+                    f"{self.source}: lost the engine running {request.id} ({reason}) and "
+                    f"could not re-attach in {attempt} attempts; the rotation goes on on the "
+                    "host: check its status there or re-attach later"
+                )
             attempt += 1
             delay = self.panel.backoff_s(attempt)
             log.warning(
-                "%s: connection to the engine running %s lost; re-attaching from seq %d "
-                "in %.1f s (attempt %d of %d)",
-                self.source, request.id, progress.last_seq, delay, attempt,
+                "%s: lost the engine running %s (%s); re-attaching from seq %d in %.1f s "
+                "(attempt %d of %d)",
+                self.source, request.id, reason, progress.last_seq, delay, attempt,
                 self.panel.reconnect_attempts,
             )  # fmt: skip
             self._sleep(delay)

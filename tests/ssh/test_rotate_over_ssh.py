@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bot.errors import ConnectionLostError
 from bot.ssh_client import SSHEngineClient
 from engine.protocol import KEY_STEPS, Request
 from tests.ssh.conftest import PanelFactory
@@ -157,3 +158,34 @@ def test_a_cut_connection_mid_reencryption_reattaches_and_sees_every_event_once(
     assert 1 == sum(1 for e in seen if e["type"] == "hello")
     assert old_key != sandbox.env_key()
     assert [] == sandbox.php_check_all()
+
+
+def test_when_the_host_stays_unreachable_reattaching_gives_up_but_the_rotation_finishes(
+    sshd: SSHServer,
+    ssh_panel: PanelFactory,
+    sandbox: PanelSandbox,
+    stopped_engines: list[int],
+) -> None:
+    """Connection cut and sshd gone: after the configured attempts the caller gets
+    ConnectionLostError; the engine on the host still runs the rotation to DONE."""
+    panel = ssh_panel(
+        sandbox.profile_path,
+        env={"MYOSICAM_ENGINE_FAULT": "stop@reencrypt:batch:1"},
+        reconnect_attempts=2,
+        reconnect_backoff_s=0.1,
+    )
+    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-gone")))
+    engine = wait_for_stopped(is_engine_for(sandbox), timeout=60)
+    stopped_engines.append(engine)
+
+    sshd.process.kill()
+    sshd.process.wait()
+    cut_connection_of(engine, sshd)
+    reader.join(60)
+    os.kill(engine, signal.SIGCONT)
+    wait_until(lambda: process_state(engine) in (None, "Z"), 120, what="the engine to finish")
+
+    assert isinstance(seen[-1], ConnectionLostError)
+    assert "r-ssh-gone" in str(seen[-1])
+    assert [] == sandbox.php_check_all()
+    assert sandbox.initial_key != sandbox.env_key()
