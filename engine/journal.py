@@ -44,7 +44,7 @@ STATES = (
     "ROLLED_BACK",
 )
 #: From here on, the new key is in .env: recovery finishes the rotation by default.
-FORWARD_STATES = frozenset({"ENV_WRITTEN", "RESTARTED", "SWEPT", "VERIFIED", "BACKED_UP"})
+FORWARD_STATES = frozenset({"ENV_WRITTEN", "RESTARTED", "SWEPT", "VERIFIED", "BACKED_UP", "DONE"})
 
 
 def _fsync_dir(path: Path) -> None:
