@@ -19,7 +19,8 @@ import pytest
 
 from engine.cipher import ALL_SCHEMES, Codec, Scheme, new_key_hex
 from engine.profile import load_profile
-from tests.support.panel import LONG_LEN, NON_ASCII, label
+from tests.support.panel import LONG_LEN, NON_ASCII, PANEL_CTL, label
+from tests.support.panel_ctl import parse_env
 from tests.support.php_crypto import PhpCryptoError, php_decrypt, php_encrypt
 from tests.support.procs import wait_for_stopped, wait_until
 from tests.support.secrets_scan import SecretRegistry, check_report, register_secret, scan_text
@@ -65,7 +66,11 @@ def test_values_sealed_by_the_engine_codec_decrypt_in_php(scheme: Scheme) -> Non
 
 
 def test_a_value_opens_only_under_its_own_scheme_and_key() -> None:
-    """GCM's tag tells schemes and keys apart: nothing opens under a wrong one, in PHP or Python."""
+    """GCM's tag tells schemes and keys apart: nothing opens under a wrong one, in PHP or Python.
+
+    (Not true of an encrypted *empty* string: with no ciphertext, iv·tag·ct and
+    iv·ct·tag are the same bytes, so such values open under both iv12 layouts.)
+    """
     key, other_key = new_key_hex(), new_key_hex()
     sealed = {s: php_encrypt(s.label, key, [b"pw-one-scheme-only"])[0] for s in ALL_SCHEMES}
 
@@ -90,6 +95,14 @@ def test_ascii32_is_phps_own_truncation_of_the_hex_string() -> None:
     assert php_decrypt("iv12_tag_ct/hex", key, stored) == [False]
 
 
+def test_an_encrypted_empty_string_opens_under_both_iv12_layouts() -> None:
+    """Why ``probe`` must not decide a layout on empty values alone."""
+    key = new_key_hex()
+    stored = php_encrypt("iv12_tag_ct/hex", key, [b""])
+
+    assert php_decrypt("iv12_ct_tag/hex", key, stored) == [b""]
+
+
 def test_crypto_php_errors_do_not_show_the_key() -> None:
     """A malformed key is refused with a message that does not quote it."""
     bad_key = new_key_hex()[:63] + "z"
@@ -101,6 +114,18 @@ def test_crypto_php_errors_do_not_show_the_key() -> None:
 
 
 # --- the panel sandbox ----------------------------------------------------------------------
+
+
+def test_mysql_db_has_the_schema_and_bulk_inserts(mysql_db) -> None:
+    """A fresh database per test, with every table, and fast multi-row inserts."""
+    rows = [(i, f"agent-{i}", None) for i in range(1, 10_001)]
+
+    assert mysql_db.insert_rows("agents", ["id", "name", "agent_token"], rows) == 10_000
+    assert mysql_db.query("SELECT COUNT(*) FROM agents") == [(10_000,)]
+    assert set(mysql_db.tables) == {
+        "oscam_installs", "saved_servers", "email_settings", "email_configurations",
+        "agents", "agent_install_tokens",
+    }
 
 
 def test_sandbox_fixtures_open_under_the_env_key_in_php(panel_factory) -> None:
@@ -190,6 +215,34 @@ def test_reference_panel_shows_and_saves_credentials(panel_factory) -> None:
         "pw-saved-by-a-user"
     )
     assert sandbox.php_check_all() == []
+
+
+def test_panel_ctl_fails_in_one_line_without_a_panel(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(PANEL_CTL), "start", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert proc.returncode == 1
+    assert proc.stderr == f"panel_ctl: start failed: {tmp_path / 'panel.json'} does not exist\n"
+
+
+def test_panel_ctl_reads_env_files_like_the_panel() -> None:
+    """Comments, blank lines, export, both quotes, escapes and inline comments."""
+    text = (
+        "# comment\n\nAPP_NAME=\"My \\\"Panel\\\"\"\nexport DB_HOST=127.0.0.1 # inline\n"
+        "DB_PASSWORD='p#ss word'\nEMPTY=\nPANEL_ENCRYPTION_KEY=abc\n"
+    )
+
+    assert parse_env(text) == {
+        "APP_NAME": 'My "Panel"',
+        "DB_HOST": "127.0.0.1",
+        "DB_PASSWORD": "p#ss word",
+        "EMPTY": "",
+        "PANEL_ENCRYPTION_KEY": "abc",
+    }
 
 
 # --- helpers --------------------------------------------------------------------------------

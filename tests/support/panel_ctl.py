@@ -99,6 +99,20 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
 def _pid_of(state: Path, name: str) -> int | None:
     """The pid in DIR/<name>.pid if that process still runs and is the one we started."""
     try:
@@ -151,14 +165,18 @@ def _launch(state: Path, name: str, argv: list[str], env: dict[str, str], port: 
 
 
 def _stop(state: Path, name: str) -> bool:
-    """SIGTERM the process group, wait for it to go (SIGKILL after the timeout)."""
+    """SIGTERM the master, wait for it to go (SIGKILL after the timeout), then its group.
+
+    The master alone gets SIGTERM, as in production: php-fpm's master then
+    ends its workers itself, which takes it about 2 s (TESTING-FACTS.md).
+    """
     pid = _pid_of(state, name)
     if pid is None:
         (state / f"{name}.pid").unlink(missing_ok=True)
         return False
     for sig, timeout in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 2.0)):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
+            os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -166,6 +184,15 @@ def _stop(state: Path, name: str) -> bool:
             break
     else:
         raise CtlError(f"{name} (pid {pid}) did not exit after SIGKILL")
+    # Workers a master left behind still hold the listening socket: end them and wait, or
+    # the next start could see the port accept while only a dying worker listens.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while _group_members(pid):
+        if time.monotonic() > deadline:
+            raise CtlError(f"{name} workers {_group_members(pid)} did not exit after SIGKILL")
+        time.sleep(0.01)
     (state / f"{name}.pid").unlink(missing_ok=True)
     return True
 
