@@ -89,3 +89,17 @@ class ClientKeyError(EngineClientError):
     """The bot's own SSH key file is missing, unreadable or needs another passphrase."""
 
     code = "client_key"
+
+
+# --- the bot's own state (bot.store, bot.audit, bot.runner) ---------------------------------
+# BotError
+# ├── StoreError              the state store is unreachable or refused a statement
+# └── AuditIntegrityError     the audit chain does not verify (changed, removed, reordered)
+
+
+class StoreError(BotError):
+    code = "store"
+
+
+class AuditIntegrityError(BotError):
+    code = "audit_broken"

@@ -1,0 +1,216 @@
+"""``python -m bot``: serve Slack, or read the audit log.
+
+    python -m bot                         Socket Mode (needs SLACK_APP_TOKEN)
+    python -m bot --http [--port 3000]    HTTP mode: POST /slack/events, GET /healthz
+    python -m bot audit export [--since 2026-11-26T00:00:00] [--output FILE]
+    python -m bot audit verify [--file EXPORT.jsonl]
+    python -m bot demo | doctor           (when bot.demo / bot.doctor are installed)
+
+Settings come from the environment and ``ROTATOR_CONFIG`` (see
+``bot.settings``). A bad setting stops start-up with a message that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.errors import BotError
+
+log = logging.getLogger("bot")
+
+_TOKEN_PATTERN = re.compile(r"\b(xox[abeoprs]|xapp)-[A-Za-z0-9-]{8,}")
+
+
+class RedactingFilter(logging.Filter):
+    """A last line of defence: known secret values and Slack token shapes never reach a log."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 6]
+
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "[redacted]")
+        return _TOKEN_PATTERN.sub(r"\1-[redacted]", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self._clean(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def configure_logging(secrets: Sequence[str], level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="MyOsicam Rotator Slack bot")
+    parser.add_argument(
+        "--http", action="store_true", help="serve Slack's HTTP mode instead of Socket Mode"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="HTTP port (default from settings, 3000)"
+    )
+    parser.add_argument("--address", default=None, help="HTTP bind address (default from settings)")
+    parser.add_argument("--debug", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command")
+    audit = sub.add_parser("audit", help="export or verify the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    export = audit_sub.add_parser("export", help="write the audit log as JSON Lines")
+    export.add_argument("--since", default=None, help="ISO date/time (UTC) or a Unix timestamp")
+    export.add_argument("--output", default="-", help="file to write (default stdout)")
+    verify = audit_sub.add_parser("verify", help="check the hash chain")
+    verify.add_argument("--file", default=None, help="verify an exported JSON Lines file instead")
+    sub.add_parser("demo", help="a local rehearsal (bot.demo)", add_help=False)
+    sub.add_parser("doctor", help="check the installation (bot.doctor)", add_help=False)
+    return parser
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BotError(
+            f"--since: {value!r} is neither an ISO date/time nor a Unix timestamp"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from bot.audit import AuditLog, read_export, verify_entries
+
+    if args.audit_command == "verify" and args.file:
+        with open(args.file, encoding="utf-8") as stream:
+            report = verify_entries(read_export(stream))
+        print(report.summary())
+        return 0 if report.ok else 1
+    from bot.settings import load_settings
+    from bot.store import open_store
+
+    settings = load_settings()
+    store = open_store(settings.store_url)
+    try:
+        audit = AuditLog(store)
+        if args.audit_command == "export":
+            if args.output == "-":
+                audit.export(sys.stdout, since=_since(args.since))
+            else:
+                with open(args.output, "w", encoding="utf-8") as out:
+                    count = audit.export(out, since=_since(args.since))
+                print(f"wrote {count} entries to {args.output}", file=sys.stderr)
+            return 0
+        report = audit.verify()
+        print(report.summary())
+        return 0 if report.ok else 1
+    finally:
+        store.close()
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(f"bot.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"bot.{name}":
+            raise
+        print(
+            f"`python -m bot {name}` is not available in this build (no bot/{name}.py).",
+            file=sys.stderr,
+        )
+        return 2
+    result: Any = module.main(argv)
+    return int(result or 0)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bot.app import build_rotator, default_engine_clients
+    from bot.settings import load_settings
+    from bot.store import open_store
+
+    settings = load_settings()
+    configure_logging(settings.secrets(), logging.DEBUG if args.debug else logging.INFO)
+    if not args.http and not settings.app_token:
+        raise BotError(
+            "SLACK_APP_TOKEN is not set: set it for Socket Mode, or run `python -m bot --http`"
+        )
+    store = open_store(settings.store_url)
+    rotator = build_rotator(settings, store, default_engine_clients(settings))
+    rotator.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if args.http:
+            from bot.wsgi import HttpServer
+
+            address = args.address or settings.config.http_address
+            port = args.port or settings.config.http_port
+            server = HttpServer(rotator.app, rotator.healthy, address, port).start()
+            log.info(
+                "serving Slack on %s/slack/events (store %s)",
+                server.url,
+                settings.store_url_redacted,
+            )
+            try:
+                stop.wait()
+            finally:
+                server.stop()
+        else:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            handler = SocketModeHandler(rotator.app, settings.app_token)
+            handler.connect()  # type: ignore[no-untyped-call]
+            log.info("connected to Slack in Socket Mode (store %s)", settings.store_url_redacted)
+            try:
+                stop.wait()
+            finally:
+                handler.close()  # type: ignore[no-untyped-call]
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rotator.close(wait=False)
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("demo", "doctor"):
+        return _delegate(argv[0], argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "audit":
+            return _audit(args)
+        return _serve(args)
+    except BotError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Runs an approved request through its panel's engine and reports it in Slack.
+
+The order matters:
+
+1. Re-plan, and compare with the approved plan's binding. If the target,
+   operation, engine version, host key, current key or layout changed, the
+   approvals are void: nothing runs, the card says what changed.
+2. Compare-and-swap ``approved -> running``. Only one runner (thread, process
+   or replica) wins; the others stop here. This is the "never run twice" gate.
+3. Send the request; for each engine event: audit it, save its ``seq`` with
+   the request (so a restarted bot re-attaches after it), then report it (a
+   thread reply per finished step, the card's current step).
+4. The closing event decides ``done`` or ``failed``; the card and a final
+   thread reply get the summary, and the requester gets a direct message.
+
+A bot that stops while a rotation runs leaves the request ``running``; the
+engine on the host carries on regardless, and ``resume`` re-attaches from
+the last saved ``seq`` and reports it to the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from slack_sdk import WebClient
+
+from bot.audit import AuditLog
+from bot.engine_client import EngineClient
+from bot.errors import BotError, EngineClientError, RemoteEngineError
+from bot.store import Store
+from engine.protocol import CLOSING_TYPES, PROTOCOL_VERSION, Request
+from handlers import blocks, cards
+from handlers import messages as m
+from handlers.ports import AccessPolicy, PlanError, Planner, RotationRequest, State
+
+log = logging.getLogger(__name__)
+
+EngineClients = Callable[[str], EngineClient]
+#: Engine error codes that mean the panel was left exactly as it was.
+NOTHING_CHANGED_CODES = frozenset({"unknown_rotation", "replan_failed", "bad_request"})
+
+
+class _Shutdown(Exception):
+    """The bot is stopping: leave the request ``running`` for the next start to re-attach."""
+
+
+class Runner:
+    """Owns the threads that run and follow rotations."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        audit: AuditLog,
+        engine_clients: EngineClients,
+        planner: Planner,
+        client: WebClient,
+        policy: AccessPolicy,
+        clock: Callable[[], float] = time.time,
+        threads: int = 4,
+        card_interval_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.engine_clients = engine_clients
+        self.planner = planner
+        self.client = client
+        self.policy = policy
+        self.clock = clock
+        self.card_interval_s = card_interval_s
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rotation")
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._active: set[str] = set()
+
+    # --- entry points ------------------------------------------------------------------
+
+    def start(self, request_id: str) -> Future[None] | None:
+        """Run an approved request in the background (once per process at a time)."""
+        return self._submit(request_id, self._run)
+
+    def resume(self) -> list[Future[None]]:
+        """After a restart: run approved requests, re-attach running ones, finish reports."""
+        futures = []
+        for request in self.store.list_in_states([State.APPROVED, State.RUNNING]):
+            work = self._run if request.state == State.APPROVED else self._reattach
+            future = self._submit(request.id, work)
+            if future is not None:
+                futures.append(future)
+        for request in self.store.recent_final(limit=20):
+            if request.outcome.get("reported") is False:
+                future = self._submit(request.id, self._report_again)
+                if future is not None:
+                    futures.append(future)
+        return futures
+
+    def close(self, wait: bool = True) -> None:
+        """Stop following engines (their rotations go on) and wait for the threads."""
+        self._stopping.set()
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    def _submit(self, request_id: str, work: Callable[[str], None]) -> Future[None] | None:
+        with self._lock:
+            if request_id in self._active or self._stopping.is_set():
+                return None
+            self._active.add(request_id)
+
+        def guarded() -> None:
+            try:
+                work(request_id)
+            except _Shutdown:
+                log.info("stopped following %s; the next start re-attaches", request_id)
+            except Exception:
+                log.exception("the run of %s failed in the bot", request_id)
+            finally:
+                with self._lock:
+                    self._active.discard(request_id)
+
+        return self._executor.submit(guarded)
+
+    # --- one run -----------------------------------------------------------------------
+
+    def _run(self, request_id: str) -> None:
+        request = self.store.get(request_id)
+        if request is None or request.state != State.APPROVED:
+            return
+        try:
+            plan_now = self.planner.plan(
+                panel=request.panel,
+                op=request.op,
+                agents=() if request.all_agents else request.agents,
+                all_agents=request.all_agents,
+                request_id=request.id,
+            )
+        except PlanError as exc:
+            self._finish(
+                request,
+                State.FAILED,
+                {
+                    "ok": False,
+                    "code": "replan_failed",
+                    "message": f"could not re-check the plan before running: {exc.message}",
+                    "rolled_back": None,
+                    "nothing_changed": True,
+                },
+            )
+            return
+        differences = request.plan.differences(plan_now)
+        if differences:
+            self._void(request, differences, plan_now.hash)
+            return
+        running = self.store.update(
+            request.evolve(state=State.RUNNING, started_at=self.clock(), progress={}),
+            expected_version=request.version,
+            event="started",
+            actor="bot",
+        )
+        if running is None:
+            log.info("%s was started elsewhere", request_id)
+            return
+        self._refresh(running)
+        engine_request = Request(
+            v=PROTOCOL_VERSION,
+            id=request.id,
+            op=request.op,
+            requested_by=request.requester.user_id,
+            approved_by=[a.person.user_id for a in request.approvals if a.person][:20],
+            reason=request.reason,
+            agents=list(request.agents)
+            if request.op == "rotate-agent" and not request.all_agents
+            else None,
+            all_agents=request.all_agents,
+        )
+        self._follow(running, lambda: self.engine_clients(request.panel).run(engine_request))
+
+    def _reattach(self, request_id: str) -> None:
+        request = self.store.get(request_id)
+        if request is None or request.state != State.RUNNING:
+            return
+        log.info("re-attaching to %s after seq %s", request_id, request.last_seq)
+        attach = Request(
+            v=PROTOCOL_VERSION,
+            id=request.id,
+            op="attach",
+            rotation_id=request.id,
+            after_seq=request.last_seq,
+        )
+        self._post(request, m.reattached(request.last_seq))
+        self._follow(request, lambda: self.engine_clients(request.panel).run(attach))
+
+    def _void(self, request: RotationRequest, differences: list[str], new_hash: str) -> None:
+        voided = self.store.update(
+            request.evolve(
+                state=State.VOIDED,
+                finished_at=self.clock(),
+                outcome={"differences": differences, "new_plan_hash": new_hash},
+            ),
+            expected_version=request.version,
+            event="voided",
+            actor="bot",
+            detail={"differences": differences},
+        )
+        if voided is None:
+            return
+        self._refresh(voided)
+        self._post(voided, f"{voided.requester.mention} " + m.voided_reply(differences))
+
+    # --- following the engine ----------------------------------------------------------
+
+    def _follow(
+        self, request: RotationRequest, events: Callable[[], Iterable[dict[str, Any]]]
+    ) -> None:
+        current = request
+        closing: dict[str, Any] | None = None
+        last_card = 0.0
+        try:
+            for event in _events(events):
+                if self._stopping.is_set():
+                    raise _Shutdown
+                kind = event.get("type")
+                self.audit.append(f"engine.{kind}", request.id, "engine", event)
+                if kind in CLOSING_TYPES:
+                    closing = event
+                    break
+                if kind != "step":
+                    continue
+                updated = self._save_step(current, event)
+                if updated is None:
+                    log.info("%s is followed by another runner; stopping here", request.id)
+                    return
+                current = updated
+                if event.get("state") == "started":
+                    now = time.monotonic()
+                    if now - last_card >= self.card_interval_s or event.get("index"):
+                        self._refresh(current)
+                        last_card = now
+                else:
+                    self._post(current, m.step_reply(event))
+        except _Shutdown:
+            raise
+        except RemoteEngineError as exc:
+            closing = dict(exc.event)
+        except (EngineClientError, BotError) as exc:
+            if self._stopping.is_set():
+                raise _Shutdown from exc
+            log.warning("lost the engine of %s: %s (%s)", request.id, exc.message, exc.code)
+            closing = {
+                "type": "error",
+                "code": exc.code,
+                "message": f"lost contact with the engine: {exc.message}",
+                "rolled_back": None,
+            }
+        if self._stopping.is_set():
+            raise _Shutdown
+        if closing is None:
+            closing = {
+                "type": "error",
+                "code": "engine_crashed",
+                "message": "the engine's event stream ended without a result",
+                "rolled_back": None,
+            }
+        latest = self.store.get(request.id) or current
+        if latest.state != State.RUNNING:
+            return
+        self._close(latest, closing)
+
+    def _save_step(self, request: RotationRequest, event: dict[str, Any]) -> RotationRequest | None:
+        progress = {
+            key: event[key]
+            for key in ("name", "state", "index", "total", "agent")
+            if event.get(key) is not None
+        }
+        highest = max(int(request.progress.get("highest", 0)), int(event.get("index") or 0))
+        progress["highest"] = highest
+        seq = int(event.get("seq") or request.last_seq)
+        return self.store.update(
+            request.evolve(progress=progress, last_seq=max(seq, request.last_seq)),
+            expected_version=request.version,
+            event="step",
+            actor="engine",
+            record=False,
+        )
+
+    def _close(self, request: RotationRequest, closing: dict[str, Any]) -> None:
+        data = {k: v for k, v in closing.items() if k not in ("type", "id", "seq", "ts")}
+        if closing.get("type") == "result":
+            outcome = {**data, "ok": True}
+            if "duration_ms" not in outcome and request.started_at:
+                outcome["duration_ms"] = int((self.clock() - request.started_at) * 1000)
+            self._finish(request, State.DONE, outcome)
+            return
+        code = str(data.get("code", "engine_error"))
+        nothing_changed = data.get("rolled_back") is None and (
+            code in NOTHING_CHANGED_CODES or int(request.progress.get("highest", 0)) <= 1
+        )
+        outcome = {**data, "ok": False, "code": code, "nothing_changed": nothing_changed}
+        if "duration_ms" not in outcome and request.started_at:
+            outcome["duration_ms"] = int((self.clock() - request.started_at) * 1000)
+        self._finish(request, State.FAILED, outcome)
+
+    def _finish(self, request: RotationRequest, state: State, outcome: dict[str, Any]) -> None:
+        final = self.store.update(
+            request.evolve(
+                state=state,
+                finished_at=self.clock(),
+                progress={},
+                outcome={**outcome, "reported": False},
+            ),
+            expected_version=request.version,
+            event="finished" if state == State.DONE else "failed",
+            actor="engine",
+            detail={k: outcome.get(k) for k in ("code", "rolled_back", "verified") if k in outcome},
+        )
+        if final is not None:
+            self._report(final)
+
+    def _report(self, final: RotationRequest) -> None:
+        """Card, final thread reply, requester notice; then mark the outcome reported."""
+        self._refresh(final)
+        summary = blocks.summary_text(final)
+        self._post(final, summary)
+        headline = blocks.status_lines(
+            final,
+            approvers=self.policy.approver_mentions,
+            approvals_required=self.policy.approvals_required,
+            now=self.clock(),
+        )[-1]
+        cards.direct_message(
+            self.client,
+            final.requester.user_id,
+            m.requester_notice(final.id, final.panel, final.state.value, headline),
+        )
+        self.store.update(
+            final.evolve(outcome={**final.outcome, "reported": True}),
+            expected_version=final.version,
+            event="reported",
+            actor="bot",
+            record=False,
+        )
+
+    def _report_again(self, request_id: str) -> None:
+        request = self.store.get(request_id)
+        if request is not None and request.outcome.get("reported") is False:
+            self._report(request)
+
+    # --- Slack -------------------------------------------------------------------------
+
+    def _refresh(self, request: RotationRequest) -> None:
+        cards.refresh_card(self.client, request, self.policy, self.clock())
+
+    def _post(self, request: RotationRequest, text: str) -> None:
+        cards.post_thread(self.client, request, text)
+
+
+def _events(make: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    yield from make()

@@ -1,0 +1,299 @@
+"""The bot's settings: Slack credentials from the environment, the rest from a TOML file.
+
+Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
+(Socket Mode; optional), ``SLACK_API_URL`` (default Slack's) and
+``ROTATOR_CONFIG``, the path of a TOML file such as::
+
+    channels = ["C0123ROTATE"]          # where requests are made and cards posted
+    requesters = ["S0SECOPS", "U0ALICE"] # user ids and/or user-group ids; empty: anyone
+    approvers = ["S0ONCALL"]             # required; never the requester
+    approvals_required = 1
+    expiry_minutes = 30
+    store = "sqlite:///rotator.db"       # relative to this file; or "mysql://user:pw@host/db"
+    http_address = "127.0.0.1"
+
+    [panels.prod-eu]                     # an engine reached over SSH (bot.inventory)
+    host = "prod-eu.example.net"
+    user = "rotator"
+    key_file = "/etc/myosicam-rotator/id_ed25519"
+    known_hosts = "/etc/myosicam-rotator/known_hosts"
+
+    [local_panels.lab]                   # an engine on this host, run as a subprocess
+    profile = "/etc/myosicam/panel.toml"
+
+A missing or bad setting raises ``SettingsError`` naming it; no message ever
+repeats a value, so a secret cannot leak through an error.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import SettingsError
+from bot.inventory import Inventory
+from handlers.ports import AccessPolicy
+
+DEFAULT_API_URL = "https://slack.com/api/"
+DEFAULT_STORE = "sqlite:///rotator.db"
+_ID = r"^(T[A-Z0-9]{2,}/)?[UWS][A-Z0-9]{2,}$"
+_CHANNEL = r"^[CGD][A-Z0-9]{2,}$"
+_PANEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class SlackEnvironment(BaseSettings):
+    """What comes from the environment (the secrets, and where the rest lives)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    slack_bot_token: SecretStr
+    slack_signing_secret: SecretStr
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = DEFAULT_API_URL
+    rotator_config: Path
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("must be a bot token (it starts with xoxb-)")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("must be an app-level token (it starts with xapp-)")
+        return value
+
+    @field_validator("slack_signing_secret")
+    @classmethod
+    def _signing_secret(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("is too short to be a Slack signing secret")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://slack.com/api/")
+        return value if value.endswith("/") else value + "/"
+
+
+class LocalPanel(BaseModel):
+    """A panel whose engine runs on this host (``python -m engine --profile P serve``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: Path
+    host: str = "localhost"
+
+
+class RotatorConfig(BaseModel):
+    """The TOML file named by ``ROTATOR_CONFIG``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: list[str] = Field(default_factory=list)
+    requesters: list[str] = Field(default_factory=list)
+    approvers: list[str] = Field(min_length=1)
+    approvals_required: int = Field(default=1, ge=1, le=10)
+    expiry_minutes: float = Field(default=30.0, gt=0, le=7 * 24 * 60)
+    store: SecretStr = SecretStr(DEFAULT_STORE)
+    http_address: str = "127.0.0.1"
+    http_port: int = Field(default=3000, ge=1, le=65535)
+    panels: Inventory = Field(default_factory=Inventory)
+    local_panels: dict[str, LocalPanel] = Field(default_factory=dict)
+    worker_threads: int = Field(default=32, ge=4, le=256)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("panels", mode="before")
+    @classmethod
+    def _inventory(cls, value: object) -> object:
+        if isinstance(value, dict) and "panels" not in value:
+            return {"panels": value}
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_ids(cls, value: list[str]) -> list[str]:
+        import re
+
+        for item in value:
+            if not re.match(_CHANNEL, item):
+                raise ValueError("channel ids look like C0123ABCD (not #names)")
+        return value
+
+    @field_validator("requesters", "approvers")
+    @classmethod
+    def _user_or_group_ids(cls, value: list[str]) -> list[str]:
+        import re
+
+        for item in value:
+            if not re.match(_ID, item):
+                raise ValueError(
+                    "entries are Slack user ids (U…/W…), user-group ids (S…) or T…/U…, not names"
+                )
+        return value
+
+    @field_validator("local_panels")
+    @classmethod
+    def _local_names(cls, value: dict[str, LocalPanel]) -> dict[str, LocalPanel]:
+        import re
+
+        for name in value:
+            if not re.match(_PANEL_NAME, name):
+                raise ValueError("panel names are letters, digits, dot, dash and underscore")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().split(":", 1)[0]
+        if scheme not in ("sqlite", "mysql", "mysql+pymysql"):
+            raise ValueError("must start with sqlite:/// or mysql://")
+        return value
+
+
+class Settings:
+    """Environment + TOML, validated together; the one object the bot is built from."""
+
+    def __init__(self, env: SlackEnvironment, config: RotatorConfig, config_path: Path) -> None:
+        self.env = env
+        self.config = config
+        self.config_path = config_path
+        overlap = set(config.panels.panels) & set(config.local_panels)
+        if overlap:
+            raise SettingsError(
+                f"ROTATOR_CONFIG ({config_path}): panel {sorted(overlap)[0]!r} is in both "
+                "[panels] and [local_panels]; give it one place"
+            )
+        if not self.panel_names:
+            raise SettingsError(
+                f"ROTATOR_CONFIG ({config_path}): no panels; add a [panels.<name>] "
+                "or [local_panels.<name>] table"
+            )
+
+    # Slack
+    @property
+    def bot_token(self) -> str:
+        return self.env.slack_bot_token.get_secret_value()
+
+    @property
+    def signing_secret(self) -> str:
+        return self.env.slack_signing_secret.get_secret_value()
+
+    @property
+    def app_token(self) -> str | None:
+        token = self.env.slack_app_token
+        return token.get_secret_value() if token else None
+
+    @property
+    def api_url(self) -> str:
+        return self.env.slack_api_url
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for log redaction."""
+        values = [self.bot_token, self.signing_secret, self.app_token]
+        password = urlsplit(self.store_url).password
+        values.append(password)
+        for entry in self.config.panels.panels.values():
+            if entry.key_passphrase is not None:
+                values.append(entry.key_passphrase.get_secret_value())
+        return [v for v in values if v]
+
+    # The rest
+    @property
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path resolved beside the config file."""
+        url = self.config.store.get_secret_value()
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///") :])
+            if not path.is_absolute():
+                path = self.config_path.parent / path
+            return f"sqlite:///{path}"
+        return url
+
+    @property
+    def store_url_redacted(self) -> str:
+        parts = urlsplit(self.store_url)
+        if parts.password is None:
+            return self.store_url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    @property
+    def panel_names(self) -> list[str]:
+        return sorted([*self.config.panels.panels, *self.config.local_panels])
+
+    def panel_host(self, name: str) -> str:
+        if name in self.config.panels:
+            return self.config.panels.get(name).host
+        local = self.config.local_panels.get(name)
+        return local.host if local else name
+
+    @property
+    def policy(self) -> AccessPolicy:
+        c = self.config
+        return AccessPolicy(
+            approvers=tuple(c.approvers),
+            requesters=tuple(c.requesters),
+            channels=tuple(c.channels),
+            approvals_required=c.approvals_required,
+            expiry_s=c.expiry_minutes * 60,
+        )
+
+
+def _describe(exc: ValidationError, where: str, upper: bool) -> str:
+    """One line per problem, naming the setting; the offending value is never repeated."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(part) for part in error["loc"]) or "(file)"
+        if upper:
+            loc = loc.upper()
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required but not set"
+        problems.append(f"{where}{loc}: {message}")
+    return "; ".join(problems)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build ``Settings`` from ``environ`` (default ``os.environ``) and the TOML it names."""
+    source = dict(os.environ if environ is None else environ)
+    lowered = {
+        k.lower(): v for k, v in source.items() if k.upper().startswith(("SLACK_", "ROTATOR_"))
+    }
+    try:
+        env = SlackEnvironment.model_validate(lowered)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, "", upper=True)) from None
+    path = env.rotator_config
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"ROTATOR_CONFIG: file {path} does not exist") from None
+    except OSError as exc:
+        raise SettingsError(f"ROTATOR_CONFIG: cannot read {path} ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"ROTATOR_CONFIG ({path}): not valid TOML: {exc}") from None
+    try:
+        config = RotatorConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, f"ROTATOR_CONFIG ({path}): ", upper=False)) from None
+    return Settings(env, config, path.resolve())

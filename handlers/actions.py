@@ -1,0 +1,221 @@
+"""The card's buttons (Approve, Deny) and the deny modal.
+
+The two-person rule lives here, in the state transition and not only in the
+UI: an approval counts only from a configured approver who is not the
+requester (team id + user id), only once per person, only while the request
+is pending and not expired, and only if the compare-and-swap on the stored
+request wins. A click that loses a race re-reads and decides again, so two
+clicks at once can never approve twice or start two runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from handlers import blocks, cards
+from handlers import messages as m
+from handlers.ports import Decision, HandlerDeps, Person, RequestStore, RotationRequest, State
+
+log = logging.getLogger(__name__)
+MAX_RACE_RETRIES = 50
+
+
+@dataclass(frozen=True)
+class ClickOutcome:
+    """What a click did: an answer for the clicker, a request to repaint, whether to run it."""
+
+    answer: str | None = None
+    changed: RotationRequest | None = None
+    start: bool = False
+
+
+def expire_if_due(
+    store: RequestStore, request: RotationRequest, now: float
+) -> RotationRequest | None:
+    """Expire a pending request whose time has come; returns the stored request if this call did."""
+    if request.state != State.PENDING or now < request.expires_at:
+        return None
+    expired = request.evolve(
+        state=State.EXPIRED, decision=Decision(person=None, at=request.expires_at)
+    )
+    return store.update(expired, expected_version=request.version, event="expired", actor="expiry")
+
+
+def approve(deps: HandlerDeps, request_id: str, person: Person) -> ClickOutcome:
+    """Count ``person``'s approval on ``request_id`` if the rules allow it."""
+    approvers = deps.policy.approver_mentions
+    for _ in range(MAX_RACE_RETRIES):
+        request = deps.store.get(request_id)
+        if request is None:
+            return ClickOutcome(answer=m.unknown_request(request_id))
+        if request.approved_by(person):
+            return ClickOutcome(answer=m.ALREADY_APPROVED)
+        if request.state != State.PENDING:
+            return ClickOutcome(answer=cards.no_longer_pending(request))
+        now = deps.clock()
+        if now >= request.expires_at:
+            expired = expire_if_due(deps.store, request, now)
+            if expired is None:
+                continue
+            return ClickOutcome(answer=cards.no_longer_pending(expired), changed=expired)
+        if person == request.requester:
+            return ClickOutcome(answer=m.self_approval(approvers))
+        if not deps.policy.may_approve(person, deps.directory):
+            return ClickOutcome(answer=m.not_an_approver(approvers))
+        approvals = (*request.approvals, Decision(person=person, at=now))
+        complete = len(approvals) >= deps.policy.approvals_required
+        stored = deps.store.update(
+            request.evolve(
+                approvals=approvals, state=State.APPROVED if complete else State.PENDING
+            ),
+            expected_version=request.version,
+            event="approved" if complete else "approval_added",
+            actor=person.key,
+            detail={"approvals": len(approvals), "required": deps.policy.approvals_required},
+        )
+        if stored is None:
+            continue
+        if complete:
+            return ClickOutcome(changed=stored, start=True)
+        missing = deps.policy.approvals_required - len(approvals)
+        return ClickOutcome(answer=m.approval_recorded(missing, approvers), changed=stored)
+    raise RuntimeError(f"could not record an approval of {request_id}: too many concurrent changes")
+
+
+def may_deny(
+    deps: HandlerDeps, request_id: str, person: Person
+) -> tuple[str | None, RotationRequest | None]:
+    """Before the modal opens: (refusal, None) or (None, the pending request)."""
+    request = deps.store.get(request_id)
+    if request is None:
+        return m.unknown_request(request_id), None
+    if request.state != State.PENDING:
+        return cards.no_longer_pending(request), None
+    if person == request.requester:
+        return f"To withdraw your own request, use `/rotate-cancel {request_id}`.", None
+    if not deps.policy.may_approve(person, deps.directory):
+        return m.not_an_approver(deps.policy.approver_mentions, verb="deny"), None
+    return None, request
+
+
+def deny(deps: HandlerDeps, request_id: str, person: Person, reason: str) -> ClickOutcome:
+    for _ in range(MAX_RACE_RETRIES):
+        refusal, request = may_deny(deps, request_id, person)
+        if request is None:
+            return ClickOutcome(answer=refusal)
+        now = deps.clock()
+        if now >= request.expires_at:
+            expired = expire_if_due(deps.store, request, now)
+            if expired is None:
+                continue
+            return ClickOutcome(answer=cards.no_longer_pending(expired), changed=expired)
+        denied = request.evolve(
+            state=State.DENIED, decision=Decision(person=person, at=now, reason=reason)
+        )
+        stored = deps.store.update(
+            denied, expected_version=request.version, event="denied", actor=person.key
+        )
+        if stored is not None:
+            return ClickOutcome(answer=m.deny_recorded(request_id), changed=stored)
+    raise RuntimeError(f"could not record a denial of {request_id}: too many concurrent changes")
+
+
+def person_from_interaction(body: dict[str, Any]) -> Person:
+    user = body.get("user") or {}
+    team = user.get("team_id") or (body.get("team") or {}).get("id") or ""
+    return Person(team_id=str(team), user_id=str(user["id"]))
+
+
+def _action_value(body: dict[str, Any]) -> str:
+    actions = body.get("actions") or [{}]
+    return str(actions[0].get("value", ""))
+
+
+def _channel(body: dict[str, Any]) -> str:
+    return str(
+        (body.get("channel") or {}).get("id")
+        or (body.get("container") or {}).get("channel_id")
+        or ""
+    )
+
+
+def register(app: App, deps: HandlerDeps) -> None:
+    """Attach the buttons and the deny modal to ``app``."""
+
+    def ack_click(ack: Ack) -> None:
+        ack()
+
+    def approve_rotation(body: dict[str, Any], client: WebClient) -> None:
+        person = person_from_interaction(body)
+        request_id = _action_value(body)
+        channel = _channel(body)
+        with cards.reporting_errors(client, channel, person.user_id, f"approve {request_id}"):
+            outcome = approve(deps, request_id, person)
+            if outcome.changed is not None:
+                cards.refresh_card(client, outcome.changed, deps.policy, deps.clock())
+            if outcome.answer:
+                cards.tell(client, channel, person.user_id, outcome.answer)
+            if outcome.start:
+                deps.start_rotation(request_id)
+
+    app.action(blocks.APPROVE_ACTION)(ack=ack_click, lazy=[approve_rotation])
+
+    def open_deny_modal(body: dict[str, Any], client: WebClient) -> None:
+        person = person_from_interaction(body)
+        request_id = _action_value(body)
+        channel = _channel(body)
+        with cards.reporting_errors(client, channel, person.user_id, f"deny {request_id}"):
+            refusal, request = may_deny(deps, request_id, person)
+            if request is None:
+                cards.tell(client, channel, person.user_id, refusal or "")
+                return
+            client.views_open(
+                trigger_id=body["trigger_id"],
+                view=blocks.deny_modal(request_id, blocks.request_headline(request)),
+            )
+
+    app.action(blocks.DENY_ACTION)(ack=ack_click, lazy=[open_deny_modal])
+
+    def ack_denial(body: dict[str, Any], ack: Ack) -> None:
+        if not _deny_reason(body):
+            ack(
+                response_action="errors",
+                errors={blocks.DENY_REASON_BLOCK: "Say why, so that the requester can act on it."},
+            )
+        else:
+            ack()
+
+    def record_denial(body: dict[str, Any], client: WebClient) -> None:
+        reason = _deny_reason(body)
+        if not reason:
+            return
+        person = person_from_interaction(body)
+        request_id = str(body["view"].get("private_metadata", ""))
+        request = deps.store.get(request_id)
+        channel = request.channel_id if request else ""
+        with cards.reporting_errors(client, channel, person.user_id, f"deny {request_id}"):
+            outcome = deny(deps, request_id, person, reason)
+            if outcome.changed is not None:
+                cards.refresh_card(client, outcome.changed, deps.policy, deps.clock())
+                if outcome.changed.state == State.DENIED:
+                    cards.post_thread(
+                        client,
+                        outcome.changed,
+                        f"{outcome.changed.requester.mention} "
+                        + m.denied_line(person.mention, deps.clock(), reason),
+                    )
+            elif outcome.answer and channel:
+                cards.tell(client, channel, person.user_id, outcome.answer)
+
+    app.view(blocks.DENY_MODAL)(ack=ack_denial, lazy=[record_denial])
+
+
+def _deny_reason(body: dict[str, Any]) -> str:
+    values = ((body.get("view") or {}).get("state") or {}).get("values") or {}
+    field = (values.get(blocks.DENY_REASON_BLOCK) or {}).get(blocks.DENY_REASON_INPUT) or {}
+    return str(field.get("value") or "").strip()[:500]

@@ -1,0 +1,299 @@
+"""Pure Block Kit builders: data in, dict out (``text`` fallback plus ``blocks``).
+
+Every message reads well twice: as blocks in the channel, and as its ``text``
+in a notification preview, so the fallback carries the headline, the state and
+the plan hash. Builders never call Slack and never read a clock: ``now`` is an
+argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from handlers import messages as m
+from handlers.plan import PlanView
+from handlers.ports import RotationRequest, State, Transition
+
+APPROVE_ACTION = "approve_rotation"
+DENY_ACTION = "deny_rotation"
+DENY_MODAL = "deny_rotation_modal"
+DENY_REASON_BLOCK = "deny_reason"
+DENY_REASON_INPUT = "reason_input"
+MAX_LISTED_AGENTS = 25
+SECTION_LIMIT = 2900
+
+Message = dict[str, Any]
+
+
+def _section(text: str) -> dict[str, Any]:
+    if len(text) > SECTION_LIMIT:
+        text = text[: SECTION_LIMIT - 1] + "…"
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _context(*texts: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in texts if t]}
+
+
+def _target(request: RotationRequest) -> str:
+    return m.target(request.op, request.panel, request.agents, request.all_agents)
+
+
+def _headline(request: RotationRequest) -> str:
+    icon = ":robot_face:" if request.op == "rotate-agent" else ":key:"
+    what = _target(request)
+    return f"{icon} {m.op_title(request.op)} requested: {what}"
+
+
+def plan_lines(plan: PlanView) -> str:
+    """The plan as the card shows it: what will change, how it was read, where it runs."""
+    lines = [f"*Plan* `{plan.short_hash}`"]
+    if plan.op == "rotate-agent":
+        rows = list(plan.agent_rows)
+        lines.append(f"• {m.plural(len(plan.agents), 'agent')} will get a new token")
+        for row in rows[:MAX_LISTED_AGENTS]:
+            name = row.get("name") or row.get("agent") or row.get("id")
+            server = row.get("server") or row.get("server_name") or row.get("host") or "?"
+            seen = row.get("last_seen") or "never"
+            lines.append(f"      {name} on {server} · last seen {seen}")
+        if len(rows) > MAX_LISTED_AGENTS:
+            lines.append(f"      … and {len(rows) - MAX_LISTED_AGENTS} more")
+        if not rows and plan.agents:
+            lines.append(f"      {', '.join(plan.agents[:MAX_LISTED_AGENTS])}")
+    else:
+        n_columns = len(plan.columns)
+        lines.append(
+            f"• {m.count(plan.total)} stored credentials in {m.plural(n_columns, 'column')} "
+            "will be re-encrypted"
+        )
+        if plan.columns:
+            lines.append(f"      {m.column_counts(plan.columns)}")
+        for table in plan.skipped:
+            lines.append(f"      {table}: table not present, skipped")
+        layout = plan.scheme_description or plan.scheme or "not detected"
+        lines.append(f"• layout: {layout} · current key {m.short_fp(plan.key_fingerprint)}")
+    host = plan.panel_host or plan.panel
+    lines.append(
+        f"• panel host {host} · host key {plan.host_key_fingerprint or '(unknown)'} · "
+        f"engine {plan.engine_version or '(unknown)'}"
+    )
+    return "\n".join(lines)
+
+
+def _approver_names(request: RotationRequest) -> str:
+    return ", ".join(a.person.mention for a in request.approvals if a.person) or "nobody"
+
+
+def status_lines(
+    request: RotationRequest, *, approvers: str, approvals_required: int, now: float
+) -> list[str]:
+    """The card's state in one or two lines, as SLACK-UX.md shows them."""
+    state = request.state
+    if state == State.PENDING:
+        missing = max(1, approvals_required - len(request.approvals))
+        lines = []
+        if request.approvals:
+            lines.append(
+                m.partially_approved(
+                    _approver_names(request), len(request.approvals), approvals_required
+                )
+            )
+        lines.append(
+            m.needs_approvals(
+                missing, approvers, request.requester.mention, request.expires_at, now
+            )
+        )
+        return lines
+    approved_at = request.approvals[-1].at if request.approvals else request.created_at
+    approved = m.approved_line(_approver_names(request), approved_at)
+    if state == State.APPROVED:
+        return [f"{approved} · starting…"]
+    if state == State.RUNNING:
+        return [f"{approved} · {m.running_line(request.progress)}"]
+    if state == State.DONE:
+        return [approved, m.done_line(request.outcome.get("duration_ms"))]
+    if state == State.FAILED:
+        return [approved, m.failed_line(request.outcome, request.panel)]
+    decision = request.decision
+    who = decision.person.mention if decision and decision.person else "someone"
+    at = decision.at if decision else request.expires_at
+    if state == State.DENIED:
+        return [m.denied_line(who, at, decision.reason if decision else "")]
+    if state == State.EXPIRED:
+        return [m.expired_line(at)]
+    if state == State.CANCELLED:
+        return [m.cancelled_line(who, at, decision.reason if decision else "")]
+    if state == State.VOIDED:
+        return [approved, m.voided_line(request.outcome.get("differences") or [])]
+    return [str(state)]
+
+
+def summary_text(request: RotationRequest) -> str:
+    """The closing summary, shared by the card and the final thread reply."""
+    approvers = [a.person.mention for a in request.approvals if a.person]
+    if request.state == State.DONE:
+        return m.final_done(
+            request_id=request.id,
+            requester=request.requester.mention,
+            approvers=approvers,
+            reason=request.reason,
+            outcome=request.outcome,
+        )
+    return m.final_failed(
+        request_id=request.id,
+        panel=request.panel,
+        requester=request.requester.mention,
+        approvers=approvers,
+        reason=request.reason,
+        outcome=request.outcome,
+    )
+
+
+def request_card(
+    request: RotationRequest, *, approvers: str, approvals_required: int, now: float
+) -> Message:
+    """The request card: who, why, the plan, the state and, while pending, the buttons."""
+    status = status_lines(
+        request, approvers=approvers, approvals_required=approvals_required, now=now
+    )
+    headline = _headline(request)
+    blocks: list[dict[str, Any]] = [
+        _section(f"*{headline}*   `[{request.state.value}]`"),
+        _section(f"Requested by {request.requester.mention} · {m.quote(request.reason)}"),
+        _section(plan_lines(request.plan)),
+        _section("\n".join(status)),
+    ]
+    if request.state in (State.DONE, State.FAILED):
+        blocks.append(_section(summary_text(request)))
+    if request.state == State.PENDING:
+        blocks.append(_buttons(request))
+    blocks.append(_context(f"Request `{request.id}` · plan hash `{request.plan_hash[:16]}`"))
+    text = (
+        f"{headline} by {request.requester.mention} · {status[-1]} · plan {request.plan.short_hash}"
+    )
+    return {"text": text, "blocks": blocks}
+
+
+def _buttons(request: RotationRequest) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "block_id": "decision",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION,
+                "text": {"type": "plain_text", "text": "Approve"},
+                "style": "primary",
+                "value": request.id,
+                "confirm": {
+                    "title": {"type": "plain_text", "text": "Approve this rotation?"},
+                    "text": {
+                        "type": "mrkdwn",
+                        "text": (
+                            f"You approve plan `{request.plan.short_hash}` for "
+                            f"{_target(request)}."
+                            " It starts as soon as the approvals are complete."
+                        ),
+                    },
+                    "confirm": {"type": "plain_text", "text": "Approve"},
+                    "deny": {"type": "plain_text", "text": "Back"},
+                },
+            },
+            {
+                "type": "button",
+                "action_id": DENY_ACTION,
+                "text": {"type": "plain_text", "text": "Deny"},
+                "style": "danger",
+                "value": request.id,
+            },
+        ],
+    }
+
+
+def thread_reply(text: str) -> Message:
+    return {"text": text, "blocks": [_section(text)]}
+
+
+def deny_modal(request_id: str, headline: str) -> dict[str, Any]:
+    """The modal that asks why, opened by the Deny button."""
+    return {
+        "type": "modal",
+        "callback_id": DENY_MODAL,
+        "private_metadata": request_id,
+        "title": {"type": "plain_text", "text": "Deny rotation"},
+        "submit": {"type": "plain_text", "text": "Deny"},
+        "close": {"type": "plain_text", "text": "Back"},
+        "blocks": [
+            _section(f"{headline}\nRequest `{request_id}`"),
+            {
+                "type": "input",
+                "block_id": DENY_REASON_BLOCK,
+                "label": {
+                    "type": "plain_text",
+                    "text": "Why? The requester and the channel see this.",
+                },
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": DENY_REASON_INPUT,
+                    "multiline": True,
+                    "max_length": 500,
+                },
+            },
+        ],
+    }
+
+
+def request_headline(request: RotationRequest) -> str:
+    return _headline(request)
+
+
+def status_report(
+    active: Sequence[RotationRequest],
+    recent: Sequence[RotationRequest],
+    *,
+    approvals_required: int,
+    now: float,
+) -> Message:
+    """``/rotate-status``: pending and running requests, then the last finished ones."""
+    lines = []
+    for request in active:
+        what = f"{request.op} {request.panel}"
+        if request.op == "rotate-agent":
+            agents = "all agents" if request.all_agents else m.plural(len(request.agents), "agent")
+            what += f" ({agents})"
+        state = request.state.value.capitalize()
+        row = f"*{state}*  `{request.id}`  {what}  by {request.requester.mention}"
+        if request.state == State.PENDING:
+            missing = max(1, approvals_required - len(request.approvals))
+            left = m.minutes_left(request.expires_at, now)
+            row += f"  {left}  needs {m.plural(missing, 'approval')}"
+        else:
+            row += f"  approved by {_approver_names(request)}  {m.running_line(request.progress)}"
+        lines.append(row)
+    if not lines:
+        lines.append("No pending or running requests.")
+    if recent:
+        finished = ", ".join(f"`{r.id}` {r.panel} {_final_word(r)}" for r in recent)
+        lines.append(f"Last {len(recent)} finished: {finished}")
+    text = "\n".join(lines)
+    return {"text": text, "blocks": [_section(text)]}
+
+
+def _final_word(request: RotationRequest) -> str:
+    if request.state == State.DONE:
+        return "verified"
+    if request.state == State.FAILED:
+        return "rolled back" if request.outcome.get("rolled_back") else "failed"
+    return request.state.value
+
+
+def history_report(request: RotationRequest, transitions: Sequence[Transition]) -> Message:
+    """``/rotate-status <id>``: one request's history, oldest first."""
+    lines = [f"*{_headline(request)}* `[{request.state.value}]` · `{request.id}`"]
+    for t in transitions:
+        arrow = f"{t.from_state} → {t.to_state}" if t.from_state else t.to_state
+        who = f" by <@{t.actor.split('/', 1)[1]}>" if "/" in t.actor else f" ({t.actor})"
+        lines.append(f"• {m.clock_time(t.at)} {t.event}: {arrow}{who}")
+    text = "\n".join(lines)
+    return {"text": text, "blocks": [_section(text)]}

@@ -1,0 +1,363 @@
+"""The slash commands: /rotate-key, /rotate-agent, /rotate-cancel, /rotate-status, /rotate-help.
+
+Each command is acknowledged at once. The acknowledgement answers what needs
+no I/O (usage, a missing reason, an unknown panel, the wrong channel, help, and
+the secrets this product does not rotate); everything that needs the store,
+the engine or Slack's API runs in a lazy listener after the acknowledgement.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from handlers import blocks, cards
+from handlers import messages as m
+from handlers.ports import (
+    ACTIVE_STATES,
+    Decision,
+    HandlerDeps,
+    Person,
+    PlanError,
+    RotationRequest,
+    State,
+    new_reference,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REASON = 500
+MAX_AGENTS = 500
+MIN_REASON = 3
+_AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_ADMIN_WORDS = frozenset(
+    {"admin", "admin-password", "admin_password", "operator", "operator-password", "password"}
+)
+_LICENCE_WORDS = frozenset(
+    {
+        "licence",
+        "license",
+        "licence-key",
+        "license-key",
+        "licence_key",
+        "license_key",
+        "panel_license_key",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A well-formed rotation request, before anyone checked who asked."""
+
+    op: str
+    panel: str
+    reason: str
+    agents: tuple[str, ...] = ()
+    all_agents: bool = False
+
+
+def not_rotated_here(words: Sequence[str]) -> str | None:
+    """The operator documentation's answer for the secrets this product does not rotate."""
+    for word in words[:2]:
+        lowered = word.lower().strip("`'\".,:")
+        if lowered in _ADMIN_WORDS:
+            return m.ADMIN_PASSWORD
+        if lowered in _LICENCE_WORDS:
+            return m.LICENCE_KEY
+    return None
+
+
+def _take_panel(words: list[str], panels: Sequence[str], usage: str) -> str:
+    """Pop the panel name off ``words``; with one panel configured it may be left out.
+
+    ``usage`` is the command as it would read with a panel, for the "which panel?" answer.
+    """
+    if words and words[0] in panels:
+        return words.pop(0)
+    if len(panels) == 1:
+        if words and difflib.get_close_matches(words[0], panels, n=1, cutoff=0.75):
+            raise _Refusal(m.unknown_panel(words[0], panels))
+        return panels[0]
+    if not words:
+        raise _Refusal(m.which_panel(usage, panels))
+    raise _Refusal(m.unknown_panel(words[0], panels))
+
+
+class _Refusal(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _reason(words: list[str], command: str, example: str) -> str:
+    reason = " ".join(words).strip()
+    if len(reason) < MIN_REASON:
+        raise _Refusal(m.needs_reason(command, example))
+    if len(reason) > MAX_REASON:
+        raise _Refusal(m.reason_too_long(MAX_REASON))
+    return reason
+
+
+def parse_rotate_key(text: str, panels: Sequence[str]) -> Parsed | str:
+    """``/rotate-key [panel] <reason>`` -> ``Parsed``, or the sentence that says what to fix."""
+    words = text.split()
+    special = not_rotated_here(words)
+    if special:
+        return special
+    example = f"{panels[0]} suspected .env disclosure" if panels else "suspected .env disclosure"
+    try:
+        panel = _take_panel(words, panels, f"/rotate-key {panels[0]} <reason>")
+        special = not_rotated_here(words)
+        if special:
+            return special
+        return Parsed(op="rotate-key", panel=panel, reason=_reason(words, "/rotate-key", example))
+    except _Refusal as refusal:
+        return refusal.message
+
+
+def parse_rotate_agent(text: str, panels: Sequence[str]) -> Parsed | str:
+    """``/rotate-agent <agent>[,<agent>...]|--all [panel] <reason>``."""
+    words = text.split()
+    if not words or (words[0] in panels and len(words) == 1):
+        return m.needs_agents("/rotate-agent")
+    spec = words.pop(0)
+    all_agents = spec in ("--all", "all", "*")
+    agents: tuple[str, ...] = ()
+    if not all_agents:
+        names = [n for n in spec.split(",") if n]
+        bad = [n for n in names if not _AGENT.match(n)]
+        if not names or bad:
+            return m.needs_agents("/rotate-agent")
+        agents = tuple(dict.fromkeys(names))
+        if len(agents) > MAX_AGENTS:
+            return f"At most {MAX_AGENTS} agents per request; use `--all` for every agent."
+    try:
+        panel = _take_panel(words, panels, f"/rotate-agent {spec} {panels[0]} <reason>")
+        reason = _reason(words, "/rotate-agent", f"{spec} lost laptop")
+    except _Refusal as refusal:
+        return refusal.message
+    return Parsed(
+        op="rotate-agent", panel=panel, reason=reason, agents=agents, all_agents=all_agents
+    )
+
+
+def person_from_command(body: dict[str, Any]) -> Person:
+    return Person(team_id=str(body.get("team_id", "")), user_id=str(body["user_id"]))
+
+
+def open_request(
+    deps: HandlerDeps, client: WebClient, parsed: Parsed, person: Person, channel: str
+) -> RotationRequest | None:
+    """Check who asks, plan, store the request, post its card; tell the person if anything fails."""
+    if not deps.policy.may_request(person, deps.directory):
+        cards.tell(
+            client, channel, person.user_id, m.not_a_requester(deps.policy.requester_mentions)
+        )
+        return None
+    now = deps.clock()
+    request_id = deps.new_id(now)
+    try:
+        plan = deps.planner.plan(
+            panel=parsed.panel,
+            op=parsed.op,
+            agents=parsed.agents,
+            all_agents=parsed.all_agents,
+            request_id=request_id,
+        )
+    except PlanError as exc:
+        ref = new_reference()
+        log.warning(
+            "ref %s: plan for %s on %s refused (%s): %s",
+            ref,
+            request_id,
+            parsed.panel,
+            exc.code,
+            exc.message,
+        )
+        cards.tell(client, channel, person.user_id, m.plan_failed(parsed.panel, exc.message, ref))
+        return None
+    request = RotationRequest(
+        id=request_id,
+        op=parsed.op,
+        panel=parsed.panel,
+        reason=parsed.reason,
+        requester=person,
+        channel_id=channel,
+        plan=plan,
+        created_at=now,
+        expires_at=now + deps.policy.expiry_s,
+        agents=plan.agents if parsed.op == "rotate-agent" else (),
+        all_agents=parsed.all_agents,
+    )
+    deps.store.create(request, actor=person.key)
+    try:
+        ts = cards.post_card(client, request, deps.policy, deps.clock())
+    except Exception:
+        ref = new_reference()
+        log.exception("ref %s: could not post the card of %s", ref, request_id)
+        withdrawn = request.evolve(
+            state=State.CANCELLED,
+            decision=Decision(person=None, at=deps.clock(), reason="card could not be posted"),
+        )
+        deps.store.update(
+            withdrawn, expected_version=request.version, event="withdrawn", actor="bot"
+        )
+        cards.tell(client, channel, person.user_id, m.card_not_posted(ref))
+        return None
+    return _save_ts(deps, request, ts)
+
+
+def _save_ts(deps: HandlerDeps, request: RotationRequest, ts: str) -> RotationRequest:
+    """Save the card's ts with the change that posted it (retrying if a click got in first)."""
+    current = request
+    for _ in range(20):
+        stored = deps.store.update(
+            current.evolve(message_ts=ts),
+            expected_version=current.version,
+            event="card_posted",
+            actor="bot",
+        )
+        if stored is not None:
+            deps.on_request_created(stored)
+            return stored
+        reread = deps.store.get(request.id)
+        if reread is None:
+            break
+        current = reread
+    raise RuntimeError(f"could not save the card ts of {request.id}")
+
+
+def cancel_request(
+    deps: HandlerDeps, request_id: str, person: Person
+) -> tuple[str, RotationRequest | None]:
+    """``/rotate-cancel``: only the requester, only while pending. Returns (answer, changed)."""
+    for _ in range(20):
+        request = deps.store.get(request_id)
+        if request is None:
+            return m.unknown_request(request_id), None
+        if request.requester != person:
+            return m.only_requester_cancels(request.requester.mention), None
+        if request.state in (State.APPROVED, State.RUNNING):
+            return m.cannot_cancel_running(request_id), None
+        if request.state != State.PENDING:
+            return cards.no_longer_pending(request), None
+        cancelled = request.evolve(
+            state=State.CANCELLED, decision=Decision(person=person, at=deps.clock())
+        )
+        stored = deps.store.update(
+            cancelled, expected_version=request.version, event="cancelled", actor=person.key
+        )
+        if stored is not None:
+            return m.cancelled_ack(request_id), stored
+    raise RuntimeError(f"could not cancel {request_id}: too many concurrent changes")
+
+
+def status_message(deps: HandlerDeps, request_id: str | None) -> dict[str, Any]:
+    if request_id:
+        request = deps.store.get(request_id)
+        if request is None:
+            return {"text": m.unknown_request(request_id)}
+        return blocks.history_report(request, deps.store.history(request_id))
+    active = deps.store.list_in_states(ACTIVE_STATES)
+    return blocks.status_report(
+        active,
+        deps.store.recent_final(5),
+        approvals_required=deps.policy.approvals_required,
+        now=deps.clock(),
+    )
+
+
+def register(app: App, deps: HandlerDeps) -> None:
+    """Attach the slash commands to ``app``."""
+    panels = list(deps.panels)
+
+    def _precheck(body: dict[str, Any], parser: Any) -> Parsed | str:
+        if not deps.policy.channel_allowed(str(body.get("channel_id", ""))):
+            return m.wrong_channel(deps.policy.channels)
+        result: Parsed | str = parser(str(body.get("text", "")), panels)
+        return result
+
+    def _ack_rotation(parser: Any) -> Any:
+        def ack_rotation(body: dict[str, Any], ack: Ack) -> None:
+            parsed = _precheck(body, parser)
+            if isinstance(parsed, str):
+                ack(text=parsed)
+            else:
+                ack(text=m.planning(parsed.op, parsed.panel))
+
+        return ack_rotation
+
+    def _lazy_rotation(parser: Any) -> Any:
+        def open_rotation_request(body: dict[str, Any], client: WebClient) -> None:
+            parsed = _precheck(body, parser)
+            if isinstance(parsed, str):
+                return
+            person = person_from_command(body)
+            channel = str(body["channel_id"])
+            with cards.reporting_errors(client, channel, person.user_id, f"{parsed.op} request"):
+                open_request(deps, client, parsed, person, channel)
+
+        return open_rotation_request
+
+    app.command("/rotate-key")(
+        ack=_ack_rotation(parse_rotate_key), lazy=[_lazy_rotation(parse_rotate_key)]
+    )
+    app.command("/rotate-agent")(
+        ack=_ack_rotation(parse_rotate_agent), lazy=[_lazy_rotation(parse_rotate_agent)]
+    )
+
+    def ack_cancel(body: dict[str, Any], ack: Ack) -> None:
+        words = str(body.get("text", "")).split()
+        if len(words) != 1:
+            ack(text=m.cancel_usage())
+        else:
+            ack()
+
+    def cancel(body: dict[str, Any], client: WebClient) -> None:
+        words = str(body.get("text", "")).split()
+        if len(words) != 1:
+            return
+        person = person_from_command(body)
+        channel = str(body["channel_id"])
+        with cards.reporting_errors(client, channel, person.user_id, "cancel"):
+            answer, changed = cancel_request(deps, words[0], person)
+            if changed is not None:
+                cards.refresh_card(client, changed, deps.policy, deps.clock())
+            cards.tell(client, channel, person.user_id, answer)
+
+    app.command("/rotate-cancel")(ack=ack_cancel, lazy=[cancel])
+
+    def ack_status(ack: Ack) -> None:
+        ack()
+
+    def status(body: dict[str, Any], client: WebClient) -> None:
+        words = str(body.get("text", "")).split()
+        person = person_from_command(body)
+        channel = str(body["channel_id"])
+        with cards.reporting_errors(client, channel, person.user_id, "status"):
+            message = status_message(deps, words[0] if words else None)
+            client.chat_postEphemeral(channel=channel, user=person.user_id, **message)
+
+    app.command("/rotate-status")(ack=ack_status, lazy=[status])
+
+    def rotate_help(body: dict[str, Any], ack: Ack) -> None:
+        special = not_rotated_here(str(body.get("text", "")).split())
+        ack(
+            text=special
+            or m.help_text(
+                panels,
+                deps.policy.approver_mentions,
+                deps.policy.approvals_required,
+                deps.policy.expiry_s / 60,
+            )
+        )
+
+    app.command("/rotate-help")(rotate_help)

@@ -1,0 +1,530 @@
+"""Every sentence the bot says, in one place, for an operator paged at 3 a.m.
+
+Functions take plain data and return Slack ``mrkdwn`` text. Nothing here talks
+to Slack or the store; ``blocks`` arranges these sentences into cards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from engine.protocol import AGENT_STEPS, KEY_STEPS
+
+# --- small formatters -------------------------------------------------------------------
+
+
+def clock_time(ts: float) -> str:
+    return time.strftime("%H:%M UTC", time.gmtime(ts))
+
+
+def time_left(until: float, now: float) -> str:
+    seconds = until - now
+    if seconds <= 0:
+        return "now"
+    minutes = int(seconds // 60 + (1 if seconds % 60 >= 30 else 0))
+    if minutes < 1:
+        return "in under a minute"
+    if minutes < 60:
+        return f"in {minutes} min"
+    return f"in {minutes // 60} h {minutes % 60} min"
+
+
+def minutes_left(until: float, now: float) -> str:
+    minutes = max(0, int((until - now) // 60))
+    return f"{minutes} min left"
+
+
+def duration(ms: float | int | None) -> str:
+    if ms is None:
+        return ""
+    seconds = float(ms) / 1000
+    if seconds < 60:
+        return f"{seconds:.2f} s" if seconds < 0.1 else f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def count(n: int | float) -> str:
+    return f"{int(n):,}"
+
+
+def short_fp(fingerprint: str | None) -> str:
+    if not fingerprint:
+        return "(unknown)"
+    return f"{fingerprint[:8]}…"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{count(n)} {word if n == 1 else (words or word + 's')}"
+
+
+def quote(reason: str) -> str:
+    return f"“{reason}”"
+
+
+def op_title(op: str) -> str:
+    return "Agent token rotation" if op == "rotate-agent" else "Key rotation"
+
+
+def target(op: str, panel: str, agents: Sequence[str], all_agents: bool) -> str:
+    if op != "rotate-agent":
+        return f"panel {panel}"
+    if all_agents:
+        return f"all agents on panel {panel}"
+    return f"{plural(len(agents), 'agent')} on panel {panel} ({', '.join(agents)})"
+
+
+# --- ephemeral answers ------------------------------------------------------------------
+
+ADMIN_PASSWORD = (
+    "The admin operator password is managed by MyOsicam staff: "
+    "contact MyOsicam support to rotate it."
+)
+LICENCE_KEY = (
+    "The licence key (`PANEL_LICENSE_KEY`) identifies your MyOsicam licence and is not "
+    "rotated by this procedure: contact MyOsicam support if it needs to be reissued."
+)
+ALREADY_APPROVED = "You already approved this request."
+DUPLICATE_DENY = "You already answered this request."
+
+
+def self_approval(approvers: str) -> str:
+    return f"You asked for this rotation, so someone else from {approvers} must approve it."
+
+
+def not_an_approver(approvers: str, verb: str = "approve") -> str:
+    return f"Only members of {approvers} can {verb} rotations."
+
+
+def not_a_requester(requesters: str) -> str:
+    return f"Only members of {requesters} can request rotations."
+
+
+def wrong_channel(channels: Sequence[str]) -> str:
+    where = " or ".join(f"<#{c}>" for c in channels)
+    return f"Rotations are requested in {where}, so that the team sees them."
+
+
+def needs_reason(command: str, example: str) -> str:
+    return f"`{command}` needs a reason, e.g. `{command} {example}`."
+
+
+def unknown_panel(name: str, known: Sequence[str]) -> str:
+    return f"Unknown panel `{name}`. Known panels: {', '.join(known) or 'none configured'}."
+
+
+def which_panel(usage: str, known: Sequence[str]) -> str:
+    return f"Which panel? Known panels: {', '.join(known)}. Name it, e.g. `{usage}`."
+
+
+def needs_agents(command: str) -> str:
+    return (
+        f"`{command}` needs the agents to rotate, e.g. `{command} agent-7,agent-9 lost laptop` "
+        f"or `{command} --all annual rotation`."
+    )
+
+
+def reason_too_long(limit: int) -> str:
+    return f"Please keep the reason under {limit} characters."
+
+
+def planning(op: str, panel: str) -> str:
+    return f":hourglass_flowing_sand: Asking the engine on {panel} for a plan ({op})…"
+
+
+def plan_failed(panel: str, message: str, ref: str) -> str:
+    return f"Could not plan on {panel}: {message}. Nothing was changed. Ref {ref}."
+
+
+def store_down(ref: str) -> str:
+    return f":warning: The rotator cannot reach its state store; nothing was done. Ref {ref}."
+
+
+def unexpected(ref: str) -> str:
+    return f"Something went wrong on our side; nothing was changed. Ref {ref}."
+
+
+def card_not_posted(ref: str) -> str:
+    return (
+        "The plan is ready, but the request card could not be posted in the channel "
+        f"(is the bot a member?). The request was withdrawn. Ref {ref}."
+    )
+
+
+def unknown_request(request_id: str) -> str:
+    return f"No request `{request_id}`. `/rotate-status` lists the open ones."
+
+
+def cancel_usage() -> str:
+    return "`/rotate-cancel` needs a request id, e.g. `/rotate-cancel r-20261126-031402-7f3a`."
+
+
+def only_requester_cancels(requester_mention: str) -> str:
+    return f"Only the requester ({requester_mention}) can cancel this request."
+
+
+def cannot_cancel_running(request_id: str) -> str:
+    return (
+        f"`{request_id}` is already running. A rotation is never stopped halfway: it finishes "
+        "or rolls back by itself. Follow it in the card's thread."
+    )
+
+
+def cancelled_ack(request_id: str) -> str:
+    return f"Cancelled `{request_id}`."
+
+
+def approval_recorded(missing: int, approvers: str) -> str:
+    return (
+        f"Your approval is recorded. It still needs {plural(missing, 'approval')} from {approvers}."
+    )
+
+
+def deny_recorded(request_id: str) -> str:
+    return f"Denied `{request_id}`."
+
+
+def decided_phrase(state: str, who: str | None, at: float | None, reason: str = "") -> str:
+    """``approved by @bob at 03:14 UTC`` and friends, for "no longer pending" answers."""
+    when = f" at {clock_time(at)}" if at else ""
+    by = f" by {who}" if who else ""
+    if state in ("approved", "running"):
+        return f"it was approved{by}{when}" + (" and is running" if state == "running" else "")
+    if state == "denied":
+        return f"it was denied{by}{when}" + (f": {quote(reason)}" if reason else "")
+    if state == "cancelled":
+        return f"it was cancelled{by}{when}"
+    if state == "expired":
+        return f"it expired{when} without approval"
+    if state == "voided":
+        return "its plan changed before running, so its approvals are void"
+    if state == "done":
+        return f"it was approved{by}{when} and has finished: verified"
+    if state == "failed":
+        return f"it was approved{by}{when} and has finished: failed"
+    return f"it is {state}"
+
+
+def no_longer_pending(phrase: str) -> str:
+    return f"This request is no longer pending: {phrase}."
+
+
+# --- card status lines ------------------------------------------------------------------
+
+
+def needs_approvals(
+    missing: int, approvers: str, requester: str, expires_at: float, now: float
+) -> str:
+    return (
+        f"Needs {plural(missing, 'approval')} from {approvers} (not {requester}) · "
+        f"expires {clock_time(expires_at)} ({time_left(expires_at, now)})"
+    )
+
+
+def approved_line(names: str, at: float) -> str:
+    return f":white_check_mark: Approved by {names} at {clock_time(at)}"
+
+
+def partially_approved(names: str, have: int, need: int) -> str:
+    return f":ballot_box_with_check: Approved by {names} ({have} of {need})"
+
+
+def running_line(progress: dict[str, Any]) -> str:
+    if not progress:
+        return "running: starting…"
+    label = step_label(str(progress.get("name", "")))
+    index, total = progress.get("index"), progress.get("total")
+    where = f"step {index}/{total}, " if index and total else ""
+    agent = f"{progress['agent']}: " if progress.get("agent") else ""
+    return f"running: {where}{agent}{step_doing(str(progress.get('name', '')), label)}…"
+
+
+def denied_line(who: str, at: float, reason: str) -> str:
+    return f":no_entry: Denied by {who} at {clock_time(at)}: {quote(reason)}"
+
+
+def expired_line(at: float) -> str:
+    return f":hourglass: Expired at {clock_time(at)} without approval"
+
+
+def cancelled_line(who: str, at: float, reason: str = "") -> str:
+    why = f": {reason}" if reason else ""
+    return f":x: Cancelled by {who} at {clock_time(at)}{why}"
+
+
+def voided_line(differences: Sequence[str]) -> str:
+    changed = "; ".join(differences) or "the plan differs"
+    return f":warning: Plan changed before running ({changed}); approvals void, request again"
+
+
+def done_line(duration_ms: int | None) -> str:
+    return (
+        f":white_check_mark: Verified in {duration(duration_ms)}"
+        if duration_ms
+        else (":white_check_mark: Verified")
+    )
+
+
+def failed_line(outcome: dict[str, Any], panel: str) -> str:
+    rolled_back = outcome.get("rolled_back")
+    if rolled_back is True:
+        verified = outcome.get("verified_old")
+        tail = ", old key verified" if verified in (True, None) else ", old key NOT verified"
+        return f":rotating_light: Failed, rolled back{tail}"
+    if outcome.get("nothing_changed"):
+        return f":no_entry_sign: Failed before any change: {outcome.get('message', '')}"
+    if rolled_back is False:
+        return f":sos: Failed and NOT rolled back: run recover on {panel} (see thread)"
+    return f":sos: Outcome unknown: lost track of the engine. Check status on {panel} (see thread)"
+
+
+# --- the thread -------------------------------------------------------------------------
+
+STEP_LABELS: dict[str, tuple[str, str]] = {
+    # name: (what the finished step says, what the running step is doing)
+    "preflight": ("preflight", "checking every stored value"),
+    "stage": ("new key staged", "staging the new key"),
+    "reencrypt": ("re-encrypted", "re-encrypting"),
+    "verify_db": ("database verified", "verifying the database"),
+    "write_env": ("config/.env updated", "writing config/.env"),
+    "restart": ("php-fpm restarted", "restarting php-fpm"),
+    "sweep": ("sweep", "sweeping values written during the switch"),
+    "verify": ("verified from disk", "verifying"),
+    "backup": ("backup updated", "updating the backup"),
+    "issue_token": ("install token issued", "issuing an install token"),
+    "bootstrap": ("bootstrap ran", "running the bootstrap"),
+    "reregistered": ("agent re-registered", "waiting for the agent to re-register"),
+    "old_revoked": ("old token revoked", "checking the old token is dead"),
+    "rollback": ("rolled back", "rolling back"),
+    "rolling_back": ("rolled back", "rolling back"),
+    "recover": ("recovered", "recovering"),
+}
+KNOWN_STEPS = frozenset(KEY_STEPS) | frozenset(AGENT_STEPS)
+
+
+def step_label(name: str) -> str:
+    return STEP_LABELS.get(name, (name.replace("_", " "), ""))[0]
+
+
+def step_doing(name: str, label: str) -> str:
+    doing = STEP_LABELS.get(name, ("", ""))[1]
+    return doing or label
+
+
+def step_reply(event: dict[str, Any]) -> str:
+    """One thread reply for one finished engine step: outcome, detail, elapsed time."""
+    name = str(event.get("name", "step"))
+    state = str(event.get("state", ""))
+    label = step_label(name)
+    detail = str(event.get("detail") or "").strip()
+    elapsed = duration(event.get("elapsed_ms"))
+    agent = f"{event['agent']}: " if event.get("agent") else ""
+    rollback = name.startswith("roll") or name.startswith("restore")
+    if state == "failed":
+        text = f"✖ {agent}{label} failed" + (f": {detail}" if detail else "")
+    elif state == "skipped":
+        text = f"↷ {agent}{label} skipped" + (f": {detail}" if detail else "")
+    else:
+        icon = "↩" if rollback else "✔"
+        text = f"{icon} {agent}{label}" + (f" · {detail}" if detail else "")
+    counts = _counts(event)
+    if counts:
+        text += f" · {counts}"
+    if elapsed:
+        text += f" · {elapsed}"
+    return text
+
+
+def _counts(event: dict[str, Any]) -> str:
+    parts = []
+    for key in ("done", "values", "reencrypted", "written", "swept", "checked"):
+        value = event.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            parts.append(f"{count(value)} {key}")
+    return ", ".join(parts)
+
+
+def column_counts(columns: dict[str, int]) -> str:
+    return " · ".join(f"{name} {count(n)}" for name, n in columns.items())
+
+
+NEXT_STEPS: dict[str, str] = {
+    "panel_check_failed": "look at the panel's error log, then request again.",
+    "hook_failed": "check the hook command named above on the panel host, then request again.",
+    "undecryptable": (
+        "fix or remove the values named above (they do not open with the current key), "
+        "then request again."
+    ),
+    "locked": "another engine run holds the panel's lock; wait for it, then request again.",
+    "unfinished_rotation": (
+        "an earlier rotation is unfinished: run recover on the panel host first."
+    ),
+    "database": "check that the panel's database is up and reachable, then request again.",
+    "verification_failed": "check the panel now; then run status on the panel host.",
+    "key_reuse": "request again; the engine will pick a fresh key.",
+    "layout": "run `python -m engine probe` on the panel host and fix the profile's ciphertext.",
+    "bad_env_file": "check config/.env on the panel host (present, readable, well formed).",
+    "bad_key": "PANEL_ENCRYPTION_KEY in config/.env is not 64 hex characters: fix it first.",
+    "bad_profile": "fix the panel profile on the panel host (the message names the setting).",
+    "agent_failed": "see each agent above; request again for the agents that failed.",
+}
+
+
+def next_step(code: str, panel: str, rolled_back: bool | None, nothing_changed: bool) -> str:
+    if rolled_back is False or (rolled_back is None and not nothing_changed):
+        return (
+            f"run `python -m engine --profile <profile> recover` on {panel}'s host, "
+            f"then `/rotate-status` here. Do not request again before that."
+        )
+    return NEXT_STEPS.get(code, "read the step that failed above, then request again.")
+
+
+def people(persons: Sequence[str]) -> str:
+    return ", ".join(persons) if persons else "nobody"
+
+
+def final_done(
+    *,
+    request_id: str,
+    requester: str,
+    approvers: Sequence[str],
+    reason: str,
+    outcome: dict[str, Any],
+) -> str:
+    lines = [
+        f":white_check_mark: Done · requested by {requester} · approved by {people(approvers)}"
+        f" · reason {quote(reason)}"
+    ]
+    if outcome.get("agents"):
+        lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
+    else:
+        lines.append(
+            f"   old key {short_fp(outcome.get('old_fingerprint'))} → new key "
+            f"{short_fp(outcome.get('new_fingerprint'))}"
+        )
+    columns = outcome.get("columns") or {}
+    if columns:
+        lines.append(
+            f"   re-encrypted {count(outcome.get('total') or sum(columns.values()))} values: "
+            f"{column_counts(columns)}"
+        )
+    skipped = outcome.get("skipped") or []
+    if skipped:
+        lines.append(f"   tables not present, skipped: {', '.join(skipped)}")
+    lines.append(f"   verification: {verification(outcome)}")
+    lines.append(f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {request_id}")
+    return "\n".join(lines)
+
+
+def final_failed(
+    *,
+    request_id: str,
+    panel: str,
+    requester: str,
+    approvers: Sequence[str],
+    reason: str,
+    outcome: dict[str, Any],
+) -> str:
+    rolled_back = outcome.get("rolled_back")
+    nothing_changed = bool(outcome.get("nothing_changed"))
+    step = next_step(str(outcome.get("code", "")), panel, rolled_back, nothing_changed)
+    if rolled_back is True:
+        head = f":rotating_light: Rolled back. The panel is as it was. Next: {step}"
+    elif nothing_changed:
+        head = f":no_entry_sign: Failed before any change. Nothing was changed. Next: {step}"
+    elif rolled_back is False:
+        head = f":sos: Failed and NOT rolled back. Next: {step}"
+    else:
+        head = f":sos: Outcome unknown: the bot lost track of the engine. Next: {step}"
+    lines = [head, f"   what failed: {outcome.get('message', 'unknown error')}"]
+    if outcome.get("agents"):
+        lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
+    if outcome.get("old_fingerprint") or outcome.get("new_fingerprint"):
+        lines.append(
+            f"   key in use: {short_fp(outcome.get('old_fingerprint'))} (old)"
+            + (" · new key discarded" if rolled_back else "")
+        )
+    lines.append(
+        f"   requested by {requester} · approved by {people(approvers)} · reason {quote(reason)}"
+    )
+    took = duration(outcome.get("duration_ms"))
+    lines.append(f"   {took + ' · ' if took else ''}rotation {request_id}")
+    return "\n".join(lines)
+
+
+def verification(outcome: dict[str, Any]) -> str:
+    verified = outcome.get("verified")
+    total = outcome.get("total")
+    parts = []
+    if verified is True:
+        parts.append(f"{count(total)}/{count(total)} open with the new key" if total else "passed")
+    elif isinstance(verified, int | float):
+        parts.append(f"{count(verified)}/{count(total or verified)} open with the new key")
+    elif verified in (False, None):
+        parts.append("NOT verified" if verified is False else "not reported")
+    else:
+        parts.append(str(verified))
+    check = outcome.get("panel_check")
+    if check:
+        parts.append(f"panel check {check}")
+    return " · ".join(parts)
+
+
+def agent_outcomes(agents: Sequence[Any]) -> str:
+    out = []
+    for item in agents:
+        if isinstance(item, dict):
+            name = item.get("name") or item.get("agent") or item.get("id")
+            state = item.get("state") or ("ok" if item.get("ok") else "failed")
+            msg = item.get("message") or item.get("error") or ""
+            out.append(f"{name} {state}" + (f" ({msg})" if msg and state != "ok" else ""))
+        else:
+            out.append(str(item))
+    return "; ".join(out)
+
+
+def voided_reply(differences: Sequence[str]) -> str:
+    return (
+        ":warning: The plan changed between approval and run: "
+        + "; ".join(differences)
+        + ". Nothing was run; the approvals are void. Request again to approve the new plan."
+    )
+
+
+def reattached(after_seq: int) -> str:
+    return (
+        ":arrows_counterclockwise: The bot restarted; it is following the engine again "
+        f"from event {after_seq}."
+    )
+
+
+def requester_notice(request_id: str, panel: str, state: str, summary: str, link: str = "") -> str:
+    where = f" ({link})" if link else ""
+    return f"Your rotation `{request_id}` on {panel} ended: {summary}{where}"
+
+
+# --- help -------------------------------------------------------------------------------
+
+
+def help_text(
+    panels: Sequence[str], approvers: str, approvals_required: int, expiry_min: float
+) -> str:
+    known = ", ".join(panels) or "none configured"
+    return "\n".join(
+        [
+            "*MyOsicam Rotator* rotates panel secrets with a second person's approval.",
+            "• `/rotate-key [panel] <reason>`: re-encrypt every stored credential under a new "
+            "`PANEL_ENCRYPTION_KEY`.",
+            "• `/rotate-agent <agent>[,<agent>…]|--all [panel] <reason>`: give agents new tokens "
+            "by re-running their bootstrap; the old tokens stop working.",
+            "• `/rotate-status [id]`: pending and running requests, or one request's history.",
+            "• `/rotate-cancel <id>`: withdraw your own pending request.",
+            f"Panels: {known}. Approval: {plural(approvals_required, 'person', 'people')} from "
+            f"{approvers}, never the requester. Requests expire after {expiry_min:g} min.",
+            "The card shows the plan; approving approves that plan. If it changes before the run, "
+            "the approvals are void.",
+            f"Not rotated here: {ADMIN_PASSWORD} {LICENCE_KEY}",
+        ]
+    )

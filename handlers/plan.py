@@ -1,0 +1,141 @@
+"""A plan as the card shows it, and the hash that binds approvals to it.
+
+Approving a request approves its plan. The binding is what must not change
+between the card and the run: panel, operation, target agents, engine version,
+the SSH host key, the current key's fingerprint and the ciphertext layout.
+Counts are shown but not bound: a panel in use gains rows between plan and run,
+and the engine re-checks every value in its own preflight anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+BINDING_FIELDS: tuple[str, ...] = (
+    "panel",
+    "op",
+    "agents",
+    "all_agents",
+    "engine_version",
+    "host_key_fingerprint",
+    "key_fingerprint",
+    "scheme",
+)
+
+_LABELS = {
+    "panel": "panel",
+    "op": "operation",
+    "agents": "agents",
+    "all_agents": "all agents",
+    "engine_version": "engine",
+    "host_key_fingerprint": "host key",
+    "key_fingerprint": "current key",
+    "scheme": "layout",
+}
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """The engine's read-only ``plan`` result, plus what the bot knows of the host."""
+
+    panel: str
+    op: str
+    engine_version: str
+    host_key_fingerprint: str
+    agents: tuple[str, ...] = ()
+    all_agents: bool = False
+    panel_host: str = ""
+    key_fingerprint: str = ""
+    scheme: str = ""
+    scheme_description: str = ""
+    columns: dict[str, int] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    total: int = 0
+    agent_rows: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def from_engine(
+        cls,
+        result: dict[str, Any],
+        *,
+        panel: str,
+        op: str,
+        agents: Sequence[str] = (),
+        all_agents: bool = False,
+        host_key_fingerprint: str = "",
+        panel_host: str = "",
+    ) -> PlanView:
+        columns = {str(k): int(v) for k, v in dict(result.get("columns") or {}).items()}
+        rows = tuple(dict(row) for row in result.get("agents") or () if isinstance(row, dict))
+        resolved = tuple(sorted(_agent_name(row) for row in rows)) if rows else tuple(agents)
+        return cls(
+            panel=panel,
+            op=op,
+            engine_version=str(result.get("engine_version") or result.get("engine") or ""),
+            host_key_fingerprint=host_key_fingerprint,
+            agents=resolved,
+            all_agents=all_agents,
+            panel_host=panel_host,
+            key_fingerprint=str(result.get("key_fingerprint") or ""),
+            scheme=str(result.get("scheme") or ""),
+            scheme_description=str(result.get("scheme_description") or result.get("scheme") or ""),
+            columns=columns,
+            skipped=tuple(str(s) for s in result.get("skipped") or ()),
+            total=int(result.get("total") or sum(columns.values())),
+            agent_rows=rows,
+        )
+
+    def binding(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {name: data[name] for name in BINDING_FIELDS}
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps(self.binding(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:8]
+
+    def differences(self, other: PlanView) -> list[str]:
+        """What changed from ``self`` (approved) to ``other`` (now), in card words."""
+        mine, theirs = self.binding(), other.binding()
+        out = []
+        for name in BINDING_FIELDS:
+            if mine[name] != theirs[name]:
+                out.append(f"{_LABELS[name]} {_show(mine[name])} -> {_show(theirs[name])}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["agents"] = list(self.agents)
+        data["skipped"] = list(self.skipped)
+        data["agent_rows"] = [dict(r) for r in self.agent_rows]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlanView:
+        values = dict(data)
+        values["agents"] = tuple(values.get("agents") or ())
+        values["skipped"] = tuple(values.get("skipped") or ())
+        values["agent_rows"] = tuple(dict(r) for r in values.get("agent_rows") or ())
+        values["columns"] = {str(k): int(v) for k, v in dict(values.get("columns") or {}).items()}
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _agent_name(row: dict[str, Any]) -> str:
+    return str(row.get("name") or row.get("agent") or row.get("id") or "?")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    if value == "" or value is None:
+        return "(none)"
+    return str(value)

@@ -1,0 +1,298 @@
+"""The handlers' vocabulary, and the ports through which ``bot`` serves them.
+
+``handlers`` may not import ``bot`` (the dependency direction is
+``bot -> handlers -> engine.protocol``), yet a button click needs the state
+store, the engine's plan and the run of an approved request. So the data
+(``RotationRequest``, ``Person``, ``Decision``) and the shapes of those
+services (``RequestStore``, ``Planner``, ``Directory``) live here, and
+``bot.app`` injects the implementations through ``HandlerDeps``.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from handlers.plan import PlanView
+
+
+class State(enum.StrEnum):
+    """Where a request is. Only ``pending`` takes approvals; the last five are final."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    VOIDED = "voided"
+
+
+ACTIVE_STATES: frozenset[State] = frozenset({State.PENDING, State.APPROVED, State.RUNNING})
+FINAL_STATES: frozenset[State] = frozenset(State) - ACTIVE_STATES
+
+
+@dataclass(frozen=True)
+class Person:
+    """A Slack user by immutable ids: the two-person rule compares team id + user id."""
+
+    team_id: str
+    user_id: str
+
+    @property
+    def mention(self) -> str:
+        return f"<@{self.user_id}>"
+
+    @property
+    def key(self) -> str:
+        return f"{self.team_id}/{self.user_id}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"team_id": self.team_id, "user_id": self.user_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Person:
+        return cls(team_id=str(data.get("team_id", "")), user_id=str(data["user_id"]))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Who approved, denied, cancelled (or the clock, for an expiry), when and why."""
+
+    person: Person | None
+    at: float
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "person": self.person.to_dict() if self.person else None,
+            "at": self.at,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        person = data.get("person")
+        return cls(
+            person=Person.from_dict(person) if person else None,
+            at=float(data["at"]),
+            reason=str(data.get("reason", "")),
+        )
+
+
+@dataclass(frozen=True)
+class RotationRequest:
+    """One request from a slash command to its final state, as the store keeps it.
+
+    ``version`` is the compare-and-swap counter: every update names the version
+    it read and loses if someone else wrote first. ``progress`` is the current
+    engine step (for the card), ``outcome`` the closing summary.
+    """
+
+    id: str
+    op: str
+    panel: str
+    reason: str
+    requester: Person
+    channel_id: str
+    plan: PlanView
+    created_at: float
+    expires_at: float
+    state: State = State.PENDING
+    version: int = 1
+    agents: tuple[str, ...] = ()
+    all_agents: bool = False
+    message_ts: str | None = None
+    approvals: tuple[Decision, ...] = ()
+    decision: Decision | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    last_seq: int = 0
+    progress: dict[str, Any] = field(default_factory=dict)
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def plan_hash(self) -> str:
+        return self.plan.hash
+
+    def approved_by(self, person: Person) -> bool:
+        return any(a.person == person for a in self.approvals)
+
+    def evolve(self, **changes: Any) -> RotationRequest:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One row of a request's history (``/rotate-status <id>``)."""
+
+    request_id: str
+    event: str
+    from_state: str | None
+    to_state: str
+    actor: str
+    at: float
+
+
+class RequestStore(Protocol):
+    """Durable requests with compare-and-swap updates (``bot.store`` implements it)."""
+
+    def create(self, request: RotationRequest, *, actor: str) -> None: ...
+
+    def get(self, request_id: str) -> RotationRequest | None: ...
+
+    def update(
+        self,
+        request: RotationRequest,
+        *,
+        expected_version: int,
+        event: str,
+        actor: str,
+        detail: dict[str, Any] | None = None,
+        record: bool = True,
+    ) -> RotationRequest | None:
+        """Write ``request`` if the stored version is still ``expected_version``.
+
+        Returns the stored request (version + 1), or ``None`` if another writer
+        won; the caller then re-reads and decides again.
+        """
+        ...
+
+    def list_in_states(self, states: Iterable[State], limit: int = 50) -> list[RotationRequest]: ...
+
+    def recent_final(self, limit: int = 5) -> list[RotationRequest]: ...
+
+    def history(self, request_id: str) -> list[Transition]: ...
+
+
+class UserFacingError(Exception):
+    """An error whose message may be shown to the person who acted (no secret, no trace)."""
+
+    code = "user_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PlanError(UserFacingError):
+    """The engine could not produce a plan; ``message`` says why in the user's words."""
+
+    code = "plan_failed"
+
+
+class Planner(Protocol):
+    """Asks a panel's engine for a read-only plan (``bot.app`` implements it)."""
+
+    def plan(
+        self,
+        *,
+        panel: str,
+        op: str,
+        agents: Sequence[str],
+        all_agents: bool,
+        request_id: str,
+    ) -> PlanView: ...
+
+
+class Directory(Protocol):
+    """Slack user-group membership (cached by ``bot``)."""
+
+    def group_members(self, group_id: str) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may request and approve, how many approvals, for how long a request waits.
+
+    Entries are Slack user ids (``U…``/``W…``), user-group ids (``S…``) or a
+    team-qualified user ``T…/U…``. An empty ``requesters`` means anyone in an
+    allowed channel; an empty ``channels`` means any channel.
+    """
+
+    approvers: tuple[str, ...]
+    requesters: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    approvals_required: int = 1
+    expiry_s: float = 30 * 60
+
+    def _matches(self, entries: Sequence[str], person: Person, directory: Directory) -> bool:
+        for entry in entries:
+            if entry.startswith("S"):
+                if person.user_id in directory.group_members(entry):
+                    return True
+            elif "/" in entry:
+                if entry == person.key:
+                    return True
+            elif entry == person.user_id:
+                return True
+        return False
+
+    def may_request(self, person: Person, directory: Directory) -> bool:
+        return not self.requesters or self._matches(self.requesters, person, directory)
+
+    def may_approve(self, person: Person, directory: Directory) -> bool:
+        return self._matches(self.approvers, person, directory)
+
+    def channel_allowed(self, channel_id: str) -> bool:
+        return not self.channels or channel_id in self.channels
+
+    @property
+    def approver_mentions(self) -> str:
+        return mention_list(self.approvers)
+
+    @property
+    def requester_mentions(self) -> str:
+        return mention_list(self.requesters)
+
+
+def mention(entry: str) -> str:
+    """``S…`` -> a user-group mention, anything else -> a user mention."""
+    if entry.startswith("S"):
+        return f"<!subteam^{entry}>"
+    return f"<@{entry.rsplit('/', 1)[-1]}>"
+
+
+def mention_list(entries: Sequence[str]) -> str:
+    mentions = [mention(e) for e in entries]
+    if len(mentions) <= 1:
+        return "".join(mentions)
+    return ", ".join(mentions[:-1]) + " or " + mentions[-1]
+
+
+def new_request_id(now: float) -> str:
+    """``r-20261126-031402-7f3a``: sortable, readable in a thread, unique enough with 16 bits."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"r-{stamp}-{secrets.token_hex(2)}"
+
+
+def new_reference() -> str:
+    """A short id that ties an error message in Slack to its log line."""
+    return secrets.token_hex(2)
+
+
+@dataclass
+class HandlerDeps:
+    """Everything the handlers need, injected by ``bot.app.create_app``."""
+
+    store: RequestStore
+    planner: Planner
+    policy: AccessPolicy
+    directory: Directory
+    panels: Sequence[str]
+    start_rotation: Callable[[str], object]
+    on_request_created: Callable[[RotationRequest], None] = lambda request: None
+    clock: Callable[[], float] = time.time
+    new_id: Callable[[float], str] = new_request_id
+    panel_hosts: dict[str, str] = field(default_factory=dict)

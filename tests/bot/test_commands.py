@@ -1,0 +1,193 @@
+"""Slash commands over real HTTP: what each person sees when they ask for a rotation."""
+
+from __future__ import annotations
+
+from tests.bot.conftest import ALICE, BOB, CHANNEL, DAVE, ONCALL, PANEL, MakeBot, card_request_id
+from tests.support.fake_engine import OLD_FP
+from tests.support.fake_slack import has_buttons
+
+
+def test_rotate_key_posts_a_card_with_the_whole_plan(make_bot: MakeBot) -> None:
+    """/rotate-key is acknowledged at once, then a card shows who, why, the plan and the buttons."""
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    ack = bot.last_ack
+    assert (ack.status, ack.text) == (
+        200,
+        ":hourglass_flowing_sand: Asking the engine on prod-eu for a plan (rotate-key)…",
+    )
+    card = bot.fake.latest_card(CHANNEL, ts)
+    text = card.all_text()
+    expected_fragments = [
+        ":key: Key rotation requested: panel prod-eu",
+        "Requested by <@U0ALICE>",
+        "suspected .env disclosure, INC-4412",
+        "1,204 stored credentials in 4 columns will be re-encrypted",
+        "oscam_installs.webif_password 812",
+        "saved_servers.ssh_credential_encrypted 377",
+        "email_configurations: table not present, skipped",
+        "layout: base64(iv·tag·ciphertext), key read as hex",
+        f"current key {OLD_FP[:8]}…",
+        "panel host prod-eu.example.net",
+        "host key SHA256:Yx0fakehostkeyQ",
+        "engine 0.4.0",
+        f"Needs 1 approval from <!subteam^{ONCALL}> (not <@U0ALICE>)",
+        "expires ",
+        "(in 30 min)",
+        f"Request `{request_id}`",
+    ]
+    assert [f for f in expected_fragments if f not in text] == []
+    assert has_buttons(card)
+    buttons = next(b for b in card.params["blocks"] if b["type"] == "actions")["elements"]
+    assert [(b["action_id"], b["value"]) for b in buttons] == [
+        ("approve_rotation", request_id),
+        ("deny_rotation", request_id),
+    ]
+    preview = card.text
+    assert "Key rotation requested: panel prod-eu" in preview and "plan " in preview
+    assert bot.store.get(request_id).message_ts == ts
+
+
+def test_the_card_ts_is_saved_with_the_transition_that_posted_it(make_bot: MakeBot) -> None:
+    """The request's history shows the card being posted, and the audit entry carries its ts."""
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    events = [t.event for t in bot.store.history(request_id)]
+    assert events == ["created", "card_posted"]
+    posted = [e for e in bot.store.audit_entries() if e["kind"] == "request.card_posted"]
+    assert [('"message_ts":"' + ts + '"') in posted[0]["data"]] == [True]
+
+
+def test_missing_reason_says_exactly_what_to_type(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    sent = bot.command("/rotate-key", PANEL)
+    expected = "`/rotate-key` needs a reason, e.g. `/rotate-key prod-eu suspected .env disclosure`."
+    assert (sent.status, sent.text) == (200, expected)
+    assert bot.cards() == []
+
+
+def test_unknown_panel_lists_the_known_ones(make_bot: MakeBot) -> None:
+    bot = make_bot(panels=("prod-eu", "prod-us"))
+    sent = bot.command("/rotate-key", "prod-ue suspected disclosure")
+    assert sent.text == "Unknown panel `prod-ue`. Known panels: prod-eu, prod-us."
+
+
+def test_a_likely_typo_of_the_only_panel_is_not_taken_for_a_reason(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    sent = bot.command("/rotate-key", "prod-ue suspected disclosure")
+    assert sent.text == "Unknown panel `prod-ue`. Known panels: prod-eu."
+
+
+def test_with_one_panel_the_panel_may_be_left_out(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    request_id, _ = bot.request_key("laptop stolen, INC-9")
+    request = bot.store.get(request_id)
+    assert (request.panel, request.reason) == (PANEL, "laptop stolen, INC-9")
+
+
+def test_someone_who_may_not_request_is_told_who_may(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    sent = bot.command("/rotate-key", f"{PANEL} just curious", user=DAVE)
+    assert sent.status == 200
+    answer = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == DAVE)[0]
+    assert answer.text == "Only members of <!subteam^S0SECOPS> can request rotations."
+    assert bot.cards() == []
+    assert bot.engine.ops("plan") == []
+
+
+def test_requests_from_another_channel_are_sent_to_the_rotations_channel(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    sent = bot.command("/rotate-key", f"{PANEL} disclosure", channel="C0ELSEWHERE")
+    assert sent.text == "Rotations are requested in <#C0ROTATE>, so that the team sees them."
+
+
+def test_admin_password_and_licence_key_get_the_operator_documentation_answer(make_bot: MakeBot) -> None:
+    """Not rotated by this product: the admin console is run by MyOsicam staff."""
+    bot = make_bot()
+    admin = bot.command("/rotate-key", "admin password please")
+    licence = bot.command("/rotate-key", f"{PANEL} licence key leaked")
+    helped = bot.command("/rotate-help", "admin")
+    assert admin.text == (
+        "The admin operator password is managed by MyOsicam staff: contact MyOsicam support to rotate it."
+    )
+    assert "contact MyOsicam support" in licence.text and "PANEL_LICENSE_KEY" in licence.text
+    assert helped.text == admin.text
+    assert bot.cards() == []
+
+
+def test_help_explains_every_command(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    text = bot.command("/rotate-help", "").text
+    for fragment in ("/rotate-key", "/rotate-agent", "/rotate-status", "/rotate-cancel", "prod-eu",
+                     "contact MyOsicam support", "expire after 30 min"):
+        assert fragment in text
+
+
+def test_an_engine_that_cannot_plan_gets_a_short_answer_with_a_reference(make_bot: MakeBot) -> None:
+    """The engine's reason, "nothing was changed", and a reference id; no card, no traceback."""
+    bot = make_bot()
+    bot.engine.plan_error = {
+        "type": "error",
+        "code": "undecryptable",
+        "message": "2 values do not open with the current key: oscam_installs.webif_password#7, #9",
+        "retryable": False,
+        "rolled_back": None,
+    }
+    bot.command("/rotate-key", f"{PANEL} disclosure")
+    answer = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ALICE)[0].text
+    assert answer.startswith(
+        "Could not plan on prod-eu: 2 values do not open with the current key: "
+        "oscam_installs.webif_password#7, #9. Nothing was changed. Ref "
+    )
+    assert "Traceback" not in answer and len(answer) < 300
+    assert bot.cards() == []
+
+
+def test_a_card_that_cannot_be_posted_withdraws_the_request(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    bot.fake.fail("chat.postMessage", "not_in_channel")
+    bot.command("/rotate-key", f"{PANEL} disclosure")
+    answer = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ALICE)[0].text
+    assert "could not be posted" in answer and "Ref " in answer
+    (request,) = bot.store.recent_final(5)
+    assert request.state.value == "cancelled"
+
+
+def test_status_lists_pending_requests_and_one_requests_history(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    request_id, _ = bot.request_key()
+    bot.command("/rotate-status", "", user=BOB)
+    listing = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == BOB)[0].text
+    assert f"*Pending*  `{request_id}`  rotate-key prod-eu  by <@U0ALICE>" in listing
+    assert "needs 1 approval" in listing and "min left" in listing
+
+    bot.command("/rotate-status", request_id, user=BOB)
+    history = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == BOB, count=2)[1]
+    assert "created: pending by <@U0ALICE>" in history.text
+    assert "card_posted: pending → pending (bot)" in history.text
+
+
+def test_rotate_agent_plans_the_named_agents(make_bot: MakeBot) -> None:
+    """The plan request names the agents; the card lists them with their servers."""
+    bot = make_bot()
+    bot.engine.plan_result = {
+        **bot.engine.plan_result,
+        "agents": [
+            {"name": "agent-7", "server": "oscam-7.example.net", "last_seen": "2 min ago"},
+            {"name": "agent-9", "server": "oscam-9.example.net", "last_seen": "1 min ago"},
+        ],
+    }
+    bot.command("/rotate-agent", "agent-7,agent-9 lost laptop")
+    card = bot.fake.wait_for("chat.postMessage", lambda c: "requested:" in c.text)[0]
+    text = card.all_text()
+    assert "Agent token rotation requested: 2 agents on panel prod-eu (agent-7, agent-9)" in text
+    assert "agent-7 on oscam-7.example.net · last seen 2 min ago" in text
+    (plan,) = bot.engine.ops("plan")
+    assert (plan.agents, plan.all_agents) == (["agent-7", "agent-9"], False)
+    assert bot.store.get(card_request_id(card)).agents == ("agent-7", "agent-9")
+
+
+def test_rotate_agent_without_agents_shows_the_usage(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    sent = bot.command("/rotate-agent", "")
+    assert sent.text.startswith("`/rotate-agent` needs the agents to rotate, e.g.")

@@ -1,0 +1,235 @@
+"""A scripted engine for fast bot tests: the ``EngineClient`` interface, no panel behind it.
+
+``FakeEngineHost`` plays one panel host. ``plan`` answers with ``plan_result``
+(or ``plan_error``). A rotation runs on the host, in its own thread, like the
+real engine that outlives its SSH session: its events go to the host's
+journal, and clients follow the journal; ``attach`` replays the events after
+a sequence number and follows the rest. ``pause_before(step)`` holds the
+rotation before a step starts until the test releases it, so a test can
+restart the bot in the middle of a run.
+
+Events are shaped with ``engine.protocol`` helpers, so they look exactly like
+the real engine's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bot.errors import EngineCrashedError
+from engine import protocol
+from engine.protocol import KEY_STEPS, Request
+
+OLD_FP = "3a9c41d2e5f60718"
+NEW_FP = "77e1b0c9a1b2c3d4"
+COLUMNS = {
+    "oscam_installs.webif_password": 812,
+    "saved_servers.ssh_credential_encrypted": 377,
+    "email_settings.smtp_password": 1,
+    "email_settings.mailgun_api_key": 14,
+}
+DETAILS = {
+    "preflight": "1,204 values open with the current key · lock held",
+    "stage": f"fingerprint {NEW_FP[:8]}… · escrowed (vault) · journal written",
+    "reencrypt": "1,204 values in one transaction",
+    "verify_db": "1,204/1,204 open with the new key, plaintext digests match",
+    "write_env": "atomically · www-data:www-data 0640 · previous kept until done",
+    "restart": "php8.3-fpm",
+    "sweep": "0 values written under the old key during the switch",
+    "verify": "1,204/1,204 · panel check 200 OK",
+    "backup": "hook ran",
+}
+
+
+def plan_result(engine_version: str = "0.4.0", **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "columns": dict(COLUMNS),
+        "skipped": ["email_configurations"],
+        "total": sum(COLUMNS.values()),
+        "scheme": "iv12_tag_ct/base64",
+        "scheme_description": "base64(iv·tag·ciphertext), key read as hex",
+        "key_fingerprint": OLD_FP,
+        "engine_version": engine_version,
+        "panel": "prod-eu",
+    }
+    data.update(overrides)
+    return data
+
+
+def successful_rotation() -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for name in KEY_STEPS:
+        events.append(protocol.step_event(name, "started"))
+        events.append(protocol.step_event(name, "ok", DETAILS[name], elapsed_ms=100))
+    events.append(
+        protocol.result_event(
+            "rotate-key",
+            rotation_id="",
+            state="DONE",
+            verified=True,
+            old_fingerprint=OLD_FP,
+            new_fingerprint=NEW_FP,
+            columns=dict(COLUMNS),
+            skipped=["email_configurations"],
+            total=sum(COLUMNS.values()),
+            panel_check="200 OK",
+            duration_ms=6200,
+            engine_version="0.4.0",
+        )
+    )
+    return events
+
+
+def rolled_back_rotation() -> list[dict[str, Any]]:
+    """The panel check fails after the restart; the engine rolls back and verifies the old key."""
+    events: list[dict[str, Any]] = []
+    for name in KEY_STEPS[:6]:
+        events.append(protocol.step_event(name, "started"))
+        events.append(protocol.step_event(name, "ok", DETAILS[name], elapsed_ms=50))
+    events.append(protocol.step_event("sweep", "started"))
+    events.append(protocol.step_event("sweep", "ok", DETAILS["sweep"], elapsed_ms=30))
+    events.append(protocol.step_event("verify", "started"))
+    events.append(
+        protocol.step_event(
+            "verify", "failed", "panel check failed after restart: GET /health returned 500", elapsed_ms=300
+        )
+    )
+    events.append(protocol.step_event("rollback", "started"))
+    events.append(
+        protocol.step_event(
+            "rollback",
+            "ok",
+            "1,204 values re-encrypted under the old key · .env restored · php8.3-fpm restarted",
+            elapsed_ms=900,
+        )
+    )
+    events.append(
+        protocol.error_event(
+            "panel_check_failed",
+            "panel check failed after restart: GET /health returned 500",
+            rolled_back=True,
+            old_fingerprint=OLD_FP,
+            new_fingerprint=NEW_FP,
+            verified_old=True,
+            duration_ms=2400,
+        )
+    )
+    return events
+
+
+class FakeEngineHost:
+    """One panel host's engine, shared by every client (and bot) that talks to it."""
+
+    def __init__(self, *, host_key: str = "SHA256:Yx0fakehostkeyQ", engine_version: str = "0.4.0") -> None:
+        self.host_key = host_key
+        self.plan_result: dict[str, Any] = plan_result(engine_version)
+        self.plan_error: dict[str, Any] | None = None
+        self.rotation_script: Callable[[], list[dict[str, Any]]] = successful_rotation
+        self.requests: list[Request] = []
+        self._journal: dict[str, list[dict[str, Any]]] = {}
+        self._cond = threading.Condition()
+        self._gates: dict[str, threading.Event] = {}
+        self._reached: dict[str, threading.Event] = {}
+
+    def client(self) -> FakeEngineClient:
+        return FakeEngineClient(self)
+
+    def pause_before(self, step: str) -> threading.Event:
+        """Hold rotations before ``step`` starts; ``.set()`` the returned event to go on."""
+        gate = threading.Event()
+        self._gates[step] = gate
+        self._reached[step] = threading.Event()
+        return gate
+
+    def release_all(self) -> None:
+        for gate in self._gates.values():
+            gate.set()
+
+    def wait_reached(self, step: str, timeout: float = 15.0) -> None:
+        if not self._reached[step].wait(timeout):
+            raise AssertionError(f"the rotation did not reach {step} within {timeout} s")
+
+    def ops(self, op: str) -> list[Request]:
+        return [r for r in self.requests if r.op == op]
+
+    # --- the host side -----------------------------------------------------------------
+
+    def _start_rotation(self, request: Request) -> None:
+        with self._cond:
+            if request.id in self._journal:
+                raise RuntimeError(f"rotation {request.id} started twice")
+            self._journal[request.id] = []
+        thread = threading.Thread(target=self._rotate, args=(request,), daemon=True)
+        thread.start()
+
+    def _rotate(self, request: Request) -> None:
+        seq = 0
+        for event in self.rotation_script():
+            name = event.get("name")
+            if event.get("type") == "step" and event.get("state") == "started" and name in self._gates:
+                self._reached[name].set()
+                self._gates[name].wait(60)
+            seq += 1
+            stamped = {"id": request.id, "seq": seq, "ts": protocol.now_ms(), **event}
+            if stamped.get("type") == "result":
+                stamped["rotation_id"] = request.id
+            with self._cond:
+                self._journal[request.id].append(stamped)
+                self._cond.notify_all()
+
+    def _follow(self, rotation_id: str, after_seq: int) -> Iterator[dict[str, Any]]:
+        index = 0
+        while True:
+            with self._cond:
+                events = self._journal[rotation_id]
+                while index >= len(events):
+                    self._cond.wait(60)
+                event = events[index]
+            index += 1
+            if int(event["seq"]) <= after_seq:
+                continue
+            yield event
+            if event["type"] in protocol.CLOSING_TYPES:
+                return
+
+
+class FakeEngineClient:
+    """``bot.engine_client.EngineClient`` over a ``FakeEngineHost``."""
+
+    def __init__(self, host: FakeEngineHost) -> None:
+        self.host = host
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        return self.host.host_key
+
+    def run(self, request: Request) -> Iterator[dict[str, Any]]:
+        host = self.host
+        host.requests.append(request)
+        yield {"id": request.id, "seq": 0, "ts": protocol.now_ms(), **protocol.hello_event("0.4.0")}
+        if request.op == "plan":
+            if host.plan_error:
+                yield {"id": request.id, "seq": 1, "ts": protocol.now_ms(), **host.plan_error}
+            else:
+                yield {"id": request.id, "seq": 1, **protocol.result_event("plan", **host.plan_result)}
+            return
+        if request.op in ("rotate-key", "rotate-agent"):
+            host._start_rotation(request)
+            yield from host._follow(request.id, 0)
+            return
+        if request.op == "attach":
+            rotation_id = request.rotation_id or request.id
+            with host._cond:
+                known = rotation_id in host._journal
+            if not known:
+                yield {
+                    "id": request.id,
+                    "seq": 1,
+                    **protocol.error_event("unknown_rotation", f"no rotation {rotation_id} on this host"),
+                }
+                return
+            yield from host._follow(rotation_id, request.after_seq)
+            return
+        raise EngineCrashedError(f"the fake engine does not do {request.op}")
