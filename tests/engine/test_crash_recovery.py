@@ -1,0 +1,135 @@
+"""SIGKILL the real engine at every state and mid re-encryption; `recover` converges.
+
+Whatever the moment of the crash, after `recover` every stored value decrypts
+(by PHP) to its original plaintext under the key in `.env`, the panel shows
+every credential, and no journal is left open.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.runner import crash_at, run_engine
+from tests.support.secrets_scan import register_secret
+
+#: Crash point -> the key `recover` (without --rollback) should converge to.
+CRASH_POINTS = {
+    "state:STAGED": "old",
+    "reencrypt:batch:1": "old",
+    "reencrypt:batch:3": "old",
+    "state:REENCRYPTED": "old",
+    "state:DB_VERIFIED": "old",
+    "state:ENV_WRITTEN": "new",
+    "commit:before": "new",
+    "state:RESTARTED": "new",
+    "state:SWEPT": "new",
+    "state:VERIFIED": "new",
+    "state:BACKED_UP": "new",
+}
+
+
+def _journal_keys(panel):
+    import json
+
+    record = json.loads((panel.root / "journal" / "rotation.json").read_text())
+    register_secret(record["new_key"], "new PANEL_ENCRYPTION_KEY (journal)")
+    return record["old_key"], record["new_key"]
+
+
+@pytest.mark.parametrize("point", list(CRASH_POINTS))
+def test_recover_after_a_crash_converges_to_one_verified_key(panel_factory, point):
+    panel = panel_factory(rows=8, server=True)
+    profile = panel.write_profile(batch_size=4)
+    crash = crash_at(profile, point, "rotate-key", "--yes", "--json")
+    old_key, new_key = _journal_keys(panel)
+
+    run = run_engine(profile, "recover", "--json")
+
+    expected = new_key if CRASH_POINTS[point] == "new" else old_key
+    assert crash.returncode == -9
+    assert run.returncode == 0, run.stderr
+    assert run.closing["state"] == ("DONE" if CRASH_POINTS[point] == "new" else "ROLLED_BACK")
+    assert panel.env_key() == expected
+    assert panel.php_check_all() == []
+    assert panel.health()[0] == 200
+    assert not (panel.root / "journal" / "rotation.json").exists()
+    assert run.leaks() == [] and crash.leaks() == []
+
+
+@pytest.mark.parametrize("point", ["reencrypt:batch:2", "state:DB_VERIFIED", "commit:before", "state:SWEPT"])
+def test_recover_rollback_always_returns_to_the_old_key(panel_factory, point):
+    panel = panel_factory(rows=8, server=True)
+    profile = panel.write_profile(batch_size=4)
+    crash_at(profile, point, "rotate-key", "--yes", "--json")
+    old_key, _ = _journal_keys(panel)
+
+    run = run_engine(profile, "recover", "--rollback", "--json")
+
+    assert run.returncode == 0, run.stderr
+    assert run.closing["state"] == "ROLLED_BACK"
+    assert panel.env_key() == old_key
+    assert panel.php_check_all() == []
+    assert panel.health()[0] == 200
+
+
+def test_crash_during_rollback_is_recovered(panel_factory, tmp_path):
+    """A rotation fails, starts rolling back, and is killed mid-rollback: recover finishes the rollback."""
+    panel = panel_factory(rows=8, server=True)
+    profile = panel.write_profile(verify_command=["false"])
+    crash_at(profile, "state:ROLLING_BACK", "rotate-key", "--yes", "--json")
+    old_key, _ = _journal_keys(panel)
+
+    run = run_engine(panel.profile_path, "recover", "--json")
+
+    assert run.returncode == 0, run.stderr
+    assert run.closing["state"] == "ROLLED_BACK"
+    assert panel.env_key() == old_key
+    assert panel.php_check_all() == []
+
+
+def test_recover_reports_each_values_key_from_the_gcm_tag(panel_factory):
+    """After a crash between commit and journal update, the census says where every value is."""
+    panel = panel_factory(rows=6, server=True)
+    crash_at(panel.profile_path, "state:RESTARTED", "rotate-key", "--yes", "--json")
+    _journal_keys(panel)
+    total = sum(1 for p in panel.plaintexts.values() if p is not None)
+
+    run = run_engine(panel.profile_path, "recover", "--json")
+
+    assert run.returncode == 0, run.stderr
+    assert run.step("classify")["new"] == total
+    assert (run.step("classify")["old"], run.step("classify")["neither"]) == (0, 0)
+
+
+def test_recover_never_overwrites_a_value_neither_key_opens(panel_factory):
+    panel = panel_factory(rows=6, server=True)
+    crash_at(panel.profile_path, "state:REENCRYPTED", "rotate-key", "--yes", "--json")
+    _journal_keys(panel)
+    with panel.db.connect() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE oscam_installs SET webif_password = 'bm90LWEtY2lwaGVydGV4dA==' WHERE id = 2")
+
+    run = run_engine(panel.profile_path, "recover", "--json")
+
+    stored = panel.stored_values()["oscam_installs.webif_password#2"]
+    assert stored == "bm90LWEtY2lwaGVydGV4dA=="
+    assert run.returncode != 0
+    assert "oscam_installs.webif_password id 2" in run.stdout
+
+
+def test_recover_with_nothing_to_recover_says_so(panel_factory):
+    panel = panel_factory(rows=1)
+    run = run_engine(panel.profile_path, "recover", "--json")
+    assert run.returncode == 1
+    assert run.closing["code"] == "nothing_to_recover"
+
+
+def test_status_shows_the_unfinished_rotation(panel_factory):
+    panel = panel_factory(rows=2)
+    crash_at(panel.profile_path, "state:STAGED", "rotate-key", "--yes", "--json")
+    _journal_keys(panel)
+
+    run = run_engine(panel.profile_path, "status")
+
+    assert run.returncode == 0
+    assert "UNFINISHED rotation" in run.stdout and "STAGED" in run.stdout
+    assert run.leaks() == []
