@@ -13,7 +13,8 @@ import pytest
 
 from bot.errors import ConnectionLostError
 from bot.ssh_client import SSHEngineClient
-from engine.protocol import KEY_STEPS, Request
+from engine import __version__
+from engine.protocol import KEY_STEPS, Request, fingerprint
 from tests.ssh.conftest import PanelFactory
 from tests.support.panel import PanelSandbox
 from tests.support.procs import wait_for_stopped, wait_until
@@ -189,3 +190,23 @@ def test_when_the_host_stays_unreachable_reattaching_gives_up_but_the_rotation_f
     assert "r-ssh-gone" in str(seen[-1])
     assert [] == sandbox.php_check_all()
     assert sandbox.initial_key != sandbox.env_key()
+
+
+def test_plan_over_ssh_is_read_only_and_says_what_a_rotation_would_do(
+    ssh_panel: PanelFactory, sandbox: PanelSandbox
+) -> None:
+    """plan: per-column counts, layout, current key fingerprint and engine version;
+    .env and every stored value unchanged."""
+    env_before = sandbox.env_path.read_bytes()
+    stored_before = sandbox.stored_values()
+    client = SSHEngineClient(ssh_panel(sandbox.profile_path))
+
+    result = list(client.run(Request(v=1, id="r-plan", op="plan")))[-1]
+
+    stored_secrets = sum(1 for p in sandbox.plaintexts.values() if p is not None)
+    expected = (stored_secrets, "iv12_tag_ct/hex", fingerprint(sandbox.initial_key), __version__)
+    actual = (sum(result["columns"].values()), result["scheme"], result["key_fingerprint"],
+              result["engine_version"])  # fmt: skip
+    assert expected == actual
+    assert env_before == sandbox.env_path.read_bytes()
+    assert stored_before == sandbox.stored_values()

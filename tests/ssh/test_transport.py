@@ -25,6 +25,7 @@ from bot.errors import (
 )
 from bot.inventory import PanelEntry
 from bot.ssh_client import SSHEngineClient
+from engine import __version__
 from engine.protocol import Request
 from tests.ssh.conftest import PanelFactory
 from tests.support.sshd import SSHServer, free_port, make_key
@@ -61,7 +62,7 @@ def test_hello_over_ssh_yields_hello_then_the_result(
 
     assert [("hello", 0), ("result", 1)] == [(e["type"], e["seq"]) for e in events]
     assert sha256_fingerprint(sshd.host_key.public_line) == client.host_key_fingerprint
-    assert "0.1.0" == client.engine_version
+    assert __version__ == client.engine_version
 
 
 def test_a_passphrase_protected_key_works(ssh_panel: PanelFactory, minimal_profile: Path) -> None:
