@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The main job on a fresh Debian machine: install, then run the bot.
+# With Slack settings present it serves Slack; with none it plays the local demo.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v php >/dev/null 2>&1 || ! php -m 2>/dev/null | grep -qi pdo_mysql; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-cli php-mysql >/dev/null
+fi
+if ! mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1; then
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 100); do
+        mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+fi
+python3 -m pip install -q --disable-pip-version-check -e .
+exec python3 -m bot "$@"
