@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -9,9 +10,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import paramiko
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from bot.errors import ConnectionLostError
+from bot.inventory import PanelEntry
 from bot.ssh_client import SSHEngineClient
 from engine import __version__
 from engine.protocol import KEY_STEPS, Request, fingerprint
@@ -210,3 +215,72 @@ def test_plan_over_ssh_is_read_only_and_says_what_a_rotation_would_do(
     assert expected == actual
     assert env_before == sandbox.env_path.read_bytes()
     assert stored_before == sandbox.stored_values()
+
+
+@pytest.fixture
+def sandbox_panel(ssh_panel: PanelFactory, sandbox: PanelSandbox) -> PanelEntry:
+    """One authorized key serving the sandbox (shared by all examples of a fuzz test)."""
+    return ssh_panel(sandbox.profile_path)
+
+
+def send_raw(sshd: SSHServer, key_file: str, line: bytes) -> tuple[list[dict[str, Any]], bytes]:
+    """Send raw bytes to the forced command; return (decoded events, raw stdout)."""
+    client = paramiko.SSHClient()
+    client.get_host_keys().load(str(sshd.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(sshd.host, port=sshd.port, username=sshd.user, key_filename=key_file,
+                   look_for_keys=False, allow_agent=False, timeout=10)  # fmt: skip
+    try:
+        channel = client.get_transport().open_session()  # type: ignore[union-attr]
+        channel.exec_command("engine serve")
+        channel.sendall(line)
+        channel.shutdown_write()
+        raw = b""
+        while chunk := channel.recv(65536):
+            raw += chunk
+    finally:
+        client.close()
+    return [json.loads(x) for x in raw.splitlines()], raw
+
+
+_hostile_over_ssh = st.one_of(
+    st.binary(max_size=200),
+    st.dictionaries(
+        st.sampled_from(["v", "id", "op", "dry_run", "rotation_id", "after_seq", "x"]),
+        st.none() | st.integers() | st.text(max_size=12) | st.booleans(),
+        max_size=5,
+    ).map(lambda d: json.dumps(d).encode() + b"\n"),
+    st.sampled_from([b"rotate-key\n", b'{"v":1,"id":"r","op":"rotate-key","dry_run":0}\n']),
+)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(line=_hostile_over_ssh)
+def test_hostile_requests_over_ssh_get_one_error_and_change_nothing(
+    sshd: SSHServer, sandbox_panel: PanelEntry, sandbox: PanelSandbox, line: bytes
+) -> None:
+    """Fuzzed request lines through sshd to the engine of a real panel: hello then one
+    error, no traceback, .env and every stored value untouched, PHP still opens all."""
+    assume(not _accepted(line))
+    env_before, stored_before = sandbox.env_path.read_bytes(), sandbox.stored_values()
+
+    events, raw = send_raw(sshd, str(sandbox_panel.key_file), line)
+
+    assert ["hello", "error"] == [e["type"] for e in events]
+    assert b"Traceback" not in raw
+    assert (env_before, stored_before) == (sandbox.env_path.read_bytes(), sandbox.stored_values())
+    assert [] == sandbox.php_check_all()
+
+
+def _accepted(line: bytes) -> bool:
+    from engine.serve import BadRequest, parse_request
+
+    try:
+        parse_request(line)
+    except BadRequest:
+        return False
+    return True
