@@ -117,8 +117,8 @@ def parse_request(raw: bytes) -> protocol.Request:
         if version not in protocol.SUPPORTED_VERSIONS:
             raise BadRequest(
                 "unsupported_version",
-                f"protocol version {version} is not supported; "
-                f"engine speaks {list(protocol.SUPPORTED_VERSIONS)}",
+                f"protocol version {version if 0 <= version < 1000 else '(out of range)'} is "
+                f"not supported; engine speaks {list(protocol.SUPPORTED_VERSIONS)}",
             )
     op = data.get("op")
     if isinstance(op, str) and op not in protocol.OPERATIONS:
