@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 import uuid
 
 import pytest
@@ -31,6 +32,7 @@ SAMPLES: list[bytes] = [
     (b"pw-long-" + os.urandom(LONG_LEN).hex().encode())[:LONG_LEN],
     NON_ASCII.encode(),
     bytes(range(256)),
+    *(os.urandom(n) for n in range(1, 49)),  # every length across three AES blocks
 ]
 SCHEME_IDS = [s.label for s in ALL_SCHEMES]
 
@@ -163,6 +165,23 @@ def test_sandbox_can_leave_a_table_out_and_writes_a_valid_profile(panel_factory)
     assert profile.restart_command == ["true"]
     assert not profile.journal_dir.exists()
     assert (override.ciphertext, override.batch_size) == ("iv12_ct_tag/hex", 7)
+
+
+def test_write_profile_merges_nested_overrides_and_none_removes(panel_factory) -> None:
+    sandbox = panel_factory(rows=1, server=True)
+    path = sandbox.write_profile(
+        verify_url=None,
+        database={"name": "other_db", "env_keys": {"password": "DB_PASS"}},
+        agents={"inventory": {"10.0.0.7": {"host": "10.0.0.7", "port": 2222}}},
+    )
+    data = tomllib.loads(path.read_text())
+
+    assert "verify_url" not in data
+    assert data["database"] == {"name": "other_db", "env_keys": {"password": "DB_PASS"}}
+    assert data["agents"]["inventory"]["10.0.0.7"] == {"host": "10.0.0.7", "port": 2222}
+    assert data["restart_command"] == sandbox.restart_command
+    assert load_profile(path).database.name == "other_db"
+    assert load_profile(sandbox.profile_path).verify_url == sandbox.verify_url
 
 
 def test_php_check_all_names_a_value_that_no_longer_opens(panel_factory) -> None:
