@@ -30,13 +30,13 @@ import pymysql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.cipher import Codec, Scheme  # noqa: E402
-from engine.context import Context  # noqa: E402
-from engine.db import ConnectionSettings, PanelDB  # noqa: E402
-from engine.events import Emitter  # noqa: E402
-from engine.profile import profile_from_dict  # noqa: E402
-from engine.rotation import KeyRotation  # noqa: E402
-from engine.scan import reencrypt  # noqa: E402
+from engine.cipher import Codec, Scheme
+from engine.context import Context
+from engine.db import ConnectionSettings, PanelDB
+from engine.events import Emitter
+from engine.profile import profile_from_dict
+from engine.rotation import KeyRotation
+from engine.scan import reencrypt
 
 SCHEME = Scheme.parse("iv12_tag_ct/hex")
 DB = f"rotator_bench_{os.getpid()}"

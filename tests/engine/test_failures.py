@@ -12,7 +12,6 @@ import pymysql
 from engine.protocol import fingerprint
 from tests.engine.runner import crash_at, finish, rotate, start_paused
 from tests.support.php_crypto import php_encrypt
-from tests.support.secrets_scan import register_secret
 
 
 def _assert_old_state_verified(panel, old_key, run):

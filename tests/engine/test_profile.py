@@ -57,5 +57,5 @@ def test_a_password_in_the_profile_is_never_echoed():
 def test_invalid_toml_is_reported_with_the_file_name(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text("panel_root = \n")
-    with pytest.raises(ProfileError, match="broken.toml is not valid TOML"):
+    with pytest.raises(ProfileError, match=r"broken\.toml is not valid TOML"):
         load_profile(path)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from engine.protocol import KEY_STEPS, fingerprint
-from tests.engine.runner import rotate, run_engine, start_paused, finish
+from tests.engine.runner import finish, rotate, run_engine, start_paused
 from tests.support.secrets_scan import register_secret
 
 
