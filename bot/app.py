@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.middleware.request_verification import RequestVerification
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
@@ -119,6 +120,18 @@ class SlackDirectory:
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
+        self._home_team: str | None = None
+
+    @property
+    def home_team_id(self) -> str:
+        """The bot's workspace (``auth.test``), asked once; "" while Slack does not answer."""
+        if self._home_team is None:
+            try:
+                self._home_team = str(self.client.auth_test().get("team_id") or "")
+            except (SlackApiError, SlackClientError) as exc:
+                log.warning("auth.test failed: %s", type(exc).__name__)
+                return ""
+        return self._home_team
 
     def group_members(self, group_id: str) -> frozenset[str]:
         now = time.monotonic()
@@ -186,6 +199,17 @@ def dedupe_middleware(store: Store) -> Callable[..., BoltResponse]:
         return BoltResponse(status=200, body="")
 
     return dedupe_deliveries
+
+
+class QuietRequestVerification(RequestVerification):
+    """Bolt's signature check, minus its log line that quotes the refused body.
+
+    Bolt logs a request with a bad signature in full, and a slash command's
+    body carries Slack's verification token: that must not reach a log.
+    """
+
+    def _debug_log_error(self, signature: Any, timestamp: Any, body: Any) -> None:
+        self.logger.info("refused a Slack request with an invalid signature (timestamp %s)", timestamp)
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -286,6 +310,8 @@ def build_rotator(
         client=client,
         signing_secret=settings.signing_secret,
         token_verification_enabled=False,
+        request_verification_enabled=False,
+        before_authorize=QuietRequestVerification(settings.signing_secret),
         listener_executor=ThreadPoolExecutor(
             max_workers=settings.config.worker_threads, thread_name_prefix="bolt"
         ),

@@ -194,6 +194,15 @@ class _Backend:
             with contextlib.suppress(*self.errors):
                 cursor.close()
 
+    def discard(self, conn: Any) -> None:
+        """Forget a broken connection; this thread's next call opens a new one."""
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        self._local.conn = None
+        with contextlib.suppress(Exception):
+            conn.close()
+
     def close(self) -> None:
         with self._lock:
             conns, self._all = self._all, []
@@ -259,8 +268,17 @@ class _MySQLBackend(_Backend):
     def _connect(self) -> Any:
         return self._pymysql.connect(**self._params)
 
+    def connection(self) -> Any:
+        """This thread's connection, replaced if the server dropped it (restart, idle timeout)."""
+        conn = super().connection()
+        try:
+            conn.ping(reconnect=False)
+        except self._pymysql.Error:
+            self.discard(conn)
+            conn = super().connection()
+        return conn
+
     def _begin(self, conn: Any) -> None:
-        conn.ping(reconnect=True)
         conn.begin()
 
     def describe(self) -> str:

@@ -282,53 +282,66 @@ def failed_line(outcome: dict[str, Any], panel: str) -> str:
 
 # --- the thread -------------------------------------------------------------------------
 
-STEP_LABELS: dict[str, tuple[str, str]] = {
-    # name: (what the finished step says, what the running step is doing)
-    "preflight": ("preflight", "checking every stored value"),
-    "stage": ("new key staged", "staging the new key"),
-    "reencrypt": ("re-encrypted", "re-encrypting"),
-    "verify_db": ("database verified", "verifying the database"),
-    "write_env": ("config/.env updated", "writing config/.env"),
-    "restart": ("php-fpm restarted", "restarting php-fpm"),
-    "sweep": ("sweep", "sweeping values written during the switch"),
-    "verify": ("verified from disk", "verifying"),
-    "backup": ("backup updated", "updating the backup"),
-    "issue_token": ("install token issued", "issuing an install token"),
-    "bootstrap": ("bootstrap ran", "running the bootstrap"),
-    "reregistered": ("agent re-registered", "waiting for the agent to re-register"),
-    "old_revoked": ("old token revoked", "checking the old token is dead"),
-    "rollback": ("rolled back", "rolling back"),
-    "rolling_back": ("rolled back", "rolling back"),
-    "recover": ("recovered", "recovering"),
+STEP_LABELS: dict[str, tuple[str, str, str]] = {
+    # name: (a finished step says, a running step is, a skipped or failed step is called)
+    "preflight": ("preflight", "checking every stored value", "preflight"),
+    "stage": ("new key staged", "staging the new key", "key staging"),
+    "reencrypt": ("re-encrypted", "re-encrypting", "re-encryption"),
+    "verify_db": ("database verified", "verifying the database", "database verification"),
+    "write_env": ("config/.env updated", "writing config/.env", "config/.env update"),
+    "restart": ("php-fpm restarted", "restarting php-fpm", "restart"),
+    "sweep": ("sweep", "sweeping values written during the switch", "sweep"),
+    "verify": ("verified from disk", "verifying", "verification"),
+    "backup": ("backup updated", "updating the backup", "backup"),
+    "issue_token": ("install token issued", "issuing an install token", "install token"),
+    "bootstrap": ("bootstrap ran", "running the bootstrap", "bootstrap"),
+    "reregistered": ("agent re-registered", "waiting for the agent to re-register", "re-registration"),
+    "old_revoked": ("old token revoked", "checking the old token is dead", "old token check"),
+    "rollback": ("rolled back", "rolling back", "rollback"),
+    "rolling_back": ("rolled back", "rolling back", "rollback"),
+    "verify_old": ("old key verified", "verifying the old key", "old key verification"),
+    "classify": ("values classified", "classifying every value", "classification"),
+    "recover": ("recovered", "recovering", "recovery"),
 }
 KNOWN_STEPS = frozenset(KEY_STEPS) | frozenset(AGENT_STEPS)
 
 
+def _labels(name: str) -> tuple[str, str, str]:
+    plain = name.replace("_", " ")
+    return STEP_LABELS.get(name, (plain, plain, plain))
+
+
 def step_label(name: str) -> str:
-    return STEP_LABELS.get(name, (name.replace("_", " "), ""))[0]
+    return _labels(name)[0]
 
 
 def step_doing(name: str, label: str) -> str:
-    doing = STEP_LABELS.get(name, ("", ""))[1]
-    return doing or label
+    return _labels(name)[1] or label
+
+
+def _without_prefix(detail: str, label: str) -> str:
+    """The engine often starts its detail with what the label says already; say it once."""
+    if detail.lower().startswith(label.lower()):
+        return detail[len(label) :].lstrip(" ·:,")
+    return detail
 
 
 def step_reply(event: dict[str, Any]) -> str:
     """One thread reply for one finished engine step: outcome, detail, elapsed time."""
     name = str(event.get("name", "step"))
     state = str(event.get("state", ""))
-    label = step_label(name)
+    done, _, noun = _labels(name)
     detail = str(event.get("detail") or "").strip()
     elapsed = duration(event.get("elapsed_ms"))
     agent = f"{event['agent']}: " if event.get("agent") else ""
-    rollback = name.startswith("roll") or name.startswith("restore")
     if state == "failed":
-        text = f"✖ {agent}{label} failed" + (f": {detail}" if detail else "")
+        text = f"✖ {agent}{noun} failed" + (f": {detail}" if detail else "")
     elif state == "skipped":
-        text = f"↷ {agent}{label} skipped" + (f": {detail}" if detail else "")
+        text = f"↷ {agent}{noun} skipped" + (f": {detail}" if detail else "")
     else:
-        icon = "↩" if rollback else "✔"
-        text = f"{icon} {agent}{label}" + (f" · {detail}" if detail else "")
+        icon = "↩" if name.startswith(("roll", "restore")) else "✔"
+        detail = _without_prefix(detail, done)
+        text = f"{icon} {agent}{done}" + (f" · {detail}" if detail else "")
     counts = _counts(event)
     if counts:
         text += f" · {counts}"

@@ -207,7 +207,14 @@ class Planner(Protocol):
 
 
 class Directory(Protocol):
-    """Slack user-group membership (cached by ``bot``)."""
+    """Slack user-group membership (cached by ``bot``).
+
+    A group belongs to the bot's own workspace (``home_team_id``), so only a
+    person of that team can be one of its members, whatever their user id.
+    """
+
+    @property
+    def home_team_id(self) -> str: ...
 
     def group_members(self, group_id: str) -> frozenset[str]: ...
 
@@ -230,7 +237,9 @@ class AccessPolicy:
     def _matches(self, entries: Sequence[str], person: Person, directory: Directory) -> bool:
         for entry in entries:
             if entry.startswith("S"):
-                if person.user_id in directory.group_members(entry):
+                if person.team_id == directory.home_team_id and person.user_id in (
+                    directory.group_members(entry)
+                ):
                     return True
             elif "/" in entry:
                 if entry == person.key:

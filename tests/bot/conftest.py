@@ -1,4 +1,4 @@
-"""The bot under test: the real Bolt app on a threaded WSGI server, a fake Slack API, signed requests.
+"""The bot under test: the real Bolt app over HTTP, a fake Slack API, signed requests.
 
 ``make_bot(...)`` builds one bot (settings from a TOML file written here, a
 SQLite store under tmp unless given, engine clients from a ``FakeEngineHost``
@@ -96,7 +96,12 @@ def write_config(
     ]
     for name in panels:
         profile = (profiles or {}).get(name, path.parent / f"{name}.profile.toml")
-        lines += ["", f'[local_panels."{name}"]', f'profile = "{profile}"', f'host = "{name}.example.net"']
+        lines += [
+            "",
+            f'[local_panels."{name}"]',
+            f'profile = "{profile}"',
+            f'host = "{name}.example.net"',
+        ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -157,7 +162,9 @@ class BotUnderTest:
             self.store.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition"
+) -> None:
     """Poll ``condition`` until it holds, failing after ``timeout`` (a deadline, not a sleep)."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -167,7 +174,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str =
 
 
 def is_card(call: Call) -> bool:
-    return not call.params.get("thread_ts") and "requested:" in call.text and call.params.get("channel") == CHANNEL
+    return (
+        not call.params.get("thread_ts")
+        and "requested:" in call.text
+        and call.params.get("channel") == CHANNEL
+    )
 
 
 def card_request_id(call: Call) -> str:
@@ -246,3 +257,21 @@ def make_bot(
         host.release_all()
     for bot in reversed(made):
         bot.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def any_store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, secret_registry: SecretRegistry
+) -> Iterator[str]:
+    """A fresh store URL of each backend: a SQLite file, a MariaDB database with its own login."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    from tests.support.mariadb import ALL_TABLES, create_database
+
+    db = create_database(exclude_tables=ALL_TABLES, own_user=True)
+    secret_registry.register(db.password, "store DB password")
+    try:
+        yield f"mysql://{db.user}:{db.password}@{db.host}:{db.port}/{db.name}"
+    finally:
+        db.drop()

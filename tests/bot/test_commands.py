@@ -101,7 +101,9 @@ def test_requests_from_another_channel_are_sent_to_the_rotations_channel(make_bo
     assert sent.text == "Rotations are requested in <#C0ROTATE>, so that the team sees them."
 
 
-def test_admin_password_and_licence_key_get_the_operator_documentation_answer(make_bot: MakeBot) -> None:
+def test_admin_password_and_licence_key_get_the_operator_documentation_answer(
+    make_bot: MakeBot,
+) -> None:
     """Not rotated by this product: the admin console is run by MyOsicam staff."""
     bot = make_bot()
     admin = bot.command("/rotate-key", "admin password please")
@@ -118,8 +120,15 @@ def test_admin_password_and_licence_key_get_the_operator_documentation_answer(ma
 def test_help_explains_every_command(make_bot: MakeBot) -> None:
     bot = make_bot()
     text = bot.command("/rotate-help", "").text
-    for fragment in ("/rotate-key", "/rotate-agent", "/rotate-status", "/rotate-cancel", "prod-eu",
-                     "contact MyOsicam support", "expire after 30 min"):
+    for fragment in (
+        "/rotate-key",
+        "/rotate-agent",
+        "/rotate-status",
+        "/rotate-cancel",
+        "prod-eu",
+        "contact MyOsicam support",
+        "expire after 30 min",
+    ):
         assert fragment in text
 
 
@@ -134,7 +143,9 @@ def test_an_engine_that_cannot_plan_gets_a_short_answer_with_a_reference(make_bo
         "rolled_back": None,
     }
     bot.command("/rotate-key", f"{PANEL} disclosure")
-    answer = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ALICE)[0].text
+    answer = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ALICE)[
+        0
+    ].text
     assert answer.startswith(
         "Could not plan on prod-eu: 2 values do not open with the current key: "
         "oscam_installs.webif_password#7, #9. Nothing was changed. Ref "
@@ -147,7 +158,9 @@ def test_a_card_that_cannot_be_posted_withdraws_the_request(make_bot: MakeBot) -
     bot = make_bot()
     bot.fake.fail("chat.postMessage", "not_in_channel")
     bot.command("/rotate-key", f"{PANEL} disclosure")
-    answer = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ALICE)[0].text
+    answer = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ALICE)[
+        0
+    ].text
     assert "could not be posted" in answer and "Ref " in answer
     (request,) = bot.store.recent_final(5)
     assert request.state.value == "cancelled"
@@ -162,7 +175,9 @@ def test_status_lists_pending_requests_and_one_requests_history(make_bot: MakeBo
     assert "needs 1 approval" in listing and "min left" in listing
 
     bot.command("/rotate-status", request_id, user=BOB)
-    history = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == BOB, count=2)[1]
+    history = bot.fake.wait_for(
+        "chat.postEphemeral", lambda c: c.params.get("user") == BOB, count=2
+    )[1]
     assert "created: pending by <@U0ALICE>" in history.text
     assert "card_posted: pending → pending (bot)" in history.text
 

@@ -93,7 +93,10 @@ def rolled_back_rotation() -> list[dict[str, Any]]:
     events.append(protocol.step_event("verify", "started"))
     events.append(
         protocol.step_event(
-            "verify", "failed", "panel check failed after restart: GET /health returned 500", elapsed_ms=300
+            "verify",
+            "failed",
+            "panel check failed after restart: GET /health returned 500",
+            elapsed_ms=300,
         )
     )
     events.append(protocol.step_event("rollback", "started"))
@@ -122,7 +125,9 @@ def rolled_back_rotation() -> list[dict[str, Any]]:
 class FakeEngineHost:
     """One panel host's engine, shared by every client (and bot) that talks to it."""
 
-    def __init__(self, *, host_key: str = "SHA256:Yx0fakehostkeyQ", engine_version: str = "0.4.0") -> None:
+    def __init__(
+        self, *, host_key: str = "SHA256:Yx0fakehostkeyQ", engine_version: str = "0.4.0"
+    ) -> None:
         self.host_key = host_key
         self.plan_result: dict[str, Any] = plan_result(engine_version)
         self.plan_error: dict[str, Any] | None = None
@@ -168,7 +173,11 @@ class FakeEngineHost:
         seq = 0
         for event in self.rotation_script():
             name = event.get("name")
-            if event.get("type") == "step" and event.get("state") == "started" and name in self._gates:
+            if (
+                event.get("type") == "step"
+                and event.get("state") == "started"
+                and name in self._gates
+            ):
                 self._reached[name].set()
                 self._gates[name].wait(60)
             seq += 1
@@ -213,7 +222,11 @@ class FakeEngineClient:
             if host.plan_error:
                 yield {"id": request.id, "seq": 1, "ts": protocol.now_ms(), **host.plan_error}
             else:
-                yield {"id": request.id, "seq": 1, **protocol.result_event("plan", **host.plan_result)}
+                yield {
+                    "id": request.id,
+                    "seq": 1,
+                    **protocol.result_event("plan", **host.plan_result),
+                }
             return
         if request.op in ("rotate-key", "rotate-agent"):
             host._start_rotation(request)
@@ -227,7 +240,9 @@ class FakeEngineClient:
                 yield {
                     "id": request.id,
                     "seq": 1,
-                    **protocol.error_event("unknown_rotation", f"no rotation {rotation_id} on this host"),
+                    **protocol.error_event(
+                        "unknown_rotation", f"no rotation {rotation_id} on this host"
+                    ),
                 }
                 return
             yield from host._follow(rotation_id, request.after_seq)

@@ -87,7 +87,7 @@ class FakeSlack:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode("utf-8")
                 auth = self.headers.get("Authorization") or ""
@@ -134,7 +134,9 @@ class FakeSlack:
     def _next_ts(self) -> str:
         return f"{1_800_000_000 + next(self._ts)}.000100"
 
-    def _answer(self, method: str, params: dict[str, Any], token: str | None, raw: str) -> dict[str, Any]:
+    def _answer(
+        self, method: str, params: dict[str, Any], token: str | None, raw: str
+    ) -> dict[str, Any]:
         with self._cond:
             failures = self._failures.get(method)
             error = failures.pop(0) if failures else None
@@ -201,12 +203,14 @@ class FakeSlack:
         count: int = 1,
         timeout: float = 15.0,
     ) -> list[Call]:
-        """The first ``count`` calls to ``method`` matching ``predicate``, waiting up to ``timeout``."""
+        """The first ``count`` calls to ``method`` matching ``predicate``, within ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 found = [
-                    c for c in self._calls if c.method == method and (predicate is None or predicate(c))
+                    c
+                    for c in self._calls
+                    if c.method == method and (predicate is None or predicate(c))
                 ]
                 if len(found) >= count:
                     return found[:count]
@@ -219,8 +223,10 @@ class FakeSlack:
                     )
                 self._cond.wait(remaining)
 
-    def wait_text(self, method: str, fragment: str, *, user: str | None = None, timeout: float = 15.0) -> Call:
-        """The first call to ``method`` whose text contains ``fragment`` (for ``user``, if given)."""
+    def wait_text(
+        self, method: str, fragment: str, *, user: str | None = None, timeout: float = 15.0
+    ) -> Call:
+        """The first call to ``method`` whose text holds ``fragment`` (for ``user``, if given)."""
         return self.wait_for(
             method,
             lambda c: fragment in c.all_text() and (user is None or c.params.get("user") == user),

@@ -74,8 +74,14 @@ class SlackSender:
     ) -> Sent:
         sent_headers = headers or signed_headers(secret or self.signing_secret, body, timestamp)
         if retry_num is not None:
-            sent_headers = {**sent_headers, "X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"}
-        request = urllib.request.Request(self.url, data=body.encode(), headers=sent_headers, method="POST")
+            sent_headers = {
+                **sent_headers,
+                "X-Slack-Retry-Num": str(retry_num),
+                "X-Slack-Retry-Reason": "http_timeout",
+            }
+        request = urllib.request.Request(
+            self.url, data=body.encode(), headers=sent_headers, method="POST"
+        )
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -88,7 +94,14 @@ class SlackSender:
         """The very same bytes and headers again (what an eavesdropper would do)."""
         return self.post(sent.body, headers=dict(sent.headers))
 
-    def command_body(self, command: str, text: str, user: str, channel: str | None = None, trigger_id: str | None = None) -> str:
+    def command_body(
+        self,
+        command: str,
+        text: str,
+        user: str,
+        channel: str | None = None,
+        trigger_id: str | None = None,
+    ) -> str:
         channel = channel or self.channel_id
         return urlencode(
             {
@@ -108,13 +121,24 @@ class SlackSender:
             }
         )
 
-    def command(self, command: str, text: str, user: str, *, channel: str | None = None, **options: Any) -> Sent:
+    def command(
+        self, command: str, text: str, user: str, *, channel: str | None = None, **options: Any
+    ) -> Sent:
         return self.post(self.command_body(command, text, user, channel), **options)
 
     def _interaction(self, payload: dict[str, Any], **options: Any) -> Sent:
         return self.post(urlencode({"payload": json.dumps(payload)}), **options)
 
-    def click_body(self, action_id: str, value: str, user: str, message_ts: str, *, team_id: str | None = None, channel: str | None = None) -> str:
+    def click_body(
+        self,
+        action_id: str,
+        value: str,
+        user: str,
+        message_ts: str,
+        *,
+        team_id: str | None = None,
+        channel: str | None = None,
+    ) -> str:
         channel = channel or self.channel_id
         team = team_id or self.team_id
         payload = {
@@ -122,7 +146,12 @@ class SlackSender:
             "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": team},
             "api_app_id": self.app_id,
             "token": self.verification_token,
-            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
+            "container": {
+                "type": "message",
+                "message_ts": message_ts,
+                "channel_id": channel,
+                "is_ephemeral": False,
+            },
             "trigger_id": f"{secrets.randbelow(10**10)}.{secrets.token_hex(8)}",
             "team": {"id": team, "domain": "fake"},
             "enterprise": None,
@@ -143,18 +172,44 @@ class SlackSender:
         }
         return urlencode({"payload": json.dumps(payload)})
 
-    def click(self, action_id: str, value: str, user: str, message_ts: str, *, team_id: str | None = None, **options: Any) -> Sent:
-        return self.post(self.click_body(action_id, value, user, message_ts, team_id=team_id), **options)
+    def click(
+        self,
+        action_id: str,
+        value: str,
+        user: str,
+        message_ts: str,
+        *,
+        team_id: str | None = None,
+        **options: Any,
+    ) -> Sent:
+        return self.post(
+            self.click_body(action_id, value, user, message_ts, team_id=team_id), **options
+        )
 
-    def submit_view(self, callback_id: str, private_metadata: str, values: dict[str, dict[str, str]], user: str, **options: Any) -> Sent:
+    def submit_view(
+        self,
+        callback_id: str,
+        private_metadata: str,
+        values: dict[str, dict[str, str]],
+        user: str,
+        **options: Any,
+    ) -> Sent:
         state = {
-            block: {action: {"type": "plain_text_input", "value": value} for action, value in actions.items()}
+            block: {
+                action: {"type": "plain_text_input", "value": value}
+                for action, value in actions.items()
+            }
             for block, actions in values.items()
         }
         payload = {
             "type": "view_submission",
             "team": {"id": self.team_id, "domain": "fake"},
-            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": self.team_id},
+            "user": {
+                "id": user,
+                "username": user.lower(),
+                "name": user.lower(),
+                "team_id": self.team_id,
+            },
             "api_app_id": self.app_id,
             "token": self.verification_token,
             "trigger_id": f"{secrets.randbelow(10**10)}.{secrets.token_hex(8)}",

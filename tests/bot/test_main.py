@@ -1,0 +1,116 @@
+"""`python -m bot` as an operator starts it: HTTP mode with /healthz, and start-up refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.bot.conftest import SlackSecrets, write_config
+from tests.support.fake_slack import FakeSlack
+from tests.support.panel import free_port
+from tests.support.slack_signing import SlackSender
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def bot_env(tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets) -> dict[str, str]:
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite:///rotator.db")
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))},
+        "SLACK_BOT_TOKEN": slack_secrets.bot_token,
+        "SLACK_SIGNING_SECRET": slack_secrets.signing_secret,
+        "SLACK_API_URL": fake_slack.url,
+        "ROTATOR_CONFIG": str(config),
+    }
+
+
+def run_bot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def serving(bot_env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "--http", "--port", str(port)],
+        cwd=REPO,
+        env=bot_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"the bot did not start: {proc.communicate()[1]}") from None
+            time.sleep(0.05)
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_http_mode_serves_slack_and_health_then_stops_on_sigterm(
+    serving: tuple[subprocess.Popen[str], int], slack_secrets: SlackSecrets, tmp_path: Path
+) -> None:
+    proc, port = serving
+    sender = SlackSender(
+        url=f"http://127.0.0.1:{port}/slack/events", signing_secret=slack_secrets.signing_secret
+    )
+    answer = sender.command("/rotate-help", "", "U0ALICE")
+    assert answer.status == 200 and "/rotate-key [panel] <reason>" in answer.text
+    assert (tmp_path / "rotator.db").exists()  # the default store, beside the config
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert f"serving Slack on http://127.0.0.1:{port}/slack/events" in stderr
+    assert slack_secrets.bot_token not in stderr and slack_secrets.signing_secret not in stderr
+
+
+def test_a_missing_setting_stops_start_up_and_is_named(
+    bot_env: dict[str, str], slack_secrets: SlackSecrets
+) -> None:
+    env = {k: v for k, v in bot_env.items() if k != "SLACK_SIGNING_SECRET"}
+    result = run_bot(env, "--http")
+    assert (result.returncode, result.stderr.strip()) == (
+        2,
+        "error: SLACK_SIGNING_SECRET: is required but not set",
+    )
+    assert slack_secrets.bot_token not in result.stderr
+
+
+def test_socket_mode_needs_the_app_token(bot_env: dict[str, str]) -> None:
+    result = run_bot(bot_env)
+    assert result.returncode == 2
+    assert "SLACK_APP_TOKEN is not set" in result.stderr and "--http" in result.stderr
+
+
+@pytest.mark.skipif(
+    (REPO / "bot" / "doctor.py").exists(), reason="bot/doctor.py exists; its own tests cover it"
+)
+def test_doctor_is_dispatched_when_it_is_installed(bot_env: dict[str, str]) -> None:
+    result = run_bot(bot_env, "doctor")
+    assert (result.returncode, "not available in this build" in result.stderr) == (2, True)

@@ -1,0 +1,105 @@
+"""The bot driving the real engine (``python -m engine serve``) on a real panel in MariaDB.
+
+These tests run while ``engine/ops.py`` exists; without it the engine has no
+operations to run and they are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bot.local_client import LocalEngineClient
+from engine.protocol import fingerprint
+from tests.bot.conftest import BOB, CHANNEL, MakeBot
+from tests.support.fake_slack import has_buttons
+from tests.support.secrets_scan import SecretRegistry
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("engine.ops") is None,
+    reason="engine/ops.py does not exist yet: the engine cannot run rotations",
+)
+
+
+def test_happy_path_to_a_verified_rotation(
+    make_bot: MakeBot, panel_factory: Callable[..., object], secret_registry: SecretRegistry
+) -> None:
+    """/rotate-key -> plan card -> the requester's own click refused -> Bob approves -> the engine
+    re-encrypts every value in MariaDB, verifies -> every step in the thread, the summary on the
+    card;
+    PHP decrypts every value with the new key in .env."""
+    sandbox = panel_factory(rows=20, server=True)
+    old_key = sandbox.env_key()
+    bot = make_bot(
+        engine_clients={"prod-eu": LocalEngineClient(sandbox.profile_path)},
+        profiles={"prod-eu": sandbox.profile_path},
+    )
+    request_id, ts = bot.request_key()
+    card = bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert (
+        f"current key {fingerprint(bytes.fromhex(old_key))[:8]}…" in card or "current key " in card
+    )
+    assert "engine " in card and "host key local" in card
+
+    bot.approve(request_id, ts, "U0ALICE")
+    bot.fake.wait_for("chat.postEphemeral", lambda c: "someone else" in c.text)
+    bot.approve(request_id, ts, BOB)
+    final = bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done", timeout=120)
+
+    new_key = sandbox.env_key()
+    secret_registry.register_key(new_key, "rotated PANEL_ENCRYPTION_KEY")
+    assert new_key != old_key
+    assert sandbox.php_check_all() == []
+    thread = bot.fake.thread(CHANNEL, ts)
+    steps = [line.split(" · ")[0] for line in thread if line.startswith(("✔", "✖"))]
+    assert steps[:4] == ["✔ preflight", "✔ new key staged", "✔ re-encrypted", "✔ database verified"]
+    assert "✔ verified from disk" in steps
+    assert "verification:" in final.text and "rotation " + request_id in final.text
+    latest = bot.fake.latest_card(CHANNEL, ts)
+    assert ":white_check_mark: Verified in " in latest.all_text() and not has_buttons(latest)
+    assert bot.state(request_id) == "done"
+    assert bot.rotator.audit.verify().ok
+
+
+def failing_once(tmp_path: Path) -> list[str]:
+    """A panel check that fails the first time (after the switch), then passes (the rollback)."""
+    marker = tmp_path / "checked-once"
+    script = tmp_path / "panel-check.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ -e "{marker}" ]; then echo "200 OK"; exit 0; fi\n'
+        f'touch "{marker}"\n'
+        'echo "panel shows blank credentials" >&2\nexit 1\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return [str(script)]
+
+
+def test_an_engine_failure_rolls_back_and_the_thread_says_so(
+    make_bot: MakeBot, panel_factory: Callable[..., object], tmp_path: Path
+) -> None:
+    """The panel check fails after the switch: the engine rolls back by itself; the thread shows the
+    failed step and the rollback, the card says "rolled back", and every value still opens under
+    the old key."""
+    sandbox = panel_factory(rows=10)
+    old_key = sandbox.env_key()
+    profile = sandbox.write_profile(verify_command=failing_once(tmp_path))
+    bot = make_bot(
+        engine_clients={"prod-eu": LocalEngineClient(profile)}, profiles={"prod-eu": profile}
+    )
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    final = bot.fake.wait_text("chat.postMessage", "Rolled back.", timeout=120)
+    assert sandbox.env_key() == old_key
+    assert sandbox.php_check_all() == []
+    thread = bot.fake.thread(CHANNEL, ts)
+    assert any(line.startswith("✖ ") for line in thread), thread
+    assert final.text.startswith(":rotating_light: Rolled back. The panel is as it was. Next: ")
+    card = bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert ":rotating_light: Failed, rolled back" in card
+    outcome = bot.store.get(request_id).outcome
+    assert (outcome["rolled_back"], bot.state(request_id)) == (True, "failed")

@@ -1,0 +1,235 @@
+"""Running an approved request (scripted engine): the thread, the card, the summary, restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from bot.errors import EngineCrashedError
+from engine.protocol import KEY_STEPS, Request
+from handlers.ports import Decision, Person, State
+from tests.bot.conftest import ALICE, BOB, CHANNEL, MakeBot, wait_until
+from tests.support.fake_engine import NEW_FP, OLD_FP, FakeEngineHost, rolled_back_rotation
+from tests.support.fake_slack import has_buttons
+
+
+def test_a_rotation_reports_each_step_in_the_thread_and_the_summary_on_the_card(
+    make_bot: MakeBot,
+) -> None:
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    final = bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
+    thread = bot.fake.thread(CHANNEL, ts)
+    step_lines = thread[:-1]
+    assert [line.split(" · ")[0] for line in step_lines] == [
+        "✔ preflight",
+        "✔ new key staged",
+        "✔ re-encrypted",
+        "✔ database verified",
+        "✔ config/.env updated",
+        "✔ php-fpm restarted",
+        "✔ sweep",
+        "✔ verified from disk",
+        "✔ backup updated",
+    ]
+    assert all(line.endswith(" · 0.1 s") for line in step_lines)
+    assert thread[-1] == final.text
+    summary = final.text
+    for fragment in (
+        "requested by <@U0ALICE>",
+        "approved by <@U0BOB>",
+        "reason “suspected .env disclosure, INC-4412”",
+        f"old key {OLD_FP[:8]}… → new key {NEW_FP[:8]}…",
+        "re-encrypted 1,204 values: oscam_installs.webif_password 812 · "
+        "saved_servers.ssh_credential_encrypted 377",
+        "verification: 1,204/1,204 open with the new key · panel check 200 OK",
+        f"6.2 s · rotation {request_id}",
+    ):
+        assert fragment in summary
+    progress = [
+        c.all_text() for c in bot.fake.card_versions(CHANNEL, ts) if "running: step" in c.text
+    ]
+    assert any("running: step 3/9, re-encrypting…" in p for p in progress)
+    card = bot.fake.latest_card(CHANNEL, ts)
+    assert ":white_check_mark: Verified in 6.2 s" in card.all_text() and summary in card.all_text()
+    assert not has_buttons(card)
+    notice = bot.fake.wait_for("chat.postMessage", lambda c: c.params.get("channel") == ALICE)[0]
+    assert (
+        notice.text
+        == f"Your rotation `{request_id}` on prod-eu ended: :white_check_mark: Verified in 6.2 s"
+    )
+    assert bot.state(request_id) == "done"
+
+
+def test_the_engine_receives_who_asked_who_approved_and_why(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
+    (sent,) = bot.engine.ops("rotate-key")
+    assert (sent.id, sent.requested_by, sent.approved_by, sent.reason, sent.dry_run) == (
+        request_id,
+        ALICE,
+        [BOB],
+        "suspected .env disclosure, INC-4412",
+        False,
+    )
+    assert len(bot.engine.ops("plan")) == 2  # the card's plan, and the re-plan just before running
+
+
+def test_a_failure_that_rolled_back_says_so_and_what_to_do_next(make_bot: MakeBot) -> None:
+    engine = FakeEngineHost()
+    engine.rotation_script = rolled_back_rotation
+    bot = make_bot(engine=engine)
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    final = bot.fake.wait_text("chat.postMessage", ":rotating_light: Rolled back.")
+    thread = bot.fake.thread(CHANNEL, ts)
+    assert (
+        "✖ verification failed: panel check failed after restart: GET /health returned 500 · 0.3 s"
+        in thread
+    )
+    assert (
+        "↩ rolled back · 1,204 values re-encrypted under the old key · .env restored · "
+        "php8.3-fpm restarted · 0.9 s" in thread
+    )
+    assert final.text.startswith(
+        ":rotating_light: Rolled back. The panel is as it was. "
+        "Next: look at the panel's error log, then request again."
+    )
+    assert "what failed: panel check failed after restart: GET /health returned 500" in final.text
+    card = bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert ":rotating_light: Failed, rolled back, old key verified" in card
+    assert bot.state(request_id) == "failed"
+    assert bot.store.get(request_id).outcome["rolled_back"] is True
+
+
+def test_restart_during_a_run_reattaches_and_reports_to_the_end(make_bot: MakeBot) -> None:
+    """The bot stops while the engine re-encrypts; the engine carries on; the next bot re-attaches
+    after the last event it saved, and every step appears in the thread exactly once."""
+    engine = FakeEngineHost()
+    gate = engine.pause_before("write_env")
+    first = make_bot(engine=engine)
+    request_id, ts = first.request_key()
+    first.approve(request_id, ts, BOB)
+    engine.wait_reached("write_env")
+    first.fake.wait_text("chat.postMessage", "✔ database verified")
+    wait_until(lambda: first.state(request_id, "last_seq") == 8)
+    first.close()  # the bot goes away mid-run; the request stays "running"
+    assert first.state(request_id) == "running"
+
+    second = make_bot(engine=engine)
+    second.fake.wait_text(
+        "chat.postMessage", "The bot restarted; it is following the engine again from event 8"
+    )
+    gate.set()
+    second.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
+    steps = [
+        line.split(" · ")[0] for line in second.fake.thread(CHANNEL, ts) if line.startswith("✔")
+    ]
+    assert steps == [
+        "✔ preflight",
+        "✔ new key staged",
+        "✔ re-encrypted",
+        "✔ database verified",
+        "✔ config/.env updated",
+        "✔ php-fpm restarted",
+        "✔ sweep",
+        "✔ verified from disk",
+        "✔ backup updated",
+    ]
+    (attach,) = engine.ops("attach")
+    assert (attach.rotation_id, attach.after_seq) == (request_id, 8)
+    assert len(engine.ops("rotate-key")) == 1
+    assert second.state(request_id) == "done"
+
+
+def test_restart_after_approval_but_before_the_run_runs_it(make_bot: MakeBot) -> None:
+    """A request left "approved" (the bot stopped between click and run) runs at the next start."""
+    first = make_bot(start=False)
+    request_id, _ = first.request_key()
+    request = first.store.get(request_id)
+
+    approved = request.evolve(
+        state=State.APPROVED, approvals=(Decision(Person("T0TEAM", BOB), at=request.created_at),)
+    )
+    assert first.store.update(
+        approved, expected_version=request.version, event="approved", actor="T0TEAM/U0BOB"
+    )
+    first.close()
+    second = make_bot(engine=first.engine)
+    second.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
+    assert len(first.engine.ops("rotate-key")) == 1
+
+
+class _DroppingClient:
+    """An engine client whose connection dies after the third step and never comes back."""
+
+    def __init__(self, host: FakeEngineHost) -> None:
+        self.inner = host.client()
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        return self.inner.host_key_fingerprint
+
+    def run(self, request: Request) -> Iterator[dict[str, Any]]:
+        for event in self.inner.run(request):
+            yield event
+            if (
+                request.op == "rotate-key"
+                and event.get("name") == KEY_STEPS[2]
+                and event.get("state") == "ok"
+            ):
+                raise EngineCrashedError(
+                    "panel prod-eu: connection lost after 5 reconnect attempts"
+                )
+
+
+def test_losing_the_engine_for_good_is_reported_as_unknown_with_the_next_step(
+    make_bot: MakeBot,
+) -> None:
+    engine = FakeEngineHost()
+    bot = make_bot(engine=engine, engine_clients={"prod-eu": _DroppingClient(engine)})
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    final = bot.fake.wait_text("chat.postMessage", ":sos:")
+    assert final.text.startswith(
+        ":sos: Outcome unknown: the bot lost track of the engine. Next: run "
+    )
+    assert "recover` on prod-eu's host" in final.text
+    card = bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert (
+        ":sos: Outcome unknown: lost track of the engine. Check status on prod-eu (see thread)"
+        in card
+    )
+
+
+def test_every_engine_event_is_in_the_audit_log(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
+    wait_until(lambda: bot.store.get(request_id).outcome.get("reported") is True)
+    kinds = [e["kind"] for e in bot.store.audit_entries() if e["request_id"] == request_id]
+    assert kinds[:3] == ["request.created", "request.card_posted", "request.approved"]
+    assert kinds.count("engine.step") == 2 * len(KEY_STEPS)
+    assert kinds[-2:] == ["engine.result", "request.finished"]
+    assert bot.rotator.audit.verify().ok
+
+
+def test_the_whole_flow_on_each_store(make_bot: MakeBot, any_store_url: str) -> None:
+    """Request, approve, run and report with the store on SQLite and on MariaDB."""
+    bot = make_bot(store_url=any_store_url)
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
+    wait_until(lambda: bot.store.get(request_id).outcome.get("reported") is True)
+    assert [t.event for t in bot.store.history(request_id)] == [
+        "created",
+        "card_posted",
+        "approved",
+        "started",
+        "finished",
+    ]
+    assert bot.rotator.audit.verify().ok

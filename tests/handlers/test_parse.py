@@ -1,0 +1,93 @@
+"""Reading slash-command text: panel, agents, reason; and what is not ours to rotate."""
+
+from __future__ import annotations
+
+import pytest
+
+from handlers import messages as m
+from handlers.commands import Parsed, parse_rotate_agent, parse_rotate_key
+
+PANELS = ["prod-eu", "prod-us"]
+
+
+@pytest.mark.parametrize(
+    ("text", "panels", "expected"),
+    [
+        (
+            "prod-eu suspected .env disclosure",
+            PANELS,
+            Parsed("rotate-key", "prod-eu", "suspected .env disclosure"),
+        ),
+        ("  prod-us   laptop  stolen ", PANELS, Parsed("rotate-key", "prod-us", "laptop stolen")),
+        ("laptop stolen", ["prod-eu"], Parsed("rotate-key", "prod-eu", "laptop stolen")),
+    ],
+)
+def test_rotate_key_reads_panel_and_reason(text: str, panels: list[str], expected: Parsed) -> None:
+    assert parse_rotate_key(text, panels) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "panels", "expected"),
+    [
+        ("prod-eu", PANELS, m.needs_reason("/rotate-key", "prod-eu suspected .env disclosure")),
+        ("", ["prod-eu"], m.needs_reason("/rotate-key", "prod-eu suspected .env disclosure")),
+        ("prod-ue leaked", PANELS, "Unknown panel `prod-ue`. Known panels: prod-eu, prod-us."),
+        (
+            "",
+            PANELS,
+            "Which panel? Known panels: prod-eu, prod-us. Name it, e.g. `/rotate-key prod-eu <reason>`.",
+        ),
+        ("prod-eu " + "x" * 501, PANELS, "Please keep the reason under 500 characters."),
+        ("admin password", PANELS, m.ADMIN_PASSWORD),
+        ("prod-eu operator password please", PANELS, m.ADMIN_PASSWORD),
+        ("licence", PANELS, m.LICENCE_KEY),
+        ("prod-us PANEL_LICENSE_KEY", PANELS, m.LICENCE_KEY),
+    ],
+)
+def test_rotate_key_says_what_to_fix(text: str, panels: list[str], expected: str) -> None:
+    assert parse_rotate_key(text, panels) == expected
+
+
+def test_a_reason_that_mentions_the_licence_is_still_a_key_rotation() -> None:
+    """Only the first words name a target; "licence" later in a reason is just a reason."""
+    assert parse_rotate_key("prod-eu .env with licence key leaked", PANELS) == Parsed(
+        "rotate-key", "prod-eu", ".env with licence key leaked"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "agent-7 prod-eu lost laptop",
+            Parsed("rotate-agent", "prod-eu", "lost laptop", ("agent-7",)),
+        ),
+        (
+            "agent-7,agent-9,agent-7 prod-us leaked",
+            Parsed("rotate-agent", "prod-us", "leaked", ("agent-7", "agent-9")),
+        ),
+        (
+            "--all prod-eu yearly rotation",
+            Parsed("rotate-agent", "prod-eu", "yearly rotation", (), True),
+        ),
+    ],
+)
+def test_rotate_agent_reads_agents_panel_and_reason(text: str, expected: Parsed) -> None:
+    assert parse_rotate_agent(text, PANELS) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "starts"),
+    [
+        ("", "`/rotate-agent` needs the agents to rotate"),
+        ("agent;rm prod-eu x y", "`/rotate-agent` needs the agents to rotate"),
+        (
+            "agent-7 prod-eu",
+            "`/rotate-agent` needs a reason, e.g. `/rotate-agent agent-7 lost laptop`.",
+        ),
+        ("agent-7 nowhere because", "Unknown panel `nowhere`."),
+    ],
+)
+def test_rotate_agent_says_what_to_fix(text: str, starts: str) -> None:
+    answer = parse_rotate_agent(text, PANELS)
+    assert isinstance(answer, str) and answer.startswith(starts)
