@@ -197,16 +197,24 @@ class KeyRotation:
 
         with ctx.step("restart", "restarting the panel, then committing") as out:
             self.restart_attempted = True
+            restart_watch = Stopwatch()
             said = hooks.run_command(
                 "restart", profile.restart_command, timeout_s=profile.restart_timeout_s
             )
+            restart_ms = restart_watch.ms
             faults.checkpoint("commit:before")
+            commit_watch = Stopwatch()
             db.commit()
+            # New workers are up and read the rows under the old key until this commit:
+            # this is the whole blank window.
+            blank_ms = commit_watch.ms
             self.record.committed = True
             self.record.restarted = True
-            out.detail = f"{' '.join(profile.restart_command[:3])} ok · committed" + (
-                f" · {said}" if said else ""
+            out.detail = (
+                f"{' '.join(profile.restart_command[:3])} ok in {restart_ms / 1000:.2f} s · "
+                f"committed {blank_ms} ms later" + (f" · {said}" if said else "")
             )
+            out.data = {"restart_ms": restart_ms, "blank_window_ms": blank_ms}
         self._advance("RESTARTED")
 
         with ctx.step("sweep", "looking for values written under the old key") as out:
