@@ -28,13 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import envfile  # noqa: E402
-from engine.cipher import Codec, Scheme, new_key_hex  # noqa: E402
-from engine.context import Context  # noqa: E402
-from engine.events import Emitter  # noqa: E402
-from engine.profile import load_profile  # noqa: E402
-from engine.scan import reencrypt  # noqa: E402
-from tests.support.panel import build_panel  # noqa: E402
+from engine import envfile
+from engine.cipher import Codec, Scheme, new_key_hex
+from engine.context import Context
+from engine.events import Emitter
+from engine.profile import load_profile
+from engine.scan import reencrypt
+from tests.support.panel import build_panel
 
 
 class Poller(threading.Thread):
