@@ -259,7 +259,8 @@ class PanelDB:
         return str(self._conn.escape(value))
 
     def apply_staged(self, spec: ColumnSpec) -> int:
-        """One UPDATE ... JOIN; a row changed since it was read is left alone (CAS)."""
+        """One UPDATE ... JOIN; a row changed since it was read is left alone (CAS).
+        The staging rows are kept: ``changed_since_staged`` compares against them."""
         name = self._temp_name(spec)
         changed = self.execute(
             f"UPDATE `{spec.table}` AS t JOIN `{name}` AS s ON t.`{spec.primary_key}` = s.k "
@@ -267,5 +268,25 @@ class PanelDB:
             f"WHERE CAST(t.`{spec.column}` AS BINARY) = CAST(s.old_v AS BINARY)",
             doing=f"writing new values to {spec.label}",
         )
-        self.execute(f"DELETE FROM `{name}`", doing="clearing staging")
         return changed
+
+    def changed_since_staged(self, spec: ColumnSpec) -> list[Row]:
+        """Rows whose value is not the one we staged for them (written by someone
+        else since), and rows we never staged (inserted since). Locked for update."""
+        t, c, pk, name = spec.table, spec.column, spec.primary_key, self._temp_name(spec)
+        rows = self.query(
+            f"SELECT t.`{pk}`, t.`{c}` FROM `{t}` AS t LEFT JOIN `{name}` AS s ON t.`{pk}` = s.k "
+            f"WHERE t.`{c}` IS NOT NULL AND t.`{c}` <> '' "
+            f"AND (s.k IS NULL OR CAST(t.`{c}` AS BINARY) <> CAST(s.new_v AS BINARY)) FOR UPDATE",
+            doing=f"sweeping {spec.label}",
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def compare_and_swap(self, spec: ColumnSpec, pk: Any, old: Any, new: str) -> bool:
+        changed = self.execute(
+            f"UPDATE `{spec.table}` SET `{spec.column}` = %s WHERE `{spec.primary_key}` = %s "
+            f"AND CAST(`{spec.column}` AS BINARY) = CAST(%s AS BINARY)",
+            (new, pk, old),
+            doing=f"sweeping {spec.label}",
+        )
+        return changed == 1

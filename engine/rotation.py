@@ -32,7 +32,7 @@ from engine.events import Stopwatch
 from engine.journal import JournalRecord
 from engine.preflight import Preflight, run_preflight
 from engine.protocol import fingerprint
-from engine.scan import census, reencrypt
+from engine.scan import census, reencrypt, sweep
 from engine.verify import panel_check, verify_from_disk
 
 
@@ -218,7 +218,7 @@ class KeyRotation:
         self._advance("RESTARTED")
 
         with ctx.step("sweep", "looking for values written under the old key") as out:
-            swept = reencrypt(db, columns, old_codec, new_codec, profile.batch_size, lock_rows=True)
+            swept = sweep(db, columns, old_codec, new_codec)
             db.commit()
             out.detail = f"{swept.n_written} values written under the old key during the switch"
             out.data = {"count": swept.n_written}

@@ -225,5 +225,26 @@ def reencrypt(
     return result
 
 
+def sweep(db: PanelDB, columns: list[ColumnSpec], old: Codec, new: Codec) -> Rewrite:
+    """After ``reencrypt`` committed: re-encrypt what was written under the old key
+    since. Only rows that differ from what we staged are read, so this costs a
+    join on the server, not another pass over every value in Python."""
+    result = Rewrite()
+    db.begin()
+    for spec in columns:
+        written = 0
+        for pk, stored in db.changed_since_staged(spec):
+            plain = old.open(stored)
+            if plain is None:
+                if new.open(stored) is None:
+                    result.neither[spec.label] = result.neither.get(spec.label, 0) + 1
+                    if len(result.neither_at) < MAX_LISTED:
+                        result.neither_at.append(f"{spec.label} id {pk}")
+                continue
+            written += db.compare_and_swap(spec, pk, stored, new.seal(plain))
+        result.written[spec.label] = written
+    return result
+
+
 def total_values(db: PanelDB, columns: list[ColumnSpec]) -> dict[str, int]:
     return {spec.label: db.count(spec) for spec in columns}

@@ -219,3 +219,26 @@ def test_rotation_writes_the_layout_the_panel_reads(panel_factory, scheme):
     assert run.closing["scheme"] == scheme
     assert panel.php_check_all() == []
     assert panel.health()[0] == 200
+
+
+def test_sweep_reencrypts_values_written_under_the_old_key_during_the_switch(panel_factory):
+    """A worker still holding the old key saves a password right after the commit:
+    the sweep finds it (and only it) and re-encrypts it under the new key."""
+    from tests.support.php_crypto import php_encrypt
+
+    panel = panel_factory(rows=6, server=True)
+    old_key = panel.env_key()
+    engine = start_paused(panel.profile_path, "state:RESTARTED", "rotate-key", "--yes", "--json")
+    late = ["oscam_installs.webif_password#1", "saved_servers.ssh_credential_encrypted#2"]
+    values = php_encrypt(panel.scheme, old_key, [panel.plaintexts[label] for label in late])
+    with panel.db.connect() as conn, conn.cursor() as cur:
+        for label, value in zip(late, values, strict=True):
+            column, row_id = label.split("#")
+            table, col = column.split(".")
+            cur.execute(f"UPDATE {table} SET {col} = %s WHERE id = %s", (value, int(row_id)))
+    run = finish(engine)
+    register_secret(panel.env_key(), "new PANEL_ENCRYPTION_KEY")
+
+    assert run.returncode == 0, run.stderr
+    assert run.step("sweep")["count"] == 2
+    assert panel.php_check_all() == []
