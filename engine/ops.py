@@ -29,6 +29,10 @@ def _hello(ctx: Context, request: Request) -> dict[str, Any]:
 def _plan(ctx: Context, request: Request) -> dict[str, Any]:
     from engine.preflight import run_preflight
 
+    if request.agents or request.all_agents:
+        from engine.agents.plan import plan_agents
+
+        return plan_agents(ctx, request)
     unfinished = ctx.journal.load()
     pre = run_preflight(ctx, lock_note="read-only", write_checks=True)
     return {
@@ -66,12 +70,9 @@ def _probe(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _probe_agents(ctx: Context, db: Any) -> dict[str, Any]:
-    try:
-        from engine.agents.probe import probe_agents
-    except ImportError:
-        return {"checked": False}
-    result: dict[str, Any] = probe_agents(ctx, db)
-    return result
+    from engine.agents.probe import probe_agents
+
+    return probe_agents(ctx, db)
 
 
 def _status(ctx: Context, request: Request) -> dict[str, Any]:
@@ -105,12 +106,9 @@ def _recover(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _rotate_agent(ctx: Context, request: Request) -> dict[str, Any]:
-    try:
-        from engine.agents.rotation import rotate_agents
-    except ImportError:
-        raise ProtocolError("this engine does not support rotate-agent yet") from None
-    result: dict[str, Any] = rotate_agents(ctx, request)
-    return result
+    from engine.agents.rotation import rotate_agents
+
+    return rotate_agents(ctx, request)
 
 
 def _attach(ctx: Context, request: Request) -> dict[str, Any]:

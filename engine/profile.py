@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -63,7 +63,36 @@ class DatabaseSettings(_Strict):
 
 
 class AgentSettings(_Strict):
-    """Agent token rotation (DESIGN.md section 5); defaults match the reference panel."""
+    """Agent token rotation (DESIGN.md section 5); defaults match the reference panel.
+
+    * ``install_token_provider``: ``sql`` (the engine makes a random single-use
+      token and stores only its SHA-256, ``agent_id``, ``expires_at`` and
+      ``used_at`` in ``install_token_table``) or ``command`` (``install_token_command``
+      runs on the panel host with ``ROTATOR_AGENT_ID``/``ROTATOR_AGENT_NAME`` in its
+      environment and prints a fresh token; ``install_token_revoke_command``, if
+      set, gets a token on stdin and revokes it).
+    * ``bootstrap_command``: a shell command run on the agent server; placeholders
+      ``{panel_url}``, ``{agent_id}``, ``{agent_name}`` are shell-quoted. The install
+      token goes to its stdin, never on its command line.
+    * ``ssh_source``: ``panel`` (host, port, user and the encrypted credential from
+      the panel's ``server_table``) or ``inventory`` (entries keyed by agent name,
+      server name or server host). Host keys are always pinned by ``known_hosts``
+      (default ``~/.ssh/known_hosts`` of the engine's user).
+    * ``old_token_check``: ``heartbeat`` signs a heartbeat with the old token and
+      requires the panel to refuse it (``heartbeat_url``, default
+      ``{panel_url}/agents/heartbeat``); ``none`` checks the database only.
+    """
+
+    class InventoryEntry(_Strict):
+        """How to reach one agent server when ``ssh_source = "inventory"``."""
+
+        host: str
+        port: int = Field(default=22, ge=1, le=65535)
+        user: str | None = None
+        key_file: Path | None = None
+
+    #: Placeholders a bootstrap template may use; each is shell-quoted when filled in.
+    PLACEHOLDERS: ClassVar[tuple[str, ...]] = ("panel_url", "agent_id", "agent_name")
 
     table: Ident = "agents"
     id_column: Ident = "id"
@@ -71,18 +100,59 @@ class AgentSettings(_Strict):
     token_column: Ident = "agent_token"
     server_column: Ident = "server_id"
     last_seen_column: Ident = "last_seen"
+    last_seen_utc: bool = True
     install_token_provider: Literal["sql", "command"] = "sql"
     install_token_table: Ident = "agent_install_tokens"
     install_token_command: list[str] | None = None
+    install_token_revoke_command: list[str] | None = None
     install_token_ttl_s: int = Field(default=900, gt=0)
     panel_url: str = "http://127.0.0.1"
+    heartbeat_url: str | None = None
+    old_token_check: Literal["heartbeat", "none"] = "heartbeat"
     bootstrap_command: str = "myosicam-agent-bootstrap --panel {panel_url} --agent-id {agent_id}"
+    bootstrap_timeout_s: float = Field(default=120.0, gt=0)
     reregister_timeout_s: float = Field(default=120.0, gt=0)
     parallelism: int = Field(default=4, ge=1, le=64)
     ssh_source: Literal["panel", "inventory"] = "panel"
+    server_table: Ident = "saved_servers"
+    server_name_column: Ident = "name"
+    server_host_column: Ident = "host"
+    server_port_column: Ident = "port"
+    server_user_column: Ident = "ssh_user"
+    server_credential_column: Ident = "ssh_credential_encrypted"
     known_hosts: Path | None = None
-    inventory: dict[str, dict[str, str | int]] = Field(default_factory=dict)
+    inventory: dict[str, InventoryEntry] = Field(default_factory=dict)
     ssh_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("bootstrap_command")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        try:
+            value.format(**dict.fromkeys(cls.PLACEHOLDERS, "x"))
+        except (KeyError, IndexError) as exc:
+            raise ValueError(
+                f"unknown placeholder {exc}; use {', '.join('{' + p + '}' for p in cls.PLACEHOLDERS)}"
+            ) from None
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template ({exc})") from None
+        return value
+
+    @field_validator("panel_url", "heartbeat_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _command_provider_has_command(self) -> AgentSettings:
+        if self.install_token_provider == "command" and not self.install_token_command:
+            raise ValueError("install_token_provider = \"command\" needs install_token_command")
+        return self
+
+    @property
+    def check_url(self) -> str:
+        return self.heartbeat_url or self.panel_url.rstrip("/") + "/agents/heartbeat"
 
 
 class Profile(_Strict):

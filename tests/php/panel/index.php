@@ -242,6 +242,10 @@ $routes = [
     'POST /agents/heartbeat' => 'agent_heartbeat',
 ];
 $path = parse_url($_SERVER['REQUEST_URI'] ?? '/', PHP_URL_PATH) ?: '/';
+if (str_starts_with($path, '/agents/')) {
+    require __DIR__ . '/agents.php'; // agent registration and signed heartbeats
+    return;
+}
 $route = ($_SERVER['REQUEST_METHOD'] ?? 'GET') . ' ' . $path;
 try {
     if (!isset($routes[$route])) {

@@ -1,0 +1,21 @@
+"""Agent token rotation (DESIGN.md section 5): re-run the bootstrap, verify the old token is dead.
+
+Per agent, a journaled state machine::
+
+    PREFLIGHT -> TOKEN_ISSUED -> BOOTSTRAPPED -> REREGISTERED -> OLD_REVOKED -> DONE
+                 (or FAILED; an unused install token is revoked either way)
+
+Modules, from the edge inwards:
+
+* ``rows``      the panel's ``agents`` and server tables (the only SQL on agents);
+* ``tokens``    single-use install tokens: ``sql`` or ``command`` provider;
+* ``remote``    SSH to the agent server (the one engine module that imports paramiko);
+* ``signing``   a heartbeat signed with the old token, which the panel must refuse;
+* ``journal``   one journal file per agent under ``journal_dir/agents/``;
+* ``rotation``  the state machine, several agents with bounded parallelism;
+* ``plan``, ``probe``  read-only: what a rotation would touch; does the profile fit the panel.
+
+Tokens (old agent token, install token) live only in memory and in the 0600
+journal of an unfinished rotation; events, results, logs and exception
+messages name them by fingerprint (first 16 hex of SHA-256).
+"""

@@ -1,0 +1,89 @@
+"""Does the profile's ``[agents]`` section match the live panel? Read-only.
+
+Checks that the agents table has the configured columns, that the install
+token table (``sql`` provider) and the server table (``ssh_source = "panel"``)
+exist with the columns the engine uses, and that ``known_hosts`` is readable;
+counts agents, agents with a token or without a server, and install tokens
+still usable. Problems are listed in words; nothing is changed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.agents.journal import AgentJournal
+from engine.context import Context
+from engine.db import PanelDB
+
+INSTALL_TOKEN_COLUMNS = ("agent_id", "token_sha256", "expires_at", "used_at")
+
+
+def _schema(db: PanelDB) -> dict[str, set[str]]:
+    rows = db.query(
+        "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()",
+        doing="reading the schema",
+    )
+    have: dict[str, set[str]] = {}
+    for table, column in rows:
+        have.setdefault(str(table), set()).add(str(column))
+    return have
+
+
+def _check(have: dict[str, set[str]], table: str, columns: list[str], what: str) -> list[str]:
+    if table not in have:
+        return [f"{what} table {table} does not exist"]
+    absent = [c for c in columns if c not in have[table]]
+    return [f"{what} table {table} has no column {', '.join(absent)}"] if absent else []
+
+
+def _count(db: PanelDB, sql: str) -> int:
+    return int(db.query(sql, doing="counting agents")[0][0])
+
+
+def probe_agents(ctx: Context, db: PanelDB) -> dict[str, Any]:
+    s = ctx.profile.agents
+    have = _schema(db)
+    problems = _check(
+        have, s.table, [s.id_column, s.name_column, s.token_column, s.server_column, s.last_seen_column], "agents"
+    )
+    if s.install_token_provider == "sql":
+        problems += _check(have, s.install_token_table, list(INSTALL_TOKEN_COLUMNS), "install token")
+    if s.ssh_source == "panel":
+        server_columns = [
+            "id",
+            s.server_name_column,
+            s.server_host_column,
+            s.server_port_column,
+            s.server_user_column,
+            s.server_credential_column,
+        ]
+        problems += _check(have, s.server_table, server_columns, "server")
+    known_hosts = s.known_hosts or Path.home() / ".ssh" / "known_hosts"
+    if not os.access(known_hosts, os.R_OK):
+        problems.append(f"known_hosts {known_hosts} is not readable: agent server host keys are pinned there")
+    report: dict[str, Any] = {
+        "checked": True,
+        "ok": not problems,
+        "problems": problems,
+        "install_token_provider": s.install_token_provider,
+        "ssh_source": s.ssh_source,
+        "known_hosts": str(known_hosts),
+        "unfinished": len(AgentJournal(ctx.profile.journal_dir).unfinished()),
+    }
+    if s.table in have and not any(p.startswith("agents table") for p in problems):
+        t = f"`{s.table}`"
+        report["agents"] = _count(db, f"SELECT COUNT(*) FROM {t}")
+        report["with_token"] = _count(
+            db, f"SELECT COUNT(*) FROM {t} WHERE `{s.token_column}` IS NOT NULL AND `{s.token_column}` <> ''"
+        )
+        report["without_server"] = _count(db, f"SELECT COUNT(*) FROM {t} WHERE `{s.server_column}` IS NULL")
+    if s.install_token_provider == "sql" and not any(p.startswith("install token") for p in problems):
+        report["usable_install_tokens"] = _count(
+            db,
+            f"SELECT COUNT(*) FROM `{s.install_token_table}` WHERE used_at IS NULL "
+            "AND expires_at > UTC_TIMESTAMP(6)",
+        )
+    db.rollback()
+    return report

@@ -1,0 +1,135 @@
+"""The panel's agents and their servers, as its database holds them.
+
+Table and column names come from the profile (``[agents]``). Reads end their
+transaction at once (``rollback``): the connection runs with autocommit off,
+and a poll inside one REPEATABLE READ snapshot would never see the agent
+re-register.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from engine.db import PanelDB
+from engine.profile import AgentSettings
+from engine.protocol import fingerprint
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    id: int
+    name: str
+    token: str | None = field(repr=False)
+    server_id: int | None
+    last_seen: datetime | None
+
+    @property
+    def token_fingerprint(self) -> str | None:
+        return fingerprint(self.token) if self.token else None
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    id: int
+    name: str
+    host: str
+    port: int
+    user: str
+    credential: str | None = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.user}@{self.host}:{self.port})"
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A DATETIME as ISO 8601 (the panel's clock; UTC unless the profile says otherwise)."""
+    return moment.isoformat(timespec="seconds") if moment else None
+
+
+class AgentTable:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.s = settings
+
+    def _read(self, db: PanelDB, sql: str, args: Any = None, doing: str = "reading agents") -> list[tuple[Any, ...]]:
+        try:
+            return db.query(sql, args, doing=doing)
+        finally:
+            db.rollback()
+
+    def _select(self) -> str:
+        s = self.s
+        return (
+            f"SELECT `{s.id_column}`, `{s.name_column}`, `{s.token_column}`, `{s.server_column}`, "
+            f"`{s.last_seen_column}` FROM `{s.table}`"
+        )
+
+    @staticmethod
+    def _row(raw: tuple[Any, ...]) -> AgentRow:
+        return AgentRow(
+            id=int(raw[0]),
+            name=str(raw[1]),
+            token=str(raw[2]) if raw[2] not in (None, "") else None,
+            server_id=int(raw[3]) if raw[3] is not None else None,
+            last_seen=raw[4] if isinstance(raw[4], datetime) else None,
+        )
+
+    def select(self, db: PanelDB, names: list[str] | None) -> tuple[list[AgentRow], list[str]]:
+        """(agents, names not found). ``names=None`` means every agent, by id."""
+        if names is None:
+            raw = self._read(db, f"{self._select()} ORDER BY `{self.s.id_column}`")
+            return [self._row(r) for r in raw], []
+        if not names:
+            return [], []
+        marks = ", ".join(["%s"] * len(names))
+        raw = self._read(db, f"{self._select()} WHERE `{self.s.name_column}` IN ({marks})", names)
+        by_name = {str(r[1]): self._row(r) for r in raw}
+        found = [by_name[n] for n in dict.fromkeys(names) if n in by_name]
+        missing = [n for n in dict.fromkeys(names) if n not in by_name]
+        return found, missing
+
+    def get(self, db: PanelDB, agent_id: int) -> AgentRow | None:
+        raw = self._read(db, f"{self._select()} WHERE `{self.s.id_column}` = %s", (agent_id,))
+        return self._row(raw[0]) if raw else None
+
+    def holders(self, db: PanelDB, token: str) -> int:
+        """How many agent rows hold ``token``."""
+        raw = self._read(
+            db,
+            f"SELECT COUNT(*) FROM `{self.s.table}` WHERE `{self.s.token_column}` = %s",
+            (token,),
+            doing="looking for the old token",
+        )
+        return int(raw[0][0])
+
+    def now(self, db: PanelDB) -> datetime:
+        """The database's clock, in the time zone ``last_seen`` is written in."""
+        fn = "UTC_TIMESTAMP(6)" if self.s.last_seen_utc else "NOW(6)"
+        raw = self._read(db, f"SELECT {fn}", doing="reading the database clock")
+        value = raw[0][0]
+        if not isinstance(value, datetime):
+            value = datetime.fromisoformat(str(value))
+        return value
+
+    def server(self, db: PanelDB, server_id: int) -> ServerRow | None:
+        s = self.s
+        raw = self._read(
+            db,
+            f"SELECT `{s.server_name_column}`, `{s.server_host_column}`, `{s.server_port_column}`, "
+            f"`{s.server_user_column}`, `{s.server_credential_column}` FROM `{s.server_table}` WHERE id = %s",
+            (server_id,),
+            doing=f"reading server {server_id}",
+        )
+        if not raw:
+            return None
+        name, host, port, user, credential = raw[0]
+        return ServerRow(
+            id=server_id,
+            name=str(name or f"server {server_id}"),
+            host=str(host or ""),
+            port=int(port or 22),
+            user=str(user or ""),
+            credential=str(credential) if credential not in (None, "") else None,
+        )

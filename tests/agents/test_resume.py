@@ -1,0 +1,106 @@
+"""A crash in the middle of an agent's rotation: the next run resumes it from its journal.
+
+The engine stops itself at a named point (``MYOSICAM_ENGINE_FAULT=stop@agent:...``)
+and is SIGKILLed there, as a crash would; the same command run again finds
+the agent's journal and carries on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.agents.world import Agent, AgentWorld
+from tests.engine.runner import EngineRun, crash_at, run_engine
+
+ARGS = ("rotate-agent", "agent-1", "--yes", "--json")
+
+
+def steps(run: EngineRun) -> list[tuple[str, str, str]]:
+    return [(e["name"], e["state"], e["detail"]) for e in run.events if e["type"] == "step"]
+
+
+def journal_state(world: AgentWorld, agent: Agent) -> dict[str, Any]:
+    """The unfinished journal, without its tokens (it holds them, 0600, until the end)."""
+    path = world.panel.root / "journal" / "agents" / f"agent-{agent.id}.json"
+    data = json.loads(path.read_text())
+    assert path.stat().st_mode & 0o777 == 0o600
+    return {"state": data["state"], "has_install_token": bool(data["install_token"])}
+
+
+def test_a_crash_after_the_bootstrap_resumes_without_a_second_install_token(
+    agent_world: AgentWorld, installed_agent: Agent
+) -> None:
+    """Killed right after the bootstrap ran (the agent re-registered meanwhile): the next run
+    sees the new token, issues no install token, checks the old one is dead and finishes."""
+    world, agent = agent_world, installed_agent
+    profile = world.profile()
+    before = world.state(agent)
+
+    crashed = crash_at(profile, "agent:bootstrapped", *ARGS)
+    journaled = journal_state(world, agent)
+    tokens_after_crash = world.install_tokens(agent)
+    resumed = run_engine(profile, *ARGS)
+    after = world.state(agent)
+
+    assert crashed.returncode == -9 and journaled == {"state": "BOOTSTRAPPED", "has_install_token": True}
+    (result,) = resumed.closing["agents"]
+    assert (resumed.returncode, result["outcome"], result["resumed_from"]) == (0, "rotated", crashed.events[0]["id"])
+    assert (result["old_fingerprint"], result["new_fingerprint"]) == (before.fingerprint, after.fingerprint)
+    assert [(name, state) for name, state, _ in steps(resumed)] == [
+        ("preflight", "started"), ("preflight", "ok"),
+        ("issue_token", "skipped"), ("bootstrap", "skipped"),
+        ("reregistered", "ok"),
+        ("old_revoked", "started"), ("old_revoked", "ok"),
+    ]
+    assert steps(resumed)[2][2] == "issued before the interruption; no second token"
+    assert world.install_tokens(agent) == tokens_after_crash and len(tokens_after_crash) == 2
+    assert world.heartbeat(agent.id, before.token)[0] == 401
+    assert world.heartbeat(agent.id, after.token)[0] == 200
+    assert world.leaks(crashed.stdout, resumed.stdout, resumed.stderr, world.everything_written()) == []
+
+
+def test_a_crash_before_the_bootstrap_reuses_the_journaled_install_token(
+    agent_world: AgentWorld, installed_agent: Agent
+) -> None:
+    """Killed after the install token was journaled and stored, before the bootstrap: the next
+    run bootstraps with that same token rather than issuing another."""
+    world, agent = agent_world, installed_agent
+    profile = world.profile()
+    before = world.state(agent)
+
+    crashed = crash_at(profile, "agent:token_issued", *ARGS)
+    journaled = journal_state(world, agent)
+    tokens_after_crash = world.install_tokens(agent)
+    resumed = run_engine(profile, *ARGS)
+
+    assert journaled == {"state": "TOKEN_ISSUED", "has_install_token": True}
+    assert tokens_after_crash[1:] == [{"id": 2, "used": False, "alive": True}]
+    assert resumed.closing["ok"] is True
+    issue = [(state, detail) for name, state, detail in steps(resumed) if name == "issue_token"]
+    assert issue == [
+        ("started", "checking the journaled install token"),
+        ("ok", "reusing the install token issued before the interruption"),
+    ]
+    assert world.install_tokens(agent)[1:] == [{"id": 2, "used": True, "alive": True}]
+    assert world.state(agent).token != before.token
+    assert world.leaks(crashed.stdout, resumed.stdout, resumed.stderr, world.everything_written()) == []
+
+
+def test_a_crash_before_the_token_is_stored_stores_the_journaled_one(
+    agent_world: AgentWorld, installed_agent: Agent
+) -> None:
+    """The journal is written before the panel knows the token: a run killed in between finds a
+    journaled token the panel does not have yet, stores that one, and uses it."""
+    world, agent = agent_world, installed_agent
+    profile = world.profile()
+    crashed = crash_at(profile, "agent:token_issued", *ARGS)
+    world.sql("DELETE FROM agent_install_tokens WHERE id = 2")  # as if killed before the INSERT
+
+    resumed = run_engine(profile, *ARGS)
+
+    assert crashed.returncode == -9 and resumed.closing["ok"] is True
+    assert [d for n, s, d in steps(resumed) if n == "issue_token" and s == "ok"] == [
+        "journaled before the interruption, stored now · no second token"
+    ]
+    assert [t["used"] for t in world.install_tokens(agent)] == [True, True]
