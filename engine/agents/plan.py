@@ -74,7 +74,6 @@ def plan_agents(ctx: Context, request: Request) -> dict[str, Any]:
             )
         out.detail = f"{len(rows)} agents" + (f" · {len(problems)} problems" if problems else "")
     return {
-        "op": "rotate-agent",
         "panel": ctx.profile.name,
         "agents": rows,
         "total": len(rows),

@@ -66,9 +66,7 @@ def route_from_panel(server: ServerRow, credential: bytes) -> Route:
         raise AgentError(f"the SSH credential of server {server.name} is not text") from None
     key_text: str | None = None
     password: str | None = None
-    if "PRIVATE KEY-----" in text:
-        key_text = text
-    elif text.startswith("{"):
+    if text.startswith("{"):
         try:
             data = json.loads(text)
         except ValueError:
@@ -78,6 +76,8 @@ def route_from_panel(server: ServerRow, credential: bytes) -> Route:
         key_text = data.get("private_key") if isinstance(data.get("private_key"), str) else None
         secret = data.get("password") or data.get("passphrase")
         password = secret if isinstance(secret, str) else None
+    elif "PRIVATE KEY-----" in text:
+        key_text = text
     else:
         password = text
     if not key_text and not password:

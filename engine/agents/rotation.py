@@ -27,27 +27,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine import __version__, envfile, faults
+from engine import envfile, faults
 from engine.agents import remote, signing
 from engine.agents.journal import AgentJournal, AgentRecord
+from engine.agents.outcome import AgentOutcome, run_result, unknown_agent
 from engine.agents.rows import AgentRow, AgentTable, ServerRow
-from engine.agents.tokens import InstallTokens, provider
+from engine.agents.run import AgentSteps, Run
+from engine.agents.tokens import provider
 from engine.cipher import Codec
-from engine.context import Context, StepOutcome
+from engine.context import Context
 from engine.db import PanelDB
 from engine.errors import AgentError, EngineError, UnfinishedRotationError
 from engine.events import Stopwatch
-from engine.profile import AgentSettings
-from engine.protocol import AGENT_STEPS, Request, fingerprint
+from engine.protocol import Request, fingerprint
 
 log = logging.getLogger(__name__)
 POLL_FIRST_S = 0.25
@@ -60,56 +58,6 @@ _STEP_OF_STATE = {
     "REREGISTERED": "old_revoked",
     "OLD_REVOKED": "old_revoked",
 }
-
-
-@dataclass
-class Run:
-    """What every agent of one run shares."""
-
-    ctx: Context
-    request: Request
-    settings: AgentSettings
-    tokens: InstallTokens
-    table: AgentTable
-    journal: AgentJournal
-    codec: Codec | None
-    emit_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def rotation_id(self) -> str:
-        return self.request.id
-
-
-class AgentSteps:
-    """Step events for one agent, safe to emit from worker threads."""
-
-    def __init__(self, run: Run, name: str, agent_id: int | None) -> None:
-        self.run = run
-        self.extra: dict[str, Any] = {"agent": name}
-        if agent_id is not None:
-            self.extra["agent_id"] = agent_id
-
-    def emit(self, name: str, state: Any, detail: str = "", elapsed_ms: int | None = None, **data: Any) -> None:
-        index = {"index": AGENT_STEPS.index(name) + 1, "total": len(AGENT_STEPS)}
-        with self.run.emit_lock:
-            self.run.ctx.emitter.step(name, state, detail, elapsed_ms, **index, **self.extra, **data)
-
-    @contextlib.contextmanager
-    def step(self, name: str, started: str = "") -> Iterator[StepOutcome]:
-        """``started``, then ``ok``/``skipped``, or ``failed`` with the error's message (re-raised)."""
-        self.emit(name, "started", started)
-        watch = Stopwatch()
-        outcome = StepOutcome()
-        try:
-            yield outcome
-        except EngineError as exc:
-            self.emit(name, "failed", exc.message, watch.ms)
-            raise
-        except Exception:
-            self.emit(name, "failed", "unexpected error (see the engine log)", watch.ms)
-            raise
-        state = "skipped" if outcome.skipped else "ok"
-        self.emit(name, state, outcome.detail, watch.ms, **outcome.data)
 
 
 class AgentRotation:
@@ -128,7 +76,7 @@ class AgentRotation:
         self.watch = Stopwatch()
 
     # -- entry point -------------------------------------------------------------------
-    def run_one(self) -> dict[str, Any]:
+    def run_one(self) -> AgentOutcome:
         self.failed_step = "preflight"
         try:
             db = self.run.ctx.connect()
@@ -154,10 +102,11 @@ class AgentRotation:
 
     def _drive(self, db: PanelDB) -> None:
         record = self.run.journal.load(self.agent.id)
+        if self.run.request.dry_run:  # checks only, even with a journal to resume
+            self._preflight(db, unfinished=record)
+            return
         if record is None:
             since = self._preflight(db)
-            if self.run.request.dry_run:
-                return
             self.failed_step = "issue_token"
             record = self._issue(db, since)
         else:
@@ -174,13 +123,15 @@ class AgentRotation:
         self.failed_step = None
 
     # -- the states ------------------------------------------------------------------------
-    def _preflight(self, db: PanelDB) -> datetime:
+    def _preflight(self, db: PanelDB, unfinished: AgentRecord | None = None) -> datetime:
         agent = self.agent
         with self.steps.step("preflight", "checking the agent and its server") as out:
             server = self._connect(db)
             since = self.run.table.now(db)
             old = agent.token_fingerprint or "none"
             out.detail = f"{self.server_label} answers · host key {server} · old token {old}"
+            if unfinished is not None:
+                out.detail += f" · rotation {unfinished.rotation_id} stopped at {unfinished.state}: a run resumes it"
             out.data = {"server": self.server_label, "old_fingerprint": agent.token_fingerprint}
         return since
 
@@ -413,54 +364,32 @@ class AgentRotation:
         else:
             self.failure = AgentError(f"{self.failure.message}; {message}")
 
-    def _outcome(self) -> dict[str, Any]:
-        record, agent = self.record, self.agent
-        dry = self.run.request.dry_run
-        ok = self.failure is None
-        if dry:
-            outcome, state = ("ready" if ok else "failed"), "PREFLIGHT"
-        else:
-            outcome = "rotated" if ok else "failed"
-            state = record.state if record else "PREFLIGHT"
-            if not ok and state == "FAILED" and record and record.trail[-2:-1]:
-                state = record.trail[-2]  # the last state reached
-        return {
-            "name": agent.name,
-            "id": agent.id,
-            "server": self.server_label,
-            "ok": ok,
-            "outcome": outcome,
-            "state": state,
-            "failed_step": None if ok else self.failed_step,
-            "error": None if ok else self.failure.message if self.failure else None,
-            "old_fingerprint": record.old_fingerprint if record else agent.token_fingerprint,
-            "new_fingerprint": record.new_fingerprint if record else None,
-            "install_token": (record.install_token_state or "unknown") if record else "not issued",
-            "old_token_valid": None if ok or dry else self.old_token_valid if record else True,
-            "resumed_from": self.resumed_from,
-            "duration_ms": self.watch.ms,
-        }
-
-
-def _missing(run: Run, name: str) -> dict[str, Any]:
-    message = f"no agent named {name} on this panel"
-    AgentSteps(run, name, None).emit("preflight", "failed", message)
-    return {
-        "name": name,
-        "id": None,
-        "server": None,
-        "ok": False,
-        "outcome": "failed",
-        "state": "PREFLIGHT",
-        "failed_step": "preflight",
-        "error": message,
-        "old_fingerprint": None,
-        "new_fingerprint": None,
-        "install_token": "not issued",
-        "old_token_valid": None,
-        "resumed_from": None,
-        "duration_ms": 0,
-    }
+    def _outcome(self) -> AgentOutcome:
+        record, agent, ok = self.record, self.agent, self.failure is None
+        out = AgentOutcome(
+            agent.name,
+            id=agent.id,
+            server=self.server_label,
+            ok=ok,
+            old_fingerprint=record.old_fingerprint if record else agent.token_fingerprint,
+            resumed_from=self.resumed_from,
+            duration_ms=self.watch.ms,
+        )
+        if self.run.request.dry_run:
+            out.outcome = "ready" if ok else "failed"
+        elif record is not None:
+            out.outcome = "rotated" if ok else "failed"
+            out.new_fingerprint = record.new_fingerprint
+            out.install_token = record.install_token_state or "unknown"
+            reached = [s for s in record.trail if s != "FAILED"]
+            out.state = reached[-1] if reached else record.state
+        if not ok:
+            out.failed_step = self.failed_step
+            out.error = self.failure.message if self.failure else None
+            out.old_token_valid = None if self.run.request.dry_run else (
+                self.old_token_valid if record else (True if agent.token else None)
+            )
+        return out
 
 
 def _codec(ctx: Context, db: PanelDB) -> Codec:
@@ -468,14 +397,6 @@ def _codec(ctx: Context, db: PanelDB) -> Codec:
     key_hex = envfile.read_key(ctx.profile.env_path, ctx.profile.key_name)
     columns, _ = ctx.columns(db)
     return Codec(ctx.scheme(db, columns, key_hex), key_hex)
-
-
-def _summary(results: list[dict[str, Any]], dry_run: bool) -> str:
-    good = sum(1 for r in results if r["ok"])
-    verb = "ready" if dry_run else "rotated"
-    text = f"{good} of {len(results)} agents {verb}"
-    failed = [f"{r['name']} failed at {r['failed_step']}: {r['error']}" for r in results if not r["ok"]]
-    return text + ("; " + "; ".join(failed) if failed else "")
 
 
 def rotate_agents(ctx: Context, request: Request) -> dict[str, Any]:
@@ -502,30 +423,17 @@ def rotate_agents(ctx: Context, request: Request) -> dict[str, Any]:
         finally:
             db.close()
         run = Run(ctx, request, settings, provider(settings), table, AgentJournal(ctx.profile.journal_dir), codec)
-        by_name: dict[str, dict[str, Any]] = {name: _missing(run, name) for name in missing}
+        by_name: dict[str, AgentOutcome] = {}
+        for name in missing:
+            by_name[name] = unknown_agent(name)
+            AgentSteps(run, name, None).emit("preflight", "failed", by_name[name].error or "")
         workers = max(1, min(settings.parallelism, len(agents)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent") as pool:
             done = pool.map(lambda agent: AgentRotation(run, agent).run_one(), agents)
-            for agent, result in zip(agents, done, strict=True):
-                by_name[agent.name] = result
+            for agent, outcome in zip(agents, done, strict=True):
+                by_name[agent.name] = outcome
     finally:
         journal.release_lock()
     order = names if names is not None else [a.name for a in agents]
-    results = [by_name[n] for n in dict.fromkeys(order)]
-    ok = all(r["ok"] for r in results)
-    data: dict[str, Any] = {
-        "rotation_id": request.id,
-        "ok": ok,
-        "dry_run": request.dry_run,
-        "panel": ctx.profile.name,
-        "agents": results,
-        "total": len(results),
-        "rotated": sum(1 for r in results if r["outcome"] == "rotated"),
-        "failed": sum(1 for r in results if not r["ok"]),
-        "message": _summary(results, request.dry_run),
-        "duration_ms": watch.ms,
-        "engine_version": __version__,
-    }
-    if not ok:
-        data["code"] = AgentError.code
-    return data
+    outcomes = [by_name[n] for n in dict.fromkeys(order)]
+    return run_result(request.id, ctx.profile.name, outcomes, dry_run=request.dry_run, duration_ms=watch.ms)

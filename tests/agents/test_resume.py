@@ -8,10 +8,13 @@ the agent's journal and carries on.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
-from tests.agents.world import Agent, AgentWorld
-from tests.engine.runner import EngineRun, crash_at, run_engine
+from tests.agents.world import Agent, AgentWorld, serve
+from tests.engine.runner import REPO, EngineRun, crash_at, run_engine
 
 ARGS = ("rotate-agent", "agent-1", "--yes", "--json")
 
@@ -104,3 +107,49 @@ def test_a_crash_before_the_token_is_stored_stores_the_journaled_one(
         "journaled before the interruption, stored now · no second token"
     ]
     assert [t["used"] for t in world.install_tokens(agent)] == [True, True]
+
+
+def test_a_dry_run_with_an_interrupted_rotation_only_reports_it(
+    agent_world: AgentWorld, installed_agent: Agent
+) -> None:
+    """A dry run never resumes: it checks the agent and says a real run would resume the journal."""
+    world, agent = agent_world, installed_agent
+    profile = world.profile()
+    crashed = crash_at(profile, "agent:token_issued", *ARGS)
+    tokens = world.install_tokens(agent)
+
+    events = serve(profile, op="rotate-agent", agents=["agent-1"], dry_run=True)
+
+    ok_detail = [e["detail"] for e in events if e.get("name") == "preflight" and e["state"] == "ok"]
+    assert ok_detail[0].endswith(f"rotation {crashed.events[0]['id']} stopped at TOKEN_ISSUED: a run resumes it")
+    assert events[-1]["agents"][0]["outcome"] == "ready"
+    assert journal_state(world, agent) == {"state": "TOKEN_ISSUED", "has_install_token": True}
+    assert world.install_tokens(agent) == tokens
+
+
+def test_a_dropped_connection_does_not_stop_the_rotation(agent_world: AgentWorld, installed_agent: Agent) -> None:
+    """The bot's connection goes away after the first event: the engine carries on to the end,
+    and its event log (what ``attach`` replays) holds the closing result."""
+    world, agent = agent_world, installed_agent
+    before = world.state(agent)
+    line = json.dumps({"v": 1, "id": "drop-1", "op": "rotate-agent", "agents": ["agent-1"]}) + "\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "--profile", str(world.profile()), "serve"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(line.encode())
+    proc.stdin.close()
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()  # the connection drops
+    proc.wait(timeout=120)
+
+    log = world.panel.root / "journal" / "events" / "drop-1.events.jsonl"
+    closing = json.loads(log.read_text().splitlines()[-1])
+    assert first["type"] == "hello"
+    assert (closing["type"], closing["ok"], closing["agents"][0]["outcome"]) == ("result", True, "rotated")
+    assert world.state(agent).token != before.token
+    assert world.heartbeat(agent.id, before.token)[0] == 401
+    assert world.leaks(log.read_text(), world.everything_written()) == []
+

@@ -98,7 +98,8 @@ def test_several_agents_one_unreachable_the_others_rotate(agent_world: AgentWorl
     down = world.add_agent("agent-3", None, port=dead_port)
     for agent in (one, two):
         world.install(agent)
-    before = {a.name: world.state(a) for a in (one, two)}
+    world.sql("UPDATE agents SET agent_token = %s WHERE id = %s", ("ab" * 32, down.id))  # registered long ago
+    before = {a.name: world.state(a) for a in (one, two, down)}
 
     run = rotate(world, "--all", parallelism=4)
 
@@ -115,6 +116,7 @@ def test_several_agents_one_unreachable_the_others_rotate(agent_world: AgentWorl
     )
     assert steps_of(run, "agent-3") == [("preflight", "started"), ("preflight", "failed")]
     assert world.install_tokens(down) == []
+    assert world.state(down).token == before["agent-3"].token
     for agent in (one, two):
         assert steps_of(run, agent.name) == ALL_OK
         assert world.state(agent).fingerprint == result_of(run, agent.name)["new_fingerprint"]

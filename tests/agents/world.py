@@ -25,6 +25,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -433,3 +434,14 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str,
             return exc.code, json.loads(raw)
         except ValueError:
             return exc.code, {"error": raw.decode(errors="replace")}
+
+
+def serve(profile: Path, **request: Any) -> list[dict[str, Any]]:
+    """Send one request line to ``python -m engine serve``, as the bot does; the events it answers."""
+    line = json.dumps({"v": 1, "id": "t-1", **request}) + "\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "--profile", str(profile), "serve"],
+        input=line, capture_output=True, text=True, timeout=120, cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), check=False,
+    )
+    return [json.loads(x) for x in proc.stdout.splitlines()]

@@ -1,0 +1,80 @@
+"""The agent rotation's edges without a network: quoting, credentials, redaction, settings."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from engine.agents.remote import last_line, render_bootstrap, route_from_panel
+from engine.agents.rows import ServerRow
+from engine.errors import AgentError, ProfileError
+from engine.profile import profile_from_dict
+
+SERVER = ServerRow(id=7, name="srv-7", host="10.0.0.7", port=2222, user="oscam", credential=None)
+
+
+def test_bootstrap_parameters_are_shell_quoted() -> None:
+    """A hostile agent name or URL stays one argument: the remote shell never interprets it."""
+    command = render_bootstrap(
+        "agent-bootstrap --panel {panel_url} --id {agent_id} --name {agent_name}",
+        panel_url="https://panel.example/x?a=1&b=2",
+        agent_id=7,
+        agent_name="x'; rm -rf ~; echo '",
+    )
+
+    assert shlex.split(command) == [
+        "agent-bootstrap", "--panel", "https://panel.example/x?a=1&b=2", "--id", "7",
+        "--name", "x'; rm -rf ~; echo '",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        ("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n", ("key", None)),
+        (json.dumps({"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nB\n", "passphrase": "pp"}), ("key", "pp")),
+        (json.dumps({"password": "s3cret-pw"}), (None, "s3cret-pw")),
+        ("plain-password", (None, "plain-password")),
+    ],
+)
+def test_the_panel_credential_is_a_key_or_a_password(stored: str, expected: tuple[str | None, str | None]) -> None:
+    """saved_servers.ssh_credential_encrypted decrypts to a private key, a JSON object or a password."""
+    route = route_from_panel(SERVER, stored.encode())
+
+    assert ("key" if route.key_text else None, route.password) == expected
+    assert (route.host, route.port, route.label) == ("10.0.0.7", 2222, "srv-7 (oscam@10.0.0.7:2222)")
+    assert "s3cret" not in repr(route) and "PRIVATE" not in repr(route)
+
+
+def test_an_unreadable_credential_is_named_without_its_content() -> None:
+    with pytest.raises(AgentError) as caught:
+        route_from_panel(SERVER, b"{not json")
+
+    assert caught.value.message == "the SSH credential of server srv-7 is not one this engine reads"
+
+
+def test_bootstrap_output_is_reduced_to_its_last_line_without_tokens() -> None:
+    """Whatever the bootstrap echoes, the install token and anything key-like never leave."""
+    token = "tok_" + "Ab3" * 12
+    output = f"installing\nread {token} from stdin\nkey {'ab12' * 16}\ndone: registered {token}\n"
+
+    assert last_line(output, [token]) == "done: registered [token]"
+    assert last_line("x\nkey " + "ab12" * 16 + "\n", []) == "key [redacted]"
+
+
+@pytest.mark.parametrize(
+    ("agents", "problem"),
+    [
+        ({"bootstrap_command": "boot {panel_url} {token}"}, "unknown placeholder 'token'"),
+        ({"panel_url": "ftp://panel"}, "must be an http(s) URL"),
+        ({"install_token_provider": "command"}, "needs install_token_command"),
+        ({"inventory": {"a": {"port": 22}}}, "agents.inventory.a.host: Field required"),
+    ],
+)
+def test_bad_agent_settings_are_refused_when_the_profile_loads(agents: dict[str, object], problem: str) -> None:
+    with pytest.raises(ProfileError) as caught:
+        profile_from_dict({"panel_root": "/srv/panel", "agents": agents})
+
+    assert problem in caught.value.message
