@@ -1,0 +1,161 @@
+"""``python -m bot doctor``: is this installation ready to rotate?
+
+Checks, each with what to fix when it fails:
+
+* Slack: the bot token works (``auth.test``) and the bot is in each rotations channel;
+* every panel: the engine answers over SSH (or as a local subprocess) with the pinned
+  host key, its version, and its read-only ``probe`` (layout, counts per column, missing
+  tables, whether the agent tables match the profile).
+
+It changes nothing anywhere. Exit status 0 when every check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from bot.engine_client import EngineClient
+from bot.errors import BotError, EngineClientError
+from engine.protocol import PROTOCOL_VERSION, Request
+
+
+@dataclass(frozen=True)
+class Check:
+    subject: str
+    ok: bool
+    finding: str
+    fix: str = ""
+
+
+def _slack_checks(settings: Any, web_client: Any) -> Iterator[Check]:
+    from slack_sdk.errors import SlackApiError
+
+    try:
+        auth = web_client.auth_test()
+    except SlackApiError as exc:
+        error = exc.response.get("error", "error") if exc.response is not None else "error"
+        yield Check("slack token", False, f"auth.test refused: {error}",
+                    "check SLACK_BOT_TOKEN (a bot token, xoxb-…) and that the app is installed")
+        return
+    except Exception as exc:  # network: URLError, OSError and friends
+        yield Check("slack token", False, f"Slack did not answer ({type(exc).__name__})",
+                    "check the network path to Slack and SLACK_API_URL")
+        return
+    yield Check("slack token", True, f"bot {auth.get('user', '?')} in team {auth.get('team', '?')}")
+    for channel in settings.config.channels:
+        try:
+            info = web_client.conversations_info(channel=channel)
+        except SlackApiError as exc:
+            error = exc.response.get("error", "error") if exc.response is not None else "error"
+            yield Check(f"channel {channel}", False, f"conversations.info: {error}",
+                        "check the channel id in ROTATOR_CONFIG and the channels:read scope")
+            continue
+        member = bool(info.get("channel", {}).get("is_member"))
+        yield Check(
+            f"channel {channel}",
+            member,
+            "the bot is a member" if member else "the bot is not in this channel",
+            "" if member else "invite it: /invite @rotator",
+        )
+
+
+def _probe(client: EngineClient) -> dict[str, Any]:
+    request = Request(v=PROTOCOL_VERSION, id="doctor", op="probe")
+    closing: dict[str, Any] = {}
+    for event in client.run(request):
+        if event.get("type") in ("result", "error"):
+            closing = event
+    return closing
+
+
+def _panel_checks(name: str, client: EngineClient) -> Iterator[Check]:
+    subject = f"panel {name}"
+    try:
+        result = _probe(client)
+    except EngineClientError as exc:
+        yield Check(subject, False, str(exc), _fix_for(exc.code))
+        return
+    version = getattr(client, "engine_version", None) or result.get("engine_version", "?")
+    yield Check(f"{subject} ssh", True, f"engine {version} · host key {client.host_key_fingerprint}")
+    if result.get("type") == "error":
+        yield Check(f"{subject} probe", False, str(result.get("message")),
+                    "run `python -m engine --profile … probe` on the panel host")
+        return
+    columns = result.get("columns") or {}
+    counts = ", ".join(f"{label} {n:,}" for label, n in columns.items())
+    missing = result.get("skipped") or []
+    problem = result.get("problem")
+    layout = result.get("scheme") or "none"
+    finding = f"layout {layout} · {counts or 'no columns'}"
+    if missing:
+        finding += f" · missing tables: {', '.join(missing)}"
+    yield Check(f"{subject} probe", problem is None, finding if problem is None else f"{finding} · {problem}",
+                "" if problem is None else "fix the panel profile (ciphertext, columns) or the stored values")
+    agents = result.get("agents") or {}
+    if agents.get("checked") and agents.get("problems"):
+        yield Check(f"{subject} agents", False, "; ".join(map(str, agents["problems"])),
+                    "fix [agents] in the panel profile")
+
+
+def _fix_for(code: str) -> str:
+    return {
+        "host_unreachable": "check host/port in [panels] and that sshd runs on the panel host",
+        "connection_lost": "check host/port in [panels] and the network path",
+        "auth_refused": "add the bot's public key with the forced command (deploy/setup-panel-host.sh)",
+        "host_key_mismatch": "if the host key changed on purpose, update known_hosts; otherwise stop",
+        "protocol_mismatch": "upgrade the engine on the panel host to match the bot",
+        "engine_crashed": "run the engine by hand on the panel host and read its error",
+        "client_key": "check key_file and key_passphrase in [panels]",
+    }.get(code, "see the bot log for details")
+
+
+def run_checks(
+    settings: Any, web_client: Any, clients: Callable[[str], EngineClient], panels: list[str]
+) -> list[Check]:
+    checks = list(_slack_checks(settings, web_client))
+    for name in panels:
+        try:
+            client = clients(name)
+        except BotError as exc:
+            checks.append(Check(f"panel {name}", False, str(exc), "fix [panels] in ROTATOR_CONFIG"))
+            continue
+        checks.extend(_panel_checks(name, client))
+    return checks
+
+
+def render(checks: list[Check], out: TextIO) -> None:
+    width = max((len(c.subject) for c in checks), default=10)
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        out.write(f"{mark}  {check.subject.ljust(width)}  {check.finding}\n")
+        if not check.ok and check.fix:
+            out.write(f"      {' ' * width}  → {check.fix}\n")
+    failed = sum(not c.ok for c in checks)
+    out.write(f"\n{len(checks) - failed} passed, {failed} failed\n" if checks else "nothing to check\n")
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot doctor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--panel", action="append", help="check only this panel (repeatable)")
+    args = parser.parse_args(argv)
+    from slack_sdk import WebClient
+
+    from bot.app import default_engine_clients
+    from bot.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except BotError as exc:
+        out.write(f"FAIL  settings  {exc}\n")
+        return 1
+    web_client = WebClient(token=settings.bot_token, base_url=settings.api_url, timeout=10)
+    known = list(settings.config.panels.panels) + list(settings.config.local_panels)
+    panels = args.panel or known
+    checks = run_checks(settings, web_client, default_engine_clients(settings), panels)
+    render(checks, out)
+    return 0 if all(c.ok for c in checks) else 1

@@ -1,0 +1,79 @@
+"""`python -m bot doctor`: a table of what works and what to fix, changing nothing."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+
+from bot import doctor
+from tests.bot.conftest import CHANNEL, write_config
+from tests.support.secrets_scan import scan_text
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _environment(monkeypatch, slack_secrets, fake_slack, config):
+    monkeypatch.setenv("SLACK_BOT_TOKEN", slack_secrets.bot_token)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", slack_secrets.signing_secret)
+    monkeypatch.delenv("SLACK_APP_TOKEN", raising=False)
+    monkeypatch.setenv("SLACK_API_URL", fake_slack.url)
+    monkeypatch.setenv("ROTATOR_CONFIG", str(config))
+
+
+def test_doctor_reports_slack_the_panel_probe_and_an_unreachable_panel(
+    tmp_path, monkeypatch, slack_secrets, fake_slack, panel_factory
+):
+    panel = panel_factory(rows=3, missing_tables=("email_configurations",))
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite:///state.db", panels=("lab",),
+                          profiles={"lab": panel.profile_path})
+    key_file = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
+    with config.open("a") as handle:
+        handle.write(
+            f'\n[panels.prod-eu]\nhost = "127.0.0.1"\nport = {_closed_port()}\nuser = "rotator"\n'
+            f'key_file = "{key_file}"\nknown_hosts = "{tmp_path / "known_hosts"}"\n'
+            "connect_timeout_s = 2\nreconnect_attempts = 1\n"
+        )
+    (tmp_path / "known_hosts").write_text("")
+    _environment(monkeypatch, slack_secrets, fake_slack, config)
+    rows_before = panel.stored_values()
+    out = io.StringIO()
+
+    status = doctor.main([], out=out)
+
+    report = out.getvalue()
+    assert status == 1
+    assert "ok    slack token" in report
+    assert f"ok    channel {CHANNEL}" in report
+    assert "ok    panel lab probe" in report and "layout iv12_tag_ct/hex" in report
+    assert "missing tables: email_configurations" in report
+    assert "FAIL  panel prod-eu" in report
+    assert "→ check host/port in [panels]" in report
+    assert panel.stored_values() == rows_before
+    assert scan_text(report) == []
+
+
+def test_doctor_says_what_to_fix_when_slack_refuses_the_token(tmp_path, monkeypatch, slack_secrets, fake_slack):
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite:///state.db", panels=("lab",))
+    _environment(monkeypatch, slack_secrets, fake_slack, config)
+    fake_slack.fail("auth.test", "invalid_auth")
+    out = io.StringIO()
+
+    assert doctor.main([], out=out) == 1
+    assert "FAIL  slack token  auth.test refused: invalid_auth" in out.getvalue()
+    assert "check SLACK_BOT_TOKEN" in out.getvalue()
+
+
+def test_doctor_names_a_channel_the_bot_cannot_see(tmp_path, monkeypatch, slack_secrets, fake_slack):
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite:///state.db", panels=("lab",))
+    _environment(monkeypatch, slack_secrets, fake_slack, config)
+    fake_slack.fail("conversations.info", "channel_not_found")
+    out = io.StringIO()
+
+    assert doctor.main([], out=out) == 1
+    assert f"FAIL  channel {CHANNEL}" in out.getvalue() and "channel_not_found" in out.getvalue()
