@@ -14,12 +14,13 @@ runner's threads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,47 +159,97 @@ def _header(req: BoltRequest, name: str) -> str:
     return str(values[0]) if values else ""
 
 
-def delivery_keys(req: BoltRequest) -> tuple[str, str]:
-    """(replay key, logical key) of one signed request.
+def action_key(body: dict[str, Any], raw_body: str = "") -> str:
+    """The user action or event of a delivery: a Slack retry repeats it, a new click does not."""
+    logical = body.get("event_id") or body.get("trigger_id")
+    if not logical:
+        logical = hashlib.sha256((raw_body or repr(sorted(body.items()))).encode()).hexdigest()
+    return f"act:{logical}"
 
-    The replay key is the signature: the same bytes sent again. The logical key
+
+def delivery_keys(req: BoltRequest) -> tuple[str, str]:
+    """(replay key, action key) of one signed request.
+
+    The replay key is the signature: the same bytes sent again. The action key
     names the user action (``trigger_id``) or event (``event_id``), which a
     Slack retry repeats under a new signature.
     """
-    signature = _header(req, "x-slack-signature")
     body = req.body if isinstance(req.body, dict) else {}
-    logical = body.get("event_id") or body.get("trigger_id")
-    if not logical:
-        logical = hashlib.sha256(req.raw_body.encode()).hexdigest()
-    return f"sig:{signature}", f"act:{logical}"
+    return f"sig:{_header(req, 'x-slack-signature')}", action_key(body, req.raw_body)
 
 
-def dedupe_middleware(store: Store) -> Callable[..., BoltResponse]:
-    """Run each Slack delivery once: a replay gets 401, a retry gets an empty 200."""
+class SeenRecently:
+    """Keys seen in the last ``ttl_s`` seconds, in memory: the fast first line against repeats.
+
+    The durable line is the store (``first_delivery``), checked after the
+    acknowledgement, which also covers other replicas and restarts.
+    """
+
+    def __init__(self, ttl_s: float = 600.0, max_keys: int = 200_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def check_and_add(self, key: str) -> bool:
+        """True if ``key`` was seen before (within ``ttl_s``); records it either way."""
+        now = time.monotonic()
+        with self._lock:
+            before = self._seen.get(key)
+            self._seen[key] = now
+            if len(self._seen) > self.max_keys:
+                self._forget(now)
+        return before is not None and now - before < self.ttl_s
+
+    def _forget(self, now: float) -> None:
+        fresh = {k: t for k, t in self._seen.items() if now - t < self.ttl_s}
+        if len(fresh) > self.max_keys // 2:
+            fresh = dict(sorted(fresh.items(), key=lambda item: item[1])[-(self.max_keys // 2) :])
+        self._seen = fresh
+
+
+def dedupe_middleware(seen: SeenRecently) -> Callable[..., BoltResponse]:
+    """A replayed request (same signature) gets 401; a Slack retry gets an empty 200."""
 
     def dedupe_deliveries(
         req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
     ) -> BoltResponse:
-        replay_key, logical_key = delivery_keys(req)
-        try:
-            seen = store.claim_deliveries([replay_key, logical_key])
-        except StoreError:
-            ref = new_reference()
-            log.exception("ref %s: the store is down; refusing a Slack request", ref)
-            return BoltResponse(
-                status=200,
-                body=m.store_down(ref),
-            )
+        replay_key, action = delivery_keys(req)
+        replayed = seen.check_and_add(replay_key)
+        repeated = seen.check_and_add(action)
         retry = _header(req, "x-slack-retry-num")
-        if not seen:
-            return next()
-        if replay_key in seen and not retry:
+        if replayed and not retry:
             log.warning("refused a replayed Slack request (same signature seen before)")
             return BoltResponse(status=401, body="replayed request")
-        log.info("ignored a duplicate Slack delivery (retry %s)", retry or "none")
-        return BoltResponse(status=200, body="")
+        if repeated:
+            log.info("ignored a repeated Slack delivery (retry %s)", retry or "none")
+            return BoltResponse(status=200, body="")
+        return next()
 
     return dedupe_deliveries
+
+
+def first_delivery(store: Store) -> Callable[[dict[str, Any]], bool]:
+    """True the first time the store sees a delivery's action key (any replica, any restart)."""
+
+    def first(body: dict[str, Any]) -> bool:
+        if store.claim_deliveries([action_key(body)]):
+            log.info("ignored a delivery another process or an earlier run already handled")
+            return False
+        return True
+
+    return first
+
+
+def logged(work: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            ref = new_reference()
+            log.exception("ref %s: work after an acknowledgement failed", ref)
+
+    return run
 
 
 class QuietRequestVerification(RequestVerification):
@@ -209,7 +260,69 @@ class QuietRequestVerification(RequestVerification):
     """
 
     def _debug_log_error(self, signature: Any, timestamp: Any, body: Any) -> None:
-        self.logger.info("refused a Slack request with an invalid signature (timestamp %s)", timestamp)
+        self.logger.info(
+            "refused a Slack request with an invalid signature (timestamp %s)", timestamp
+        )
+
+
+# --- acknowledgements first --------------------------------------------------------------
+
+
+class AckFirst:
+    """Background work yields to acknowledgements in flight, for at most ``max_delay_s``.
+
+    Slack gives an acknowledgement 3 seconds; a card can wait a moment. In a
+    burst of commands the lazy listeners (planning, posting cards) would take
+    the interpreter away from the threads still acknowledging; with this gate
+    they start once no acknowledgement has been in flight for ``quiet_s``, or
+    after ``max_delay_s`` at the latest, so they are delayed but never starved.
+    """
+
+    def __init__(self, quiet_s: float = 0.02, max_delay_s: float = 2.0) -> None:
+        self.quiet_s = quiet_s
+        self.max_delay_s = max_delay_s
+        self._in_flight = 0
+        self._last_end = 0.0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def acknowledging(self) -> Iterator[None]:
+        with self._changed:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_flight -= 1
+                self._last_end = time.monotonic()
+                if not self._in_flight:
+                    self._changed.notify_all()
+
+    def wait_quiet(self) -> None:
+        deadline = time.monotonic() + self.max_delay_s
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                quiet_for = now - self._last_end
+                if now >= deadline or (not self._in_flight and quiet_for >= self.quiet_s):
+                    return
+                wait = deadline - now if self._in_flight else self.quiet_s - quiet_for
+                self._changed.wait(min(wait, deadline - now))
+
+
+class AckFirstExecutor(ThreadPoolExecutor):
+    """The lazy listeners' executor: each task first waits for a quiet moment (``AckFirst``)."""
+
+    def __init__(self, gate: AckFirst, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="bolt-lazy")
+        self.gate = gate
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def after_the_acks() -> Any:
+            self.gate.wait_quiet()
+            return fn(*args, **kwargs)
+
+        return super().submit(after_the_acks)
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -227,6 +340,8 @@ class Rotator:
     expiry: ExpiryWatcher
     client: WebClient
     deps: HandlerDeps
+    workers: ThreadPoolExecutor
+    gate: AckFirst
     _started: bool = field(default=False, repr=False)
 
     def start(self) -> None:
@@ -240,6 +355,7 @@ class Rotator:
     def close(self, wait: bool = True) -> None:
         """Stop background work; running rotations stay ``running`` for the next start."""
         self.expiry.stop()
+        self.workers.shutdown(wait=wait, cancel_futures=True)
         self.runner.close(wait=wait)
 
     def healthy(self) -> bool:
@@ -295,7 +411,12 @@ def build_rotator(
         max_wait_s=expiry_max_wait_s,
         housekeeping=store.purge_deliveries,
     )
+    gate = AckFirst()
+    workers = AckFirstExecutor(gate, max_workers=settings.config.worker_threads)
     deps = HandlerDeps(
+        client=client,
+        defer=lambda work: workers.submit(logged(work)),
+        first_delivery=first_delivery(store),
         store=store,
         planner=planner,
         policy=policy,
@@ -308,16 +429,16 @@ def build_rotator(
     )
     app = App(
         client=client,
+        # listeners acknowledge on the request's own thread (no I/O before ack());
+        # the work after it goes to ``workers`` through ``deps.after_ack``
+        process_before_response=True,
         signing_secret=settings.signing_secret,
         token_verification_enabled=False,
         request_verification_enabled=False,
         before_authorize=QuietRequestVerification(settings.signing_secret),
-        listener_executor=ThreadPoolExecutor(
-            max_workers=settings.config.worker_threads, thread_name_prefix="bolt"
-        ),
         logger=logging.getLogger("bot.bolt"),
     )
-    app.use(dedupe_middleware(store))
+    app.use(dedupe_middleware(SeenRecently()))
     commands.register(app, deps)
     actions.register(app, deps)
 
@@ -335,6 +456,8 @@ def build_rotator(
         expiry=expiry,
         client=client,
         deps=deps,
+        workers=workers,
+        gate=gate,
     )
 
 

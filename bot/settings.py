@@ -9,7 +9,9 @@ Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
     approvers = ["S0ONCALL"]             # required; never the requester
     approvals_required = 1
     expiry_minutes = 30
-    store = "sqlite:///rotator.db"       # relative to this file; or "mysql://user:pw@host/db"
+    store = "sqlite:///var/lib/rotator/rotator.db"  # default: rotator.db beside this file;
+                                         # "sqlite://name.db" is relative to this file;
+                                         # or "mysql://user:pw@host:3306/db" for replicas
     http_address = "127.0.0.1"
 
     [panels.prod-eu]                     # an engine reached over SSH (bot.inventory)
@@ -42,7 +44,7 @@ from bot.inventory import Inventory
 from handlers.ports import AccessPolicy
 
 DEFAULT_API_URL = "https://slack.com/api/"
-DEFAULT_STORE = "sqlite:///rotator.db"
+DEFAULT_STORE = "sqlite://rotator.db"
 _ID = r"^(T[A-Z0-9]{2,}/)?[UWS][A-Z0-9]{2,}$"
 _CHANNEL = r"^[CGD][A-Z0-9]{2,}$"
 _PANEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -115,7 +117,7 @@ class RotatorConfig(BaseModel):
     http_port: int = Field(default=3000, ge=1, le=65535)
     panels: Inventory = Field(default_factory=Inventory)
     local_panels: dict[str, LocalPanel] = Field(default_factory=dict)
-    worker_threads: int = Field(default=32, ge=4, le=256)
+    worker_threads: int = Field(default=8, ge=2, le=256)
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -166,7 +168,7 @@ class RotatorConfig(BaseModel):
     def _store_url(cls, value: SecretStr) -> SecretStr:
         scheme = value.get_secret_value().split(":", 1)[0]
         if scheme not in ("sqlite", "mysql", "mysql+pymysql"):
-            raise ValueError("must start with sqlite:/// or mysql://")
+            raise ValueError("must start with sqlite:// or mysql://")
         return value
 
 
@@ -220,13 +222,14 @@ class Settings:
     # The rest
     @property
     def store_url(self) -> str:
-        """The store URL with a relative SQLite path resolved beside the config file."""
+        """The store URL; a relative SQLite path (``sqlite://name.db``) is resolved beside the
+        config file, an absolute one is written ``sqlite:///var/lib/…``."""
         url = self.config.store.get_secret_value()
-        if url.startswith("sqlite:///"):
-            path = Path(url[len("sqlite:///") :])
+        if url.startswith("sqlite://"):
+            path = Path(url[len("sqlite://") :])
             if not path.is_absolute():
                 path = self.config_path.parent / path
-            return f"sqlite:///{path}"
+            return f"sqlite://{path}"
         return url
 
     @property

@@ -156,6 +156,7 @@ class _Backend:
     schema: Sequence[str] = ()
     insert_ignore = "INSERT OR IGNORE"
     errors: tuple[type[BaseException], ...] = ()
+    duplicate_key_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -213,13 +214,44 @@ class _Backend:
 
 
 class _SQLiteBackend(_Backend):
+    """One connection, one transaction at a time within this process.
+
+    SQLite serialises writers anyway; letting threads queue on a Python lock
+    instead of SQLite's busy handler (which sleeps in steps of up to 100 ms)
+    keeps a Slack acknowledgement from waiting behind a sleeping retry. Other
+    processes on the same file still meet SQLite's own locking.
+    """
+
     schema = _SQLITE_SCHEMA
     errors = (sqlite3.Error,)
+    duplicate_key_errors = (sqlite3.IntegrityError,)
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._one = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"the state store ({self.describe()}) is closed")
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._one, super().transaction() as tx:
+            yield tx
+
+    def close(self) -> None:
+        with self._one:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -232,7 +264,7 @@ class _SQLiteBackend(_Backend):
         conn.execute("BEGIN IMMEDIATE")
 
     def describe(self) -> str:
-        return f"sqlite:///{self.path}"
+        return f"sqlite://{self.path}"
 
 
 class _MySQLBackend(_Backend):
@@ -246,6 +278,7 @@ class _MySQLBackend(_Backend):
 
         self._pymysql = pymysql
         self.errors = (pymysql.Error,)
+        self.duplicate_key_errors = (pymysql.err.IntegrityError,)
         parts = urlsplit(url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         database = parts.path.lstrip("/")
@@ -387,8 +420,18 @@ class Store:
 
     # --- requests (handlers.ports.RequestStore) ----------------------------------------
 
-    def create(self, request: RotationRequest, *, actor: str) -> None:
+    def create(self, request: RotationRequest, *, actor: str) -> bool:
+        """Insert a new request; False if its id is taken (the caller picks another)."""
         now = self.clock()
+        try:
+            self._insert(request, actor, now)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, self._backend.duplicate_key_errors):
+                return False
+            raise
+        return True
+
+    def _insert(self, request: RotationRequest, actor: str, now: float) -> None:
         with self.transaction() as tx:
             tx.execute(
                 "INSERT INTO rotation_requests "
@@ -602,11 +645,14 @@ class Store:
 
 
 def open_store(url: str, clock: Callable[[], float] = time.time) -> Store:
-    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``mysql://user:pw@host:port/db``."""
-    if url.startswith("sqlite:///"):
-        backend: _Backend = _SQLiteBackend(Path(url[len("sqlite:///") :]))
+    """``sqlite:///abs/path.db``, ``sqlite://relative.db`` or ``mysql://user:pw@host:port/db``."""
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://") :]
+        if path.startswith("/"):
+            path = "/" + path.lstrip("/")
+        backend: _Backend = _SQLiteBackend(Path(path))
     elif url.startswith(("mysql://", "mysql+pymysql://")):
         backend = _MySQLBackend(url)
     else:
-        raise StoreError("the store URL must start with sqlite:/// or mysql://")
+        raise StoreError("the store URL must start with sqlite:// or mysql://")
     return Store(backend, clock).migrate()

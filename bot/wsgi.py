@@ -8,11 +8,13 @@ acknowledgement of another.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socketserver
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -42,7 +44,12 @@ class QuietHandler(WSGIRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
 
-def wsgi_app(app: App, healthy: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
+def wsgi_app(
+    app: App,
+    healthy: Callable[[], bool],
+    acknowledging: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+) -> Callable[..., Iterable[bytes]]:
+    """``acknowledging`` wraps each Slack request (``bot.app.AckFirst.acknowledging``)."""
     slack = SlackRequestHandler(app, path=EVENTS_PATH)
 
     def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -62,7 +69,8 @@ def wsgi_app(app: App, healthy: Callable[[], bool]) -> Callable[..., Iterable[by
         if length > MAX_BODY:
             start_response("413 Payload Too Large", [("Content-Type", "text/plain")])
             return [b"request too large"]
-        return slack(environ, start_response)
+        with acknowledging():
+            return slack(environ, start_response)
 
     return application
 
@@ -71,12 +79,17 @@ class HttpServer:
     """The app on a threaded WSGI server, in a background thread (tests) or the foreground."""
 
     def __init__(
-        self, app: App, healthy: Callable[[], bool], host: str = "127.0.0.1", port: int = 0
+        self,
+        app: App,
+        healthy: Callable[[], bool],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        acknowledging: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self.server = make_server(
             host,
             port,
-            wsgi_app(app, healthy),
+            wsgi_app(app, healthy, acknowledging),
             server_class=ThreadingWSGIServer,
             handler_class=QuietHandler,
         )
@@ -93,7 +106,10 @@ class HttpServer:
 
     def start(self) -> HttpServer:
         self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="http", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="http",
+            daemon=True,
         )
         self._thread.start()
         return self

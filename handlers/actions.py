@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack, App
-from slack_sdk import WebClient
 
 from handlers import blocks, cards
 from handlers import messages as m
@@ -145,74 +144,82 @@ def _channel(body: dict[str, Any]) -> str:
 
 
 def register(app: App, deps: HandlerDeps) -> None:
-    """Attach the buttons and the deny modal to ``app``."""
+    """Attach the buttons and the deny modal to ``app`` (ack first, then ``deps.after_ack``)."""
+    client = deps.client
 
-    def ack_click(ack: Ack) -> None:
+    def approve_rotation(body: dict[str, Any], ack: Ack) -> None:
         ack()
-
-    def approve_rotation(body: dict[str, Any], client: WebClient) -> None:
         person = person_from_interaction(body)
         request_id = _action_value(body)
         channel = _channel(body)
-        with cards.reporting_errors(client, channel, person.user_id, f"approve {request_id}"):
-            outcome = approve(deps, request_id, person)
-            if outcome.changed is not None:
-                cards.refresh_card(client, outcome.changed, deps.policy, deps.clock())
-            if outcome.answer:
-                cards.tell(client, channel, person.user_id, outcome.answer)
-            if outcome.start:
-                deps.start_rotation(request_id)
 
-    app.action(blocks.APPROVE_ACTION)(ack=ack_click, lazy=[approve_rotation])
+        def approve_once() -> None:
+            with cards.reporting_errors(client, channel, person.user_id, f"approve {request_id}"):
+                outcome = approve(deps, request_id, person)
+                if outcome.changed is not None:
+                    cards.refresh_card(client, outcome.changed, deps.policy, deps.clock())
+                if outcome.answer:
+                    cards.tell(client, channel, person.user_id, outcome.answer)
+                if outcome.start:
+                    deps.start_rotation(request_id)
 
-    def open_deny_modal(body: dict[str, Any], client: WebClient) -> None:
+        deps.after_ack(body, approve_once)
+
+    app.action(blocks.APPROVE_ACTION)(approve_rotation)
+
+    def deny_rotation(body: dict[str, Any], ack: Ack) -> None:
+        ack()
         person = person_from_interaction(body)
         request_id = _action_value(body)
         channel = _channel(body)
-        with cards.reporting_errors(client, channel, person.user_id, f"deny {request_id}"):
-            refusal, request = may_deny(deps, request_id, person)
-            if request is None:
-                cards.tell(client, channel, person.user_id, refusal or "")
-                return
-            client.views_open(
-                trigger_id=body["trigger_id"],
-                view=blocks.deny_modal(request_id, blocks.request_headline(request)),
-            )
 
-    app.action(blocks.DENY_ACTION)(ack=ack_click, lazy=[open_deny_modal])
+        def open_deny_modal() -> None:
+            with cards.reporting_errors(client, channel, person.user_id, f"deny {request_id}"):
+                refusal, request = may_deny(deps, request_id, person)
+                if request is None:
+                    cards.tell(client, channel, person.user_id, refusal or "")
+                    return
+                client.views_open(
+                    trigger_id=body["trigger_id"],
+                    view=blocks.deny_modal(request_id, blocks.request_headline(request)),
+                )
 
-    def ack_denial(body: dict[str, Any], ack: Ack) -> None:
-        if not _deny_reason(body):
+        deps.after_ack(body, open_deny_modal)
+
+    app.action(blocks.DENY_ACTION)(deny_rotation)
+
+    def deny_submission(body: dict[str, Any], ack: Ack) -> None:
+        reason = _deny_reason(body)
+        if not reason:
             ack(
                 response_action="errors",
                 errors={blocks.DENY_REASON_BLOCK: "Say why, so that the requester can act on it."},
             )
-        else:
-            ack()
-
-    def record_denial(body: dict[str, Any], client: WebClient) -> None:
-        reason = _deny_reason(body)
-        if not reason:
             return
+        ack()
         person = person_from_interaction(body)
         request_id = str(body["view"].get("private_metadata", ""))
-        request = deps.store.get(request_id)
-        channel = request.channel_id if request else ""
-        with cards.reporting_errors(client, channel, person.user_id, f"deny {request_id}"):
-            outcome = deny(deps, request_id, person, reason)
-            if outcome.changed is not None:
-                cards.refresh_card(client, outcome.changed, deps.policy, deps.clock())
-                if outcome.changed.state == State.DENIED:
-                    cards.post_thread(
-                        client,
-                        outcome.changed,
-                        f"{outcome.changed.requester.mention} "
-                        + m.denied_line(person.mention, deps.clock(), reason),
-                    )
-            elif outcome.answer and channel:
-                cards.tell(client, channel, person.user_id, outcome.answer)
 
-    app.view(blocks.DENY_MODAL)(ack=ack_denial, lazy=[record_denial])
+        def record_denial() -> None:
+            request = deps.store.get(request_id)
+            channel = request.channel_id if request else ""
+            with cards.reporting_errors(client, channel, person.user_id, f"deny {request_id}"):
+                outcome = deny(deps, request_id, person, reason)
+                if outcome.changed is not None:
+                    cards.refresh_card(client, outcome.changed, deps.policy, deps.clock())
+                    if outcome.changed.state == State.DENIED:
+                        cards.post_thread(
+                            client,
+                            outcome.changed,
+                            f"{outcome.changed.requester.mention} "
+                            + m.denied_line(person.mention, deps.clock(), reason),
+                        )
+                elif outcome.answer and channel:
+                    cards.tell(client, channel, person.user_id, outcome.answer)
+
+        deps.after_ack(body, record_denial)
+
+    app.view(blocks.DENY_MODAL)(deny_submission)
 
 
 def _deny_reason(body: dict[str, Any]) -> str:

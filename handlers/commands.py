@@ -3,7 +3,7 @@
 Each command is acknowledged at once. The acknowledgement answers what needs
 no I/O (usage, a missing reason, an unknown panel, the wrong channel, help, and
 the secrets this product does not rotate); everything that needs the store,
-the engine or Slack's API runs in a lazy listener after the acknowledgement.
+the engine or Slack's API runs after the acknowledgement (``deps.after_ack``).
 """
 
 from __future__ import annotations
@@ -197,7 +197,9 @@ def open_request(
         agents=plan.agents if parsed.op == "rotate-agent" else (),
         all_agents=parsed.all_agents,
     )
-    deps.store.create(request, actor=person.key)
+    while not deps.store.create(request, actor=person.key):
+        request = request.evolve(id=deps.new_id(now))  # two requests in one second
+    request_id = request.id
     try:
         ts = cards.post_card(client, request, deps.policy, deps.clock())
     except Exception:
@@ -276,8 +278,14 @@ def status_message(deps: HandlerDeps, request_id: str | None) -> dict[str, Any]:
 
 
 def register(app: App, deps: HandlerDeps) -> None:
-    """Attach the slash commands to ``app``."""
+    """Attach the slash commands to ``app``.
+
+    Each listener acknowledges first (from the request's own thread, with no
+    I/O), then hands the rest to ``deps.after_ack``, which runs it once per
+    Slack delivery on the bot's worker threads.
+    """
     panels = list(deps.panels)
+    client = deps.client
 
     def _precheck(body: dict[str, Any], parser: Any) -> Parsed | str:
         if not deps.policy.channel_allowed(str(body.get("channel_id", ""))):
@@ -285,68 +293,63 @@ def register(app: App, deps: HandlerDeps) -> None:
         result: Parsed | str = parser(str(body.get("text", "")), panels)
         return result
 
-    def _ack_rotation(parser: Any) -> Any:
-        def ack_rotation(body: dict[str, Any], ack: Ack) -> None:
+    def _rotation_command(parser: Any) -> Any:
+        def rotation_command(body: dict[str, Any], ack: Ack) -> None:
             parsed = _precheck(body, parser)
             if isinstance(parsed, str):
                 ack(text=parsed)
-            else:
-                ack(text=m.planning(parsed.op, parsed.panel))
-
-        return ack_rotation
-
-    def _lazy_rotation(parser: Any) -> Any:
-        def open_rotation_request(body: dict[str, Any], client: WebClient) -> None:
-            parsed = _precheck(body, parser)
-            if isinstance(parsed, str):
                 return
+            ack(text=m.planning(parsed.op, parsed.panel))
             person = person_from_command(body)
             channel = str(body["channel_id"])
-            with cards.reporting_errors(client, channel, person.user_id, f"{parsed.op} request"):
-                open_request(deps, client, parsed, person, channel)
 
-        return open_rotation_request
+            def open_rotation_request() -> None:
+                with cards.reporting_errors(
+                    client, channel, person.user_id, f"{parsed.op} request"
+                ):
+                    open_request(deps, client, parsed, person, channel)
 
-    app.command("/rotate-key")(
-        ack=_ack_rotation(parse_rotate_key), lazy=[_lazy_rotation(parse_rotate_key)]
-    )
-    app.command("/rotate-agent")(
-        ack=_ack_rotation(parse_rotate_agent), lazy=[_lazy_rotation(parse_rotate_agent)]
-    )
+            deps.after_ack(body, open_rotation_request)
 
-    def ack_cancel(body: dict[str, Any], ack: Ack) -> None:
+        return rotation_command
+
+    app.command("/rotate-key")(_rotation_command(parse_rotate_key))
+    app.command("/rotate-agent")(_rotation_command(parse_rotate_agent))
+
+    def rotate_cancel(body: dict[str, Any], ack: Ack) -> None:
         words = str(body.get("text", "")).split()
         if len(words) != 1:
             ack(text=m.cancel_usage())
-        else:
-            ack()
-
-    def cancel(body: dict[str, Any], client: WebClient) -> None:
-        words = str(body.get("text", "")).split()
-        if len(words) != 1:
             return
+        ack()
         person = person_from_command(body)
         channel = str(body["channel_id"])
-        with cards.reporting_errors(client, channel, person.user_id, "cancel"):
-            answer, changed = cancel_request(deps, words[0], person)
-            if changed is not None:
-                cards.refresh_card(client, changed, deps.policy, deps.clock())
-            cards.tell(client, channel, person.user_id, answer)
 
-    app.command("/rotate-cancel")(ack=ack_cancel, lazy=[cancel])
+        def cancel() -> None:
+            with cards.reporting_errors(client, channel, person.user_id, "cancel"):
+                answer, changed = cancel_request(deps, words[0], person)
+                if changed is not None:
+                    cards.refresh_card(client, changed, deps.policy, deps.clock())
+                cards.tell(client, channel, person.user_id, answer)
 
-    def ack_status(ack: Ack) -> None:
+        deps.after_ack(body, cancel)
+
+    app.command("/rotate-cancel")(rotate_cancel)
+
+    def rotate_status(body: dict[str, Any], ack: Ack) -> None:
         ack()
-
-    def status(body: dict[str, Any], client: WebClient) -> None:
         words = str(body.get("text", "")).split()
         person = person_from_command(body)
         channel = str(body["channel_id"])
-        with cards.reporting_errors(client, channel, person.user_id, "status"):
-            message = status_message(deps, words[0] if words else None)
-            client.chat_postEphemeral(channel=channel, user=person.user_id, **message)
 
-    app.command("/rotate-status")(ack=ack_status, lazy=[status])
+        def status() -> None:
+            with cards.reporting_errors(client, channel, person.user_id, "status"):
+                message = status_message(deps, words[0] if words else None)
+                client.chat_postEphemeral(channel=channel, user=person.user_id, **message)
+
+        deps.after_ack(body, status)
+
+    app.command("/rotate-status")(rotate_status)
 
     def rotate_help(body: dict[str, Any], ack: Ack) -> None:
         special = not_rotated_here(str(body.get("text", "")).split())

@@ -295,7 +295,11 @@ STEP_LABELS: dict[str, tuple[str, str, str]] = {
     "backup": ("backup updated", "updating the backup", "backup"),
     "issue_token": ("install token issued", "issuing an install token", "install token"),
     "bootstrap": ("bootstrap ran", "running the bootstrap", "bootstrap"),
-    "reregistered": ("agent re-registered", "waiting for the agent to re-register", "re-registration"),
+    "reregistered": (
+        "agent re-registered",
+        "waiting for the agent to re-register",
+        "re-registration",
+    ),
     "old_revoked": ("old token revoked", "checking the old token is dead", "old token check"),
     "rollback": ("rolled back", "rolling back", "rollback"),
     "rolling_back": ("rolled back", "rolling back", "rollback"),

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 BINDING_FIELDS: tuple[str, ...] = (
@@ -90,10 +91,12 @@ class PlanView:
         )
 
     def binding(self) -> dict[str, Any]:
-        data = asdict(self)
-        return {name: data[name] for name in BINDING_FIELDS}
+        return {
+            name: list(value) if isinstance(value := getattr(self, name), tuple) else value
+            for name in BINDING_FIELDS
+        }
 
-    @property
+    @cached_property
     def hash(self) -> str:
         canonical = json.dumps(self.binding(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from slack_sdk import WebClient
+
 from handlers.plan import PlanView
 
 
@@ -143,7 +145,9 @@ class Transition:
 class RequestStore(Protocol):
     """Durable requests with compare-and-swap updates (``bot.store`` implements it)."""
 
-    def create(self, request: RotationRequest, *, actor: str) -> None: ...
+    def create(self, request: RotationRequest, *, actor: str) -> bool:
+        """Insert a new request; False if its id is already taken."""
+        ...
 
     def get(self, request_id: str) -> RotationRequest | None: ...
 
@@ -291,9 +295,18 @@ def new_reference() -> str:
     return secrets.token_hex(2)
 
 
+def _run_now(work: Callable[[], None]) -> None:
+    work()
+
+
 @dataclass
 class HandlerDeps:
-    """Everything the handlers need, injected by ``bot.app.create_app``."""
+    """Everything the handlers need, injected by ``bot.app.create_app``.
+
+    ``defer`` runs work after the acknowledgement (``bot`` gives it worker
+    threads); ``first_delivery`` is true the first time a Slack delivery (a
+    user action, by its trigger or event id) is seen, in any replica.
+    """
 
     store: RequestStore
     planner: Planner
@@ -301,7 +314,19 @@ class HandlerDeps:
     directory: Directory
     panels: Sequence[str]
     start_rotation: Callable[[str], object]
+    client: WebClient
+    defer: Callable[[Callable[[], None]], object] = _run_now
+    first_delivery: Callable[[dict[str, Any]], bool] = lambda body: True
     on_request_created: Callable[[RotationRequest], None] = lambda request: None
     clock: Callable[[], float] = time.time
     new_id: Callable[[float], str] = new_request_id
     panel_hosts: dict[str, str] = field(default_factory=dict)
+
+    def after_ack(self, body: dict[str, Any], work: Callable[[], None]) -> None:
+        """Run ``work`` after the acknowledgement, once per Slack delivery."""
+
+        def once() -> None:
+            if self.first_delivery(body):
+                work()
+
+        self.defer(once)

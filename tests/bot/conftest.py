@@ -210,7 +210,7 @@ def make_bot(
         **config: Any,
     ) -> BotUnderTest:
         n = next(counter)
-        url = store_url or f"sqlite:///{tmp_path / 'rotator.db'}"
+        url = store_url or f"sqlite://{tmp_path / 'rotator.db'}"
         config_path = write_config(tmp_path / f"rotator-{n}.toml", store_url=url, **config)
         settings = load_settings(
             {
@@ -230,7 +230,9 @@ def make_bot(
         if clock:
             options["clock"] = clock
         rotator = build_rotator(settings, the_store, engine_clients, **options)
-        server = HttpServer(rotator.app, rotator.healthy).start()
+        server = HttpServer(
+            rotator.app, rotator.healthy, acknowledging=rotator.gate.acknowledging
+        ).start()
         bot = BotUnderTest(
             rotator=rotator,
             server=server,
@@ -265,7 +267,7 @@ def any_store_url(
 ) -> Iterator[str]:
     """A fresh store URL of each backend: a SQLite file, a MariaDB database with its own login."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
+        yield f"sqlite://{tmp_path / 'store.db'}"
         return
     from tests.support.mariadb import ALL_TABLES, create_database
 

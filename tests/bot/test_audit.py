@@ -103,7 +103,7 @@ def test_export_writes_json_lines_that_verify_on_their_own(any_store_url: str) -
 
 def test_export_since_leaves_out_older_entries(tmp_path: Path) -> None:
     now = [1_800_000_000.0]
-    store = open_store(f"sqlite:///{tmp_path / 's.db'}", clock=lambda: now[0])
+    store = open_store(f"sqlite://{tmp_path / 's.db'}", clock=lambda: now[0])
     audit = AuditLog(store)
     audit.append("a", "r-1", "x", {})
     now[0] += 3600
@@ -117,11 +117,11 @@ def test_export_since_leaves_out_older_entries(tmp_path: Path) -> None:
 def test_the_command_line_exports_and_verifies(tmp_path: Path) -> None:
     """`python -m bot audit export` and `audit verify`, as an operator runs them."""
     db = tmp_path / "rotator.db"
-    store, _ = a_log(f"sqlite:///{db}", entries=3)
+    store, _ = a_log(f"sqlite://{db}", entries=3)
     store.close()
     config = tmp_path / "rotator.toml"
     config.write_text(
-        'approvers = ["S0ONCALL"]\nstore = "sqlite:///rotator.db"\n\n[local_panels.lab]\nprofile = "/x"\n'
+        'approvers = ["S0ONCALL"]\nstore = "sqlite://rotator.db"\n\n[local_panels.lab]\nprofile = "/x"\n'
     )
     env = {
         **os.environ,

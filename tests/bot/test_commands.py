@@ -206,3 +206,12 @@ def test_rotate_agent_without_agents_shows_the_usage(make_bot: MakeBot) -> None:
     bot = make_bot()
     sent = bot.command("/rotate-agent", "")
     assert sent.text.startswith("`/rotate-agent` needs the agents to rotate, e.g.")
+
+
+def test_two_requests_drawing_the_same_id_both_get_a_card(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    ids = iter(["r-20261126-031402-aaaa", "r-20261126-031402-aaaa", "r-20261126-031402-bbbb"])
+    bot.rotator.deps.new_id = lambda now: next(ids)
+    first, _ = bot.request_key()
+    second, _ = bot.request_key()
+    assert (first, second) == ("r-20261126-031402-aaaa", "r-20261126-031402-bbbb")

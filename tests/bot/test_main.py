@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def bot_env(tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets) -> dict[str, str]:
-    config = write_config(tmp_path / "rotator.toml", store_url="sqlite:///rotator.db")
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite://rotator.db")
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))},
         "SLACK_BOT_TOKEN": slack_secrets.bot_token,
@@ -108,9 +108,24 @@ def test_socket_mode_needs_the_app_token(bot_env: dict[str, str]) -> None:
     assert "SLACK_APP_TOKEN is not set" in result.stderr and "--http" in result.stderr
 
 
-@pytest.mark.skipif(
-    (REPO / "bot" / "doctor.py").exists(), reason="bot/doctor.py exists; its own tests cover it"
-)
-def test_doctor_is_dispatched_when_it_is_installed(bot_env: dict[str, str]) -> None:
-    result = run_bot(bot_env, "doctor")
-    assert (result.returncode, "not available in this build" in result.stderr) == (2, True)
+def test_demo_and_doctor_are_dispatched_to_their_modules(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m bot doctor ARGS` calls bot.doctor.main(ARGS); a missing module is explained."""
+    import types
+
+    import bot.__main__ as entry
+
+    called: list[list[str]] = []
+    fake = types.SimpleNamespace(main=lambda argv: called.append(argv) or 0)
+
+    def import_module(name: str) -> object:
+        if name == "bot.doctor":
+            return fake
+        raise ModuleNotFoundError(name=name)
+
+    monkeypatch.setattr(entry.importlib, "import_module", import_module)
+    assert entry.main(["doctor", "--json"]) == 0
+    assert called == [["--json"]]
+    assert entry.main(["demo"]) == 2
+    assert "`python -m bot demo` is not available in this build" in capsys.readouterr().err

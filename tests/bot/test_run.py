@@ -116,10 +116,10 @@ def test_restart_during_a_run_reattaches_and_reports_to_the_end(make_bot: MakeBo
     engine.wait_reached("write_env")
     first.fake.wait_text("chat.postMessage", "✔ database verified")
     wait_until(lambda: first.state(request_id, "last_seq") == 8)
-    first.close()  # the bot goes away mid-run; the request stays "running"
-    assert first.state(request_id) == "running"
+    first.close()  # the bot goes away mid-run; the engine goes on
 
     second = make_bot(engine=engine)
+    assert second.state(request_id) == "running"
     second.fake.wait_text(
         "chat.postMessage", "The bot restarted; it is following the engine again from event 8"
     )

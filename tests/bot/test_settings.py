@@ -48,7 +48,7 @@ def test_good_settings_have_documented_defaults(tmp_path: Path) -> None:
     settings = load_settings(env(config(tmp_path, GOOD)))
     policy = settings.policy
     assert (policy.approvals_required, policy.expiry_s, policy.channels) == (1, 1800, ("C0ROTATE",))
-    assert settings.store_url == f"sqlite:///{tmp_path.resolve() / 'rotator.db'}"
+    assert settings.store_url == f"sqlite://{tmp_path.resolve() / 'rotator.db'}"
     assert settings.api_url == "https://slack.com/api/"
     assert settings.config.http_address == "127.0.0.1"
     assert settings.panel_names == ["lab"]
@@ -115,7 +115,7 @@ def test_a_bad_environment_names_the_setting_and_not_its_value(
         ("colour = 'blue'\n" + GOOD, "colour: Extra inputs are not permitted"),
         (
             'store = "postgres://u:pw-secret-1@h/db"\n' + GOOD,
-            "store: must start with sqlite:/// or mysql://",
+            "store: must start with sqlite:// or mysql://",
         ),
         (
             'approvers = ["S0ONCALL"]\n',
@@ -136,6 +136,17 @@ def test_a_bad_config_file_names_the_file_and_the_setting(
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     message = refusal(env(tmp_path / "nope.toml"))
     assert message == f"ROTATOR_CONFIG: file {tmp_path / 'nope.toml'} does not exist"
+
+
+def test_sqlite_paths_are_absolute_with_three_slashes_and_beside_the_config_with_two(
+    tmp_path: Path,
+) -> None:
+    absolute = load_settings(env(config(tmp_path, 'store = "sqlite:///var/lib/rot/r.db"\n' + GOOD)))
+    beside = load_settings(env(config(tmp_path, 'store = "sqlite://state/r.db"\n' + GOOD)))
+    assert (absolute.store_url, beside.store_url) == (
+        "sqlite:///var/lib/rot/r.db",
+        f"sqlite://{tmp_path.resolve() / 'state' / 'r.db'}",
+    )
 
 
 def test_the_store_password_is_a_secret_but_usable(tmp_path: Path) -> None:

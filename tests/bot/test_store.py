@@ -151,5 +151,14 @@ def test_an_unreachable_mysql_store_is_named_without_its_password() -> None:
 
 
 def test_a_store_url_of_an_unknown_kind_is_refused() -> None:
-    with pytest.raises(StoreError, match="must start with sqlite:/// or mysql://"):
+    with pytest.raises(StoreError, match="must start with sqlite:// or mysql://"):
         open_store("postgres://x@y/z")
+
+
+def test_a_taken_request_id_is_reported_not_raised(any_store_url: str) -> None:
+    """Two requests in the same second may draw the same id; the second create says so."""
+    store = open_store(any_store_url)
+    assert store.create(a_request(), actor=ALICE.key) is True
+    assert store.create(a_request(), actor=ALICE.key) is False
+    assert len(store.history(a_request().id)) == 1
+    store.close()

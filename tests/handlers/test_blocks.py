@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from handlers import blocks
 from handlers import messages as m
@@ -149,12 +150,10 @@ def test_the_deny_modal_asks_for_a_reason_and_carries_the_request_id() -> None:
 
 
 def test_plan_differences_name_what_changed() -> None:
-    moved = PlanView(
-        **{**PLAN.__dict__, "engine_version": "0.4.1", "host_key_fingerprint": "SHA256:new"}
-    )
+    moved = replace(PLAN, engine_version="0.4.1", host_key_fingerprint="SHA256:new")
     assert PLAN.differences(moved) == [
         "engine 0.4.0 -> 0.4.1",
         "host key SHA256:Yx0Q -> SHA256:new",
     ]
-    more_rows = PlanView(**{**PLAN.__dict__, "total": 5000})
+    more_rows = replace(PLAN, total=5000)
     assert (PLAN.differences(more_rows), PLAN.hash == more_rows.hash) == ([], True)

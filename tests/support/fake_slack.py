@@ -103,6 +103,21 @@ class FakeSlack:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self) -> None:
+                """``/_record``: how many calls of each method (for a fake run in another process)."""
+                counts: dict[str, int] = {}
+                for call in fake.calls:
+                    counts[call.method] = counts.get(call.method, 0) + 1
+                cards = len(
+                    [c for c in fake.calls_to("chat.postMessage") if "requested:" in c.text]
+                )
+                body = json.dumps({"by_method": counts, "cards": cards}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -278,3 +293,24 @@ def _parse(raw: str, content_type: str) -> dict[str, Any]:
 
 def has_buttons(call: Call) -> bool:
     return any(b.get("type") == "actions" for b in call.params.get("blocks") or [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.support.fake_slack TOKEN [GROUP=U1,U2 ...]``: serve until stdin closes.
+
+    Prints the API URL on the first line, so a benchmark can run Slack's side
+    in its own process (and its own GIL).
+    """
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    groups = {g: m.split(",") for g, _, m in (a.partition("=") for a in args[1:])}
+    fake = FakeSlack(token=args[0], groups=groups).start()
+    print(fake.url, flush=True)
+    sys.stdin.read()
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
