@@ -21,6 +21,10 @@ is reused.
 Agents run on a bounded thread pool, each with its own database connection
 and SSH connection; one agent's failure is reported and the others go on.
 The run holds the panel's lock (the one ``rotate-key`` takes) throughout.
+
+Fault points for crash tests (engine/faults.py): ``agent:token_issued``,
+``agent:bootstrapped``, ``agent:reregistered``, ``agent:old_revoked``, each
+right after that state is journaled.
 """
 
 from __future__ import annotations

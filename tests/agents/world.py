@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -58,11 +57,12 @@ _CANDIDATE = re.compile(r"[A-Za-z0-9_\-]{16,}")
 
 
 def _pids_of_uid(uid: int) -> list[int]:
+    """Live processes of ``uid`` (zombies are dead already: their reaper may be slow)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == uid:
+                if entry.stat().st_uid == uid and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                     pids.append(int(entry.name))
             except OSError:
                 continue
@@ -71,16 +71,17 @@ def _pids_of_uid(uid: int) -> list[int]:
 
 def _kill_uid(uid: int) -> None:
     """SIGKILL, one pid at a time, every process of a login this fixture created."""
-    for _ in range(20):
+
+    def all_gone() -> bool:
         pids = _pids_of_uid(uid)
-        if not pids:
-            return
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(0.05)
+        return not pids
+
+    wait_until(all_gone, 10, interval=0.05, what=f"processes of uid {uid} gone")
 
 
 def _sshd_config(directory: Path, port: int, host_key: Path, user: str) -> str:
