@@ -28,6 +28,7 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.middleware.request_verification import RequestVerification
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.audit import AuditLog
 from bot.engine_client import EngineClient
@@ -381,6 +382,8 @@ def build_rotator(
     else:
         engine_clients_fn = engine_clients
     client = web_client or WebClient(token=settings.bot_token, base_url=settings.api_url)
+    if not any(isinstance(h, RateLimitErrorRetryHandler) for h in client.retry_handlers):
+        client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=5))
     policy = settings.policy
     audit = AuditLog(store)
     hosts = {name: settings.panel_host(name) for name in settings.panel_names}

@@ -21,6 +21,7 @@ the last saved ``seq`` and reports it to the end.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -63,7 +64,6 @@ class Runner:
         policy: AccessPolicy,
         clock: Callable[[], float] = time.time,
         threads: int = 4,
-        card_interval_s: float = 1.0,
     ) -> None:
         self.store = store
         self.audit = audit
@@ -72,7 +72,6 @@ class Runner:
         self.client = client
         self.policy = policy
         self.clock = clock
-        self.card_interval_s = card_interval_s
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rotation")
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -215,9 +214,22 @@ class Runner:
     def _follow(
         self, request: RotationRequest, events: Callable[[], Iterable[dict[str, Any]]]
     ) -> None:
+        reporter = _SlackReporter(self, request.id)
+        try:
+            self._read(request, events, reporter)
+        finally:
+            reporter.stop(drain=not self._stopping.is_set())
+
+    def _read(
+        self,
+        request: RotationRequest,
+        events: Callable[[], Iterable[dict[str, Any]]],
+        reporter: _SlackReporter,
+    ) -> None:
+        """Read the engine's events as fast as it writes them; Slack hears of them from
+        ``reporter``'s thread, so a slow or rate-limited Slack never stalls the engine."""
         current = request
         closing: dict[str, Any] | None = None
-        last_card = 0.0
         try:
             for event in _events(events):
                 if self._stopping.is_set():
@@ -235,12 +247,9 @@ class Runner:
                     return
                 current = updated
                 if event.get("state") == "started":
-                    now = time.monotonic()
-                    if now - last_card >= self.card_interval_s or event.get("index"):
-                        self._refresh(current)
-                        last_card = now
+                    reporter.card(current)
                 else:
-                    self._post(current, m.step_reply(event))
+                    reporter.reply(current, m.step_reply(event))
         except _Shutdown:
             raise
         except RemoteEngineError as exc:
@@ -264,6 +273,7 @@ class Runner:
                 "message": "the engine's event stream ended without a result",
                 "rolled_back": None,
             }
+        reporter.stop(drain=True)  # every step reply before the summary
         latest = self.store.get(request.id) or current
         if latest.state != State.RUNNING:
             return
@@ -288,6 +298,11 @@ class Runner:
 
     def _close(self, request: RotationRequest, closing: dict[str, Any]) -> None:
         data = {k: v for k, v in closing.items() if k not in ("type", "id", "seq", "ts")}
+        if closing.get("type") == "result" and data.get("ok") is False:
+            # rotate-agent: some agents rotated, some failed (each is reported in the thread)
+            outcome = {**data, "partial": True, "code": "agent_failed", "rolled_back": None}
+            self._finish(request, State.FAILED, outcome)
+            return
         if closing.get("type") == "result":
             outcome = {**data, "ok": True}
             if "duration_ms" not in outcome and request.started_at:
@@ -359,3 +374,54 @@ class Runner:
 
 def _events(make: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
     yield from make()
+
+
+class _SlackReporter:
+    """One run's Slack updates, in order, on their own thread.
+
+    Thread replies are all posted, in order. Card updates are coalesced: when
+    Slack is slow (or rate-limits us), the states queued meanwhile collapse into
+    one update with the newest.
+    """
+
+    def __init__(self, runner: Runner, request_id: str) -> None:
+        self.runner = runner
+        self._queue: queue.Queue[tuple[str, RotationRequest, str] | None] = queue.Queue()
+        self._newest_card: RotationRequest | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name=f"report-{request_id}", daemon=True)
+        self._thread.start()
+
+    def card(self, request: RotationRequest) -> None:
+        with self._lock:
+            self._newest_card = request
+        self._queue.put(("card", request, ""))
+
+    def reply(self, request: RotationRequest, text: str) -> None:
+        self._queue.put(("reply", request, text))
+
+    def stop(self, drain: bool) -> None:
+        """Finish (``drain``: after everything queued is sent) and wait for the thread."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not drain:
+            with self._queue.mutex:
+                self._queue.queue.clear()
+        self._queue.put(None)
+        self._thread.join(timeout=120 if drain else 5)
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            kind, request, text = item
+            try:
+                if kind == "reply":
+                    self.runner._post(request, text)
+                    continue
+                with self._lock:
+                    newest, self._newest_card = self._newest_card, None
+                if newest is not None:  # None: a later state was sent already
+                    self.runner._refresh(newest)
+            except Exception:
+                log.exception("could not report a step of %s in Slack", request.id)

@@ -73,6 +73,8 @@ def plan_lines(plan: PlanView) -> str:
             lines.append(f"      {table}: table not present, skipped")
         layout = plan.scheme_description or plan.scheme or "not detected"
         lines.append(f"• layout: {layout} · current key {m.short_fp(plan.key_fingerprint)}")
+    for warning in plan.warnings[:10]:
+        lines.append(f"• :warning: {warning}")
     host = plan.panel_host or plan.panel
     lines.append(
         f"• panel host {host} · host key {plan.host_key_fingerprint or '(unknown)'} · "

@@ -268,6 +268,8 @@ def done_line(duration_ms: int | None) -> str:
 
 
 def failed_line(outcome: dict[str, Any], panel: str) -> str:
+    if outcome.get("partial"):
+        return f":warning: Finished with failures: {outcome.get('message') or 'see thread'}"
     rolled_back = outcome.get("rolled_back")
     if rolled_back is True:
         verified = outcome.get("verified_old")
@@ -416,11 +418,13 @@ def final_done(
     ]
     if outcome.get("agents"):
         lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
-    else:
-        lines.append(
-            f"   old key {short_fp(outcome.get('old_fingerprint'))} → new key "
-            f"{short_fp(outcome.get('new_fingerprint'))}"
-        )
+        lines.append(f"   {outcome.get('message') or ''}".rstrip())
+        lines.append(f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {request_id}")
+        return "\n".join(line for line in lines if line.strip())
+    lines.append(
+        f"   old key {short_fp(outcome.get('old_fingerprint'))} → new key "
+        f"{short_fp(outcome.get('new_fingerprint'))}"
+    )
     columns = outcome.get("columns") or {}
     if columns:
         lines.append(
@@ -447,7 +451,10 @@ def final_failed(
     rolled_back = outcome.get("rolled_back")
     nothing_changed = bool(outcome.get("nothing_changed"))
     step = next_step(str(outcome.get("code", "")), panel, rolled_back, nothing_changed)
-    if rolled_back is True:
+    if outcome.get("partial"):
+        step = NEXT_STEPS["agent_failed"]
+        head = f":warning: Finished with failures. Next: {step}"
+    elif rolled_back is True:
         head = f":rotating_light: Rolled back. The panel is as it was. Next: {step}"
     elif nothing_changed:
         head = f":no_entry_sign: Failed before any change. Nothing was changed. Next: {step}"
@@ -490,15 +497,24 @@ def verification(outcome: dict[str, Any]) -> str:
 
 
 def agent_outcomes(agents: Sequence[Any]) -> str:
+    """``agent-7 rotated (old token refused); agent-9 failed at bootstrap: …``."""
     out = []
     for item in agents:
-        if isinstance(item, dict):
-            name = item.get("name") or item.get("agent") or item.get("id")
-            state = item.get("state") or ("ok" if item.get("ok") else "failed")
-            msg = item.get("message") or item.get("error") or ""
-            out.append(f"{name} {state}" + (f" ({msg})" if msg and state != "ok" else ""))
-        else:
+        if not isinstance(item, dict):
             out.append(str(item))
+            continue
+        name = item.get("name") or item.get("agent") or item.get("id")
+        ok = bool(item.get("ok"))
+        word = str(item.get("outcome") or ("rotated" if ok else "failed"))
+        text = f"{name} {word}"
+        if not ok and (item.get("failed_step") or item.get("error")):
+            text += f" at {item.get('failed_step') or '?'}: {item.get('error') or 'error'}"
+        valid = item.get("old_token_valid")
+        if valid is False:
+            text += " (old token refused)"
+        elif valid is True:
+            text += " (old token still valid)"
+        out.append(text)
     return "; ".join(out)
 
 

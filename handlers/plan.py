@@ -57,6 +57,7 @@ class PlanView:
     skipped: tuple[str, ...] = ()
     total: int = 0
     agent_rows: tuple[dict[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_engine(
@@ -88,6 +89,7 @@ class PlanView:
             skipped=tuple(str(s) for s in result.get("skipped") or ()),
             total=int(result.get("total") or sum(columns.values())),
             agent_rows=rows,
+            warnings=_warnings(result),
         )
 
     def binding(self) -> dict[str, Any]:
@@ -119,6 +121,7 @@ class PlanView:
         data["agents"] = list(self.agents)
         data["skipped"] = list(self.skipped)
         data["agent_rows"] = [dict(r) for r in self.agent_rows]
+        data["warnings"] = list(self.warnings)
         return data
 
     @classmethod
@@ -127,9 +130,24 @@ class PlanView:
         values["agents"] = tuple(values.get("agents") or ())
         values["skipped"] = tuple(values.get("skipped") or ())
         values["agent_rows"] = tuple(dict(r) for r in values.get("agent_rows") or ())
+        values["warnings"] = tuple(values.get("warnings") or ())
         values["columns"] = {str(k): int(v) for k, v in dict(values.get("columns") or {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _warnings(result: dict[str, Any]) -> tuple[str, ...]:
+    """What the approver must know: the engine's problems, and unfinished earlier rotations."""
+    out = [str(p) for p in result.get("problems") or ()]
+    unfinished = result.get("unfinished")
+    for item in unfinished if isinstance(unfinished, list) else [unfinished] if unfinished else []:
+        if isinstance(item, dict):
+            rotation = item.get("rotation_id") or item.get("id") or "?"
+            out.append(
+                f"an unfinished rotation {rotation} ({item.get('state', '?')}) is on the host: "
+                "the engine will ask for recover first"
+            )
+    return tuple(out)
 
 
 def _agent_name(row: dict[str, Any]) -> str:

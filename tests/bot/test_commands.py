@@ -215,3 +215,16 @@ def test_two_requests_drawing_the_same_id_both_get_a_card(make_bot: MakeBot) -> 
     first, _ = bot.request_key()
     second, _ = bot.request_key()
     assert (first, second) == ("r-20261126-031402-aaaa", "r-20261126-031402-bbbb")
+
+
+def test_the_card_warns_of_an_unfinished_earlier_rotation(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    bot.engine.plan_result = {
+        **bot.engine.plan_result,
+        "unfinished": {"rotation_id": "r-20261125-220000-0bad", "state": "REENCRYPTED"},
+    }
+    _, ts = bot.request_key()
+    assert (
+        ":warning: an unfinished rotation r-20261125-220000-0bad (REENCRYPTED) is on the host: "
+        "the engine will ask for recover first" in bot.fake.latest_card(CHANNEL, ts).all_text()
+    )

@@ -78,6 +78,7 @@ class FakeSlack:
         self._cond = threading.Condition()
         self._ts = itertools.count(1)
         self._failures: dict[str, list[str]] = {}
+        self.delays: dict[str, float] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -152,6 +153,8 @@ class FakeSlack:
     def _answer(
         self, method: str, params: dict[str, Any], token: str | None, raw: str
     ) -> dict[str, Any]:
+        if self.delays.get(method):
+            time.sleep(self.delays[method])  # a slow Slack, on purpose
         with self._cond:
             failures = self._failures.get(method)
             error = failures.pop(0) if failures else None
