@@ -7,13 +7,17 @@ operations to run and they are skipped with that reason.
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bot.local_client import LocalEngineClient
+from engine.faults import FAULT_ENV
 from engine.protocol import fingerprint
 from tests.bot.conftest import BOB, CHANNEL, MakeBot
 from tests.support.fake_slack import has_buttons
@@ -103,3 +107,48 @@ def test_an_engine_failure_rolls_back_and_the_thread_says_so(
     assert ":rotating_light: Failed, rolled back" in card
     outcome = bot.store.get(request_id).outcome
     assert (outcome["rolled_back"], bot.state(request_id)) == (True, "failed")
+
+
+def _stopped_engine(journal_dir: Path, request_id: str, timeout: float = 60.0) -> int:
+    """The pid of the engine running ``request_id`` once it has stopped itself at its fault point."""
+    marker = journal_dir / "events" / f"{request_id}.running"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker.exists() and marker.read_text().strip():
+            pid = int(marker.read_text().split()[0])
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "T":
+                return pid
+        time.sleep(0.02)
+    raise AssertionError(f"the engine of {request_id} did not reach its fault point")
+
+
+def test_restart_with_a_running_rotation_reattaches_to_the_real_engine(
+    make_bot: MakeBot, panel_factory: Callable[..., object], secret_registry: SecretRegistry
+) -> None:
+    """The engine pauses right after re-encrypting; the bot goes away; the engine goes on; the
+    next bot re-attaches from the last event it saved and reports to a verified end."""
+    sandbox = panel_factory(rows=10)
+    paused = LocalEngineClient(
+        sandbox.profile_path, env={**os.environ, FAULT_ENV: "stop@state:REENCRYPTED"}
+    )
+    first = make_bot(engine_clients={"prod-eu": paused}, profiles={"prod-eu": sandbox.profile_path})
+    request_id, ts = first.request_key()
+    first.approve(request_id, ts, BOB)
+    pid = _stopped_engine(Path(sandbox.profile_base["journal_dir"]), request_id)
+    saved_seq = first.state(request_id, "last_seq")
+    first.close()
+
+    second = make_bot(
+        engine_clients={"prod-eu": LocalEngineClient(sandbox.profile_path)},
+        profiles={"prod-eu": sandbox.profile_path},
+    )
+    second.fake.wait_text("chat.postMessage", "following the engine again")
+    os.kill(pid, signal.SIGCONT)
+    final = second.fake.wait_text("chat.postMessage", ":white_check_mark: Done", timeout=120)
+    secret_registry.register_key(sandbox.env_key(), "rotated PANEL_ENCRYPTION_KEY")
+    assert sandbox.php_check_all() == []
+    assert f"rotation {request_id}" in final.text
+    assert second.state(request_id) == "done" and saved_seq > 0
+    steps = [line.split(" · ")[0] for line in second.fake.thread(CHANNEL, ts) if line[0] in "✔✖↷"]
+    assert len(steps) == len(set(steps)), steps  # every step reported once
