@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rotate-agent", help="rotate agent tokens by re-running the bootstrap")
     p.add_argument("agents", nargs="*", help="agent names (or --all)")
     p.add_argument("--all", action="store_true", dest="all_agents", help="every agent")
+    p.add_argument("--dry-run", action="store_true", help="check every agent is reachable; change nothing")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print JSON Lines events")
 
@@ -85,6 +86,8 @@ class HumanPrinter:
                 return
             took = f" · {event['elapsed_ms'] / 1000:.2f} s" if "elapsed_ms" in event else ""
             name = str(event.get("name", "")).replace("_", " ")
+            if event.get("agent"):
+                name = f"[{event['agent']}] {name}"
             detail = event.get("detail") or ""
             self.out.write(f"{MARKS.get(state, '·')} {name}: {detail}{took}\n")
         self.out.flush()
@@ -114,6 +117,18 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
             f"Done · old key {data['old_fingerprint']}… → new key {data['new_fingerprint']}… · "
             f"{data['total']:,} values · {data['duration_ms'] / 1000:.1f} s · rotation {data['rotation_id']}\n"
         )
+    elif op == "rotate-agent":
+        for agent in data.get("agents") or []:
+            mark = "✔" if agent.get("ok") else "✖"
+            detail = agent.get("outcome", "")
+            if agent.get("ok") and agent.get("new_fingerprint"):
+                detail += f" · token {agent.get('old_fingerprint')}… → {agent['new_fingerprint']}…"
+            elif not agent.get("ok"):
+                detail += f" at {agent.get('failed_step')}: {agent.get('error')}"
+                if agent.get("old_token_valid"):
+                    detail += " (its old token still works)"
+            out.write(f"{mark} {agent.get('name')}: {detail}\n")
+        out.write(f"{data.get('message', '')}\n")
     elif op == "recover":
         out.write(f"Recovered rotation {data['rotation_id']}: {data['state']} ({data['direction']}).\n")
     elif op in ("plan", "probe"):
