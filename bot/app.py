@@ -32,7 +32,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.audit import AuditLog
 from bot.engine_client import EngineClient
-from bot.errors import BotError, EngineClientError, RemoteEngineError, StoreError
+from bot.errors import BotError, RemoteEngineError, StoreError
 from bot.expiry import ExpiryWatcher
 from bot.runner import Runner
 from bot.settings import Settings
@@ -494,14 +494,3 @@ def default_engine_clients(settings: Settings) -> EngineClients:
 
     return make
 
-
-__all__ = [
-    "EngineClientError",
-    "EnginePlanner",
-    "Rotator",
-    "SlackDirectory",
-    "build_rotator",
-    "create_app",
-    "default_engine_clients",
-    "delivery_keys",
-]

@@ -96,7 +96,7 @@ def may_deny(
     if request.state != State.PENDING:
         return cards.no_longer_pending(request), None
     if person == request.requester:
-        return f"To withdraw your own request, use `/rotate-cancel {request_id}`.", None
+        return m.use_cancel(request_id), None
     if not deps.policy.may_approve(person, deps.directory):
         return m.not_an_approver(deps.policy.approver_mentions, verb="deny"), None
     return None, request

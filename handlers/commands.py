@@ -197,8 +197,12 @@ def open_request(
         agents=plan.agents if parsed.op == "rotate-agent" else (),
         all_agents=parsed.all_agents,
     )
-    while not deps.store.create(request, actor=person.key):
-        request = request.evolve(id=deps.new_id(now))  # two requests in one second
+    for _ in range(20):  # two requests in one second may draw the same id
+        if deps.store.create(request, actor=person.key):
+            break
+        request = request.evolve(id=deps.new_id(now))
+    else:
+        raise RuntimeError("could not find a free request id")
     request_id = request.id
     try:
         ts = cards.post_card(client, request, deps.policy, deps.clock())

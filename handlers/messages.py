@@ -172,6 +172,10 @@ def cannot_cancel_running(request_id: str) -> str:
     )
 
 
+def use_cancel(request_id: str) -> str:
+    return f"To withdraw your own request, use `/rotate-cancel {request_id}`."
+
+
 def cancelled_ack(request_id: str) -> str:
     return f"Cancelled `{request_id}`."
 
