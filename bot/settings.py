@@ -117,7 +117,7 @@ class RotatorConfig(BaseModel):
     http_port: int = Field(default=3000, ge=1, le=65535)
     panels: Inventory = Field(default_factory=Inventory)
     local_panels: dict[str, LocalPanel] = Field(default_factory=dict)
-    worker_threads: int = Field(default=8, ge=2, le=256)
+    worker_threads: int = Field(default=4, ge=1, le=256)
 
     @field_validator("channels", mode="before")
     @classmethod
