@@ -325,6 +325,10 @@ class AckFirstExecutor(ThreadPoolExecutor):
 
         return super().submit(after_the_acks)
 
+    def submit_now(self, fn: Callable[[], Any]) -> Future[Any]:
+        """For work that must not wait for a quiet moment (a modal's 3-second trigger id)."""
+        return super().submit(fn)
+
 
 # --- the app -----------------------------------------------------------------------------
 
@@ -418,7 +422,7 @@ def build_rotator(
     workers = AckFirstExecutor(gate, max_workers=settings.config.worker_threads)
     deps = HandlerDeps(
         client=client,
-        defer=lambda work: workers.submit(logged(work)),
+        defer=lambda work, urgent: (workers.submit_now if urgent else workers.submit)(logged(work)),
         first_delivery=first_delivery(store),
         store=store,
         planner=planner,
@@ -493,4 +497,3 @@ def default_engine_clients(settings: Settings) -> EngineClients:
         return SSHEngineClient(entry)
 
     return make
-

@@ -184,7 +184,7 @@ def register(app: App, deps: HandlerDeps) -> None:
                     view=blocks.deny_modal(request_id, blocks.request_headline(request)),
                 )
 
-        deps.after_ack(body, open_deny_modal)
+        deps.after_ack(body, open_deny_modal, urgent=True)
 
     app.action(blocks.DENY_ACTION)(deny_rotation)
 

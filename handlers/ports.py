@@ -315,18 +315,24 @@ class HandlerDeps:
     panels: Sequence[str]
     start_rotation: Callable[[str], object]
     client: WebClient
-    defer: Callable[[Callable[[], None]], object] = _run_now
+    defer: Callable[[Callable[[], None], bool], object] = lambda work, urgent: _run_now(work)
     first_delivery: Callable[[dict[str, Any]], bool] = lambda body: True
     on_request_created: Callable[[RotationRequest], None] = lambda request: None
     clock: Callable[[], float] = time.time
     new_id: Callable[[float], str] = new_request_id
     panel_hosts: dict[str, str] = field(default_factory=dict)
 
-    def after_ack(self, body: dict[str, Any], work: Callable[[], None]) -> None:
-        """Run ``work`` after the acknowledgement, once per Slack delivery."""
+    def after_ack(
+        self, body: dict[str, Any], work: Callable[[], None], *, urgent: bool = False
+    ) -> None:
+        """Run ``work`` after the acknowledgement, once per Slack delivery.
+
+        ``urgent`` work (opening a modal: Slack's trigger id lives 3 s) does not
+        wait for other acknowledgements to finish first.
+        """
 
         def once() -> None:
             if self.first_delivery(body):
                 work()
 
-        self.defer(once)
+        self.defer(once, urgent)
