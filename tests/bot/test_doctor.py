@@ -29,7 +29,7 @@ def test_doctor_reports_slack_the_panel_probe_and_an_unreachable_panel(
     tmp_path, monkeypatch, slack_secrets, fake_slack, panel_factory
 ):
     panel = panel_factory(rows=3, missing_tables=("email_configurations",))
-    config = write_config(tmp_path / "rotator.toml", store_url="sqlite:///state.db", panels=("lab",),
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite://state.db", panels=("lab",),
                           profiles={"lab": panel.profile_path})
     key_file = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
@@ -59,7 +59,7 @@ def test_doctor_reports_slack_the_panel_probe_and_an_unreachable_panel(
 
 
 def test_doctor_says_what_to_fix_when_slack_refuses_the_token(tmp_path, monkeypatch, slack_secrets, fake_slack):
-    config = write_config(tmp_path / "rotator.toml", store_url="sqlite:///state.db", panels=("lab",))
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite://state.db", panels=("lab",))
     _environment(monkeypatch, slack_secrets, fake_slack, config)
     fake_slack.fail("auth.test", "invalid_auth")
     out = io.StringIO()
@@ -70,7 +70,7 @@ def test_doctor_says_what_to_fix_when_slack_refuses_the_token(tmp_path, monkeypa
 
 
 def test_doctor_names_a_channel_the_bot_cannot_see(tmp_path, monkeypatch, slack_secrets, fake_slack):
-    config = write_config(tmp_path / "rotator.toml", store_url="sqlite:///state.db", panels=("lab",))
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite://state.db", panels=("lab",))
     _environment(monkeypatch, slack_secrets, fake_slack, config)
     fake_slack.fail("conversations.info", "channel_not_found")
     out = io.StringIO()
