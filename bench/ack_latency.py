@@ -34,11 +34,11 @@ from slack_bolt import Ack, App  # noqa: E402
 from slack_sdk import WebClient  # noqa: E402
 
 from bot.app import Rotator, build_rotator  # noqa: E402
+from bot.fakes.slack_signing import SlackSender  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from bot.store import open_store  # noqa: E402
 from bot.wsgi import HttpServer  # noqa: E402
 from tests.support.fake_engine import FakeEngineHost  # noqa: E402
-from tests.support.slack_signing import SlackSender  # noqa: E402
 
 TOKEN = "xoxb-0000-bench-token-0000000000"
 SECRET = "bench-signing-secret-0123456789"
@@ -78,7 +78,7 @@ def run_load(url: str, requests: int, concurrency: int, label: str) -> list[floa
 @contextlib.contextmanager
 def fake_slack() -> Iterator[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.fake_slack", TOKEN, f"{GROUP}={USER},U0BOB"],
+        [sys.executable, "-m", "bot.fakes.slack_api", TOKEN, f"{GROUP}={USER},U0BOB"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdin is not None

@@ -18,10 +18,10 @@ import uuid
 
 import pytest
 
+from bot.fakes.panel.ctl import parse_env
 from engine.cipher import ALL_SCHEMES, Codec, Scheme, new_key_hex
 from engine.profile import load_profile
 from tests.support.panel import LONG_LEN, NON_ASCII, PANEL_CTL, label
-from tests.support.panel_ctl import parse_env
 from tests.support.php_crypto import PhpCryptoError, php_decrypt, php_encrypt
 from tests.support.procs import wait_for_stopped, wait_until
 from tests.support.secrets_scan import SecretRegistry, check_report, register_secret, scan_text

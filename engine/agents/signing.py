@@ -1,6 +1,6 @@
 """A heartbeat signed with a token, to ask the panel whether it still accepts that token.
 
-The canonical string is the reference panel's (tests/php/panel/agents.php)::
+The canonical string is the reference panel's (bot/fakes/panel/php/panel/agents.php)::
 
     POST \\n /agents/heartbeat \\n <agent id> \\n <unix seconds> \\n <nonce> \\n <hex sha256 of body>
 

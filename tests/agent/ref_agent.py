@@ -14,7 +14,7 @@ server, where nothing of this repository is installed, and starts it as::
 4. Replaces the previous agent: the process named in ``DIR/agent.pid`` is
    stopped only *after* this one registered, so a failed registration leaves
    the old agent (and its still valid token) running.
-5. Heartbeats every ``S`` seconds, signed as tests/php/panel/agents.php checks.
+5. Heartbeats every ``S`` seconds, signed as bot/fakes/panel/php/panel/agents.php checks.
 
 Progress goes to ``DIR/status.json`` (``{"run_id", "state": "registering" |
 "registered" | "refused" | "gave_up", "detail"}``), which the bootstrap

@@ -1,4 +1,4 @@
-"""The reference panel's agent side (tests/php/panel/agents.php), spoken to over HTTP.
+"""The reference panel's agent side (bot/fakes/panel/php/panel/agents.php), spoken to over HTTP.
 
 Registration consumes a single-use install token, stored only as its SHA-256
 with an expiry; heartbeats are HMAC-SHA256 signed over a canonical string with

@@ -26,13 +26,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bot.fakes.panel.server import http_json
 from tests.agent.ref_agent import signed_headers
 from tests.support.panel import PanelSandbox, free_port
 from tests.support.php_crypto import php_encrypt
@@ -424,17 +423,8 @@ class AgentWorld:
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, {"error": raw.decode(errors="replace")}
+    status, answer = http_json("POST", url, body, headers, timeout_s=10)
+    return status, dict(answer or {})
 
 
 def serve(profile: Path, **request: Any) -> list[dict[str, Any]]:

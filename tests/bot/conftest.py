@@ -11,25 +11,27 @@ approve (@oncall), Dave is neither.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.app import Rotator, build_rotator
+from bot.app import Rotator, build_rotator, default_engine_clients
+from bot.fakes.slack_api import Call, FakeSlack
+from bot.fakes.slack_signing import Sent, SlackSender
+from bot.inventory import PanelEntry
 from bot.settings import Settings, load_settings
 from bot.store import Store, open_store
 from bot.wsgi import HttpServer
 from handlers.blocks import APPROVE_ACTION
 from tests.support.fake_engine import FakeEngineHost
-from tests.support.fake_slack import Call, FakeSlack
 from tests.support.secrets_scan import SecretRegistry
-from tests.support.slack_signing import Sent, SlackSender
 
 TEAM = "T0TEAM"
 CHANNEL = "C0ROTATE"
@@ -82,7 +84,10 @@ def write_config(
     expiry_minutes: float = 30,
     channels: tuple[str, ...] = (CHANNEL,),
     profiles: dict[str, Path] | None = None,
+    ssh_panels: Mapping[str, PanelEntry] | None = None,
 ) -> Path:
+    """The bot's TOML: ``panels`` run a local engine, ``ssh_panels`` are ``[panels.X]`` entries."""
+
     def toml_list(items: tuple[str, ...]) -> str:
         return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
@@ -102,6 +107,11 @@ def write_config(
             f'profile = "{profile}"',
             f'host = "{name}.example.net"',
         ]
+    for name, entry in (ssh_panels or {}).items():
+        fields = entry.model_dump(mode="json", exclude={"name", "key_passphrase"}, exclude_none=True)
+        if entry.key_passphrase is not None:
+            fields["key_passphrase"] = entry.key_passphrase.get_secret_value()
+        lines += ["", f'[panels."{name}"]', *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -222,6 +232,8 @@ def make_bot(
         )
         owns_store = store is None
         the_store = store or open_store(settings.store_url, **({"clock": clock} if clock else {}))
+        if engine_clients is None and config.get("ssh_panels"):
+            engine_clients = default_engine_clients(settings)  # SSH, as in production
         if engine_clients is None:
             engine = engine or FakeEngineHost()
             hosts.append(engine)

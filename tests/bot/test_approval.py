@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+from bot.fakes.slack_api import has_buttons
 from handlers.blocks import DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
 from tests.bot.conftest import ALICE, BOB, CAROL, CHANNEL, DAVE, MakeBot, wait_until
-from tests.support.fake_slack import has_buttons
 
 
 def ephemeral_to(bot, user: str, count: int = 1) -> str:  # type: ignore[no-untyped-def]

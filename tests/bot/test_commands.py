@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from bot.fakes.slack_api import has_buttons
 from tests.bot.conftest import ALICE, BOB, CHANNEL, DAVE, ONCALL, PANEL, MakeBot, card_request_id
 from tests.support.fake_engine import OLD_FP
-from tests.support.fake_slack import has_buttons
 
 
 def test_rotate_key_posts_a_card_with_the_whole_plan(make_bot: MakeBot) -> None:

@@ -18,7 +18,7 @@ def test_a_bad_signature_is_refused_and_does_nothing(make_bot: MakeBot) -> None:
 def test_a_tampered_body_is_refused(make_bot: MakeBot) -> None:
     bot = make_bot()
     body = bot.slack.command_body("/rotate-key", f"{PANEL} disclosure", ALICE)
-    from tests.support.slack_signing import signed_headers
+    from bot.fakes.slack_signing import signed_headers
 
     headers = signed_headers(bot.slack.signing_secret, body)
     sent = bot.slack.post(body.replace("U0ALICE", "U0BOB"), headers=headers)

@@ -9,18 +9,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from bot.fakes.slack_api import has_buttons
 from bot.local_client import LocalEngineClient
 from engine.faults import FAULT_ENV
 from engine.protocol import fingerprint
 from tests.bot.conftest import BOB, CHANNEL, MakeBot
-from tests.support.fake_slack import has_buttons
+from tests.support.panel import failing_once
 from tests.support.secrets_scan import SecretRegistry
 
 pytestmark = pytest.mark.skipif(
@@ -67,20 +67,6 @@ def test_happy_path_to_a_verified_rotation(
     assert ":white_check_mark: Verified in " in latest.all_text() and not has_buttons(latest)
     assert bot.state(request_id) == "done"
     assert bot.rotator.audit.verify().ok
-
-
-def failing_once(tmp_path: Path) -> list[str]:
-    """A panel check that fails the first time (after the switch), then passes (the rollback)."""
-    marker = tmp_path / "checked-once"
-    script = tmp_path / "panel-check.sh"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'if [ -e "{marker}" ]; then echo "200 OK"; exit 0; fi\n'
-        f'touch "{marker}"\n'
-        'echo "panel shows blank credentials" >&2\nexit 1\n'
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return [str(script)]
 
 
 def test_an_engine_failure_rolls_back_and_the_thread_says_so(

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from bot.errors import EngineCrashedError
+from bot.fakes.slack_api import has_buttons
 from engine.protocol import KEY_STEPS, Request
 from handlers.ports import Decision, Person, State
 from tests.bot.conftest import ALICE, BOB, CHANNEL, MakeBot, card_request_id, wait_until
 from tests.support.fake_engine import NEW_FP, OLD_FP, FakeEngineHost, rolled_back_rotation
-from tests.support.fake_slack import has_buttons
 
 
 def test_a_rotation_reports_each_step_in_the_thread_and_the_summary_on_the_card(

@@ -1,89 +1,31 @@
 """A fresh, uniquely named database per test on the shared MariaDB (127.0.0.1:3306).
 
-Several engineers' test sessions share one server, so every database is named
-``myo_t_<pid>_<random>`` and dropped at teardown; ``drop_stale_databases``
-removes only those left behind by sessions whose process no longer runs.
-The schema is ``schema.sql`` next to this file, one ``CREATE TABLE`` per table.
+The reference panel's database comes from the product (``bot.fakes.panel.database``);
+tests name theirs ``myo_t_<pid>_<random>`` (logins ``myo_u_…``) and add a few
+helpers for asserting on them. ``drop_stale_databases`` removes only those left
+behind by sessions whose process no longer runs.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import pymysql
+from bot.fakes.panel import database as panel_db
+from bot.fakes.panel.database import ALL_TABLES, PanelDatabase, admin_connect
 
-HOST = "127.0.0.1"
-PORT = 3306
-ADMIN_USER = "root"
-ADMIN_PASSWORD = ""
+__all__ = ["ALL_TABLES", "TestDatabase", "admin_connect", "create_database", "drop_stale_databases"]
+
 DB_PREFIX = "myo_t_"
-SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-_CREATE = re.compile(r"CREATE TABLE\s+`?(\w+)`?", re.IGNORECASE)
-
-
-def schema_statements() -> dict[str, str]:
-    """``{table: CREATE TABLE statement}`` in file order."""
-    text = "\n".join(
-        line for line in SCHEMA_PATH.read_text().splitlines() if not line.lstrip().startswith("--")
-    )
-    statements = {}
-    for stmt in (s.strip() for s in text.split(";")):
-        if stmt:
-            match = _CREATE.match(stmt)
-            if not match:
-                raise ValueError(f"schema.sql holds a statement that is not CREATE TABLE: {stmt}")
-            statements[match.group(1)] = stmt
-    return statements
-
-
-ALL_TABLES: tuple[str, ...] = tuple(schema_statements())
-
-
-def admin_connect(database: str | None = None) -> pymysql.Connection:
-    return pymysql.connect(
-        host=HOST,
-        port=PORT,
-        user=ADMIN_USER,
-        password=ADMIN_PASSWORD,
-        database=database,
-        charset="utf8mb4",
-        autocommit=True,
-        ssl_disabled=True,
-    )
+USER_PREFIX = "myo_u_"
 
 
 @dataclass
-class TestDatabase:
+class TestDatabase(PanelDatabase):
     """One test's database. ``user``/``password`` is a login limited to it (see ``create``)."""
 
     __test__ = False  # not a pytest test class
-
-    name: str
-    tables: tuple[str, ...]
-    user: str = ADMIN_USER
-    password: str = field(default=ADMIN_PASSWORD, repr=False)
-    host: str = HOST
-    port: int = PORT
-
-    def connect(self, **kwargs: Any) -> pymysql.Connection:
-        """A connection as the test's own user, autocommit on unless overridden."""
-        settings: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
-            "user": self.user,
-            "password": self.password,
-            "database": self.name,
-            "charset": "utf8mb4",
-            "autocommit": True,
-            "ssl_disabled": True,  # loopback; building an SSL context costs ~50 ms per connect
-        }
-        return pymysql.connect(**(settings | kwargs))
 
     def query(self, sql: str, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.connect() as conn, conn.cursor() as cur:
@@ -128,12 +70,6 @@ class TestDatabase:
         )
         return bool(rows)
 
-    def drop(self) -> None:
-        with admin_connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
-            if self.user != ADMIN_USER:
-                cur.execute(f"DROP USER IF EXISTS '{self.user}'@'%'")
-
 
 def create_database(
     *, exclude_tables: Iterable[str] = (), own_user: bool = False
@@ -144,42 +80,12 @@ def create_database(
     database only is created, so a test's ``.env`` holds a real DB_PASSWORD
     (a secret the engine must read and must not leak).
     """
-    exclude = set(exclude_tables)
-    unknown = exclude - set(ALL_TABLES)
-    if unknown:
-        raise ValueError(f"unknown tables to leave out: {sorted(unknown)}")
-    suffix = f"{os.getpid()}_{secrets.token_hex(4)}"
-    db = TestDatabase(name=DB_PREFIX + suffix, tables=tuple(t for t in ALL_TABLES if t not in exclude))
-    statements = schema_statements()
-    with admin_connect() as conn, conn.cursor() as cur:
-        cur.execute(
-            f"CREATE DATABASE `{db.name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-        )
-        try:
-            cur.execute(f"USE `{db.name}`")
-            for table in db.tables:
-                cur.execute(statements[table])
-            if own_user:
-                db.user = f"myo_u_{suffix}"[:80]
-                db.password = secrets.token_hex(16)
-                cur.execute(f"CREATE USER '{db.user}'@'%%' IDENTIFIED BY %s", (db.password,))
-                cur.execute(f"GRANT ALL PRIVILEGES ON `{db.name}`.* TO '{db.user}'@'%'")
-        except BaseException:
-            db.drop()
-            raise
-    return db
+    made = panel_db.create_database(
+        DB_PREFIX, USER_PREFIX, exclude_tables=exclude_tables, own_user=own_user
+    )
+    return TestDatabase(**vars(made))
 
 
 def drop_stale_databases() -> list[str]:
     """Drop test databases (and their users) whose creating process is gone."""
-    dropped = []
-    with admin_connect() as conn, conn.cursor() as cur:
-        cur.execute("SHOW DATABASES LIKE %s", (DB_PREFIX.replace("_", r"\_") + "%",))
-        names = [row[0] for row in cur.fetchall()]
-        for name in names:
-            pid_text = name[len(DB_PREFIX) :].split("_", 1)[0]
-            if pid_text.isdigit() and not Path(f"/proc/{pid_text}").exists():
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-                cur.execute(f"DROP USER IF EXISTS 'myo_u_{name[len(DB_PREFIX):]}'@'%'")
-                dropped.append(name)
-    return dropped
+    return panel_db.drop_stale_databases(DB_PREFIX, USER_PREFIX)

@@ -4,7 +4,7 @@
 database (with its own MariaDB login, so ``DB_PASSWORD`` is a real secret),
 fixture values in the six encrypted columns encrypted *by PHP*, a panel
 profile for the engine, and optionally the reference panel serving it
-(``tests/support/panel_ctl.py``). The original plaintexts stay on the object,
+(``bot.fakes.panel``, served by its ``ctl.py``). The original plaintexts stay on the object,
 so ``php_check_all`` can ask PHP whether every value still opens under the key
 in ``.env`` and gives back exactly what was stored.
 
@@ -16,39 +16,37 @@ Values without a secret (NULL, '') must stay exactly as they are.
 
 from __future__ import annotations
 
-import grp
-import json
-import os
-import pwd
+import contextlib
 import re
 import secrets
-import socket
-import subprocess
-import sys
-import urllib.error
-import urllib.request
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.fakes.panel import CTL as PANEL_CTL
+from bot.fakes.panel import PANEL_COLUMNS
+from bot.fakes.panel.ctl import parse_env
+from bot.fakes.panel.database import PLAIN_FIELDS, plain_values
+from bot.fakes.panel.files import env_text, profile_settings, to_toml
+from bot.fakes.panel.server import PanelServer, free_port
 from engine.cipher import Scheme
 from tests.support.mariadb import TestDatabase, create_database
-from tests.support.panel_ctl import parse_env
 from tests.support.php_crypto import php_decrypt, php_encrypt
 from tests.support.secrets_scan import REGISTRY, SecretRegistry
 
-REPO = Path(__file__).resolve().parents[2]
-PANEL_CTL = REPO / "tests" / "support" / "panel_ctl.py"
-ROUTER = REPO / "tests" / "php" / "panel" / "index.php"
-PANEL_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("oscam_installs", "webif_password"),
-    ("saved_servers", "ssh_credential_encrypted"),
-    ("email_settings", "smtp_password"),
-    ("email_settings", "mailgun_api_key"),
-    ("email_configurations", "smtp_password"),
-    ("email_configurations", "mailgun_api_key"),
-)
+__all__ = [
+    "PANEL_COLUMNS",
+    "PANEL_CTL",
+    "PanelSandbox",
+    "build_panel",
+    "failing_once",
+    "free_port",
+    "label",
+    "to_toml",
+]
+
 NON_ASCII = "pässwörd-ünïcode-🔑"
 LONG_LEN = 10_000
 _KEY_LINE = re.compile(r"^(PANEL_ENCRYPTION_KEY=)(.*)$", re.MULTILINE)
@@ -74,43 +72,7 @@ def fixture_value(row_id: int, blanks: bool = True) -> bytes | str | None:
     return f"pw-{secrets.token_hex(8)}".encode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# --- a little TOML, enough for a profile ---------------------------------------------------
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value), ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    """Scalars and lists first, then each nested mapping as a ``[table]``."""
-    lines = [
-        f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)
-    ]
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            name = f"{prefix}{_toml_key(key)}"
-            lines += ["", f"[{name}]", to_toml(value, prefix=f"{name}.").rstrip("\n")]
-    return "\n".join(lines).strip("\n") + "\n"
+# --- profiles ------------------------------------------------------------------------------
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,22 +173,23 @@ class PanelSandbox:
                 problems.append(f"{lbl}: decrypts to a different plaintext")
         return sorted(problems)
 
-    # --- the reference panel ---
+    # --- the reference panel (bot.fakes.panel.server) ---
+
+    @property
+    def server(self) -> PanelServer:
+        return PanelServer(self.state_dir, self.port or 0)
 
     @property
     def verify_url(self) -> str | None:
-        return None if self.port is None else f"http://127.0.0.1:{self.port}/health"
+        return None if self.port is None else self.server.verify_url
 
     @property
     def restart_command(self) -> list[str]:
-        return [sys.executable, str(PANEL_CTL), "restart", "--state-dir", str(self.state_dir)]
+        return self.server.restart_command
 
     def panel_ctl(self, action: str) -> None:
-        """Run ``panel_ctl.py <action>`` for this sandbox's panel; raise on failure."""
-        argv = [sys.executable, str(PANEL_CTL), action, "--state-dir", str(self.state_dir)]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.strip() or f"panel_ctl {action} exited {proc.returncode}")
+        """Run the reference panel's ``ctl.py <action>`` for this sandbox; raise on failure."""
+        self.server.ctl(action)
 
     def start_panel(self) -> None:
         self.panel_ctl("start")
@@ -234,46 +197,23 @@ class PanelSandbox:
     def restart_panel(self) -> None:
         self.panel_ctl("restart")
 
-    def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def _running(self) -> PanelServer:
         if self.port is None:
             raise RuntimeError("this sandbox runs no panel (build it with server=True)")
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, {"error": raw.decode(errors="replace")}
-        except OSError as exc:
-            return 0, {"error": f"panel unreachable: {exc}"}
+        return self.server
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """``GET /health``: (HTTP status, JSON). Status 0 when nothing answers (e.g. mid-restart)."""
-        return self._request("GET", "/health")
+        return self._running().health()
 
     def credentials(self) -> dict[str, Any]:
         """``GET /credentials``: label -> plaintext, None (no value), False (does not open)."""
-        status, body = self._request("GET", "/credentials")
-        if status != 200:
-            raise RuntimeError(f"GET /credentials answered {status}: {body}")
-        return dict(body)
+        return self._running().credentials()
 
     def save_credential(self, table: str, column: str, row_id: int, plaintext: str | None) -> None:
         """A user saving a password in the panel: the worker encrypts with the key it holds."""
         self.registry.register(plaintext, f"saved plaintext {label(table, column, row_id)}")
-        body = {"table": table, "column": column, "id": row_id, "plaintext": plaintext}
-        status, answer = self._request("POST", "/credentials", body)
-        if status != 200:
-            raise RuntimeError(f"POST /credentials answered {status}: {answer}")
+        self._running().save(table, column, row_id, plaintext)
         lbl = label(table, column, row_id)
         self.plaintexts[lbl] = None if plaintext is None else plaintext.encode()
         if plaintext is None:
@@ -281,8 +221,7 @@ class PanelSandbox:
 
     def stop(self) -> None:
         """Stop the reference panel, if one runs."""
-        if (self.state_dir / "panel.json").exists():
-            self.panel_ctl("stop")
+        self.server.stop()
 
     def close(self) -> None:
         """Stop the panel and drop the database (the factory does this at teardown)."""
@@ -292,38 +231,23 @@ class PanelSandbox:
             self.db.drop()
 
 
+def failing_once(directory: Path) -> list[str]:
+    """A panel check that fails the first time (after the switch), then passes (the rollback)."""
+    marker = directory / "checked-once"
+    script = directory / "panel-check.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ -e "{marker}" ]; then echo "200 OK"; exit 0; fi\n'
+        f'touch "{marker}"\n'
+        'echo "panel shows blank credentials" >&2\nexit 1\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return [str(script)]
+
+
 def _shape(value: str | None) -> str:
     """Describe a stored value without showing it."""
     return "NULL" if value is None else f"a {len(value)}-character value"
-
-
-def _env_text(db: TestDatabase, key_hex: str, license_key: str, port: int | None) -> str:
-    return f"""# MyOsicam panel configuration
-# Written by the installer. PANEL_ENCRYPTION_KEY protects stored credentials:
-# do not change it by hand.
-
-APP_NAME="MyOsicam Panel"
-APP_ENV=production
-APP_DEBUG=false
-APP_URL=http://127.0.0.1:{port or 8080}
-APP_TIMEZONE='Europe/Berlin'
-
-# Database
-DB_CONNECTION=mysql
-DB_HOST={db.host}
-DB_PORT={db.port}
-DB_DATABASE={db.name}
-DB_USERNAME={db.user}
-DB_PASSWORD="{db.password}"
-
-# Licence (not rotated with the encryption key)
-PANEL_LICENSE_KEY='{license_key}'
-
-PANEL_ENCRYPTION_KEY={key_hex}
-
-MAIL_FROM_NAME="MyOsicam Panel"
-SESSION_LIFETIME=120
-"""
 
 
 def _fill_tables(
@@ -347,22 +271,12 @@ def _fill_tables(
     encrypted = php_encrypt(scheme, key_hex, [wanted[lbl] for lbl in to_encrypt])  # type: ignore[misc]
     sealed = dict(zip(to_encrypt, encrypted, strict=True))
     stored = {lbl: sealed.get(lbl, v if v == "" else None) for lbl, v in wanted.items()}
-    extra = {
-        "oscam_installs": (["name"], lambda i: [f"oscam-{i}"]),
-        "saved_servers": (
-            ["name", "host", "port", "ssh_user"],
-            lambda i: [f"server-{i}", f"10.0.{i // 250}.{i % 250 + 1}", 22, "oscam"],
-        ),
-        "email_settings": ([], lambda i: []),
-        "email_configurations": (["name"], lambda i: [f"mail-config-{i}"]),
-    }
     for table, columns in columns_of.items():
-        names, make = extra[table]
         db.insert_rows(
             table,
-            ["id", *names, *columns],
+            ["id", *PLAIN_FIELDS[table], *columns],
             (
-                [i, *make(i), *(stored[label(table, c, i)] for c in columns)]
+                [i, *plain_values(table, i), *(stored[label(table, c, i)] for c in columns)]
                 for i in range(1, rows.get(table, 0) + 1)
             ),
         )
@@ -407,7 +321,7 @@ def build_panel(
         panel_root = root / "panel"
         (panel_root / "config").mkdir(parents=True)
         env_path = panel_root / "config" / ".env"
-        env_path.write_text(_env_text(db, key, license_key, port), encoding="utf-8")
+        env_path.write_text(env_text(db, key, license_key, port), encoding="utf-8")
         env_path.chmod(0o640)
         state_dir = root / "panel-ctl"
         state_dir.mkdir()
@@ -429,40 +343,17 @@ def build_panel(
             fpm=fpm,
             registry=registry,
         )
-        sandbox.profile_base = {
-            "name": "sandbox",
-            "panel_root": str(panel_root),
-            "ciphertext": "auto",
-            "restart_command": sandbox.restart_command if server else ["true"],
-            "env_owner": pwd.getpwuid(os.geteuid()).pw_name,
-            "env_group": grp.getgrgid(os.getegid()).gr_name,
-            "env_mode": "0640",
-            "journal_dir": str(root / "journal"),
-        }
+        sandbox.profile_base = profile_settings(
+            "sandbox", panel_root, root / "journal", sandbox.server if server else None
+        )
         if server:
-            sandbox.profile_base["verify_url"] = sandbox.verify_url
-            (state_dir / "panel.json").write_text(
-                json.dumps(
-                    {
-                        "port": port,
-                        "env_file": str(env_path),
-                        "scheme": scheme,
-                        "router": str(ROUTER),
-                        "mode": "fpm" if fpm else "php-s",
-                    },
-                    indent=2,
-                )
-            )
+            sandbox.server.configure(env_path, scheme, fpm=fpm)
         sandbox.profile_path.write_text(to_toml(sandbox.profile_base), encoding="utf-8")
         if server:
             sandbox.start_panel()
     except BaseException:
-        if (root / "panel-ctl" / "panel.json").exists():
-            subprocess.run(
-                [sys.executable, str(PANEL_CTL), "stop", "--state-dir", str(root / "panel-ctl")],
-                capture_output=True,
-                check=False,
-            )
+        with contextlib.suppress(Exception):
+            PanelServer(root / "panel-ctl", 0).stop()
         db.drop()
         raise
     return sandbox

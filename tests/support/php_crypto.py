@@ -1,4 +1,4 @@
-"""PHP's own AES-256-GCM (tests/php/crypto.php) from Python, one ``php`` process per batch.
+"""PHP's own AES-256-GCM (bot/fakes/panel/php/crypto.php) from Python, one ``php`` process per batch.
 
 The request, key included, goes over stdin as JSON; the key never appears on
 argv, where ``ps`` would show it.
@@ -11,9 +11,8 @@ import json
 import shutil
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 
-CRYPTO_PHP = Path(__file__).resolve().parents[1] / "php" / "crypto.php"
+from bot.fakes.panel import CRYPTO_PHP
 
 
 class PhpCryptoError(RuntimeError):

@@ -33,6 +33,15 @@ def signed_headers(secret: str, body: str, timestamp: int | None = None) -> dict
     }
 
 
+def _trigger_id() -> str:
+    """A fresh trigger id per user action, in Slack's shape (Slack retries repeat it)."""
+    return f"{secrets.randbelow(10**10)}.{secrets.token_hex(8)}"
+
+
+def _user(user: str, team: str) -> dict[str, str]:
+    return {"id": user, "username": user.lower(), "name": user.lower(), "team_id": team}
+
+
 @dataclass
 class Sent:
     """One request as sent (so it can be replayed) and the app's answer."""
@@ -117,7 +126,7 @@ class SlackSender:
                 "api_app_id": self.app_id,
                 "is_enterprise_install": "false",
                 "response_url": "https://hooks.slack.test/commands/T0TEAM/1/xyz",
-                "trigger_id": trigger_id or f"{secrets.randbelow(10**10)}.{secrets.token_hex(8)}",
+                "trigger_id": trigger_id or _trigger_id(),
             }
         )
 
@@ -143,7 +152,7 @@ class SlackSender:
         team = team_id or self.team_id
         payload = {
             "type": "block_actions",
-            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": team},
+            "user": _user(user, team),
             "api_app_id": self.app_id,
             "token": self.verification_token,
             "container": {
@@ -152,7 +161,7 @@ class SlackSender:
                 "channel_id": channel,
                 "is_ephemeral": False,
             },
-            "trigger_id": f"{secrets.randbelow(10**10)}.{secrets.token_hex(8)}",
+            "trigger_id": _trigger_id(),
             "team": {"id": team, "domain": "fake"},
             "enterprise": None,
             "is_enterprise_install": False,
@@ -204,15 +213,10 @@ class SlackSender:
         payload = {
             "type": "view_submission",
             "team": {"id": self.team_id, "domain": "fake"},
-            "user": {
-                "id": user,
-                "username": user.lower(),
-                "name": user.lower(),
-                "team_id": self.team_id,
-            },
+            "user": _user(user, self.team_id),
             "api_app_id": self.app_id,
             "token": self.verification_token,
-            "trigger_id": f"{secrets.randbelow(10**10)}.{secrets.token_hex(8)}",
+            "trigger_id": _trigger_id(),
             "view": {
                 "id": "V0VIEW",
                 "team_id": self.team_id,

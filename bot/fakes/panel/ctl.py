@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""Start, stop and restart one reference panel (tests/php/panel/index.php).
+"""Start, stop and restart one reference panel (php/panel/index.php beside it).
 
-Standalone on purpose (standard library only, no project imports): tests hand
-it to the engine as the profile's ``restart_command``, exactly where a real
-panel has ``systemctl restart php8.3-fpm``::
+Standalone on purpose (standard library only, no project imports): the demo
+and the tests hand it to the engine as the profile's ``restart_command``,
+exactly where a real panel has ``systemctl restart php8.3-fpm``::
 
-    python3 tests/support/panel_ctl.py start|stop|restart|status --state-dir DIR [--fpm]
+    python3 bot/fakes/panel/ctl.py start|stop|restart|status --state-dir DIR [--fpm]
 
-``DIR/panel.json`` describes the panel (written by tests/support/panel.py)::
+``DIR/panel.json`` describes the panel (``PanelServer.configure`` writes it)::
 
     {"port": 8123,                      # loopback HTTP port the panel answers on
      "env_file": "/.../config/.env",    # read at every start, like php-fpm workers do
      "scheme": "iv12_tag_ct/hex",       # PANEL_CIPHER_SCHEME for the panel
-     "router": "/.../tests/php/panel/index.php",
+     "router": "/.../bot/fakes/panel/php/panel/index.php",
      "mode": "php-s" | "fpm"}           # optional; --fpm selects "fpm" too
 
 Modes:
@@ -202,7 +202,7 @@ def _stop(state: Path, name: str) -> bool:
 
 def _load(state: Path) -> dict[str, object]:
     try:
-        config = json.loads((state / "panel.json").read_text())
+        config: dict[str, object] = json.loads((state / "panel.json").read_text())
     except FileNotFoundError:
         raise CtlError(f"{state / 'panel.json'} does not exist") from None
     except ValueError as exc:

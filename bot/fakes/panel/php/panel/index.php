@@ -2,13 +2,13 @@
 /*
  * Reference panel: the smallest PHP panel that behaves like MyOsicam where
  * the rotation is concerned. Router script for `php -S`, or SCRIPT_FILENAME
- * for php-fpm behind nginx (tests/support/panel_ctl.py starts either).
+ * for php-fpm behind nginx (bot/fakes/panel/ctl.py starts either).
  *
  * Like php-fpm workers, it takes its configuration from the environment it
  * was started with (set by the launcher from config/.env): a changed .env
  * only counts after a restart.
  *   PANEL_ENCRYPTION_KEY  64 hex chars
- *   PANEL_CIPHER_SCHEME   e.g. iv12_tag_ct/hex (see tests/php/crypto.php)
+ *   PANEL_CIPHER_SCHEME   e.g. iv12_tag_ct/hex (see ../crypto.php)
  *   DB_HOST DB_PORT DB_DATABASE DB_USERNAME DB_PASSWORD
  *
  * Endpoints (JSON in and out):
@@ -18,10 +18,7 @@
  *   GET  /credentials  {"table.column#id": plaintext | null (NULL or '') | false (does not open)}
  *   POST /credentials  {"table","column","id","plaintext"}: a user saving a password; the
  *                      worker encrypts with the key it holds (plaintext null stores NULL).
- *   POST /agents/register  {"install_token"}: single-use install token (sha256 in
- *                      agent_install_tokens, unexpired, unused) -> new agent_token for its agent.
- *   POST /agents/heartbeat  headers X-Agent-Id, X-Agent-Signature = hex HMAC-SHA256 of the
- *                      body keyed with the agent's token -> updates last_seen; 401 otherwise.
+ *   /agents/...        agent registration and signed heartbeats: see agents.php.
  */
 
 declare(strict_types=1);
@@ -188,58 +185,10 @@ function save_credential(): void
     respond(200, ['ok' => true, 'key_fingerprint' => mr_fingerprint($key)]);
 }
 
-function register_agent(): void
-{
-    $token = json_body()['install_token'] ?? null;
-    if (!is_string($token) || $token === '') {
-        throw new HttpError(400, 'install_token missing');
-    }
-    $pdo = db();
-    $pdo->beginTransaction();
-    $find = $pdo->prepare(
-        'SELECT id, agent_id FROM agent_install_tokens WHERE token_sha256 = ? AND used_at IS NULL'
-        . ' AND expires_at > UTC_TIMESTAMP(6) FOR UPDATE'
-    );
-    $find->execute([hash('sha256', $token)]);
-    $row = $find->fetch();
-    if (!$row) {
-        $pdo->rollBack();
-        throw new HttpError(401, 'install token unknown, used or expired');
-    }
-    [$tokenId, $agentId] = $row;
-    $agentToken = bin2hex(random_bytes(32));
-    $pdo->prepare('UPDATE agent_install_tokens SET used_at = UTC_TIMESTAMP(6) WHERE id = ?')
-        ->execute([$tokenId]);
-    $pdo->prepare(
-        'UPDATE agents SET agent_token = ?, registered_at = UTC_TIMESTAMP(6),'
-        . ' last_seen = UTC_TIMESTAMP(6) WHERE id = ?'
-    )->execute([$agentToken, $agentId]);
-    $pdo->commit();
-    respond(200, ['ok' => true, 'agent_id' => (int) $agentId, 'agent_token' => $agentToken]);
-}
-
-function agent_heartbeat(): void
-{
-    $body = (string) file_get_contents('php://input');
-    $agentId = (int) ($_SERVER['HTTP_X_AGENT_ID'] ?? 0);
-    $signature = (string) ($_SERVER['HTTP_X_AGENT_SIGNATURE'] ?? '');
-    $find = db()->prepare('SELECT agent_token FROM agents WHERE id = ?');
-    $find->execute([$agentId]);
-    $token = $find->fetchColumn();
-    if (!is_string($token) || $token === ''
-        || !hash_equals(hash_hmac('sha256', $body, $token), $signature)) {
-        throw new HttpError(401, 'bad agent signature');
-    }
-    db()->prepare('UPDATE agents SET last_seen = UTC_TIMESTAMP(6) WHERE id = ?')->execute([$agentId]);
-    respond(200, ['ok' => true]);
-}
-
 $routes = [
     'GET /health' => 'health',
     'GET /credentials' => 'credentials',
     'POST /credentials' => 'save_credential',
-    'POST /agents/register' => 'register_agent',
-    'POST /agents/heartbeat' => 'agent_heartbeat',
 ];
 $path = parse_url($_SERVER['REQUEST_URI'] ?? '/', PHP_URL_PATH) ?: '/';
 if (str_starts_with($path, '/agents/')) {

@@ -299,7 +299,7 @@ def has_buttons(call: Call) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.support.fake_slack TOKEN [GROUP=U1,U2 ...]``: serve until stdin closes.
+    """``python -m bot.fakes.slack_api TOKEN [GROUP=U1,U2 ...]``: serve until stdin closes.
 
     Prints the API URL on the first line, so a benchmark can run Slack's side
     in its own process (and its own GIL).
