@@ -6,6 +6,9 @@
     python -m bot audit verify [--file EXPORT.jsonl]
     python -m bot demo | doctor           (when bot.demo / bot.doctor are installed)
 
+With no Slack settings at all (neither SLACK_BOT_TOKEN nor ROTATOR_CONFIG in the
+environment), plain ``python -m bot`` plays the demo instead of serving Slack.
+
 Settings come from the environment and ``ROTATOR_CONFIG`` (see
 ``bot.settings``). A bad setting stops start-up with a message that names it.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -202,6 +206,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv and not (os.environ.get("SLACK_BOT_TOKEN") or os.environ.get("ROTATOR_CONFIG")):
+        print("No Slack settings (SLACK_BOT_TOKEN, ROTATOR_CONFIG): playing the local demo instead.")
+        return _delegate("demo", [])
     if argv and argv[0] in ("demo", "doctor"):
         return _delegate(argv[0], argv[1:])
     args = _parser().parse_args(argv)

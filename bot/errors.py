@@ -103,3 +103,12 @@ class StoreError(BotError):
 
 class AuditIntegrityError(BotError):
     code = "audit_broken"
+
+
+# --- the local demo (bot.demo) ---------------------------------------------------------------
+# BotError
+# └── DemoUnavailableError    something the demo needs on this machine is missing (says how to get it)
+
+
+class DemoUnavailableError(BotError):
+    code = "demo_unavailable"

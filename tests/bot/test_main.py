@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.fakes.slack_api import FakeSlack
+from bot.fakes.slack_signing import SlackSender
 from tests.bot.conftest import SlackSecrets, write_config
-from tests.support.fake_slack import FakeSlack
 from tests.support.panel import free_port
-from tests.support.slack_signing import SlackSender
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,3 +129,25 @@ def test_demo_and_doctor_are_dispatched_to_their_modules(
     assert called == [["--json"]]
     assert entry.main(["demo"]) == 2
     assert "`python -m bot demo` is not available in this build" in capsys.readouterr().err
+
+
+def test_with_no_slack_settings_plain_python_m_bot_plays_the_demo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No SLACK_BOT_TOKEN and no ROTATOR_CONFIG: one line says so, then bot.demo.main([]) runs.
+    With either one set, the same command serves Slack (here: refuses the incomplete settings)."""
+    import types
+
+    import bot.__main__ as entry
+
+    called: list[list[str]] = []
+    demo = types.SimpleNamespace(main=lambda argv: called.append(argv) or 0)
+    monkeypatch.setattr(entry.importlib, "import_module", lambda name: demo)
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    monkeypatch.delenv("ROTATOR_CONFIG", raising=False)
+
+    assert (0, [[]]) == (entry.main([]), called)
+    expected = "No Slack settings (SLACK_BOT_TOKEN, ROTATOR_CONFIG): playing the local demo instead.\n"
+    assert expected == capsys.readouterr().out
+    monkeypatch.setenv("ROTATOR_CONFIG", "/nonexistent/rotator.toml")
+    assert (2, [[]]) == (entry.main([]), called)

@@ -1,0 +1,234 @@
+"""From the approving click to the final summary in the thread, through SSH, per panel size.
+
+    python bench/end_to_end.py [--sizes 1000,10000,100000]
+
+For each size N: a reference panel (php-fpm behind nginx, as production serves
+it) with N credentials encrypted by PHP in MariaDB; a private OpenSSH sshd on a
+loopback port whose only door is the engine's forced command (as the test
+fixture starts it; needs root); the real bot over HTTP, configured with a
+``[panels.bench]`` entry with the host key pinned; Slack's Web API played by
+the recording fake in this process (``bot.demo.rehearsal``, as the demo does). Alice requests, Bob approves; the clock
+runs from Bob's click to the summary reply in the thread, and PHP then checks
+that every value opens under the key in ``.env``.
+
+Stages, in one monotonic clock:
+
+* plan: the click -> the rotation is sent to the engine (the bot re-plans over
+  SSH, compares with the approved plan, marks the request running);
+* preflight, key staging, re-encryption (re-encrypt + database check), .env,
+  restart, sweep, verification, backup: the engine's step events' ``elapsed_ms``;
+* ssh + engine start: the rotation sent -> the engine's ``hello`` (SSH
+  connection, authentication, the forced command's Python starting);
+* engine, between steps: the rest of the rotate-key session (profile, lock,
+  database connection, events in flight);
+* Slack posting: the engine's result -> the summary reply (the fake Slack's
+  timestamp of that call).
+
+Thread replies are posted while the engine runs; their lag behind the steps is
+printed separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.app import default_engine_clients
+from bot.demo.rehearsal import ALICE, BOB, Rehearsal
+from bot.engine_client import EngineClient
+from bot.fakes.slack_api import Call
+from engine.protocol import Request
+from handlers.ports import State
+from tests.support.panel import build_panel
+from tests.support.secrets_scan import SecretRegistry
+from tests.support.sshd import SSHServer, engine_command
+
+#: Engine steps -> the stage they count towards, in the order a rotation runs them.
+STAGE_OF_STEP = {
+    "preflight": "preflight",
+    "stage": "key staging",
+    "reencrypt": "re-encryption",
+    "verify_db": "re-encryption",
+    "write_env": ".env",
+    "restart": "restart",
+    "sweep": "sweep",
+    "verify": "verification",
+    "backup": "backup",
+}
+STAGES = [
+    "plan",
+    "ssh + engine start",
+    *dict.fromkeys(STAGE_OF_STEP.values()),
+    "engine, between steps",
+    "Slack posting",
+]
+
+
+@dataclass
+class Tapped:
+    """Every engine event the bot received, with the monotonic time it arrived."""
+
+    events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+
+    def clients(self, inner: Callable[[str], EngineClient]) -> Callable[[str], EngineClient]:
+        return lambda name: _TimedClient(inner(name), self)
+
+    def last(self, op: str, kind: str) -> tuple[float, dict[str, Any]]:
+        """The latest event of ``kind`` for ``op`` (the bot plans at the request and again
+        before running: the re-plan is the latest)."""
+        return next(
+            (t, e) for t, o, e in reversed(self.events) if o == op and e.get("type") == kind
+        )
+
+    def finished_steps(self, op: str) -> list[tuple[float, dict[str, Any]]]:
+        return [
+            (t, e) for t, o, e in self.events
+            if o == op and e.get("type") == "step" and e.get("state") != "started"
+        ]  # fmt: skip
+
+
+class _TimedClient:
+    def __init__(self, inner: EngineClient, tap: Tapped) -> None:
+        self.inner, self.tap = inner, tap
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        return self.inner.host_key_fingerprint
+
+    def run(self, request: Request) -> Iterator[dict[str, Any]]:
+        self.tap.events.append((time.monotonic(), request.op, {"type": "sent"}))
+        for event in self.inner.run(request):
+            self.tap.events.append((time.monotonic(), request.op, event))
+            yield event
+
+
+@dataclass
+class Measurement:
+    values: int
+    seconds: dict[str, float]
+    total: float
+    reply_lag_max: float
+    replan: tuple[float, float]
+    """The re-plan's SSH session: (sent -> plan, sent -> hello), seconds."""
+
+    def slowest(self) -> str:
+        return max(self.seconds, key=lambda stage: self.seconds[stage])
+
+
+def measure(values: int, workdir: Path) -> Measurement:
+    """One rotation of a panel of ``values`` credentials, from Bob's click to the summary."""
+    with contextlib.ExitStack() as stack:
+        started = time.monotonic()
+        panel = build_panel(
+            workdir / "panel", rows={"oscam_installs": values}, server=True, fpm=True,
+            blanks=False, registry=SecretRegistry(),
+        )  # fmt: skip
+        stack.callback(panel.close)
+        sshd = SSHServer.start(workdir / "sshd")
+        stack.callback(sshd.stop)
+        key = sshd.authorize("bot", engine_command(panel.profile_path))
+        entry = {
+            "host": sshd.host, "port": sshd.port, "user": sshd.user, "key_file": str(key.private_path),
+            "known_hosts": str(sshd.known_hosts), "event_timeout_s": 1800.0,
+        }  # fmt: skip
+        tap = Tapped()
+        bot = Rehearsal(
+            workdir,
+            {"panels": {"bench": entry}},
+            engine_clients=lambda settings: tap.clients(default_engine_clients(settings)),
+        )
+        stack.callback(bot.close)
+        bot.start()
+        print(f"  set up in {time.monotonic() - started:.1f} s; requesting and approving", flush=True)
+
+        bot.command(ALICE, "/rotate-key", "bench end-to-end benchmark")
+        request = bot.posted_request(timeout_s=600)
+        clicked = time.monotonic()
+        bot.approve(BOB, request)
+        final = bot.finished(request.id, timeout_s=3600)
+        *replies, summary = bot.thread_calls(final)
+        if final.state != State.DONE:
+            raise SystemExit(f"the rotation of {values:,} values did not succeed:\n{summary.text}")
+        problems = panel.php_check_all()
+        if problems:
+            raise SystemExit(f"{len(problems)} values do not open under the key in .env: {problems[:3]}")
+        return _stages(values, tap, clicked, summary, replies)
+
+
+def _stages(values: int, tap: Tapped, clicked: float, summary: Call, thread: list[Call]) -> Measurement:
+    sent, _ = tap.last("rotate-key", "sent")
+    hello, _ = tap.last("rotate-key", "hello")
+    closed, _ = tap.last("rotate-key", "result")
+    steps = tap.finished_steps("rotate-key")
+    seconds = dict.fromkeys(STAGES, 0.0)
+    seconds["plan"] = sent - clicked
+    seconds["ssh + engine start"] = hello - sent
+    for _, event in steps:
+        stage = STAGE_OF_STEP.get(event["name"], "engine, between steps")
+        seconds[stage] += event.get("elapsed_ms", 0) / 1000
+    in_steps = sum(event.get("elapsed_ms", 0) for _, event in steps) / 1000
+    seconds["engine, between steps"] += (closed - hello) - in_steps
+    seconds["Slack posting"] = summary.at - closed
+    plan_sent, _ = tap.last("plan", "sent")
+    plan_hello, _ = tap.last("plan", "hello")
+    plan_done, _ = tap.last("plan", "result")
+    replan = (plan_done - plan_sent, plan_hello - plan_sent)
+    lags = [reply.at - arrived for (arrived, _), reply in zip(steps, thread, strict=False)]
+    return Measurement(values, seconds, summary.at - clicked, max(lags, default=0.0), replan)
+
+
+def report(m: Measurement) -> None:
+    slowest = m.slowest()
+    print(f"  {m.values:,} values: click -> summary in the thread {m.total:.2f} s")
+    for stage, seconds in m.seconds.items():
+        share = seconds / m.total
+        bar = "█" * round(share * 40)
+        mark = "  ◀ slowest" if stage == slowest else ""
+        print(f"    {stage:<22} {seconds:8.3f} s {share:6.1%}  {bar}{mark}")
+    session, to_hello = m.replan
+    print(
+        f"    (plan: the re-plan's SSH session took {session:.3f} s, {to_hello:.3f} s of it to hello;"
+        f" thread replies trailed their steps by at most {m.reply_lag_max * 1000:.0f} ms)"
+    )
+
+
+def table(results: list[Measurement]) -> None:
+    print("\nshare of click -> summary, per panel size")
+    print(f"  {'stage':<22}" + "".join(f"{m.values:>16,}" for m in results))
+    for stage in STAGES:
+        cells = "".join(
+            f"{m.seconds[stage]:>8.2f} s {m.seconds[stage] / m.total:>5.1%}" for m in results
+        )
+        print(f"  {stage:<22}{cells}")
+    print(f"  {'total':<22}" + "".join(f"{m.total:>8.2f} s {'':>5}" for m in results))
+    print(f"  {'slowest':<22}" + "".join(f"{m.slowest():>16}" for m in results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--sizes", default="1000,10000,100000", help="comma-separated panel sizes (values)"
+    )
+    args = parser.parse_args(argv)
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    results = []
+    for values in sizes:
+        print(f"panel of {values:,} values", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+            results.append(measure(values, Path(tmp)))
+        report(results[-1])
+    table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
