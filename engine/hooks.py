@@ -29,6 +29,12 @@ def _last_line(text: str) -> str:
     return redact(lines[-1])[:200] if lines else ""
 
 
+def describe(argv: list[str]) -> str:
+    """A short, readable name for a command: ``systemctl restart php8.3-fpm``,
+    ``python ctl.py restart`` (file names, not their folders; at most three words)."""
+    return " ".join(os.path.basename(part) if "/" in part else part for part in argv[:3])
+
+
 def run_command(
     what: str,
     argv: list[str],

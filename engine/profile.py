@@ -231,6 +231,14 @@ class Profile(_Strict):
         return self.env_file or self.panel_root / "config" / ".env"
 
     @property
+    def env_display(self) -> str:
+        """The .env path as people know it: relative to the panel root when inside it."""
+        try:
+            return str(self.env_path.relative_to(self.panel_root))
+        except ValueError:
+            return str(self.env_path)
+
+    @property
     def mode(self) -> int:
         return int(self.env_mode, 8)
 

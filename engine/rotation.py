@@ -190,7 +190,7 @@ class KeyRotation:
             if envfile.read_key(profile.env_path, profile.key_name) != new_key:
                 raise VerificationError(".env does not read back with the new key")
             out.detail = (
-                f"{profile.env_path} updated atomically · {ownership.describe()} · "
+                f"{profile.env_display} updated atomically · {ownership.describe()} · "
                 "previous kept until done"
             )
         self._advance("ENV_WRITTEN")
@@ -211,7 +211,7 @@ class KeyRotation:
             self.record.committed = True
             self.record.restarted = True
             out.detail = (
-                f"{' '.join(profile.restart_command[:3])} ok in {restart_ms / 1000:.2f} s · "
+                f"{hooks.describe(profile.restart_command)} ok in {restart_ms / 1000:.2f} s · "
                 f"committed {blank_ms} ms later" + (f" · {said}" if said else "")
             )
             out.data = {"restart_ms": restart_ms, "blank_window_ms": blank_ms}
