@@ -44,9 +44,7 @@ def test_happy_path_to_a_verified_rotation(
     )
     request_id, ts = bot.request_key()
     card = bot.fake.latest_card(CHANNEL, ts).all_text()
-    assert (
-        f"current key {fingerprint(bytes.fromhex(old_key))[:8]}…" in card or "current key " in card
-    )
+    assert f"current key {fingerprint(old_key)[:8]}…" in card
     assert "engine " in card and "host key local" in card
 
     bot.approve(request_id, ts, "U0ALICE")
