@@ -5,16 +5,7 @@ from __future__ import annotations
 
 from bot.fakes.slack_api import has_buttons
 from bot.local_client import LocalEngineClient
-from tests.agents.conftest import _stale_agent_logins, agent_world  # noqa: F401  (fixtures)
-from tests.bot.conftest import (  # noqa: F401  (fixtures)
-    ALICE,
-    BOB,
-    CHANNEL,
-    fake_slack,
-    is_card,
-    make_bot,
-    slack_secrets,
-)
+from tests.bot.conftest import ALICE, BOB, CHANNEL, is_card
 
 
 def test_rotate_agent_from_slack_rotates_the_token_and_reports_each_agent(agent_world, make_bot):
