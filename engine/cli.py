@@ -17,8 +17,6 @@ from typing import IO, Any, TextIO
 from engine import __version__
 from engine.errors import EngineError, ProfileError, RollbackFailedError
 from engine.events import Emitter, json_sink
-from engine.ops import new_rotation_id, run_operation
-from engine.profile import load_profile
 from engine.protocol import PROTOCOL_VERSION, Request, error_event, result_event
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_RECOVER = 0, 1, 2, 3
@@ -154,6 +152,11 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
             )
         else:
             out.write("No unfinished rotation.\n")
+        for agent in data.get("unfinished_agents") or []:
+            out.write(
+                f"UNFINISHED agent rotation {agent['rotation_id']} of {agent['agent']} stopped at "
+                f"{agent['state']}: run rotate-agent {agent['agent']} again to resume it\n"
+            )
         for item in data.get("recent") or []:
             out.write(f"  {item['rotation_id']}: {item['state']} ({item['old_fingerprint']}… → "
                       f"{item['new_fingerprint']}…)\n")
@@ -182,6 +185,10 @@ def main(
         from engine.serve import serve
 
         return serve(args.profile, stdin, stdout, stderr)
+    # Imported here, not at the top: `serve` answers `hello` before it needs them.
+    from engine.ops import new_rotation_id, run_operation
+    from engine.profile import load_profile
+
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:

@@ -76,10 +76,17 @@ def _probe_agents(ctx: Context, db: Any) -> dict[str, Any]:
 
 
 def _status(ctx: Context, request: Request) -> dict[str, Any]:
+    from engine.agents.journal import AgentJournal
+
     unfinished = ctx.journal.load()
+    agents = [
+        {"rotation_id": r.rotation_id, "agent": r.agent_name, "state": r.state}
+        for r in AgentJournal(ctx.profile.journal_dir).unfinished()
+    ]
     return {
         "panel": ctx.profile.name,
         "unfinished": unfinished.public() if unfinished else None,
+        "unfinished_agents": agents,
         "recent": ctx.journal.finished(),
         "known_keys": len(ctx.journal.history()),
         "engine_version": __version__,

@@ -53,6 +53,7 @@ def test_doctor_reports_slack_the_panel_probe_and_an_unreachable_panel(
     assert "ok    panel lab probe" in report and "layout iv12_tag_ct/hex" in report
     assert "missing tables: email_configurations" in report
     assert "FAIL  panel prod-eu" in report
+    assert "panel lab agents" not in report, "a panel without agents needs no agent known_hosts"
     assert "→ check host/port in [panels]" in report
     assert panel.stored_values() == rows_before
     assert scan_text(report) == []
