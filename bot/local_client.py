@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import select
 import subprocess
 import sys
@@ -28,36 +27,13 @@ from bot.errors import (
     ProtocolMismatchError,
     RemoteEngineError,
 )
-from engine.protocol import CLOSING_TYPES, PROTOCOL_VERSION, Request, decode_event
+from engine.protocol import CLOSING_TYPES, PROTOCOL_VERSION, Request, decode_event, redact
 
 log = logging.getLogger(__name__)
 stderr_log = logging.getLogger("bot.engine_stderr")
 
 MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "recover"})
 
-_SECRETISH = re.compile(
-    r"(?i)\b([A-Z0-9_]*(?:KEY|TOKEN|PASS(?:WORD)?|SECRET|CREDENTIAL)[A-Z0-9_]*)(\s*[=:]\s*)(\S+)"
-)
-_LONG_HEX = re.compile(r"\b[0-9a-fA-F]{32,}\b")
-_LONG_B64 = re.compile(r"(?<![\w/.+-])[A-Za-z0-9+/_-]{32,}={0,2}")
-
-
-def redact(text: str) -> str:
-    """Hide anything that looks like key material or a credential."""
-    text = _SECRETISH.sub(r"\1\2[redacted]", text)
-    text = _LONG_HEX.sub("[redacted-hex]", text)
-    return _LONG_B64.sub(_redact_token, text)
-
-
-def _redact_token(match: re.Match[str]) -> str:
-    """Base64-like runs: redacted when they mix upper case, lower case and digits."""
-    token = match.group(0)
-    mixed = (
-        any(c.isupper() for c in token)
-        and any(c.islower() for c in token)
-        and any(c.isdigit() for c in token)
-    )
-    return "[redacted]" if mixed and not token.startswith("/") else token
 
 
 def log_engine_stderr(source: str, text: str) -> None:

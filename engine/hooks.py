@@ -9,19 +9,13 @@ reaches an event or an exception.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
 from engine.errors import HookError, PanelCheckError
-
-_SECRETISH = re.compile(r"[0-9A-Fa-f]{32,}|[A-Za-z0-9+/=_-]{40,}")
-
-
-def redact(text: str) -> str:
-    return _SECRETISH.sub("[redacted]", text)
+from engine.protocol import redact
 
 
 def _last_line(text: str) -> str:

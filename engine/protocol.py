@@ -10,6 +10,7 @@ Key material only ever appears as a fingerprint (first 16 hex of SHA-256).
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Literal
 
@@ -161,3 +162,30 @@ def decode_event(line: str | bytes) -> dict[str, Any]:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# -- redaction: the last line of defence for free text (stderr, hook output) ----------
+
+_SECRETISH = re.compile(
+    r"(?i)\b([A-Z0-9_]*(?:KEY|TOKEN|PASS(?:WORD)?|SECRET|CREDENTIAL)[A-Z0-9_]*)(\s*[=:]\s*)(\S+)"
+)
+_LONG_HEX = re.compile(r"\b[0-9a-fA-F]{32,}\b")
+_LONG_B64 = re.compile(r"(?<![\w/.+-])[A-Za-z0-9+/_-]{32,}={0,2}")
+
+
+def redact(text: str) -> str:
+    """Hide anything that looks like key material or a credential."""
+    text = _SECRETISH.sub(r"\1\2[redacted]", text)
+    text = _LONG_HEX.sub("[redacted-hex]", text)
+    return _LONG_B64.sub(_redact_token, text)
+
+
+def _redact_token(match: re.Match[str]) -> str:
+    """Base64-like runs: redacted when they mix upper case, lower case and digits."""
+    token = match.group(0)
+    mixed = (
+        any(c.isupper() for c in token)
+        and any(c.islower() for c in token)
+        and any(c.isdigit() for c in token)
+    )
+    return "[redacted]" if mixed and not token.startswith("/") else token

@@ -40,15 +40,11 @@ from engine import __version__, protocol
 from engine.errors import EngineError
 from engine.events import Emitter, EventLog, json_sink
 from engine.profile import Profile, load_profile
+from engine.protocol import redact
 
 MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "recover"})
 REQUEST_TIMEOUT_S = 60
 ATTACH_POLL_S = 1.0
-_SECRETISH = re.compile(
-    r"(?i)\b([A-Z0-9_]*(?:KEY|TOKEN|PASS(?:WORD)?|SECRET|CREDENTIAL)[A-Z0-9_]*)(\s*[=:]\s*)(\S+)"
-)
-_LONG_HEX = re.compile(r"\b[0-9a-fA-F]{32,}\b")
-_LONG_B64 = re.compile(r"(?<![\w/.+-])[A-Za-z0-9+/_-]{32,}={0,2}")
 
 
 class BadRequest(Exception):
@@ -58,24 +54,6 @@ class BadRequest(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def redact(text: str) -> str:
-    """Hide anything that looks like key material or a credential."""
-    text = _SECRETISH.sub(r"\1\2[redacted]", text)
-    text = _LONG_HEX.sub("[redacted-hex]", text)
-    return _LONG_B64.sub(_redact_token, text)
-
-
-def _redact_token(match: re.Match[str]) -> str:
-    """Base64-like runs: redacted when they mix upper case, lower case and digits."""
-    token = match.group(0)
-    mixed = (
-        any(c.isupper() for c in token)
-        and any(c.islower() for c in token)
-        and any(c.isdigit() for c in token)
-    )
-    return "[redacted]" if mixed and not token.startswith("/") else token
 
 
 def _log(stderr: IO[str], message: str) -> None:

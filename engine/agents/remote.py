@@ -28,10 +28,10 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from engine import hooks
 from engine.agents.rows import AgentRow, ServerRow
 from engine.errors import AgentError
 from engine.profile import AgentSettings
+from engine.protocol import redact
 
 _OUTPUT_KEEP = 16 * 1024
 
@@ -251,4 +251,4 @@ def last_line(text: str, hide: Sequence[str]) -> str:
         if secret:
             text = text.replace(secret, "[token]")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return hooks.redact(lines[-1])[:200] if lines else ""
+    return redact(lines[-1])[:200] if lines else ""

@@ -24,11 +24,11 @@ import secrets
 import subprocess
 from typing import Literal, Protocol
 
-from engine import hooks
 from engine.agents.rows import AgentRow
 from engine.db import PanelDB
 from engine.errors import AgentError
 from engine.profile import AgentSettings
+from engine.protocol import redact
 
 #: ``usable`` (stored, unused, unexpired), ``used``, ``expired``, ``absent`` (not stored),
 #: ``unknown`` (the provider cannot tell).
@@ -138,7 +138,7 @@ class CommandInstallTokens:
             raise AgentError(f"{what} did not finish within {COMMAND_TIMEOUT_S:g} s") from None
         if proc.returncode != 0:
             lines = [line.strip() for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
-            said = hooks.redact(lines[-1])[:200] if lines else ""
+            said = redact(lines[-1])[:200] if lines else ""
             if secret:
                 said = said.replace(secret, "[install token]")
             raise AgentError(f"{what} failed (exit {proc.returncode})" + (f": {said}" if said else ""))

@@ -61,7 +61,7 @@ def test_bootstrap_output_is_reduced_to_its_last_line_without_tokens() -> None:
     output = f"installing\nread {token} from stdin\nkey {'ab12' * 16}\ndone: registered {token}\n"
 
     assert last_line(output, [token]) == "done: registered [token]"
-    assert last_line("x\nkey " + "ab12" * 16 + "\n", []) == "key [redacted]"
+    assert last_line("x\nkey " + "ab12" * 16 + "\n", []) == "key [redacted-hex]"
 
 
 @pytest.mark.parametrize(
