@@ -1,4 +1,8 @@
-"""The append-only, hash-chained audit log, kept in the state store.
+"""The append-only, hash-chained audit log: append, export and verify.
+
+The chain itself (hashing, appending inside a transaction, reading back) is
+stored by ``bot.store.audit_chain``; this module builds on it and the store
+never imports this one.
 
 Each entry's hash covers its sequence number, time, kind, request id, actor,
 data and the previous entry's hash; the store also keeps the head (last
@@ -14,54 +18,26 @@ engine events carry fingerprints only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from bot.store import Store, Tx
+from bot.store import Store
+from bot.store.audit_chain import GENESIS, append_in, canonical, entry_hash
 
-GENESIS = "0" * 64
-
-
-def canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def entry_hash(
-    *, seq: int, ts_ms: int, kind: str, request_id: str, actor: str, data: str, prev_hash: str
-) -> str:
-    material = canonical([seq, ts_ms, kind, request_id, actor, data, prev_hash])
-    return hashlib.sha256(material.encode()).hexdigest()
-
-
-def append_in(
-    tx: Tx, *, kind: str, request_id: str, actor: str, data: dict[str, Any], ts_ms: int
-) -> dict[str, Any]:
-    """Append one entry inside the caller's transaction (the head row is locked first)."""
-    head = tx.one(f"SELECT seq, hash FROM audit_head WHERE id = 1{tx.for_update}")
-    prev_seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS)
-    seq = prev_seq + 1
-    text = canonical(data)
-    digest = entry_hash(
-        seq=seq,
-        ts_ms=ts_ms,
-        kind=kind,
-        request_id=request_id,
-        actor=actor,
-        data=text,
-        prev_hash=prev_hash,
-    )
-    tx.execute(
-        "INSERT INTO audit_log (seq, ts_ms, kind, request_id, actor, data, prev_hash, hash) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (seq, ts_ms, kind, request_id, actor, text, prev_hash, digest),
-    )
-    tx.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
-    return {"seq": seq, "hash": digest}
+__all__ = [
+    "GENESIS",
+    "AuditLog",
+    "VerifyReport",
+    "append_in",
+    "canonical",
+    "entry_hash",
+    "export_line",
+    "read_export",
+    "verify_entries",
+]
 
 
 @dataclass

@@ -1,0 +1,61 @@
+"""MySQL / MariaDB through PyMySQL: the store for several bot replicas."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from bot.errors import StoreError
+from bot.store import schema
+from bot.store.backends import Backend
+
+
+class MySQLBackend(Backend):
+    mysql = True
+    schema = schema.MYSQL
+    insert_ignore = "INSERT IGNORE"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        import pymysql
+
+        self._pymysql = pymysql
+        self.errors = (pymysql.Error,)
+        self.duplicate_key_errors = (pymysql.err.IntegrityError,)
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        database = parts.path.lstrip("/")
+        if not database:
+            raise StoreError("the MySQL store URL needs a database name: mysql://user@host/db")
+        self._params: dict[str, Any] = {
+            "host": parts.hostname or "127.0.0.1",
+            "port": parts.port or 3306,
+            "user": unquote(parts.username or "root"),
+            "password": unquote(parts.password or ""),
+            "database": database,
+            "charset": query.get("charset", "utf8mb4"),
+            "autocommit": True,
+            "connect_timeout": float(query.get("connect_timeout", 10)),
+        }
+        if "unix_socket" in query:
+            self._params["unix_socket"] = query["unix_socket"]
+        self._where = f"mysql://{self._params['host']}:{self._params['port']}/{database}"
+
+    def _connect(self) -> Any:
+        return self._pymysql.connect(**self._params)
+
+    def connection(self) -> Any:
+        """This thread's connection, replaced if the server dropped it (restart, idle timeout)."""
+        conn = super().connection()
+        try:
+            conn.ping(reconnect=False)
+        except self._pymysql.Error:
+            self.discard(conn)
+            conn = super().connection()
+        return conn
+
+    def _begin(self, conn: Any) -> None:
+        conn.begin()
+
+    def describe(self) -> str:
+        return self._where

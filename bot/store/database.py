@@ -1,0 +1,59 @@
+"""The store's common ground: a backend, a clock, transactions and the one error translation.
+
+Errors of ``sqlite3`` and ``pymysql`` are translated once, here, into
+``StoreError`` (whose message never carries the URL's password).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Self
+
+from bot.errors import StoreError
+from bot.store.backends import Backend
+from bot.store.sql import Tx
+
+
+class Database:
+    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+        self._backend = backend
+        self.clock = clock
+
+    def migrate(self) -> Self:
+        with self._translated("create the tables"):
+            conn = self._backend.connection()
+            cursor = conn.cursor()
+            for statement in self._backend.schema:
+                cursor.execute(statement)
+            cursor.close()
+        return self
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def describe(self) -> str:
+        return self._backend.describe()
+
+    def ping(self) -> bool:
+        with self._translated("answer a ping"), self.transaction() as tx:
+            return tx.one("SELECT 1") is not None
+
+    @contextlib.contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except self._backend.errors as exc:
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else ""
+            raise StoreError(
+                f"the state store ({self.describe()}) could not {doing}: "
+                f"{type(exc).__name__} {code}".rstrip()
+            ) from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._translated("complete a transaction"), self._backend.transaction() as tx:
+            yield tx
