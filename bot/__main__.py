@@ -187,11 +187,13 @@ def _serve(args: argparse.Namespace) -> int:
             finally:
                 server.stop()
         else:
-            from slack_bolt.adapter.socket_mode import SocketModeHandler
+            from bot import socket_mode
 
-            handler = SocketModeHandler(rotator.app, settings.app_token)
-            handler.connect()  # type: ignore[no-untyped-call]
-            log.info("connected to Slack in Socket Mode (store %s)", settings.store_url_redacted)
+            assert settings.app_token is not None
+            handler = socket_mode.connect(
+                rotator.app, settings.app_token, rotator.gate.acknowledging
+            )
+            log.info("serving Slack in Socket Mode (store %s)", settings.store_url_redacted)
             try:
                 stop.wait()
             finally:

@@ -168,15 +168,20 @@ def action_key(body: dict[str, Any], raw_body: str = "") -> str:
     return f"act:{logical}"
 
 
-def delivery_keys(req: BoltRequest) -> tuple[str, str]:
-    """(replay key, action key) of one signed request.
+def delivery_keys(req: BoltRequest) -> tuple[str | None, str]:
+    """(replay key, action key) of one delivery.
 
-    The replay key is the signature: the same bytes sent again. The action key
-    names the user action (``trigger_id``) or event (``event_id``), which a
-    Slack retry repeats under a new signature.
+    Over HTTP the replay key is the signature: the same bytes sent again. A
+    Socket Mode message has no signature (nor any header): it arrives on the
+    websocket the app opened with its own token, so there is nothing to replay
+    and no replay key; repeats are caught by the action key alone. The action
+    key names the user action (``trigger_id``) or event (``event_id``), which a
+    Slack retry repeats under a new signature or envelope.
     """
     body = req.body if isinstance(req.body, dict) else {}
-    return f"sig:{_header(req, 'x-slack-signature')}", action_key(body, req.raw_body)
+    signature = _header(req, "x-slack-signature")
+    replay = f"sig:{signature}" if req.mode != "socket_mode" else None
+    return replay, action_key(body, req.raw_body)
 
 
 class SeenRecently:
@@ -216,7 +221,7 @@ def dedupe_middleware(seen: SeenRecently) -> Callable[..., BoltResponse]:
         req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
     ) -> BoltResponse:
         replay_key, action = delivery_keys(req)
-        replayed = seen.check_and_add(replay_key)
+        replayed = replay_key is not None and seen.check_and_add(replay_key)
         repeated = seen.check_and_add(action)
         retry = _header(req, "x-slack-retry-num")
         if replayed and not retry:

@@ -4,6 +4,7 @@ Tree::
 
     BotError
     ├── SettingsError             a missing or bad setting (names it, never echoes a secret)
+    ├── SocketModeError           Socket Mode could not start (app token refused, websocket unreachable)
     ├── EngineClientError         talking to an engine failed
     │   ├── HostUnreachableError  TCP/SSH connect failed or timed out
     │   │   └── ConnectionLostError   the connection dropped and re-attaching failed
@@ -35,6 +36,10 @@ class BotError(Exception):
 
 class SettingsError(BotError):
     code = "bad_settings"
+
+
+class SocketModeError(BotError):
+    code = "socket_mode"
 
 
 class EngineClientError(BotError):

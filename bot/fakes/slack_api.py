@@ -79,6 +79,9 @@ class FakeSlack:
         self._ts = itertools.count(1)
         self._failures: dict[str, list[str]] = {}
         self.delays: dict[str, float] = {}
+        # extra methods answered by other stand-ins (they check their own token), e.g.
+        # ``apps.connections.open`` from bot.fakes.socket_mode
+        self.methods: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -158,8 +161,10 @@ class FakeSlack:
         with self._cond:
             failures = self._failures.get(method)
             error = failures.pop(0) if failures else None
-        if token != self.token:
-            answer: dict[str, Any] = {"ok": False, "error": "invalid_auth"}
+        if method in self.methods and not error:
+            answer: dict[str, Any] = self.methods[method](params, token)
+        elif token != self.token:
+            answer = {"ok": False, "error": "invalid_auth"}
         elif error:
             answer = {"ok": False, "error": error}
         else:
