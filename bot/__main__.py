@@ -175,7 +175,12 @@ def _serve(args: argparse.Namespace) -> int:
             address = args.address or settings.config.http_address
             port = args.port or settings.config.http_port
             server = HttpServer(
-                rotator.app, rotator.healthy, address, port, rotator.gate.acknowledging
+                rotator.app,
+                rotator.healthy,
+                address,
+                port,
+                rotator.gate.acknowledging,
+                limits=settings.http_limits,
             ).start()
             log.info(
                 "serving Slack on %s/slack/events (store %s)",

@@ -41,7 +41,14 @@ from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import actions, cards, commands
 from handlers import messages as m
 from handlers.plan import PlanView
-from handlers.ports import HandlerDeps, PlanError, RotationRequest, new_reference
+from handlers.ports import (
+    DirectoryUnavailable,
+    HandlerDeps,
+    PlanError,
+    RotationRequest,
+    mention,
+    new_reference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,30 +120,28 @@ class EnginePlanner:
 class SlackDirectory:
     """User-group members from ``usergroups.users.list``, cached for ``ttl_s``.
 
-    If Slack does not answer, the last known members are used; a group never
-    seen counts as empty, so an outage can refuse an approval but never grant one.
+    While Slack does not answer, the last members seen are used for at most
+    ``max_age_s`` after they were listed; past that, or for a group never
+    listed, ``DirectoryUnavailable`` refuses the decision with a clear message.
+    An outage can refuse an approval but never grant one on stale membership.
     """
 
-    def __init__(self, client: WebClient, ttl_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        client: WebClient,
+        ttl_s: float = 60.0,
+        max_age_s: float = 15 * 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.max_age_s = max_age_s
+        self.clock = clock
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
-        self._home_team: str | None = None
-
-    @property
-    def home_team_id(self) -> str:
-        """The bot's workspace (``auth.test``), asked once; "" while Slack does not answer."""
-        if self._home_team is None:
-            try:
-                self._home_team = str(self.client.auth_test().get("team_id") or "")
-            except (SlackApiError, SlackClientError) as exc:
-                log.warning("auth.test failed: %s", type(exc).__name__)
-                return ""
-        return self._home_team
 
     def group_members(self, group_id: str) -> frozenset[str]:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             cached = self._cache.get(group_id)
         if cached and now - cached[0] < self.ttl_s:
@@ -145,8 +150,19 @@ class SlackDirectory:
             response = self.client.usergroups_users_list(usergroup=group_id)
             members = frozenset(str(u) for u in response.get("users") or ())
         except (SlackApiError, SlackClientError) as exc:
+            age = now - cached[0] if cached else None
+            if cached and age is not None and age < self.max_age_s:
+                log.warning(
+                    "could not list user group %s (%s); using its members of %.0f s ago",
+                    group_id,
+                    type(exc).__name__,
+                    age,
+                )
+                return cached[1]
             log.warning("could not list user group %s: %s", group_id, type(exc).__name__)
-            return cached[1] if cached else frozenset()
+            raise DirectoryUnavailable(
+                m.directory_unavailable(mention(group_id), self.max_age_s / 60)
+            ) from exc
         with self._lock:
             self._cache[group_id] = (now, members)
         return members
@@ -432,7 +448,9 @@ def build_rotator(
         store=store,
         planner=planner,
         policy=policy,
-        directory=SlackDirectory(client),
+        directory=SlackDirectory(
+            client, max_age_s=settings.config.group_cache_max_age_minutes * 60
+        ),
         panels=settings.panel_names,
         start_rotation=runner.start,
         on_request_created=lambda request: expiry.notify(),

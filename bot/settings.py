@@ -13,6 +13,13 @@ Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
                                          # "sqlite://name.db" is relative to this file;
                                          # or "mysql://user:pw@host:3306/db" for replicas
     http_address = "127.0.0.1"
+    http_max_body_bytes = 1048576        # HTTP mode: larger bodies get 413, unread
+    http_request_timeout_seconds = 10    # a request must arrive whole within this
+    http_idle_timeout_seconds = 30       # idle keep-alive connections are closed
+    http_max_connections = 200           # connections beyond this wait to be accepted
+    max_pending_per_user = 5             # pending requests one person may have open
+    group_cache_max_age_minutes = 15     # how long cached user-group members are
+                                         # trusted while Slack cannot list them
 
     [panels.prod-eu]                     # an engine reached over SSH (bot.inventory)
     host = "prod-eu.example.net"
@@ -33,7 +40,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -42,6 +49,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.errors import SettingsError
 from bot.inventory import Inventory
 from handlers.ports import AccessPolicy
+
+if TYPE_CHECKING:
+    from bot.wsgi import HttpLimits
 
 DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_STORE = "sqlite://rotator.db"
@@ -118,6 +128,13 @@ class RotatorConfig(BaseModel):
     panels: Inventory = Field(default_factory=Inventory)
     local_panels: dict[str, LocalPanel] = Field(default_factory=dict)
     worker_threads: int = Field(default=4, ge=1, le=256)
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    http_request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    http_idle_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    http_max_connections: int = Field(default=200, ge=1, le=10_000)
+    http_threads: int = Field(default=8, ge=1, le=256)
+    max_pending_per_user: int = Field(default=5, ge=1, le=1000)
+    group_cache_max_age_minutes: float = Field(default=15.0, gt=0, le=7 * 24 * 60)
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -249,6 +266,19 @@ class Settings:
             return self.config.panels.get(name).host
         local = self.config.local_panels.get(name)
         return local.host if local else name
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        from bot.wsgi import HttpLimits
+
+        c = self.config
+        return HttpLimits(
+            max_body_bytes=c.http_max_body_bytes,
+            request_timeout_s=c.http_request_timeout_seconds,
+            idle_timeout_s=c.http_idle_timeout_seconds,
+            max_connections=c.http_max_connections,
+            threads=c.http_threads,
+        )
 
     @property
     def policy(self) -> AccessPolicy:

@@ -1,9 +1,25 @@
 """Serving the app over HTTP: ``/slack/events`` through Bolt's WSGI adapter, and ``/healthz``.
 
-Bolt's own ``App.start()`` binds every interface with a single-threaded
-server; this one binds the configured address (default 127.0.0.1) and serves
-each request on its own thread, so one slow request never holds up the
-acknowledgement of another.
+The server is waitress, chosen over gunicorn and cheroot for what an
+unauthenticated client can do to it before any signature is checked:
+
+* waitress reads requests on one event loop and hands a worker thread only a
+  *complete* request, so half-sent requests (slowloris) hold a socket, never a
+  thread; cheroot reads each request on a pool thread, and gunicorn's sync and
+  threaded workers do the same, so a few hundred slow clients starve them.
+* it refuses a ``Content-Length`` that is not plain digits (400) and one at or
+  over ``max_request_body_size`` (413) as soon as the headers are in, without
+  reading the body; gunicorn has no body cap of its own.
+* it caps open connections (``connection_limit``) and closes idle ones
+  (``channel_timeout``); it is pure Python, runs in-process beside the runner
+  and expiry threads and the SQLite store (gunicorn forks workers, which would
+  each run their own), works on any OS, and is actively maintained (Pylons).
+
+One thing waitress lacks: its ``channel_timeout`` counts from the last byte
+received, so a client that dribbles a byte a second keeps a connection (and a
+slot under the cap) for ever. ``DeadlineServer`` adds a deadline for a whole
+request: a request still incomplete ``request_timeout_s`` after its first byte
+has its connection closed.
 """
 
 from __future__ import annotations
@@ -11,15 +27,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -31,17 +52,46 @@ HEALTH_PATH = "/healthz"
 MAX_BODY = 1024 * 1024
 
 
-class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may take from the server (``bot.settings`` fills it from the TOML).
+
+    Slack's requests are a few kilobytes and arrive whole in milliseconds.
+    """
+
+    max_body_bytes: int = MAX_BODY
+    request_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+    max_connections: int = 200
+    threads: int = 8
 
 
-class QuietHandler(WSGIRequestHandler):
-    """wsgiref prints every request to stderr; send it to the debug log instead."""
+class _TimedParser(HTTPRequestParser):  # type: ignore[misc]
+    """waitress's request parser, noting when the request's first byte arrived."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
+    def __init__(self, adj: Adjustments) -> None:
+        super().__init__(adj)
+        self.started = time.monotonic()
+
+
+class _TimedChannel(HTTPChannel):  # type: ignore[misc]
+    parser_class = _TimedParser
+
+
+class DeadlineServer(TcpWSGIServer):  # type: ignore[misc]
+    """waitress's TCP server, plus a deadline for receiving a whole request."""
+
+    channel_class = _TimedChannel
+    request_timeout_s = 10.0
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        cutoff = time.monotonic() - self.request_timeout_s
+        for channel in list(self.active_channels.values()):
+            request = channel.request
+            if request is not None and request.started < cutoff and not channel.will_close:
+                log.info("closed a connection whose request took over %.0f s", self.request_timeout_s)
+                channel.will_close = True
 
 
 def wsgi_app(
@@ -62,13 +112,13 @@ def wsgi_app(
                 [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
             )
             return [body]
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = MAX_BODY + 1
-        if length > MAX_BODY:
-            start_response("413 Payload Too Large", [("Content-Type", "text/plain")])
-            return [b"request too large"]
+        if path != EVENTS_PATH:
+            body = b"not found"
+            start_response(
+                "404 Not Found",
+                [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
         with acknowledging():
             return slack(environ, start_response)
 
@@ -76,7 +126,10 @@ def wsgi_app(
 
 
 class HttpServer:
-    """The app on a threaded WSGI server, in a background thread (tests) or the foreground."""
+    """The app on waitress, in a background thread (tests) or the foreground."""
+
+    # waitress counts its own listening socket and its wake-up pipe as connections
+    _OWN_SOCKETS = 2
 
     def __init__(
         self,
@@ -85,40 +138,61 @@ class HttpServer:
         host: str = "127.0.0.1",
         port: int = 0,
         acknowledging: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        limits: HttpLimits | None = None,
     ) -> None:
-        self.server = make_server(
-            host,
-            port,
-            wsgi_app(app, healthy, acknowledging),
-            server_class=ThreadingWSGIServer,
-            handler_class=QuietHandler,
+        self.limits = limits or HttpLimits()
+        adjustments: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "threads": self.limits.threads,
+            "max_request_body_size": self.limits.max_body_bytes + 1,  # 413 at >= this
+            "max_request_header_size": 64 * 1024,
+            "channel_timeout": self.limits.idle_timeout_s,
+            "cleanup_interval": max(0.2, min(self.limits.request_timeout_s, 5.0) / 4),
+            "connection_limit": self.limits.max_connections + self._OWN_SOCKETS,
+            "asyncore_loop_timeout": 0.2,
+            "asyncore_use_poll": True,
+            "ident": "rotator",
+            "expose_tracebacks": False,
+            "clear_untrusted_proxy_headers": True,
+        }
+        self.server = DeadlineServer(
+            wsgi_app(app, healthy, acknowledging), adj=Adjustments(**adjustments)
         )
+        self.server.request_timeout_s = self.limits.request_timeout_s
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        return int(self.server.effective_port)
 
     @property
     def url(self) -> str:
-        host = str(self.server.server_address[0])
-        return f"http://{host}:{self.port}"
+        return f"http://{self.server.effective_host}:{self.port}"
 
     def start(self) -> HttpServer:
-        self._thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="http",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        self.server.serve_forever()
+        adj = self.server.adj
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(
+                    timeout=adj.asyncore_loop_timeout,
+                    map=self.server._map,
+                    use_poll=adj.asyncore_use_poll,
+                    count=1,
+                )
+        finally:
+            self.server.task_dispatcher.shutdown(timeout=2)
+            wasyncore.close_all(self.server._map)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self.server.pull_trigger()
         if self._thread is not None:
             self._thread.join(5)

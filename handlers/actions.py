@@ -2,10 +2,11 @@
 
 The two-person rule lives here, in the state transition and not only in the
 UI: an approval counts only from a configured approver who is not the
-requester (team id + user id), only once per person, only while the request
-is pending and not expired, and only if the compare-and-swap on the stored
-request wins. A click that loses a race re-reads and decides again, so two
-clicks at once can never approve twice or start two runs.
+requester, only once per person (people compared by Slack user id: one person
+may click under two team ids), only while the request is pending and not
+expired, and only if the compare-and-swap on the stored request wins. A click
+that loses a race re-reads and decides again, so two clicks at once can never
+approve twice or start two runs.
 """
 
 from __future__ import annotations

@@ -565,3 +565,11 @@ def help_text(
             f"Not rotated here: {ADMIN_PASSWORD} {LICENCE_KEY}",
         ]
     )
+
+
+def directory_unavailable(group: str, max_age_minutes: float) -> str:
+    return (
+        f"Slack has not been able to list the members of {group} for over "
+        f"{max_age_minutes:g} min, so no one can be confirmed as a member: nothing was "
+        "changed. Try again in a few minutes."
+    )

@@ -42,9 +42,16 @@ FINAL_STATES: frozenset[State] = frozenset(State) - ACTIVE_STATES
 
 @dataclass(frozen=True)
 class Person:
-    """A Slack user by immutable ids: the two-person rule compares team id + user id."""
+    """A Slack user; one person is one user id, whatever team id the request carried.
 
-    team_id: str
+    Under Enterprise Grid a slash command carries the workspace it was typed
+    in and a click carries the user's home team, so the same person comes with
+    different team ids. User ids are unique across an organisation: the
+    two-person rule (self-approval, duplicate approvals, counting) compares
+    them alone. ``team_id`` is kept for the record (``key``, the audit actor).
+    """
+
+    team_id: str = field(compare=False)
     user_id: str
 
     @property
@@ -213,14 +220,19 @@ class Planner(Protocol):
 class Directory(Protocol):
     """Slack user-group membership (cached by ``bot``).
 
-    A group belongs to the bot's own workspace (``home_team_id``), so only a
-    person of that team can be one of its members, whatever their user id.
+    Members are user ids, unique across an Enterprise Grid organisation, so
+    membership is the user id alone (a member's clicks carry their home team,
+    which need not be the bot's workspace). ``group_members`` raises
+    ``DirectoryUnavailable`` when it cannot vouch for a group's members.
     """
 
-    @property
-    def home_team_id(self) -> str: ...
-
     def group_members(self, group_id: str) -> frozenset[str]: ...
+
+
+class DirectoryUnavailable(UserFacingError):
+    """Slack could not list a user group, and what the bot last saw is too old to trust."""
+
+    code = "directory_unavailable"
 
 
 @dataclass(frozen=True)
@@ -228,7 +240,8 @@ class AccessPolicy:
     """Who may request and approve, how many approvals, for how long a request waits.
 
     Entries are Slack user ids (``U…``/``W…``), user-group ids (``S…``) or a
-    team-qualified user ``T…/U…``. An empty ``requesters`` means anyone in an
+    team-qualified user ``T…/U…`` (matched by its user id: user ids are unique
+    across an organisation). An empty ``requesters`` means anyone in an
     allowed channel; an empty ``channels`` means any channel.
     """
 
@@ -241,14 +254,9 @@ class AccessPolicy:
     def _matches(self, entries: Sequence[str], person: Person, directory: Directory) -> bool:
         for entry in entries:
             if entry.startswith("S"):
-                if person.team_id == directory.home_team_id and person.user_id in (
-                    directory.group_members(entry)
-                ):
+                if person.user_id in directory.group_members(entry):
                     return True
-            elif "/" in entry:
-                if entry == person.key:
-                    return True
-            elif entry == person.user_id:
+            elif entry.rsplit("/", 1)[-1] == person.user_id:
                 return True
         return False
 

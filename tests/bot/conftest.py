@@ -11,6 +11,7 @@ approve (@oncall), Dave is neither.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import secrets
@@ -28,7 +29,7 @@ from bot.fakes.slack_signing import Sent, SlackSender
 from bot.inventory import PanelEntry
 from bot.settings import Settings, load_settings
 from bot.store import Store, open_store
-from bot.wsgi import HttpServer
+from bot.wsgi import HttpLimits, HttpServer
 from handlers.blocks import APPROVE_ACTION
 from tests.support.fake_engine import FakeEngineHost
 from tests.support.secrets_scan import SecretRegistry
@@ -83,6 +84,7 @@ def write_config(
     approvals_required: int = 1,
     expiry_minutes: float = 30,
     channels: tuple[str, ...] = (CHANNEL,),
+    extra: Mapping[str, Any] | None = None,
     profiles: dict[str, Path] | None = None,
     ssh_panels: Mapping[str, PanelEntry] | None = None,
 ) -> Path:
@@ -98,6 +100,7 @@ def write_config(
         f"approvals_required = {approvals_required}",
         f"expiry_minutes = {expiry_minutes}",
         f'store = "{store_url}"',
+        *(f"{k} = {json.dumps(v)}" for k, v in (extra or {}).items()),
     ]
     for name in panels:
         profile = (profiles or {}).get(name, path.parent / f"{name}.profile.toml")
@@ -114,6 +117,10 @@ def write_config(
         lines += ["", f'[panels."{name}"]', *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# make_bot(**config): these go to write_config; any other key is written as a TOML setting
+_WRITE_CONFIG_OPTIONS = frozenset(inspect.signature(write_config).parameters)
 
 
 @dataclass
@@ -217,9 +224,13 @@ def make_bot(
         start: bool = True,
         clock: Callable[[], float] | None = None,
         expiry_max_wait_s: float = 30.0,
+        limits: HttpLimits | None = None,
         **config: Any,
     ) -> BotUnderTest:
         n = next(counter)
+        extra = {k: config.pop(k) for k in list(config) if k not in _WRITE_CONFIG_OPTIONS}
+        if extra:
+            config["extra"] = extra
         url = store_url or f"sqlite://{tmp_path / 'rotator.db'}"
         config_path = write_config(tmp_path / f"rotator-{n}.toml", store_url=url, **config)
         settings = load_settings(
@@ -243,7 +254,10 @@ def make_bot(
             options["clock"] = clock
         rotator = build_rotator(settings, the_store, engine_clients, **options)
         server = HttpServer(
-            rotator.app, rotator.healthy, acknowledging=rotator.gate.acknowledging
+            rotator.app,
+            rotator.healthy,
+            acknowledging=rotator.gate.acknowledging,
+            limits=limits or settings.http_limits,
         ).start()
         bot = BotUnderTest(
             rotator=rotator,

@@ -28,13 +28,68 @@ def test_the_requester_cannot_approve_their_own_request(make_bot: MakeBot) -> No
     assert bot.engine.ops("rotate-key") == []
 
 
-def test_the_same_user_id_in_another_team_is_another_person(make_bot: MakeBot) -> None:
-    """People are compared by team id + user id: U0ALICE of another team is not the requester,
-    and not a member of this workspace's approvers' group either."""
+# Under Enterprise Grid a slash command carries the workspace's team id and a click the
+# user's home team id: one person, two team ids. The commands below come from T0TEAM.
+HOME_TEAM = "T0HOME"
+
+
+def test_the_requester_clicking_from_their_home_team_is_still_the_requester(
+    make_bot: MakeBot,
+) -> None:
+    """Alice asks in the workspace, then clicks Approve with her home team's id: refused."""
     bot = make_bot()
     request_id, ts = bot.request_key()
-    bot.approve(request_id, ts, ALICE, team_id="T0OTHER")
-    assert ephemeral_to(bot, ALICE) == "Only members of <!subteam^S0ONCALL> can approve rotations."
+    assert bot.approve(request_id, ts, ALICE, team_id=HOME_TEAM).status == 200
+    assert ephemeral_to(bot, ALICE) == (
+        "You asked for this rotation, so someone else from <!subteam^S0ONCALL> must approve it."
+    )
+    assert (bot.state(request_id), bot.store.get(request_id).approvals) == ("pending", ())
+    assert bot.engine.ops("rotate-key") == []
+
+
+def test_one_person_clicking_under_two_team_ids_approves_once(make_bot: MakeBot) -> None:
+    """With two approvals required, Bob's clicks from two team ids are one approval."""
+    bot = make_bot(approvals_required=2)
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB, team_id="T0TEAM")
+    ephemeral_to(bot, BOB)
+    bot.approve(request_id, ts, BOB, team_id=HOME_TEAM)
+    assert ephemeral_to(bot, BOB, count=2) == "You already approved this request."
+    request = bot.store.get(request_id)
+    assert (request.state.value, [a.person.user_id for a in request.approvals]) == (
+        "pending",
+        [BOB],
+    )
+    assert bot.engine.ops("rotate-key") == []
+
+
+def test_an_approver_clicking_from_their_home_team_counts(make_bot: MakeBot) -> None:
+    """Group members are user ids: Bob's click with his home team's id approves."""
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB, team_id=HOME_TEAM)
+    bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
+    assert bot.engine.ops("rotate-key")[0].approved_by == [BOB]
+
+
+def test_the_requester_cannot_deny_their_own_request(make_bot: MakeBot) -> None:
+    """Alice's own Deny (from either team id) opens no modal; a forged submission of the
+    modal in her name changes nothing."""
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    for team in ("T0TEAM", HOME_TEAM):
+        bot.click(DENY_ACTION, request_id, ts, ALICE, team_id=team)
+    assert ephemeral_to(bot, ALICE, count=2) == (
+        f"To withdraw your own request, use `/rotate-cancel {request_id}`."
+    )
+    assert bot.fake.calls_to("views.open") == []
+    sent = bot.slack.submit_view(
+        DENY_MODAL, request_id, {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "changed my mind"}}, ALICE
+    )
+    assert sent.status == 200
+    assert ephemeral_to(bot, ALICE, count=3) == (
+        f"To withdraw your own request, use `/rotate-cancel {request_id}`."
+    )
     assert bot.state(request_id) == "pending"
 
 
@@ -301,3 +356,30 @@ def test_a_changed_host_key_voids_the_approvals(make_bot: MakeBot) -> None:
     )[0]
     assert "host key SHA256:Yx0fakehostkeyQ -> SHA256:SomethingElse" in update.all_text()
     assert bot.engine.ops("rotate-key") == []
+
+
+def test_stale_group_members_are_trusted_only_up_to_their_maximum_age(make_bot: MakeBot) -> None:
+    """While Slack cannot list user groups, the members seen last still count for
+    ``group_cache_max_age_minutes``; after that an approval is refused with a clear message."""
+    bot = make_bot(group_cache_max_age_minutes=15)
+    now = [1000.0]
+    bot.rotator.deps.directory.clock = lambda: now[0]  # type: ignore[attr-defined]
+    first, first_ts = bot.request_key()
+    second, second_ts = bot.request_key()
+    bot.approve(first, first_ts, DAVE)  # the approvers' group is listed once, while Slack answers
+    ephemeral_to(bot, DAVE)
+    bot.fake.fail("usergroups.users.list", "service_unavailable", times=1000)
+
+    now[0] += 2 * 60  # past the one-minute cache, within the fifteen-minute trust
+    bot.approve(first, first_ts, BOB)
+    wait_until(lambda: bot.state(first) == "done")
+
+    now[0] += 20 * 60
+    bot.approve(second, second_ts, CAROL)
+    answer = ephemeral_to(bot, CAROL)
+    assert answer.startswith(
+        "Slack has not been able to list the members of <!subteam^S0ONCALL> for over 15 min, "
+        "so no one can be confirmed as a member: nothing was changed."
+    )
+    assert (bot.state(second), bot.store.get(second).approvals) == ("pending", ())
+    assert len(bot.engine.ops("rotate-key")) == 1

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import threading
 import time
 import urllib.request
 
-from tests.bot.conftest import ALICE, BOB, PANEL, MakeBot
+from bot.wsgi import HttpLimits
+from handlers.ports import State
+from tests.bot.conftest import ALICE, BOB, PANEL, BotUnderTest, MakeBot
 
 
 def test_a_bad_signature_is_refused_and_does_nothing(make_bot: MakeBot) -> None:
@@ -98,3 +103,128 @@ def test_acknowledgement_is_fast_even_while_the_engine_is_slow(make_bot: MakeBot
     sent = bot.command("/rotate-key", f"{PANEL} disclosure")
     gate.set()
     assert sent.status == 200 and sent.elapsed_s < 0.5
+
+
+# --- attacks on the HTTP server itself, before any signature is checked ------------------
+# Each sends only to the bot's loopback address, in loops bounded in count and time.
+
+
+def _connect(bot: BotUnderTest) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", bot.server.port), timeout=5)
+    sock.settimeout(5)
+    return sock
+
+
+def _status(sock: socket.socket) -> int:
+    """The status code of the answer on ``sock`` (waits at most the socket's timeout)."""
+    head = b""
+    while b"\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed before a status line: {head!r}")
+        head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def _nothing_done(bot: BotUnderTest) -> bool:
+    called = {c.method for c in bot.fake.calls} - {"auth.test"}
+    return bot.engine.ops("plan") == [] and not called and bot.store.list_in_states(State) == []
+
+
+def _answers_within(sock: socket.socket, seconds: float) -> bool:
+    readable, _, _ = select.select([sock], [], [], seconds)
+    return bool(readable)
+
+
+def test_a_negative_content_length_is_refused_without_reading_the_body(make_bot: MakeBot) -> None:
+    """``Content-Length: -1`` once made the server read until the client hung up (300 MB):
+    now it is a 400 while the client is still sending, and the app never runs."""
+    bot = make_bot()
+    with _connect(bot) as sock:
+        sock.sendall(
+            b"POST /slack/events HTTP/1.1\r\nHost: bot\r\nContent-Length: -1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" + b"a" * 65536
+        )
+        assert _status(sock) == 400
+    assert _nothing_done(bot)
+
+
+def test_a_huge_content_length_is_refused_before_the_body_is_sent(make_bot: MakeBot) -> None:
+    """300 MB announced, 64 KB sent: the 413 comes back without waiting for the rest."""
+    bot = make_bot()
+    with _connect(bot) as sock:
+        sock.sendall(
+            b"POST /slack/events HTTP/1.1\r\nHost: bot\r\nContent-Length: 300000000\r\n\r\n"
+            + b"a" * 65536
+        )
+        assert _status(sock) == 413
+    assert _nothing_done(bot)
+
+
+def test_a_chunked_body_over_the_cap_is_refused_at_the_cap(make_bot: MakeBot) -> None:
+    """No length announced: the cap applies to what arrives, and stops reading there."""
+    bot = make_bot(limits=HttpLimits(max_body_bytes=16 * 1024))
+    chunk = b"4000\r\n" + b"a" * 0x4000 + b"\r\n"
+    with _connect(bot) as sock:
+        sock.sendall(b"POST /slack/events HTTP/1.1\r\nHost: bot\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(chunk * 2)
+        assert _status(sock) == 413
+    assert _nothing_done(bot)
+
+
+def test_slow_clients_hold_no_thread_and_are_cut_off_at_the_request_deadline(
+    make_bot: MakeBot,
+) -> None:
+    """Forty clients dribble header bytes (a slowloris): the bot starts no thread for them,
+    a signed command is still answered, and each slow client is disconnected once its
+    request is older than the deadline, although it never stopped sending."""
+    bot = make_bot(limits=HttpLimits(request_timeout_s=1.0, max_connections=100))
+    threads_before = threading.active_count()
+    slow = [_connect(bot) for _ in range(40)]
+    for sock in slow:
+        sock.sendall(b"POST /slack/events HTTP/1.1\r\nHost: bot\r\n")
+    closed: set[int] = set()
+    deadline = time.monotonic() + 8
+    answered = None
+    for n in range(200):  # at most 200 dribbles of one header line each
+        if len(closed) == len(slow) or time.monotonic() > deadline:
+            break
+        for i, sock in enumerate(slow):
+            if i in closed:
+                continue
+            try:
+                sock.sendall(f"X-Slow-{n}: a\r\n".encode())
+                if _answers_within(sock, 0) and not sock.recv(4096):
+                    closed.add(i)
+            except OSError:
+                closed.add(i)
+        if answered is None:
+            assert threading.active_count() <= threads_before + 2
+            answered = bot.command("/rotate-help", "")
+        time.sleep(0.05)  # the dribble's pace
+    for sock in slow:
+        sock.close()
+    assert answered is not None and answered.status == 200
+    assert "rotate-key" in answered.text
+    assert len(closed) == len(slow), f"{len(slow) - len(closed)} slow clients still connected"
+
+
+def test_connections_beyond_the_cap_wait_until_one_closes(make_bot: MakeBot) -> None:
+    """With a cap of 4, four open keep-alive connections leave a fifth unanswered; when one
+    of the four closes, the fifth is served."""
+    bot = make_bot(limits=HttpLimits(max_connections=4))
+    health = b"GET /healthz HTTP/1.1\r\nHost: bot\r\n\r\n"
+    held = [_connect(bot) for _ in range(4)]
+    for sock in held:
+        sock.sendall(health)
+        assert _status(sock) == 200
+    extra = _connect(bot)  # the kernel completes the handshake; the server does not accept
+    try:
+        extra.sendall(health)
+        assert not _answers_within(extra, 0.5)
+        held.pop().close()
+        assert _status(extra) == 200
+    finally:
+        extra.close()
+        for sock in held:
+            sock.close()
