@@ -79,6 +79,8 @@ class Rehearsal:
             token=f"xoxb-demo-{secrets.token_hex(12)}",
             team_id=TEAM,
             groups={ONCALL: [ALICE, BOB], SECOPS: [ALICE]},
+            channels=[CHANNEL],
+            users=[ALICE, BOB],
         )
         self.signing_secret = secrets.token_hex(16)
         self.store: Store | None = None
@@ -116,6 +118,7 @@ class Rehearsal:
             signing_secret=self.signing_secret,
             team_id=TEAM,
             channel_id=CHANNEL,
+            trigger_ids=self.fake.issue_trigger_id,
         )
         return self
 

@@ -1,4 +1,4 @@
-"""A local fake of Slack's Web API that answers like Slack and records every call.
+"""A local fake of Slack's Web API, as strict as Slack, that records every call.
 
 Serves ``POST /api/<method>`` on 127.0.0.1 (a threaded HTTP server), so the
 bot's real ``slack_sdk.WebClient`` talks HTTP to it exactly as to Slack.
@@ -6,6 +6,22 @@ Answers ``auth.test``, ``chat.postMessage``, ``chat.update``,
 ``chat.postEphemeral``, ``views.open``, ``usergroups.users.list``,
 ``users.info`` and ``conversations.info``; anything else gets
 ``unknown_method``. ``fail(method, error)`` makes the next calls fail.
+
+It refuses what Slack refuses, so a green test means the card would appear:
+
+* blocks and views are checked by ``bot.fakes.slack_blocks`` (slack_sdk's
+  Block Kit models plus Slack's documented limits): ``invalid_blocks``
+  (messages) or ``invalid_arguments`` (views), with the reasons in
+  ``response_metadata.messages``;
+* a message needs a ``channel`` (``channel_not_found``) that exists (the
+  ``channels`` given, or user ids for direct messages), and text or blocks
+  (``no_text``); ``chat.update`` needs the ts of a message posted in that
+  channel (``message_not_found``);
+* ``views.open`` takes only trigger ids this fake issued
+  (``issue_trigger_id``, which ``SlackSender`` calls for every user action),
+  once (``exchanged_trigger_id``) and within 3 s (``expired_trigger_id``);
+* ``rate_limit(every=N)`` answers every Nth call with HTTP 429, ``Retry-After``
+  and ``ratelimited``, as Slack does under load.
 
 Tests wait on the record with a deadline (``wait_for``), never with a sleep:
 the bot does its work on threads after it acknowledges.
@@ -15,15 +31,23 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
+from bot.fakes.slack_blocks import MAX_MESSAGE_TEXT, block_errors, view_errors
+
 JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
+TRIGGER_TTL_S = 3.0  # Slack: "trigger_ids expire three seconds after they're issued"
+_CONVERSATION_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+MESSAGE_METHODS = ("chat.postMessage", "chat.update", "chat.postEphemeral")
 
 
 @dataclass
@@ -36,6 +60,11 @@ class Call:
     raw_body: str
     at: float = field(default_factory=time.monotonic)
     response: dict[str, Any] = field(default_factory=dict)
+    status: int = 200
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.response.get("ok"))
 
     @property
     def text(self) -> str:
@@ -69,11 +98,18 @@ class FakeSlack:
         team_id: str = "T0TEAM",
         bot_user_id: str = "U0BOT",
         groups: dict[str, list[str]] | None = None,
+        channels: Iterable[str] | None = None,
+        users: Iterable[str] | None = None,
+        trigger_ttl_s: float = TRIGGER_TTL_S,
     ) -> None:
+        """``channels``/``users``: the ids that exist (None: any id of Slack's shape)."""
         self.token = token
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.groups = dict(groups or {})
+        self.channels = None if channels is None else set(channels)
+        self.users = None if users is None else set(users) | {bot_user_id}
+        self.trigger_ttl_s = trigger_ttl_s
         self._calls: list[Call] = []
         self._cond = threading.Condition()
         self._ts = itertools.count(1)
@@ -82,6 +118,14 @@ class FakeSlack:
         # extra methods answered by other stand-ins (they check their own token), e.g.
         # ``apps.connections.open`` from bot.fakes.socket_mode
         self.methods: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {}
+        self._messages: dict[str, str] = {}  # ts -> channel, of every message posted
+        self._triggers: dict[str, float] = {}  # trigger id -> issued at (monotonic)
+        self._exchanged: set[str] = set()
+        self._rate_every = 0
+        self._rate_retry_after = 0
+        self._rate_methods: set[str] | None = None
+        self._rate_seen = 0
+        self._rate_left: int | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -99,9 +143,11 @@ class FakeSlack:
                 params = _parse(raw, self.headers.get("Content-Type") or "")
                 token = token or params.pop("token", None)
                 method = self.path.rsplit("/", 1)[-1]
-                answer = fake._answer(method, params, token, raw)
-                body = json.dumps(answer).encode()
-                self.send_response(200)
+                call = fake._answer(method, params, token, raw)
+                body = json.dumps(call.response).encode()
+                self.send_response(call.status)
+                if call.status == 429:
+                    self.send_header("Retry-After", str(fake._rate_retry_after))
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -150,30 +196,143 @@ class FakeSlack:
         with self._cond:
             self._failures.setdefault(method, []).extend([error] * times)
 
+    def rate_limit(
+        self,
+        every: int,
+        *,
+        retry_after: int = 0,
+        methods: Iterable[str] | None = None,
+        times: int | None = None,
+    ) -> None:
+        """Answer every ``every``-th call (to ``methods``, default all) with HTTP 429.
+
+        Deterministic, so a test knows which call is refused; ``every=0`` stops it,
+        and so does the ``times``-th refusal. ``retry_after`` is the ``Retry-After``
+        header in whole seconds, as Slack sends it.
+        """
+        with self._cond:
+            self._rate_every = every
+            self._rate_retry_after = retry_after
+            self._rate_methods = None if methods is None else set(methods)
+            self._rate_seen = 0
+            self._rate_left = times
+
+    def issue_trigger_id(self, *, age_s: float = 0.0) -> str:
+        """A trigger id as Slack issues one with a user action; ``age_s`` back-dates it."""
+        trigger = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}"
+        with self._cond:
+            self._triggers[trigger] = time.monotonic() - age_s
+        return trigger
+
+    def _rate_limited(self, method: str) -> bool:
+        if not self._rate_every or (
+            self._rate_methods is not None and method not in self._rate_methods
+        ):
+            return False
+        self._rate_seen += 1
+        if self._rate_seen % self._rate_every or self._rate_left == 0:
+            return False
+        if self._rate_left is not None:
+            self._rate_left -= 1
+        return True
+
     def _next_ts(self) -> str:
         return f"{1_800_000_000 + next(self._ts)}.000100"
 
-    def _answer(
-        self, method: str, params: dict[str, Any], token: str | None, raw: str
-    ) -> dict[str, Any]:
+    def _answer(self, method: str, params: dict[str, Any], token: str | None, raw: str) -> Call:
         if self.delays.get(method):
             time.sleep(self.delays[method])  # a slow Slack, on purpose
+        status = 200
         with self._cond:
-            failures = self._failures.get(method)
+            limited = self._rate_limited(method)
+            failures = None if limited else self._failures.get(method)
             error = failures.pop(0) if failures else None
-        if method in self.methods and not error:
-            answer: dict[str, Any] = self.methods[method](params, token)
-        elif token != self.token:
-            answer = {"ok": False, "error": "invalid_auth"}
-        elif error:
-            answer = {"ok": False, "error": error}
-        else:
-            answer = self._success(method, params)
-        call = Call(method=method, params=params, token=token, raw_body=raw, response=answer)
+        answer: dict[str, Any] | None = None
+        if method in self.methods and not error and not limited:
+            answer = self.methods[method](params, token)  # outside the lock: it may be slow
         with self._cond:
+            if limited:
+                status, answer = 429, {"ok": False, "error": "ratelimited"}
+            elif answer is not None:
+                pass
+            elif token != self.token:
+                answer = {"ok": False, "error": "invalid_auth"}
+            elif error:
+                answer = {"ok": False, "error": error}
+            else:
+                answer = self._refusal(method, params) or self._success(method, params)
+            call = Call(
+                method=method,
+                params=params,
+                token=token,
+                raw_body=raw,
+                response=answer,
+                status=status,
+            )
             self._calls.append(call)
             self._cond.notify_all()
-        return answer
+        return call
+
+    # --- what Slack refuses (called with the lock held) --------------------------------
+
+    def _channel_exists(self, channel: Any) -> bool:
+        if not isinstance(channel, str) or not channel:
+            return False
+        if _USER_ID.match(channel):  # a direct message to a person
+            return self.users is None or channel in self.users
+        if self.channels is None:
+            return bool(_CONVERSATION_ID.match(channel))
+        return channel in self.channels
+
+    def _refusal(self, method: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Slack's error answer for a call it would refuse, or None."""
+        if method in MESSAGE_METHODS:
+            if not self._channel_exists(params.get("channel")):
+                return {"ok": False, "error": "channel_not_found"}
+            if method == "chat.postEphemeral" and not self._user_exists(params.get("user")):
+                return {"ok": False, "error": "user_not_found"}
+            if method == "chat.update":
+                ts = params.get("ts")
+                if self._messages.get(str(ts)) != params.get("channel"):
+                    return {"ok": False, "error": "message_not_found"}
+            return self._message_refusal(params)
+        if method == "views.open":
+            return self._trigger_refusal(params.get("trigger_id")) or _invalid(
+                "invalid_arguments", view_errors(_json_field(params.get("view")))
+            )
+        if method == "users.info" and not self._user_exists(params.get("user")):
+            return {"ok": False, "error": "user_not_found"}
+        if method == "conversations.info" and not self._channel_exists(params.get("channel")):
+            return {"ok": False, "error": "channel_not_found"}
+        return None
+
+    def _user_exists(self, user: Any) -> bool:
+        if not isinstance(user, str) or not _USER_ID.match(user):
+            return False
+        return self.users is None or user in self.users
+
+    def _message_refusal(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        blocks = params.get("blocks")
+        text = params.get("text")
+        if blocks in (None, "", []) and not text and not params.get("attachments"):
+            return {"ok": False, "error": "no_text"}
+        if isinstance(text, str) and len(text) > MAX_MESSAGE_TEXT:
+            return {"ok": False, "error": "msg_too_long"}
+        if blocks in (None, ""):
+            return None
+        if isinstance(blocks, str):  # form-encoded blocks that were not valid JSON
+            return {"ok": False, "error": "invalid_blocks_format"}
+        return _invalid("invalid_blocks", block_errors(blocks))
+
+    def _trigger_refusal(self, trigger: Any) -> dict[str, Any] | None:
+        issued = self._triggers.get(str(trigger))
+        if issued is None:
+            return {"ok": False, "error": "invalid_trigger_id"}
+        if trigger in self._exchanged:
+            return {"ok": False, "error": "exchanged_trigger_id"}
+        if time.monotonic() - issued > self.trigger_ttl_s:
+            return {"ok": False, "error": "expired_trigger_id"}
+        return None
 
     def _success(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
@@ -188,12 +347,14 @@ class FakeSlack:
             }
         if method == "chat.postMessage":
             ts = self._next_ts()
+            self._messages[ts] = str(params["channel"])
             return {"ok": True, "channel": params.get("channel"), "ts": ts, "message": {"ts": ts}}
         if method == "chat.update":
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": self._next_ts()}
         if method == "views.open":
+            self._exchanged.add(str(params.get("trigger_id")))
             return {"ok": True, "view": {"id": "V0VIEW", **(params.get("view") or {})}}
         if method == "usergroups.users.list":
             group = str(params.get("usergroup"))
@@ -284,6 +445,26 @@ class FakeSlack:
         versions = self.card_versions(channel, ts)
         assert versions, f"no card {ts} in {channel}"
         return versions[-1]
+
+
+def _invalid(error: str, reasons: list[str]) -> dict[str, Any] | None:
+    if not reasons:
+        return None
+    return {
+        "ok": False,
+        "error": error,
+        "errors": reasons,
+        "response_metadata": {"messages": [f"[ERROR] {r}" for r in reasons]},
+    }
+
+
+def _json_field(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _parse(raw: str, content_type: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -34,7 +35,11 @@ def signed_headers(secret: str, body: str, timestamp: int | None = None) -> dict
 
 
 def _trigger_id() -> str:
-    """A fresh trigger id per user action, in Slack's shape (Slack retries repeat it)."""
+    """A fresh trigger id per user action, in Slack's shape (Slack retries repeat it).
+
+    Only for a sender with no fake Slack behind it: the fake's ``views.open``
+    refuses trigger ids it did not issue.
+    """
     return f"{secrets.randbelow(10**10)}.{secrets.token_hex(8)}"
 
 
@@ -63,7 +68,12 @@ class Sent:
 
 @dataclass
 class SlackSender:
-    """Plays Slack: slash commands, button clicks and modal submissions, signed."""
+    """Plays Slack: slash commands, button clicks and modal submissions, signed.
+
+    Each user action carries a fresh trigger id from ``trigger_ids``; give it
+    the fake Web API's ``issue_trigger_id`` so that the fake knows the id and
+    when it was issued (it expires 3 s later and opens one modal).
+    """
 
     url: str
     signing_secret: str
@@ -71,6 +81,7 @@ class SlackSender:
     team_id: str = "T0TEAM"
     channel_id: str = "C0ROTATE"
     app_id: str = "A0ROTATOR"
+    trigger_ids: Callable[[], str] = _trigger_id
 
     def post(
         self,
@@ -126,7 +137,7 @@ class SlackSender:
                 "api_app_id": self.app_id,
                 "is_enterprise_install": "false",
                 "response_url": "https://hooks.slack.test/commands/T0TEAM/1/xyz",
-                "trigger_id": trigger_id or _trigger_id(),
+                "trigger_id": trigger_id or self.trigger_ids(),
             }
         )
 
@@ -161,7 +172,7 @@ class SlackSender:
                 "channel_id": channel,
                 "is_ephemeral": False,
             },
-            "trigger_id": _trigger_id(),
+            "trigger_id": self.trigger_ids(),
             "team": {"id": team, "domain": "fake"},
             "enterprise": None,
             "is_enterprise_install": False,
@@ -216,7 +227,7 @@ class SlackSender:
             "user": _user(user, self.team_id),
             "api_app_id": self.app_id,
             "token": self.verification_token,
-            "trigger_id": _trigger_id(),
+            "trigger_id": self.trigger_ids(),
             "view": {
                 "id": "V0VIEW",
                 "team_id": self.team_id,

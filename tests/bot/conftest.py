@@ -39,6 +39,7 @@ CHANNEL = "C0ROTATE"
 ONCALL = "S0ONCALL"
 SECOPS = "S0SECOPS"
 ALICE, BOB, CAROL, DAVE = "U0ALICE", "U0BOB", "U0CAROL", "U0DAVE"
+ELSEWHERE = "C0ELSEWHERE"  # a channel that exists but is not configured for rotations
 PANEL = "prod-eu"
 REQUEST_ID = re.compile(r"Request `(r-[0-9]{8}-[0-9]{6}-[0-9a-f]{4})`")
 
@@ -69,6 +70,8 @@ def fake_slack(slack_secrets: SlackSecrets) -> Iterator[FakeSlack]:
         token=slack_secrets.bot_token,
         team_id=TEAM,
         groups={ONCALL: [BOB, CAROL, ALICE], SECOPS: [ALICE, BOB, CAROL]},
+        channels=[CHANNEL, ELSEWHERE],
+        users=[ALICE, BOB, CAROL, DAVE],
     ).start()
     yield fake
     fake.stop()
@@ -268,6 +271,7 @@ def make_bot(
                 verification_token=slack_secrets.verification_token,
                 team_id=TEAM,
                 channel_id=CHANNEL,
+                trigger_ids=fake_slack.issue_trigger_id,
             ),
             fake=fake_slack,
             store=the_store,
