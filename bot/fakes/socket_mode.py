@@ -193,8 +193,13 @@ class FakeSocketMode:
         return int(self._listener.getsockname()[1])
 
     def attach(self, web_api: Any) -> FakeSocketMode:
-        """Make a ``FakeSlack`` answer ``apps.connections.open`` for this endpoint."""
+        """Make a ``FakeSlack`` answer ``apps.connections.open`` for this endpoint.
+
+        User actions sent here then carry trigger ids that fake issued (its ``views.open``
+        takes no others).
+        """
         web_api.methods["apps.connections.open"] = self.connections_open
+        self.payloads.trigger_ids = web_api.issue_trigger_id
         return self
 
     def connections_open(self, params: dict[str, Any], token: str | None) -> dict[str, Any]:
