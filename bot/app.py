@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -274,12 +275,26 @@ def logged(work: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+
 class QuietRequestVerification(RequestVerification):
-    """Bolt's signature check, minus its log line that quotes the refused body.
+    """Bolt's signature check, minus its log line that quotes the refused body,
+    and with a 401 (not a 500 and a traceback) for a timestamp that is not a number.
 
     Bolt logs a request with a bad signature in full, and a slash command's
     body carries Slack's verification token: that must not reach a log.
     """
+
+    def process(
+        self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
+    ) -> BoltResponse:
+        if not self._can_skip(req.mode, req.body):
+            timestamp = _header(req, "x-slack-request-timestamp")
+            if not _TIMESTAMP.fullmatch(timestamp):
+                self.logger.info("refused a Slack request whose timestamp is not a number")
+                return self._build_error_response()
+        return super().process(req=req, resp=resp, next=next)
 
     def _debug_log_error(self, signature: Any, timestamp: Any, body: Any) -> None:
         self.logger.info(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -120,7 +121,19 @@ def wsgi_app(
             )
             return [body]
         with acknowledging():
-            return slack(environ, start_response)
+            try:
+                return slack(environ, start_response)
+            except Exception as exc:
+                # Bolt parses the body before it checks the signature: a malformed body
+                # (bad JSON in ``payload``, say) raises here, signed or not
+                log.warning("refused a malformed Slack request (%s)", type(exc).__name__)
+                body = b"bad request"
+                start_response(
+                    "400 Bad Request",
+                    [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
+                    sys.exc_info(),
+                )
+                return [body]
 
     return application
 

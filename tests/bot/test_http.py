@@ -6,11 +6,16 @@ import select
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 
+import pytest
+
+from bot.fakes.slack_signing import signature, signed_headers
 from bot.wsgi import HttpLimits
+from handlers.blocks import APPROVE_ACTION, DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
 from handlers.ports import State
-from tests.bot.conftest import ALICE, BOB, PANEL, BotUnderTest, MakeBot
+from tests.bot.conftest import ALICE, BOB, DAVE, PANEL, BotUnderTest, MakeBot
 
 
 def test_a_bad_signature_is_refused_and_does_nothing(make_bot: MakeBot) -> None:
@@ -20,14 +25,53 @@ def test_a_bad_signature_is_refused_and_does_nothing(make_bot: MakeBot) -> None:
     assert bot.engine.ops("plan") == [] and bot.fake.calls_to("chat.postMessage") == []
 
 
-def test_a_tampered_body_is_refused(make_bot: MakeBot) -> None:
+def test_a_tampered_body_is_refused_and_does_nothing(make_bot: MakeBot) -> None:
+    """Alice's signed command with the user changed to Bob: 401, and no plan, no message."""
     bot = make_bot()
     body = bot.slack.command_body("/rotate-key", f"{PANEL} disclosure", ALICE)
-    from bot.fakes.slack_signing import signed_headers
-
     headers = signed_headers(bot.slack.signing_secret, body)
     sent = bot.slack.post(body.replace("U0ALICE", "U0BOB"), headers=headers)
     assert sent.status == 401
+    bot.command("/rotate-help", "")  # a valid request after it, answered: the bot is up
+    assert _nothing_done(bot)
+
+
+def test_forged_clicks_and_modal_submissions_are_refused_and_do_nothing(
+    make_bot: MakeBot,
+) -> None:
+    """An Approve click, a Deny click and a deny-modal submission in Bob's name, signed with
+    the wrong secret or signed for Dave and then edited to Bob: each is a 401, the request
+    is untouched and Slack's API is not called for them."""
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    version, calls = bot.store.get(request_id).version, len(bot.fake.calls)
+    wrong = "not-the-signing-secret-at-all"
+    refused = [
+        bot.approve(request_id, ts, BOB, secret=wrong),
+        bot.click(DENY_ACTION, request_id, ts, BOB, secret=wrong),
+        bot.slack.submit_view(
+            DENY_MODAL,
+            request_id,
+            {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "forged"}},
+            BOB,
+            secret=wrong,
+        ),
+    ]
+    dave = bot.slack.click_body(APPROVE_ACTION, request_id, DAVE, ts)
+    refused.append(
+        bot.slack.post(
+            dave.replace(DAVE, BOB), headers=signed_headers(bot.slack.signing_secret, dave)
+        )
+    )
+    assert [r.status for r in refused] == [401] * 4
+    # a genuine click after the forged ones; once it is answered, theirs would have been too
+    bot.approve(request_id, ts, DAVE)
+    bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == DAVE)
+    request = bot.store.get(request_id)
+    assert (request.version, request.state, request.approvals) == (version, State.PENDING, ())
+    after = [c.method for c in bot.fake.calls[calls:] if c.method != "usergroups.users.list"]
+    assert after == ["chat.postEphemeral"]
+    assert bot.engine.ops("rotate-key") == []
 
 
 def test_a_stale_timestamp_is_refused(make_bot: MakeBot) -> None:
@@ -76,14 +120,26 @@ def test_a_retried_click_approves_once(make_bot: MakeBot) -> None:
     ]
 
 
+def _http_status(url: str, method: str = "GET") -> int:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_healthz_answers_and_other_paths_do_not(make_bot: MakeBot) -> None:
     bot = make_bot()
     with urllib.request.urlopen(f"{bot.url}/healthz", timeout=5) as response:
         assert (response.status, response.read()) == (200, b'{"ok": true}')
-    try:
-        urllib.request.urlopen(f"{bot.url}/admin", timeout=5)
-    except urllib.error.HTTPError as exc:
-        assert exc.code == 404
+    statuses = [
+        _http_status(f"{bot.url}/admin"),
+        _http_status(f"{bot.url}/admin", "POST"),
+        _http_status(f"{bot.url}/"),
+        _http_status(f"{bot.url}/slack/events/../admin"),
+    ]
+    assert statuses == [404, 404, 404, 404]
 
 
 def test_acknowledgement_is_fast_even_while_the_engine_is_slow(make_bot: MakeBot) -> None:
@@ -228,3 +284,34 @@ def test_connections_beyond_the_cap_wait_until_one_closes(make_bot: MakeBot) -> 
         extra.close()
         for sock in held:
             sock.close()
+
+
+def _no_traceback(caplog: pytest.LogCaptureFixture) -> bool:
+    return not [r for r in caplog.records if r.exc_info] and "Traceback" not in caplog.text
+
+
+def test_a_timestamp_that_is_not_a_number_is_a_401_without_a_traceback(
+    make_bot: MakeBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Signed over the bogus timestamp itself, so only the timestamp is wrong."""
+    bot = make_bot()
+    body = bot.slack.command_body("/rotate-key", f"{PANEL} disclosure", ALICE)
+    for stamp in ("abc", "1e9", "", "-5", "0x10", "²"):
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": signature(bot.slack.signing_secret, stamp, body),
+        }
+        assert bot.slack.post(body, headers=headers).status == 401, stamp
+    assert _nothing_done(bot)
+    assert _no_traceback(caplog)
+
+
+def test_a_malformed_interaction_payload_is_a_400_without_a_traceback(
+    make_bot: MakeBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = make_bot()
+    for body in ("payload=%7Bnot-json", "payload=%5B1%5D", "payload=null"):
+        assert bot.slack.post(body).status == 400, body
+    assert _nothing_done(bot)
+    assert _no_traceback(caplog)
