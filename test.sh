@@ -9,6 +9,7 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-s
 command -v php >/dev/null 2>&1 || need_apt+=(php-cli php-mysql)
 php -m 2>/dev/null | grep -qi pdo_mysql || need_apt+=(php-mysql)
 [ -x /usr/sbin/php-fpm8.2 ] || ls /usr/sbin/php-fpm* >/dev/null 2>&1 || need_apt+=(php-fpm)
+command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the panel-host setup's forced command
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> apt-get install ${need_apt[*]}"

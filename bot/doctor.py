@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from bot.engine_client import EngineClient
-from bot.errors import BotError, EngineClientError
+from bot.errors import BotError, EngineClientError, ProtocolMismatchError
 from engine.protocol import PROTOCOL_VERSION, Request
 
 
@@ -76,6 +76,10 @@ def _panel_checks(name: str, client: EngineClient) -> Iterator[Check]:
     subject = f"panel {name}"
     try:
         result = _probe(client)
+    except ProtocolMismatchError as exc:
+        panel = getattr(client, "panel", None)
+        yield _not_the_engine(subject, exc, getattr(panel, "user", None) or "rotator")
+        return
     except EngineClientError as exc:
         yield Check(subject, False, str(exc), _fix_for(exc.code))
         return
@@ -99,6 +103,37 @@ def _panel_checks(name: str, client: EngineClient) -> Iterator[Check]:
     if agents.get("checked") and agents.get("problems"):
         yield Check(f"{subject} agents", False, "; ".join(map(str, agents["problems"])),
                     "fix [agents] in the panel profile")
+
+
+LOGIN_SHELL_REFUSAL = "This account is currently not available."
+
+
+def _not_the_engine(subject: str, exc: ProtocolMismatchError, user: str) -> Check:
+    """The SSH login worked but something other than the engine answered first.
+
+    sshd runs the forced command through the user's login shell: ``nologin``
+    answers with its refusal; a profile script or a banner prints its own line.
+    Neither is the engine's version, so say what did answer.
+    """
+    line = exc.first_line
+    if line is None:
+        return Check(subject, False, str(exc), _fix_for(exc.code))
+    if line == LOGIN_SHELL_REFUSAL:
+        return Check(
+            subject,
+            False,
+            f"the panel host's SSH user has no login shell: it answered {line!r}",
+            f"give that user a shell: `usermod --shell /bin/sh {user}` on the panel host (sshd "
+            "runs the forced command through it), or re-run deploy/setup-panel-host.sh",
+        )
+    return Check(
+        subject,
+        False,
+        f"something other than the engine answered first: {line!r}",
+        f"the forced command in ~{user}/.ssh/authorized_keys must start engine-serve and "
+        "nothing may print before it (login shell profile, ForceCommand, a banner on stdout); "
+        "re-run deploy/setup-panel-host.sh",
+    )
 
 
 def _fix_for(code: str) -> str:

@@ -60,6 +60,8 @@ class HostKeyMismatchError(EngineClientError):
 
 class ProtocolMismatchError(EngineClientError):
     code = "protocol_mismatch"
+    # what came instead of an engine event (redacted, cut short), e.g. a login shell's refusal
+    first_line: str | None = None
 
 
 class EngineCrashedError(EngineClientError):

@@ -59,9 +59,12 @@ class EventStream:
         try:
             event = decode_event(line)
         except (ValueError, UnicodeDecodeError):
-            raise ProtocolMismatchError(
+            error = ProtocolMismatchError(
                 f"{self.source}: line {self._lines} from the engine is not an engine event"
-            ) from None
+            )
+            if self._lines == 1:
+                error.first_line = redact(line.decode("utf-8", "replace").strip())[:200]
+            raise error from None
         if self.hello is None:
             self._check_hello(event)
             self.hello = event

@@ -1,60 +1,274 @@
 #!/usr/bin/env bash
-# Install the MyOsicam Rotator engine on a panel host, locked to one forced command.
+# Install the MyOsicam Rotator engine on a panel host, reachable by the bot through one
+# forced SSH command. Safe to re-run: each step checks first and changes only what differs.
 #
-#   sudo deploy/setup-panel-host.sh /path/to/bot_key.pub [/var/www/myosicam]
+#   deploy/setup-panel-host.sh [options] BOT_KEY.pub          (as root)
+#   deploy/setup-panel-host.sh --dry-run BOT_KEY.pub          (prints the plan, changes nothing)
 #
-# What it does (and nothing else):
-#   * a system user `rotator` that owns nothing of the panel;
-#   * the engine in its own virtualenv at /opt/myosicam-rotator (from this checkout);
-#   * /etc/myosicam-rotator/panel.toml (from deploy/panel-profile.example.toml, if absent);
-#   * /var/lib/myosicam-rotator (0700), the journal;
-#   * the bot's public key in ~rotator/.ssh/authorized_keys with
-#       command="sudo -n /opt/myosicam-rotator/bin/engine-serve",restrict
-#     so a stolen bot key can only ask the engine for its listed operations;
-#   * a sudoers rule letting `rotator` run exactly that wrapper as root.
+# What it sets up (and nothing else):
+#   * a system user (default `rotator`) with the login shell /bin/sh: sshd runs a forced
+#     command through the user's login shell, so /usr/sbin/nologin would refuse every
+#     connection ("This account is currently not available.");
+#   * the engine in its own virtualenv (default /opt/myosicam-rotator, from this checkout),
+#     or an interpreter you already have (--engine-python);
+#   * PREFIX/bin/engine-serve, the one program the bot's key may run, which starts
+#     `python -I -u -m engine --profile CONFIG_DIR/panel.toml serve`;
+#   * CONFIG_DIR/panel.toml (from --profile, or deploy/panel-profile.example.toml) if absent;
+#   * STATE_DIR (0700 root), the engine's journal;
+#   * a sudoers rule letting the user run exactly engine-serve as root (checked with
+#     visudo before it is installed);
+#   * the bot's key in ~USER/.ssh/authorized_keys:
+#       [from="PATTERNS",]command="sudo -n PREFIX/bin/engine-serve",restrict KEY
+#     so a stolen bot key can only ask the engine for its listed operations, and with
+#     --from only from the bot's address.
 #
-# Why root: the engine rewrites config/.env (owned by www-data, 0640), restarts
-# php-fpm (systemctl) and reads the panel's database credentials from .env.
-# Those three need root or the panel owner; nothing else does. If your php-fpm can be
-# restarted by www-data (e.g. a sudo rule of its own), run the wrapper as www-data
-# instead and set env_owner/env_group to that user.
+# What it needs: root, sshd, sudo (+ visudo), python3 with venv. Missing Debian packages are
+# installed with apt-get (--no-install: only name them and stop, before any change).
+#
+# Why root for the engine: it rewrites config/.env (owned by www-data, 0640), restarts
+# php-fpm and reads the panel's database credentials from .env. Nothing else needs root.
 set -euo pipefail
-pubkey=${1:?usage: setup-panel-host.sh BOT_KEY.pub [PANEL_ROOT]}
-panel_root=${2:-/var/www/myosicam}
-src=$(cd "$(dirname "$0")/.." && pwd)
+
+usage() {
+    cat <<'USAGE'
+usage: setup-panel-host.sh [options] BOT_KEY.pub
+
+  --panel-root DIR      the panel's install folder (default /var/www/myosicam)
+  --from PATTERNS       only accept the bot's key from these addresses, e.g. 203.0.113.7
+                        or "10.0.0.0/8,192.0.2.5" (sshd's from= patterns)
+  --user NAME           the SSH user the bot logs in as (default rotator)
+  --prefix DIR          the engine's virtualenv and wrapper (default /opt/myosicam-rotator)
+  --engine-python PATH  use this interpreter (it has the engine installed) instead of
+                        making a virtualenv in PREFIX
+  --config-dir DIR      where panel.toml lives (default /etc/myosicam-rotator)
+  --profile FILE        install FILE as CONFIG_DIR/panel.toml when there is none yet
+  --state-dir DIR       the engine's journal folder (default /var/lib/myosicam-rotator)
+  --sudoers FILE        the sudoers rule (default /etc/sudoers.d/myosicam-rotator)
+  --no-install          do not apt-get missing packages; name them and stop
+  --dry-run             print what would change, change nothing
+  -h, --help            this text
+USAGE
+}
+
+panel_root=/var/www/myosicam
+from_patterns=""
+user=rotator
 prefix=/opt/myosicam-rotator
+engine_python=""
+config_dir=/etc/myosicam-rotator
+profile_src=""
+state_dir=/var/lib/myosicam-rotator
+sudoers=/etc/sudoers.d/myosicam-rotator
+install_missing=1
+dry_run=0
+pubkey=""
+src=$(cd "$(dirname "$0")/.." && pwd)
 
-id rotator >/dev/null 2>&1 || useradd --system --create-home --shell /usr/sbin/nologin rotator
-python3 -m venv "$prefix"
-"$prefix/bin/pip" install -q "$src"
+die() { echo "setup-panel-host: $*" >&2; exit 1; }
+need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 
-install -d -m 0700 -o root -g root /var/lib/myosicam-rotator
-install -d -m 0755 /etc/myosicam-rotator
-if [ ! -e /etc/myosicam-rotator/panel.toml ]; then
-    sed "s|^panel_root = .*|panel_root = \"$panel_root\"|" "$src/deploy/panel-profile.example.toml" \
-        > /etc/myosicam-rotator/panel.toml
-    chmod 0644 /etc/myosicam-rotator/panel.toml
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --panel-root) need_value "$@"; panel_root=$2; shift 2 ;;
+        --from) need_value "$@"; from_patterns=$2; shift 2 ;;
+        --user) need_value "$@"; user=$2; shift 2 ;;
+        --prefix) need_value "$@"; prefix=$2; shift 2 ;;
+        --engine-python) need_value "$@"; engine_python=$2; shift 2 ;;
+        --config-dir) need_value "$@"; config_dir=$2; shift 2 ;;
+        --profile) need_value "$@"; profile_src=$2; shift 2 ;;
+        --state-dir) need_value "$@"; state_dir=$2; shift 2 ;;
+        --sudoers) need_value "$@"; sudoers=$2; shift 2 ;;
+        --no-install) install_missing=0; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) [ -z "$pubkey" ] || die "one public key file only (got $pubkey and $1)"; pubkey=$1; shift ;;
+    esac
+done
+
+# --- checks: everything that could stop us, before anything changes ---------------------
+
+[ -n "$pubkey" ] || { usage >&2; exit 2; }
+[ -r "$pubkey" ] || die "cannot read the bot's public key $pubkey"
+key_line=$(grep -v '^[[:space:]]*\(#\|$\)' "$pubkey" | head -n 1 || true)
+[ "$(grep -cv '^[[:space:]]*\(#\|$\)' "$pubkey")" = 1 ] || die "$pubkey must hold exactly one public key"
+case "$key_line" in
+    ssh-ed25519\ *|ssh-rsa\ *|ecdsa-sha2-*\ *|sk-*\ *) ;;
+    *) die "$pubkey is not an OpenSSH public key (ssh-ed25519 AAAA…); give the .pub file" ;;
+esac
+key_type=$(echo "$key_line" | awk '{print $1}')
+key_blob=$(echo "$key_line" | awk '{print $2}')
+key_comment=$(echo "$key_line" | cut -d' ' -f3-)
+[[ "$user" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--user $user is not a valid user name"
+if [ -n "$from_patterns" ]; then
+    [[ "$from_patterns" =~ ^[A-Za-z0-9.:/*?!,_-]+$ ]] || die "--from takes sshd patterns such as 203.0.113.7 or 10.0.0.0/8,192.0.2.5"
+fi
+for dir_var in panel_root prefix config_dir state_dir; do
+    case "${!dir_var}" in /*) ;; *) die "--${dir_var//_/-} must be an absolute path" ;; esac
+done
+[ "$dry_run" = 1 ] || [ "$(id -u)" = 0 ] || die "run as root (or try --dry-run first)"
+[ -z "$profile_src" ] || [ -r "$profile_src" ] || die "cannot read --profile $profile_src"
+[ -z "$engine_python" ] || [ -x "$engine_python" ] || die "--engine-python $engine_python is not executable"
+[ -d "$panel_root" ] || echo "note: $panel_root does not exist yet; panel.toml points there"
+
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v sudo >/dev/null 2>&1 && command -v visudo >/dev/null 2>&1 || missing+=(sudo)
+if [ -z "$engine_python" ]; then
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
 
-cat > "$prefix/bin/engine-serve" <<WRAP
+changes=0
+say() { echo "$*"; }
+act() {  # act DESCRIPTION -- COMMAND...: run it (or, in a dry run, only say it)
+    local what=$1; shift; [ "$1" = -- ] && shift
+    changes=$((changes + 1))
+    if [ "$dry_run" = 1 ]; then say "would: $what"; else say "+ $what"; "$@"; fi
+}
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$install_missing" = 0 ]; then
+        die "missing: ${missing[*]} (apt-get install ${missing[*]}); nothing was changed"
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "missing: ${missing[*]}, and no apt-get to install them; nothing was changed"
+    act "apt-get install ${missing[*]}" -- sh -c \
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(printf '%q ' "${missing[@]}") >/dev/null"
+fi
+
+# install_file MODE OWNER PATH: write stdin to PATH if it differs (atomic rename), else say so
+install_file() {
+    local mode=$1 owner=$2 path=$3 tmp
+    tmp=$(mktemp)
+    cat > "$tmp"
+    if [ -f "$path" ] && cmp -s "$tmp" "$path" \
+        && [ "$(stat -c '%a %U:%G' "$path")" = "${mode#0} $owner" ]; then
+        say "ok: $path"
+        rm -f "$tmp"
+        return
+    fi
+    if [ "$dry_run" = 1 ]; then
+        changes=$((changes + 1)); say "would: write $path ($mode $owner)"; rm -f "$tmp"; return
+    fi
+    act "write $path ($mode $owner)" -- install -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$tmp" "$path.rotator-new"
+    mv -f "$path.rotator-new" "$path"
+    rm -f "$tmp"
+}
+
+ensure_dir() {  # ensure_dir MODE OWNER DIR
+    local mode=$1 owner=$2 dir=$3
+    if [ -d "$dir" ] && [ "$(stat -c '%a %U:%G' "$dir")" = "${mode#0} $owner" ]; then
+        say "ok: $dir/"
+    else
+        act "folder $dir ($mode $owner)" -- install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$dir"
+    fi
+}
+
+# --- the user --------------------------------------------------------------------------
+
+if ! getent passwd "$user" >/dev/null; then
+    act "user $user (login shell /bin/sh)" -- useradd --system --create-home --shell /bin/sh "$user"
+else
+    shell=$(getent passwd "$user" | cut -d: -f7)
+    if [ "$shell" != /bin/sh ] && [ "$shell" != /bin/bash ]; then
+        act "login shell of $user: $shell -> /bin/sh (sshd runs the forced command through it)" -- \
+            usermod --shell /bin/sh "$user"
+    else
+        say "ok: user $user ($shell)"
+    fi
+fi
+# useradd leaves the password field "!" (locked); sshd without PAM then refuses even a key.
+# "*" means: no password can ever match, the account is not locked.
+if [ "$dry_run" = 0 ] || getent passwd "$user" >/dev/null; then
+    if [ "$(getent shadow "$user" 2>/dev/null | cut -d: -f2)" = "!" ]; then
+        act "unlock $user for key logins (password field '*': no password works)" -- usermod -p '*' "$user"
+    fi
+fi
+
+# --- the engine ------------------------------------------------------------------------
+
+if [ -n "$engine_python" ]; then
+    python=$engine_python
+    say "ok: engine interpreter $python (given)"
+else
+    python=$prefix/bin/python
+    if [ ! -x "$python" ]; then
+        act "virtualenv $prefix" -- python3 -m venv "$prefix"
+    fi
+    act "install the engine from $src into $prefix" -- "$prefix/bin/pip" install -q --upgrade "$src"
+fi
+if [ "$dry_run" = 0 ]; then
+    "$python" -I -c 'import engine' 2>/dev/null || die "$python cannot import the engine"
+fi
+
+ensure_dir 0755 root:root "$prefix/bin"
+wrapper=$prefix/bin/engine-serve
+install_file 0755 root:root "$wrapper" <<WRAP
 #!/bin/sh
-# The one thing the bot's SSH key may run. SSH_ORIGINAL_COMMAND is logged, never run.
-exec $prefix/bin/python -u -m engine --profile /etc/myosicam-rotator/panel.toml serve
+# The one program the bot's SSH key may run (setup-panel-host.sh). sshd passes the client's
+# requested command in SSH_ORIGINAL_COMMAND; it is never run. -I: no code from the
+# current folder, PYTHONPATH or user site is imported as root.
+exec $python -I -u -m engine --profile $config_dir/panel.toml serve
 WRAP
-chmod 0755 "$prefix/bin/engine-serve"
 
-echo "rotator ALL=(root) NOPASSWD: $prefix/bin/engine-serve" > /etc/sudoers.d/myosicam-rotator
-chmod 0440 /etc/sudoers.d/myosicam-rotator
-visudo -cf /etc/sudoers.d/myosicam-rotator >/dev/null
+ensure_dir 0700 root:root "$state_dir"
+ensure_dir 0755 root:root "$config_dir"
+if [ -e "$config_dir/panel.toml" ]; then
+    say "ok: $config_dir/panel.toml (kept as it is)"
+elif [ -n "$profile_src" ]; then
+    install_file 0644 root:root "$config_dir/panel.toml" < "$profile_src"
+else
+    install_file 0644 root:root "$config_dir/panel.toml" < <(
+        sed -e "s|^panel_root = .*|panel_root = \"$panel_root\"|" \
+            -e "s|^journal_dir = .*|journal_dir = \"$state_dir\"|" \
+            "$src/deploy/panel-profile.example.toml")
+fi
 
-home=$(getent passwd rotator | cut -d: -f6)
-install -d -m 0700 -o rotator -g rotator "$home/.ssh"
-line="command=\"sudo -n $prefix/bin/engine-serve\",restrict $(cat "$pubkey")"
-grep -qxF "$line" "$home/.ssh/authorized_keys" 2>/dev/null || echo "$line" >> "$home/.ssh/authorized_keys"
-chown rotator:rotator "$home/.ssh/authorized_keys"
-chmod 0600 "$home/.ssh/authorized_keys"
+# --- sudo: exactly the wrapper, as root ------------------------------------------------
 
-echo "Installed. Check it read-only with:"
-echo "  sudo $prefix/bin/python -m engine --profile /etc/myosicam-rotator/panel.toml probe"
-echo "Pin this host key in the bot's known_hosts:"
-for f in /etc/ssh/ssh_host_ed25519_key.pub; do [ -e "$f" ] && echo "  $(hostname -f) $(cut -d' ' -f1,2 "$f")"; done
+rule="$user ALL=(root) NOPASSWD: $wrapper"
+if [ "$dry_run" = 1 ]; then
+    if [ -f "$sudoers" ] && [ "$(cat "$sudoers")" = "$rule" ]; then say "ok: $sudoers"; else
+        changes=$((changes + 1)); say "would: write $sudoers: $rule"; fi
+else
+    install -d -m 0755 "$(dirname "$sudoers")"
+    check=$(mktemp)
+    echo "$rule" > "$check"
+    visudo -cqf "$check" >/dev/null || { rm -f "$check"; die "visudo refused the rule: $rule"; }
+    rm -f "$check"
+    install_file 0440 root:root "$sudoers" <<<"$rule"
+fi
+
+# --- the bot's key ---------------------------------------------------------------------
+
+options="command=\"sudo -n $wrapper\",restrict"
+[ -z "$from_patterns" ] || options="from=\"$from_patterns\",$options"
+entry="$options $key_type $key_blob${key_comment:+ $key_comment}"
+if getent passwd "$user" >/dev/null; then
+    home=$(getent passwd "$user" | cut -d: -f6)
+    group=$(id -gn "$user")
+else
+    home=/home/$user; group=$user   # dry run before the user exists
+fi
+ensure_dir 0700 "$user:$group" "$home/.ssh"
+keys=$home/.ssh/authorized_keys
+install_file 0600 "$user:$group" "$keys" < <(
+    # every other key stays; this key's line (any options) is replaced by the current one
+    if [ -f "$keys" ]; then grep -vF " $key_type $key_blob" "$keys" | grep -v "^$key_type $key_blob" || true; fi
+    echo "$entry"
+)
+
+# --- done ------------------------------------------------------------------------------
+
+if [ "$dry_run" = 1 ]; then
+    echo "dry run: $changes change(s) to make; nothing was changed"
+    exit 0
+fi
+echo
+echo "Done ($changes change(s)). Check it read-only with:"
+echo "  $python -I -m engine --profile $config_dir/panel.toml probe"
+echo "Pin this host's key in the bot's known_hosts (confirm the fingerprint out of band):"
+for f in /etc/ssh/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ecdsa_key.pub; do
+    [ -e "$f" ] && echo "  $(ssh-keygen -lf "$f")"
+done
+exit 0

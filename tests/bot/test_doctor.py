@@ -78,3 +78,41 @@ def test_doctor_names_a_channel_the_bot_cannot_see(tmp_path, monkeypatch, slack_
 
     assert doctor.main([], out=out) == 1
     assert f"FAIL  channel {CHANNEL}" in out.getvalue() and "channel_not_found" in out.getvalue()
+
+
+class _Answers:
+    """An engine client whose SSH session prints ``lines`` on stdout (through the real
+    event-stream checks) instead of the engine's events."""
+
+    host_key_fingerprint = "SHA256:test"
+
+    def __init__(self, *lines: bytes) -> None:
+        self.lines = lines
+
+    def run(self, request):
+        from bot.local_client import EventStream
+
+        stream = EventStream("panel prod-eu")
+        for line in self.lines:
+            event = stream.feed(line)
+            if event is not None:
+                yield event
+
+
+def test_doctor_shows_what_answered_instead_of_the_engine():
+    """A login banner or profile script printing first is named, with where to fix it."""
+    (check,) = doctor._panel_checks("prod-eu", _Answers(b"Welcome to prod-eu! Unauthorized use prohibited\n"))
+    assert (check.ok, check.finding) == (
+        False,
+        "something other than the engine answered first: 'Welcome to prod-eu! Unauthorized use prohibited'",
+    )
+    assert "~rotator/.ssh/authorized_keys must start engine-serve" in check.fix
+
+
+def test_doctor_recognises_a_login_shell_refusal():
+    (check,) = doctor._panel_checks("prod-eu", _Answers(b"This account is currently not available.\n"))
+    assert (check.ok, check.finding) == (
+        False,
+        "the panel host's SSH user has no login shell: it answered 'This account is currently not available.'",
+    )
+    assert check.fix.startswith("give that user a shell: `usermod --shell /bin/sh rotator`")

@@ -1,0 +1,250 @@
+"""deploy/setup-panel-host.sh as a team runs it, then the bot through Debian's stock sshd.
+
+The real script runs on this machine as root, with its own user name and paths (so a test
+can undo it): a dry run first (nothing changes), the install, a re-run (nothing to do).
+Then an ``sshd`` with Debian's stock ``sshd_config`` (UsePAM yes, StrictModes yes) on a
+loopback port lets that user in; ``python -m bot doctor`` passes, recognises a login-shell
+refusal, and a rotation approved in Slack runs through that SSH.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot import doctor
+from bot.inventory import PanelEntry
+from tests.bot.conftest import BOB, CHANNEL, PANEL, MakeBot, SlackSecrets, write_config
+from tests.support.panel import PanelSandbox, free_port
+from tests.support.secrets_scan import SecretRegistry
+from tests.support.sshd import KeyPair, make_key
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "deploy" / "setup-panel-host.sh"
+STOCK_SSHD_CONFIG = next(
+    (p for p in (Path("/usr/share/openssh/sshd_config"), Path("/etc/ssh/sshd_config")) if p.exists()),
+    None,
+)
+
+
+@dataclass
+class PanelHost:
+    """What the script was told: a user of its own, paths under tmp, the bot's key."""
+
+    user: str
+    prefix: Path
+    config_dir: Path
+    state_dir: Path
+    sudoers: Path
+    bot_key: KeyPair
+
+    def setup(self, *extra: str, profile: Path | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [
+            str(SCRIPT),
+            "--user", self.user,
+            "--prefix", str(self.prefix),
+            "--config-dir", str(self.config_dir),
+            "--state-dir", str(self.state_dir),
+            "--sudoers", str(self.sudoers),
+            "--engine-python", sys.executable,
+            "--from", "127.0.0.1",
+            *(["--profile", str(profile)] if profile else []),
+            *extra,
+            str(self.bot_key.private_path.with_suffix(".pub")),
+        ]  # fmt: skip
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    def shell(self) -> str:
+        return pwd.getpwnam(self.user).pw_shell
+
+
+@pytest.fixture
+def panel_host(tmp_path: Path) -> Iterator[PanelHost]:
+    if os.geteuid() != 0:
+        pytest.skip("the panel-host script runs as root")
+    host = PanelHost(
+        user=f"rt{secrets.token_hex(4)}",
+        prefix=tmp_path / "opt",
+        config_dir=tmp_path / "etc",
+        state_dir=tmp_path / "state",
+        sudoers=Path(f"/etc/sudoers.d/rotator-test-{secrets.token_hex(4)}"),
+        bot_key=make_key(tmp_path / "bot_key", comment="rotator-bot"),
+    )
+    yield host
+    host.sudoers.unlink(missing_ok=True)
+    subprocess.run(["userdel", "--remove", host.user], capture_output=True)
+
+
+@dataclass
+class StockSSHD:
+    port: int
+    known_hosts: Path
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def stock_sshd(tmp_path: Path) -> Iterator[Callable[[str], StockSSHD]]:
+    """``stock_sshd(user)``: Debian's sshd_config as shipped, plus a port, a host key and
+    AllowUsers (the first value of a keyword wins, so ours go first)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(user: str) -> StockSSHD:
+        assert STOCK_SSHD_CONFIG is not None, "openssh-server is not installed"
+        folder = tmp_path / "sshd"
+        folder.mkdir()
+        host_key = make_key(folder / "ssh_host_ed25519_key", comment="host")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        port = free_port()
+        config = folder / "sshd_config"
+        stock = STOCK_SSHD_CONFIG.read_text()
+        assert "UsePAM yes" in stock
+        config.write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key.private_path}\n"
+            f"PidFile {folder / 'sshd.pid'}\nAllowUsers {user}\n" + stock
+        )
+        log = (folder / "sshd.log").open("ab")
+        process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        started.append(process)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    if sock.recv(64).startswith(b"SSH-2.0-"):
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((folder / "sshd.log").read_text()) from None
+                time.sleep(0.02)
+        kind, blob = host_key.public_line.split()[:2]
+        known_hosts = folder / "known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+        return StockSSHD(port, known_hosts, process)
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(10)
+
+
+def _escrow(directory: Path) -> list[str]:
+    vault = directory / "vault"
+    vault.mkdir(mode=0o700)
+    script = directory / "escrow.sh"
+    script.write_text(f'#!/bin/sh\numask 077\ncat > "{vault}/new-key"\n')
+    script.chmod(0o700)
+    return [str(script)]
+
+
+def _doctor(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> tuple[int, str]:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLACK_APP_TOKEN", raising=False)
+    out = io.StringIO()
+    return doctor.main([], out=out), out.getvalue()
+
+
+def test_the_script_sets_up_a_panel_host_the_bot_reaches_through_stock_sshd(
+    panel_host: PanelHost,
+    stock_sshd: Callable[[str], StockSSHD],
+    panel_factory: Callable[..., PanelSandbox],
+    make_bot: MakeBot,
+    slack_secrets: SlackSecrets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secret_registry: SecretRegistry,
+) -> None:
+    sandbox = panel_factory(rows=5)
+    profile = sandbox.write_profile(escrow_command=_escrow(tmp_path), backup_command=["true"])
+
+    dry = panel_host.setup("--dry-run", profile=profile)
+    assert dry.returncode == 0, dry.stderr
+    assert f"would: user {panel_host.user} (login shell /bin/sh)" in dry.stdout
+    assert dry.stdout.rstrip().endswith("nothing was changed")
+    with pytest.raises(KeyError):
+        pwd.getpwnam(panel_host.user)
+    assert not panel_host.sudoers.exists() and not panel_host.config_dir.exists()
+
+    first = panel_host.setup(profile=profile)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert panel_host.shell() == "/bin/sh"
+    home = Path(pwd.getpwnam(panel_host.user).pw_dir)
+    keys = (home / ".ssh" / "authorized_keys").read_text().splitlines()
+    wrapper = panel_host.prefix / "bin" / "engine-serve"
+    assert keys == [f'from="127.0.0.1",command="sudo -n {wrapper}",restrict {panel_host.bot_key.public_line}']
+
+    again = panel_host.setup(profile=profile)
+    assert again.returncode == 0 and "Done (0 change(s))" in again.stdout, again.stdout
+
+    sshd = stock_sshd(panel_host.user)
+    entry = PanelEntry(
+        name=PANEL, host="127.0.0.1", port=sshd.port, user=panel_host.user,
+        key_file=panel_host.bot_key.private_path, known_hosts=sshd.known_hosts,
+        connect_timeout_s=10, event_timeout_s=60, reconnect_attempts=1,
+    )  # fmt: skip
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite://state.db", panels=(),
+                          ssh_panels={PANEL: entry})
+    bot = make_bot(panels=(), ssh_panels={PANEL: entry})
+    env = {
+        "SLACK_BOT_TOKEN": slack_secrets.bot_token,
+        "SLACK_SIGNING_SECRET": slack_secrets.signing_secret,
+        "SLACK_API_URL": bot.fake.url,
+        "ROTATOR_CONFIG": str(config),
+    }
+
+    status, report = _doctor(monkeypatch, env)
+    assert status == 0, report
+    assert f"ok    panel {PANEL} ssh" in report and f"ok    panel {PANEL} probe" in report
+
+    # the old script's mistake: a nologin shell refuses every forced command
+    subprocess.run(["usermod", "--shell", "/usr/sbin/nologin", panel_host.user], check=True)
+    status, report = _doctor(monkeypatch, env)
+    failed = [" ".join(line.split()) for line in report.splitlines() if line.startswith("FAIL")]
+    assert (status, failed) == (1, [
+        f"FAIL panel {PANEL} the panel host's SSH user has no login shell: it answered "
+        "'This account is currently not available.'"
+    ])  # fmt: skip
+    assert f"→ give that user a shell: `usermod --shell /bin/sh {panel_host.user}`" in report
+
+    fixed = panel_host.setup(profile=profile)
+    assert f"login shell of {panel_host.user}: /usr/sbin/nologin -> /bin/sh" in fixed.stdout
+    assert "Done (1 change(s))" in fixed.stdout, fixed.stdout
+
+    old_key = sandbox.env_key()
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    done = bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done", timeout=120)
+    assert done.params.get("thread_ts") == ts and bot.fake.thread(CHANNEL, ts)[-1] == done.text
+    new_key = sandbox.env_key()
+    secret_registry.register_key(new_key, "rotated PANEL_ENCRYPTION_KEY")
+    assert new_key != old_key and (tmp_path / "vault" / "new-key").read_text().strip() == new_key
+    assert sandbox.php_check_all() == []
+
+
+def test_the_script_refuses_bad_input_before_changing_anything(tmp_path: Path) -> None:
+    not_a_key = tmp_path / "id.pub"
+    not_a_key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    result = subprocess.run([str(SCRIPT), "--dry-run", str(not_a_key)], capture_output=True, text=True)
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"setup-panel-host: {not_a_key} is not an OpenSSH public key (ssh-ed25519 AAAA…); give the .pub file",
+    )
+    key = make_key(tmp_path / "k")
+    result = subprocess.run([str(SCRIPT), "--dry-run", "--from", "1.2.3.4 ; rm", str(key.private_path) + ".pub"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "--from takes sshd patterns" in result.stderr
+    assert shutil.which("bash")
