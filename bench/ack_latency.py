@@ -34,6 +34,7 @@ from slack_bolt import Ack, App  # noqa: E402
 from slack_sdk import WebClient  # noqa: E402
 
 from bot.app import Rotator, build_rotator  # noqa: E402
+from bot.audit_key import AuditKey  # noqa: E402
 from bot.fakes.slack_signing import SlackSender  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from bot.store import open_store  # noqa: E402
@@ -118,7 +119,9 @@ def rotator(api_url: str, workdir: Path, store_url: str) -> Rotator:
         }
     )
     return build_rotator(
-        settings, open_store(settings.store_url), {"prod-eu": FakeEngineHost().client()}
+        settings,
+        open_store(settings.store_url, audit_key=AuditKey.generate()),
+        {"prod-eu": FakeEngineHost().client()},
     )
 
 

@@ -2,8 +2,9 @@
 
     python -m bot                         Socket Mode (needs SLACK_APP_TOKEN)
     python -m bot --http [--port 3000]    HTTP mode: POST /slack/events, GET /healthz
+    python -m bot audit keygen FILE       a new audit key (set ROTATOR_AUDIT_KEY_FILE=FILE)
     python -m bot audit export [--since 2026-11-26T00:00:00] [--output FILE]
-    python -m bot audit verify [--file EXPORT.jsonl]
+    python -m bot audit verify [--file EXPORT.jsonl] [--anchor SEQ:DIGEST ...] [--slack]
     python -m bot demo | doctor           (when bot.demo / bot.doctor are installed)
 
 With no Slack settings at all (neither SLACK_BOT_TOKEN nor ROTATOR_CONFIG in the
@@ -24,7 +25,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from bot.errors import BotError
@@ -77,64 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=None, help="HTTP bind address (default from settings)")
     parser.add_argument("--debug", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
-    audit = sub.add_parser("audit", help="export or verify the audit log")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    export = audit_sub.add_parser("export", help="write the audit log as JSON Lines")
-    export.add_argument("--since", default=None, help="ISO date/time (UTC) or a Unix timestamp")
-    export.add_argument("--output", default="-", help="file to write (default stdout)")
-    verify = audit_sub.add_parser("verify", help="check the hash chain")
-    verify.add_argument("--file", default=None, help="verify an exported JSON Lines file instead")
+    from bot import audit_cli
+
+    audit_cli.add_parser(sub)
     sub.add_parser("demo", help="a local rehearsal (bot.demo)", add_help=False)
     sub.add_parser("doctor", help="check the installation (bot.doctor)", add_help=False)
     return parser
 
 
-def _since(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BotError(
-            f"--since: {value!r} is neither an ISO date/time nor a Unix timestamp"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 def _audit(args: argparse.Namespace) -> int:
-    from bot.audit import AuditLog, read_export, verify_entries
+    from bot import audit_cli
 
-    if args.audit_command == "verify" and args.file:
-        with open(args.file, encoding="utf-8") as stream:
-            report = verify_entries(read_export(stream))
-        print(report.summary())
-        return 0 if report.ok else 1
-    from bot.settings import load_settings
-    from bot.store import open_store
-
-    settings = load_settings()
-    store = open_store(settings.store_url)
-    try:
-        audit = AuditLog(store)
-        if args.audit_command == "export":
-            if args.output == "-":
-                audit.export(sys.stdout, since=_since(args.since))
-            else:
-                with open(args.output, "w", encoding="utf-8") as out:
-                    count = audit.export(out, since=_since(args.since))
-                print(f"wrote {count} entries to {args.output}", file=sys.stderr)
-            return 0
-        report = audit.verify()
-        print(report.summary())
-        return 0 if report.ok else 1
-    finally:
-        store.close()
+    return audit_cli.run(args)
 
 
 def _delegate(name: str, argv: list[str]) -> int:
@@ -154,16 +108,20 @@ def _delegate(name: str, argv: list[str]) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from bot.app import build_rotator, default_engine_clients
+    from bot.audit_key import load_audit_key
     from bot.settings import load_settings
     from bot.store import open_store
 
     settings = load_settings()
-    configure_logging(settings.secrets(), logging.DEBUG if args.debug else logging.INFO)
+    audit_key = load_audit_key()  # the audit log is signed with a key kept outside the store
+    configure_logging(
+        [*settings.secrets(), audit_key.hex()], logging.DEBUG if args.debug else logging.INFO
+    )
     if not args.http and not settings.app_token:
         raise BotError(
             "SLACK_APP_TOKEN is not set: set it for Socket Mode, or run `python -m bot --http`"
         )
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, audit_key=audit_key)
     rotator = build_rotator(settings, store, default_engine_clients(settings))
     rotator.start()
     stop = threading.Event()

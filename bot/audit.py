@@ -1,16 +1,25 @@
-"""The append-only, hash-chained audit log: append, export and verify.
+"""The append-only audit log: append, export, and verify against anchors kept outside the store.
 
-The chain itself (hashing, appending inside a transaction, reading back) is
-stored by ``bot.store.audit_chain``; this module builds on it and the store
+The chain itself (HMAC per entry, appending inside a transaction, reading
+back) is ``bot.store.audit_chain``; this module builds on it, and the store
 never imports this one.
 
-Each entry's hash covers its sequence number, time, kind, request id, actor,
-data and the previous entry's hash; the store also keeps the head (last
-sequence number and hash). So ``verify`` finds an entry that was changed
-(its hash no longer matches), removed (a gap, or a ``prev_hash`` that points
-at nothing, or a head past the end) or reordered (sequence numbers and
-``prev_hash`` links no longer agree). Entries are appended in the same
-transaction as the state change they record.
+What each check finds:
+
+* an entry changed, even if someone re-hashed the chain: its HMAC no longer
+  matches, and only the holder of the audit key (``bot.audit_key``, kept
+  outside the store) can compute a new one;
+* an entry removed or moved: a gap in sequence numbers or a ``prev_hash``
+  that points elsewhere;
+* entries removed from the end with the head moved back: only something
+  outside the store can tell, so the head is anchored outside it. Every
+  request's closing summary in Slack shows ``audit #SEQ DIGEST`` (the chain
+  position and the first 16 hex of its HMAC when the summary was posted);
+  ``verify`` checks each anchor given (``--anchor SEQ:DIGEST``, or read back
+  from the Slack threads) against the log;
+* lines cut off an export: each export ends with a head record (first and
+  last entry, count) signed with the audit key, so a shortened export has no
+  valid head.
 
 Nothing secret is ever written here: requests carry ids, reasons and plans;
 engine events carry fingerprints only.
@@ -19,17 +28,23 @@ engine events carry fingerprints only.
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from bot.audit_key import AuditKey
+from bot.errors import BotError
 from bot.store import Store
 from bot.store.audit_chain import GENESIS, append_in, canonical, entry_hash
 
 __all__ = [
+    "ANCHOR_DIGITS",
     "GENESIS",
+    "Anchor",
     "AuditLog",
+    "Export",
     "VerifyReport",
     "append_in",
     "canonical",
@@ -39,27 +54,131 @@ __all__ = [
     "verify_entries",
 ]
 
+#: hex digits of an entry's HMAC shown in Slack and accepted by ``--anchor`` (64 bits at least)
+ANCHOR_DIGITS = 16
+ANCHOR_PATTERN = re.compile(r"\baudit #(\d+) ([0-9a-f]{16,64})\b")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A chain position seen outside the store: entry ``seq`` had an HMAC starting ``digest``."""
+
+    seq: int
+    digest: str
+    source: str = "the command line"
+
+    @classmethod
+    def parse(cls, text: str, source: str = "the command line") -> Anchor:
+        """``SEQ:DIGEST`` (``57:3f9a0c1d2e4b5a6f``) or ``audit #57 3f9a0c1d2e4b5a6f``."""
+        match = re.fullmatch(r"\s*#?(\d+)[:\s]\s*([0-9a-fA-F]+)\s*", text.removeprefix("audit "))
+        if not match or not ANCHOR_DIGITS <= len(match.group(2)) <= 64:
+            raise BotError(
+                f"--anchor: {text!r} is not SEQ:DIGEST with {ANCHOR_DIGITS} to 64 hex digits "
+                "(copy it from a closing summary: `audit #57 3f9a0c1d2e4b5a6f` is 57:3f9a0c1d2e4b5a6f)"
+            )
+        return cls(int(match.group(1)), match.group(2).lower(), source)
+
+    @classmethod
+    def of(cls, seq: int, digest: str, source: str = "the store") -> Anchor:
+        return cls(seq, digest[:ANCHOR_DIGITS], source)
+
+    def text(self) -> str:
+        """As shown in Slack, and as ``ANCHOR_PATTERN`` reads it back."""
+        return f"audit #{self.seq} {self.digest}"
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.digest} (from {self.source})"
+
+
+def anchors_in(text: str, source: str) -> list[Anchor]:
+    return [Anchor(int(s), d, source) for s, d in ANCHOR_PATTERN.findall(text)]
+
 
 @dataclass
 class VerifyReport:
     ok: bool
     entries: int
     head_hash: str
+    head_seq: int = 0
     problems: list[str] = field(default_factory=list)
+    anchors_checked: list[Anchor] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        if self.ok:
-            return f"audit log verified: {self.entries} entries, head {self.head_hash[:16]}"
-        return f"audit log BROKEN ({len(self.problems)} problems):\n  " + "\n  ".join(self.problems)
+        if not self.ok:
+            lines = [f"audit log NOT verified ({len(self.problems)} problems):"]
+            lines += [f"  - {p}" for p in self.problems]
+        elif self.anchors_checked:
+            newest = max(self.anchors_checked, key=lambda a: a.seq)
+            lines = [
+                f"audit log verified: {self.entries} entries, head #{self.head_seq} "
+                f"{self.head_hash[:ANCHOR_DIGITS]}, matches {len(self.anchors_checked)} "
+                f"anchor(s), the newest {newest}"
+            ]
+        else:
+            lines = [
+                f"audit log intact but NOT anchored: {self.entries} entries, head "
+                f"#{self.head_seq} {self.head_hash[:ANCHOR_DIGITS]}. Entries cut off the end "
+                "can't be ruled out without an anchor: give --anchor SEQ:DIGEST (from a "
+                "request's closing summary in Slack) or --slack"
+            ]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+@dataclass
+class Export:
+    """An exported file read back: its entries, and its signed head record (None if missing)."""
+
+    entries: list[dict[str, Any]]
+    head: dict[str, Any] | None
+    after_head: int = 0
+
+
+def _export_head_mac(key: AuditKey, head: dict[str, Any]) -> str:
+    return key.mac(canonical(["rotator-audit-export-head", head]).encode())
 
 
 def verify_entries(
-    entries: Iterable[dict[str, Any]], head: tuple[int, str] | None = None
+    entries: Iterable[dict[str, Any]],
+    key: AuditKey,
+    *,
+    head: tuple[int, str] | None = None,
+    anchors: Sequence[Anchor] = (),
+    export: Export | None = None,
 ) -> VerifyReport:
-    """Re-walk the chain; ``head`` (seq, hash) is the store's record of its end."""
+    """Re-walk the chain under ``key``.
+
+    ``head`` (seq, hash) is the store's own record of its end; ``anchors`` are
+    positions seen outside the store; ``export`` is the file's signed head record,
+    for an exported file (whose chain may start after entry 1, with ``--since``).
+    """
     problems: list[str] = []
-    expected_seq, prev = 1, GENESIS
+    notes: list[str] = []
+    start_seq, start_prev = 1, GENESIS
+    export_head = export.head if export else None
+    if export is not None:
+        if export_head is None:
+            problems.append(
+                "the export has no head record: lines were cut off its end "
+                "(or it was not written by `audit export`)"
+            )
+        elif export_head.get("mac") != _export_head_mac(key, export_head.get("head") or {}):
+            problems.append(
+                "the export's head record does not match its HMAC: it was changed, or the "
+                "wrong audit key is in use"
+            )
+            export_head = None
+        else:
+            if export.after_head:
+                problems.append(
+                    f"{export.after_head} entries follow the export's head record: lines were added"
+                )
+            start_seq = int(export_head["head"]["first_seq"]) or 1
+            start_prev = str(export_head["head"]["first_prev_hash"])
+    expected_seq, prev = start_seq, start_prev
     count = 0
+    bad_macs: list[int] = []
+    seen: dict[int, str] = {}
     for entry in entries:
         count += 1
         seq = int(entry["seq"])
@@ -73,6 +192,7 @@ def verify_entries(
                 f"entry {seq}: does not follow the entry before it (removed or reordered)"
             )
         digest = entry_hash(
+            key,
             seq=seq,
             ts_ms=int(entry["ts_ms"]),
             kind=str(entry["kind"]),
@@ -82,16 +202,58 @@ def verify_entries(
             prev_hash=str(entry["prev_hash"]),
         )
         if digest != entry["hash"]:
-            problems.append(f"entry {seq}: content does not match its hash (changed)")
+            bad_macs.append(seq)
+            problems.append(f"entry {seq}: content does not match its HMAC (changed)")
+        seen[seq] = str(entry["hash"])
         expected_seq, prev = seq + 1, str(entry["hash"])
+    last_seq = expected_seq - 1
+    if count and len(bad_macs) == count and count > 1:
+        problems = [p for p in problems if "does not match its HMAC" not in p]
+        problems.append(
+            f"none of the {count} entries matches its HMAC under audit key {key.fingerprint}: "
+            "the wrong key, or the whole log was re-hashed"
+        )
     if head is not None:
         head_seq, head_hash = head
-        if head_seq != expected_seq - 1 or (head_seq and head_hash != prev):
+        if head_seq != last_seq or (head_seq and head_hash != prev):
             problems.append(
-                f"the log ends at entry {expected_seq - 1} but its head records entry {head_seq} "
+                f"the log ends at entry {last_seq} but its head records entry {head_seq} "
                 "(entries removed at the end, or the head was changed)"
             )
-    return VerifyReport(ok=not problems, entries=count, head_hash=prev, problems=problems)
+    if export_head is not None:
+        recorded = export_head["head"]
+        if int(recorded["entries"]) != count or int(recorded["last_seq"]) != last_seq:
+            problems.append(
+                f"the export holds {count} entries up to entry {last_seq}, but its head record "
+                f"says {recorded['entries']} up to entry {recorded['last_seq']}: lines were cut"
+            )
+        elif count and recorded["last_hash"] != prev:
+            problems.append("the export's last entry is not the one its head record names")
+    checked: list[Anchor] = []
+    for anchor in anchors:
+        if anchor.seq > last_seq:
+            problems.append(
+                f"anchor {anchor} shows the log reached entry {anchor.seq}, but it ends at "
+                f"entry {last_seq}: entries were removed from the end"
+            )
+        elif anchor.seq in seen:
+            if seen[anchor.seq].startswith(anchor.digest):
+                checked.append(anchor)
+            else:
+                problems.append(
+                    f"entry {anchor.seq} does not match anchor {anchor}: the log was rewritten"
+                )
+        else:
+            notes.append(f"anchor {anchor} is before this export's first entry; not checked")
+    return VerifyReport(
+        ok=not problems,
+        entries=count,
+        head_hash=prev,
+        head_seq=last_seq,
+        problems=problems,
+        anchors_checked=checked,
+        notes=notes,
+    )
 
 
 def export_line(entry: dict[str, Any]) -> str:
@@ -102,17 +264,43 @@ def export_line(entry: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def read_export(stream: IO[str]) -> Iterator[dict[str, Any]]:
-    for line in stream:
-        if line.strip():
-            yield json.loads(line)
+def read_export(stream: IO[str], name: str = "the export") -> Export:
+    """Entries and the head record of an exported file; a clear error for a line that isn't JSON."""
+    entries: list[dict[str, Any]] = []
+    head: dict[str, Any] | None = None
+    after_head = 0
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise BotError(f"line {number} of {name} is not JSON") from None
+        if not isinstance(record, dict):
+            raise BotError(f"line {number} of {name} is not an audit record")
+        if "export_head" in record:
+            head = {"head": record["export_head"], "mac": record.get("mac")}
+            continue
+        if head is not None:
+            after_head += 1
+        missing = {"seq", "ts_ms", "kind", "request_id", "actor", "data", "prev_hash", "hash"}
+        if missing - set(record):
+            raise BotError(f"line {number} of {name} is not an audit record")
+        entries.append(record)
+    return Export(entries, head, after_head)
 
 
 class AuditLog:
-    """Append, export and verify, on top of a ``Store``."""
+    """Append, export and verify, on top of a ``Store`` opened with the audit key."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    @property
+    def key(self) -> AuditKey:
+        if self.store.audit_key is None:
+            raise BotError("the audit key is needed: set ROTATOR_AUDIT_KEY_FILE")
+        return self.store.audit_key
 
     def append(
         self, kind: str, request_id: str, actor: str, data: dict[str, Any]
@@ -120,6 +308,7 @@ class AuditLog:
         with self.store.transaction() as tx:
             return append_in(
                 tx,
+                self.store.audit_key,
                 kind=kind,
                 request_id=request_id,
                 actor=actor,
@@ -127,12 +316,30 @@ class AuditLog:
                 ts_ms=int(self.store.clock() * 1000),
             )
 
-    def export(self, out: IO[str], since: float | None = None) -> int:
-        written = 0
-        for entry in self.store.audit_entries(since_ts_ms=int(since * 1000) if since else None):
-            out.write(export_line(entry))
-            written += 1
-        return written
+    def anchor(self) -> Anchor:
+        """The chain's current head, as a request's closing summary shows it."""
+        seq, digest = self.store.audit_head()
+        return Anchor.of(seq, digest)
 
-    def verify(self) -> VerifyReport:
-        return verify_entries(self.store.audit_entries(), head=self.store.audit_head())
+    def export(self, out: IO[str], since: float | None = None) -> int:
+        """Write the entries, then a head record signed with the audit key; returns the count."""
+        key = self.key
+        entries = list(self.store.audit_entries(since_ts_ms=int(since * 1000) if since else None))
+        for entry in entries:
+            out.write(export_line(entry))
+        head = {
+            "first_seq": entries[0]["seq"] if entries else 0,
+            "first_prev_hash": entries[0]["prev_hash"] if entries else GENESIS,
+            "last_seq": entries[-1]["seq"] if entries else 0,
+            "last_hash": entries[-1]["hash"] if entries else GENESIS,
+            "entries": len(entries),
+            "since_ts_ms": int(since * 1000) if since else None,
+        }
+        record = {"export_head": head, "mac": _export_head_mac(key, head)}
+        out.write(json.dumps(record, sort_keys=True) + "\n")
+        return len(entries)
+
+    def verify(self, anchors: Sequence[Anchor] = ()) -> VerifyReport:
+        return verify_entries(
+            self.store.audit_entries(), self.key, head=self.store.audit_head(), anchors=anchors
+        )

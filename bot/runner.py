@@ -335,7 +335,18 @@ class Runner:
             self._report(final)
 
     def _report(self, final: RotationRequest) -> None:
-        """Card, final thread reply, requester notice; then mark the outcome reported."""
+        """Card, final thread reply, requester notice; then mark the outcome reported.
+
+        The summary carries the audit chain's head (``audit #SEQ DIGEST``): an anchor
+        outside the store that ``audit verify --slack`` checks the log against."""
+        if not final.outcome.get("audit"):
+            try:
+                anchor = self.audit.anchor()
+                final = final.evolve(
+                    outcome={**final.outcome, "audit": {"seq": anchor.seq, "digest": anchor.digest}}
+                )
+            except BotError as exc:
+                log.warning("no audit anchor for the summary of %s: %s", final.id, exc.message)
         self._refresh(final)
         summary = blocks.summary_text(final)
         self._post(final, summary)

@@ -423,7 +423,10 @@ def final_done(
     if outcome.get("agents"):
         lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
         lines.append(f"   {outcome.get('message') or ''}".rstrip())
-        lines.append(f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {request_id}")
+        lines.append(
+            f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {request_id}"
+            f"{audit_anchor(outcome)}"
+        )
         return "\n".join(line for line in lines if line.strip())
     lines.append(
         f"   old key {short_fp(outcome.get('old_fingerprint'))} → new key "
@@ -439,7 +442,10 @@ def final_done(
     if skipped:
         lines.append(f"   tables not present, skipped: {', '.join(skipped)}")
     lines.append(f"   verification: {verification(outcome)}")
-    lines.append(f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {request_id}")
+    lines.append(
+        f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {request_id}"
+        f"{audit_anchor(outcome)}"
+    )
     return "\n".join(lines)
 
 
@@ -478,8 +484,17 @@ def final_failed(
         f"   requested by {requester} · approved by {people(approvers)} · reason {quote(reason)}"
     )
     took = duration(outcome.get("duration_ms"))
-    lines.append(f"   {took + ' · ' if took else ''}rotation {request_id}")
+    lines.append(f"   {took + ' · ' if took else ''}rotation {request_id}{audit_anchor(outcome)}")
     return "\n".join(lines)
+
+
+def audit_anchor(outcome: dict[str, Any]) -> str:
+    """` · audit #57 3f9a0c1d2e4b5a6f`: the audit chain's position when the run closed, kept in
+    Slack so that `python -m bot audit verify --slack` can tell a cut or rewritten log."""
+    anchor = outcome.get("audit") or {}
+    if not anchor.get("seq") or not anchor.get("digest"):
+        return ""
+    return f" · audit #{int(anchor['seq'])} {anchor['digest']}"
 
 
 def verification(outcome: dict[str, Any]) -> str:

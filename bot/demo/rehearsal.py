@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.app import EngineClients, Rotator, build_rotator, default_engine_clients
+from bot.audit_key import AuditKey
 from bot.fakes.panel.files import to_toml
 from bot.fakes.slack_api import Call, FakeSlack
 from bot.fakes.slack_signing import Sent, SlackSender
@@ -107,7 +108,8 @@ class Rehearsal:
                 "ROTATOR_CONFIG": str(config),
             }
         )
-        self.store = open_store(settings.store_url)
+        self.audit_key = AuditKey.generate()  # a rehearsal signs its audit log with its own key
+        self.store = open_store(settings.store_url, audit_key=self.audit_key)
         self.rotator = build_rotator(settings, self.store, self.engine_clients(settings))
         self.server = HttpServer(
             self.rotator.app, self.rotator.healthy, acknowledging=self.rotator.gate.acknowledging

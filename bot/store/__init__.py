@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bot.audit_key import AuditKey
 from bot.errors import StoreError
 from bot.store.audit_chain import AuditRows
 from bot.store.backends import Backend
@@ -32,8 +33,14 @@ class Store(RequestRows, DeliveryRows, AuditRows):
     """The bot's state: requests, their transitions, Slack deliveries seen, the audit log."""
 
 
-def open_store(url: str, clock: Callable[[], float] = time.time) -> Store:
-    """``sqlite:///abs/path.db``, ``sqlite://relative.db`` or ``mysql://user:pw@host:port/db``."""
+def open_store(
+    url: str, clock: Callable[[], float] = time.time, *, audit_key: AuditKey | None = None
+) -> Store:
+    """``sqlite:///abs/path.db``, ``sqlite://relative.db`` or ``mysql://user:pw@host:port/db``.
+
+    ``audit_key`` (``bot.audit_key``) signs the audit log; a store opened without
+    it reads everything but refuses to append (so it cannot write a request).
+    """
     backend: Backend
     if url.startswith("sqlite://"):
         from bot.store.backends.sqlite import SQLiteBackend
@@ -48,4 +55,4 @@ def open_store(url: str, clock: Callable[[], float] = time.time) -> Store:
         backend = MySQLBackend(url)
     else:
         raise StoreError("the store URL must start with sqlite:// or mysql://")
-    return Store(backend, clock).migrate()
+    return Store(backend, clock, audit_key).migrate()

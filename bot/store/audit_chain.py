@@ -1,18 +1,21 @@
-"""The audit log's hash chain as stored: append inside a transaction, read entries and head.
+"""The audit log's chain as stored: append inside a transaction, read entries and head.
 
-Each entry's hash covers its sequence number, time, kind, request id, actor,
+Each entry's ``hash`` is an HMAC-SHA256, under the audit key (``bot.audit_key``,
+never stored here), of its sequence number, time, kind, request id, actor,
 data and the previous entry's hash; the ``audit_head`` row keeps the last
-sequence number and hash. Verifying and exporting live in ``bot.audit``,
-which builds on this module (never the other way round).
+sequence number and hash. Without the key, an entry can't be changed and
+re-signed. Verifying, anchors and exports live in ``bot.audit``, which builds
+on this module (never the other way round).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
+from bot.audit_key import AuditKey
+from bot.errors import StoreError
 from bot.store.database import Database
 from bot.store.sql import Tx
 
@@ -25,21 +28,43 @@ def canonical(data: Any) -> str:
 
 
 def entry_hash(
-    *, seq: int, ts_ms: int, kind: str, request_id: str, actor: str, data: str, prev_hash: str
+    key: AuditKey,
+    *,
+    seq: int,
+    ts_ms: int,
+    kind: str,
+    request_id: str,
+    actor: str,
+    data: str,
+    prev_hash: str,
 ) -> str:
+    """The entry's HMAC: every stored field but the hash itself."""
     material = canonical([seq, ts_ms, kind, request_id, actor, data, prev_hash])
-    return hashlib.sha256(material.encode()).hexdigest()
+    return key.mac(material.encode())
 
 
 def append_in(
-    tx: Tx, *, kind: str, request_id: str, actor: str, data: dict[str, Any], ts_ms: int
+    tx: Tx,
+    key: AuditKey | None,
+    *,
+    kind: str,
+    request_id: str,
+    actor: str,
+    data: dict[str, Any],
+    ts_ms: int,
 ) -> dict[str, Any]:
     """Append one entry inside the caller's transaction (the head row is locked first)."""
+    if key is None:
+        raise StoreError(
+            "the state store was opened without the audit key, so it cannot append to the "
+            "audit log (set ROTATOR_AUDIT_KEY_FILE)"
+        )
     head = tx.one(f"SELECT seq, hash FROM audit_head WHERE id = 1{tx.for_update}")
     prev_seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS)
     seq = prev_seq + 1
     text = canonical(data)
     digest = entry_hash(
+        key,
         seq=seq,
         ts_ms=ts_ms,
         kind=kind,

@@ -11,15 +11,23 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Self
 
+from bot.audit_key import AuditKey
 from bot.errors import StoreError
 from bot.store.backends import Backend
 from bot.store.sql import Tx
 
 
 class Database:
-    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Callable[[], float] = time.time,
+        audit_key: AuditKey | None = None,
+    ) -> None:
         self._backend = backend
         self.clock = clock
+        #: signs the audit log; without it the store reads but cannot append (``audit_chain``)
+        self.audit_key = audit_key
 
     def migrate(self) -> Self:
         with self._translated("create the tables"):

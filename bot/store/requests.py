@@ -204,6 +204,7 @@ class RequestRows(Database):
             data["detail"] = detail
         append_in(
             tx,
+            self.audit_key,
             kind=f"request.{event}",
             request_id=request.id,
             actor=actor,

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from bot.app import Rotator, build_rotator, default_engine_clients
+from bot.audit_key import AuditKey
 from bot.fakes.slack_api import Call, FakeSlack
 from bot.fakes.slack_signing import Sent, SlackSender
 from bot.inventory import PanelEntry
@@ -41,6 +42,8 @@ SECOPS = "S0SECOPS"
 ALICE, BOB, CAROL, DAVE = "U0ALICE", "U0BOB", "U0CAROL", "U0DAVE"
 ELSEWHERE = "C0ELSEWHERE"  # a channel that exists but is not configured for rotations
 PANEL = "prod-eu"
+#: the audit log's key for every bot under test (kept outside the store, as in production)
+AUDIT_KEY = AuditKey.generate()
 REQUEST_ID = re.compile(r"Request `(r-[0-9]{8}-[0-9]{6}-[0-9a-f]{4})`")
 
 
@@ -245,7 +248,9 @@ def make_bot(
             }
         )
         owns_store = store is None
-        the_store = store or open_store(settings.store_url, **({"clock": clock} if clock else {}))
+        the_store = store or open_store(
+            settings.store_url, **({"clock": clock} if clock else {}), audit_key=AUDIT_KEY
+        )
         if engine_clients is None and config.get("ssh_panels"):
             engine_clients = default_engine_clients(settings)  # SSH, as in production
         if engine_clients is None:

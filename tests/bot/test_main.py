@@ -16,7 +16,7 @@ import pytest
 
 from bot.fakes.slack_api import FakeSlack
 from bot.fakes.slack_signing import SlackSender
-from tests.bot.conftest import SlackSecrets, write_config
+from tests.bot.conftest import AUDIT_KEY, SlackSecrets, write_config
 from tests.support.panel import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +31,7 @@ def bot_env(tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets) 
         "SLACK_SIGNING_SECRET": slack_secrets.signing_secret,
         "SLACK_API_URL": fake_slack.url,
         "ROTATOR_CONFIG": str(config),
+        "ROTATOR_AUDIT_KEY": AUDIT_KEY.hex(),
     }
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from bot.audit import AuditLog
+from bot.audit_key import AuditKey
 from bot.errors import StoreError
 from bot.store import open_store
 from handlers.plan import PlanView
 from handlers.ports import Decision, Person, RotationRequest, State
 
+KEY = AuditKey.generate()
 ALICE = Person("T0TEAM", "U0ALICE")
 BOB = Person("T0TEAM", "U0BOB")
 
@@ -43,7 +48,7 @@ def a_request(
 
 
 def test_a_request_comes_back_as_it_was_stored(any_store_url: str) -> None:
-    store = open_store(any_store_url)
+    store = open_store(any_store_url, audit_key=KEY)
     request = a_request()
     store.create(request, actor=ALICE.key)
     assert store.get(request.id) == request
@@ -53,7 +58,7 @@ def test_a_request_comes_back_as_it_was_stored(any_store_url: str) -> None:
 
 def test_an_update_wins_only_against_the_version_it_read(any_store_url: str) -> None:
     """Two writers read version 1: the first update wins, the second gets None, changes nothing."""
-    store = open_store(any_store_url)
+    store = open_store(any_store_url, audit_key=KEY)
     request = a_request()
     store.create(request, actor=ALICE.key)
     approved = request.evolve(state=State.APPROVED, approvals=(Decision(BOB, time.time()),))
@@ -70,7 +75,7 @@ def test_an_update_wins_only_against_the_version_it_read(any_store_url: str) -> 
 
 
 def test_concurrent_updates_from_many_threads_have_exactly_one_winner(any_store_url: str) -> None:
-    store = open_store(any_store_url)
+    store = open_store(any_store_url, audit_key=KEY)
     request = a_request()
     store.create(request, actor=ALICE.key)
     barrier = threading.Barrier(8)
@@ -98,7 +103,7 @@ def test_concurrent_updates_from_many_threads_have_exactly_one_winner(any_store_
 
 
 def test_two_store_objects_on_one_database_behave_as_two_replicas(any_store_url: str) -> None:
-    one, two = open_store(any_store_url), open_store(any_store_url)
+    one, two = open_store(any_store_url, audit_key=KEY), open_store(any_store_url, audit_key=KEY)
     request = a_request()
     one.create(request, actor=ALICE.key)
     assert two.update(
@@ -116,7 +121,7 @@ def test_two_store_objects_on_one_database_behave_as_two_replicas(any_store_url:
 
 
 def test_queries_for_expiry_status_and_history(any_store_url: str) -> None:
-    store = open_store(any_store_url)
+    store = open_store(any_store_url, audit_key=KEY)
     due = a_request("r-20261126-031402-0001", expires_in=-5)
     later = a_request("r-20261126-031402-0002", expires_in=600)
     for r in (due, later):
@@ -132,7 +137,7 @@ def test_queries_for_expiry_status_and_history(any_store_url: str) -> None:
 
 
 def test_a_delivery_is_claimed_once(any_store_url: str) -> None:
-    store = open_store(any_store_url)
+    store = open_store(any_store_url, audit_key=KEY)
     assert store.claim_deliveries(["sig:a", "act:1"]) == []
     assert store.claim_deliveries(["sig:b", "act:1"]) == ["act:1"]
     assert store.claim_deliveries(["sig:a", "act:2"]) == ["sig:a"]
@@ -157,8 +162,28 @@ def test_a_store_url_of_an_unknown_kind_is_refused() -> None:
 
 def test_a_taken_request_id_is_reported_not_raised(any_store_url: str) -> None:
     """Two requests in the same second may draw the same id; the second create says so."""
-    store = open_store(any_store_url)
+    store = open_store(any_store_url, audit_key=KEY)
     assert store.create(a_request(), actor=ALICE.key) is True
     assert store.create(a_request(), actor=ALICE.key) is False
     assert len(store.history(a_request().id)) == 1
     store.close()
+
+
+def test_the_sqlite_store_and_its_journal_files_are_private(tmp_path: Path) -> None:
+    """Only the bot's user may read requests and the audit log: 0600, the -wal and -shm too."""
+    db = tmp_path / "state" / "rotator.db"
+    store = open_store(f"sqlite://{db}", audit_key=KEY)
+    AuditLog(store).append("request.created", "r-1", "x", {})
+    files = sorted(p.name for p in db.parent.iterdir())
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in db.parent.iterdir()}
+    assert files == ["rotator.db", "rotator.db-shm", "rotator.db-wal"]
+    assert modes == dict.fromkeys(files, "0o600")
+    store.close()
+
+
+def test_an_existing_world_readable_store_is_made_private(tmp_path: Path) -> None:
+    db = tmp_path / "rotator.db"
+    sqlite3.connect(db).close()
+    db.chmod(0o644)
+    open_store(f"sqlite://{db}", audit_key=KEY).close()
+    assert oct(db.stat().st_mode & 0o777) == "0o600"

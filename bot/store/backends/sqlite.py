@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -55,6 +56,13 @@ class SQLiteBackend(Backend):
                 self._conn = None
 
     def _connect(self) -> sqlite3.Connection:
+        try:
+            _make_private(self.path)
+        except OSError as exc:
+            raise StoreError(
+                f"the state store ({self.describe()}) could not be made private (0600): "
+                f"{exc.strerror}"
+            ) from None
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -66,3 +74,23 @@ class SQLiteBackend(Backend):
 
     def describe(self) -> str:
         return f"sqlite://{self.path}"
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file 0600, and tighten an existing one and its -wal/-shm to 0600.
+
+    SQLite creates the -wal and -shm files with the database file's mode, so a
+    private database keeps its journal private too. Requests and the audit log
+    name people, panels and reasons: only the bot's user reads them.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            side = path.with_name(path.name + suffix)
+            if side.stat().st_mode & 0o077:
+                side.chmod(0o600)

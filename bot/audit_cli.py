@@ -1,0 +1,172 @@
+"""``python -m bot audit keygen|export|verify``: needs the store and the audit key, not Slack.
+
+The store URL comes from ``--store``, else ``ROTATOR_STORE``, else the
+``store`` line of the ``ROTATOR_CONFIG`` file (the rest of that file and the
+Slack tokens are not read). The audit key comes from ``ROTATOR_AUDIT_KEY_FILE``
+or ``ROTATOR_AUDIT_KEY``. Only ``verify --slack`` reads the Slack settings,
+to fetch the anchors from the request threads.
+
+Exit codes: 0 verified (or intact but not anchored: the output says so),
+1 NOT verified, 2 a usage or settings error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bot.errors import BotError, SettingsError
+
+if TYPE_CHECKING:
+    from bot.audit import Anchor
+
+STORE_ENV = "ROTATOR_STORE"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="export or verify the audit log (needs the store and the audit key, not Slack)",
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    keygen = audit_sub.add_parser("keygen", help="create a new audit key file (mode 0600)")
+    keygen.add_argument("path", help="the key file to create (never overwritten)")
+    export = audit_sub.add_parser(
+        "export", help="write the audit log as JSON Lines, ending with its signed head"
+    )
+    export.add_argument("--since", default=None, help="ISO date/time (UTC) or a Unix timestamp")
+    export.add_argument("--output", default="-", help="file to write (default stdout)")
+    export.add_argument("--store", default=None, help="store URL (default: ROTATOR_STORE, ROTATOR_CONFIG)")
+    verify = audit_sub.add_parser(
+        "verify", help="check the chain, its HMACs, and the anchors seen outside the store"
+    )
+    verify.add_argument("--file", default=None, help="verify an exported JSON Lines file instead")
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SEQ:DIGEST",
+        help="a chain position from a closing summary (`audit #57 3f9a…` is 57:3f9a…); repeatable",
+    )
+    verify.add_argument(
+        "--slack",
+        action="store_true",
+        help="also read the anchors from the request threads in Slack (needs the Slack settings)",
+    )
+    verify.add_argument("--store", default=None, help="store URL (default: ROTATOR_STORE, ROTATOR_CONFIG)")
+
+
+def since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BotError(
+            f"--since: {value!r} is neither an ISO date/time nor a Unix timestamp"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def store_url(given: str | None) -> str:
+    """``--store``, ``ROTATOR_STORE``, or the ``store`` of ``ROTATOR_CONFIG`` (relative to it)."""
+    from bot.settings import DEFAULT_STORE
+
+    url = given or os.environ.get(STORE_ENV)
+    if url:
+        return url
+    config = os.environ.get("ROTATOR_CONFIG")
+    if not config:
+        raise SettingsError(
+            f"no store: give --store URL, or set {STORE_ENV} or ROTATOR_CONFIG"
+        )
+    path = Path(config)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"ROTATOR_CONFIG: file {path} does not exist") from None
+    except OSError as exc:
+        raise SettingsError(f"ROTATOR_CONFIG: cannot read {path} ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"ROTATOR_CONFIG ({path}): not valid TOML: {exc}") from None
+    url = raw.get("store", DEFAULT_STORE)
+    if not isinstance(url, str):
+        raise SettingsError(f"ROTATOR_CONFIG ({path}): store: must be a URL")
+    if url.startswith("sqlite://"):
+        db = Path(url[len("sqlite://") :])
+        if not db.is_absolute():
+            db = path.resolve().parent / db
+        return f"sqlite://{db}"
+    return url
+
+
+def run(args: argparse.Namespace) -> int:
+    from bot.audit import Anchor, AuditLog, read_export, verify_entries
+    from bot.audit_key import AuditKey, load_audit_key, write_key_file
+
+    if args.audit_command == "keygen":
+        key = AuditKey.generate()
+        write_key_file(Path(args.path), key)
+        print(f"wrote a new audit key to {args.path} (fingerprint {key.fingerprint})")
+        print(f"set ROTATOR_AUDIT_KEY_FILE={args.path} for the bot and for `audit` commands")
+        return 0
+    key = load_audit_key()
+    anchors = [Anchor.parse(text) for text in getattr(args, "anchor", [])]
+    if getattr(args, "slack", False):
+        anchors += _slack_anchors()
+    if args.audit_command == "verify" and args.file:
+        try:
+            with open(args.file, encoding="utf-8") as stream:
+                exported = read_export(stream, args.file)
+        except OSError as exc:
+            raise BotError(f"--file: cannot read {args.file} ({exc.strerror})") from None
+        report = verify_entries(exported.entries, key, anchors=anchors, export=exported)
+        print(report.summary())
+        return 0 if report.ok else 1
+    from bot.store import open_store
+
+    store = open_store(store_url(args.store), audit_key=key)
+    try:
+        audit = AuditLog(store)
+        if args.audit_command == "export":
+            if args.output == "-":
+                audit.export(sys.stdout, since=since(args.since))
+            else:
+                with open(args.output, "w", encoding="utf-8") as out:
+                    count = audit.export(out, since=since(args.since))
+                print(f"wrote {count} entries and their signed head to {args.output}", file=sys.stderr)
+            return 0
+        report = audit.verify(anchors)
+        print(report.summary())
+        return 0 if report.ok else 1
+    finally:
+        store.close()
+
+
+def _slack_anchors() -> list[Anchor]:
+    from slack_sdk import WebClient
+
+    from bot.audit_slack import anchors_from_slack
+    from bot.settings import load_settings
+
+    settings = load_settings()
+    if not settings.config.channels:
+        raise SettingsError("--slack: ROTATOR_CONFIG names no channels to read the anchors from")
+    client = WebClient(token=settings.bot_token, base_url=settings.api_url)
+    found = anchors_from_slack(client, settings.config.channels)
+    if not found:
+        raise BotError(
+            "--slack: no `audit #SEQ DIGEST` anchor found in the channels' recent request threads"
+        )
+    return found

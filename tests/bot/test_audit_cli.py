@@ -1,0 +1,131 @@
+"""`python -m bot audit ...` as an operator runs it: the store and the audit key, no Slack tokens."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.audit import AuditLog
+from bot.audit_key import AuditKey, load_audit_key
+from bot.store import open_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def operator(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment with only the store URL and the audit key file: no Slack setting at all."""
+    key_file = tmp_path / "audit.key"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))}
+    made = run(env, "audit", "keygen", str(key_file))
+    assert made.returncode == 0, made.stderr
+    db = tmp_path / "rotator.db"
+    env |= {"ROTATOR_STORE": f"sqlite://{db}", "ROTATOR_AUDIT_KEY_FILE": str(key_file)}
+    store = open_store(env["ROTATOR_STORE"], audit_key=load_audit_key(env))
+    for n in range(1, 6):
+        AuditLog(store).append("request.approved", f"r-{n}", "T0TEAM/U0BOB", {"n": n})
+    store.close()
+    return env, db
+
+
+def test_keygen_writes_a_private_key_file_once(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))}
+    first = run(env, "audit", "keygen", str(tmp_path / "k"))
+    again = run(env, "audit", "keygen", str(tmp_path / "k"))
+    key = load_audit_key({"ROTATOR_AUDIT_KEY_FILE": str(tmp_path / "k")})
+    assert (first.returncode, oct((tmp_path / "k").stat().st_mode & 0o777)) == (0, "0o600")
+    assert f"fingerprint {key.fingerprint}" in first.stdout and key.hex() not in first.stdout
+    assert (again.returncode, again.stderr.strip()) == (
+        2,
+        f"error: {tmp_path / 'k'} exists already; the audit key is never overwritten",
+    )
+
+
+def test_verify_and_export_need_only_the_store_and_the_key(
+    operator: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, _ = operator
+    verified = run(env, "audit", "verify")
+    assert (verified.returncode, verified.stderr) == (0, "")
+    assert verified.stdout.startswith("audit log intact but NOT anchored: 5 entries, head #5 ")
+    digest = verified.stdout.split("head #5 ", 1)[1][:16]
+    anchored = run(env, "audit", "verify", "--anchor", f"5:{digest}")
+    assert (anchored.returncode, anchored.stdout.splitlines()[0]) == (
+        0,
+        f"audit log verified: 5 entries, head #5 {digest}, matches 1 anchor(s), the newest "
+        f"5:{digest} (from the command line)",
+    )
+    out = tmp_path / "audit.jsonl"
+    exported = run(env, "audit", "export", "--output", str(out))
+    from_file = run(env, "audit", "verify", "--file", str(out), "--anchor", f"5:{digest}")
+    assert (exported.returncode, from_file.returncode) == (0, 0)
+    assert from_file.stdout.startswith("audit log verified: 5 entries")
+
+
+def test_each_tampering_case_says_not_verified_and_exits_non_zero(
+    operator: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, db = operator
+    digest = run(env, "audit", "verify").stdout.split("head #5 ", 1)[1][:16]
+    out = tmp_path / "audit.jsonl"
+    assert run(env, "audit", "export", "--output", str(out)).returncode == 0
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(out.read_text().splitlines(keepends=True)[:3]))
+    cut_export = run(env, "audit", "verify", "--file", str(cut))
+    with sqlite3.connect(db) as conn:  # cut the tail and move the head back
+        (hash_3,) = conn.execute("SELECT hash FROM audit_log WHERE seq = 3").fetchone()
+        conn.execute("DELETE FROM audit_log WHERE seq > 3")
+        conn.execute("UPDATE audit_head SET seq = 3, hash = ? WHERE id = 1", (hash_3,))
+    cut_tail = run(env, "audit", "verify", "--anchor", f"5:{digest}")
+    with sqlite3.connect(db) as conn:  # edit an entry and re-hash after it, without the key
+        conn.execute("UPDATE audit_log SET actor = 'T0TEAM/U0MALLORY' WHERE seq = 3")
+    edited = run(env, "audit", "verify", "--anchor", f"3:{hash_3[:16]}")
+    for result, reason in [
+        (cut_export, "the export has no head record: lines were cut off its end"),
+        (cut_tail, "shows the log reached entry 5, but it ends at entry 3"),
+        (edited, "entry 3: content does not match its HMAC (changed)"),
+    ]:
+        assert (result.returncode, result.stdout.startswith("audit log NOT verified")) == (1, True)
+        assert reason in result.stdout
+
+
+def test_a_missing_or_wrong_key_is_a_clear_error(operator: tuple[dict[str, str], Path]) -> None:
+    env, _ = operator
+    missing = run({k: v for k, v in env.items() if k != "ROTATOR_AUDIT_KEY_FILE"}, "audit", "verify")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: ROTATOR_AUDIT_KEY_FILE is not set")
+    wrong = run(env | {"ROTATOR_AUDIT_KEY_FILE": "", "ROTATOR_AUDIT_KEY": AuditKey.generate().hex()}, "audit", "verify")
+    assert wrong.returncode == 1 and "none of the 5 entries matches its HMAC" in wrong.stdout
+    assert "Traceback" not in missing.stderr + wrong.stderr
+
+
+def test_serving_without_the_audit_key_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    from tests.bot.conftest import write_config
+
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite://rotator.db")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))}
+    env |= {
+        "SLACK_BOT_TOKEN": "xoxb-1-serve-test-token",
+        "SLACK_SIGNING_SECRET": "0123456789abcdef0123",
+        "ROTATOR_CONFIG": str(config),
+    }
+    result = run(env, "--http", "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ROTATOR_AUDIT_KEY_FILE is not set: the audit log is signed")
+    assert not (tmp_path / "rotator.db").exists()
