@@ -215,8 +215,9 @@ MakeBot = Callable[..., BotUnderTest]
 
 @pytest.fixture
 def make_bot(
-    tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets
+    tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets, secret_registry: SecretRegistry
 ) -> Iterator[MakeBot]:
+    secret_registry.register(AUDIT_KEY.hex(), "ROTATOR_AUDIT_KEY")
     made: list[BotUnderTest] = []
     hosts: list[FakeEngineHost] = []
     counter = iter(range(1, 1000))

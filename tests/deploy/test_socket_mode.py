@@ -26,6 +26,7 @@ from bot.fakes.socket_mode import FakeSocketMode
 from handlers.blocks import APPROVE_ACTION
 from tests.bot.conftest import (
     ALICE,
+    AUDIT_KEY,
     BOB,
     CHANNEL,
     PANEL,
@@ -137,6 +138,7 @@ def _bot_env(tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets,
         "SLACK_APP_TOKEN": app_token,
         "SLACK_API_URL": fake_slack.url,
         "ROTATOR_CONFIG": str(config),
+        "ROTATOR_AUDIT_KEY": AUDIT_KEY.hex(),
     }
 
 
