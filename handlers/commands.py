@@ -266,6 +266,14 @@ def cancel_request(
     raise RuntimeError(f"could not cancel {request_id}: too many concurrent changes")
 
 
+def may_see_status(deps: HandlerDeps, person: Person) -> bool:
+    """Those who may request or approve rotations; nobody else learns of them."""
+    policy = deps.policy
+    return policy.may_approve(person, deps.directory) or policy.may_request(
+        person, deps.directory
+    )
+
+
 def status_message(deps: HandlerDeps, request_id: str | None) -> dict[str, Any]:
     if request_id:
         request = deps.store.get(request_id)
@@ -341,13 +349,26 @@ def register(app: App, deps: HandlerDeps) -> None:
     app.command("/rotate-cancel")(rotate_cancel)
 
     def rotate_status(body: dict[str, Any], ack: Ack) -> None:
+        channel = str(body.get("channel_id", ""))
+        if not deps.policy.channel_allowed(channel):
+            ack(text=m.status_wrong_channel(deps.policy.channels))
+            return
         ack()
         words = str(body.get("text", "")).split()
         person = person_from_command(body)
-        channel = str(body["channel_id"])
 
         def status() -> None:
             with cards.reporting_errors(client, channel, person.user_id, "status"):
+                if not may_see_status(deps, person):
+                    cards.tell(
+                        client,
+                        channel,
+                        person.user_id,
+                        m.status_not_allowed(
+                            deps.policy.requester_mentions, deps.policy.approver_mentions
+                        ),
+                    )
+                    return
                 message = status_message(deps, words[0] if words else None)
                 client.chat_postEphemeral(channel=channel, user=person.user_id, **message)
 

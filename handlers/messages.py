@@ -588,3 +588,12 @@ def directory_unavailable(group: str, max_age_minutes: float) -> str:
         f"{max_age_minutes:g} min, so no one can be confirmed as a member: nothing was "
         "changed. Try again in a few minutes."
     )
+
+
+def status_wrong_channel(channels: Sequence[str]) -> str:
+    where = " or ".join(f"<#{c}>" for c in channels)
+    return f"Rotation status is shown in {where} only."
+
+
+def status_not_allowed(requesters: str, approvers: str) -> str:
+    return f"Only members of {requesters} or {approvers} can see rotation status."

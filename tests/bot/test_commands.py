@@ -228,3 +228,27 @@ def test_the_card_warns_of_an_unfinished_earlier_rotation(make_bot: MakeBot) -> 
         ":warning: an unfinished rotation r-20261125-220000-0bad (REENCRYPTED) is on the host: "
         "the engine will ask for recover first" in bot.fake.latest_card(CHANNEL, ts).all_text()
     )
+
+
+def test_status_is_only_for_requesters_and_approvers(make_bot: MakeBot) -> None:
+    """Dave may neither request nor approve: /rotate-status tells him so and lists nothing."""
+    bot = make_bot()
+    request_id, _ = bot.request_key()
+    for text in ("", request_id):
+        assert bot.command("/rotate-status", text, user=DAVE).status == 200
+    answers = bot.fake.wait_for(
+        "chat.postEphemeral", lambda c: c.params.get("user") == DAVE, count=2
+    )
+    expected = "Only members of <!subteam^S0SECOPS> or <!subteam^S0ONCALL> can see rotation status."
+    assert [a.text for a in answers] == [expected, expected]
+    assert request_id not in str([a.params for a in answers])
+
+
+def test_status_is_only_shown_in_the_rotations_channel(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    request_id, _ = bot.request_key()
+    sent = bot.command("/rotate-status", request_id, user=BOB, channel="C0ELSEWHERE")
+    assert (sent.status, sent.text) == (200, "Rotation status is shown in <#C0ROTATE> only.")
+    bot.command("/rotate-status", "", user=BOB)  # in the channel, it is answered there
+    bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == BOB)
+    assert [c.params["channel"] for c in bot.fake.calls_to("chat.postEphemeral")] == [CHANNEL]
