@@ -141,17 +141,26 @@ def _health_line(answer: tuple[int, dict[str, Any]]) -> str:
     )
 
 
-def play(reason: str, narrator: Narrator, cleanup: Cleanup) -> bool:
-    """The whole rehearsal; True when the rotation ended verified and the panel agrees."""
+#: What each scenario shows, for ``--help`` and the opening line.
+SCENARIOS: dict[str, str] = {
+    "rotate": "a key rotation from request to verified end",
+    "deny": "a request that a second operator denies: nothing runs, the card says who and why",
+    "rollback": "a rotation whose panel check fails after the switch: the engine rolls back by itself",
+}
+DENIAL = "wrong panel: this is the rehearsal of a denial"
+
+
+def play(reason: str, narrator: Narrator, cleanup: Cleanup, scenario: str = "rotate") -> bool:
+    """The whole rehearsal of ``scenario``; True when it ended as that scenario promises."""
     say = narrator.say
-    say("MyOsicam Rotator · local rehearsal: a key rotation from request to verified end,")
+    say(f"MyOsicam Rotator · local rehearsal: {SCENARIOS[scenario]},")
     say("with the real bot and engine, a sandbox panel, and Slack played on this machine.")
     check_prerequisites()
 
     narrator.heading("A sandbox panel")
     root = Path(tempfile.mkdtemp(prefix="myosicam-demo-"))
     cleanup.add("sandbox folder removed", lambda: shutil.rmtree(root, ignore_errors=True))
-    panel = DemoPanel.build(root / "sandbox")
+    panel = DemoPanel.build(root / "sandbox", check_fails_under_new_key=scenario == "rollback")
     cleanup.add(
         f"panel stopped, database {panel.db.name} and its login dropped", panel.close
     )
@@ -162,6 +171,8 @@ def play(reason: str, narrator: Narrator, cleanup: Cleanup) -> bool:
     say(f"   .env      {panel.env_path} · key {fingerprint_before[:8]}…")
     say(f"   saved     {panel.credentials} credentials, each encrypted by the panel as a user saved it")
     say(f"   /health   {_health_line(before)}")
+    if scenario == "rollback":
+        say("   check     the panel's own check fails under any key but this one (simulated breakage)")
 
     narrator.heading("The bot")
     local = {"profile": str(panel.profile_path), "host": f"localhost (panel {PANEL})"}
@@ -180,12 +191,16 @@ def play(reason: str, narrator: Narrator, cleanup: Cleanup) -> bool:
     say("The bot posts the request card in #rotations:")
     narrator.message(render.card(bot.first_card(request), NAMES))
 
-    narrator.heading("The approvals")
+    narrator.heading("The decision" if scenario == "deny" else "The approvals")
     say("@alice clicks [ Approve ] on her own request")
     bot.approve(ALICE, request)
     narrator.slack("(only @alice sees) " + bot.ephemeral(ALICE, "someone else").text)
-    say("@bob clicks [ Approve ]: the engine starts; the thread follows it step by step")
-    bot.approve(BOB, request)
+    if scenario == "deny":
+        say(f"@bob clicks [ Deny ], and answers the modal's question why: “{DENIAL}”")
+        bot.deny(BOB, request, DENIAL)
+    else:
+        say("@bob clicks [ Approve ]: the engine starts; the thread follows it step by step")
+        bot.approve(BOB, request)
     final = bot.finished(request.id)
 
     narrator.heading("The card in #rotations, at the end")
@@ -196,7 +211,47 @@ def play(reason: str, narrator: Narrator, cleanup: Cleanup) -> bool:
     for notice in bot.direct_messages(ALICE):
         narrator.slack("(direct message to @alice) " + notice)
 
-    return _verify(narrator, panel, final, before, fingerprint_before)
+    if scenario == "rotate":
+        return _verify(narrator, panel, final, before, fingerprint_before)
+    return _verify_unchanged(narrator, panel, final, before, fingerprint_before, scenario)
+
+
+def _verify_unchanged(
+    narrator: Narrator,
+    panel: DemoPanel,
+    final: RotationRequest,
+    before: tuple[int, dict[str, Any]],
+    fingerprint_before: str,
+    scenario: str,
+) -> bool:
+    """After a denial or a rollback: the panel is as it was, and the request says why."""
+    narrator.heading("Verification")
+    after = panel.server.health()
+    fingerprint_after = panel.key_fingerprint()
+    narrator.say(f"   panel /health before  {_health_line(before)}")
+    narrator.say(f"   panel /health after   {_health_line(after)}")
+    narrator.say(f"   .env key              {fingerprint_before[:8]}… → {fingerprint_after[:8]}…")
+    status, body = after
+    expected = State.DENIED if scenario == "deny" else State.FAILED
+    checks = {
+        f"the request ended {expected.value}": final.state == expected,
+        "the key in .env is the one it had": fingerprint_after == fingerprint_before,
+        "the panel runs with the key in .env": body.get("key_fingerprint") == fingerprint_after,
+        f"the panel decrypts all {panel.credentials} credentials": status == 200
+        and body.get("decrypted") == body.get("total") == panel.credentials,
+    }
+    if scenario == "rollback":
+        checks["the engine says it rolled back"] = final.outcome.get("rolled_back") is True
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        narrator.say("   ✖ NOT verified: " + "; ".join(f"not {name}" for name in failed))
+        return False
+    what = "nothing ran" if scenario == "deny" else "the engine rolled back by itself"
+    narrator.say(
+        f"   ✔ verified: {what}; the panel decrypts {panel.credentials}/{panel.credentials} "
+        "credentials under the key it had, as the thread says"
+    )
+    return True
 
 
 def _verify(

@@ -24,12 +24,12 @@ from typing import Any, TypeVar
 from bot.app import EngineClients, Rotator, build_rotator, default_engine_clients
 from bot.audit_key import AuditKey
 from bot.fakes.panel.files import to_toml
-from bot.fakes.slack_api import Call, FakeSlack
+from bot.fakes.slack_api import Call, FakeSlack, has_buttons
 from bot.fakes.slack_signing import Sent, SlackSender
 from bot.settings import Settings, load_settings
 from bot.store import Store, open_store
 from bot.wsgi import HttpServer
-from handlers.blocks import APPROVE_ACTION
+from handlers.blocks import APPROVE_ACTION, DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
 from handlers.ports import FINAL_STATES, RotationRequest, State
 
 T = TypeVar("T")
@@ -139,6 +139,18 @@ class Rehearsal:
         assert self.sender is not None and request.message_ts
         return self.sender.click(APPROVE_ACTION, request.id, user, request.message_ts)
 
+    def deny(self, user: str, request: RotationRequest, reason: str, timeout_s: float = 30.0) -> Sent:
+        """Click Deny, wait for the modal Slack opens, and submit it with ``reason``."""
+        assert self.sender is not None and request.message_ts
+        opened = len(self.fake.calls_to("views.open"))
+        self.sender.click(DENY_ACTION, request.id, user, request.message_ts)
+        modal = self.fake.wait_for("views.open", count=opened + 1, timeout=timeout_s)[-1]
+        view = modal.params["view"]
+        assert view["callback_id"] == DENY_MODAL
+        return self.sender.submit_view(
+            DENY_MODAL, view["private_metadata"], {DENY_REASON_BLOCK: {DENY_REASON_INPUT: reason}}, user
+        )
+
     # --- what happened -----------------------------------------------------------------
 
     def posted_request(self, timeout_s: float = 60.0) -> RotationRequest:
@@ -152,14 +164,25 @@ class Rehearsal:
         return wait_for("the request card", posted, timeout_s)
 
     def finished(self, request_id: str, timeout_s: float = 300.0) -> RotationRequest:
-        """The request once it ended and its end was reported in Slack."""
+        """The request once it ended and its end was reported in Slack.
+
+        A run's end is reported by the runner (``outcome.reported``); a request that
+        never ran (denied) is reported once its card no longer offers buttons and its
+        thread says why.
+        """
 
         def reported() -> RotationRequest | None:
             assert self.store is not None
             request = self.store.get(request_id)
-            if request and request.state in FINAL_STATES and request.outcome.get("reported"):
+            if request is None or request.state not in FINAL_STATES:
+                return None
+            if request.outcome.get("reported"):
                 return request
-            return None
+            ran = "reported" in request.outcome
+            if ran or not request.message_ts:
+                return None
+            card = self.fake.latest_card(CHANNEL, request.message_ts)
+            return request if not has_buttons(card) and self.thread_calls(request) else None
 
         return wait_for("the end of the rotation", reported, timeout_s)
 

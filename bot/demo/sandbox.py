@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +58,13 @@ class DemoPanel:
     credentials: int
 
     @classmethod
-    def build(cls, root: Path) -> DemoPanel:
+    def build(cls, root: Path, *, check_fails_under_new_key: bool = False) -> DemoPanel:
+        """The sandbox; ``check_fails_under_new_key`` gives the panel a check that fails after a switch."""
         drop_stale_databases(DB_PREFIX, USER_PREFIX)  # left by a demo that was killed
         db = create_database(DB_PREFIX, USER_PREFIX, own_user=True)
         server = PanelServer(root / "panel-ctl", free_port())
         try:
-            return cls._fill(root, db, server)
+            return cls._fill(root, db, server, check_fails_under_new_key)
         except BaseException:
             with contextlib.suppress(Exception):
                 server.stop()
@@ -70,7 +72,9 @@ class DemoPanel:
             raise
 
     @classmethod
-    def _fill(cls, root: Path, db: PanelDatabase, server: PanelServer) -> DemoPanel:
+    def _fill(
+        cls, root: Path, db: PanelDatabase, server: PanelServer, check_fails_under_new_key: bool
+    ) -> DemoPanel:
         _insert_rows(db)
         panel_root = root / "panel"
         (panel_root / "config").mkdir(parents=True)
@@ -86,6 +90,8 @@ class DemoPanel:
             saved += 1
         profile_path = root / "profile.toml"
         profile = profile_settings("demo", panel_root, root / "journal", server)
+        if check_fails_under_new_key:
+            profile["verify_command"] = failing_check(root, env_path)
         profile_path.write_text(to_toml(profile), encoding="utf-8")
         return cls(root, db, server, env_path, profile_path, saved)
 
@@ -118,3 +124,29 @@ def _credential_cells() -> Iterator[tuple[str, str, int]]:
     for table, column in PANEL_COLUMNS:
         for row_id in range(1, ROWS.get(table, 0) + 1):
             yield table, column, row_id
+
+
+#: The rollback scenario's panel check: it answers like a panel that breaks under any key but
+#: the one it was installed with (a stale opcode cache, say). It compares fingerprints, so no
+#: key is ever on its command line.
+_CHECK = """\
+import sys
+from pathlib import Path
+
+from engine import envfile
+from engine.protocol import fingerprint
+
+env_path, installed = sys.argv[1], sys.argv[2]
+if fingerprint(envfile.read_key(Path(env_path), "PANEL_ENCRYPTION_KEY")) != installed:
+    print("GET /login answered 500: the panel cannot start under the new key (simulated)", file=sys.stderr)
+    sys.exit(1)
+print("GET /login 200 OK")
+"""
+
+
+def failing_check(root: Path, env_path: Path) -> list[str]:
+    """A ``verify_command`` that passes under the key ``.env`` holds now and fails under any other."""
+    script = root / "panel-check.py"
+    script.write_text(_CHECK, encoding="utf-8")
+    installed = fingerprint(envfile.read_key(env_path, "PANEL_ENCRYPTION_KEY"))
+    return [sys.executable, "-I", str(script), str(env_path), installed]

@@ -65,9 +65,9 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
     return env | {"TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
 
 
-def start_demo(tmp_path: Path) -> subprocess.Popen[str]:
+def start_demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bot", "demo"],
+        [sys.executable, "-m", "bot", "demo", *args],
         cwd=REPO,
         env=demo_env(tmp_path),
         stdout=subprocess.PIPE,
@@ -125,6 +125,42 @@ def test_the_demo_plays_a_whole_rotation_and_leaves_nothing_behind(tmp_path: Pat
     ] == health[:2]
     assert health[-1].startswith("✔ verified: the panel decrypts 50/50 credentials")
     assert run.database().startswith(f"{DB_PREFIX}{run.pid}_")
+    assert [] == SECRET_SHAPES.findall(run.stdout + run.stderr)
+    assert {} == left_behind(run, tmp_path)
+
+
+def test_the_deny_scenario_runs_nothing_and_the_card_says_who_and_why(tmp_path: Path) -> None:
+    """``--scenario deny``: bob denies through the modal; the card and the thread say who and
+    why; the key and the panel are as they were; exit 0 and nothing left behind."""
+    run = finish(start_demo(tmp_path, "--scenario", "deny"))
+
+    assert 0 == run.returncode, run.stdout + run.stderr
+    card = " ".join(run.section("The card in #rotations"))
+    assert "⛔ Denied by @bob at " in card and "“wrong panel: this is the rehearsal of a denial”" in card
+    assert "[ Approve ]" not in card
+    thread = run.section("The thread")
+    assert ["⛔ Denied by @bob"] == [line.split(" at ")[0].removeprefix("@alice ") for line in thread]
+    fingerprints = re.search(r"\.env key\s+(\w{8})… → (\w{8})…", run.stdout)
+    assert fingerprints and fingerprints.group(1) == fingerprints.group(2)
+    assert run.section("Verification")[-1].startswith("✔ verified: nothing ran; the panel decrypts 50/50")
+    assert [] == SECRET_SHAPES.findall(run.stdout + run.stderr)
+    assert {} == left_behind(run, tmp_path)
+
+
+def test_the_rollback_scenario_shows_the_engine_rolling_back_by_itself(tmp_path: Path) -> None:
+    """``--scenario rollback``: the panel's check fails under the new key; the thread shows the
+    failure, the rollback and the old key verified; the card says rolled back; the panel
+    decrypts every credential under its old key; exit 0 and nothing left behind."""
+    run = finish(start_demo(tmp_path, "--scenario", "rollback"))
+
+    assert 0 == run.returncode, run.stdout + run.stderr
+    marks = [line.split(" ")[0] + " " + line.split(" ")[1] for line in run.section("The thread")[-5:-2]]
+    assert ["✖ verification", "↩ rolled", "✔ old"] == marks
+    assert run.section("The thread")[-2].startswith("🚨 Rolled back. The panel is as it was.")
+    assert "🚨 Failed, rolled back, old key verified" in " ".join(run.section("The card in #rotations"))
+    fingerprints = re.search(r"\.env key\s+(\w{8})… → (\w{8})…", run.stdout)
+    assert fingerprints and fingerprints.group(1) == fingerprints.group(2)
+    assert run.section("Verification")[-1].startswith("✔ verified: the engine rolled back by itself")
     assert [] == SECRET_SHAPES.findall(run.stdout + run.stderr)
     assert {} == left_behind(run, tmp_path)
 
