@@ -2,16 +2,19 @@
 
 The order matters:
 
-1. Re-plan, and compare with the approved plan's binding. If the target,
-   operation, engine version, host key, current key or layout changed, the
-   approvals are void: nothing runs, the card says what changed.
-2. Compare-and-swap ``approved -> running``. Only one runner (thread, process
+1. Compare-and-swap ``approved -> running``. Only one runner (thread, process
    or replica) wins; the others stop here. This is the "never run twice" gate.
-3. Send the request; for each engine event: audit it, save its ``seq`` with
-   the request (so a restarted bot re-attaches after it), then report it (a
-   thread reply per finished step, the card's current step).
-4. The closing event decides ``done`` or ``failed``; the card and a final
-   thread reply get the summary, and the requester gets a direct message.
+2. Send one request, in one SSH session: it names the approved plan (the
+   engine's plan hash, the current key's fingerprint or the exact agent list).
+   The engine re-plans in the same process, under the panel's lock, and refuses
+   a mismatch (``plan_mismatch``, ``key_mismatch``, ``agents_mismatch``) before
+   it changes anything: the approvals are then void and the card says what
+   changed. The SSH host key is pinned by the connection itself.
+3. For each engine event: audit it, save its ``seq`` with the request (so a
+   restarted bot re-attaches after it), then report it (a thread reply per
+   finished step, the card's current step).
+4. The closing event decides ``done``, ``failed`` or ``voided``; the card and a
+   final thread reply get the summary, and the requester gets a direct message.
 
 A bot that stops while a rotation runs leaves the request ``running``; the
 engine on the host carries on regardless, and ``resume`` re-attaches from
@@ -26,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from slack_sdk import WebClient
@@ -34,16 +38,19 @@ from bot.audit import AuditLog
 from bot.engine_client import EngineClient
 from bot.errors import BotError, EngineClientError, RemoteEngineError
 from bot.store import Store
-from engine.protocol import CLOSING_TYPES, PROTOCOL_VERSION, Request
+from engine.protocol import CLOSING_TYPES, MISMATCH_CODES, PROTOCOL_VERSION, Request, RequestError
 from handlers import blocks, cards
 from handlers import messages as m
-from handlers.ports import AccessPolicy, PlanError, Planner, RotationRequest, State
+from handlers.plan import PlanView
+from handlers.ports import AccessPolicy, Planner, RotationRequest, State
 
 log = logging.getLogger(__name__)
 
 EngineClients = Callable[[str], EngineClient]
 #: Engine error codes that mean the panel was left exactly as it was.
-NOTHING_CHANGED_CODES = frozenset({"unknown_rotation", "replan_failed", "bad_request"})
+NOTHING_CHANGED_CODES = frozenset(
+    {"unknown_rotation", "replan_failed", "bad_request", "plan_required", *MISMATCH_CODES}
+)
 
 
 class _Shutdown(Exception):
@@ -129,29 +136,21 @@ class Runner:
         if request is None or request.state != State.APPROVED:
             return
         try:
-            plan_now = self.planner.plan(
-                panel=request.panel,
-                op=request.op,
-                agents=() if request.all_agents else request.agents,
-                all_agents=request.all_agents,
-                request_id=request.id,
-            )
-        except PlanError as exc:
+            client = self.engine_clients(request.panel)
+            host_key = client.host_key_fingerprint
+            engine_request = run_request(request)
+        except (BotError, RequestError) as exc:
             self._finish(
                 request,
                 State.FAILED,
-                {
-                    "ok": False,
-                    "code": "replan_failed",
-                    "message": f"could not re-check the plan before running: {exc.message}",
-                    "rolled_back": None,
-                    "nothing_changed": True,
-                },
-            )
+                {"ok": False, "code": exc.code, "message": exc.message, "rolled_back": None,
+                 "nothing_changed": True},
+            )  # fmt: skip
             return
-        differences = request.plan.differences(plan_now)
-        if differences:
-            self._void(request, differences, plan_now.hash)
+        if host_key != request.plan.host_key_fingerprint:
+            # the pinned host key changed since the plan: no session to a host nobody approved
+            now = replace(request.plan, host_key_fingerprint=host_key)
+            self._void(request, request.plan.differences(now), now.hash)
             return
         running = self.store.update(
             request.evolve(state=State.RUNNING, started_at=self.clock(), progress={}),
@@ -163,19 +162,7 @@ class Runner:
             log.info("%s was started elsewhere", request_id)
             return
         self._refresh(running)
-        engine_request = Request(
-            v=PROTOCOL_VERSION,
-            id=request.id,
-            op=request.op,
-            requested_by=request.requester.user_id,
-            approved_by=[a.person.user_id for a in request.approvals if a.person][:20],
-            reason=request.reason,
-            agents=list(request.agents)
-            if request.op == "rotate-agent" and not request.all_agents
-            else None,
-            all_agents=request.all_agents,
-        )
-        self._follow(running, lambda: self.engine_clients(request.panel).run(engine_request))
+        self._follow(running, lambda: client.run(engine_request))
 
     def _reattach(self, request_id: str) -> None:
         request = self.store.get(request_id)
@@ -191,6 +178,35 @@ class Runner:
         )
         self._post(request, m.reattached(request.last_seq))
         self._follow(request, lambda: self.engine_clients(request.panel).run(attach))
+
+    def _void_from_refusal(self, request: RotationRequest, closing: dict[str, Any]) -> None:
+        """The engine re-planned and refused: the plan changed since approval, so the
+        approvals are void. The card says what changed, in the words it used."""
+        approved = request.plan
+        details = closing.get("plan")
+        differences: list[str] = []
+        new_hash = ""
+        if isinstance(details, dict):
+            try:
+                host_key = self.engine_clients(request.panel).host_key_fingerprint
+            except BotError:
+                host_key = approved.host_key_fingerprint
+            now = PlanView.from_engine(
+                details,
+                panel=request.panel,
+                op=request.op,
+                agents=approved.agents,
+                all_agents=approved.all_agents,
+                host_key_fingerprint=host_key,
+                panel_host=approved.panel_host,
+            )
+            differences = approved.differences(now)
+            new_hash = now.hash
+        if not differences:
+            differences = [str(d) for d in closing.get("differences") or ()] or [
+                str(closing.get("message") or "the engine's plan changed")
+            ]
+        self._void(request, differences, new_hash)
 
     def _void(self, request: RotationRequest, differences: list[str], new_hash: str) -> None:
         voided = self.store.update(
@@ -310,6 +326,9 @@ class Runner:
             self._finish(request, State.DONE, outcome)
             return
         code = str(data.get("code", "engine_error"))
+        if code in MISMATCH_CODES:
+            self._void_from_refusal(request, closing)
+            return
         nothing_changed = data.get("rolled_back") is None and (
             code in NOTHING_CHANGED_CODES or int(request.progress.get("highest", 0)) <= 1
         )
@@ -381,6 +400,26 @@ class Runner:
 
     def _post(self, request: RotationRequest, text: str) -> None:
         cards.post_thread(self.client, request, text)
+
+
+def run_request(request: RotationRequest) -> Request:
+    """The one engine request that runs an approved request: it names the approved plan
+    (the engine's plan hash, the current key or the exact agents), which the engine
+    re-checks in the same process before it changes anything."""
+    plan = request.plan
+    rotate_key = request.op == "rotate-key"
+    return Request(
+        v=PROTOCOL_VERSION,
+        id=request.id,
+        op=request.op,
+        requested_by=request.requester.user_id,
+        approved_by=[a.person.user_id for a in request.approvals if a.person][:20],
+        reason=request.reason,
+        plan_hash=plan.engine_plan_hash or None,
+        key_fingerprint=(plan.key_fingerprint or None) if rotate_key else None,
+        agents=None if rotate_key else list(plan.agents),
+        all_agents=False if rotate_key else request.all_agents,
+    )
 
 
 def _events(make: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[dict[str, Any]]:

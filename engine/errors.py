@@ -23,7 +23,9 @@ Tree::
     ├── VerificationError       values do not all open with the key on disk
     ├── RollbackFailedError     rollback itself failed: recover is needed
     ├── AgentError              agent rotation failure (per agent)
-    └── ProtocolError           bad request on the serve protocol
+    ├── ProtocolError           bad request on the serve protocol
+    └── PlanMismatchError       a run request names a plan that is not the host's now
+                                (code plan_mismatch, key_mismatch or agents_mismatch)
 """
 
 from __future__ import annotations
@@ -115,3 +117,18 @@ class AgentError(EngineError):
 
 class ProtocolError(EngineError):
     code = "bad_request"
+
+
+class PlanMismatchError(EngineError):
+    """The run request's plan hash, key fingerprint or agent list is not the host's now.
+
+    ``details`` carries the plan as it is now (``plan``) and what changed
+    (``differences``), so the bot can void the approvals and say why.
+    """
+
+    code = "plan_mismatch"
+
+    def __init__(self, code: str, message: str, *, plan: dict[str, object], differences: list[str]) -> None:
+        super().__init__(message, rolled_back=None)
+        self.code = code
+        self.details = {"plan": plan, "differences": differences}

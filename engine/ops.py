@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine import __version__
+from engine import __version__, protocol
 from engine.context import Context
-from engine.errors import ProtocolError
+from engine.errors import EngineError, PlanMismatchError, ProtocolError
 from engine.events import Emitter, EventLog
 from engine.probe import probe
 from engine.profile import Profile
 from engine.protocol import SUPPORTED_VERSIONS, Request
+from engine.runs import RunRecord
+
+if TYPE_CHECKING:
+    from engine.preflight import Preflight
 
 MUTATING = frozenset({"rotate-key", "rotate-agent", "recover"})
 
@@ -32,14 +37,54 @@ def _plan(ctx: Context, request: Request) -> dict[str, Any]:
     if request.agents or request.all_agents:
         from engine.agents.plan import plan_agents
 
-        return plan_agents(ctx, request)
+        data = plan_agents(ctx, request)
+        names = [str(row["name"]) for row in data.get("agents") or ()]
+        return {**data, "plan_hash": protocol.plan_hash(_agent_binding(ctx, names))}
     unfinished = ctx.journal.load()
     pre = run_preflight(ctx, lock_note="read-only", write_checks=True)
     return {
-        **pre.summary(),
-        "panel": ctx.profile.name,
+        **_key_plan(ctx, pre),
         "unfinished": unfinished.public() if unfinished else None,
     }
+
+
+# -- what a run must match: the plan as the engine computes it now --------------------------
+
+
+def _key_binding(ctx: Context, pre: Preflight) -> dict[str, Any]:
+    return protocol.key_binding(
+        panel=ctx.profile.name,
+        engine_version=__version__,
+        key_fingerprint=pre.key_fingerprint,
+        scheme=pre.scheme.label,
+    )
+
+
+def _key_plan(ctx: Context, pre: Preflight) -> dict[str, Any]:
+    """The ``plan`` result for rotate-key: the preflight's facts and the plan's hash."""
+    return {
+        **pre.summary(),
+        "panel": ctx.profile.name,
+        "plan_hash": protocol.plan_hash(_key_binding(ctx, pre)),
+    }
+
+
+def _agent_binding(ctx: Context, names: list[str]) -> dict[str, Any]:
+    return protocol.agent_binding(panel=ctx.profile.name, engine_version=__version__, agents=names)
+
+
+def _refuse_mismatch(request: Request, binding: dict[str, Any], plan: dict[str, Any]) -> None:
+    """Raise ``PlanMismatchError`` unless the request names exactly this plan."""
+    try:
+        protocol.check_run(request, binding)
+    except protocol.RunMismatch as exc:
+        raise PlanMismatchError(
+            exc.code, exc.message, plan=plan, differences=exc.differences
+        ) from None
+
+
+def _names_a_plan(request: Request) -> bool:
+    return request.plan_hash is not None or request.key_fingerprint is not None
 
 
 def _probe(ctx: Context, request: Request) -> dict[str, Any]:
@@ -88,6 +133,7 @@ def _status(ctx: Context, request: Request) -> dict[str, Any]:
         "unfinished": unfinished.public() if unfinished else None,
         "unfinished_agents": agents,
         "recent": ctx.journal.finished(),
+        "runs": RunRecord(ctx.profile.journal_dir).recent(10),
         "known_keys": len(ctx.journal.history()),
         "engine_version": __version__,
     }
@@ -96,6 +142,11 @@ def _status(ctx: Context, request: Request) -> dict[str, Any]:
 def _rotate_key(ctx: Context, request: Request) -> dict[str, Any]:
     from engine.rotation import KeyRotation
 
+    def matches_the_approved_plan(pre: Preflight) -> None:
+        """Runs under the panel's lock, right after the preflight (the re-plan)."""
+        if _names_a_plan(request):
+            _refuse_mismatch(request, _key_binding(ctx, pre), _key_plan(ctx, pre))
+
     return KeyRotation(
         ctx,
         rotation_id=request.id,
@@ -103,6 +154,7 @@ def _rotate_key(ctx: Context, request: Request) -> dict[str, Any]:
         requested_by=request.requested_by,
         approved_by=list(request.approved_by),
         reason=request.reason,
+        expect=matches_the_approved_plan,
     ).run()
 
 
@@ -115,7 +167,33 @@ def _recover(ctx: Context, request: Request) -> dict[str, Any]:
 def _rotate_agent(ctx: Context, request: Request) -> dict[str, Any]:
     from engine.agents.rotation import rotate_agents
 
+    if _names_a_plan(request):
+        exact = _resolve_agents(ctx, request)
+        binding = _agent_binding(ctx, exact)
+        plan = {
+            "panel": ctx.profile.name,
+            "agents": [{"name": name} for name in binding["agents"]],
+            "engine_version": __version__,
+            "plan_hash": protocol.plan_hash(binding),
+        }
+        _refuse_mismatch(request, binding, plan)
+        # run exactly the approved agents, never a fresh ``--all``
+        request = request.replace(agents=tuple(request.agents or ()), all_agents=False)
     return rotate_agents(ctx, request)
+
+
+def _resolve_agents(ctx: Context, request: Request) -> list[str]:
+    """The agent names the request's selection means on the panel now (read-only)."""
+    from engine.agents.rows import AgentTable
+
+    table = AgentTable(ctx.profile.agents)
+    db = ctx.connect()
+    try:
+        names = None if request.all_agents else list(request.agents or ())
+        agents, _missing = table.select(db, names)
+    finally:
+        db.close()
+    return [agent.name for agent in agents]
 
 
 def _attach(ctx: Context, request: Request) -> dict[str, Any]:
@@ -144,7 +222,49 @@ def run_operation(request: Request, profile: Profile, emitter: Emitter) -> dict[
     if handler is None:
         raise ProtocolError(f"unknown operation {request.op!r}")
     ctx = Context(profile, emitter)
-    if request.op in MUTATING and not request.dry_run:
-        ctx.journal.ensure_dir()
-        emitter.add_sink(EventLog(ctx.journal.events_dir, request.id).sink())
-    return handler(ctx, request)
+    if request.op not in MUTATING or request.dry_run:
+        return handler(ctx, request)
+    ctx.journal.ensure_dir()
+    emitter.add_sink(EventLog(ctx.journal.events_dir, request.id).sink())
+    record = RunRecord(ctx.profile.journal_dir)
+    record.append({**_who(request), "event": "started", "pid": os.getpid()})
+    try:
+        data = handler(ctx, request)
+    except EngineError as exc:
+        record.append(
+            {**_who(request), "event": "finished", "ok": False, "code": exc.code,
+             "rolled_back": exc.rolled_back}
+        )  # fmt: skip
+        raise
+    except BaseException as exc:
+        record.append(
+            {**_who(request), "event": "finished", "ok": False, "code": "internal",
+             "error": type(exc).__name__}
+        )  # fmt: skip
+        raise
+    record.append({**_who(request), "event": "finished", **_outcome(data)})
+    return data
+
+
+def _who(request: Request) -> dict[str, Any]:
+    """What the run record keeps of a request: who, why, which plan. Never a secret."""
+    return {
+        "rotation_id": request.id,
+        "op": request.op,
+        "requested_by": request.requested_by,
+        "approved_by": list(request.approved_by),
+        "reason": request.reason,
+        "plan_hash": request.plan_hash,
+        "key_fingerprint": request.key_fingerprint,
+        "agents": list(request.agents) if request.agents is not None else None,
+        "all_agents": request.all_agents,
+    }
+
+
+def _outcome(data: dict[str, Any]) -> dict[str, Any]:
+    ok = data.get("ok", True) is not False and data.get("state", "DONE") != "ROLLED_BACK"
+    out: dict[str, Any] = {"ok": bool(ok), "state": data.get("state")}
+    for key in ("old_fingerprint", "new_fingerprint", "verified", "rolled_back", "total"):
+        if key in data:
+            out[key] = data[key]
+    return out

@@ -1,20 +1,30 @@
-"""The bot <-> engine protocol: versions, the operation list, and event shapes.
+"""The bot <-> engine protocol: versions, the operation list, requests, event shapes.
 
 This module is the one piece of ``engine`` that ``handlers`` and ``bot`` import.
-It holds no I/O. One request line goes in on stdin, JSON Lines come out:
-``hello`` first, then ``step`` / ``progress`` events, then exactly one closing
-``result`` or ``error``. Every event carries the rotation ``id`` and a ``seq``.
-Key material only ever appears as a fingerprint (first 16 hex of SHA-256).
+It holds no I/O and imports nothing heavy (no pydantic): ``serve`` must answer
+``hello`` before any third-party import. One request line goes in on stdin,
+JSON Lines come out: ``hello`` first, then ``step`` / ``progress`` events, then
+exactly one closing ``result`` or ``error``. Every event carries the rotation
+``id`` and a ``seq``. Key material only ever appears as a fingerprint (first 16
+hex of SHA-256).
+
+A run request (``rotate-key``, ``rotate-agent``, not a dry run) names what was
+approved: the engine's ``plan_hash`` of the approved plan, and the expected
+current ``key_fingerprint`` (``rotate-key``) or the exact ``agents`` list
+(``rotate-agent``). The engine re-plans in the same process and refuses a
+mismatch (``check_run``). The same validation (``parse_request_line``,
+``Request``, ``check_run``) serves the engine and the test suite's fake engine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
@@ -30,6 +40,8 @@ OPERATIONS: tuple[str, ...] = (
     "recover",
     "attach",
 )
+#: Operations that run an approved plan, and so must name it.
+RUN_OPS = frozenset({"rotate-key", "rotate-agent"})
 
 #: The visible steps of a key rotation, in order (the card shows "step 4/9").
 KEY_STEPS: tuple[str, ...] = (
@@ -56,48 +68,291 @@ AGENT_STEPS: tuple[str, ...] = (
 StepState = Literal["started", "ok", "failed", "skipped"]
 CLOSING_TYPES = frozenset({"result", "error"})
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_ID = re.compile(ID_PATTERN)
+_PLAN_HASH = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
+_AGENT_NAME_MAX = 128
+_PERSON_MAX = 64
+
+#: Codes of a run request refused because it no longer matches the host.
+MISMATCH_CODES = frozenset({"plan_mismatch", "key_mismatch", "agents_mismatch"})
 
 
-class Request(BaseModel):
-    """One request line on the engine's stdin."""
+class RequestError(ValueError):
+    """A request the engine refuses; ``code`` goes into the closing error event.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Messages name fields, never the values sent (a refused request may hold anything).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request line on the engine's stdin. Built from keywords, it validates itself."""
 
     v: int
-    id: str = Field(pattern=ID_PATTERN)
+    id: str
     op: str
     dry_run: bool = False
-    requested_by: str | None = Field(default=None, max_length=64)
-    approved_by: list[str] = Field(default_factory=list, max_length=20)
-    reason: str | None = Field(default=None, max_length=500)
+    requested_by: str | None = None
+    approved_by: Sequence[str] = ()
+    reason: str | None = None
     rollback: bool = False
-    agents: list[str] | None = Field(default=None, max_length=500)
+    agents: Sequence[str] | None = None
     all_agents: bool = False
-    after_seq: int = Field(default=0, ge=0)
-    rotation_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    after_seq: int = 0
+    rotation_id: str | None = None
+    plan_hash: str | None = None
+    key_fingerprint: str | None = None
 
-    @field_validator("op")
-    @classmethod
-    def _known_op(cls, value: str) -> str:
-        if value not in OPERATIONS:
-            raise ValueError(f"unknown operation; expected one of {', '.join(OPERATIONS)}")
-        return value
+    def __post_init__(self) -> None:
+        # any sequence is accepted from callers and kept as a list of its own
+        if isinstance(self.approved_by, list | tuple):
+            object.__setattr__(self, "approved_by", list(self.approved_by))
+        if isinstance(self.agents, list | tuple):
+            object.__setattr__(self, "agents", list(self.agents))
+        _validate(self)
 
-    @field_validator("v")
-    @classmethod
-    def _known_version(cls, value: int) -> int:
-        if value not in SUPPORTED_VERSIONS:
-            raise ValueError(f"unsupported protocol version {value}; engine speaks {SUPPORTED_VERSIONS}")
-        return value
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, as JSON types."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != f.default and not (f.name == "approved_by" and not value):
+                out[f.name] = list(value) if isinstance(value, list | tuple) else value
+        return out
 
     def to_line(self) -> str:
-        return self.model_dump_json(exclude_defaults=True) + "\n"
+        return json.dumps(self.to_dict(), separators=(",", ":")) + "\n"
+
+    def replace(self, **changes: Any) -> Request:
+        values = {**asdict(self), **changes}
+        return Request(**values)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Request:
+        """Validate a decoded request object exactly as the engine does."""
+        known = {f.name for f in fields(cls)}
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            names = ", ".join(_field_name(k) for k in unknown[:5])
+            raise RequestError("bad_request", f"bad request: unknown field(s) {names}")
+        version = data.get("v")
+        if isinstance(version, int) and not isinstance(version, bool) and version not in SUPPORTED_VERSIONS:
+            shown = version if 0 <= version < 1000 else "(out of range)"
+            raise RequestError(
+                "unsupported_version",
+                f"protocol version {shown} is not supported; "
+                f"engine speaks {list(SUPPORTED_VERSIONS)}",
+            )
+        op = data.get("op")
+        if isinstance(op, str) and op not in OPERATIONS:
+            raise RequestError(
+                "unknown_operation", f"unknown operation; expected one of {', '.join(OPERATIONS)}"
+            )
+        for name in ("v", "id", "op"):
+            if name not in data:
+                raise RequestError("bad_request", f"bad request: {name}: field required")
+        for name in ("approved_by", "agents"):
+            if name in data and data[name] is not None and not isinstance(data[name], list):
+                raise RequestError("bad_request", f"bad request: {name}: must be a list")
+        return cls(**data)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_name(part: object) -> str:
+    """A field name from the request, echoed only if it looks like one."""
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_]{1,32}", text) else "(field)"
+
+
+def _bad(name: str, problem: str) -> RequestError:
+    return RequestError("bad_request", f"bad request: {name}: {problem}")
+
+
+def _check_str(name: str, value: object, *, max_len: int, pattern: re.Pattern[str] | None = None,
+               optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise _bad(name, "must be a string")
+    if len(value) > max_len:
+        raise _bad(name, f"at most {max_len} characters")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise _bad(name, "has the wrong form")
+
+
+def _check_list(name: str, value: object, *, max_items: int, max_len: int) -> None:
+    if not isinstance(value, list):
+        raise _bad(name, "must be a list")
+    if len(value) > max_items:
+        raise _bad(name, f"at most {max_items} items")
+    for item in value:
+        if not isinstance(item, str) or not item or len(item) > max_len:
+            raise _bad(name, f"items must be strings of 1 to {max_len} characters")
+
+
+def _validate(r: Request) -> None:
+    """Every field's type and bounds, then what each operation needs."""
+    if not _is_int(r.v):
+        raise _bad("v", "must be an integer")
+    if r.v not in SUPPORTED_VERSIONS:
+        raise RequestError(
+            "unsupported_version",
+            f"protocol version {r.v if 0 <= r.v < 1000 else '(out of range)'} is not supported; "
+            f"engine speaks {list(SUPPORTED_VERSIONS)}",
+        )
+    _check_str("id", r.id, max_len=64, pattern=_ID, optional=False)
+    if not isinstance(r.op, str):
+        raise _bad("op", "must be a string")
+    if r.op not in OPERATIONS:
+        raise RequestError(
+            "unknown_operation", f"unknown operation; expected one of {', '.join(OPERATIONS)}"
+        )
+    for name in ("dry_run", "rollback", "all_agents"):
+        if not isinstance(getattr(r, name), bool):
+            raise _bad(name, "must be true or false")
+    _check_str("requested_by", r.requested_by, max_len=_PERSON_MAX)
+    _check_list("approved_by", r.approved_by, max_items=20, max_len=_PERSON_MAX)
+    _check_str("reason", r.reason, max_len=500)
+    if r.agents is not None:
+        _check_list("agents", r.agents, max_items=500, max_len=_AGENT_NAME_MAX)
+    if not _is_int(r.after_seq) or r.after_seq < 0:
+        raise _bad("after_seq", "must be an integer >= 0")
+    _check_str("rotation_id", r.rotation_id, max_len=64, pattern=_ID)
+    _check_str("plan_hash", r.plan_hash, max_len=64, pattern=_PLAN_HASH)
+    _check_str("key_fingerprint", r.key_fingerprint, max_len=16, pattern=_FINGERPRINT)
+
+
+def require_plan(r: Request) -> None:
+    """A run sent over the protocol names the approved plan: its hash, and the key or
+    the exact agent list. (A person at the host's CLI runs without one.)"""
+    if r.op not in RUN_OPS or r.dry_run:
+        return
+    missing = []
+    if r.plan_hash is None:
+        missing.append("plan_hash")
+    if r.op == "rotate-key" and r.key_fingerprint is None:
+        missing.append("key_fingerprint")
+    if r.op == "rotate-agent" and not r.agents:
+        missing.append("agents (the exact approved list)")
+    if missing:
+        raise RequestError(
+            "plan_required",
+            f"{r.op} must name the approved plan: missing {', '.join(missing)}",
+        )
+
+
+def parse_request_line(raw: bytes) -> Request:
+    """Validate one request line; raise ``RequestError`` with a precise code."""
+    body = raw.rstrip(b"\r\n")
+    if len(body) > MAX_REQUEST_BYTES:
+        raise RequestError("request_too_large", f"request line exceeds {MAX_REQUEST_BYTES} bytes")
+    if not body.strip():
+        raise RequestError("bad_request", "no request line on stdin")
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RequestError("bad_request", "request line is not valid UTF-8 JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("bad_request", "request line must be a JSON object")
+    request = Request.from_dict(data)
+    require_plan(request)
+    return request
+
+
+# -- the plan a run must match -------------------------------------------------------------
+
+
+def key_binding(*, panel: str, engine_version: str, key_fingerprint: str, scheme: str) -> dict[str, Any]:
+    """What a ``rotate-key`` approval binds, as the engine can check it on the host."""
+    return {
+        "op": "rotate-key",
+        "panel": panel,
+        "engine_version": engine_version,
+        "key_fingerprint": key_fingerprint,
+        "scheme": scheme,
+    }
+
+
+def agent_binding(*, panel: str, engine_version: str, agents: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """What a ``rotate-agent`` approval binds: the exact, sorted agent names."""
+    return {
+        "op": "rotate-agent",
+        "panel": panel,
+        "engine_version": engine_version,
+        "agents": sorted(agents),
+    }
+
+
+def plan_hash(binding: dict[str, Any]) -> str:
+    """SHA-256 of the binding's canonical JSON: the ``plan_hash`` a run request names."""
+    canonical = json.dumps(binding, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RunMismatch(Exception):
+    """The run request does not match the plan the engine computes now."""
+
+    def __init__(self, code: str, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.differences = differences
+
+
+def check_run(request: Request, binding: dict[str, Any]) -> None:
+    """Raise ``RunMismatch`` unless ``request`` names exactly the plan ``binding`` describes.
+
+    Checked in this order, so that the code says the most useful thing: the current
+    key, the agent list, then the hash of the whole plan (engine version, layout, panel).
+    """
+    differences = _differences(request, binding)
+    expected = binding.get("key_fingerprint")
+    if request.key_fingerprint is not None and expected is not None and request.key_fingerprint != expected:
+        raise RunMismatch(
+            "key_mismatch",
+            f"the panel's current key is {expected}, not the approved {request.key_fingerprint}: "
+            "the plan changed since it was approved; nothing was changed",
+            differences,
+        )
+    if "agents" in binding and sorted(request.agents or ()) != binding["agents"]:
+        raise RunMismatch(
+            "agents_mismatch",
+            "the agents on the panel no longer match the approved list; nothing was changed",
+            differences,
+        )
+    if request.plan_hash is not None and request.plan_hash != plan_hash(binding):
+        raise RunMismatch(
+            "plan_mismatch",
+            "the plan changed since it was approved (" + ("; ".join(differences) or "its hash")
+            + "); nothing was changed",
+            differences,
+        )
+
+
+def _differences(request: Request, binding: dict[str, Any]) -> list[str]:
+    out = []
+    if request.key_fingerprint is not None and binding.get("key_fingerprint") not in (None, request.key_fingerprint):
+        out.append(f"current key {request.key_fingerprint} -> {binding['key_fingerprint']}")
+    if "agents" in binding:
+        sent, now = set(request.agents or ()), set(binding["agents"])
+        if now - sent:
+            out.append("agents added: " + ", ".join(sorted(now - sent)[:5]))
+        if sent - now:
+            out.append("agents gone: " + ", ".join(sorted(sent - now)[:5]))
+    return out
 
 
 def fingerprint(material: bytes | str) -> str:
     """First 16 hex characters of SHA-256: how keys and tokens are named anywhere."""
-    import hashlib
-
     data = material.encode() if isinstance(material, str) else material
     return hashlib.sha256(data).hexdigest()[:16]
 

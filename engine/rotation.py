@@ -13,6 +13,7 @@ commit follows the moment the new workers are up.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from engine import __version__, envfile, faults, hooks
@@ -46,8 +47,11 @@ class KeyRotation:
         requested_by: str | None = None,
         approved_by: list[str] | None = None,
         reason: str | None = None,
+        expect: Callable[[Preflight], None] | None = None,
     ) -> None:
         self.ctx = ctx
+        #: called under the lock right after the preflight: refuses a run whose plan changed
+        self.expect = expect
         self.profile = ctx.profile
         self.rotation_id = rotation_id
         self.dry_run = dry_run
@@ -73,6 +77,8 @@ class KeyRotation:
                     "unfinished: run `python -m engine --profile PROFILE recover` first"
                 )
             pre = run_preflight(self.ctx, lock_note="lock held")
+            if self.expect is not None:
+                self.expect(pre)
             self.env_before = pre.env_bytes
             if self.dry_run:
                 return self._dry_run_result(pre)

@@ -32,28 +32,23 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, TextIO
-
-from pydantic import ValidationError
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from engine import __version__, protocol
 from engine.errors import EngineError
 from engine.events import Emitter, EventLog, json_sink
-from engine.profile import Profile, load_profile
 from engine.protocol import redact
+
+if TYPE_CHECKING:
+    from engine.profile import Profile
 
 MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "recover"})
 REQUEST_TIMEOUT_S = 60
 ATTACH_POLL_S = 1.0
 
 
-class BadRequest(Exception):
-    """A request line the engine refuses; ``code`` goes into the error event."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+#: A request the engine refuses; ``code`` goes into the error event.
+BadRequest = protocol.RequestError
 
 
 def _log(stderr: IO[str], message: str) -> None:
@@ -76,48 +71,7 @@ def read_request_line(stdin: TextIO) -> bytes:
 
 def parse_request(raw: bytes) -> protocol.Request:
     """Validate one request line; raise ``BadRequest`` with a precise code."""
-    body = raw.rstrip(b"\r\n")
-    if len(body) > protocol.MAX_REQUEST_BYTES:
-        raise BadRequest(
-            "request_too_large",
-            f"request line exceeds {protocol.MAX_REQUEST_BYTES} bytes",
-        )
-    if not body.strip():
-        raise BadRequest("bad_request", "no request line on stdin")
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest("bad_request", "request line is not valid UTF-8 JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("bad_request", "request line must be a JSON object")
-    version = data.get("v")
-    if isinstance(version, int) and not isinstance(version, bool):
-        if version not in protocol.SUPPORTED_VERSIONS:
-            raise BadRequest(
-                "unsupported_version",
-                f"protocol version {version if 0 <= version < 1000 else '(out of range)'} is "
-                f"not supported; engine speaks {list(protocol.SUPPORTED_VERSIONS)}",
-            )
-    op = data.get("op")
-    if isinstance(op, str) and op not in protocol.OPERATIONS:
-        raise BadRequest(
-            "unknown_operation",
-            f"unknown operation; expected one of {', '.join(protocol.OPERATIONS)}",
-        )
-    try:
-        return protocol.Request.model_validate(data, strict=True)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_input=False, include_url=False, include_context=False):
-            where = ".".join(_field_name(p) for p in err["loc"]) or "(request)"
-            problems.append(f"{where}: {err['msg']}")
-        raise BadRequest("bad_request", "bad request: " + "; ".join(problems[:5])) from None
-
-
-def _field_name(part: object) -> str:
-    """A field name from the request, echoed only if it looks like one."""
-    text = str(part)
-    return text if re.fullmatch(r"[A-Za-z0-9_]{1,32}", text) else "(field)"
+    return protocol.parse_request_line(raw)
 
 
 def _safe_id(raw: bytes) -> str:
@@ -242,7 +196,7 @@ def is_mutating(request: protocol.Request) -> bool:
     return request.op in MUTATING_OPS and not request.dry_run
 
 
-RunOperation = Callable[[protocol.Request, Profile, Emitter], dict[str, Any]]
+RunOperation = Callable[[protocol.Request, "Profile", Emitter], dict[str, Any]]
 
 
 def _engine_core() -> RunOperation:
@@ -264,6 +218,8 @@ def dispatch(
     if request.op == "hello":
         data = {"engine": __version__, "protocol": list(protocol.SUPPORTED_VERSIONS)}
         return emitter.emit(protocol.result_event("hello", **data))
+    from engine.profile import load_profile  # pydantic: only once an operation needs it
+
     profile = load_profile(profile_path)
     if request.op == "attach":
         return attach(request, profile, stdout, emitter)

@@ -58,6 +58,8 @@ class PlanView:
     total: int = 0
     agent_rows: tuple[dict[str, Any], ...] = ()
     warnings: tuple[str, ...] = ()
+    #: the engine's hash of what it can check on the host; a run request names it
+    engine_plan_hash: str = ""
 
     @classmethod
     def from_engine(
@@ -90,6 +92,7 @@ class PlanView:
             total=int(result.get("total") or sum(columns.values())),
             agent_rows=rows,
             warnings=_warnings(result),
+            engine_plan_hash=str(result.get("plan_hash") or ""),
         )
 
     def binding(self) -> dict[str, Any]:

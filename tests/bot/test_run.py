@@ -76,7 +76,15 @@ def test_the_engine_receives_who_asked_who_approved_and_why(make_bot: MakeBot) -
         "suspected .env disclosure, INC-4412",
         False,
     )
-    assert len(bot.engine.ops("plan")) == 2  # the card's plan, and the re-plan just before running
+    # one plan for the card; the run itself names it, and the engine re-plans in the same process
+    assert len(bot.engine.ops("plan")) == 1
+    approved = bot.store.get(request_id).plan
+    assert (sent.plan_hash, sent.key_fingerprint, sent.agents) == (
+        approved.engine_plan_hash,
+        OLD_FP,
+        None,
+    )
+    assert bot.engine.refusals == []
 
 
 def test_a_failure_that_rolled_back_says_so_and_what_to_do_next(make_bot: MakeBot) -> None:
@@ -327,3 +335,63 @@ def test_a_slow_slack_never_holds_up_reading_the_engine(make_bot: MakeBot) -> No
         and steps[0] == "✔ preflight"
         and steps[-1] == "✔ backup updated"
     )
+
+
+# --- one session per run: the run names its plan, the engine refuses a changed one --------
+
+
+def test_a_key_changed_after_approval_is_refused_by_the_engine_and_voids_the_approvals(
+    make_bot: MakeBot,
+) -> None:
+    """Someone rotated the key by hand between card and click: the run request still names
+    the approved key, the engine refuses it (key_mismatch) and nothing runs; the card says
+    which key changed."""
+    bot = make_bot()
+    request_id, ts = bot.request_key()
+    bot.engine.plan_result = {**bot.engine.plan_result, "key_fingerprint": NEW_FP}
+    bot.approve(request_id, ts, BOB)
+    update = bot.fake.wait_for(
+        "chat.update", lambda c: "Plan changed before running" in c.all_text()
+    )[0]
+    assert f"current key {OLD_FP} -> {NEW_FP}" in update.all_text()
+    wait_until(lambda: bot.state(request_id) == "voided")
+    assert [(request_id, "key_mismatch")] == bot.engine.refusals
+    assert [] == bot.engine.ops("rotate-key")
+    assert 1 == len(bot.engine.ops("plan")), "the run re-planned in the engine, not in a 2nd session"
+
+
+def test_an_agent_added_after_an_all_agents_approval_voids_it(make_bot: MakeBot) -> None:
+    """/rotate-agent --all approved for two agents; a third registers before the run. The run
+    sends the exact approved list, the engine's --all now means three: agents_mismatch."""
+    engine = FakeEngineHost()
+    rows = [{"name": "agent-7", "server": "oscam-7"}, {"name": "agent-9", "server": "oscam-9"}]
+    engine.plan_result = {**engine.plan_result, "agents": rows, "problems": []}
+    bot = make_bot(engine=engine)
+    bot.command("/rotate-agent", "--all yearly rotation")
+    card = bot.fake.wait_for("chat.postMessage", lambda c: "requested:" in c.text)[0]
+    request_id, ts = card_request_id(card), str(card.response["ts"])
+    wait_until(lambda: bot.state(request_id, "message_ts") == ts)
+    engine.plan_result = {**engine.plan_result, "agents": [*rows, {"name": "agent-11"}]}
+
+    bot.approve(request_id, ts, BOB)
+
+    update = bot.fake.wait_for(
+        "chat.update", lambda c: "Plan changed before running" in c.all_text()
+    )[0]
+    assert "agent-11" in update.all_text()
+    wait_until(lambda: bot.state(request_id) == "voided")
+    assert [(request_id, "agents_mismatch")] == engine.refusals
+    assert [] == engine.ops("rotate-agent")
+
+
+def test_the_fake_engine_refuses_a_run_that_names_no_plan() -> None:
+    """The fake checks requests as the engine does: a rotate-key without the approved plan's
+    hash and key fingerprint is refused (plan_required), so a bot that forgets them fails."""
+    host = FakeEngineHost()
+    bare = Request(v=1, id="r-bare", op="rotate-key", requested_by=ALICE, approved_by=[BOB])
+
+    events = list(host.client().run(bare))
+
+    assert ["hello", "error"] == [e["type"] for e in events]
+    assert ("plan_required", [("r-bare", "plan_required")]) == (events[-1]["code"], host.refusals)
+    assert [] == host.requests

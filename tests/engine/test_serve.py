@@ -88,6 +88,10 @@ REFUSALS = [
     (request_line(op="hello", dry_run="yes"), "bad_request"),
     (request_line(op="hello", id="../../etc/passwd"), "bad_request"),
     (request_line(op="attach", after_seq=-1), "bad_request"),
+    (request_line(op="rotate-key"), "plan_required"),
+    (request_line(op="rotate-key", plan_hash="ab" * 32), "plan_required"),
+    (request_line(op="rotate-agent", plan_hash="ab" * 32, all_agents=True), "plan_required"),
+    (request_line(op="rotate-key", plan_hash="not-a-hash", key_fingerprint="cd" * 8), "bad_request"),
     (b'{"v": 1, "id": "r-1", "op": "hello", "reason": "' + b"x" * 20_000 + b'"}\n',
      "request_too_large"),
 ]  # fmt: skip
@@ -298,7 +302,8 @@ def test_a_mutating_op_carries_on_and_logs_its_events_when_stdout_breaks(
             return super().write(text)
 
     fake_core(monkeypatch, rotate)
-    stdin = io.TextIOWrapper(io.BytesIO(request_line(op="rotate-key")), encoding="utf-8")
+    line = request_line(op="rotate-key", plan_hash="ab" * 32, key_fingerprint="cd" * 8)
+    stdin = io.TextIOWrapper(io.BytesIO(line), encoding="utf-8")
     stdout = BrokenAfterHello()
     status = serve.serve(profile_path, stdin, stdout, io.StringIO())  # type: ignore[arg-type]
 

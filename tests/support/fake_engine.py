@@ -9,7 +9,13 @@ rotation before a step starts until the test releases it, so a test can
 restart the bot in the middle of a run.
 
 Events are shaped with ``engine.protocol`` helpers, so they look exactly like
-the real engine's.
+the real engine's. Requests are checked the way the real engine checks them,
+with the same code (``engine.protocol``): each request goes through its wire
+form and ``parse_request_line`` (protocol version, operation, field types, a run
+naming its plan), and a run is re-planned and compared with ``check_run`` (plan
+hash, key fingerprint, exact agent list). A bot that sends a wrong request gets
+the engine's refusal, and ``refusals`` lists them so a test can assert there
+were none.
 """
 
 from __future__ import annotations
@@ -132,7 +138,10 @@ class FakeEngineHost:
         self.plan_result: dict[str, Any] = plan_result(engine_version)
         self.plan_error: dict[str, Any] | None = None
         self.rotation_script: Callable[[], list[dict[str, Any]]] = successful_rotation
+        #: the requests the fake engine accepted (and so ran), in order
         self.requests: list[Request] = []
+        #: (request id, error code) of every request the fake engine refused
+        self.refusals: list[tuple[str, str]] = []
         self._journal: dict[str, list[dict[str, Any]]] = {}
         self._cond = threading.Condition()
         self._gates: dict[str, threading.Event] = {}
@@ -158,6 +167,55 @@ class FakeEngineHost:
 
     def ops(self, op: str) -> list[Request]:
         return [r for r in self.requests if r.op == op]
+
+    # --- the plan, as the real engine computes and checks it ------------------------------
+
+    def binding(self, request: Request) -> dict[str, Any]:
+        """The plan's binding now, for the kind of plan or run ``request`` asks about."""
+        panel = str(self.plan_result.get("panel", "prod-eu"))
+        version = str(self.plan_result.get("engine_version", "0.4.0"))
+        if request.op == "rotate-agent" or (request.op == "plan" and (request.agents or request.all_agents)):
+            known = self.agent_names()
+            if request.all_agents:
+                names = known
+            else:
+                names = [n for n in request.agents or () if not known or n in known]
+            return protocol.agent_binding(panel=panel, engine_version=version, agents=names)
+        return protocol.key_binding(
+            panel=panel,
+            engine_version=version,
+            key_fingerprint=str(self.plan_result.get("key_fingerprint", "")),
+            scheme=str(self.plan_result.get("scheme", "")),
+        )
+
+    def agent_names(self) -> list[str]:
+        """The panel's agents now: the names in ``plan_result["agents"]``."""
+        return [str(row["name"]) for row in self.plan_result.get("agents") or () if "name" in row]
+
+    def plan_now(self, request: Request) -> dict[str, Any]:
+        binding = self.binding(request)
+        data = dict(self.plan_result)
+        if "agents" in binding:
+            rows = {str(r.get("name")): r for r in self.plan_result.get("agents") or ()}
+            data["agents"] = [rows.get(n, {"name": n}) for n in binding["agents"]]
+        return {**data, "plan_hash": protocol.plan_hash(binding)}
+
+    def refuse(self, request: Request, raw: Request | bytes) -> dict[str, Any] | None:
+        """The error the real engine would close with for this request, or None."""
+        line = raw if isinstance(raw, bytes) else raw.to_line().encode()
+        try:
+            protocol.parse_request_line(line)
+            if request.op in protocol.RUN_OPS and not request.dry_run:
+                protocol.check_run(request, self.binding(request))
+        except protocol.RequestError as exc:
+            self.refusals.append((request.id, exc.code))
+            return protocol.error_event(exc.code, exc.message)
+        except protocol.RunMismatch as exc:
+            self.refusals.append((request.id, exc.code))
+            return protocol.error_event(
+                exc.code, exc.message, plan=self.plan_now(request), differences=exc.differences
+            )
+        return None
 
     # --- the host side -----------------------------------------------------------------
 
@@ -216,8 +274,12 @@ class FakeEngineClient:
 
     def run(self, request: Request) -> Iterator[dict[str, Any]]:
         host = self.host
-        host.requests.append(request)
         yield {"id": request.id, "seq": 0, "ts": protocol.now_ms(), **protocol.hello_event("0.4.0")}
+        refusal = host.refuse(request, request)
+        if refusal is not None:
+            yield {"id": request.id, "seq": 1, "ts": protocol.now_ms(), **refusal}
+            return
+        host.requests.append(request)
         if request.op == "plan":
             if host.plan_error:
                 yield {"id": request.id, "seq": 1, "ts": protocol.now_ms(), **host.plan_error}
@@ -225,7 +287,7 @@ class FakeEngineClient:
                 yield {
                     "id": request.id,
                     "seq": 1,
-                    **protocol.result_event("plan", **host.plan_result),
+                    **protocol.result_event("plan", **host.plan_now(request)),
                 }
             return
         if request.op in ("rotate-key", "rotate-agent"):
