@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.agents.world import Agent, AgentWorld, serve
 from tests.engine.runner import REPO, EngineRun, crash_at, run_engine
+from tests.support.plans import plan_fields
 
 ARGS = ("rotate-agent", "agent-1", "--yes", "--json")
 
@@ -132,7 +133,8 @@ def test_a_dropped_connection_does_not_stop_the_rotation(agent_world: AgentWorld
     and its event log (what ``attach`` replays) holds the closing result."""
     world, agent = agent_world, installed_agent
     before = world.state(agent)
-    line = json.dumps({"v": 1, "id": "drop-1", "op": "rotate-agent", "agents": ["agent-1"]}) + "\n"
+    named = plan_fields(world.profile(), "rotate-agent", agents=["agent-1"])
+    line = json.dumps({"v": 1, "id": "drop-1", "op": "rotate-agent", **named}) + "\n"
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "--profile", str(world.profile()), "serve"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,

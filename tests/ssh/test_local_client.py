@@ -20,6 +20,7 @@ from bot.ssh_client import SSHEngineClient
 from engine.protocol import Request
 from tests.ssh.conftest import PanelFactory
 from tests.support.panel import PanelSandbox
+from tests.support.plans import named
 
 GREETING = json.dumps({"type": "hello", "id": "r", "seq": 0, "engine": "0", "protocol": [1]})
 
@@ -64,9 +65,10 @@ def test_a_rotation_through_the_local_client(
 ) -> None:
     """rotate-key via a child process: verified result; PHP opens every value."""
     sandbox = panel_factory(rows=20)
+    client = LocalEngineClient(sandbox.profile_path)
     request = Request(v=1, id="r-local-rot", op="rotate-key", requested_by="U1", approved_by=["U2"])
 
-    events = list(LocalEngineClient(sandbox.profile_path).run(request))
+    events = list(client.run(named(client, request)))
 
     assert ("hello", "result") == (events[0]["type"], events[-1]["type"])
     assert sandbox.initial_key != sandbox.env_key()

@@ -22,16 +22,20 @@ from engine import __version__
 from engine.protocol import KEY_STEPS, Request, fingerprint
 from tests.ssh.conftest import PanelFactory
 from tests.support.panel import PanelSandbox
+from tests.support.plans import plan_fields
 from tests.support.procs import wait_for_stopped, wait_until
 from tests.support.sshd import SSHServer, descendants, parent_pid, process_state
 
 pytestmark = pytest.mark.slow
 
 
-def rotate_request(rotation_id: str) -> Request:
+def rotate_request(rotation_id: str, sandbox: PanelSandbox) -> Request:
+    """A run request naming the plan as the engine computes it now (asked locally, so
+    that the SSH sessions a test counts are the run's own)."""
     return Request(
         v=1, id=rotation_id, op="rotate-key",
         requested_by="U-ALICE", approved_by=["U-BOB"], reason="ssh test",
+        **plan_fields(sandbox.profile_path),
     )  # fmt: skip
 
 
@@ -71,7 +75,7 @@ def test_a_rotate_key_through_ssh_streams_its_steps_and_verifies(
     client = SSHEngineClient(ssh_panel(sandbox.profile_path))
     arrivals: list[tuple[dict[str, Any], float]] = []
 
-    for event in client.run(rotate_request("r-ssh-1")):
+    for event in client.run(rotate_request("r-ssh-1", sandbox)):
         arrivals.append((event, time.monotonic()))
 
     events = [e for e, _ in arrivals]
@@ -94,7 +98,7 @@ def test_the_first_step_arrives_while_the_rotation_is_still_running(
     """Events are streamed, not delivered at the end: the engine is stopped at a fault
     point after the first steps, and the caller has those steps already."""
     panel = ssh_panel(sandbox.profile_path, env={"MYOSICAM_ENGINE_FAULT": "stop@state:STAGED"})
-    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-stream")))
+    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-stream", sandbox)))
     pid = wait_for_stopped(is_engine_for(sandbox), timeout=60)
     try:
         wait_until(lambda: any(e["type"] == "step" for e in seen), 30, what="a step event")
@@ -146,7 +150,7 @@ def test_a_cut_connection_mid_reencryption_reattaches_and_sees_every_event_once(
         reconnect_attempts=10,
         reconnect_backoff_s=0.2,
     )
-    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-cut")))
+    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-cut", sandbox)))
     engine = wait_for_stopped(is_engine_for(sandbox), timeout=60)
     stopped_engines.append(engine)
     seq_before_cut = wait_until(lambda: max((e["seq"] for e in seen), default=0), 30)
@@ -180,7 +184,7 @@ def test_when_the_host_stays_unreachable_reattaching_gives_up_but_the_rotation_f
         reconnect_attempts=2,
         reconnect_backoff_s=0.1,
     )
-    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-gone")))
+    reader, seen = read_in_background(SSHEngineClient(panel).run(rotate_request("r-ssh-gone", sandbox)))
     engine = wait_for_stopped(is_engine_for(sandbox), timeout=60)
     stopped_engines.append(engine)
 
