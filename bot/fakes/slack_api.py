@@ -4,7 +4,9 @@ Serves ``POST /api/<method>`` on 127.0.0.1 (a threaded HTTP server), so the
 bot's real ``slack_sdk.WebClient`` talks HTTP to it exactly as to Slack.
 Answers ``auth.test``, ``chat.postMessage``, ``chat.update``,
 ``chat.postEphemeral``, ``views.open``, ``usergroups.users.list``,
-``users.info`` and ``conversations.info``; anything else gets
+``users.info``, ``conversations.info``, and ``conversations.history`` /
+``conversations.replies`` (read back from what was posted and updated, newest
+first, with Slack's cursor pagination); anything else gets
 ``unknown_method``. ``fail(method, error)`` makes the next calls fail.
 
 It refuses what Slack refuses, so a green test means the card would appear:
@@ -48,6 +50,7 @@ TRIGGER_TTL_S = 3.0  # Slack: "trigger_ids expire three seconds after they're is
 _CONVERSATION_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 MESSAGE_METHODS = ("chat.postMessage", "chat.update", "chat.postEphemeral")
+READ_METHODS = ("conversations.history", "conversations.replies")
 
 
 @dataclass
@@ -302,8 +305,11 @@ class FakeSlack:
             )
         if method == "users.info" and not self._user_exists(params.get("user")):
             return {"ok": False, "error": "user_not_found"}
-        if method == "conversations.info" and not self._channel_exists(params.get("channel")):
+        if method in READ_METHODS and not self._channel_exists(params.get("channel")):
             return {"ok": False, "error": "channel_not_found"}
+        if method == "conversations.replies":
+            if self._messages.get(str(params.get("ts"))) != params.get("channel"):
+                return {"ok": False, "error": "thread_not_found"}
         return None
 
     def _user_exists(self, user: Any) -> bool:
@@ -367,7 +373,38 @@ class FakeSlack:
         if method == "conversations.info":
             channel = str(params.get("channel"))
             return {"ok": True, "channel": {"id": channel, "name": "rotations", "is_member": True}}
+        if method == "conversations.history":
+            stored = self._stored(str(params["channel"]))
+            top = [m for m in stored if m.get("thread_ts") in (None, m["ts"])]
+            for message in top:
+                replies = [m for m in stored if m.get("thread_ts") == message["ts"] and m is not message]
+                if replies:
+                    message.update(thread_ts=message["ts"], reply_count=len(replies))
+            return _page(top[::-1], params)
+        if method == "conversations.replies":
+            ts = str(params["ts"])
+            stored = self._stored(str(params["channel"]))
+            return _page([m for m in stored if ts in (m["ts"], m.get("thread_ts"))], params)
         return {"ok": False, "error": "unknown_method"}
+
+    def _stored(self, channel: str) -> list[dict[str, Any]]:
+        """The channel's messages as Slack keeps them: each post with its last update, oldest first."""
+        stored: dict[str, dict[str, Any]] = {}
+        for call in self._calls:
+            if not call.response.get("ok") or call.params.get("channel") != channel:
+                continue
+            if call.method == "chat.postMessage":
+                ts = str(call.response["ts"])
+                stored[ts] = {"type": "message", "ts": ts, "user": self.bot_user_id}
+                if call.params.get("thread_ts"):
+                    stored[ts]["thread_ts"] = str(call.params["thread_ts"])
+            elif call.method == "chat.update" and str(call.params.get("ts")) in stored:
+                ts = str(call.params["ts"])
+            else:
+                continue
+            stored[ts]["text"] = str(call.params.get("text") or "")
+            stored[ts]["blocks"] = _json_field(call.params.get("blocks")) or []
+        return sorted(stored.values(), key=lambda m: float(m["ts"]))
 
     # --- the record --------------------------------------------------------------------
 
@@ -445,6 +482,19 @@ class FakeSlack:
         versions = self.card_versions(channel, ts)
         assert versions, f"no card {ts} in {channel}"
         return versions[-1]
+
+
+def _page(messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """Slack's cursor pagination: ``limit`` (default 100, at most 999) from ``cursor``."""
+    limit = min(int(params.get("limit") or 100), 999)
+    start = int(params.get("cursor") or 0)
+    rest = messages[start + limit :]
+    return {
+        "ok": True,
+        "messages": messages[start : start + limit],
+        "has_more": bool(rest),
+        "response_metadata": {"next_cursor": str(start + limit) if rest else ""},
+    }
 
 
 def _invalid(error: str, reasons: list[str]) -> dict[str, Any] | None:

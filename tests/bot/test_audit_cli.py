@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from slack_sdk import WebClient
 
-from bot.audit import AuditLog
+from bot.audit import Anchor, AuditLog
 from bot.audit_key import AuditKey, load_audit_key
+from bot.audit_slack import anchors_from_slack
+from bot.fakes.slack_api import FakeSlack
 from bot.store import open_store
+from tests.bot.conftest import AUDIT_KEY, BOB, CHANNEL, MakeBot, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,3 +133,43 @@ def test_serving_without_the_audit_key_stops_start_up_with_a_clear_message(tmp_p
     assert result.returncode == 2
     assert result.stderr.startswith("error: ROTATOR_AUDIT_KEY_FILE is not set: the audit log is signed")
     assert not (tmp_path / "rotator.db").exists()
+
+
+def test_verify_reads_the_anchors_back_from_the_slack_threads(make_bot: MakeBot, tmp_path: Path) -> None:
+    """Two runs close with `audit #SEQ DIGEST`; `audit verify --slack` finds both in the channel,
+    and after the tail is cut (head moved back) it says NOT verified."""
+    bot = make_bot()
+    for _ in range(2):
+        request_id, ts = bot.request_key()
+        bot.approve(request_id, ts, BOB)
+        wait_until(lambda rid=request_id: bot.store.get(rid).outcome.get("reported") is True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))}
+    env |= {
+        "SLACK_BOT_TOKEN": bot.fake.token,
+        "SLACK_SIGNING_SECRET": bot.settings.signing_secret,
+        "SLACK_API_URL": bot.fake.url,
+        "ROTATOR_CONFIG": str(bot.settings.config_path),
+        "ROTATOR_AUDIT_KEY": AUDIT_KEY.hex(),
+    }
+    good = run(env, "audit", "verify", "--slack")
+    assert (good.returncode, good.stderr) == (0, ""), good.stdout
+    assert "matches 2 anchor(s)" in good.stdout
+    assert bot.fake.calls_to("conversations.history")
+    head, _ = bot.store.audit_head()
+    with bot.store.transaction() as tx:
+        tx.execute("DELETE FROM audit_log WHERE seq > 4")
+        tx.execute("UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit_log WHERE seq = 4)")
+    cut = run(env, "audit", "verify", "--slack")
+    assert (cut.returncode, cut.stdout.splitlines()[0]) == (1, "audit log NOT verified (2 problems):")
+    assert f"shows the log reached entry {head}, but it ends at entry 4" in cut.stdout
+
+
+def test_an_anchor_only_in_a_thread_reply_is_read_with_conversations_replies(fake_slack: FakeSlack) -> None:
+    client = WebClient(token=fake_slack.token, base_url=fake_slack.url)
+    parent = client.chat_postMessage(channel=CHANNEL, text="Key rotation requested")["ts"]
+    client.chat_postMessage(channel=CHANNEL, thread_ts=parent, text="✔ step")
+    client.chat_postMessage(channel=CHANNEL, thread_ts=parent, text="Done · rotation r-1 · audit #12 0123456789abcdef")
+    assert anchors_from_slack(client, [CHANNEL]) == [
+        Anchor(12, "0123456789abcdef", f"Slack {CHANNEL} thread {parent}")
+    ]
+    assert [c.params["ts"] for c in fake_slack.calls_to("conversations.replies")] == [parent]
