@@ -69,6 +69,11 @@ class _Connection:
     open: bool = True
 
     def send(self, opcode: int, data: bytes) -> None:
+        """One unmasked frame; opcode -1 sends ``data`` raw (the handshake's answer)."""
+        if opcode < 0:
+            with self.send_lock:
+                self.sock.sendall(data)
+            return
         header = bytes([0x80 | opcode])
         size = len(data)
         if size < 126:
@@ -223,12 +228,13 @@ class FakeSocketMode:
                 return
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
-    def _handshake(self, sock: socket.socket) -> bool:
+    def _handshake(self, sock: socket.socket) -> bytes | None:
+        """The 101 answer to send once the connection is counted; None (after a 403) if refused."""
         request = b""
         while b"\r\n\r\n" not in request:
             chunk = sock.recv(4096)
             if not chunk or len(request) > 16384:
-                return False
+                return None
             request += chunk
         lines = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
         method, target, _ = [*lines[0].split(" "), "", "", ""][:3]
@@ -242,22 +248,25 @@ class FakeSocketMode:
             self._tickets.discard(ticket)  # a URL serves one connection
         if method != "GET" or headers.get("upgrade", "").lower() != "websocket" or not known:
             sock.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            return False
-        sock.sendall(
+            return None
+        return (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + f"Sec-WebSocket-Accept: {accept_key(headers.get('sec-websocket-key', ''))}\r\n\r\n".encode()
         )
-        return True
 
     def _serve(self, sock: socket.socket) -> None:
         try:
-            if not self._handshake(sock):
-                sock.close()
-                return
+            switching = self._handshake(sock)
         except OSError:
+            switching = None
+        if switching is None:
             sock.close()
             return
         connection = _Connection(sock, next(self._numbers))
+        with self._cond:  # counted before the app can see it is connected
+            self._connections.append(connection)
+            self._cond.notify_all()
+        connection.send(-1, switching)
         connection.send_json(
             {
                 "type": "hello",
@@ -266,9 +275,6 @@ class FakeSocketMode:
                 "connection_info": {"app_id": self.app_id},
             }
         )
-        with self._cond:
-            self._connections.append(connection)
-            self._cond.notify_all()
         try:
             while connection.open:
                 opcode, data = _read_frame(sock)
