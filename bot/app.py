@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.middleware.request_verification import RequestVerification
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -278,6 +279,21 @@ def logged(work: Callable[[], None]) -> Callable[[], None]:
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
+class _DropUnusedTokenNotice(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment itself and, since the bot gives it a
+    ready ``WebClient``, warns on every start that the token is unused: noise, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def _bolt_logger() -> logging.Logger:
+    logger = logging.getLogger("bot.bolt")
+    if not any(isinstance(f, _DropUnusedTokenNotice) for f in logger.filters):
+        logger.addFilter(_DropUnusedTokenNotice())
+    return logger
+
+
 class QuietRequestVerification(RequestVerification):
     """Bolt's signature check, minus its log line that quotes the refused body,
     and with a 401 (not a 500 and a traceback) for a timestamp that is not a number.
@@ -481,7 +497,7 @@ def build_rotator(
         token_verification_enabled=False,
         request_verification_enabled=False,
         before_authorize=QuietRequestVerification(settings.signing_secret),
-        logger=logging.getLogger("bot.bolt"),
+        logger=_bolt_logger(),
     )
     app.use(dedupe_middleware(SeenRecently()))
     commands.register(app, deps)
