@@ -41,26 +41,33 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self.secrets = [s for s in secrets if len(s) >= 6]
 
-    def _clean(self, text: str) -> str:
+    def clean(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "[redacted]")
         return _TOKEN_PATTERN.sub(r"\1-[redacted]", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = self._clean(message)
+        cleaned = self.clean(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:
-            record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = self.clean(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
 
 
-def configure_logging(secrets: Sequence[str], level: int = logging.INFO) -> None:
+def configure_logging(secrets: Sequence[str], level: int = logging.INFO, json_lines: bool = False) -> None:
+    """Logs to stderr with every secret redacted; ``json_lines``: one JSON object per line."""
+    from bot.activity import JsonLinesFormatter
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(secrets))
+    redactor = RedactingFilter(secrets)
+    if json_lines:
+        handler.setFormatter(JsonLinesFormatter(redactor.clean))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(redactor)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -76,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--address", default=None, help="HTTP bind address (default from settings)")
     parser.add_argument("--debug", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("ROTATOR_LOG_FORMAT", "text"),
+        help="log lines as text, or one JSON object per line (default: $ROTATOR_LOG_FORMAT or text)",
+    )
     sub = parser.add_subparsers(dest="command")
     from bot import audit_cli
 
@@ -115,7 +128,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     audit_key = load_audit_key()  # the audit log is signed with a key kept outside the store
     configure_logging(
-        [*settings.secrets(), audit_key.hex()], logging.DEBUG if args.debug else logging.INFO
+        [*settings.secrets(), audit_key.hex()],
+        logging.DEBUG if args.debug else logging.INFO,
+        json_lines=args.log_format == "json",
     )
     if not args.http and not settings.app_token:
         raise BotError(

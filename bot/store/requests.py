@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from bot import activity
 from bot.errors import StoreError
 from bot.store.audit_chain import append_in
 from bot.store.database import Database
@@ -115,6 +116,7 @@ class RequestRows(Database):
                 ),
             )
             self._record(tx, request, None, "created", actor, now)
+        activity.transition(request, "created", None, actor)
 
     def get(self, request_id: str) -> RotationRequest | None:
         with self.transaction() as tx:
@@ -164,6 +166,8 @@ class RequestRows(Database):
                 return None
             if record:
                 self._record(tx, new, str(row[0]), event, actor, now, detail)
+        if record:
+            activity.transition(new, event, str(row[0]), actor)
         return new
 
     def _record(
