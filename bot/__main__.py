@@ -7,8 +7,13 @@
     python -m bot audit verify [--file EXPORT.jsonl] [--anchor SEQ:DIGEST ...] [--slack]
     python -m bot demo | doctor           (when bot.demo / bot.doctor are installed)
 
-With no Slack settings at all (neither SLACK_BOT_TOKEN nor ROTATOR_CONFIG in the
-environment), plain ``python -m bot`` plays the demo instead of serving Slack.
+    python -m bot serve [--http ...]      serve Slack, never the demo (the systemd unit's form)
+
+With no settings at all (none of SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET,
+SLACK_APP_TOKEN, ROTATOR_CONFIG in the environment, not even empty), plain
+``python -m bot`` plays the demo instead of serving Slack, except under systemd,
+where an empty EnvironmentFile is an error. Any of them set: the others that are
+missing are named and start-up stops.
 
 Settings come from the environment and ``ROTATOR_CONFIG`` (see
 ``bot.settings``). A bad setting stops start-up with a message that names it.
@@ -30,6 +35,16 @@ from typing import Any
 from bot.errors import BotError
 
 log = logging.getLogger("bot")
+
+# any of these in the environment (even empty) means "serve Slack", never the demo
+SETTINGS_VARIABLES = (
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "ROTATOR_CONFIG",
+    "ROTATOR_AUDIT_KEY_FILE",
+    "ROTATOR_AUDIT_KEY",
+)
 
 _TOKEN_PATTERN = re.compile(r"\b(xox[abeoprs]|xapp)-[A-Za-z0-9-]{8,}")
 
@@ -186,9 +201,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv and not (os.environ.get("SLACK_BOT_TOKEN") or os.environ.get("ROTATOR_CONFIG")):
+    if not argv and not any(name in os.environ for name in SETTINGS_VARIABLES):
+        if os.environ.get("INVOCATION_ID"):  # systemd: a service must not play a demo
+            print(
+                "error: no Slack settings in the environment (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET, "
+                "ROTATOR_CONFIG): is the unit's EnvironmentFile empty or missing?",
+                file=sys.stderr,
+            )
+            return 2
         print("No Slack settings (SLACK_BOT_TOKEN, ROTATOR_CONFIG): playing the local demo instead.")
         return _delegate("demo", [])
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+        if argv[:1] and not argv[0].startswith("-"):
+            print(f"error: `serve` takes options only, not {argv[0]!r}", file=sys.stderr)
+            return 2
     if argv and argv[0] in ("demo", "doctor"):
         return _delegate(argv[0], argv[1:])
     args = _parser().parse_args(argv)

@@ -152,3 +152,54 @@ def test_with_no_slack_settings_plain_python_m_bot_plays_the_demo(
     assert expected == capsys.readouterr().out
     monkeypatch.setenv("ROTATOR_CONFIG", "/nonexistent/rotator.toml")
     assert (2, [[]]) == (entry.main([]), called)
+
+
+def _no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.startswith(("SLACK_", "ROTATOR_")):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+
+
+def test_partial_slack_settings_stop_start_up_naming_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the signing secret set: not the demo, but the missing settings, by name."""
+    import bot.__main__ as entry
+
+    _no_settings(monkeypatch)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "0123456789abcdef0123")
+    assert entry.main([]) == 2
+    err = capsys.readouterr().err
+    assert "SLACK_BOT_TOKEN: is required but not set" in err
+    assert "ROTATOR_CONFIG: is required but not set" in err
+    assert "demo" not in err
+
+
+def test_an_empty_environment_file_under_systemd_is_an_error_not_the_demo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bot.__main__ as entry
+
+    _no_settings(monkeypatch)
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")  # systemd sets it for a service
+    monkeypatch.setattr(entry, "_delegate", lambda name, argv: pytest.fail("the demo ran"))
+    assert entry.main([]) == 2
+    assert capsys.readouterr().err == (
+        "error: no Slack settings in the environment (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET, "
+        "ROTATOR_CONFIG): is the unit's EnvironmentFile empty or missing?\n"
+    )
+
+
+def test_serve_never_plays_the_demo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m bot serve` (the unit's ExecStart) with nothing set names every missing setting."""
+    import bot.__main__ as entry
+
+    _no_settings(monkeypatch)
+    monkeypatch.setattr(entry, "_delegate", lambda name, argv: pytest.fail("the demo ran"))
+    assert entry.main(["serve"]) == 2
+    err = capsys.readouterr().err
+    for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "ROTATOR_CONFIG"):
+        assert f"{name}: is required but not set" in err
