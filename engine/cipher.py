@@ -1,7 +1,7 @@
 """AES-256-GCM values exactly as the panel stores them.
 
 MyOsicam does not publish its ciphertext layout, so the engine knows the
-candidates seen in PHP panels (DESIGN.md section 6) and ``probe`` picks the
+candidates seen in PHP panels (docs/architecture.md §6) and ``probe`` picks the
 one that opens every stored value. A *scheme* is a layout plus a *key reading*:
 
 * ``hex``: the 64 hex characters of ``PANEL_ENCRYPTION_KEY`` decoded to 32 bytes;

@@ -1,6 +1,6 @@
 """The write-ahead journal of a rotation, on the panel host.
 
-The journal holds both keys of an unfinished rotation (DESIGN.md rule 1: the
+The journal holds both keys of an unfinished rotation (docs/architecture.md §4 rule 1: the
 new key is stored before any row is written with it), so it lives in a 0700
 folder, the file is 0600 and every write is fsynced and renamed into place.
 When a rotation ends (DONE or ROLLED_BACK) the keys are dropped: what stays

@@ -63,7 +63,7 @@ class DatabaseSettings(_Strict):
 
 
 class AgentSettings(_Strict):
-    """Agent token rotation (DESIGN.md section 5); defaults match the reference panel.
+    """Agent token rotation (docs/architecture.md §5); defaults match the reference panel.
 
     * ``install_token_provider``: ``sql`` (the engine makes a random single-use
       token and stores only its SHA-256, ``agent_id``, ``expires_at`` and

@@ -1,4 +1,4 @@
-"""Key rotation: the journaled state machine of DESIGN.md section 4.
+"""Key rotation: the journaled state machine of docs/architecture.md §4.
 
 PREFLIGHT -> STAGED -> REENCRYPTED -> DB_VERIFIED -> ENV_WRITTEN -> RESTARTED
 -> SWEPT -> VERIFIED -> BACKED_UP -> DONE, or ROLLING_BACK -> ROLLED_BACK.

@@ -1,6 +1,6 @@
 """Reading every stored value and asking GCM which key opened it.
 
-The truth of a rotation is what is stored (DESIGN.md rule 2). ``classify``
+The truth of a rotation is what is stored (docs/architecture.md §4 rule 2). ``classify``
 sorts every value into old key / new key / neither; ``converge`` re-encrypts
 the values under the other key to the target key with compare-and-swap
 writes, and never touches a value that neither key opens.

@@ -1,4 +1,4 @@
-"""Agent token rotation (DESIGN.md section 5): re-run the bootstrap, verify the old token is dead.
+"""Agent token rotation (docs/architecture.md §5): re-run the bootstrap, verify the old token is dead.
 
 Per agent, a journaled state machine::
 

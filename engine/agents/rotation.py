@@ -1,4 +1,4 @@
-"""Agent token rotation: the journaled state machine of DESIGN.md section 5, per agent.
+"""Agent token rotation: the journaled state machine of docs/architecture.md §5, per agent.
 
 PREFLIGHT -> TOKEN_ISSUED -> BOOTSTRAPPED -> REREGISTERED -> OLD_REVOKED -> DONE, or FAILED.
 
