@@ -4,6 +4,14 @@ Every message reads well twice: as blocks in the channel, and as its ``text``
 in a notification preview, so the fallback carries the headline, the state and
 the plan hash. Builders never call Slack and never read a clock: ``now`` is an
 argument.
+
+Every message stays within Slack's limits whatever the inputs (50 agents, a
+500-character reason, a 300-character panel name): long texts are split into
+several sections of at most ``SECTION_LIMIT`` characters, lists name a few
+items and count the rest, and the Approve confirmation stays under 300
+characters. Slack refuses the whole message otherwise, and the card never
+appears. Values from people, the database and the engine are escaped
+(``messages.esc``).
 """
 
 from __future__ import annotations
@@ -21,23 +29,41 @@ DENY_MODAL = "deny_rotation_modal"
 DENY_REASON_BLOCK = "deny_reason"
 DENY_REASON_INPUT = "reason_input"
 MAX_LISTED_AGENTS = 25
-SECTION_LIMIT = 2900
+MAX_COLUMN_LINES = 20
+SECTION_LIMIT = 3000  # Slack's limit for a section's text
+PREVIEW_LIMIT = 4000  # a message's ``text``: Slack advises at most 4,000 characters
+MAX_SECTIONS = 10  # sections one long text may take (a message holds at most 50 blocks)
 
 Message = dict[str, Any]
 
 
 def _section(text: str) -> dict[str, Any]:
-    if len(text) > SECTION_LIMIT:
-        text = text[: SECTION_LIMIT - 1] + "…"
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": m.fit(text, SECTION_LIMIT)}}
+
+
+def _sections(text: str, most: int = MAX_SECTIONS) -> list[dict[str, Any]]:
+    """``text`` as sections of whole lines, each within Slack's limit, at most ``most``."""
+    chunks: list[str] = []
+    for line in text.split("\n"):
+        line = m.fit(line, SECTION_LIMIT)
+        if chunks and len(chunks[-1]) + 1 + len(line) <= SECTION_LIMIT:
+            chunks[-1] += "\n" + line
+        else:
+            chunks.append(line)
+    if len(chunks) > most:
+        chunks = [*chunks[: most - 1], m.fit(chunks[most - 1], SECTION_LIMIT - 20) + "\n… (cut)"]
+    return [_section(chunk) for chunk in chunks if chunk.strip()] or [_section("…")]
 
 
 def _context(*texts: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in texts if t]}
+    return {
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": m.fit(t, SECTION_LIMIT)} for t in texts if t],
+    }
 
 
-def _target(request: RotationRequest) -> str:
-    return m.target(request.op, request.panel, request.agents, request.all_agents)
+def _target(request: RotationRequest, shown: int = m.LISTED_NAMES) -> str:
+    return m.target(request.op, request.panel, request.agents, request.all_agents, shown)
 
 
 def _headline(request: RotationRequest) -> str:
@@ -56,11 +82,14 @@ def plan_lines(plan: PlanView) -> str:
             name = row.get("name") or row.get("agent") or row.get("id")
             server = row.get("server") or row.get("server_name") or row.get("host") or "?"
             seen = row.get("last_seen") or "never"
-            lines.append(f"      {name} on {server} · last seen {seen}")
+            lines.append(
+                f"      {m.esc(m.fit(str(name), 80))} on {m.esc(m.fit(str(server), 80))}"
+                f" · last seen {m.esc(m.fit(str(seen), 40))}"
+            )
         if len(rows) > MAX_LISTED_AGENTS:
             lines.append(f"      … and {len(rows) - MAX_LISTED_AGENTS} more")
         if not rows and plan.agents:
-            lines.append(f"      {', '.join(plan.agents[:MAX_LISTED_AGENTS])}")
+            lines.append(f"      {m.some_names(plan.agents, MAX_LISTED_AGENTS)}")
     else:
         n_columns = len(plan.columns)
         lines.append(
@@ -69,16 +98,18 @@ def plan_lines(plan: PlanView) -> str:
         )
         if plan.columns:
             lines.append(f"      {m.column_counts(plan.columns)}")
-        for table in plan.skipped:
-            lines.append(f"      {table}: table not present, skipped")
-        layout = plan.scheme_description or plan.scheme or "not detected"
+        for table in plan.skipped[:MAX_COLUMN_LINES]:
+            lines.append(f"      {m.esc(table)}: table not present, skipped")
+        if len(plan.skipped) > MAX_COLUMN_LINES:
+            lines.append(f"      … and {len(plan.skipped) - MAX_COLUMN_LINES} more not present")
+        layout = m.esc(plan.scheme_description or plan.scheme or "not detected")
         lines.append(f"• layout: {layout} · current key {m.short_fp(plan.key_fingerprint)}")
     for warning in plan.warnings[:10]:
-        lines.append(f"• :warning: {warning}")
-    host = plan.panel_host or plan.panel
+        lines.append(f"• :warning: {m.esc(warning)}")
+    host = m.esc(plan.panel_host or plan.panel)
     lines.append(
-        f"• panel host {host} · host key {plan.host_key_fingerprint or '(unknown)'} · "
-        f"engine {plan.engine_version or '(unknown)'}"
+        f"• panel host {host} · host key {m.esc(plan.host_key_fingerprint or '(unknown)')} · "
+        f"engine {m.esc(plan.engine_version or '(unknown)')}"
     )
     return "\n".join(lines)
 
@@ -163,18 +194,20 @@ def request_card(
     blocks: list[dict[str, Any]] = [
         _section(f"*{headline}*   `[{request.state.value}]`"),
         _section(f"Requested by {request.requester.mention} · {m.quote(request.reason)}"),
-        _section(plan_lines(request.plan)),
-        _section("\n".join(status)),
+        *_sections(plan_lines(request.plan), most=5),
+        *_sections("\n".join(status), most=3),
     ]
     if request.state in (State.DONE, State.FAILED):
-        blocks.append(_section(summary_text(request)))
+        blocks += _sections(summary_text(request), most=5)
     if request.state == State.PENDING:
         blocks.append(_buttons(request))
-    blocks.append(_context(f"Request `{request.id}` · plan hash `{request.plan_hash[:16]}`"))
+    blocks.append(
+        _context(f"Request `{m.esc(request.id)}` · plan hash `{m.esc(request.plan_hash[:16])}`")
+    )
     text = (
         f"{headline} by {request.requester.mention} · {status[-1]} · plan {request.plan.short_hash}"
     )
-    return {"text": text, "blocks": blocks}
+    return {"text": m.fit(text, PREVIEW_LIMIT), "blocks": blocks}
 
 
 def _buttons(request: RotationRequest) -> dict[str, Any]:
@@ -192,10 +225,8 @@ def _buttons(request: RotationRequest) -> dict[str, Any]:
                     "title": {"type": "plain_text", "text": "Approve this rotation?"},
                     "text": {
                         "type": "mrkdwn",
-                        "text": (
-                            f"You approve plan `{request.plan.short_hash}` for "
-                            f"{_target(request)}."
-                            " It starts as soon as the approvals are complete."
+                        "text": m.approve_confirm(
+                            request.plan.short_hash, _target(request, shown=3)
                         ),
                     },
                     "confirm": {"type": "plain_text", "text": "Approve"},
@@ -214,7 +245,7 @@ def _buttons(request: RotationRequest) -> dict[str, Any]:
 
 
 def thread_reply(text: str) -> Message:
-    return {"text": text, "blocks": [_section(text)]}
+    return {"text": m.fit(text, PREVIEW_LIMIT), "blocks": _sections(text)}
 
 
 def deny_modal(request_id: str, headline: str) -> dict[str, Any]:
@@ -227,7 +258,7 @@ def deny_modal(request_id: str, headline: str) -> dict[str, Any]:
         "submit": {"type": "plain_text", "text": "Deny"},
         "close": {"type": "plain_text", "text": "Back"},
         "blocks": [
-            _section(f"{headline}\nRequest `{request_id}`"),
+            _section(f"{headline}\nRequest `{m.esc(request_id)}`"),
             {
                 "type": "input",
                 "block_id": DENY_REASON_BLOCK,
@@ -260,12 +291,12 @@ def status_report(
     """``/rotate-status``: pending and running requests, then the last finished ones."""
     lines = []
     for request in active:
-        what = f"{request.op} {request.panel}"
+        what = f"{m.esc(request.op)} {m.esc(request.panel)}"
         if request.op == "rotate-agent":
             agents = "all agents" if request.all_agents else m.plural(len(request.agents), "agent")
             what += f" ({agents})"
         state = request.state.value.capitalize()
-        row = f"*{state}*  `{request.id}`  {what}  by {request.requester.mention}"
+        row = f"*{state}*  `{m.esc(request.id)}`  {what}  by {request.requester.mention}"
         if request.state == State.PENDING:
             missing = max(1, approvals_required - len(request.approvals))
             left = m.minutes_left(request.expires_at, now)
@@ -276,10 +307,10 @@ def status_report(
     if not lines:
         lines.append("No pending or running requests.")
     if recent:
-        finished = ", ".join(f"`{r.id}` {r.panel} {_final_word(r)}" for r in recent)
+        finished = ", ".join(f"`{m.esc(r.id)}` {m.esc(r.panel)} {_final_word(r)}" for r in recent)
         lines.append(f"Last {len(recent)} finished: {finished}")
     text = "\n".join(lines)
-    return {"text": text, "blocks": [_section(text)]}
+    return {"text": m.fit(text, PREVIEW_LIMIT), "blocks": _sections(text)}
 
 
 def _final_word(request: RotationRequest) -> str:
@@ -292,10 +323,11 @@ def _final_word(request: RotationRequest) -> str:
 
 def history_report(request: RotationRequest, transitions: Sequence[Transition]) -> Message:
     """``/rotate-status <id>``: one request's history, oldest first."""
-    lines = [f"*{_headline(request)}* `[{request.state.value}]` · `{request.id}`"]
+    lines = [f"*{_headline(request)}* `[{request.state.value}]` · `{m.esc(request.id)}`"]
     for t in transitions:
         arrow = f"{t.from_state} → {t.to_state}" if t.from_state else t.to_state
-        who = f" by <@{t.actor.split('/', 1)[1]}>" if "/" in t.actor else f" ({t.actor})"
-        lines.append(f"• {m.clock_time(t.at)} {t.event}: {arrow}{who}")
+        actor = m.esc(t.actor)
+        who = f" by <@{actor.split('/', 1)[1]}>" if "/" in actor else f" ({actor})"
+        lines.append(f"• {m.clock_time(t.at)} {m.esc(t.event)}: {m.esc(arrow)}{who}")
     text = "\n".join(lines)
-    return {"text": text, "blocks": [_section(text)]}
+    return {"text": m.fit(text, PREVIEW_LIMIT), "blocks": _sections(text)}

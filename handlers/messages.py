@@ -2,6 +2,13 @@
 
 Functions take plain data and return Slack ``mrkdwn`` text. Nothing here talks
 to Slack or the store; ``blocks`` arranges these sentences into cards.
+
+Every string that comes from a person, the database or the engine (reasons,
+panel and agent names, column names, engine messages) goes through ``esc``
+where it is put into a sentence, so ``<!channel>`` or ``<https://evil|click>``
+arrives as text, not as a mention or a link. Mentions the bot builds itself
+(``<@U…>``, ``<!subteam^…>``, ``<#C…>``) are passed in already made and are not
+escaped again.
 """
 
 from __future__ import annotations
@@ -13,6 +20,26 @@ from typing import Any
 from engine.protocol import AGENT_STEPS, KEY_STEPS
 
 # --- small formatters -------------------------------------------------------------------
+
+CONFIRM_LIMIT = 300  # Slack's limit for a confirm dialog's text
+LISTED_NAMES = 10  # names a sentence lists before "and N more"
+
+
+def esc(value: object) -> str:
+    """``value`` as inert mrkdwn: Slack's three control characters escaped, as Slack asks."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def some_names(names: Sequence[str], shown: int = LISTED_NAMES, longest: int = 40) -> str:
+    """``a, b, c and 47 more``: a few names (each at most ``longest`` characters), escaped."""
+    listed = ", ".join(esc(fit(n, longest)) for n in names[:shown])
+    rest = len(names) - shown
+    return f"{listed} and {count(rest)} more" if rest > 0 else listed
 
 
 def clock_time(ts: float) -> str:
@@ -61,19 +88,30 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 
 
 def quote(reason: str) -> str:
-    return f"“{reason}”"
+    return f"“{esc(reason)}”"
 
 
 def op_title(op: str) -> str:
     return "Agent token rotation" if op == "rotate-agent" else "Key rotation"
 
 
-def target(op: str, panel: str, agents: Sequence[str], all_agents: bool) -> str:
+def target(
+    op: str, panel: str, agents: Sequence[str], all_agents: bool, shown: int = LISTED_NAMES
+) -> str:
+    """``3 agents on panel prod-eu (a, b, c)``; at most ``shown`` names, then "and N more"."""
     if op != "rotate-agent":
-        return f"panel {panel}"
+        return f"panel {esc(panel)}"
     if all_agents:
-        return f"all agents on panel {panel}"
-    return f"{plural(len(agents), 'agent')} on panel {panel} ({', '.join(agents)})"
+        return f"all agents on panel {esc(panel)}"
+    return f"{plural(len(agents), 'agent')} on panel {esc(panel)} ({some_names(agents, shown)})"
+
+
+def approve_confirm(short_hash: str, what: str) -> str:
+    """The Approve button's "are you sure?" text, within Slack's 300 characters."""
+    tail = " It starts as soon as the approvals are complete."
+    head = f"You approve plan `{esc(short_hash)}` for "
+    room = CONFIRM_LIMIT - len(head) - len(tail) - 1
+    return f"{head}{fit(what, room)}.{tail}"
 
 
 # --- ephemeral answers ------------------------------------------------------------------
@@ -112,11 +150,11 @@ def needs_reason(command: str, example: str) -> str:
 
 
 def unknown_panel(name: str, known: Sequence[str]) -> str:
-    return f"Unknown panel `{name}`. Known panels: {', '.join(known) or 'none configured'}."
+    return f"Unknown panel `{esc(name)}`. Known panels: {esc(', '.join(known)) or 'none configured'}."
 
 
 def which_panel(usage: str, known: Sequence[str]) -> str:
-    return f"Which panel? Known panels: {', '.join(known)}. Name it, e.g. `{usage}`."
+    return f"Which panel? Known panels: {esc(', '.join(known))}. Name it, e.g. `{esc(usage)}`."
 
 
 def needs_agents(command: str) -> str:
@@ -131,11 +169,11 @@ def reason_too_long(limit: int) -> str:
 
 
 def planning(op: str, panel: str) -> str:
-    return f":hourglass_flowing_sand: Asking the engine on {panel} for a plan ({op})…"
+    return f":hourglass_flowing_sand: Asking the engine on {esc(panel)} for a plan ({esc(op)})…"
 
 
 def plan_failed(panel: str, message: str, ref: str) -> str:
-    return f"Could not plan on {panel}: {message}. Nothing was changed. Ref {ref}."
+    return f"Could not plan on {esc(panel)}: {esc(message)}. Nothing was changed. Ref {ref}."
 
 
 def store_down(ref: str) -> str:
@@ -154,7 +192,7 @@ def card_not_posted(ref: str) -> str:
 
 
 def unknown_request(request_id: str) -> str:
-    return f"No request `{request_id}`. `/rotate-status` lists the open ones."
+    return f"No request `{esc(request_id)}`. `/rotate-status` lists the open ones."
 
 
 def cancel_usage() -> str:
@@ -167,17 +205,17 @@ def only_requester_cancels(requester_mention: str) -> str:
 
 def cannot_cancel_running(request_id: str) -> str:
     return (
-        f"`{request_id}` is already running. A rotation is never stopped halfway: it finishes "
+        f"`{esc(request_id)}` is already running. A rotation is never stopped halfway: it finishes "
         "or rolls back by itself. Follow it in the card's thread."
     )
 
 
 def use_cancel(request_id: str) -> str:
-    return f"To withdraw your own request, use `/rotate-cancel {request_id}`."
+    return f"To withdraw your own request, use `/rotate-cancel {esc(request_id)}`."
 
 
 def cancelled_ack(request_id: str) -> str:
-    return f"Cancelled `{request_id}`."
+    return f"Cancelled `{esc(request_id)}`."
 
 
 def approval_recorded(missing: int, approvers: str) -> str:
@@ -187,7 +225,7 @@ def approval_recorded(missing: int, approvers: str) -> str:
 
 
 def deny_recorded(request_id: str) -> str:
-    return f"Denied `{request_id}`."
+    return f"Denied `{esc(request_id)}`."
 
 
 def decided_phrase(state: str, who: str | None, at: float | None, reason: str = "") -> str:
@@ -208,7 +246,7 @@ def decided_phrase(state: str, who: str | None, at: float | None, reason: str = 
         return f"it was approved{by}{when} and has finished: verified"
     if state == "failed":
         return f"it was approved{by}{when} and has finished: failed"
-    return f"it is {state}"
+    return f"it is {esc(state)}"
 
 
 def no_longer_pending(phrase: str) -> str:
@@ -240,8 +278,8 @@ def running_line(progress: dict[str, Any]) -> str:
         return "running: starting…"
     label = step_label(str(progress.get("name", "")))
     index, total = progress.get("index"), progress.get("total")
-    where = f"step {index}/{total}, " if index and total else ""
-    agent = f"{progress['agent']}: " if progress.get("agent") else ""
+    where = f"step {esc(index)}/{esc(total)}, " if index and total else ""
+    agent = f"{esc(fit(str(progress['agent']), 80))}: " if progress.get("agent") else ""
     return f"running: {where}{agent}{step_doing(str(progress.get('name', '')), label)}…"
 
 
@@ -254,12 +292,12 @@ def expired_line(at: float) -> str:
 
 
 def cancelled_line(who: str, at: float, reason: str = "") -> str:
-    why = f": {reason}" if reason else ""
+    why = f": {esc(reason)}" if reason else ""
     return f":x: Cancelled by {who} at {clock_time(at)}{why}"
 
 
 def voided_line(differences: Sequence[str]) -> str:
-    changed = "; ".join(differences) or "the plan differs"
+    changed = esc("; ".join(differences)) or "the plan differs"
     return f":warning: Plan changed before running ({changed}); approvals void, request again"
 
 
@@ -273,17 +311,19 @@ def done_line(duration_ms: int | None) -> str:
 
 def failed_line(outcome: dict[str, Any], panel: str) -> str:
     if outcome.get("partial"):
-        return f":warning: Finished with failures: {outcome.get('message') or 'see thread'}"
+        return f":warning: Finished with failures: {esc(outcome.get('message') or 'see thread')}"
     rolled_back = outcome.get("rolled_back")
     if rolled_back is True:
         verified = outcome.get("verified_old")
         tail = ", old key verified" if verified in (True, None) else ", old key NOT verified"
         return f":rotating_light: Failed, rolled back{tail}"
     if outcome.get("nothing_changed"):
-        return f":no_entry_sign: Failed before any change: {outcome.get('message', '')}"
+        return f":no_entry_sign: Failed before any change: {esc(outcome.get('message', ''))}"
     if rolled_back is False:
-        return f":sos: Failed and NOT rolled back: run recover on {panel} (see thread)"
-    return f":sos: Outcome unknown: lost track of the engine. Check status on {panel} (see thread)"
+        return f":sos: Failed and NOT rolled back: run recover on {esc(panel)} (see thread)"
+    return (
+        f":sos: Outcome unknown: lost track of the engine. Check status on {esc(panel)} (see thread)"
+    )
 
 
 # --- the thread -------------------------------------------------------------------------
@@ -317,7 +357,7 @@ KNOWN_STEPS = frozenset(KEY_STEPS) | frozenset(AGENT_STEPS)
 
 
 def _labels(name: str) -> tuple[str, str, str]:
-    plain = name.replace("_", " ")
+    plain = esc(name.replace("_", " "))
     return STEP_LABELS.get(name, (plain, plain, plain))
 
 
@@ -341,9 +381,9 @@ def step_reply(event: dict[str, Any]) -> str:
     name = str(event.get("name", "step"))
     state = str(event.get("state", ""))
     done, _, noun = _labels(name)
-    detail = str(event.get("detail") or "").strip()
+    detail = esc(str(event.get("detail") or "").strip())
     elapsed = duration(event.get("elapsed_ms"))
-    agent = f"{event['agent']}: " if event.get("agent") else ""
+    agent = f"{esc(event['agent'])}: " if event.get("agent") else ""
     if state == "failed":
         text = f"✖ {agent}{noun} failed" + (f": {detail}" if detail else "")
     elif state == "skipped":
@@ -369,8 +409,12 @@ def _counts(event: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def column_counts(columns: dict[str, int]) -> str:
-    return " · ".join(f"{name} {count(n)}" for name, n in columns.items())
+def column_counts(columns: dict[str, int], shown: int = 20) -> str:
+    """``table.column 812 · …``: at most ``shown`` columns (names cut to 100), then a count."""
+    items = list(columns.items())
+    text = " · ".join(f"{esc(fit(name, 100))} {count(n)}" for name, n in items[:shown])
+    rest = len(items) - shown
+    return f"{text} · and {plural(rest, 'more column')}" if rest > 0 else text
 
 
 NEXT_STEPS: dict[str, str] = {
@@ -398,7 +442,7 @@ NEXT_STEPS: dict[str, str] = {
 def next_step(code: str, panel: str, rolled_back: bool | None, nothing_changed: bool) -> str:
     if rolled_back is False or (rolled_back is None and not nothing_changed):
         return (
-            f"run `python -m engine --profile <profile> recover` on {panel}'s host, "
+            f"run `python -m engine --profile &lt;profile&gt; recover` on {esc(panel)}'s host, "
             f"then `/rotate-status` here. Do not request again before that."
         )
     return NEXT_STEPS.get(code, "read the step that failed above, then request again.")
@@ -422,9 +466,9 @@ def final_done(
     ]
     if outcome.get("agents"):
         lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
-        lines.append(f"   {outcome.get('message') or ''}".rstrip())
+        lines.append(f"   {esc(outcome.get('message') or '')}".rstrip())
         lines.append(
-            f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {request_id}"
+            f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {esc(request_id)}"
             f"{audit_anchor(outcome)}"
         )
         return "\n".join(line for line in lines if line.strip())
@@ -440,10 +484,10 @@ def final_done(
         )
     skipped = outcome.get("skipped") or []
     if skipped:
-        lines.append(f"   tables not present, skipped: {', '.join(skipped)}")
+        lines.append(f"   tables not present, skipped: {esc(', '.join(skipped))}")
     lines.append(f"   verification: {verification(outcome)}")
     lines.append(
-        f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {request_id}"
+        f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {esc(request_id)}"
         f"{audit_anchor(outcome)}"
     )
     return "\n".join(lines)
@@ -472,7 +516,7 @@ def final_failed(
         head = f":sos: Failed and NOT rolled back. Next: {step}"
     else:
         head = f":sos: Outcome unknown: the bot lost track of the engine. Next: {step}"
-    lines = [head, f"   what failed: {outcome.get('message', 'unknown error')}"]
+    lines = [head, f"   what failed: {esc(outcome.get('message', 'unknown error'))}"]
     if outcome.get("agents"):
         lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
     if outcome.get("old_fingerprint") or outcome.get("new_fingerprint"):
@@ -484,7 +528,9 @@ def final_failed(
         f"   requested by {requester} · approved by {people(approvers)} · reason {quote(reason)}"
     )
     took = duration(outcome.get("duration_ms"))
-    lines.append(f"   {took + ' · ' if took else ''}rotation {request_id}{audit_anchor(outcome)}")
+    lines.append(
+        f"   {took + ' · ' if took else ''}rotation {esc(request_id)}{audit_anchor(outcome)}"
+    )
     return "\n".join(lines)
 
 
@@ -508,10 +554,10 @@ def verification(outcome: dict[str, Any]) -> str:
     elif verified in (False, None):
         parts.append("NOT verified" if verified is False else "not reported")
     else:
-        parts.append(str(verified))
+        parts.append(esc(verified))
     check = outcome.get("panel_check")
     if check:
-        parts.append(f"panel check {check}")
+        parts.append(f"panel check {esc(check)}")
     return " · ".join(parts)
 
 
@@ -520,14 +566,15 @@ def agent_outcomes(agents: Sequence[Any]) -> str:
     out = []
     for item in agents:
         if not isinstance(item, dict):
-            out.append(str(item))
+            out.append(esc(item))
             continue
         name = item.get("name") or item.get("agent") or item.get("id")
         ok = bool(item.get("ok"))
         word = str(item.get("outcome") or ("rotated" if ok else "failed"))
-        text = f"{name} {word}"
+        text = f"{esc(name)} {esc(word)}"
         if not ok and (item.get("failed_step") or item.get("error")):
-            text += f" at {item.get('failed_step') or '?'}: {item.get('error') or 'error'}"
+            step, error = item.get("failed_step") or "?", item.get("error") or "error"
+            text += f" at {esc(step)}: {esc(error)}"
         valid = item.get("old_token_valid")
         if valid is False:
             text += " (old token refused)"
@@ -540,7 +587,7 @@ def agent_outcomes(agents: Sequence[Any]) -> str:
 def voided_reply(differences: Sequence[str]) -> str:
     return (
         ":warning: The plan changed between approval and run: "
-        + "; ".join(differences)
+        + esc("; ".join(differences))
         + ". Nothing was run; the approvals are void. Request again to approve the new plan."
     )
 
@@ -554,7 +601,7 @@ def reattached(after_seq: int) -> str:
 
 def requester_notice(request_id: str, panel: str, state: str, summary: str, link: str = "") -> str:
     where = f" ({link})" if link else ""
-    return f"Your rotation `{request_id}` on {panel} ended: {summary}{where}"
+    return f"Your rotation `{esc(request_id)}` on {esc(panel)} ended: {summary}{where}"
 
 
 # --- help -------------------------------------------------------------------------------
@@ -563,16 +610,20 @@ def requester_notice(request_id: str, panel: str, state: str, summary: str, link
 def help_text(
     panels: Sequence[str], approvers: str, approvals_required: int, expiry_min: float
 ) -> str:
-    known = ", ".join(panels) or "none configured"
+    known = esc(", ".join(panels)) or "none configured"
     return "\n".join(
         [
             "*MyOsicam Rotator* rotates panel secrets with a second person's approval.",
-            "• `/rotate-key [panel] <reason>`: re-encrypt every stored credential under a new "
-            "`PANEL_ENCRYPTION_KEY`.",
-            "• `/rotate-agent <agent>[,<agent>…]|--all [panel] <reason>`: give agents new tokens "
-            "by re-running their bootstrap; the old tokens stop working.",
+            esc(
+                "• `/rotate-key [panel] <reason>`: re-encrypt every stored credential under a new "
+                "`PANEL_ENCRYPTION_KEY`."
+            ),
+            esc(
+                "• `/rotate-agent <agent>[,<agent>…]|--all [panel] <reason>`: give agents new "
+                "tokens by re-running their bootstrap; the old tokens stop working."
+            ),
             "• `/rotate-status [id]`: pending and running requests, or one request's history.",
-            "• `/rotate-cancel <id>`: withdraw your own pending request.",
+            esc("• `/rotate-cancel <id>`: withdraw your own pending request."),
             f"Panels: {known}. Approval: {plural(approvals_required, 'person', 'people')} from "
             f"{approvers}, never the requester. Requests expire after {expiry_min:g} min.",
             "The card shows the plan; approving approves that plan. If it changes before the run, "

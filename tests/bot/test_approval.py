@@ -337,7 +337,7 @@ def test_a_plan_change_after_approval_voids_the_approvals(make_bot: MakeBot) -> 
         "chat.update", lambda c: "Plan changed before running" in c.all_text()
     )[0]
     assert (
-        ":warning: Plan changed before running (engine 0.4.0 -> 0.4.1); approvals void, request again"
+        ":warning: Plan changed before running (engine 0.4.0 -&gt; 0.4.1); approvals void, request again"
         in update.all_text()
     )
     reply = bot.fake.wait_text("chat.postMessage", "The plan changed between approval and run")
@@ -354,7 +354,7 @@ def test_a_changed_host_key_voids_the_approvals(make_bot: MakeBot) -> None:
     update = bot.fake.wait_for(
         "chat.update", lambda c: "Plan changed before running" in c.all_text()
     )[0]
-    assert "host key SHA256:Yx0fakehostkeyQ -> SHA256:SomethingElse" in update.all_text()
+    assert "host key SHA256:Yx0fakehostkeyQ -&gt; SHA256:SomethingElse" in update.all_text()
     assert bot.engine.ops("rotate-key") == []
 
 

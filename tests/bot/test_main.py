@@ -82,7 +82,7 @@ def test_http_mode_serves_slack_and_health_then_stops_on_sigterm(
         url=f"http://127.0.0.1:{port}/slack/events", signing_secret=slack_secrets.signing_secret
     )
     answer = sender.command("/rotate-help", "", "U0ALICE")
-    assert answer.status == 200 and "/rotate-key [panel] <reason>" in answer.text
+    assert answer.status == 200 and "/rotate-key [panel] &lt;reason&gt;" in answer.text
     assert (tmp_path / "rotator.db").exists()  # the default store, beside the config
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=20)

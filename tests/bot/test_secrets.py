@@ -12,7 +12,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +122,74 @@ def test_no_key_or_credential_leaks_from_a_real_rotation(
     assert leaks(bot, every_log_line, slack_secrets) == []
     exported = [json.dumps(e) for e in bot.store.audit_entries()]
     assert [name for line in exported for name in scan_text(line)] == []
+
+
+LEAKY_TESTS = '''
+import logging
+
+from tests.support.secrets_scan import register_secret
+
+SECRET = "planted-secret-4f2a9c1e"
+register_secret(SECRET, "planted secret")
+
+
+def test_logs_it_at_debug():
+    logging.getLogger("engine.somewhere").debug("the value is %s", SECRET)
+
+
+def test_logs_it_at_info():
+    logging.getLogger("bot.somewhere").info("the value is %s", SECRET)
+
+
+def test_logs_something_else():
+    logging.getLogger("bot.somewhere").debug("nothing to see")
+'''
+
+SCANNING_CONFTEST = '''
+import pytest
+
+from tests.support.secrets_scan import check_report
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    check_report(outcome.get_result())
+'''
+
+
+def test_a_secret_logged_at_debug_or_info_fails_its_test(tmp_path: Path) -> None:
+    """With the project's pytest settings, the scan sees DEBUG and INFO log lines (issue 16)."""
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "conftest.py").write_text(SCANNING_CONFTEST, encoding="utf-8")
+    (tmp_path / "test_leaky.py").write_text(LEAKY_TESTS, encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            str(root / "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            str(tmp_path / "test_leaky.py"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    failed = sorted(
+        line.split(" ")[1] for line in result.stdout.splitlines() if line.startswith("FAILED ")
+    )
+    assert failed == [
+        "test_leaky.py::test_logs_it_at_debug",
+        "test_leaky.py::test_logs_it_at_info",
+    ], result.stdout
+    leak = "secret leaked into test output: planted secret in captured log call"
+    assert result.stdout.count(leak) == 2 and "1 passed" in result.stdout, result.stdout
+    assert "planted-secret-4f2a9c1e" not in result.stdout + result.stderr

@@ -74,7 +74,7 @@ def test_a_rotation_runs_over_socket_mode_across_a_refresh(
 
         # the second message: refused as a "replay" of the first before the fix
         help_ack = slack_socket.command("/rotate-help", "", ALICE)
-        assert "/rotate-key [panel] <reason>" in help_ack.text
+        assert "/rotate-key [panel] &lt;reason&gt;" in help_ack.text
 
         slack_socket.refresh()
         assert slack_socket.opens == 2
@@ -151,8 +151,8 @@ def test_python_m_bot_serves_socket_mode_and_stops_on_sigterm(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         slack_socket.wait_connections(1, timeout=30)
-        assert "/rotate-key [panel] <reason>" in slack_socket.command("/rotate-help", "", ALICE).text
-        assert "/rotate-key [panel] <reason>" in slack_socket.command("/rotate-help", "", BOB).text
+        assert "/rotate-key [panel] &lt;reason&gt;" in slack_socket.command("/rotate-help", "", ALICE).text
+        assert "/rotate-key [panel] &lt;reason&gt;" in slack_socket.command("/rotate-help", "", BOB).text
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)

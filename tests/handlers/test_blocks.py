@@ -81,7 +81,10 @@ def test_decided_cards_have_no_buttons_and_say_why() -> None:
         State.DENIED: f":no_entry: Denied by <@U0BOB> at {m.clock_time(approved_at)}: “wrong panel”",
         State.EXPIRED: f":hourglass: Expired at {m.clock_time(T0 + 1800)} without approval",
         State.CANCELLED: f":x: Cancelled by <@U0ALICE> at {m.clock_time(approved_at)}",
-        State.VOIDED: ":warning: Plan changed before running (engine 0.4.0 -> 0.4.1); approvals void, request again",
+        State.VOIDED: (
+            ":warning: Plan changed before running (engine 0.4.0 -&gt; 0.4.1); "
+            "approvals void, request again"
+        ),
     }
     for state, request in cases.items():
         message = card(request)
@@ -119,7 +122,7 @@ def test_a_failed_card_that_did_not_roll_back_asks_for_recover() -> None:
     assert (
         ":sos: Failed and NOT rolled back: run recover on prod-eu (see thread)" in message["text"]
     )
-    assert "run `python -m engine --profile <profile> recover` on prod-eu's host" in texts(message)
+    assert "run `python -m engine --profile &lt;profile&gt; recover` on prod-eu's host" in texts(message)
 
 
 def test_step_replies_read_like_the_ux_sketch() -> None:

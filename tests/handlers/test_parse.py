@@ -35,7 +35,7 @@ def test_rotate_key_reads_panel_and_reason(text: str, panels: list[str], expecte
         (
             "",
             PANELS,
-            "Which panel? Known panels: prod-eu, prod-us. Name it, e.g. `/rotate-key prod-eu <reason>`.",
+            "Which panel? Known panels: prod-eu, prod-us. Name it, e.g. `/rotate-key prod-eu &lt;reason&gt;`.",
         ),
         ("prod-eu " + "x" * 501, PANELS, "Please keep the reason under 500 characters."),
         ("admin password", PANELS, m.ADMIN_PASSWORD),
