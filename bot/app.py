@@ -46,6 +46,7 @@ from handlers.plan import PlanView
 from handlers.ports import (
     DirectoryUnavailable,
     HandlerDeps,
+    Lane,
     PlanError,
     RotationRequest,
     mention,
@@ -364,10 +365,10 @@ class AckFirst:
 
 
 class AckFirstExecutor(ThreadPoolExecutor):
-    """The lazy listeners' executor: each task first waits for a quiet moment (``AckFirst``)."""
+    """An executor whose tasks first wait for a quiet moment (``AckFirst``)."""
 
-    def __init__(self, gate: AckFirst, max_workers: int) -> None:
-        super().__init__(max_workers=max_workers, thread_name_prefix="bolt-lazy")
+    def __init__(self, gate: AckFirst, max_workers: int, name: str = "bolt-lazy") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=name)
         self.gate = gate
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -377,9 +378,32 @@ class AckFirstExecutor(ThreadPoolExecutor):
 
         return super().submit(after_the_acks)
 
-    def submit_now(self, fn: Callable[[], Any]) -> Future[Any]:
-        """For work that must not wait for a quiet moment (a modal's 3-second trigger id)."""
-        return super().submit(fn)
+
+class Lanes:
+    """The work after acknowledgements, one executor per ``Lane``.
+
+    Plans ask the engine and take seconds; one requester can queue many. So
+    they get their own threads, and yield to acknowledgements in flight
+    (``AckFirst``). Clicks (a store update, a message) and modal openings
+    (Slack's trigger id lives 3 s) each have threads of their own that no plan
+    can occupy, and start at once.
+    """
+
+    def __init__(
+        self, gate: AckFirst, plan_threads: int, click_threads: int = 4, modal_threads: int = 2
+    ) -> None:
+        self.executors: dict[Lane, ThreadPoolExecutor] = {
+            Lane.PLAN: AckFirstExecutor(gate, plan_threads, "bolt-plan"),
+            Lane.CLICK: ThreadPoolExecutor(click_threads, thread_name_prefix="bolt-click"),
+            Lane.MODAL: ThreadPoolExecutor(modal_threads, thread_name_prefix="bolt-modal"),
+        }
+
+    def submit(self, work: Callable[[], None], lane: Lane) -> Future[Any]:
+        return self.executors[lane].submit(logged(work))
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        for executor in self.executors.values():
+            executor.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -397,7 +421,7 @@ class Rotator:
     expiry: ExpiryWatcher
     client: WebClient
     deps: HandlerDeps
-    workers: ThreadPoolExecutor
+    workers: Lanes
     gate: AckFirst
     _started: bool = field(default=False, repr=False)
 
@@ -471,10 +495,10 @@ def build_rotator(
         housekeeping=store.purge_deliveries,
     )
     gate = AckFirst()
-    workers = AckFirstExecutor(gate, max_workers=settings.config.worker_threads)
+    workers = Lanes(gate, plan_threads=settings.config.worker_threads)
     deps = HandlerDeps(
         client=client,
-        defer=lambda work, urgent: (workers.submit_now if urgent else workers.submit)(logged(work)),
+        defer=workers.submit,
         first_delivery=first_delivery(store),
         store=store,
         planner=planner,

@@ -289,6 +289,7 @@ class Settings:
             channels=tuple(c.channels),
             approvals_required=c.approvals_required,
             expiry_s=c.expiry_minutes * 60,
+            max_pending_per_user=c.max_pending_per_user,
         )
 
 

@@ -19,7 +19,15 @@ from slack_bolt import Ack, App
 
 from handlers import blocks, cards
 from handlers import messages as m
-from handlers.ports import Decision, HandlerDeps, Person, RequestStore, RotationRequest, State
+from handlers.ports import (
+    Decision,
+    HandlerDeps,
+    Lane,
+    Person,
+    RequestStore,
+    RotationRequest,
+    State,
+)
 
 log = logging.getLogger(__name__)
 MAX_RACE_RETRIES = 50
@@ -185,7 +193,7 @@ def register(app: App, deps: HandlerDeps) -> None:
                     view=blocks.deny_modal(request_id, blocks.request_headline(request)),
                 )
 
-        deps.after_ack(body, open_deny_modal, urgent=True)
+        deps.after_ack(body, open_deny_modal, lane=Lane.MODAL)
 
     app.action(blocks.DENY_ACTION)(deny_rotation)
 

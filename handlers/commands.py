@@ -8,10 +8,13 @@ the engine or Slack's API runs after the acknowledgement (``deps.after_ack``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,7 @@ from handlers.ports import (
     ACTIVE_STATES,
     Decision,
     HandlerDeps,
+    Lane,
     Person,
     PlanError,
     RotationRequest,
@@ -154,7 +158,12 @@ def person_from_command(body: dict[str, Any]) -> Person:
 
 
 def open_request(
-    deps: HandlerDeps, client: WebClient, parsed: Parsed, person: Person, channel: str
+    deps: HandlerDeps,
+    client: WebClient,
+    parsed: Parsed,
+    person: Person,
+    channel: str,
+    planning: PlanningNow,
 ) -> RotationRequest | None:
     """Check who asks, plan, store the request, post its card; tell the person if anything fails."""
     if not deps.policy.may_request(person, deps.directory):
@@ -162,6 +171,62 @@ def open_request(
             client, channel, person.user_id, m.not_a_requester(deps.policy.requester_mentions)
         )
         return None
+    with planning.reserve(deps, person) as pending:
+        if pending is not None:
+            cards.tell(
+                client,
+                channel,
+                person.user_id,
+                m.too_many_pending(deps.policy.max_pending_per_user, [r.id for r in pending]),
+            )
+            return None
+        request = _plan_and_store(deps, client, parsed, person, channel)
+    if request is None:
+        return None
+    return _post(deps, client, request, person, channel)
+
+
+class PlanningNow:
+    """Requests being planned, per person: with the stored pending ones, they count
+    against ``AccessPolicy.max_pending_per_user`` (so a burst of commands cannot
+    slip past the cap before the first is stored)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_user: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def reserve(
+        self, deps: HandlerDeps, person: Person
+    ) -> Iterator[list[RotationRequest] | None]:
+        """Yields None with a slot held for ``person``, or their pending requests if full."""
+        user = person.user_id
+        with self._lock:
+            pending = [
+                r
+                for r in deps.store.list_in_states([State.PENDING], limit=100_000)
+                if r.requester == person
+            ]
+            if len(pending) + self._by_user[user] >= deps.policy.max_pending_per_user:
+                full = True
+            else:
+                full = False
+                self._by_user[user] += 1
+        if full:
+            yield pending
+            return
+        try:
+            yield None
+        finally:
+            with self._lock:
+                self._by_user[user] -= 1
+                if not self._by_user[user]:
+                    del self._by_user[user]
+
+
+def _plan_and_store(
+    deps: HandlerDeps, client: WebClient, parsed: Parsed, person: Person, channel: str
+) -> RotationRequest | None:
     now = deps.clock()
     request_id = deps.new_id(now)
     try:
@@ -203,6 +268,12 @@ def open_request(
         request = request.evolve(id=deps.new_id(now))
     else:
         raise RuntimeError("could not find a free request id")
+    return request
+
+
+def _post(
+    deps: HandlerDeps, client: WebClient, request: RotationRequest, person: Person, channel: str
+) -> RotationRequest | None:
     request_id = request.id
     try:
         ts = cards.post_card(client, request, deps.policy, deps.clock())
@@ -298,6 +369,7 @@ def register(app: App, deps: HandlerDeps) -> None:
     """
     panels = list(deps.panels)
     client = deps.client
+    planning = PlanningNow()
 
     def _precheck(body: dict[str, Any], parser: Any) -> Parsed | str:
         if not deps.policy.channel_allowed(str(body.get("channel_id", ""))):
@@ -319,9 +391,9 @@ def register(app: App, deps: HandlerDeps) -> None:
                 with cards.reporting_errors(
                     client, channel, person.user_id, f"{parsed.op} request"
                 ):
-                    open_request(deps, client, parsed, person, channel)
+                    open_request(deps, client, parsed, person, channel, planning)
 
-            deps.after_ack(body, open_rotation_request)
+            deps.after_ack(body, open_rotation_request, lane=Lane.PLAN)
 
         return rotation_command
 

@@ -648,3 +648,11 @@ def status_wrong_channel(channels: Sequence[str]) -> str:
 
 def status_not_allowed(requesters: str, approvers: str) -> str:
     return f"Only members of {requesters} or {approvers} can see rotation status."
+
+
+def too_many_pending(limit: int, pending: Sequence[str]) -> str:
+    ids = f" ({', '.join(f'`{i}`' for i in pending[:limit])})" if pending else ""
+    return (
+        f"One person may have at most {limit} pending requests, and you have that many{ids}. "
+        "Cancel one with `/rotate-cancel <id>`, or wait until they are decided."
+    )

@@ -250,6 +250,7 @@ class AccessPolicy:
     channels: tuple[str, ...] = ()
     approvals_required: int = 1
     expiry_s: float = 30 * 60
+    max_pending_per_user: int = 5
 
     def _matches(self, entries: Sequence[str], person: Person, directory: Directory) -> bool:
         for entry in entries:
@@ -303,7 +304,19 @@ def new_reference() -> str:
     return secrets.token_hex(2)
 
 
-def _run_now(work: Callable[[], None]) -> None:
+class Lane(enum.Enum):
+    """Which queue a piece of work after an acknowledgement waits in.
+
+    The lanes never wait for one another, so however many plans are queued,
+    a click or a modal is not behind them.
+    """
+
+    PLAN = "plan"  # asks the engine for a plan: seconds, and many may queue
+    CLICK = "click"  # a person's decision: a store update and a message or two
+    MODAL = "modal"  # opens a modal: Slack's trigger id lives 3 s
+
+
+def _run_now(work: Callable[[], None], lane: Lane = Lane.CLICK) -> None:
     work()
 
 
@@ -311,9 +324,10 @@ def _run_now(work: Callable[[], None]) -> None:
 class HandlerDeps:
     """Everything the handlers need, injected by ``bot.app.create_app``.
 
-    ``defer`` runs work after the acknowledgement (``bot`` gives it worker
-    threads); ``first_delivery`` is true the first time a Slack delivery (a
-    user action, by its trigger or event id) is seen, in any replica.
+    ``defer`` runs work after the acknowledgement in its ``Lane`` (``bot``
+    gives each lane its own worker threads); ``first_delivery`` is true the
+    first time a Slack delivery (a user action, by its trigger or event id) is
+    seen, in any replica.
     """
 
     store: RequestStore
@@ -323,7 +337,7 @@ class HandlerDeps:
     panels: Sequence[str]
     start_rotation: Callable[[str], object]
     client: WebClient
-    defer: Callable[[Callable[[], None], bool], object] = lambda work, urgent: _run_now(work)
+    defer: Callable[[Callable[[], None], Lane], object] = _run_now
     first_delivery: Callable[[dict[str, Any]], bool] = lambda body: True
     on_request_created: Callable[[RotationRequest], None] = lambda request: None
     clock: Callable[[], float] = time.time
@@ -331,16 +345,12 @@ class HandlerDeps:
     panel_hosts: dict[str, str] = field(default_factory=dict)
 
     def after_ack(
-        self, body: dict[str, Any], work: Callable[[], None], *, urgent: bool = False
+        self, body: dict[str, Any], work: Callable[[], None], *, lane: Lane = Lane.CLICK
     ) -> None:
-        """Run ``work`` after the acknowledgement, once per Slack delivery.
-
-        ``urgent`` work (opening a modal: Slack's trigger id lives 3 s) does not
-        wait for other acknowledgements to finish first.
-        """
+        """Run ``work`` after the acknowledgement, once per Slack delivery, in ``lane``."""
 
         def once() -> None:
             if self.first_delivery(body):
                 work()
 
-        self.defer(once, urgent)
+        self.defer(once, lane)

@@ -7,7 +7,7 @@ import time
 
 from bot.fakes.slack_api import has_buttons
 from handlers.blocks import DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
-from tests.bot.conftest import ALICE, BOB, CAROL, CHANNEL, DAVE, MakeBot, wait_until
+from tests.bot.conftest import ALICE, BOB, CAROL, CHANNEL, DAVE, PANEL, MakeBot, wait_until
 
 
 def ephemeral_to(bot, user: str, count: int = 1) -> str:  # type: ignore[no-untyped-def]
@@ -383,3 +383,53 @@ def test_stale_group_members_are_trusted_only_up_to_their_maximum_age(make_bot: 
     )
     assert (bot.state(second), bot.store.get(second).approvals) == ("pending", ())
     assert len(bot.engine.ops("rotate-key")) == 1
+
+
+def hold_plans(bot) -> tuple[threading.Event, list[str]]:  # type: ignore[no-untyped-def]
+    """Make every plan wait for the returned event; the list names the plans holding."""
+    planner = bot.rotator.deps.planner
+    clients = planner.engine_clients
+    release, holding = threading.Event(), []
+
+    class HeldClient:
+        def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+            self.inner = inner
+            self.host_key_fingerprint = inner.host_key_fingerprint
+
+        def run(self, request):  # type: ignore[no-untyped-def]
+            if request.op == "plan":
+                holding.append(request.id)
+                assert release.wait(30)
+            yield from self.inner.run(request)
+
+    planner.engine_clients = lambda name: HeldClient(clients(name))
+    return release, holding
+
+
+def test_clicks_and_the_deny_modal_do_not_wait_behind_queued_plans(make_bot: MakeBot) -> None:
+    """Twelve plans are stuck on a slow engine (four running, eight queued). Carol's
+    approval is still recorded, and Bob's Deny opens its modal with a trigger id Slack
+    still accepts (the fake API refuses one older than 3 s), then his denial lands."""
+    bot = make_bot(approvals_required=2, max_pending_per_user=20)
+    to_approve, approve_ts = bot.request_key()
+    to_deny, deny_ts = bot.request_key()
+    release, holding = hold_plans(bot)
+    try:
+        for n in range(12):
+            bot.command("/rotate-key", f"{PANEL} queued plan {n}", user=(BOB, CAROL)[n % 2])
+        wait_until(lambda: len(holding) >= 4, what="four plans holding the engine")
+
+        bot.approve(to_approve, approve_ts, CAROL)
+        assert ephemeral_to(bot, CAROL) == (
+            "Your approval is recorded. It still needs 1 approval from <!subteam^S0ONCALL>."
+        )
+        bot.click(DENY_ACTION, to_deny, deny_ts, BOB)
+        (modal,) = bot.fake.wait_for("views.open")
+        assert modal.response["ok"] is True, modal.response
+        bot.slack.submit_view(
+            DENY_MODAL, to_deny, {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "not now"}}, BOB
+        )
+        wait_until(lambda: bot.state(to_deny) == "denied")
+        assert not release.is_set() and len(bot.cards()) == 2  # the plans were still stuck
+    finally:
+        release.set()

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 from bot.fakes.slack_api import has_buttons
-from tests.bot.conftest import ALICE, BOB, CHANNEL, DAVE, ONCALL, PANEL, MakeBot, card_request_id
+from handlers.ports import State
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    CHANNEL,
+    DAVE,
+    ONCALL,
+    PANEL,
+    MakeBot,
+    card_request_id,
+    wait_until,
+)
 from tests.support.fake_engine import OLD_FP
 
 
@@ -252,3 +265,33 @@ def test_status_is_only_shown_in_the_rotations_channel(make_bot: MakeBot) -> Non
     bot.command("/rotate-status", "", user=BOB)  # in the channel, it is answered there
     bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == BOB)
     assert [c.params["channel"] for c in bot.fake.calls_to("chat.postEphemeral")] == [CHANNEL]
+
+
+def test_one_person_may_have_only_so_many_pending_requests(make_bot: MakeBot) -> None:
+    """With a cap of 2, Alice's burst of five commands gives two cards and three refusals
+    (naming her pending requests); the engine plans only two, and Bob may still ask."""
+    bot = make_bot(max_pending_per_user=2)
+    for n in range(5):
+        assert bot.command("/rotate-key", f"{PANEL} burst {n}", user=ALICE).status == 200
+    refusals = bot.fake.wait_for(
+        "chat.postEphemeral", lambda c: c.params.get("user") == ALICE, count=3
+    )
+    wait_until(lambda: len(bot.cards()) == 2, what="two cards")
+    pending = {r.id for r in bot.store.list_in_states([State.PENDING])}
+    assert len(pending) == 2 and len(bot.engine.ops("plan")) == 2
+    bot.command("/rotate-key", f"{PANEL} once more", user=ALICE)
+    refusals = bot.fake.wait_for(
+        "chat.postEphemeral", lambda c: c.params.get("user") == ALICE, count=4
+    )
+    for refusal in refusals:
+        assert refusal.text.startswith("One person may have at most 2 pending requests")
+        assert refusal.text.endswith(
+            "Cancel one with `/rotate-cancel <id>`, or wait until they are decided."
+        )
+        assert set(re.findall(r"`(r-[0-9a-f-]+)`", refusal.text)) <= pending
+    assert set(re.findall(r"`(r-[0-9a-f-]+)`", refusals[-1].text)) == pending
+    bot.request_key(user=BOB)
+    bot.command("/rotate-cancel", sorted(pending)[0], user=ALICE)
+    bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ALICE, count=5)
+    bot.request_key(user=ALICE)
+    assert len(bot.cards()) == 4
