@@ -180,3 +180,25 @@ def test_nothing_a_person_or_the_engine_wrote_can_mention_or_link() -> None:
     ]
     for text in texts:
         assert "<!channel>" not in text and "<https://evil" not in text and "& " not in text
+
+
+def test_command_output_in_engine_events_is_not_forwarded_to_slack() -> None:
+    """Issue 9 item 10: a hook's or bootstrap's output lines stay on the host, whatever the event holds."""
+    output = {"output": "NEW_TOKEN=9f8e7d6c\nregistered", "stdout": "line 1", "stderr": "stderr-text", "lines": ["x"]}
+    step = {"name": "bootstrap", "state": "ok", "detail": "ran on oscam-7", "agent": "agent-7", **output}
+    agent = {"name": "agent-7", "ok": False, "failed_step": "bootstrap", "error": "exit 1", **output}
+    said = [
+        m.step_reply(step),
+        m.agent_outcomes([agent]),
+        m.final_failed(
+            request_id="r-1",
+            panel="prod-eu",
+            requester="<@U0ALICE>",
+            approvers=[],
+            reason="lost laptop",
+            outcome={"partial": True, "message": "1 agent failed", "agents": [agent], **output},
+        ),
+    ]
+    assert said[0] == "✔ agent-7: bootstrap ran · ran on oscam-7"
+    assert said[1] == "agent-7 failed at bootstrap: exit 1"
+    assert not [s for s in said if "NEW_TOKEN" in s or "line 1" in s or "stderr-text" in s]
