@@ -51,8 +51,10 @@ class Context:
             raise LayoutError(f"{exc} (run `probe` for the per-column counts)") from None
 
     def ownership(self) -> envfile.Ownership:
+        """What the rewritten ``.env`` gets: its current owner, group and mode, tightened
+        to the profile's hygiene only when looser (envfile.kept_ownership)."""
         p = self.profile
-        return envfile.Ownership.resolve(p.env_owner, p.env_group, p.mode)
+        return envfile.kept_ownership(p.env_path, p.env_owner, p.env_group, p.mode)
 
     # -- events ------------------------------------------------------------------
     @contextlib.contextmanager

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.envfile import create_exclusive, write_all
 from engine.errors import EngineError, LockedError
 
 STATES = (
@@ -47,8 +48,29 @@ STATES = (
 FORWARD_STATES = frozenset({"ENV_WRITTEN", "RESTARTED", "SWEPT", "VERIFIED", "BACKED_UP", "DONE"})
 
 
+def _open_private_dir(path: Path) -> int:
+    """An fd on a journal folder: not a symlink, owned by root or this engine's user."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if path.is_symlink():
+            raise EngineError(
+                f"the journal folder {path} is a symbolic link; the engine refuses to keep keys "
+                "through it (set journal_dir to the real folder)"
+            ) from None
+        raise EngineError(f"cannot open the journal folder {path}: {exc.strerror}") from exc
+    owner = os.fstat(fd).st_uid
+    if owner not in (0, os.geteuid()):
+        os.close(fd)
+        raise EngineError(
+            f"the journal folder {path} is owned by uid {owner}, not root or this engine's user; "
+            "refusing to keep keys there"
+        )
+    return fd
+
+
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = _open_private_dir(path)
     try:
         os.fsync(fd)
     finally:
@@ -56,17 +78,26 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """0600, fsynced, atomically renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """0600, fsynced, atomically renamed: a new file under a random name, made with
+    ``O_EXCL|O_NOFOLLOW`` relative to the folder's fd (nothing planted is followed)."""
+    dir_fd = _open_private_dir(path.parent)
+    name: str | None = None
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
+        name, fd = create_exclusive(dir_fd, path.name)
+        try:
+            os.fchmod(fd, 0o600)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        name = None
+        os.fsync(dir_fd)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+        os.close(dir_fd)
 
 
 @dataclass
@@ -107,16 +138,25 @@ class Journal:
         self._lock_fd: int | None = None
 
     def ensure_dir(self) -> None:
+        """Make the folder (0700) or refuse one that is a symlink or another user's."""
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.dir, 0o700)
         except OSError as exc:
             raise EngineError(f"cannot create journal_dir {self.dir}: {exc.strerror}") from exc
+        fd = _open_private_dir(self.dir)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
 
     # -- lock -----------------------------------------------------------------
     def acquire_lock(self) -> None:
         self.ensure_dir()
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        dir_fd = _open_private_dir(self.dir)
+        try:
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

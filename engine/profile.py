@@ -178,6 +178,8 @@ class Profile(_Strict):
     escrow_label: str = "escrow"
     backup_command: list[str] | None = None
     hook_timeout_s: float = Field(default=300.0, gt=0)
+    #: ``.env`` keeps its owner, group and mode; ``env_mode``/``env_group`` are the hygiene a
+    #: looser file is tightened to; only root or ``env_owner`` may own ``.env`` and its folder.
     env_owner: str = "www-data"
     env_group: str = "www-data"
     env_mode: str = "0640"

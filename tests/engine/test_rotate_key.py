@@ -59,7 +59,8 @@ def test_events_follow_the_protocol(panel_factory):
 
 
 def test_env_file_changes_in_exactly_one_value_and_keeps_owner_and_mode(panel_factory):
-    """Comments, order, quoting, other keys and the trailing newline stay byte for byte."""
+    """Comments, order, quoting, other keys and the trailing newline stay byte for byte;
+    a hardened 0600 file stays 0600 (the docs promise owner and mode are kept)."""
     panel = panel_factory(rows=2)
     before = panel.env_path.read_bytes()
     old_key = panel.env_key()
@@ -72,9 +73,23 @@ def test_env_file_changes_in_exactly_one_value_and_keeps_owner_and_mode(panel_fa
 
     assert run.returncode == 0, run.stderr
     assert after == before.replace(old_key.encode(), new_key.encode())
-    assert stat.S_IMODE(panel.env_path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(panel.env_path.stat().st_mode) == 0o600
     assert panel.env_path.stat().st_uid == os.geteuid()
     assert not list(panel.env_path.parent.glob(".*.tmp"))
+    assert "0600 (kept)" in run.step("write_env")["detail"]
+
+
+def test_a_world_readable_env_is_tightened_to_the_hygiene_and_the_step_says_so(panel_factory):
+    """Only a file looser than env_mode (0640) changes mode, and the step line says from what."""
+    panel = panel_factory(rows=1)
+    panel.env_path.chmod(0o644)
+
+    run = rotate(panel.profile_path)
+    register_secret(panel.env_key(), "new PANEL_ENCRYPTION_KEY")
+
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE(panel.env_path.stat().st_mode) == 0o640
+    assert "0640 (tightened from 0644)" in run.step("write_env")["detail"]
 
 
 def test_quoted_and_exported_key_lines_keep_their_form(panel_factory):
