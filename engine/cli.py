@@ -4,7 +4,8 @@ With ``--json`` it prints the protocol's JSON Lines; otherwise readable
 progress (steps, counts, a progress bar for re-encryption, elapsed times) and
 a summary. Exit status: 0 verified done (or, for ``--dry-run``, would
 succeed); 1 failed (and rolled back, or changed nothing); 2 bad usage or
-settings; 3 failed and NOT rolled back: ``recover`` is needed.
+settings; 3 failed and NOT rolled back: ``recover`` is needed; 4 (rotate-agent)
+no agent failed but some could not be verified ("could not verify").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from engine.errors import EngineError, ProfileError, RollbackFailedError
 from engine.events import Emitter, json_sink
 from engine.protocol import PROTOCOL_VERSION, Request, error_event, result_event
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_RECOVER = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_RECOVER, EXIT_UNVERIFIED = 0, 1, 2, 3, 4
 MARKS = {"ok": "✔", "failed": "✖", "skipped": "–", "started": "▶"}
 
 
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m engine",
         description="Rotate a MyOsicam panel's PANEL_ENCRYPTION_KEY safely, on the panel host.",
         epilog="Exit status: 0 done and verified, 1 failed (rolled back or nothing changed), "
-        "2 bad usage or settings, 3 failed and not rolled back (run recover).",
+        "2 bad usage or settings, 3 failed and not rolled back (run recover), "
+        "4 rotate-agent could not verify every agent.",
     )
     parser.add_argument("--profile", required=True, type=Path, help="panel profile (TOML)")
     parser.add_argument("--version", action="version", version=f"myosicam-rotator engine {__version__}")
@@ -117,7 +119,7 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
         )
     elif op == "rotate-agent":
         for agent in data.get("agents") or []:
-            mark = "✔" if agent.get("ok") else "✖"
+            mark = "✔" if agent.get("ok") else ("?" if agent.get("outcome") == "unverified" else "✖")
             detail = agent.get("outcome", "")
             if agent.get("ok") and agent.get("new_fingerprint"):
                 detail += f" · token {agent.get('old_fingerprint')}… → {agent['new_fingerprint']}…"
@@ -232,5 +234,5 @@ def main(
     if not args.json:
         print_summary(stdout, op, data)
     if op == "rotate-agent" and not data.get("ok", True):
-        return EXIT_FAILED
+        return EXIT_UNVERIFIED if data.get("code") == "agent_unverified" else EXIT_FAILED
     return EXIT_OK

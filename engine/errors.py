@@ -23,6 +23,7 @@ Tree::
     ├── VerificationError       values do not all open with the key on disk
     ├── RollbackFailedError     rollback itself failed: recover is needed
     ├── AgentError              agent rotation failure (per agent)
+    │   └── AgentUnverifiedError  the rotation could not be proven either way ("could not verify")
     ├── ProtocolError           bad request on the serve protocol
     └── PlanMismatchError       a run request names a plan that is not the host's now
                                 (code plan_mismatch, key_mismatch or agents_mismatch)
@@ -113,6 +114,12 @@ class RollbackFailedError(EngineError):
 
 class AgentError(EngineError):
     code = "agent_failed"
+
+
+class AgentUnverifiedError(AgentError):
+    """Not a failure and not a success: the check that would prove the outcome could not tell."""
+
+    code = "agent_unverified"
 
 
 class ProtocolError(EngineError):

@@ -6,6 +6,8 @@ checks the profile against the live panel. Validation errors name the field.
 
 from __future__ import annotations
 
+import re
+import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -62,25 +64,80 @@ class DatabaseSettings(_Strict):
     connect_timeout_s: float = Field(default=10.0, gt=0)
 
 
+#: Agent names the engine works with: letters, digits, and `` ._:@+-`` (no quote, no shell
+#: or Slack markup character), 1 to 100 characters.
+DEFAULT_AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:@+-]{0,99}$"
+
+
+def check_bootstrap_template(template: str, placeholders: tuple[str, ...]) -> str:
+    """Refuse a template whose placeholders the shell-quoting cannot protect.
+
+    Each placeholder is replaced by a shell-quoted word. Inside quotes written in
+    the template (``--name "{agent_name}"``) that word's own quotes lose their
+    meaning and an agent name from the database could run commands; a conversion
+    or format spec (``{agent_name!r}``) would change the quoted word. Both are
+    refused with the place named.
+    """
+    hint = ", ".join("{" + p + "}" for p in placeholders)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"is not a valid template ({exc})") from None
+    quote: str | None = None
+    escaped = False
+    for literal, field_name, spec, conversion in parts:
+        for char in literal:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote != "'":
+                escaped = True
+            elif quote is None and char in "'\"`":
+                quote = char
+            elif char == quote:
+                quote = None
+        if field_name is None:
+            continue
+        if field_name not in placeholders:
+            raise ValueError(f"unknown placeholder {field_name!r}; use {hint}")
+        if spec or conversion:
+            raise ValueError(f"write the placeholder as {{{field_name}}}, without a conversion or format spec")
+        if quote is not None or escaped:
+            raise ValueError(
+                f"puts {{{field_name}}} inside quotes; placeholders are shell-quoted when filled in, "
+                f"so write {{{field_name}}} without quotes around it (quoting it again would let a "
+                "value from the panel's database run commands on the agent server)"
+            )
+    return template
+
+
 class AgentSettings(_Strict):
     """Agent token rotation (docs/architecture.md §5); defaults match the reference panel.
 
+    Every setting is explained in deploy/panel-profile.example.toml (``[agents]``)
+    and the panel's side of the bargain in docs/agents-contract.md.
+
     * ``install_token_provider``: ``sql`` (the engine makes a random single-use
-      token and stores only its SHA-256, ``agent_id``, ``expires_at`` and
-      ``used_at`` in ``install_token_table``) or ``command`` (``install_token_command``
-      runs on the panel host with ``ROTATOR_AGENT_ID``/``ROTATOR_AGENT_NAME`` in its
-      environment and prints a fresh token; ``install_token_revoke_command``, if
-      set, gets a token on stdin and revokes it).
+      token and stores only its SHA-256, the agent's id, an expiry and a used
+      mark in ``install_token_table``, whose column names are configurable) or
+      ``command`` (``install_token_command`` runs on the panel host with
+      ``ROTATOR_AGENT_ID``/``ROTATOR_AGENT_NAME`` in its environment and prints a
+      fresh token; ``install_token_revoke_command``, if set, gets a token on stdin
+      and revokes it).
     * ``bootstrap_command``: a shell command run on the agent server; placeholders
-      ``{panel_url}``, ``{agent_id}``, ``{agent_name}`` are shell-quoted. The install
-      token goes to its stdin, never on its command line.
+      ``{panel_url}``, ``{agent_id}``, ``{agent_name}`` are shell-quoted, so a
+      template that puts one inside quotes is refused. The install token goes to
+      its stdin, never on its command line.
     * ``ssh_source``: ``panel`` (host, port, user and the encrypted credential from
       the panel's ``server_table``) or ``inventory`` (entries keyed by agent name,
-      server name or server host). Host keys are always pinned by ``known_hosts``
-      (default ``~/.ssh/known_hosts`` of the engine's user).
-    * ``old_token_check``: ``heartbeat`` signs a heartbeat with the old token and
-      requires the panel to refuse it (``heartbeat_url``, default
-      ``{panel_url}/agents/heartbeat``); ``none`` checks the database only.
+      server name or server host). Host keys are always pinned by ``known_hosts``.
+    * ``reregister_check_command``: without it, an agent has re-registered once its
+      row holds a new token and a heartbeat moved ``last_seen`` after the engine saw
+      that token; with it, once the command (new token on stdin) exits 0.
+    * ``old_token_check``: ``heartbeat`` signs a heartbeat with the new token (which
+      the panel must accept) and with the old one (which it must refuse);
+      ``command`` asks ``old_token_check_command`` the same two questions, token on
+      stdin (exit 0 accepted, 1 refused, anything else: cannot tell); ``none``
+      checks the database only.
     """
 
     class InventoryEntry(_Strict):
@@ -101,20 +158,32 @@ class AgentSettings(_Strict):
     server_column: Ident = "server_id"
     last_seen_column: Ident = "last_seen"
     last_seen_utc: bool = True
+    agent_name_pattern: str = DEFAULT_AGENT_NAME_PATTERN
+    all_name_pattern: str | None = None
+    all_filter_column: Ident | None = None
+    all_filter_value: str | int | bool | None = None
     install_token_provider: Literal["sql", "command"] = "sql"
     install_token_table: Ident = "agent_install_tokens"
+    install_token_agent_column: Ident = "agent_id"
+    install_token_hash_column: Ident = "token_sha256"
+    install_token_expires_column: Ident = "expires_at"
+    install_token_used_column: Ident = "used_at"
     install_token_command: list[str] | None = None
     install_token_revoke_command: list[str] | None = None
     install_token_ttl_s: int = Field(default=900, gt=0)
     panel_url: str = "http://127.0.0.1"
     heartbeat_url: str | None = None
-    old_token_check: Literal["heartbeat", "none"] = "heartbeat"
+    old_token_check: Literal["heartbeat", "command", "none"] = "heartbeat"
+    old_token_check_command: list[str] | None = None
+    reregister_check_command: list[str] | None = None
     bootstrap_command: str = "myosicam-agent-bootstrap --panel {panel_url} --agent-id {agent_id}"
     bootstrap_timeout_s: float = Field(default=120.0, gt=0)
+    forward_bootstrap_output: bool = False
     reregister_timeout_s: float = Field(default=120.0, gt=0)
     parallelism: int = Field(default=4, ge=1, le=64)
     ssh_source: Literal["panel", "inventory"] = "panel"
     server_table: Ident = "saved_servers"
+    server_id_column: Ident = "id"
     server_name_column: Ident = "name"
     server_host_column: Ident = "host"
     server_port_column: Ident = "port"
@@ -123,18 +192,21 @@ class AgentSettings(_Strict):
     known_hosts: Path | None = None
     inventory: dict[str, InventoryEntry] = Field(default_factory=dict)
     ssh_timeout_s: float = Field(default=10.0, gt=0)
+    check_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("bootstrap_command")
     @classmethod
     def _known_placeholders(cls, value: str) -> str:
-        try:
-            value.format(**dict.fromkeys(cls.PLACEHOLDERS, "x"))
-        except (KeyError, IndexError) as exc:
-            raise ValueError(
-                f"unknown placeholder {exc}; use {', '.join('{' + p + '}' for p in cls.PLACEHOLDERS)}"
-            ) from None
-        except ValueError as exc:
-            raise ValueError(f"is not a valid template ({exc})") from None
+        return check_bootstrap_template(value, cls.PLACEHOLDERS)
+
+    @field_validator("agent_name_pattern", "all_name_pattern")
+    @classmethod
+    def _a_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a valid regular expression ({exc})") from None
         return value
 
     @field_validator("panel_url", "heartbeat_url")
@@ -145,9 +217,13 @@ class AgentSettings(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _command_provider_has_command(self) -> AgentSettings:
+    def _commands_given(self) -> AgentSettings:
         if self.install_token_provider == "command" and not self.install_token_command:
             raise ValueError("install_token_provider = \"command\" needs install_token_command")
+        if self.old_token_check == "command" and not self.old_token_check_command:
+            raise ValueError("old_token_check = \"command\" needs old_token_check_command")
+        if (self.all_filter_column is None) != (self.all_filter_value is None):
+            raise ValueError("all_filter_column and all_filter_value go together")
         return self
 
     @property

@@ -33,6 +33,7 @@ STATES: tuple[str, ...] = (
     "OLD_REVOKED",
     "DONE",
     "FAILED",
+    "UNVERIFIED",
 )
 _SECRET_FIELDS = ("old_token", "install_token")
 
@@ -54,6 +55,10 @@ class AgentRecord:
     install_token_fingerprint: str | None = None
     install_token_state: str | None = None
     new_fingerprint: str | None = None
+    new_token_seen_at: str | None = None
+    """The database clock when the engine first saw the new token in the agent's row."""
+    new_token_last_seen: str | None = None
+    """The row's ``last_seen`` at that moment: a heartbeat must move it on."""
     failed_step: str | None = None
     error: str | None = None
     requested_by: str | None = None

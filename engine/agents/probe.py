@@ -17,8 +17,6 @@ from engine.agents.journal import AgentJournal
 from engine.context import Context
 from engine.db import PanelDB
 
-INSTALL_TOKEN_COLUMNS = ("agent_id", "token_sha256", "expires_at", "used_at")
-
 
 def _schema(db: PanelDB) -> dict[str, set[str]]:
     rows = db.query(
@@ -45,14 +43,21 @@ def _count(db: PanelDB, sql: str) -> int:
 def probe_agents(ctx: Context, db: PanelDB) -> dict[str, Any]:
     s = ctx.profile.agents
     have = _schema(db)
-    problems = _check(
-        have, s.table, [s.id_column, s.name_column, s.token_column, s.server_column, s.last_seen_column], "agents"
-    )
+    agent_columns = [s.id_column, s.name_column, s.token_column, s.server_column, s.last_seen_column]
+    if s.all_filter_column:
+        agent_columns.append(s.all_filter_column)
+    problems = _check(have, s.table, agent_columns, "agents")
     if s.install_token_provider == "sql":
-        problems += _check(have, s.install_token_table, list(INSTALL_TOKEN_COLUMNS), "install token")
+        token_columns = [
+            s.install_token_agent_column,
+            s.install_token_hash_column,
+            s.install_token_expires_column,
+            s.install_token_used_column,
+        ]
+        problems += _check(have, s.install_token_table, token_columns, "install token")
     if s.ssh_source == "panel":
         server_columns = [
-            "id",
+            s.server_id_column,
             s.server_name_column,
             s.server_host_column,
             s.server_port_column,
@@ -85,8 +90,8 @@ def probe_agents(ctx: Context, db: PanelDB) -> dict[str, Any]:
     if s.install_token_provider == "sql" and not any(p.startswith("install token") for p in problems):
         report["usable_install_tokens"] = _count(
             db,
-            f"SELECT COUNT(*) FROM `{s.install_token_table}` WHERE used_at IS NULL "
-            "AND expires_at > UTC_TIMESTAMP(6)",
+            f"SELECT COUNT(*) FROM `{s.install_token_table}` WHERE `{s.install_token_used_column}` IS NULL "
+            f"AND `{s.install_token_expires_column}` > UTC_TIMESTAMP(6)",
         )
     db.rollback()
     return report

@@ -9,14 +9,16 @@ SSH agent or key search is used.
 The bootstrap command is the profile's template with every parameter
 shell-quoted; the install token is written to the command's stdin and never
 appears on its command line. The command's output (stdout and stderr combined,
-read as it comes so the channel cannot fill up) is reduced to its last line,
-with any token removed, before it reaches an event or a message.
+read as it comes so the channel cannot fill up) is handed back whole; the
+caller reduces it with ``last_line`` once it knows every token to hide (the
+new one included), and reports it only where the profile asks for it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import shlex
 import socket
 import time
@@ -34,6 +36,7 @@ from engine.profile import AgentSettings
 from engine.protocol import redact
 
 _OUTPUT_KEEP = 16 * 1024
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\b")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class Route:
 @dataclass(frozen=True)
 class RemoteResult:
     exit_status: int
-    last_line: str
+    output: str = field(repr=False)
+    """The tail of stdout and stderr combined; may hold any token: reduce with ``last_line``."""
 
 
 def route_from_panel(server: ServerRow, credential: bytes) -> Route:
@@ -196,7 +200,7 @@ class AgentServer:
         self._client = client
         return self.host_key_fingerprint or ""
 
-    def run(self, command: str, stdin_secret: str, timeout_s: float, hide: Sequence[str] = ()) -> RemoteResult:
+    def run(self, command: str, stdin_secret: str, timeout_s: float) -> RemoteResult:
         """Run ``command`` with ``stdin_secret`` and a newline on its stdin, then EOF."""
         self.connect()
         assert self._client is not None
@@ -237,7 +241,7 @@ class AgentServer:
             status = channel.recv_exit_status()
         finally:
             channel.close()
-        return RemoteResult(status, last_line(output.decode("utf-8", "replace"), [stdin_secret, *hide]))
+        return RemoteResult(status, output.decode("utf-8", "replace"))
 
     def close(self) -> None:
         if self._client is not None:
@@ -246,9 +250,10 @@ class AgentServer:
 
 
 def last_line(text: str, hide: Sequence[str]) -> str:
-    """The last non-empty line, with the given secrets and anything key-like removed."""
-    for secret in hide:
+    """The last non-empty line, with the given secrets (exact values), anything UUID-shaped
+    and anything key-like removed."""
+    for secret in sorted(hide, key=len, reverse=True):
         if secret:
             text = text.replace(secret, "[token]")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return redact(lines[-1])[:200] if lines else ""
+    return redact(_UUID.sub("[token]", lines[-1]))[:200] if lines else ""

@@ -7,10 +7,20 @@ PREFLIGHT -> TOKEN_ISSUED -> BOOTSTRAPPED -> REREGISTERED -> OLD_REVOKED -> DONE
 * TOKEN_ISSUED: a single-use install token, written to the agent's journal
   before the panel will accept it.
 * BOOTSTRAPPED: the bootstrap ran on the agent server, token on its stdin.
-* REREGISTERED: the agent's row carries a different token and a ``last_seen``
-  later than the start (polled with backoff up to ``reregister_timeout_s``).
+* REREGISTERED: the agent's row carries a different token, and the agent is
+  proven to work with it: a heartbeat moved ``last_seen`` after the engine first
+  saw the new token (or ``reregister_check_command`` exits 0). A row that changed
+  while nothing heartbeats with the new token is a bricked agent, not a rotated
+  one (polled with backoff up to ``reregister_timeout_s``).
 * OLD_REVOKED: no row holds the old token, and the panel refuses a request
-  signed with it.
+  signed with it while it accepts the same request signed with the new one
+  (engine.agents.tokencheck). When that cannot be told, the agent's outcome is
+  "unverified" (could not verify), not "rotated" and not "failed".
+
+Tokens (old, install, new) are hidden by their exact value from every event,
+result and journal line of the run, whatever their format; the bootstrap's
+output is reported only when the profile asks for it (and on failure, its last
+line, with every token hidden).
 
 Whatever the outcome, an unused install token is revoked at the end; only
 then is the agent's journal archived without its tokens. A run that finds an
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -38,16 +49,16 @@ from pathlib import Path
 from typing import Any
 
 from engine import envfile, faults
-from engine.agents import remote, signing
+from engine.agents import commands, remote, tokencheck
 from engine.agents.journal import AgentJournal, AgentRecord
 from engine.agents.outcome import AgentOutcome, run_result, unknown_agent
-from engine.agents.rows import AgentRow, AgentTable, ServerRow
+from engine.agents.rows import AgentRow, AgentTable, ServerRow, iso_exact
 from engine.agents.run import AgentSteps, Run
 from engine.agents.tokens import provider
 from engine.cipher import Codec
 from engine.context import Context
 from engine.db import PanelDB
-from engine.errors import AgentError, EngineError, UnfinishedRotationError
+from engine.errors import AgentError, AgentUnverifiedError, EngineError, UnfinishedRotationError
 from engine.events import Stopwatch
 from engine.protocol import Request, fingerprint
 
@@ -130,6 +141,9 @@ class AgentRotation:
     def _preflight(self, db: PanelDB, unfinished: AgentRecord | None = None) -> datetime:
         agent = self.agent
         with self.steps.step("preflight", "checking the agent and its server") as out:
+            refused = self.run.table.bad_name(agent)
+            if refused:
+                raise AgentError(refused)
             server = self._connect(db)
             since = self.run.table.now(db)
             old = agent.token_fingerprint or "none"
@@ -175,6 +189,7 @@ class AgentRotation:
         agent, run = self.agent, self.run
         with self.steps.step("issue_token", "issuing a single-use install token") as out:
             token = run.tokens.new(agent)
+            run.hide(token)
             record = AgentRecord(
                 rotation_id=run.rotation_id,
                 agent_id=agent.id,
@@ -206,18 +221,17 @@ class AgentRotation:
         the agent already re-registered."""
         self.record = record
         self.resumed_from = record.rotation_id
+        self.run.hide(record.old_token)
+        self.run.hide(record.install_token)
         self.server_label = record.server or None
         with self.steps.step("preflight", "resuming an interrupted rotation") as out:
             out.detail = f"resuming rotation {record.rotation_id} of this agent, stopped at {record.state}"
             out.data = {"server": record.server, "old_fingerprint": record.old_fingerprint, "resumed": True}
-        if record.state in ("TOKEN_ISSUED", "BOOTSTRAPPED") and self._reregistered(db, record):
+        if record.state in ("TOKEN_ISSUED", "BOOTSTRAPPED") and self._new_token(db, record) is not None:
             earlier = "issued before the interruption; no second token"
             self.steps.emit("issue_token", "skipped", earlier)
-            self.steps.emit("bootstrap", "skipped", "the agent already re-registered")
-            self._advance(record, "REREGISTERED")
-            self.steps.emit(
-                "reregistered", "ok", f"new token {record.new_fingerprint}", new_fingerprint=record.new_fingerprint
-            )
+            self.steps.emit("bootstrap", "skipped", "the agent already registered a new token")
+            self._advance(record, "BOOTSTRAPPED")  # the proof that it works with it comes next
             return
         if record.state == "TOKEN_ISSUED":
             self._resume_token(db, record)
@@ -243,6 +257,7 @@ class AgentRotation:
             else:  # used or expired, and the agent did not re-register with it
                 record.install_token_state = run.tokens.revoke(db, record.install_token)
                 token = run.tokens.new(self.agent)
+                run.hide(token)
                 record.install_token = token
                 record.install_token_fingerprint = fingerprint(token)
                 run.journal.save(record)
@@ -261,43 +276,78 @@ class AgentRotation:
                 agent_id=self.agent.id,
                 agent_name=self.agent.name,
             )
-            hide = [record.old_token or ""]
-            result = self.server.run(command, record.install_token, self.s.bootstrap_timeout_s, hide)
-            said = f": {result.last_line}" if result.last_line else ""
+            result = self.server.run(command, record.install_token, self.s.bootstrap_timeout_s)
+            registered = self._new_token(db, record)  # every token the panel holds now is hidden below
+            last = self.run.scrub(remote.last_line(result.output, self.run.secrets()))
+            said = f": {last}" if last else ""
             if result.exit_status != 0:
-                if not self._reregistered(db, record):
+                if registered is None:
                     raise AgentError(
                         f"the bootstrap on {self.server_label} failed (exit {result.exit_status}){said}"
                     )
-                said = f" (it exited {result.exit_status}, but the agent re-registered)"
+                said = f" (it exited {result.exit_status}, but the agent registered a new token)"
+            elif not self.s.forward_bootstrap_output:
+                said = ""
             out.detail = f"ran on {self.server_label}{said}"
         self._advance(record, "BOOTSTRAPPED")
         faults.checkpoint("agent:bootstrapped")
 
-    def _reregistered(self, db: PanelDB, record: AgentRecord) -> bool:
-        """The agent's row holds another token and was seen after the start."""
+    def _new_token(self, db: PanelDB, record: AgentRecord) -> AgentRow | None:
+        """The agent's row, if it holds a token other than the old one.
+
+        The first time a given new token is seen, the database clock and the row's
+        ``last_seen`` are journaled: the proof that the agent works with that token
+        is a heartbeat after that moment (``_proven``).
+        """
         row = self.run.table.get(db, record.agent_id)
-        since = datetime.fromisoformat(record.since)
         if row is None or row.token is None or row.token == record.old_token:
+            return None
+        self.run.hide(row.token)
+        if record.new_fingerprint != row.token_fingerprint or record.new_token_seen_at is None:
+            record.new_fingerprint = row.token_fingerprint
+            record.new_token_seen_at = self.run.table.now(db).isoformat()
+            record.new_token_last_seen = iso_exact(row.last_seen)
+            self.run.journal.save(record)
+        return row
+
+    def _proven(self, row: AgentRow, record: AgentRecord) -> bool:
+        """Does the agent work with the token ``row`` holds? A heartbeat after the engine saw
+        that token (``last_seen`` later than that moment and moved on from its value then),
+        or the profile's ``reregister_check_command`` exiting 0 with the token on its stdin."""
+        command = self.s.reregister_check_command
+        if command:
+            env = {"ROTATOR_AGENT_ID": str(row.id), "ROTATOR_AGENT_NAME": row.name}
+            assert row.token is not None
+            done = commands.run("the re-registration check command", command, stdin=row.token + "\n", env=env,
+                                secrets_=self.run.secrets(), timeout_s=self.s.check_timeout_s)
+            return done.status == 0
+        if row.last_seen is None or record.new_token_seen_at is None:
             return False
-        if row.last_seen is None or row.last_seen <= since:
-            return False
-        record.new_fingerprint = row.token_fingerprint
-        return True
+        seen_at = datetime.fromisoformat(record.new_token_seen_at)
+        return row.last_seen > seen_at and iso_exact(row.last_seen) != record.new_token_last_seen
 
     def _await_reregistration(self, db: PanelDB, record: AgentRecord) -> None:
         timeout = self.s.reregister_timeout_s
+        proof = "its check command" if self.s.reregister_check_command else "a heartbeat signed with it"
         with self.steps.step("reregistered", f"waiting up to {timeout:g} s for the agent") as out:
             watch = Stopwatch()
             deadline = time.monotonic() + timeout
             delay = POLL_FIRST_S
-            while not self._reregistered(db, record):
+            while True:
+                row = self._new_token(db, record)
+                if row is not None and self._proven(row, record):
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AgentError(f"the agent did not re-register within {timeout:g} s")
+                    if row is None:
+                        raise AgentError(f"the agent did not re-register within {timeout:g} s")
+                    raise AgentError(
+                        f"the agent registered a new token ({record.new_fingerprint}) but is not working "
+                        f"with it: no proof ({proof}) within {timeout:g} s"
+                    )
                 time.sleep(min(delay, left))
                 delay = min(delay * 1.6, POLL_MAX_S)
-            out.detail = f"new token {record.new_fingerprint} · seen after {watch.ms / 1000:.1f} s"
+            out.detail = f"new token {record.new_fingerprint} · {proof} after {watch.ms / 1000:.1f} s"
             out.data = {"new_fingerprint": record.new_fingerprint}
         self._advance(record, "REREGISTERED")
 
@@ -310,11 +360,14 @@ class AgentRotation:
                 holders = self.run.table.holders(db, old)
                 if holders:
                     raise AgentError(f"{holders} agent row(s) still hold the old token")
-                if self.s.old_token_check == "heartbeat":
-                    said = signing.old_token_refused(self.s.check_url, record.agent_id, old, self.s.ssh_timeout_s)
-                    out.detail = f"no row holds it · the panel refuses it ({said})"
+                if self.s.old_token_check == "none":
+                    out.detail = "no row holds it (the panel is not asked: old_token_check = none)"
                 else:
-                    out.detail = "no row holds it"
+                    row = self._new_token(db, record)
+                    if row is None or row.token is None:
+                        raise AgentError("the agent's row no longer holds the new token")
+                    said = tokencheck.old_token_dead(self.s, row, old, row.token)
+                    out.detail = f"no row holds it · {said}"
         self._advance(record, "OLD_REVOKED")
 
     def _advance(self, record: AgentRecord, state: str) -> None:
@@ -356,8 +409,10 @@ class AgentRotation:
                 old = record.old_token
                 self.old_token_valid = row is not None and old is not None and row.token == old
             record.failed_step = self.failed_step
-            record.error = self.failure.message
-            record.state = "FAILED"
+            record.error = self.run.scrub(self.failure.message)
+            record.state = "UNVERIFIED" if isinstance(self.failure, AgentUnverifiedError) else "FAILED"
+            if record.state == "UNVERIFIED":
+                self.old_token_valid = None
         record.old_token = None
         self.run.journal.finish(record)
         return db
@@ -382,14 +437,15 @@ class AgentRotation:
         if self.run.request.dry_run:
             out.outcome = "ready" if ok else "failed"
         elif record is not None:
-            out.outcome = "rotated" if ok else "failed"
+            unverified = isinstance(self.failure, AgentUnverifiedError)
+            out.outcome = "rotated" if ok else ("unverified" if unverified else "failed")
             out.new_fingerprint = record.new_fingerprint
             out.install_token = record.install_token_state or "unknown"
-            reached = [s for s in record.trail if s != "FAILED"]
+            reached = [s for s in record.trail if s not in ("FAILED", "UNVERIFIED")]
             out.state = reached[-1] if reached else record.state
         if not ok:
             out.failed_step = self.failed_step
-            out.error = self.failure.message if self.failure else None
+            out.error = self.run.scrub(self.failure.message) if self.failure else None
             out.old_token_valid = None if self.run.request.dry_run else (
                 self.old_token_valid if record else (True if agent.token else None)
             )
@@ -427,9 +483,11 @@ def rotate_agents(ctx: Context, request: Request) -> dict[str, Any]:
         finally:
             db.close()
         run = Run(ctx, request, settings, provider(settings), table, AgentJournal(ctx.profile.journal_dir), codec)
+        for agent in agents:
+            run.hide(agent.token)
         by_name: dict[str, AgentOutcome] = {}
         for name in missing:
-            by_name[name] = unknown_agent(name)
+            by_name[name] = unknown_agent(name, valid=re.fullmatch(settings.agent_name_pattern, name) is not None)
             AgentSteps(run, name, None).emit("preflight", "failed", by_name[name].error or "")
         workers = max(1, min(settings.parallelism, len(agents)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent") as pool:

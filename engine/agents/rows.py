@@ -8,6 +8,7 @@ re-register.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,11 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds") if moment else None
 
 
+def iso_exact(moment: datetime | None) -> str | None:
+    """A DATETIME as ISO 8601 with microseconds, to compare two readings."""
+    return moment.isoformat(timespec="microseconds") if moment else None
+
+
 class AgentTable:
     def __init__(self, settings: AgentSettings) -> None:
         self.s = settings
@@ -77,18 +83,39 @@ class AgentTable:
         )
 
     def select(self, db: PanelDB, names: list[str] | None) -> tuple[list[AgentRow], list[str]]:
-        """(agents, names not found). ``names=None`` means every agent, by id."""
+        """(agents, names not found). ``names=None`` means every agent the profile's
+        ``--all`` filter lets through (``all_filter_column``/``all_filter_value`` in SQL,
+        ``all_name_pattern`` on the name), by id."""
+        s = self.s
         if names is None:
-            raw = self._read(db, f"{self._select()} ORDER BY `{self.s.id_column}`")
-            return [self._row(r) for r in raw], []
+            where, args = "", None
+            if s.all_filter_column is not None:
+                value = s.all_filter_value
+                value = int(value) if isinstance(value, bool) else value
+                where, args = f" WHERE `{s.all_filter_column}` = %s", (value,)
+            raw = self._read(db, f"{self._select()}{where} ORDER BY `{s.id_column}`", args)
+            rows = [self._row(r) for r in raw]
+            if s.all_name_pattern is not None:
+                pattern = re.compile(s.all_name_pattern)
+                rows = [r for r in rows if pattern.fullmatch(r.name)]
+            return rows, []
         if not names:
             return [], []
         marks = ", ".join(["%s"] * len(names))
-        raw = self._read(db, f"{self._select()} WHERE `{self.s.name_column}` IN ({marks})", names)
+        raw = self._read(db, f"{self._select()} WHERE `{s.name_column}` IN ({marks})", names)
         by_name = {str(r[1]): self._row(r) for r in raw}
         found = [by_name[n] for n in dict.fromkeys(names) if n in by_name]
         missing = [n for n in dict.fromkeys(names) if n not in by_name]
         return found, missing
+
+    def bad_name(self, agent: AgentRow) -> str | None:
+        """Why the engine will not work with this agent's name (None: the name is fine)."""
+        if re.fullmatch(self.s.agent_name_pattern, agent.name):
+            return None
+        return (
+            f"agent #{agent.id} has a name the engine refuses (it does not match agent_name_pattern): "
+            "rename it in the panel, or widen agent_name_pattern in the profile"
+        )
 
     def get(self, db: PanelDB, agent_id: int) -> AgentRow | None:
         raw = self._read(db, f"{self._select()} WHERE `{self.s.id_column}` = %s", (agent_id,))
@@ -118,7 +145,8 @@ class AgentTable:
         raw = self._read(
             db,
             f"SELECT `{s.server_name_column}`, `{s.server_host_column}`, `{s.server_port_column}`, "
-            f"`{s.server_user_column}`, `{s.server_credential_column}` FROM `{s.server_table}` WHERE id = %s",
+            f"`{s.server_user_column}`, `{s.server_credential_column}` FROM `{s.server_table}` "
+            f"WHERE `{s.server_id_column}` = %s",
             (server_id,),
             doing=f"reading server {server_id}",
         )

@@ -1,5 +1,9 @@
 """What the agents of one ``rotate-agent`` run share, and their step events.
 
+Every token the run learns (old, install, new) is registered with ``Run.hide``
+and replaced by ``[token]`` in every event an agent emits, whatever its format
+(a UUID or base32 token does not look like a key to the generic redaction).
+
 Agents rotate on worker threads while the ``Emitter`` numbers events one at a
 time, so every agent event goes through ``AgentSteps``, which holds the run's
 lock while it emits. Each event names its agent (``agent``, ``agent_id``) and
@@ -36,10 +40,38 @@ class Run:
     codec: Codec | None
     """Opens the panel's stored SSH credentials; ``None`` with ``ssh_source = "inventory"``."""
     emit_lock: threading.Lock = field(default_factory=threading.Lock)
+    _hidden: set[str] = field(default_factory=set, repr=False)
 
     @property
     def rotation_id(self) -> str:
         return self.request.id
+
+    def hide(self, token: str | None) -> None:
+        """From now on, ``token`` (its exact value, whatever its format) leaves no trace in
+        this run's events, results or journal lines."""
+        if token:
+            with self.emit_lock:
+                self._hidden.add(token)
+
+    def secrets(self) -> list[str]:
+        with self.emit_lock:
+            return sorted(self._hidden, key=len, reverse=True)
+
+    def scrub(self, value: Any) -> Any:
+        """``value`` (text, or lists and dicts of it) with every hidden token replaced."""
+        return _scrub(value, self.secrets())
+
+
+def _scrub(value: Any, hidden: list[str]) -> Any:
+    if isinstance(value, str):
+        for token in hidden:
+            value = value.replace(token, "[token]")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v, hidden) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, hidden) for v in value]
+    return value
 
 
 class AgentSteps:
@@ -55,6 +87,8 @@ class AgentSteps:
         self, name: str, state: StepState, detail: str = "", elapsed_ms: int | None = None, **data: Any
     ) -> None:
         place = {"index": AGENT_STEPS.index(name) + 1, "total": len(AGENT_STEPS)}
+        hidden = self.run.secrets()
+        detail, data = _scrub(detail, hidden), _scrub(data, hidden)
         with self.run.emit_lock:
             self.run.ctx.emitter.step(name, state, detail, elapsed_ms, **place, **self.extra, **data)
 

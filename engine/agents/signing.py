@@ -1,13 +1,15 @@
-"""A heartbeat signed with a token, to ask the panel whether it still accepts that token.
+"""A heartbeat signed with a token, to ask the panel whether it accepts that token.
 
 The canonical string is the reference panel's (bot/fakes/panel/php/panel/agents.php)::
 
     POST \\n /agents/heartbeat \\n <agent id> \\n <unix seconds> \\n <nonce> \\n <hex sha256 of body>
 
 HMAC-SHA256 keyed with the agent token, hex, in ``X-Signature``, with
-``X-Agent-Id``, ``X-Timestamp`` and ``X-Nonce``. A fresh nonce and timestamp
-make the request one the panel would accept from a live agent, so a refusal
-can only mean the token is no longer valid.
+``X-Agent-Id``, ``X-Timestamp`` and ``X-Nonce``. A panel that signs another way
+answers this with a refusal whatever the token: that is why a refusal counts
+only next to an acceptance of the same request signed with the new token
+(``engine.agents.tokencheck``). For such a panel, use ``old_token_check =
+"command"``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from engine.errors import AgentError
+from engine.agents.tokencheck import Answer
 
 
 def canonical(path: str, agent_id: str, timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -35,9 +37,8 @@ def signed_headers(path: str, agent_id: int, token: str, body: bytes) -> dict[st
     return {"X-Agent-Id": agent, "X-Timestamp": ts, "X-Nonce": nonce, "X-Signature": mac.hexdigest()}
 
 
-def old_token_refused(url: str, agent_id: int, token: str, timeout_s: float) -> str:
-    """Return the panel's reason for refusing ``token``; raise ``AgentError`` if it accepts it
-    or cannot be asked."""
+def ask(url: str, agent_id: int, token: str, timeout_s: float) -> Answer:
+    """POST a heartbeat signed with ``token``: 2xx accepted, 401/403 refused, else unknown."""
     body = json.dumps({"agent_id": agent_id, "check": "myosicam-rotator"}).encode()
     path = urllib.parse.urlsplit(url).path or "/"
     headers = {"Content-Type": "application/json", "User-Agent": "myosicam-rotator"}
@@ -47,13 +48,14 @@ def old_token_refused(url: str, agent_id: int, token: str, timeout_s: float) -> 
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             status = int(response.status)
     except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            return f"{exc.code} {_reason(exc.read())}".strip()
-        raise AgentError(f"could not check the old token: POST {url} answered {exc.code}") from None
+        said = f"POST {url} answered {exc.code} {_reason(exc.read())}".strip()
+        return Answer("refused" if exc.code in (401, 403) else "unknown", said)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise AgentError(f"could not check the old token: POST {url} did not answer ({reason})") from None
-    raise AgentError(f"the panel still accepts a request signed with the old token (HTTP {status})")
+        return Answer("unknown", f"POST {url} did not answer ({reason})")
+    if 200 <= status < 300:
+        return Answer("accepted", f"POST {url} answered {status}")
+    return Answer("unknown", f"POST {url} answered {status}")
 
 
 def _reason(raw: bytes) -> str:

@@ -1,9 +1,10 @@
 """Single-use install tokens, from one of two providers the profile chooses.
 
 * ``sql`` (default): the engine makes a random token (256 bits, URL-safe) and
-  stores only its SHA-256 with ``agent_id`` and ``expires_at`` (the database's
+  stores only its SHA-256 with the agent's id and an expiry (the database's
   UTC clock plus ``install_token_ttl_s``) in ``install_token_table``; the panel
-  marks it ``used_at`` when an agent registers with it. Revoking an unused one
+  marks it used when an agent registers with it. Column names come from the
+  profile (``install_token_*_column``); docs/agents-contract.md has the row. Revoking an unused one
   sets ``expires_at`` to now. ``new`` only makes the token: the caller journals
   it, then ``activate`` stores its hash, so a token is never usable before it is
   journaled.
@@ -18,17 +19,15 @@ Token values never reach an event, a log or an exception message.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
-import subprocess
 from typing import Literal, Protocol
 
+from engine.agents import commands
 from engine.agents.rows import AgentRow
 from engine.db import PanelDB
 from engine.errors import AgentError
 from engine.profile import AgentSettings
-from engine.protocol import redact
 
 #: ``usable`` (stored, unused, unexpired), ``used``, ``expired``, ``absent`` (not stored),
 #: ``unknown`` (the provider cannot tell).
@@ -56,10 +55,16 @@ class InstallTokens(Protocol):
 
 
 class SqlInstallTokens:
+    """Rows of ``install_token_table``; the column names come from the profile."""
+
     name = "sql"
 
     def __init__(self, settings: AgentSettings) -> None:
-        self.table = settings.install_token_table
+        self.table = f"`{settings.install_token_table}`"
+        self.agent = f"`{settings.install_token_agent_column}`"
+        self.digest = f"`{settings.install_token_hash_column}`"
+        self.expires = f"`{settings.install_token_expires_column}`"
+        self.used = f"`{settings.install_token_used_column}`"
         self.ttl_s = settings.install_token_ttl_s
 
     def new(self, agent: AgentRow) -> str:
@@ -69,9 +74,9 @@ class SqlInstallTokens:
         """Store the token's hash (idempotent: a resumed run may activate it again)."""
         digest = sha256_hex(token)
         db.execute(
-            f"INSERT INTO `{self.table}` (agent_id, token_sha256, expires_at, used_at) "
+            f"INSERT INTO {self.table} ({self.agent}, {self.digest}, {self.expires}, {self.used}) "
             f"SELECT %s, %s, UTC_TIMESTAMP(6) + INTERVAL %s SECOND, NULL FROM DUAL "
-            f"WHERE NOT EXISTS (SELECT 1 FROM `{self.table}` WHERE token_sha256 = %s)",
+            f"WHERE NOT EXISTS (SELECT 1 FROM {self.table} WHERE {self.digest} = %s)",
             (agent.id, digest, self.ttl_s, digest),
             doing="storing the install token",
         )
@@ -80,8 +85,8 @@ class SqlInstallTokens:
     def state(self, db: PanelDB, token: str) -> TokenState:
         try:
             rows = db.query(
-                f"SELECT used_at IS NOT NULL, expires_at > UTC_TIMESTAMP(6) FROM `{self.table}` "
-                "WHERE token_sha256 = %s",
+                f"SELECT {self.used} IS NOT NULL, {self.expires} > UTC_TIMESTAMP(6) FROM {self.table} "
+                f"WHERE {self.digest} = %s",
                 (sha256_hex(token),),
                 doing="reading the install token",
             )
@@ -96,8 +101,8 @@ class SqlInstallTokens:
 
     def revoke(self, db: PanelDB, token: str) -> RevokeState:
         changed = db.execute(
-            f"UPDATE `{self.table}` SET expires_at = UTC_TIMESTAMP(6) WHERE token_sha256 = %s "
-            "AND used_at IS NULL AND expires_at > UTC_TIMESTAMP(6)",
+            f"UPDATE {self.table} SET {self.expires} = UTC_TIMESTAMP(6) WHERE {self.digest} = %s "
+            f"AND {self.used} IS NULL AND {self.expires} > UTC_TIMESTAMP(6)",
             (sha256_hex(token),),
             doing="revoking the install token",
         )
@@ -118,35 +123,15 @@ class CommandInstallTokens:
         self.issue_argv = list(settings.install_token_command)
         self.revoke_argv = list(settings.install_token_revoke_command or [])
 
-    def _run(
-        self, what: str, argv: list[str], stdin: bytes, env: dict[str, str], secret: str = ""
-    ) -> str:
-        try:
-            proc = subprocess.run(
-                argv,
-                input=stdin,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT_S,
-                env={**os.environ, **env},
-                check=False,
-            )
-        except FileNotFoundError:
-            raise AgentError(f"{what} failed: command {argv[0]!r} not found") from None
-        except PermissionError:
-            raise AgentError(f"{what} failed: command {argv[0]!r} is not executable") from None
-        except subprocess.TimeoutExpired:
-            raise AgentError(f"{what} did not finish within {COMMAND_TIMEOUT_S:g} s") from None
-        if proc.returncode != 0:
-            lines = [line.strip() for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
-            said = redact(lines[-1])[:200] if lines else ""
-            if secret:
-                said = said.replace(secret, "[install token]")
-            raise AgentError(f"{what} failed (exit {proc.returncode})" + (f": {said}" if said else ""))
-        return proc.stdout.decode(errors="replace")
+    def _run(self, what: str, argv: list[str], stdin: str, env: dict[str, str], secret: str = "") -> str:
+        done = commands.run(what, argv, stdin=stdin, env=env, secrets_=[secret], timeout_s=COMMAND_TIMEOUT_S)
+        if done.status != 0:
+            raise AgentError(f"{what} failed (exit {done.status})" + (f": {done.said}" if done.said else ""))
+        return done.stdout
 
     def new(self, agent: AgentRow) -> str:
         env = {"ROTATOR_AGENT_ID": str(agent.id), "ROTATOR_AGENT_NAME": agent.name}
-        out = self._run("the install token command", self.issue_argv, b"", env)
+        out = self._run("the install token command", self.issue_argv, "", env)
         lines = [line.strip() for line in out.splitlines() if line.strip()]
         token = lines[-1] if lines else ""
         if not _PRINTABLE_TOKEN.match(token):
@@ -165,7 +150,7 @@ class CommandInstallTokens:
     def revoke(self, db: PanelDB, token: str) -> RevokeState:
         if not self.revoke_argv:
             return "not revocable"
-        self._run("the install token revoke command", self.revoke_argv, (token + "\n").encode(), {}, token)
+        self._run("the install token revoke command", self.revoke_argv, token + "\n", {}, token)
         return "revoked"
 
 

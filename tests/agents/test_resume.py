@@ -54,7 +54,7 @@ def test_a_crash_after_the_bootstrap_resumes_without_a_second_install_token(
     assert [(name, state) for name, state, _ in steps(resumed)] == [
         ("preflight", "started"), ("preflight", "ok"),
         ("issue_token", "skipped"), ("bootstrap", "skipped"),
-        ("reregistered", "ok"),
+        ("reregistered", "started"), ("reregistered", "ok"),  # proven by a heartbeat with the new token
         ("old_revoked", "started"), ("old_revoked", "ok"),
     ]
     assert steps(resumed)[2][2] == "issued before the interruption; no second token"
