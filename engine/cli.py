@@ -130,7 +130,13 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
             out.write(f"{mark} {agent.get('name')}: {detail}\n")
         out.write(f"{data.get('message', '')}\n")
     elif op == "recover":
-        out.write(f"Recovered rotation {data['rotation_id']}: {data['state']} ({data['direction']}).\n")
+        if data.get("direction"):
+            out.write(f"Recovered rotation {data['rotation_id']}: {data['state']} ({data['direction']}).\n")
+        for agent in data.get("agents") or []:
+            out.write(
+                f"Closed agent rotation {agent['rotation_id']} of {agent['agent']} (stopped at {agent['state']}): "
+                f"install token {agent['install_token']}, the agent holds the {agent.get('token', 'unknown')} token\n"
+            )
     elif op in ("plan", "probe"):
         for label, count in (data.get("columns") or {}).items():
             out.write(f"  {label}: {count:,}\n")
@@ -157,7 +163,9 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
         for agent in data.get("unfinished_agents") or []:
             out.write(
                 f"UNFINISHED agent rotation {agent['rotation_id']} of {agent['agent']} stopped at "
-                f"{agent['state']}: run rotate-agent {agent['agent']} again to resume it\n"
+                f"{agent['state']} (the agent holds the {agent.get('token', 'unknown')} token, install token "
+                f"{agent.get('install_token', 'unknown')}): run rotate-agent {agent['agent']} again to resume "
+                "it, or recover to close it\n"
             )
         for item in data.get("recent") or []:
             out.write(f"  {item['rotation_id']}: {item['state']} ({item['old_fingerprint']}… → "

@@ -121,13 +121,10 @@ def _probe_agents(ctx: Context, db: Any) -> dict[str, Any]:
 
 
 def _status(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.agents.journal import AgentJournal
+    from engine.agents.recovery import agent_states
 
     unfinished = ctx.journal.load()
-    agents = [
-        {"rotation_id": r.rotation_id, "agent": r.agent_name, "state": r.state}
-        for r in AgentJournal(ctx.profile.journal_dir).unfinished()
-    ]
+    agents = agent_states(ctx)
     return {
         "panel": ctx.profile.name,
         "unfinished": unfinished.public() if unfinished else None,
@@ -159,9 +156,9 @@ def _rotate_key(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _recover(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.converge import recover
+    from engine.agents.recovery import recover_all
 
-    return recover(ctx, rollback=request.rollback)
+    return recover_all(ctx, rollback=request.rollback)
 
 
 def _rotate_agent(ctx: Context, request: Request) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 """The reference agent bootstrap, run on the agent server (over SSH by the engine)::
 
     python3 bootstrap.py --panel URL --agent-id N [--heartbeat-s S] [--wait-s W]
-                         [--register-timeout-s T]      < install token on stdin
+                         [--register-timeout-s T] [--scheme S] [--brick]
+                         [--say-token]                 < install token on stdin
 
 Installs the agent (``ref_agent.py`` next to this file, copied to
 ``~/.myosicam-agent/agent.py``), starts it detached with the install token on
@@ -15,7 +16,9 @@ registration went:
   agent keeps trying on its own, and whoever ran the bootstrap watches the panel.
 
 Standard library only; the token is never on a command line, in a file or in
-the output.
+the output, except with ``--say-token`` (tests only): then the last line is
+``agent N registered, token <the new agent token>``, as careless bootstraps do.
+``--scheme`` and ``--brick`` are handed to the agent (see ref_agent.py).
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ def start_agent(agent: Path, state_dir: Path, args: argparse.Namespace, token: s
         sys.executable, "-u", str(agent), "run",
         "--panel", args.panel, "--agent-id", str(args.agent_id), "--state-dir", str(state_dir),
         "--heartbeat-s", str(args.heartbeat_s), "--register-timeout-s", str(args.register_timeout_s),
-        "--run-id", run_id,
-    ]
+        "--run-id", run_id, "--scheme", args.scheme,
+    ] + (["--brick"] if args.brick else [])
     with open(state_dir / "agent.log", "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True, close_fds=True,
@@ -91,6 +94,9 @@ def main() -> int:
     parser.add_argument("--heartbeat-s", type=float, default=30.0)
     parser.add_argument("--wait-s", type=float, default=10.0)
     parser.add_argument("--register-timeout-s", type=float, default=300.0)
+    parser.add_argument("--scheme", choices=("reference", "nodes"), default="reference")
+    parser.add_argument("--brick", action="store_true")
+    parser.add_argument("--say-token", action="store_true")
     args = parser.parse_args()
     token = sys.stdin.readline().strip()
     if not token:
@@ -106,7 +112,11 @@ def main() -> int:
     status = wait_for_status(state_dir, run_id, args.wait_s)
     state = status.get("state")
     if state == "registered":
-        print(f"agent {args.agent_id} registered (pid {pid})")
+        if args.say_token:
+            said = (state_dir / "agent.token").read_text().strip()
+            print(f"agent {args.agent_id} registered, token {said}")
+        else:
+            print(f"agent {args.agent_id} registered (pid {pid})")
         return 0
     if state in ("refused", "gave_up"):
         print(f"bootstrap: the agent could not register: {status.get('detail', state)}", file=sys.stderr)

@@ -7,7 +7,10 @@ key the panel keeps, encrypted, in ``saved_servers.ssh_credential_encrypted``;
 the host key is pinned in a ``known_hosts`` file the profile names.
 
 An ``AgentWorld`` is one panel (``PanelSandbox`` with the PHP panel running)
-plus its agent servers and agents. ``install`` runs the bootstrap once as the
+plus its agent servers and agents, in one of two agent schemas: ``REFERENCE``
+(schema.sql, agents.php) or ``NODES`` (schema_nodes.sql, nodes.php: other
+table and column names, other keys, UUID tokens, another signature), which the
+engine reaches through the profile alone (``Schema.profile_settings``). ``install`` runs the bootstrap once as the
 agent's login, as an operator would have, so every agent starts registered
 and heartbeating with its "old" token. Every token and key made here is
 registered with the secrets registry; install tokens the engine makes are
@@ -31,8 +34,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bot.fakes.panel import HERE as PANEL_FILES
 from bot.fakes.panel.server import http_json
-from tests.agent.ref_agent import signed_headers
+from tests.agent.ref_agent import SCHEMES
 from tests.support.panel import PanelSandbox, free_port
 from tests.support.php_crypto import php_encrypt
 from tests.support.procs import process_table, wait_until
@@ -47,6 +51,67 @@ HEARTBEAT_S = 0.3
 BOOTSTRAP_TEMPLATE = (
     "python3 ~/myosicam/bootstrap.py --panel {panel_url} --agent-id {agent_id} "
     f"--heartbeat-s {HEARTBEAT_S} --wait-s 5 --register-timeout-s 60"
+)
+AGENT_PY = AGENT_SOURCES / "ref_agent.py"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Where a panel keeps its agents, servers and install tokens, and how it signs."""
+
+    name: str  # the agent dialect, as ref_agent.py's --scheme names it
+    agents: str
+    agent_id: str
+    agent_name: str
+    token: str
+    server: str
+    last_seen: str
+    registered_at: str
+    servers: str
+    server_id: str
+    server_name: str
+    host: str
+    port: str
+    user: str
+    credential: str
+    install_tokens: str
+    it_agent: str
+    it_digest: str
+    it_expires: str
+    it_used: str
+    create: Path | None = None  # extra tables to create (None: schema.sql has them)
+
+    @property
+    def heartbeat_path(self) -> str:
+        return SCHEMES[self.name][3]
+
+    def sign(self, agent_id: int, token: str, body: bytes) -> dict[str, str]:
+        return SCHEMES[self.name][4](agent_id, token, body)
+
+    def profile_settings(self) -> dict[str, Any]:
+        """The profile's [agents] names for this schema (the engine's defaults for REFERENCE)."""
+        return {
+            "table": self.agents, "id_column": self.agent_id, "name_column": self.agent_name,
+            "token_column": self.token, "server_column": self.server, "last_seen_column": self.last_seen,
+            "install_token_table": self.install_tokens, "install_token_agent_column": self.it_agent,
+            "install_token_hash_column": self.it_digest, "install_token_expires_column": self.it_expires,
+            "install_token_used_column": self.it_used, "server_table": self.servers,
+            "server_id_column": self.server_id, "server_name_column": self.server_name,
+            "server_host_column": self.host, "server_port_column": self.port, "server_user_column": self.user,
+            "server_credential_column": self.credential,
+        }
+
+
+REFERENCE = Schema(
+    "reference", "agents", "id", "name", "agent_token", "server_id", "last_seen", "registered_at",
+    "saved_servers", "id", "name", "host", "port", "ssh_user", "ssh_credential_encrypted",
+    "agent_install_tokens", "agent_id", "token_sha256", "expires_at", "used_at",
+)
+NODES = Schema(
+    "nodes", "edge_nodes", "node_id", "label", "api_secret", "host_ref", "pinged_at", "enrolled_at",
+    "node_hosts", "host_id", "title", "address", "ssh_port", "login", "login_secret",
+    "node_enrolments", "node_ref", "secret_digest", "valid_until", "consumed_at",
+    create=PANEL_FILES / "schema_nodes.sql",
 )
 USER_PREFIX = "myoag"
 _CANDIDATE = re.compile(r"[A-Za-z0-9_\-]{16,}")
@@ -264,7 +329,17 @@ class AgentWorld:
     registry: SecretRegistry
     hosts: list[AgentHost] = field(default_factory=list)
     agents: dict[str, Agent] = field(default_factory=dict)
+    schema: Schema = REFERENCE
     _next_server: int = 101
+
+    def use(self, schema: Schema) -> None:
+        """Keep agents in ``schema`` from now on (creating its tables if schema.sql lacks them)."""
+        if schema.create is not None:
+            text = "\n".join(x for x in schema.create.read_text().splitlines() if not x.lstrip().startswith("--"))
+            for statement in (s.strip() for s in text.split(";")):
+                if statement:
+                    self.sql(statement)
+        self.schema = schema
 
     @property
     def known_hosts(self) -> Path:
@@ -296,19 +371,20 @@ class AgentWorld:
 
     def add_agent(self, name: str, host: AgentHost | None, *, port: int | None = None) -> Agent:
         """An agent row and its saved server. ``host=None``: a server nothing answers on."""
+        s = self.schema
         server_id = self._next_server
         self._next_server += 1
         key_text = (host.client_key if host else make_key(self.root / f"dead-{server_id}")).private_path.read_text()
         self.registry.register(key_text, "agent server SSH key")
         (credential,) = php_encrypt(self.panel.scheme, self.panel.initial_key, [key_text.encode()])
         self.sql(
-            "INSERT INTO saved_servers (id, name, host, port, ssh_user, ssh_credential_encrypted) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
+            f"INSERT INTO {s.servers} ({s.server_id}, {s.server_name}, {s.host}, {s.port}, {s.user}, "
+            f"{s.credential}) VALUES (%s, %s, %s, %s, %s, %s)",
             (server_id, f"srv-{name}", "127.0.0.1", host.port if host else (port or free_port()),
              host.user if host else "nobody", credential),
         )
-        self.sql("INSERT INTO agents (name, server_id) VALUES (%s, %s)", (name, server_id))
-        (agent_id,) = self.sql("SELECT id FROM agents WHERE name = %s", (name,))[0]
+        self.sql(f"INSERT INTO {s.agents} ({s.agent_name}, {s.server}) VALUES (%s, %s)", (name, server_id))
+        (agent_id,) = self.sql(f"SELECT {s.agent_id} FROM {s.agents} WHERE {s.agent_name} = %s", (name,))[0]
         agent = Agent(int(agent_id), name, server_id, host)
         self.agents[name] = agent
         return agent
@@ -317,8 +393,9 @@ class AgentWorld:
         """What the panel's UI does when an operator adds an agent."""
         token = secrets.token_urlsafe(32)
         self.registry.register(token, f"install token of {agent.name}")
+        s = self.schema
         self.sql(
-            "INSERT INTO agent_install_tokens (agent_id, token_sha256, expires_at) "
+            f"INSERT INTO {s.install_tokens} ({s.it_agent}, {s.it_digest}, {s.it_expires}) "
             "VALUES (%s, %s, UTC_TIMESTAMP(6) + INTERVAL %s SECOND)",
             (agent.id, hashlib.sha256(token.encode()).hexdigest(), ttl_s),
         )
@@ -330,7 +407,7 @@ class AgentWorld:
         host = agent.host
         token = self.issue_install_token(agent)
         argv = [SYSTEM_PYTHON, str(host.home / "myosicam" / "bootstrap.py"), "--panel", self.panel_url,
-                "--agent-id", str(agent.id), "--heartbeat-s", str(HEARTBEAT_S)]
+                "--agent-id", str(agent.id), "--heartbeat-s", str(HEARTBEAT_S), "--scheme", self.schema.name]
         entry = pwd.getpwnam(host.user)
         proc = subprocess.run(argv, input=token + "\n", text=True, capture_output=True, timeout=60,
                               user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], cwd=host.home,
@@ -344,8 +421,9 @@ class AgentWorld:
     # --- reading the panel ---
 
     def state(self, agent: Agent) -> AgentState:
+        s = self.schema
         token, last_seen, registered_at = self.sql(
-            "SELECT agent_token, last_seen, registered_at FROM agents WHERE id = %s", (agent.id,)
+            f"SELECT {s.token}, {s.last_seen}, {s.registered_at} FROM {s.agents} WHERE {s.agent_id} = %s", (agent.id,)
         )[0]
         if token:
             self.registry.register(token, f"agent token of {agent.name}")
@@ -359,9 +437,11 @@ class AgentWorld:
 
     def install_tokens(self, agent: Agent) -> list[dict[str, Any]]:
         """The agent's install tokens: id, used, alive (unexpired), in order."""
+        s = self.schema
+        key = "id" if s is REFERENCE else "enrol_id"
         rows = self.sql(
-            "SELECT id, used_at IS NOT NULL, expires_at > UTC_TIMESTAMP(6) FROM agent_install_tokens "
-            "WHERE agent_id = %s ORDER BY id", (agent.id,)
+            f"SELECT {key}, {s.it_used} IS NOT NULL, {s.it_expires} > UTC_TIMESTAMP(6) FROM {s.install_tokens} "
+            f"WHERE {s.it_agent} = %s ORDER BY {key}", (agent.id,)
         )
         return [{"id": int(r[0]), "used": bool(r[1]), "alive": bool(r[2])} for r in rows]
 
@@ -369,8 +449,8 @@ class AgentWorld:
                   body: bytes | None = None) -> tuple[int, dict[str, Any]]:
         """POST a heartbeat signed with ``token`` (or with the ``headers`` given): (status, JSON)."""
         body = body if body is not None else json.dumps({"agent_id": agent_id, "from": "test"}).encode()
-        sent = headers if headers is not None else signed_headers(agent_id, token, body)
-        return post(f"{self.panel_url}/agents/heartbeat", body, sent)
+        sent = headers if headers is not None else self.schema.sign(agent_id, token, body)
+        return post(f"{self.panel_url}{self.schema.heartbeat_path}", body, sent)
 
     def register(self, install_token: str) -> tuple[int, dict[str, Any]]:
         body = json.dumps({"install_token": install_token}).encode()
@@ -383,6 +463,7 @@ class AgentWorld:
 
     def profile(self, **agents: Any) -> Path:
         settings = {
+            **(self.schema.profile_settings() if self.schema is not REFERENCE else {}),
             "panel_url": self.panel_url,
             "bootstrap_command": BOOTSTRAP_TEMPLATE,
             "known_hosts": str(self.known_hosts),
@@ -395,7 +476,7 @@ class AgentWorld:
 
     def install_token_leaks(self, text: str) -> list[str]:
         """Install tokens (found by their SHA-256 in the panel's table) that ``text`` holds."""
-        digests = {str(r[0]) for r in self.sql("SELECT token_sha256 FROM agent_install_tokens")}
+        digests = {str(r[0]) for r in self.sql(f"SELECT {self.schema.it_digest} FROM {self.schema.install_tokens}")}
         return sorted({f"install token #{sorted(digests).index(d)}"
                        for word in _CANDIDATE.findall(text)
                        if (d := hashlib.sha256(word.encode()).hexdigest()) in digests})

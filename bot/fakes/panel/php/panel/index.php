@@ -19,6 +19,8 @@
  *   POST /credentials  {"table","column","id","plaintext"}: a user saving a password; the
  *                      worker encrypts with the key it holds (plaintext null stores NULL).
  *   /agents/...        agent registration and signed heartbeats: see agents.php.
+ *   /api/nodes/...     the same, as another panel does it (other tables, UUID tokens,
+ *                      its own signature): see nodes.php.
  */
 
 declare(strict_types=1);
@@ -193,6 +195,10 @@ $routes = [
 $path = parse_url($_SERVER['REQUEST_URI'] ?? '/', PHP_URL_PATH) ?: '/';
 if (str_starts_with($path, '/agents/')) {
     require __DIR__ . '/agents.php'; // agent registration and signed heartbeats
+    return;
+}
+if (str_starts_with($path, '/api/nodes/')) {
+    require __DIR__ . '/nodes.php'; // a second agent scheme ("edge nodes"), see ../../schema_nodes.sql
     return;
 }
 $route = ($_SERVER['REQUEST_METHOD'] ?? 'GET') . ' ' . $path;
