@@ -135,7 +135,9 @@ def test_a_differently_named_panel_rotates_through_the_profile_alone(agent_world
     assert (run.returncode, [(r["name"], r["outcome"]) for r in run.closing["agents"]]) == (0, [("node-1", "rotated")])
     assert len(after.token or "") == 36 and after.token != before["node-1"].token  # a UUID
     assert step_detail(run, "bootstrap").endswith(f"agent {one.id} registered, token [token]")
-    assert step_detail(run, "old_revoked").startswith("no row holds it · the panel refuses it (the check command exited 1")
+    assert step_detail(run, "old_revoked").startswith(
+        "no row holds it · the panel refuses it (the check command exited 1"
+    )
     assert world.heartbeat(one.id, before["node-1"].token)[0] == 403
     assert world.state(two).token == before["node-2"].token  # filtered out of --all
     assert world.leaks(probe.stdout, run.stdout, run.stderr, world.everything_written()) == []
