@@ -78,3 +78,40 @@ def test_bad_agent_settings_are_refused_when_the_profile_loads(agents: dict[str,
         profile_from_dict({"panel_root": "/srv/panel", "agents": agents})
 
     assert problem in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ('boot --name "{agent_name}"', "puts {agent_name} inside quotes"),
+        ("boot --name '{agent_name}'", "puts {agent_name} inside quotes"),
+        ("boot --url=\"$X{panel_url}\"", "puts {panel_url} inside quotes"),
+        ("boot \\{agent_name}", "puts {agent_name} inside quotes"),
+        ("boot {agent_name!r}", "without a conversion or format spec"),
+        ("boot {agent_id:>5}", "without a conversion or format spec"),
+    ],
+)
+def test_a_template_that_quotes_a_placeholder_is_refused(template: str, problem: str) -> None:
+    """9.11: inside the template's own quotes the shell-quoting of a value is undone, and an agent
+    name from the database would run commands on the agent server."""
+    with pytest.raises(ProfileError) as caught:
+        profile_from_dict({"panel_root": "/srv/panel", "agents": {"bootstrap_command": template}})
+
+    assert "agents.bootstrap_command" in caught.value.message and problem in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "template",
+    ['boot --name={agent_name} "--x" {agent_id}', "echo 'a b' && boot {panel_url} --name {agent_name}"],
+)
+def test_a_template_with_bare_placeholders_is_accepted(template: str) -> None:
+    profile = profile_from_dict({"panel_root": "/srv/panel", "agents": {"bootstrap_command": template}})
+
+    assert profile.agents.bootstrap_command == template
+
+
+def test_a_uuid_token_in_the_bootstrap_output_is_hidden_even_if_unknown() -> None:
+    """11.4: a token the engine was not told about, shaped like a UUID, still never leaves."""
+    line = "agent 7 registered, token 0f8e3c1a-52b4-4d0e-9a61-3be2f1c9d4a7"
+
+    assert last_line(f"starting\n{line}\n", []) == "agent 7 registered, token [token]"

@@ -155,3 +155,38 @@ def test_a_dropped_connection_does_not_stop_the_rotation(agent_world: AgentWorld
     assert world.heartbeat(agent.id, before.token)[0] == 401
     assert world.leaks(log.read_text(), world.everything_written()) == []
 
+
+
+def test_status_reports_and_recover_closes_an_interrupted_agent_rotation(
+    agent_world: AgentWorld, installed_agent: Agent
+) -> None:
+    """Killed right after its install token was stored: status shows the agent still holds its
+    old token and the install token is usable; recover revokes that token and closes the
+    journal, so nothing usable is left and status is clean again."""
+    world, agent = agent_world, installed_agent
+    profile = world.profile()
+    before = world.state(agent)
+
+    crashed = crash_at(profile, "agent:token_issued", *ARGS)
+    status = run_engine(profile, "status", "--json")
+    recovered = run_engine(profile, "recover", "--json")
+    status_after = run_engine(profile, "status", "--json")
+    text = run_engine(profile, "status")
+
+    rotation_id = crashed.events[0]["id"]
+    (pending,) = status.closing["unfinished_agents"]
+    assert {k: pending[k] for k in ("rotation_id", "agent", "state", "token", "install_token")} == {
+        "rotation_id": rotation_id, "agent": "agent-1", "state": "TOKEN_ISSUED", "token": "old",
+        "install_token": "usable",
+    }
+    (closed,) = recovered.closing["agents"]
+    assert (recovered.returncode, closed["install_token"], closed["token"]) == (0, "revoked", "old")
+    assert world.install_tokens(agent)[1:] == [{"id": 2, "used": False, "alive": False}]
+    assert status_after.closing["unfinished_agents"] == []
+    assert "UNFINISHED agent" not in text.stdout
+    assert world.state(agent).token == before.token
+    done = world.panel.root / "journal" / "agents" / "done" / f"{rotation_id}-agent-{agent.id}.json"
+    assert json.loads(done.read_text())["error"] == (
+        "interrupted at TOKEN_ISSUED; closed by recover: the agent holds the old token, install token revoked"
+    )
+    assert world.leaks(crashed.stdout, status.stdout, recovered.stdout, world.everything_written()) == []

@@ -141,3 +141,20 @@ def test_a_differently_named_panel_rotates_through_the_profile_alone(agent_world
     assert world.heartbeat(one.id, before["node-1"].token)[0] == 403
     assert world.state(two).token == before["node-2"].token  # filtered out of --all
     assert world.leaks(probe.stdout, run.stdout, run.stderr, world.everything_written()) == []
+
+
+def test_an_agent_whose_name_could_inject_shell_is_refused_before_any_change(agent_world: AgentWorld) -> None:
+    """9.11: a name from the panel's database that is not a plain name is refused at preflight;
+    no install token is issued and no bootstrap runs."""
+    world = agent_world
+    bad = world.add_agent("x$(touch /tmp/pwned)", None)
+
+    run = rotate(world, "--all")
+
+    result = only(run)
+    assert (run.returncode, result["outcome"], result["failed_step"]) == (1, "failed", "preflight")
+    assert result["error"] == (
+        f"agent #{bad.id} has a name the engine refuses (it does not match agent_name_pattern): "
+        "rename it in the panel, or widen agent_name_pattern in the profile"
+    )
+    assert world.install_tokens(bad) == []
