@@ -14,14 +14,16 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
 
 from engine import protocol
 
-Sink = Callable[[dict[str, Any]], None]
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: serve's hello must not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import IO, Any
 
+    Sink = Callable[[dict[str, Any]], None]
 
 class Emitter:
     def __init__(self, rotation_id: str, sinks: list[Sink] | None = None, first_seq: int = 1) -> None:

@@ -18,13 +18,18 @@ mismatch (``check_run``). The same validation (``parse_request_line``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: serve's hello must not import typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, Literal
+
+    StepState = Literal["started", "ok", "failed", "skipped"]
+else:
+    StepState = str  # importable at run time, for modules that import the name
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
@@ -65,12 +70,11 @@ AGENT_STEPS: tuple[str, ...] = (
     "old_revoked",
 )
 
-StepState = Literal["started", "ok", "failed", "skipped"]
 CLOSING_TYPES = frozenset({"result", "error"})
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-_ID = re.compile(ID_PATTERN)
-_PLAN_HASH = re.compile(r"^[0-9a-f]{64}$")
-_FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
+_ID = ID_PATTERN
+_PLAN_HASH = r"^[0-9a-f]{64}$"
+_FINGERPRINT = r"^[0-9a-f]{16}$"
 _AGENT_NAME_MAX = 128
 _PERSON_MAX = 64
 
@@ -90,54 +94,109 @@ class RequestError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
+_DEFAULTS: dict[str, Any] = {
+    "dry_run": False,
+    "requested_by": None,
+    "approved_by": (),
+    "reason": None,
+    "rollback": False,
+    "agents": None,
+    "all_agents": False,
+    "after_seq": 0,
+    "rotation_id": None,
+    "plan_hash": None,
+    "key_fingerprint": None,
+}
+FIELDS: tuple[str, ...] = ("v", "id", "op", *_DEFAULTS)
+
+
 class Request:
-    """One request line on the engine's stdin. Built from keywords, it validates itself."""
+    """One request line on the engine's stdin. Built from keywords, it validates itself.
+
+    A plain class, not a dataclass or a pydantic model: ``serve`` builds one before
+    its ``hello``, and those imports cost more than the whole check.
+    """
+
+    __slots__ = FIELDS
 
     v: int
     id: str
     op: str
-    dry_run: bool = False
-    requested_by: str | None = None
-    approved_by: Sequence[str] = ()
-    reason: str | None = None
-    rollback: bool = False
-    agents: Sequence[str] | None = None
-    all_agents: bool = False
-    after_seq: int = 0
-    rotation_id: str | None = None
-    plan_hash: str | None = None
-    key_fingerprint: str | None = None
+    dry_run: bool
+    requested_by: str | None
+    approved_by: list[str]
+    reason: str | None
+    rollback: bool
+    agents: list[str] | None
+    all_agents: bool
+    after_seq: int
+    rotation_id: str | None
+    plan_hash: str | None
+    key_fingerprint: str | None
 
-    def __post_init__(self) -> None:
-        # any sequence is accepted from callers and kept as a list of its own
-        if isinstance(self.approved_by, list | tuple):
-            object.__setattr__(self, "approved_by", list(self.approved_by))
-        if isinstance(self.agents, list | tuple):
-            object.__setattr__(self, "agents", list(self.agents))
+    def __init__(
+        self,
+        *,
+        v: int,
+        id: str,
+        op: str,
+        dry_run: bool = False,
+        requested_by: str | None = None,
+        approved_by: Sequence[str] = (),
+        reason: str | None = None,
+        rollback: bool = False,
+        agents: Sequence[str] | None = None,
+        all_agents: bool = False,
+        after_seq: int = 0,
+        rotation_id: str | None = None,
+        plan_hash: str | None = None,
+        key_fingerprint: str | None = None,
+    ) -> None:
+        values = dict(locals())
+        del values["self"]
+        for name in ("approved_by", "agents"):
+            if isinstance(values[name], list | tuple):  # any sequence, kept as a list of its own
+                values[name] = list(values[name])
+        for name in FIELDS:
+            object.__setattr__(self, name, values[name])
         _validate(self)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Request is immutable; use replace()")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in FIELDS)
+        return f"Request({shown})"
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that differ from their defaults, as JSON types."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value != f.default and not (f.name == "approved_by" and not value):
-                out[f.name] = list(value) if isinstance(value, list | tuple) else value
+        out: dict[str, Any] = {"v": self.v, "id": self.id, "op": self.op}
+        for name, default in _DEFAULTS.items():
+            value = getattr(self, name)
+            if name == "approved_by" and not value:
+                continue
+            if value != default:
+                out[name] = list(value) if isinstance(value, list | tuple) else value
         return out
 
     def to_line(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":")) + "\n"
 
     def replace(self, **changes: Any) -> Request:
-        values = {**asdict(self), **changes}
-        return Request(**values)
+        values = {n: getattr(self, n) for n in FIELDS}
+        return Request(**{**values, **changes})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Request:
         """Validate a decoded request object exactly as the engine does."""
-        known = {f.name for f in fields(cls)}
-        unknown = [k for k in data if k not in known]
+        unknown = [k for k in data if k not in FIELDS]
         if unknown:
             names = ", ".join(_field_name(k) for k in unknown[:5])
             raise RequestError("bad_request", f"bad request: unknown field(s) {names}")
@@ -177,7 +236,7 @@ def _bad(name: str, problem: str) -> RequestError:
     return RequestError("bad_request", f"bad request: {name}: {problem}")
 
 
-def _check_str(name: str, value: object, *, max_len: int, pattern: re.Pattern[str] | None = None,
+def _check_str(name: str, value: object, *, max_len: int, pattern: str | None = None,
                optional: bool = True) -> None:
     if value is None and optional:
         return
@@ -185,7 +244,7 @@ def _check_str(name: str, value: object, *, max_len: int, pattern: re.Pattern[st
         raise _bad(name, "must be a string")
     if len(value) > max_len:
         raise _bad(name, f"at most {max_len} characters")
-    if pattern is not None and not pattern.fullmatch(value):
+    if pattern is not None and not re.fullmatch(pattern, value):
         raise _bad(name, "has the wrong form")
 
 
@@ -294,6 +353,8 @@ def agent_binding(*, panel: str, engine_version: str, agents: list[str] | tuple[
 
 def plan_hash(binding: dict[str, Any]) -> str:
     """SHA-256 of the binding's canonical JSON: the ``plan_hash`` a run request names."""
+    import hashlib  # not at the top: ``serve`` answers hello before it needs it
+
     canonical = json.dumps(binding, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -353,6 +414,7 @@ def _differences(request: Request, binding: dict[str, Any]) -> list[str]:
 
 def fingerprint(material: bytes | str) -> str:
     """First 16 hex characters of SHA-256: how keys and tokens are named anywhere."""
+    import hashlib
     data = material.encode() if isinstance(material, str) else material
     return hashlib.sha256(data).hexdigest()[:16]
 
@@ -421,18 +483,19 @@ def now_ms() -> int:
 
 # -- redaction: the last line of defence for free text (stderr, hook output) ----------
 
-_SECRETISH = re.compile(
+# Pattern strings, compiled (and cached by ``re``) on first use, not at import.
+_SECRETISH = (
     r"(?i)\b([A-Z0-9_]*(?:KEY|TOKEN|PASS(?:WORD)?|SECRET|CREDENTIAL)[A-Z0-9_]*)(\s*[=:]\s*)(\S+)"
 )
-_LONG_HEX = re.compile(r"\b[0-9a-fA-F]{32,}\b")
-_LONG_B64 = re.compile(r"(?<![\w/.+-])[A-Za-z0-9+/_-]{32,}={0,2}")
+_LONG_HEX = r"\b[0-9a-fA-F]{32,}\b"
+_LONG_B64 = r"(?<![\w/.+-])[A-Za-z0-9+/_-]{32,}={0,2}"
 
 
 def redact(text: str) -> str:
     """Hide anything that looks like key material or a credential."""
-    text = _SECRETISH.sub(r"\1\2[redacted]", text)
-    text = _LONG_HEX.sub("[redacted-hex]", text)
-    return _LONG_B64.sub(_redact_token, text)
+    text = re.sub(_SECRETISH, r"\1\2[redacted]", text)
+    text = re.sub(_LONG_HEX, "[redacted-hex]", text)
+    return re.sub(_LONG_B64, _redact_token, text)
 
 
 def _redact_token(match: re.Match[str]) -> str:

@@ -22,25 +22,29 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import os
 import re
 import select
-import signal
 import sys
-import traceback
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from engine import __version__, protocol
 from engine.errors import EngineError
 from engine.events import Emitter, EventLog, json_sink
 from engine.protocol import redact
 
+# Only what answering ``hello`` needs is imported above (the SSH forced command
+# starts once per run, and its start-up is on every run's critical path);
+# the profile (pydantic), the database (PyMySQL) and the crypto come later.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import IO, Any, TextIO
+
     from engine.profile import Profile
+
+    RunOperation = Callable[[protocol.Request, Profile, Emitter], dict[str, Any]]
 
 MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "recover"})
 REQUEST_TIMEOUT_S = 60
@@ -102,6 +106,8 @@ def _wait_for_input(stdin: TextIO) -> None:
 
 def detach_from_session() -> None:
     """Leave the SSH session's process group and ignore SIGHUP."""
+    import signal
+
     with contextlib.suppress(OSError):
         os.setsid()
     with contextlib.suppress(ValueError):
@@ -196,11 +202,10 @@ def is_mutating(request: protocol.Request) -> bool:
     return request.op in MUTATING_OPS and not request.dry_run
 
 
-RunOperation = Callable[[protocol.Request, "Profile", Emitter], dict[str, Any]]
-
-
 def _engine_core() -> RunOperation:
     """``engine.ops.run_operation``, imported only when an operation needs it."""
+    import importlib
+
     try:
         module = importlib.import_module("engine.ops")
     except ModuleNotFoundError as exc:
@@ -277,6 +282,8 @@ def serve(profile_path: Path, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> 
             )
         )
     except Exception as exc:
+        import traceback
+
         _log(stderr, "unexpected failure:\n" + "".join(traceback.format_exception(exc)))
         closing = emitter.emit(
             protocol.error_event(

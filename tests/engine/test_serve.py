@@ -405,3 +405,33 @@ def test_redact_hides_keys_tokens_and_long_hex() -> None:
     assert "PANEL_ENCRYPTION_KEY=[redacted] token: [redacted] fp 0123456789abcdef" == serve.redact(
         text
     )
+
+
+def _imports(argv: list[str], stdin: bytes) -> tuple[set[str], bytes]:
+    """The modules ``python -X importtime ARGV`` imports, and its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], input=stdin, capture_output=True, cwd=REPO,
+        timeout=60,
+    )  # fmt: skip
+    names = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    return names, proc.stdout
+
+
+def test_serve_answers_hello_without_the_heavy_imports(profile_path: Path) -> None:
+    """Start-up is on every run's critical path: `serve` answers a hello request having
+    imported none of pydantic, PyMySQL, cryptography, paramiko or typing (each costs more
+    than the whole answer), beyond what the bare interpreter imports on this machine;
+    they load only when an operation needs them."""
+    bare, _ = _imports(["-c", "pass"], b"")
+    imported, stdout = _imports(
+        ["-m", "engine", "--profile", str(profile_path), "serve"], request_line(op="hello")
+    )
+
+    heavy = {"pydantic", "pymysql", "cryptography", "paramiko", "typing", "engine.profile"}
+    assert ["hello", "result"] == [json.loads(x)["type"] for x in stdout.splitlines()]
+    assert "engine.serve" in imported
+    assert set() == (heavy - bare) & imported
