@@ -170,7 +170,26 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
         for item in data.get("recent") or []:
             out.write(f"  {item['rotation_id']}: {item['state']} ({item['old_fingerprint']}… → "
                       f"{item['new_fingerprint']}…)\n")
+        runs = [r for r in data.get("runs") or [] if r.get("event") == "finished"]
+        if runs:
+            out.write("Runs recorded by this host's engine (runs.jsonl), latest last:\n")
+        for run in runs:
+            out.write(f"  {_run_line(run)}\n")
     out.flush()
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    """One line of the host's run record: when, what, who, which plan, how it ended."""
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(run.get("ts", 0)) / 1000))
+    outcome = "ok" if run.get("ok") else f"failed ({run.get('code') or run.get('state')})"
+    approvers = ",".join(run.get("approved_by") or []) or "-"
+    plan = str(run.get("plan_hash") or "-")[:12]
+    return (
+        f"{when} UTC {run.get('rotation_id')} {run.get('op')}: {outcome} · requested by "
+        f"{run.get('requested_by') or '-'} · approved by {approvers} · plan {plan}"
+    )
 
 
 def _confirm(args: argparse.Namespace, stdin: IO[str], out: IO[str]) -> bool:

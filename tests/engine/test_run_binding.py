@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.protocol import fingerprint
-from tests.engine.runner import REPO, _env, engine_argv
+from tests.engine.runner import REPO, _env, engine_argv, run_engine
 from tests.support.secrets_scan import register_secret
 
 
@@ -97,6 +97,9 @@ def test_a_stale_plan_or_a_wrong_key_is_refused_and_nothing_changes(panel_factor
     assert ["r-stale", "r-wrongkey", "r-good"] == list(
         dict.fromkeys(r["rotation_id"] for r in status["runs"])
     )
+    shown = run_engine(profile, "status").stdout
+    assert "r-stale rotate-key: failed (plan_mismatch) · requested by U0ALICE · approved by U0BOB" in shown
+    assert f"r-good rotate-key: ok · requested by U0ALICE · approved by U0BOB · plan {plan['plan_hash'][:12]}" in shown
 
 
 def test_an_agent_list_that_changed_since_approval_is_refused(panel_factory):
