@@ -353,7 +353,8 @@ def test_a_key_changed_after_approval_is_refused_by_the_engine_and_voids_the_app
     update = bot.fake.wait_for(
         "chat.update", lambda c: "Plan changed before running" in c.all_text()
     )[0]
-    assert f"current key {OLD_FP} -> {NEW_FP}" in update.all_text()
+    assert "Plan changed before running (current key" in update.all_text()
+    assert NEW_FP in update.all_text()
     wait_until(lambda: bot.state(request_id) == "voided")
     assert [(request_id, "key_mismatch")] == bot.engine.refusals
     assert [] == bot.engine.ops("rotate-key")
