@@ -19,7 +19,10 @@ One thing waitress lacks: its ``channel_timeout`` counts from the last byte
 received, so a client that dribbles a byte a second keeps a connection (and a
 slot under the cap) for ever. ``DeadlineServer`` adds a deadline for a whole
 request: a request still incomplete ``request_timeout_s`` after its first byte
-has its connection closed.
+has its connection closed. Once half the connection slots are taken, the
+deadline (and the idle timeout) drops to ``busy_timeout_s``: Slack's requests
+arrive whole in milliseconds, so only slow clients lose, and a flood of them
+can hold the slots for a second at a time, not ten.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class HttpLimits:
     idle_timeout_s: float = 30.0
     max_connections: int = 200
     threads: int = 8
+    busy_timeout_s: float = 1.0
 
 
 class _TimedParser(HTTPRequestParser):  # type: ignore[misc]
@@ -83,16 +87,33 @@ class DeadlineServer(TcpWSGIServer):  # type: ignore[misc]
     """waitress's TCP server, plus a deadline for receiving a whole request."""
 
     channel_class = _TimedChannel
-    request_timeout_s = 10.0
+    limits = HttpLimits()
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)
-        cutoff = time.monotonic() - self.request_timeout_s
-        for channel in list(self.active_channels.values()):
+        channels = list(self.active_channels.values())
+        limits = self.limits
+        busy = len(channels) * 2 >= limits.max_connections
+        deadline = min(limits.request_timeout_s, limits.busy_timeout_s) if busy else None
+        request_cutoff = time.monotonic() - (deadline or limits.request_timeout_s)
+        idle_cutoff = now - limits.busy_timeout_s
+        closed = 0
+        for channel in channels:
+            if channel.will_close:
+                continue
             request = channel.request
-            if request is not None and request.started < cutoff and not channel.will_close:
-                log.info("closed a connection whose request took over %.0f s", self.request_timeout_s)
+            if request is not None and request.started < request_cutoff:
                 channel.will_close = True
+                closed += 1
+            elif busy and request is None and not channel.requests:
+                if channel.last_activity < idle_cutoff:
+                    channel.will_close = True
+        if closed:
+            log.info(
+                "closed %d connection(s) whose request took over %.1f s",
+                closed,
+                deadline or limits.request_timeout_s,
+            )
 
 
 def wsgi_app(
@@ -161,7 +182,7 @@ class HttpServer:
             "max_request_body_size": self.limits.max_body_bytes + 1,  # 413 at >= this
             "max_request_header_size": 64 * 1024,
             "channel_timeout": self.limits.idle_timeout_s,
-            "cleanup_interval": max(0.2, min(self.limits.request_timeout_s, 5.0) / 4),
+            "cleanup_interval": 0.25,
             "connection_limit": self.limits.max_connections + self._OWN_SOCKETS,
             "asyncore_loop_timeout": 0.2,
             "asyncore_use_poll": True,
@@ -172,7 +193,7 @@ class HttpServer:
         self.server = DeadlineServer(
             wsgi_app(app, healthy, acknowledging), adj=Adjustments(**adjustments)
         )
-        self.server.request_timeout_s = self.limits.request_timeout_s
+        self.server.limits = self.limits
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -268,7 +268,7 @@ def test_slow_clients_hold_no_thread_and_are_cut_off_at_the_request_deadline(
 def test_connections_beyond_the_cap_wait_until_one_closes(make_bot: MakeBot) -> None:
     """With a cap of 4, four open keep-alive connections leave a fifth unanswered; when one
     of the four closes, the fifth is served."""
-    bot = make_bot(limits=HttpLimits(max_connections=4))
+    bot = make_bot(limits=HttpLimits(max_connections=4, busy_timeout_s=30))
     health = b"GET /healthz HTTP/1.1\r\nHost: bot\r\n\r\n"
     held = [_connect(bot) for _ in range(4)]
     for sock in held:
@@ -315,3 +315,23 @@ def test_a_malformed_interaction_payload_is_a_400_without_a_traceback(
         assert bot.slack.post(body).status == 400, body
     assert _nothing_done(bot)
     assert _no_traceback(caplog)
+
+
+def test_when_half_the_slots_are_taken_slow_clients_get_the_short_deadline(
+    make_bot: MakeBot,
+) -> None:
+    """Six slow clients take six of ten slots: although a request may normally take 30 s,
+    under this pressure they are cut off after the busy deadline (0.5 s), freeing the slots."""
+    bot = make_bot(
+        limits=HttpLimits(max_connections=10, request_timeout_s=30, busy_timeout_s=0.5)
+    )
+    slow = [_connect(bot) for _ in range(6)]
+    try:
+        for sock in slow:
+            sock.sendall(b"POST /slack/events HTTP/1.1\r\nHost: bot\r\n")
+        for sock in slow:  # each recv waits at most the socket's 5 s timeout
+            assert sock.recv(4096) == b""
+        assert bot.command("/rotate-help", "").status == 200
+    finally:
+        for sock in slow:
+            sock.close()
