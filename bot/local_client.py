@@ -27,6 +27,7 @@ from bot.errors import (
     ProtocolMismatchError,
     RemoteEngineError,
 )
+from engine.hooks import hook_environ
 from engine.protocol import CLOSING_TYPES, PROTOCOL_VERSION, Request, decode_event, redact
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,12 @@ class LocalEngineClient:
         """Yield every event as the engine writes it; a closing ``error`` is
         yielded, then raised as ``RemoteEngineError``."""
         stream = EventStream(f"local engine ({request.op} {request.id})")
-        env = {**(self.env if self.env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
+        # Never the bot's whole environment: its Slack tokens must not reach the engine or its hooks.
+        env = hook_environ(
+            {"PYTHONUNBUFFERED": "1"},
+            source=self.env if self.env is not None else os.environ,
+            prefixes=("MYOSICAM_",),
+        )
         try:
             proc = subprocess.Popen(
                 self.command,

@@ -1,7 +1,9 @@
 """Commands and checks the profile configures: restart, panel check, escrow, backup.
 
-Commands run without a shell, from an argv list. A secret (the new key, for
-escrow) is only ever fed on stdin. What a command prints is reduced to its
+Commands run without a shell, from an argv list, with an allow-listed
+environment (``hook_environ``): whatever else the engine was started with
+(a bot's ``SLACK_*`` tokens, say) never reaches a hook. A secret (the new key,
+for escrow) is only ever fed on stdin. What a command prints is reduced to its
 last line, with anything that looks like key material removed, before it
 reaches an event or an exception.
 """
@@ -16,6 +18,32 @@ from collections.abc import Mapping
 
 from engine.errors import HookError, PanelCheckError
 from engine.protocol import redact
+
+#: What a hook inherits from the engine's environment; everything else is dropped.
+ALLOWED_ENV = frozenset({"PATH", "LANG", "LANGUAGE", "HOME", "TZ", "USER", "LOGNAME", "TMPDIR"})
+ALLOWED_ENV_PREFIXES = ("LC_",)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def hook_environ(
+    extra: Mapping[str, str] | None = None,
+    *,
+    source: Mapping[str, str] | None = None,
+    prefixes: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """The allow-listed part of ``source`` (this process's environment), plus ``extra``
+    (the documented ``ROTATOR_*`` variables a hook is given). ``prefixes`` lets more
+    through: the bot starting a local engine passes its ``MYOSICAM_*`` settings."""
+    allowed_prefixes = ALLOWED_ENV_PREFIXES + prefixes
+    env = {
+        name: value
+        for name, value in (os.environ if source is None else source).items()
+        if name in ALLOWED_ENV or name.startswith(allowed_prefixes)
+    }
+    env.setdefault("PATH", DEFAULT_PATH)
+    if extra:
+        env.update(extra)
+    return env
 
 
 def _last_line(text: str) -> str:
@@ -39,9 +67,7 @@ def run_command(
     error: type[HookError] = HookError,
 ) -> str:
     """Run ``argv``; return its last output line (redacted) or raise ``error``."""
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
+    full_env = hook_environ(env)
     try:
         proc = subprocess.run(
             argv,

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,8 @@ def engine_argv(profile: Path, *args: str) -> list[str]:
     return [sys.executable, "-u", "-m", "engine", "--profile", str(profile), *args]
 
 
-def _env(fault: str | None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def _env(fault: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(extra or {}))
     env.pop("MYOSICAM_ENGINE_FAULT", None)
     if fault:
         env["MYOSICAM_ENGINE_FAULT"] = fault
@@ -59,10 +60,13 @@ def _parse(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def run_engine(profile: Path, *args: str, timeout: float = 120) -> EngineRun:
+def run_engine(
+    profile: Path, *args: str, timeout: float = 120, env: Mapping[str, str] | None = None
+) -> EngineRun:
+    """The engine CLI as a child; ``env`` adds variables to the test's own environment."""
     proc = subprocess.run(
         engine_argv(profile, *args), capture_output=True, text=True, timeout=timeout,
-        env=_env(None), cwd=REPO, stdin=subprocess.DEVNULL, check=False,
+        env=_env(None, env), cwd=REPO, stdin=subprocess.DEVNULL, check=False,
     )
     return EngineRun(proc.returncode, proc.stdout, proc.stderr, _parse(proc.stdout))
 
