@@ -8,6 +8,7 @@
     python -m bot demo | doctor           (when bot.demo / bot.doctor are installed)
 
     python -m bot serve [--http ...]      serve Slack, never the demo (the systemd unit's form)
+    python -m bot serve --port 3000       Socket Mode, with GET /healthz on that port
 
 With no settings at all (none of SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET,
 SLACK_APP_TOKEN, ROTATOR_CONFIG in the environment, not even empty), plain
@@ -94,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         "--http", action="store_true", help="serve Slack's HTTP mode instead of Socket Mode"
     )
     parser.add_argument(
-        "--port", type=int, default=None, help="HTTP port (default from settings, 3000)"
+        "--port", type=int, default=None,
+        help="HTTP port (default from settings, 3000); in Socket Mode: serve /healthz on it",
     )
     parser.add_argument("--address", default=None, help="HTTP bind address (default from settings)")
     parser.add_argument("--debug", action="store_true", help="debug logging")
@@ -187,9 +189,24 @@ def _serve(args: argparse.Namespace) -> int:
                 rotator.app, settings.app_token, rotator.gate.acknowledging
             )
             log.info("serving Slack in Socket Mode (store %s)", settings.store_url_redacted)
+            health = None
+            if args.port:  # /healthz for a container or a load balancer; Slack does not post here
+                from bot.wsgi import HttpServer
+
+                health = HttpServer(
+                    rotator.app,
+                    lambda: rotator.healthy() and handler.client.is_connected(),
+                    args.address or settings.config.http_address,
+                    args.port,
+                    rotator.gate.acknowledging,
+                    limits=settings.http_limits,
+                ).start()
+                log.info("health check on %s/healthz", health.url)
             try:
                 stop.wait()
             finally:
+                if health is not None:
+                    health.stop()
                 handler.close()  # type: ignore[no-untyped-call]
     except KeyboardInterrupt:
         pass

@@ -8,12 +8,15 @@ demands each acknowledgement by ``envelope_id`` within 3 s, and asks for a recon
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +132,16 @@ def test_an_unreachable_websocket_is_reported_not_logged_as_connected(
     assert not [r for r in caplog.records if r.name.startswith("bot.") and "connected" in r.getMessage()]
 
 
+def _health(port: int) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except OSError:
+        return 0, None
+
+
 def _bot_env(tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets, app_token: str) -> dict[str, str]:
     config = write_config(tmp_path / "rotator.toml", store_url="sqlite://rotator.db")
     return {
@@ -146,13 +159,16 @@ def test_python_m_bot_serves_socket_mode_and_stops_on_sigterm(
     tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets, app_token: str,
     slack_socket: FakeSocketMode,
 ) -> None:
+    """`python -m bot serve --port P`: Socket Mode, and /healthz on P (for a container)."""
     env = _bot_env(tmp_path, fake_slack, slack_secrets, app_token)
-    proc = subprocess.Popen([sys.executable, "-m", "bot"], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--port", str(port)], cwd=REPO,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         slack_socket.wait_connections(1, timeout=30)
         assert "/rotate-key [panel] &lt;reason&gt;" in slack_socket.command("/rotate-help", "", ALICE).text
         assert "/rotate-key [panel] &lt;reason&gt;" in slack_socket.command("/rotate-help", "", BOB).text
+        wait_until(lambda: _health(port) == (200, {"ok": True}), timeout=30, what="/healthz ok")
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
