@@ -87,7 +87,7 @@ def _panel_checks(name: str, client: EngineClient) -> Iterator[Check]:
     yield Check(f"{subject} ssh", True, f"engine {version} · host key {client.host_key_fingerprint}")
     if result.get("type") == "error":
         yield Check(f"{subject} probe", False, str(result.get("message")),
-                    "run `python -m engine --profile … probe` on the panel host")
+                    "run `python -I -m engine --profile … probe` on the panel host")
         return
     columns = result.get("columns") or {}
     counts = ", ".join(f"{label} {n:,}" for label, n in columns.items())

@@ -99,7 +99,7 @@ def raise_for_closing(event: dict[str, Any]) -> None:
 
 
 class LocalEngineClient:
-    """Runs ``python -u -m engine --profile P serve`` per request."""
+    """Runs ``python -I -u -m engine --profile P serve`` per request."""
 
     def __init__(
         self,
@@ -115,7 +115,7 @@ class LocalEngineClient:
         self.env = dict(env) if env is not None else None
         self.event_timeout_s = event_timeout_s
         self.command = command or [
-            python, "-u", "-m", "engine", "--profile", str(self.profile_path), "serve"
+            python, "-I", "-u", "-m", "engine", "--profile", str(self.profile_path), "serve"
         ]  # fmt: skip
 
     @property

@@ -19,6 +19,9 @@ def _serve_profile(argv: list[str]) -> str | None:
 
 
 def _main() -> int:
+    from engine.hardening import no_core_dumps
+
+    no_core_dumps()  # before any key is read
     profile = _serve_profile(sys.argv[1:])
     if profile is not None:
         from pathlib import Path

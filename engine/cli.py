@@ -1,4 +1,4 @@
-"""``python -m engine``: the command line people use on the panel host.
+"""``python -I -m engine``: the command line people use on the panel host.
 
 With ``--json`` it prints the protocol's JSON Lines; otherwise readable
 progress (steps, counts, a progress bar for re-encryption, elapsed times) and
@@ -26,7 +26,7 @@ MARKS = {"ok": "✔", "failed": "✖", "skipped": "–", "started": "▶"}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m engine",
+        prog="python -I -m engine",
         description="Rotate a MyOsicam panel's PANEL_ENCRYPTION_KEY safely, on the panel host.",
         epilog="Exit status: 0 done and verified, 1 failed (rolled back or nothing changed), "
         "2 bad usage or settings, 3 failed and not rolled back (run recover), "

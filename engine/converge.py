@@ -35,7 +35,7 @@ class RollbackPlan:
 def _recover_hint(ctx: Context) -> str:
     return (
         f"Both keys are kept in the journal {ctx.journal.current}. "
-        "Next: run `python -m engine --profile PROFILE recover` on the panel host"
+        "Next: run `python -I -m engine --profile PROFILE recover` on the panel host"
     )
 
 

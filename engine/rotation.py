@@ -74,7 +74,7 @@ class KeyRotation:
             if unfinished is not None:
                 raise UnfinishedRotationError(
                     f"rotation {unfinished.rotation_id} stopped at {unfinished.state} and is "
-                    "unfinished: run `python -m engine --profile PROFILE recover` first"
+                    "unfinished: run `python -I -m engine --profile PROFILE recover` first"
                 )
             pre = run_preflight(self.ctx, lock_note="lock held")
             if self.expect is not None:

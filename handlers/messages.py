@@ -431,7 +431,7 @@ NEXT_STEPS: dict[str, str] = {
     "database": "check that the panel's database is up and reachable, then request again.",
     "verification_failed": "check the panel now; then run status on the panel host.",
     "key_reuse": "request again; the engine will pick a fresh key.",
-    "layout": "run `python -m engine probe` on the panel host and fix the profile's ciphertext.",
+    "layout": "run `python -I -m engine probe` on the panel host and fix the profile's ciphertext.",
     "bad_env_file": "check config/.env on the panel host (present, readable, well formed).",
     "bad_key": "PANEL_ENCRYPTION_KEY in config/.env is not 64 hex characters: fix it first.",
     "bad_profile": "fix the panel profile on the panel host (the message names the setting).",
@@ -442,7 +442,7 @@ NEXT_STEPS: dict[str, str] = {
 def next_step(code: str, panel: str, rolled_back: bool | None, nothing_changed: bool) -> str:
     if rolled_back is False or (rolled_back is None and not nothing_changed):
         return (
-            f"run `python -m engine --profile &lt;profile&gt; recover` on {esc(panel)}'s host, "
+            f"run `python -I -m engine --profile &lt;profile&gt; recover` on {esc(panel)}'s host, "
             f"then `/rotate-status` here. Do not request again before that."
         )
     return NEXT_STEPS.get(code, "read the step that failed above, then request again.")

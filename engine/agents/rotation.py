@@ -472,7 +472,7 @@ def rotate_agents(ctx: Context, request: Request) -> dict[str, Any]:
         if unfinished is not None:
             raise UnfinishedRotationError(
                 f"key rotation {unfinished.rotation_id} stopped at {unfinished.state} and is "
-                "unfinished: run `python -m engine --profile PROFILE recover` first"
+                "unfinished: run `python -I -m engine --profile PROFILE recover` first"
             )
         table = AgentTable(settings)
         db = ctx.connect()
