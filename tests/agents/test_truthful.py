@@ -56,13 +56,18 @@ def test_a_bricked_agent_is_not_reported_as_rotated(agent_world: AgentWorld, ins
 def test_a_check_that_cannot_tell_says_could_not_verify(agent_world: AgentWorld, installed_agent: Agent) -> None:
     """11.3: the heartbeat URL answers 404 (a panel without that endpoint). Every token rotated
     and the agent heartbeats with its new one, so this is neither "failed" nor "rotated": it is
-    "could not verify", exit 4, with its own count and code."""
+    "could not verify", exit 4, with its own count and code. 11.2: an endpoint that refuses
+    the engine's signature whatever the token gives the same answer, not "the panel refuses it"."""
     world, agent = agent_world, installed_agent
     before = world.state(agent)
+    world.create_tables(NODES)  # /api/nodes/ping: another signature, refuses the engine's
 
     run = rotate(world, "agent-1", heartbeat_url=f"{world.panel_url}/agents/heartbeat-v2")
+    second = rotate(world, "agent-1", heartbeat_url=f"{world.panel_url}/api/nodes/ping")
 
     result = only(run)
+    assert (second.returncode, only(second)["outcome"]) == (4, "unverified")  # not "rotated"
+    assert "answered 403 missing or malformed Authorization" in only(second)["error"]
     assert (run.returncode, run.closing["ok"], run.closing["code"]) == (4, False, "agent_unverified")
     assert (run.closing["rotated"], run.closing["unverified"], run.closing["failed"]) == (0, 1, 0)
     assert (result["outcome"], result["failed_step"], result["state"]) == ("unverified", "old_revoked", "REREGISTERED")
@@ -75,7 +80,7 @@ def test_a_check_that_cannot_tell_says_could_not_verify(agent_world: AgentWorld,
         f"old_revoked: {result['error']}"
     assert world.heartbeat(agent.id, before.token)[0] == 401  # it did rotate: the engine just could not tell
     assert world.heartbeat(agent.id, world.state(agent).token or "")[0] == 200
-    assert world.leaks(run.stdout, run.stderr, world.everything_written()) == []
+    assert world.leaks(run.stdout, second.stdout, run.stderr, world.everything_written()) == []
 
 
 def _nodes_world(world: AgentWorld, *names: str) -> list[Agent]:

@@ -334,12 +334,16 @@ class AgentWorld:
 
     def use(self, schema: Schema) -> None:
         """Keep agents in ``schema`` from now on (creating its tables if schema.sql lacks them)."""
+        self.create_tables(schema)
+        self.schema = schema
+
+    def create_tables(self, schema: Schema) -> None:
+        """The tables of ``schema`` that schema.sql does not make (the panel serves them at once)."""
         if schema.create is not None:
             text = "\n".join(x for x in schema.create.read_text().splitlines() if not x.lstrip().startswith("--"))
             for statement in (s.strip() for s in text.split(";")):
                 if statement:
                     self.sql(statement)
-        self.schema = schema
 
     @property
     def known_hosts(self) -> Path:
