@@ -316,7 +316,8 @@ class Runner:
         data = {k: v for k, v in closing.items() if k not in ("type", "id", "seq", "ts")}
         if closing.get("type") == "result" and data.get("ok") is False:
             # rotate-agent: some agents rotated, some failed (each is reported in the thread)
-            outcome = {**data, "partial": True, "code": "agent_failed", "rolled_back": None}
+            # (or no agent failed, but some could not be verified: code agent_unverified)
+            outcome = {**data, "partial": True, "code": data.get("code") or "agent_failed", "rolled_back": None}
             self._finish(request, State.FAILED, outcome)
             return
         if closing.get("type") == "result":

@@ -311,6 +311,8 @@ def done_line(duration_ms: int | None) -> str:
 
 def failed_line(outcome: dict[str, Any], panel: str) -> str:
     if outcome.get("partial"):
+        if outcome.get("code") == "agent_unverified":
+            return f":grey_question: Finished, could not verify: {esc(outcome.get('message') or 'see thread')}"
         return f":warning: Finished with failures: {esc(outcome.get('message') or 'see thread')}"
     rolled_back = outcome.get("rolled_back")
     if rolled_back is True:
@@ -436,6 +438,10 @@ NEXT_STEPS: dict[str, str] = {
     "bad_key": "PANEL_ENCRYPTION_KEY in config/.env is not 64 hex characters: fix it first.",
     "bad_profile": "fix the panel profile on the panel host (the message names the setting).",
     "agent_failed": "see each agent above; request again for the agents that failed.",
+    "agent_unverified": (
+        "the agents work with new tokens, but the engine could not tell whether the panel still "
+        "takes the old ones: check by hand, or set old_token_check for this panel (docs/agents-contract.md)."
+    ),
 }
 
 
@@ -505,7 +511,10 @@ def final_failed(
     rolled_back = outcome.get("rolled_back")
     nothing_changed = bool(outcome.get("nothing_changed"))
     step = next_step(str(outcome.get("code", "")), panel, rolled_back, nothing_changed)
-    if outcome.get("partial"):
+    if outcome.get("partial") and outcome.get("code") == "agent_unverified":
+        step = NEXT_STEPS["agent_unverified"]
+        head = f":grey_question: Finished, but could not verify every agent. Next: {step}"
+    elif outcome.get("partial"):
         step = NEXT_STEPS["agent_failed"]
         head = f":warning: Finished with failures. Next: {step}"
     elif rolled_back is True:

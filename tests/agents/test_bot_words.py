@@ -1,0 +1,25 @@
+"""What the request's thread says when agents rotated but could not be verified (11.3)."""
+
+from __future__ import annotations
+
+from handlers.messages import failed_line, final_failed
+
+UNVERIFIED = {
+    "partial": True,
+    "code": "agent_unverified",
+    "rolled_back": None,
+    "message": "0 of 1 agents rotated, 1 could not be verified; agent-1 unverified at old_revoked: could not "
+    "verify: the check with the new token was not accepted either",
+    "agents": [{"name": "agent-1", "ok": False, "outcome": "unverified", "failed_step": "old_revoked",
+                "error": "could not verify: the check with the new token was not accepted either"}],
+}
+
+
+def test_could_not_verify_is_not_reported_as_a_failure() -> None:
+    summary = final_failed(request_id="r-1", panel="prod", requester="<@U1>", approvers=["<@U2>"],
+                           reason="leak", outcome=UNVERIFIED)
+
+    assert summary.splitlines()[0].startswith(":grey_question: Finished, but could not verify every agent.")
+    assert "agent-1 unverified at old_revoked: could not verify" in summary
+    assert failed_line(UNVERIFIED, "prod").startswith(":grey_question: Finished, could not verify: 0 of 1")
+    assert failed_line({**UNVERIFIED, "code": "agent_failed"}, "prod").startswith(":warning: Finished with failures")
