@@ -75,6 +75,18 @@ def _env_to(ctx: Context, record: JournalRecord, target_key: str) -> bool:
     return True
 
 
+def _refuse_a_third_key(ctx: Context, record: JournalRecord) -> None:
+    """Before any change: ``.env`` must hold one of the rotation's two keys."""
+    profile = ctx.profile
+    current = envfile.read_key(profile.env_path, profile.key_name)
+    if current not in (record.old_key, record.new_key):
+        raise EnvFileError(
+            f"{profile.env_path} holds a key that belongs to neither side of rotation "
+            f"{record.rotation_id} (someone changed it by hand?); nothing was changed. "
+            f"Put back the old or the new key, then run recover again. {_recover_hint(ctx)}"
+        )
+
+
 def roll_back(
     ctx: Context, record: JournalRecord, plan: RollbackPlan, cause: str
 ) -> dict[str, Any]:
@@ -178,6 +190,7 @@ def recover(ctx: Context, *, rollback: bool) -> dict[str, Any]:
         record = journal.load()
         if record is None:
             raise NothingToRecoverError("there is no unfinished rotation on this panel: nothing to do")
+        _refuse_a_third_key(ctx, record)
         forward = not rollback and record.state in FORWARD_STATES
         with ctx.step("classify", f"rotation {record.rotation_id} stopped at {record.state}") as out:
             db = ctx.connect()

@@ -12,6 +12,7 @@ Tree::
     ├── EnvFileError            config/.env missing, malformed, unwritable
     │   └── BadKeyError         PANEL_ENCRYPTION_KEY is not 64 hex characters
     ├── DatabaseError           MySQL unreachable, lost, refused a statement
+    │   └── NotTransactionalError  a table's storage engine has no transactions (MyISAM)
     ├── LayoutError             no (or more than one) ciphertext layout opens every value
     ├── UndecryptableError      some stored values do not open with the current key
     ├── LockedError             another engine run holds the panel's lock
@@ -64,6 +65,11 @@ class BadKeyError(EnvFileError):
 class DatabaseError(EngineError):
     code = "database"
     retryable = True
+
+
+class NotTransactionalError(DatabaseError):
+    code = "not_transactional"
+    retryable = False
 
 
 class LayoutError(EngineError):

@@ -14,6 +14,7 @@ from engine import __version__, envfile
 from engine.cipher import Codec, Scheme
 from engine.context import Context
 from engine.errors import HookError, UndecryptableError
+from engine.probe import require_transactions
 from engine.profile import ColumnSpec
 from engine.protocol import fingerprint
 from engine.scan import census
@@ -59,6 +60,7 @@ def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) ->
         db = ctx.connect()
         try:
             columns, missing = ctx.columns(db)
+            require_transactions(db, columns)
             scheme = ctx.scheme(db, columns, key_hex)
             found = census(db, columns, Codec(scheme, key_hex), None, profile.batch_size)
         finally:

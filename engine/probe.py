@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from engine.cipher import ALL_SCHEMES, Codec, Scheme
 from engine.db import PanelDB
-from engine.errors import LayoutError
+from engine.errors import LayoutError, NotTransactionalError
 from engine.profile import ColumnSpec
 
 SAMPLE_PER_COLUMN = 64
@@ -52,8 +52,37 @@ def _decide(fits: list[Scheme], total: int) -> tuple[Scheme | None, str | None]:
     return fits[0], None
 
 
+def require_transactions(db: PanelDB, columns: list[ColumnSpec]) -> None:
+    """Refuse tables whose storage engine has no transactions (MyISAM, Aria, MEMORY...).
+
+    The rotation rewrites every value in one transaction and relies on rolling it
+    back; on such a table each UPDATE would be final the moment it ran.
+    """
+    tables = sorted({spec.table for spec in columns})
+    if not tables:
+        return
+    marks = ", ".join(["%s"] * len(tables))
+    rows = db.query(
+        "SELECT t.TABLE_NAME, t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t "
+        "LEFT JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE "
+        f"WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_TYPE = 'BASE TABLE' AND t.TABLE_NAME IN ({marks})",
+        tables,
+        doing="reading the tables' storage engines",
+    )
+    bad = sorted((str(name), str(engine)) for name, engine, transactions in rows if transactions != "YES")
+    if bad:
+        listed = ", ".join(f"{name} ({engine})" for name, engine in bad)
+        first = bad[0][0]
+        raise NotTransactionalError(
+            f"these tables use a storage engine without transactions: {listed}. The rotation "
+            "rewrites every value in one transaction and could not roll back on them; convert "
+            f"each first (e.g. ALTER TABLE `{first}` ENGINE=InnoDB). Nothing was changed"
+        )
+
+
 def probe(db: PanelDB, columns: list[ColumnSpec], key_hex: str, batch: int) -> ProbeReport:
     """Full count for every candidate (read-only; reads each column once)."""
+    require_transactions(db, columns)
     report = ProbeReport()
     codecs = [Codec(s, key_hex) for s in ALL_SCHEMES]
     for scheme in ALL_SCHEMES:

@@ -133,3 +133,41 @@ def test_status_shows_the_unfinished_rotation(panel_factory):
     assert run.returncode == 0
     assert "UNFINISHED rotation" in run.stdout and "STAGED" in run.stdout
     assert run.leaks() == []
+
+
+def test_recover_refuses_an_env_holding_a_third_key_and_changes_nothing(panel_factory):
+    """Someone put a key of neither side into .env after the crash: recover refuses before
+    touching a row, and the journal keeps both keys for a later run."""
+    panel = panel_factory(rows=4)
+    crash_at(panel.profile_path, "state:ENV_WRITTEN", "rotate-key", "--yes", "--json")
+    _journal_keys(panel)
+    third = "c" * 64
+    panel.set_env_key(third)
+    stored = panel.stored_values()
+
+    run = run_engine(panel.profile_path, "recover", "--json")
+
+    assert run.returncode != 0
+    assert run.closing["code"] == "bad_env_file"
+    assert "belongs to neither side" in run.closing["message"]
+    assert panel.env_key() == third
+    assert panel.stored_values() == stored
+    assert (panel.root / "journal" / "rotation.json").exists()
+
+
+def test_recover_census_counts_values_still_under_the_old_key(panel_factory):
+    """Killed inside the re-encryption transaction: nothing was committed, so the census
+    finds every value under the old key and recover rolls back."""
+    panel = panel_factory(rows=6)
+    crash_at(panel.profile_path, "state:REENCRYPTED", "rotate-key", "--yes", "--json")
+    old_key, _ = _journal_keys(panel)
+    total = sum(1 for p in panel.plaintexts.values() if p is not None)
+
+    run = run_engine(panel.profile_path, "recover", "--json")
+
+    classify = run.step("classify")
+    assert (classify["old"], classify["new"], classify["neither"]) == (total, 0, 0)
+    assert "rolling back to the old key" in classify["detail"]
+    assert run.returncode == 0, run.stderr
+    assert panel.env_key() == old_key
+    assert panel.php_check_all() == []

@@ -67,3 +67,22 @@ def test_probe_changes_nothing(panel_factory):
     before = (panel.env_path.read_bytes(), panel.stored_values())
     run_engine(panel.profile_path, "probe")
     assert (panel.env_path.read_bytes(), panel.stored_values()) == before
+
+
+@pytest.mark.parametrize("op", ["probe", "plan", "rotate-key"])
+def test_a_myisam_table_is_refused_with_a_clear_message(panel_factory, op):
+    """The one-transaction design needs InnoDB: probe, plan and a rotation refuse a MyISAM
+    table (no transactions) by name, and change nothing."""
+    panel = panel_factory(rows=2)
+    with panel.db.connect() as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE saved_servers ENGINE=MyISAM")
+    env_before, stored = panel.env_path.read_bytes(), panel.stored_values()
+    args = ["rotate-key", "--yes"] if op == "rotate-key" else [op]
+
+    run = run_engine(panel.profile_path, *args, "--json")
+
+    assert run.returncode != 0
+    assert run.closing["code"] == "not_transactional"
+    assert "saved_servers (MyISAM)" in run.closing["message"]
+    assert "ENGINE=InnoDB" in run.closing["message"]
+    assert (panel.env_path.read_bytes(), panel.stored_values()) == (env_before, stored)
