@@ -51,7 +51,6 @@ def _converge_values(
         Codec(scheme, other_key),
         Codec(scheme, target_key),
         ctx.profile.batch_size,
-        lock_rows=True,
     )
     db.commit()
     return rewrite.n_written, sum(rewrite.neither.values())

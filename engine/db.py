@@ -3,20 +3,22 @@
 PyMySQL's exceptions are translated here, once, into ``DatabaseError``.
 Writes are batched: each column's new ciphertexts go into a temporary table
 by multi-row INSERTs (PyMySQL's ``executemany`` batches only INSERT), then one
-``UPDATE ... JOIN`` applies them with a compare-and-swap on the old value.
+``UPDATE ... JOIN`` applies them to the rows locked by the reads.
 Reads are keyset-paginated so memory stays flat however many rows there are.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pymysql
+import pymysql.converters
 import pymysql.cursors
+from pymysql.constants import SERVER_STATUS
 
 from engine.errors import DatabaseError, ProfileError
 from engine.profile import ColumnSpec, DatabaseSettings
@@ -24,7 +26,49 @@ from engine.profile import ColumnSpec, DatabaseSettings
 Row = tuple[Any, Any]
 #: Multi-row INSERTs are cut at this size, well under MariaDB's 16 MiB max_allowed_packet.
 STATEMENT_BYTES = 4 * 1024 * 1024
-_BASE64 = re.compile(r"[A-Za-z0-9+/=]*")
+
+
+@dataclass(frozen=True)
+class Literal:
+    """A value as an SQL literal, quoted as PyMySQL quotes it on a connection whose
+    server has (or has not) ``NO_BACKSLASH_ESCAPES``. Pure, so a worker process can
+    build statements."""
+
+    no_backslash: bool
+
+    def __call__(self, value: Any) -> str:
+        if type(value) is int:
+            return str(value)
+        if isinstance(value, str):
+            if self.no_backslash:
+                return "'" + value.replace("'", "''") + "'"
+            return "'" + pymysql.converters.escape_string(value) + "'"
+        if isinstance(value, bytes | bytearray):
+            return "X'" + bytes(value).hex() + "'"
+        return str(pymysql.converters.escape_item(value, "utf8mb4"))
+
+
+def row_checksum(pk: Any, value: str) -> int:
+    """CRC32 of "key:value", as ``PanelDB.fingerprint`` sums it on the server."""
+    return zlib.crc32(f"{pk}:{value}".encode())
+
+
+def staging_statements(head: str, rows: list[tuple[Any, str]], literal: Literal) -> list[str]:
+    """Multi-row INSERTs of (key, new value) pairs after ``head``. New values are base64
+    (no quote, no backslash), so they are quoted as they are. Pure: no I/O."""
+    statements: list[str] = []
+    parts: list[str] = []
+    size = 0
+    for pk, new in rows:
+        part = f"({pk},'{new}')" if type(pk) is int else f"({literal(pk)},'{new}')"
+        parts.append(part)
+        size += len(part)
+        if size >= STATEMENT_BYTES:
+            statements.append(head + ",".join(parts))
+            parts, size = [], 0
+    if parts:
+        statements.append(head + ",".join(parts))
+    return statements
 
 
 @dataclass(frozen=True)
@@ -206,7 +250,7 @@ class PanelDB:
             if len(rows) < size:
                 return
 
-    # -- batched compare-and-swap writes --------------------------------------
+    # -- batched writes through a temporary table ------------------------------
     def _temp_name(self, spec: ColumnSpec) -> str:
         return f"rotator_{spec.table}_{spec.column}"[:64]
 
@@ -216,30 +260,21 @@ class PanelDB:
         self.execute(f"DROP TEMPORARY TABLE IF EXISTS `{name}`", doing="preparing staging")
         self.execute(
             f"CREATE TEMPORARY TABLE `{name}` (PRIMARY KEY (k)) "
-            f"SELECT `{spec.primary_key}` AS k, `{spec.column}` AS old_v, `{spec.column}` AS new_v "
+            f"SELECT `{spec.primary_key}` AS k, `{spec.column}` AS new_v "
             f"FROM `{spec.table}` LIMIT 0",
             doing=f"preparing staging for {spec.label}",
         )
         self._temp_tables.add(name)
 
-    def staging_statements(self, spec: ColumnSpec, rows: list[tuple[Any, Any, str]]) -> list[str]:
-        """Multi-row INSERTs for (key, old value, new value) triples. Pure (no I/O),
-        so a worker thread can build them while the connection waits on the server."""
-        head = f"INSERT INTO `{self._temp_name(spec)}` (k, old_v, new_v) VALUES "
-        literal = self._literal
-        statements: list[str] = []
-        parts: list[str] = []
-        size = 0
-        for pk, old, new in rows:
-            part = f"({literal(pk)},{literal(old)},{literal(new)})"
-            parts.append(part)
-            size += len(part)
-            if size >= STATEMENT_BYTES:
-                statements.append(head + ",".join(parts))
-                parts, size = [], 0
-        if parts:
-            statements.append(head + ",".join(parts))
-        return statements
+    def staging_head(self, spec: ColumnSpec) -> str:
+        """The start of the multi-row INSERT that ``staging_statements`` completes."""
+        return f"INSERT INTO `{self._temp_name(spec)}` (k, new_v) VALUES "
+
+    def literal(self) -> Literal:
+        """SQL literals as this connection quotes them; picklable, so a worker process can use it."""
+        status: int = getattr(self._conn, "server_status", 0)
+        no_backslash = bool(status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
+        return Literal(no_backslash)
 
     def stage(self, spec: ColumnSpec, statements: list[str]) -> None:
         try:
@@ -249,26 +284,30 @@ class PanelDB:
         except pymysql.MySQLError as exc:
             raise _translate(exc, f"staging new values for {spec.label}") from exc
 
-    def _literal(self, value: Any) -> str:
-        """SQL literal. Base64 text (every ciphertext we write) cannot hold a quote or a
-        backslash, so it is quoted as is; anything else goes through PyMySQL's escaping."""
-        if type(value) is int:
-            return str(value)
-        if type(value) is str and _BASE64.fullmatch(value):
-            return f"'{value}'"
-        return str(self._conn.escape(value))
-
     def apply_staged(self, spec: ColumnSpec) -> int:
-        """One UPDATE ... JOIN; a row changed since it was read is left alone (CAS).
-        The staging rows are kept: ``changed_since_staged`` compares against them."""
+        """One UPDATE ... JOIN. The rows were read ``FOR UPDATE`` in this transaction,
+        so none changed since. The staging rows are kept: ``changed_since_staged``
+        compares against them."""
         name = self._temp_name(spec)
-        changed = self.execute(
+        return self.execute(
             f"UPDATE `{spec.table}` AS t JOIN `{name}` AS s ON t.`{spec.primary_key}` = s.k "
-            f"SET t.`{spec.column}` = s.new_v "
-            f"WHERE CAST(t.`{spec.column}` AS BINARY) = CAST(s.old_v AS BINARY)",
+            f"SET t.`{spec.column}` = s.new_v",
             doing=f"writing new values to {spec.label}",
         )
-        return changed
+
+    def fingerprint(self, spec: ColumnSpec) -> tuple[int, int, int]:
+        """(count, total bytes, sum of CRC32 of "key:value") of the column's non-empty
+        values, computed by the server: what it stores, row by row, without sending it.
+        ``row_checksum`` is the same for one row on this side."""
+        c, pk = spec.column, spec.primary_key
+        rows = self.query(
+            f"SELECT COUNT(*), COALESCE(SUM(LENGTH(`{c}`)), 0), "
+            f"COALESCE(SUM(CRC32(CONCAT(`{pk}`, ':', `{c}`))), 0) "
+            f"FROM `{spec.table}` WHERE `{c}` IS NOT NULL AND `{c}` <> ''",
+            doing=f"checking {spec.label}",
+        )
+        count, size, crc = rows[0]
+        return int(count), int(size), int(crc)
 
     def changed_since_staged(self, spec: ColumnSpec) -> list[Row]:
         """Rows whose value is not the one we staged for them (written by someone

@@ -54,9 +54,10 @@ def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) ->
         key_hex = envfile.read_key(profile.env_path, profile.key_name)
         if write_checks:
             envfile.check_writable(profile.env_path, ctx.ownership())
-            program = profile.restart_command[0]
-            if shutil.which(program) is None:
-                raise HookError(f"restart command {program!r} is not found on this host")
+            for command in (profile.restart_command, *(profile.restart_halves or ())):
+                program = command[0]
+                if shutil.which(program) is None:
+                    raise HookError(f"restart command {program!r} is not found on this host")
         db = ctx.connect()
         try:
             columns, missing = ctx.columns(db)

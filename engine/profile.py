@@ -247,6 +247,12 @@ class Profile(_Strict):
         default_factory=lambda: ["systemctl", "restart", "php8.3-fpm"], min_length=1
     )
     restart_timeout_s: float = Field(default=60.0, gt=0)
+    #: The restart split in two, so the commit lands while no worker runs (DESIGN.md
+    #: section 4). Unset, they are derived from ``systemctl restart UNIT``;
+    #: ``restart_split = false`` keeps the one restart command.
+    restart_stop_command: list[str] | None = Field(default=None, min_length=1)
+    restart_start_command: list[str] | None = Field(default=None, min_length=1)
+    restart_split: bool = True
     verify_url: str | None = None
     verify_command: list[str] | None = None
     verify_timeout_s: float = Field(default=15.0, gt=0)
@@ -298,6 +304,12 @@ class Profile(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _restart_halves_together(self) -> Profile:
+        if (self.restart_stop_command is None) != (self.restart_start_command is None):
+            raise ValueError("restart_stop_command and restart_start_command go together: give both or neither")
+        return self
+
+    @model_validator(mode="after")
     def _unique_columns(self) -> Profile:
         labels = [c.label for c in self.columns]
         if len(set(labels)) != len(labels):
@@ -315,6 +327,19 @@ class Profile(_Strict):
             return str(self.env_path.relative_to(self.panel_root))
         except ValueError:
             return str(self.env_path)
+
+    @property
+    def restart_halves(self) -> tuple[list[str], list[str]] | None:
+        """(stop, start) when the restart is split, else ``None`` (one restart command)."""
+        if not self.restart_split:
+            return None
+        if self.restart_stop_command and self.restart_start_command:
+            return self.restart_stop_command, self.restart_start_command
+        command = self.restart_command
+        if isinstance(command, list) and len(command) == 3 and Path(command[0]).name == "systemctl" \
+                and command[1] == "restart":
+            return [command[0], "stop", command[2]], [command[0], "start", command[2]]
+        return None
 
     @property
     def mode(self) -> int:

@@ -3,11 +3,27 @@
 PREFLIGHT -> STAGED -> REENCRYPTED -> DB_VERIFIED -> ENV_WRITTEN -> RESTARTED
 -> SWEPT -> VERIFIED -> BACKED_UP -> DONE, or ROLLING_BACK -> ROLLED_BACK.
 
-The blank window (workers holding one key while the rows are under the other)
-is kept as short as a commit: the re-encryption runs in one transaction that
-locks the rows, ``.env`` is written and php-fpm restarted while that
-transaction is still open (old workers keep reading old values), and the
-commit follows the moment the new workers are up.
+No blank window (workers holding one key while the rows are under the other):
+the re-encryption runs in one transaction that locks the rows, ``.env`` is
+written, php-fpm is stopped, the transaction commits, php-fpm starts. With a
+single restart command (``restart_split = false``, or a command that cannot be
+split) the commit follows the moment the new workers are up, and the blank
+window is as short as a commit.
+
+What each pass over the values proves:
+
+* preflight (read every value, open it with the key in ``.env``): every value
+  opens with the current key, before anything changes; else it refuses, naming
+  table, column and id.
+* reencrypt (read every value locked, open, seal, open again): every value we
+  write opens under the new key to the very plaintext its row held (the round
+  trip), and no row can change under us until the commit.
+* verify_db (no read: the server sums count, length and CRC32("key:value")):
+  the rows store exactly the bytes sealed for them, before the commit.
+* sweep (the server joins rows to what was staged): values written under the
+  old key since the commit are found and re-encrypted.
+* verify (read every value, open it with the key read back from ``.env``):
+  what is on disk, key and rows, agrees, after the switch.
 """
 
 from __future__ import annotations
@@ -33,8 +49,8 @@ from engine.events import Stopwatch
 from engine.journal import JournalRecord
 from engine.preflight import Preflight, run_preflight
 from engine.protocol import fingerprint
-from engine.scan import census, reencrypt, sweep
-from engine.verify import panel_check, verify_from_disk
+from engine.scan import reencrypt, sweep
+from engine.verify import check_written, panel_check, verify_from_disk
 
 
 class KeyRotation:
@@ -159,7 +175,6 @@ class KeyRotation:
                 old_codec,
                 new_codec,
                 profile.batch_size,
-                lock_rows=True,
                 progress=lambda done: ctx.emitter.progress("reencrypt", done, pre.total),
                 after_batch=lambda n: faults.checkpoint(f"reencrypt:batch:{n}"),
             )
@@ -175,17 +190,13 @@ class KeyRotation:
             out.data = {"columns": rewrite.written, "count": rewrite.n_written}
         self._advance("REENCRYPTED")
 
-        with ctx.step("verify_db", "reading back inside the transaction") as out:
-            check = census(db, columns, new_codec, None, profile.batch_size)
-            if check.n_neither or check.digest != rewrite.digest:
-                raise VerificationError(
-                    f"database check failed: {check.n_target:,}/{check.total:,} values open with the "
-                    "new key or their plaintexts differ; nothing was committed"
-                )
+        with ctx.step("verify_db", "checking the stored values inside the transaction") as out:
+            checked = check_written(db, columns, rewrite)
             out.detail = (
-                f"{check.n_target:,}/{check.total:,} open with the new key, plaintext digests match"
+                f"{checked:,}/{checked:,} stored values are the ones sealed and round-trip checked "
+                "under the new key"
             )
-            out.data = {"count": check.n_target}
+            out.data = {"count": checked}
         self._advance("DB_VERIFIED")
 
         with ctx.step("write_env", f"writing {profile.env_path.name}") as out:
@@ -201,26 +212,17 @@ class KeyRotation:
             )
         self._advance("ENV_WRITTEN")
 
-        with ctx.step("restart", "restarting the panel, then committing") as out:
+        halves = profile.restart_halves
+        started = "stopping the panel, committing, starting it" if halves else "restarting the panel, then committing"
+        with ctx.step("restart", started) as out:
             self.restart_attempted = True
-            restart_watch = Stopwatch()
-            said = hooks.run_command(
-                "restart", profile.restart_command, timeout_s=profile.restart_timeout_s
-            )
-            restart_ms = restart_watch.ms
-            faults.checkpoint("commit:before")
-            commit_watch = Stopwatch()
-            db.commit()
-            # New workers are up and read the rows under the old key until this commit:
-            # this is the whole blank window.
-            blank_ms = commit_watch.ms
+            if halves:
+                out.detail, out.data = self._stop_commit_start(db, *halves)
+            else:
+                out.detail, out.data = self._restart_then_commit(db)
+            assert self.record is not None
             self.record.committed = True
             self.record.restarted = True
-            out.detail = (
-                f"{hooks.describe(profile.restart_command)} ok in {restart_ms / 1000:.2f} s · "
-                f"committed {blank_ms} ms later" + (f" · {said}" if said else "")
-            )
-            out.data = {"restart_ms": restart_ms, "blank_window_ms": blank_ms}
         self._advance("RESTARTED")
 
         with ctx.step("sweep", "looking for values written under the old key") as out:
@@ -272,6 +274,48 @@ class KeyRotation:
             "duration_ms": self.watch.ms,
             "engine_version": __version__,
         }
+
+    def _stop_commit_start(
+        self, db: PanelDB, stop: list[str], start: list[str]
+    ) -> tuple[str, dict[str, Any]]:
+        """No worker runs while the rows switch keys: old workers are gone before the
+        commit, new ones start after it. The panel is unavailable for the restart
+        itself and never shows blank credentials."""
+        timeout = self.profile.restart_timeout_s
+        watch = Stopwatch()
+        hooks.run_command("stop", stop, timeout_s=timeout)
+        stop_ms = watch.ms
+        faults.checkpoint("restart:stopped")
+        db.commit()
+        commit_ms = watch.ms - stop_ms
+        faults.checkpoint("commit:done")
+        said = hooks.run_command("start", start, timeout_s=timeout)
+        start_ms = watch.ms - stop_ms - commit_ms
+        detail = (
+            f"{hooks.describe(stop)} in {stop_ms / 1000:.2f} s · committed in {commit_ms} ms · "
+            f"{hooks.describe(start)} in {start_ms / 1000:.2f} s · no worker saw the other key"
+            + (f" · {said}" if said else "")
+        )
+        data = {"restart_ms": stop_ms + start_ms, "stop_ms": stop_ms, "start_ms": start_ms,
+                "commit_ms": commit_ms, "blank_window_ms": 0, "split": True}
+        return detail, data
+
+    def _restart_then_commit(self, db: PanelDB) -> tuple[str, dict[str, Any]]:
+        """One restart command: new workers are up and read the rows under the old key
+        until the commit that follows: that is the whole blank window."""
+        command = self.profile.restart_command
+        restart_watch = Stopwatch()
+        said = hooks.run_command("restart", command, timeout_s=self.profile.restart_timeout_s)
+        restart_ms = restart_watch.ms
+        faults.checkpoint("commit:before")
+        commit_watch = Stopwatch()
+        db.commit()
+        blank_ms = commit_watch.ms
+        detail = (
+            f"{hooks.describe(command)} ok in {restart_ms / 1000:.2f} s · "
+            f"committed {blank_ms} ms later" + (f" · {said}" if said else "")
+        )
+        return detail, {"restart_ms": restart_ms, "blank_window_ms": blank_ms, "split": False}
 
     def _advance(self, state: str) -> None:
         assert self.record is not None

@@ -5,50 +5,27 @@ sorts every value into old key / new key / neither; ``converge`` re-encrypts
 the values under the other key to the target key with compare-and-swap
 writes, and never touches a value that neither key opens.
 
-Plaintexts are folded into an order-independent digest (a sum of SHA-256
-values modulo 2**256) so that "the same plaintexts before and after" can be
-checked for a million rows in constant memory.
+Every pass streams keyset pages, so memory stays flat for a million rows,
+and hands the crypto to a worker process (``engine.offload``) so that it
+overlaps the database's time.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.cipher import Codec
-from engine.db import PanelDB, Row
+from engine.db import Literal, PanelDB, Row, row_checksum, staging_statements
+from engine.offload import Offload
 from engine.profile import ColumnSpec
 
 MAX_LISTED = 20
-_MOD = 1 << 256
 
 
 def value_text(stored: Any) -> str:
     return stored.decode("ascii", errors="replace") if isinstance(stored, bytes | bytearray) else str(stored)
-
-
-class PlainDigest:
-    """Order-independent digest of (column, key, plaintext) triples."""
-
-    __slots__ = ("count", "total")
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.count = 0
-
-    def add(self, label: str, pk: Any, plaintext: bytes) -> None:
-        h = hashlib.sha256(f"{label}\x00{pk}\x00".encode() + plaintext).digest()
-        self.total = (self.total + int.from_bytes(h, "big")) % _MOD
-        self.count += 1
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PlainDigest) and (self.total, self.count) == (other.total, other.count)
-
-    def __hash__(self) -> int:
-        return hash((self.total, self.count))
 
 
 @dataclass
@@ -59,7 +36,6 @@ class Census:
     other: dict[str, int] = field(default_factory=dict)
     neither: dict[str, int] = field(default_factory=dict)
     neither_at: list[str] = field(default_factory=list)
-    digest: PlainDigest = field(default_factory=PlainDigest)
 
     @property
     def total(self) -> int:
@@ -86,6 +62,38 @@ class Census:
 Progress = Callable[[int], None]
 
 
+@dataclass
+class _Opened:
+    """One batch of ``census``, done in the worker."""
+
+    counts: tuple[int, int, int]
+    neither_at: list[str]
+
+
+def _open_batch(codecs: tuple[Codec, ...], label: str, rows: list[Row]) -> _Opened:
+    target = codecs[0]
+    other = codecs[1] if len(codecs) > 1 else None
+    neither_at: list[str] = []
+    n_target = n_other = 0
+    for pk, stored in rows:
+        if target.open(stored) is not None:
+            n_target += 1
+        elif other is not None and other.open(stored) is not None:
+            n_other += 1
+        elif len(neither_at) < MAX_LISTED:
+            neither_at.append(f"{label} id {pk}")
+    return _Opened((n_target, n_other, len(rows) - n_target - n_other), neither_at)
+
+
+def _read(db: PanelDB, spec: ColumnSpec, batch: int, for_update: bool, progress: Progress | None,
+          done: list[int]) -> Iterator[list[Row]]:
+    for rows in db.iter_values(spec, batch, for_update=for_update):
+        done[0] += len(rows)
+        if progress:
+            progress(done[0])
+        yield rows
+
+
 def census(
     db: PanelDB,
     columns: list[ColumnSpec],
@@ -94,29 +102,40 @@ def census(
     batch: int,
     progress: Progress | None = None,
 ) -> Census:
-    """Classify every value; the digest covers values the target key opens."""
+    """Classify every value. One pass: the worker process decrypts batch n while batch n+1 is read."""
     result = Census()
-    done = 0
-    for spec in columns:
-        label = spec.label
-        counts = [0, 0, 0]
-        for rows in db.iter_values(spec, batch):
-            for pk, stored in rows:
-                plain = target.open(stored)
-                if plain is not None:
-                    counts[0] += 1
-                    result.digest.add(label, pk, plain)
-                elif other is not None and other.open(stored) is not None:
-                    counts[1] += 1
-                else:
-                    counts[2] += 1
+    done = [0]
+    codecs = (target,) if other is None else (target, other)
+    with Offload(*codecs) as offload:
+        for spec in columns:
+            label = spec.label
+            counts = [0, 0, 0]
+            batches = _read(db, spec, batch, False, progress, done)
+            for opened in offload.map(_open_batch, ((label, rows) for rows in batches)):
+                for i in range(3):
+                    counts[i] += opened.counts[i]
+                for where in opened.neither_at:
                     if len(result.neither_at) < MAX_LISTED:
-                        result.neither_at.append(f"{label} id {pk}")
-            done += len(rows)
-            if progress:
-                progress(done)
-        result.target[label], result.other[label], result.neither[label] = counts
+                        result.neither_at.append(where)
+            result.target[label], result.other[label], result.neither[label] = counts
     return result
+
+
+@dataclass
+class Written:
+    """What was sealed for one column: enough to check the stored bytes without reading them."""
+
+    count: int = 0
+    size: int = 0
+    crc: int = 0
+
+    def add(self, other: Written) -> None:
+        self.count += other.count
+        self.size += other.size
+        self.crc += other.crc
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return self.count, self.size, self.crc
 
 
 @dataclass
@@ -124,10 +143,12 @@ class Rewrite:
     """What ``reencrypt`` did, per column."""
 
     written: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
     neither: dict[str, int] = field(default_factory=dict)
     neither_at: list[str] = field(default_factory=list)
     lost_race: int = 0
-    digest: PlainDigest = field(default_factory=PlainDigest)
+    roundtrip_failed: int = 0
+    sealed: dict[str, Written] = field(default_factory=dict)
 
     @property
     def n_written(self) -> int:
@@ -135,33 +156,48 @@ class Rewrite:
 
 
 @dataclass
-class _Batch:
+class _Sealed:
+    """One batch of ``reencrypt``, done in the worker: SQL ready to send."""
+
     statements: list[str]
     staged: int
+    kept: int
     neither_at: list[str]
-    digest: PlainDigest
+    n_neither: int
+    written: Written
+    roundtrip_failed: int
 
 
-def _prepare(
-    db: PanelDB, spec: ColumnSpec, rows: list[Row], source: Codec, dest: Codec
-) -> _Batch:
-    """Decrypt, re-seal and build the staging SQL for one batch (no I/O)."""
-    label = spec.label
-    digest = PlainDigest()
+def _seal_batch(
+    codecs: tuple[Codec, ...], label: str, head: str, literal: Literal, rows: list[Row]
+) -> _Sealed:
+    """Open with the source key, seal with the destination key, open the new value
+    again and compare (the round trip proves each value we write opens under the new
+    key to the very plaintext), and build the staging INSERTs."""
+    source, dest = codecs
+    written = Written()
     neither_at: list[str] = []
-    out: list[tuple[Any, Any, str]] = []
+    n_neither = kept = failed = 0
+    out: list[tuple[Any, str]] = []
     for pk, stored in rows:
         plain = source.open(stored)
         if plain is None:
-            already = dest.open(stored)
-            if already is not None:
-                digest.add(label, pk, already)
+            if dest.open(stored) is not None:
+                kept += 1
             else:
-                neither_at.append(f"{label} id {pk}")
+                n_neither += 1
+                if len(neither_at) < MAX_LISTED:
+                    neither_at.append(f"{label} id {pk}")
             continue
-        digest.add(label, pk, plain)
-        out.append((pk, stored, dest.seal(plain)))
-    return _Batch(db.staging_statements(spec, out), len(out), neither_at, digest)
+        sealed = dest.seal(plain)
+        if dest.open(sealed) != plain:
+            failed += 1
+        written.count += 1
+        written.size += len(sealed)
+        written.crc += row_checksum(pk, sealed)
+        out.append((pk, sealed))
+    statements = staging_statements(head, out, literal)
+    return _Sealed(statements, len(out), kept, neither_at, n_neither, written, failed)
 
 
 def reencrypt(
@@ -171,7 +207,6 @@ def reencrypt(
     dest: Codec,
     batch: int,
     *,
-    lock_rows: bool,
     progress: Progress | None = None,
     after_batch: Callable[[int], None] | None = None,
 ) -> Rewrite:
@@ -179,49 +214,41 @@ def reencrypt(
     ``source`` opens is sealed under ``dest``; values ``dest`` already opens are
     kept; values neither opens are counted and never touched.
 
-    Rows are read ``FOR UPDATE`` when ``lock_rows``, so a panel write to a row
-    waits for our commit instead of racing us. A worker thread does the crypto
-    and builds the SQL of batch n while the connection carries batch n-1 and
-    reads batch n+1: the server's time and Python's overlap.
+    Rows are read ``FOR UPDATE``, so a panel write to a row waits for our commit
+    instead of racing us. The worker process (``engine.offload``) opens, seals
+    and builds the SQL of batch n while this process sends batch n-1 and reads
+    batch n+1: MySQL's time, the driver's and the crypto's overlap.
     """
     result = Rewrite()
     for spec in columns:
         db.prepare_staging(spec)
     db.begin()
-    done = 0
+    done = [0]
     batches = 0
-
-    def collect(spec: ColumnSpec, prepared: _Batch) -> int:
-        nonlocal batches
-        db.stage(spec, prepared.statements)
-        result.digest.total = (result.digest.total + prepared.digest.total) % _MOD
-        result.digest.count += prepared.digest.count
-        for where in prepared.neither_at:
-            result.neither[spec.label] = result.neither.get(spec.label, 0) + 1
-            if len(result.neither_at) < MAX_LISTED:
-                result.neither_at.append(where)
-        batches += 1
-        if after_batch:
-            after_batch(batches)
-        return prepared.staged
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reencrypt") as worker:
+    literal = db.literal()
+    with Offload(source, dest) as offload:
         for spec in columns:
+            label, head = spec.label, db.staging_head(spec)
             staged = 0
-            pending: Future[_Batch] | None = None
-            for rows in db.iter_values(spec, batch, for_update=lock_rows):
-                job = worker.submit(_prepare, db, spec, rows, source, dest)
-                if pending is not None:
-                    staged += collect(spec, pending.result())
-                pending = job
-                done += len(rows)
-                if progress:
-                    progress(done)
-            if pending is not None:
-                staged += collect(spec, pending.result())
+            sealed = result.sealed.setdefault(label, Written())
+            reads = _read(db, spec, batch, True, progress, done)
+            for part in offload.map(_seal_batch, ((label, head, literal, rows) for rows in reads)):
+                db.stage(spec, part.statements)
+                staged += part.staged
+                sealed.add(part.written)
+                result.roundtrip_failed += part.roundtrip_failed
+                result.kept[label] = result.kept.get(label, 0) + part.kept
+                if part.n_neither:
+                    result.neither[label] = result.neither.get(label, 0) + part.n_neither
+                for where in part.neither_at:
+                    if len(result.neither_at) < MAX_LISTED:
+                        result.neither_at.append(where)
+                batches += 1
+                if after_batch:
+                    after_batch(batches)
             changed = db.apply_staged(spec) if staged else 0
             result.lost_race += staged - changed
-            result.written[spec.label] = changed
+            result.written[label] = changed
     return result
 
 

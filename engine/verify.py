@@ -8,7 +8,7 @@ from engine.context import Context
 from engine.db import PanelDB
 from engine.errors import PanelCheckError, VerificationError
 from engine.profile import ColumnSpec
-from engine.scan import census
+from engine.scan import Rewrite, census
 
 
 def verify_from_disk(
@@ -27,6 +27,38 @@ def verify_from_disk(
             f"{found.listed_neither()}"
         )
     return found.n_target
+
+
+def check_written(db: PanelDB, columns: list[ColumnSpec], rewrite: Rewrite) -> int:
+    """Inside the re-encryption's transaction, before the commit: every stored value
+    is exactly the one we sealed for its row, without reading the values back.
+
+    ``reencrypt`` opened each value sealed under the new key again and compared it
+    with the plaintext (the round trip), so every value we wrote opens under the new
+    key to the very plaintext its row held. Here the server proves it stores those
+    bytes: the column's count of non-empty values, their total length and the sum of
+    CRC32("key:value") over its rows equal those of what we sealed. So no value was
+    left unwritten or under the old key, none landed on another row, and neither the
+    column nor the staging table cut or re-encoded one. Returns the count.
+    """
+    if rewrite.roundtrip_failed:
+        raise VerificationError(
+            f"{rewrite.roundtrip_failed} values did not open again under the new key after sealing; "
+            "nothing was committed"
+        )
+    checked = 0
+    for spec in columns:
+        sealed = rewrite.sealed.get(spec.label)
+        stored = db.fingerprint(spec)
+        expected = sealed.as_tuple() if sealed else (0, 0, 0)
+        if stored != expected:
+            raise VerificationError(
+                f"database check failed: {spec.label} holds {stored[0]:,} values ({stored[1]:,} bytes) "
+                f"where {expected[0]:,} values ({expected[1]:,} bytes) were written, or they differ; "
+                "nothing was committed"
+            )
+        checked += stored[0]
+    return checked
 
 
 def panel_check(ctx: Context) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.engine.runner import crash_at, run_engine
+from tests.support.procs import process_table, wait_until
 from tests.support.secrets_scan import register_secret
 
 #: Crash point -> the key `recover` (without --rollback) should converge to.
@@ -26,6 +27,10 @@ CRASH_POINTS = {
     "state:VERIFIED": "new",
     "state:BACKED_UP": "new",
 }
+
+
+def _engine_processes(profile):
+    return [pid for pid, state, argv in process_table() if str(profile) in argv and state != "Z"]
 
 
 def _journal_keys(panel):
@@ -47,6 +52,7 @@ def test_recover_after_a_crash_converges_to_one_verified_key(panel_factory, poin
 
     expected = new_key if CRASH_POINTS[point] == "new" else old_key
     assert crash.returncode == -9
+    assert wait_until(lambda: not _engine_processes(profile), 5, what="no engine process (nor its crypto worker) left")
     assert run.returncode == 0, run.stderr
     assert run.closing["state"] == ("DONE" if CRASH_POINTS[point] == "new" else "ROLLED_BACK")
     assert panel.env_key() == expected
@@ -56,10 +62,49 @@ def test_recover_after_a_crash_converges_to_one_verified_key(panel_factory, poin
     assert run.leaks() == [] and crash.leaks() == []
 
 
-@pytest.mark.parametrize("point", ["reencrypt:batch:2", "state:DB_VERIFIED", "commit:before", "state:SWEPT"])
+#: With the restart split (stop, commit, start): crash point -> the key `recover` converges to.
+SPLIT_CRASH_POINTS = {
+    "restart:stopped": "new",
+    "commit:done": "new",
+}
+
+
+@pytest.mark.parametrize("point", list(SPLIT_CRASH_POINTS))
+def test_recover_after_a_crash_mid_split_restart(panel_factory, point):
+    """Killed with the panel stopped (before or after the commit): recover finishes the
+    rotation and the panel runs again, showing every credential."""
+    panel = panel_factory(rows=8, server=True)
+    profile = panel.write_profile(
+        batch_size=4,
+        restart_stop_command=panel.server.stop_command,
+        restart_start_command=panel.server.start_command,
+    )
+    crash = crash_at(profile, point, "rotate-key", "--yes", "--json")
+    old_key, new_key = _journal_keys(panel)
+
+    run = run_engine(profile, "recover", "--json")
+
+    assert crash.returncode == -9
+    assert run.returncode == 0, run.stderr
+    assert run.closing["state"] == "DONE"
+    assert panel.env_key() == (new_key if SPLIT_CRASH_POINTS[point] == "new" else old_key)
+    assert panel.php_check_all() == []
+    assert panel.health()[0] == 200
+    assert not (panel.root / "journal" / "rotation.json").exists()
+
+
+@pytest.mark.parametrize(
+    "point", ["reencrypt:batch:2", "state:DB_VERIFIED", "commit:before", "state:SWEPT", "restart:stopped",
+              "commit:done"],
+)
 def test_recover_rollback_always_returns_to_the_old_key(panel_factory, point):
     panel = panel_factory(rows=8, server=True)
-    profile = panel.write_profile(batch_size=4)
+    split = point in SPLIT_CRASH_POINTS
+    profile = panel.write_profile(
+        batch_size=4,
+        restart_stop_command=panel.server.stop_command if split else None,
+        restart_start_command=panel.server.start_command if split else None,
+    )
     crash_at(profile, point, "rotate-key", "--yes", "--json")
     old_key, _ = _journal_keys(panel)
 

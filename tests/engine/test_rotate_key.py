@@ -257,3 +257,88 @@ def test_sweep_reencrypts_values_written_under_the_old_key_during_the_switch(pan
     assert run.returncode == 0, run.stderr
     assert run.step("sweep")["count"] == 2
     assert panel.php_check_all() == []
+
+
+def test_database_check_catches_a_value_not_sealed_for_its_row(panel_factory):
+    """Before the commit, verify_db proves each row stores the value sealed for it:
+    a row given another row's new value (same length, both open under the new key)
+    inside the transaction is caught, and nothing is committed."""
+    from engine.cipher import Codec, Scheme, new_key_hex
+    from engine.context import Context
+    from engine.errors import VerificationError
+    from engine.events import Emitter
+    from engine.profile import load_profile
+    from engine.scan import reencrypt
+    from engine.verify import check_written
+
+    panel = panel_factory(rows={"oscam_installs": 6})
+    ctx = Context(load_profile(panel.profile_path), Emitter("check"))
+    scheme, old_key, new_key = Scheme.parse(panel.scheme), panel.env_key(), new_key_hex()
+    register_secret(new_key, "new PANEL_ENCRYPTION_KEY (test)")
+    db = ctx.connect()
+    try:
+        columns, _ = ctx.columns(db)
+        rewrite = reencrypt(db, columns, Codec(scheme, old_key), Codec(scheme, new_key), 2)
+        assert check_written(db, columns, rewrite) == rewrite.n_written == 5
+        db.execute("UPDATE oscam_installs SET webif_password = "
+                   "(SELECT v FROM (SELECT webif_password AS v FROM oscam_installs WHERE id = 5) AS x) WHERE id = 1")
+        with pytest.raises(VerificationError, match="oscam_installs.webif_password holds 5 values"):
+            check_written(db, columns, rewrite)
+    finally:
+        db.rollback()
+        db.close()
+    assert panel.php_check_all() == []
+
+
+def _recording(panel, tmp_path, action):
+    """A restart half that notes row 1's value as another session sees it, then runs ctl.py."""
+    script = tmp_path / f"{action}.py"
+    script.write_text(
+        "import json, subprocess, sys\nimport pymysql\n"
+        f"conn = pymysql.connect(host={panel.db.host!r}, port={panel.db.port}, user='root', "
+        f"database={panel.db.name!r})\n"
+        "cur = conn.cursor()\ncur.execute('SELECT webif_password FROM oscam_installs WHERE id = 1')\n"
+        f"with open({str(tmp_path / 'seen.jsonl')!r}, 'a') as log:\n"
+        f"    log.write(json.dumps([{action!r}, cur.fetchone()[0]]) + '\\n')\n"
+        f"subprocess.run({panel.server.ctl_argv(action)!r}, check=True)\n"
+    )
+    return [sys.executable, str(script)]
+
+
+def test_split_restart_commits_while_the_panel_is_stopped(panel_factory, tmp_path):
+    """With the restart split, the rows are still under the old key when the panel
+    stops and already under the new one when it starts: no worker ever holds one key
+    while the rows are under the other."""
+    panel = panel_factory(rows={"oscam_installs": 4}, server=True)
+    before = panel.stored_values()["oscam_installs.webif_password#1"]
+    profile = panel.write_profile(
+        restart_stop_command=_recording(panel, tmp_path, "stop-app"),
+        restart_start_command=_recording(panel, tmp_path, "start-app"),
+    )
+
+    run = rotate(profile)
+    register_secret(panel.env_key(), "new PANEL_ENCRYPTION_KEY")
+
+    assert run.returncode == 0, run.stderr
+    seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
+    after = panel.stored_values()["oscam_installs.webif_password#1"]
+    assert seen == [["stop-app", before], ["start-app", after]]
+    assert after != before
+    assert run.step("restart")["split"] is True
+    assert panel.php_check_all() == []
+    assert panel.health()[0] == 200
+    assert run.leaks() == []
+
+
+def test_systemctl_restart_is_split_unless_told_otherwise(tmp_path):
+    from engine.errors import ProfileError
+    from engine.profile import profile_from_dict
+
+    base = {"panel_root": str(tmp_path), "restart_command": ["systemctl", "restart", "php8.3-fpm"]}
+
+    assert profile_from_dict(base).restart_halves == (
+        ["systemctl", "stop", "php8.3-fpm"], ["systemctl", "start", "php8.3-fpm"])
+    assert profile_from_dict({**base, "restart_split": False}).restart_halves is None
+    assert profile_from_dict({**base, "restart_command": ["/usr/local/bin/reload-panel"]}).restart_halves is None
+    with pytest.raises(ProfileError, match="restart_stop_command and restart_start_command go together"):
+        profile_from_dict({**base, "restart_stop_command": ["systemctl", "stop", "php8.3-fpm"]})

@@ -5,7 +5,7 @@ Standalone on purpose (standard library only, no project imports): the demo
 and the tests hand it to the engine as the profile's ``restart_command``,
 exactly where a real panel has ``systemctl restart php8.3-fpm``::
 
-    python3 bot/fakes/panel/ctl.py start|stop|restart|status --state-dir DIR [--fpm]
+    python3 bot/fakes/panel/ctl.py start|stop|restart|stop-app|start-app|status --state-dir DIR [--fpm]
 
 ``DIR/panel.json`` describes the panel (``PanelServer.configure`` writes it)::
 
@@ -21,6 +21,10 @@ Modes:
 * ``fpm``: php-fpm8.2 (4 static children) behind nginx, as production serves
   the panel. ``restart`` restarts php-fpm only; nginx keeps answering (502
   while php-fpm is down), so the restart window is real.
+
+``stop-app`` and ``start-app`` are ``restart`` in two halves (php-fpm, or
+``php -S``, stopped; then started), where a real panel has ``systemctl stop``
+and ``systemctl start php8.3-fpm``: the engine commits between them.
 
 Every process runs detached in its own session with its output in a log file
 in DIR and its pid in ``DIR/<name>.pid``. ``stop`` stops whatever runs there,
@@ -352,6 +356,20 @@ def restart(state: Path, fpm: bool) -> None:
         _start_php_s(state, config)
 
 
+def stop_app(state: Path, fpm: bool) -> None:
+    config = _load(state)
+    _stop(state, "php-fpm" if fpm or config.get("mode") == "fpm" else "panel")
+
+
+def start_app(state: Path, fpm: bool) -> None:
+    config = _load(state)
+    if fpm or config.get("mode") == "fpm":
+        _start_fpm(state, config)
+        _start_nginx(state, config)
+    else:
+        _start_php_s(state, config)
+
+
 def status(state: Path) -> bool:
     running = {n: _pid_of(state, n) for n in ("panel", "php-fpm", "nginx")}
     running = {n: p for n, p in running.items() if p}
@@ -361,7 +379,7 @@ def status(state: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Manage one reference panel.")
-    parser.add_argument("action", choices=("start", "stop", "restart", "status"))
+    parser.add_argument("action", choices=("start", "stop", "restart", "stop-app", "start-app", "status"))
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--fpm", action="store_true", help="php-fpm8.2 behind nginx")
     args = parser.parse_args(argv)
@@ -375,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
             stop(state)
         elif args.action == "restart":
             restart(state, args.fpm)
+        elif args.action == "stop-app":
+            stop_app(state, args.fpm)
+        elif args.action == "start-app":
+            start_app(state, args.fpm)
         else:
             return 0 if status(state) else 3
     except CtlError as exc:

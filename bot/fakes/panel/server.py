@@ -73,6 +73,16 @@ class PanelServer:
     def restart_command(self) -> list[str]:
         return self.ctl_argv("restart")
 
+    @property
+    def stop_command(self) -> list[str]:
+        """The first half of a split restart (``systemctl stop php8.3-fpm``)."""
+        return self.ctl_argv("stop-app")
+
+    @property
+    def start_command(self) -> list[str]:
+        """The second half (``systemctl start php8.3-fpm``)."""
+        return self.ctl_argv("start-app")
+
     def ctl_argv(self, action: str) -> list[str]:
         return [sys.executable, str(CTL), action, "--state-dir", str(self.state_dir)]
 
