@@ -282,7 +282,7 @@ def test_database_check_catches_a_value_not_sealed_for_its_row(panel_factory):
         assert check_written(db, columns, rewrite) == rewrite.n_written == 5
         db.execute("UPDATE oscam_installs SET webif_password = "
                    "(SELECT v FROM (SELECT webif_password AS v FROM oscam_installs WHERE id = 5) AS x) WHERE id = 1")
-        with pytest.raises(VerificationError, match="oscam_installs.webif_password holds 5 values"):
+        with pytest.raises(VerificationError, match=r"oscam_installs\.webif_password holds 5 values"):
             check_written(db, columns, rewrite)
     finally:
         db.rollback()
