@@ -57,6 +57,7 @@ def plan_agents(ctx: Context, request: Request) -> dict[str, Any]:
         for agent in agents:
             server = servers.get(agent.server_id) if agent.server_id is not None else None
             how, problem = _ssh(settings, agent, server)
+            problem = table.bad_name(agent) or problem
             if problem:
                 problems.append(problem)
             pending = unfinished.get(agent.id)

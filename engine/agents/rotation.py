@@ -316,7 +316,8 @@ class AgentRotation:
         or the profile's ``reregister_check_command`` exiting 0 with the token on its stdin."""
         command = self.s.reregister_check_command
         if command:
-            env = {"ROTATOR_AGENT_ID": str(row.id), "ROTATOR_AGENT_NAME": row.name}
+            env = {"ROTATOR_AGENT_ID": str(row.id), "ROTATOR_AGENT_NAME": row.name,
+                   "ROTATOR_PANEL_URL": self.s.panel_url}
             assert row.token is not None
             done = commands.run("the re-registration check command", command, stdin=row.token + "\n", env=env,
                                 secrets_=self.run.secrets(), timeout_s=self.s.check_timeout_s)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from tests.agents.world import AGENT_PY, BOOTSTRAP_TEMPLATE, NODES, Agent, AgentWorld
+from tests.agents.world import AGENT_PY, BOOTSTRAP_TEMPLATE, NODES, Agent, AgentWorld, serve
 from tests.engine.runner import EngineRun, run_engine
 
 
@@ -108,11 +108,12 @@ def test_a_refusal_without_a_positive_control_is_no_proof(agent_world: AgentWorl
     before = world.state(agent)
 
     command = rotate(world, "node-1", bootstrap_command=NODES_BOOTSTRAP, old_token_check="command",
-                     old_token_check_command=NODES_CHECK)
+                     old_token_check_command=NODES_CHECK, reregister_check_command=NODES_CHECK)
 
     assert (heartbeat.returncode, only(heartbeat)["outcome"]) == (4, "unverified")
     assert "answered 403 missing or malformed Authorization" in only(heartbeat)["error"]
     assert (command.returncode, only(command)["outcome"], only(command)["failed_step"]) == (1, "failed", "old_revoked")
+    assert "· its check command after" in step_detail(command, "reregistered")
     assert only(command)["error"] == "the panel still accepts the old token (the check command exited 0: " \
         "/api/nodes/ping answered 204)"
     assert world.heartbeat(agent.id, before.token)[0] == 204  # indeed still accepted
@@ -150,11 +151,15 @@ def test_a_differently_named_panel_rotates_through_the_profile_alone(agent_world
 
 def test_an_agent_whose_name_could_inject_shell_is_refused_before_any_change(agent_world: AgentWorld) -> None:
     """9.11: a name from the panel's database that is not a plain name is refused at preflight;
-    no install token is issued and no bootstrap runs."""
+    no install token is issued and no bootstrap runs. The plan names the problem first, and
+    the profile's name pattern narrows --all."""
     world = agent_world
     bad = world.add_agent("x$(touch /tmp/pwned)", None)
+    world.add_agent("spare-1", None)
 
-    run = rotate(world, "--all")
+    plan = serve(world.profile(), op="plan", all_agents=True)[-1]
+    narrowed = serve(world.profile(all_name_pattern="spare-.*"), op="plan", all_agents=True)[-1]
+    run = rotate(world, "--all", all_name_pattern=r"x\$.*")
 
     result = only(run)
     assert (run.returncode, result["outcome"], result["failed_step"]) == (1, "failed", "preflight")
@@ -163,3 +168,5 @@ def test_an_agent_whose_name_could_inject_shell_is_refused_before_any_change(age
         "rename it in the panel, or widen agent_name_pattern in the profile"
     )
     assert world.install_tokens(bad) == []
+    assert plan["problems"] == [result["error"]]
+    assert [a["name"] for a in narrowed["agents"]] == ["spare-1"]
