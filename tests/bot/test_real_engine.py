@@ -1,19 +1,12 @@
-"""The bot driving the real engine (``python -m engine serve``) on a real panel in MariaDB.
-
-These tests run while ``engine/ops.py`` exists; without it the engine has no
-operations to run and they are skipped with that reason.
-"""
+"""The bot driving the real engine (``python -m engine serve``) on a real panel in MariaDB."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from bot.fakes.slack_api import has_buttons
 from bot.local_client import LocalEngineClient
@@ -22,11 +15,6 @@ from engine.protocol import fingerprint
 from tests.bot.conftest import BOB, CHANNEL, MakeBot
 from tests.support.panel import failing_once
 from tests.support.secrets_scan import SecretRegistry
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("engine.ops") is None,
-    reason="engine/ops.py does not exist yet: the engine cannot run rotations",
-)
 
 
 def test_happy_path_to_a_verified_rotation(

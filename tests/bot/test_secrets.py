@@ -9,7 +9,6 @@ its database password and every stored plaintext.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -102,10 +101,6 @@ def test_no_secret_reaches_slack_or_the_log_on_any_path(
     assert leaks(bot, every_log_line, slack_secrets) == []
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("engine.ops") is None,
-    reason="engine/ops.py does not exist yet: the engine cannot run rotations",
-)
 def test_no_key_or_credential_leaks_from_a_real_rotation(
     make_bot: MakeBot,
     panel_factory: Callable[..., object],

@@ -296,13 +296,15 @@ def build_panel(
     blanks: bool = True,
     key_hex: str | None = None,
     registry: SecretRegistry = REGISTRY,
+    worker_user: str | None = None,
 ) -> PanelSandbox:
     """Build a panel under ``root`` (an empty tmp dir).
 
     ``rows``: rows per table (an int for all four, or ``{table: n}``; tables
     left out get none). ``missing_tables``: tables that do not exist at all.
     ``server``: run the reference panel (``fpm``: php-fpm behind nginx, else
-    ``php -S``). Every secret made here is registered with ``registry``.
+    ``php -S``; ``worker_user``: php-fpm's workers run as that user, as production's
+    run as ``www-data``). Every secret made here is registered with ``registry``.
     """
     Scheme.parse(scheme)
     key = key_hex or secrets.token_hex(32)
@@ -347,7 +349,7 @@ def build_panel(
             "sandbox", panel_root, root / "journal", sandbox.server if server else None
         )
         if server:
-            sandbox.server.configure(env_path, scheme, fpm=fpm)
+            sandbox.server.configure(env_path, scheme, fpm=fpm, worker_user=worker_user)
         sandbox.profile_path.write_text(to_toml(sandbox.profile_base), encoding="utf-8")
         if server:
             sandbox.start_panel()

@@ -257,7 +257,9 @@ def _start_fpm(state: Path, config: dict[str, object]) -> None:
     fpm = shutil.which("php-fpm8.2") or shutil.which("php-fpm8.2", path="/usr/sbin")
     if not fpm:
         raise CtlError("php-fpm8.2 is not installed")
-    user, group = _identity()
+    # As in production, a root master may run its workers as another user (www-data).
+    worker = config.get("worker_user")
+    user, group = (str(worker), str(worker)) if worker else _identity()
     fpm_port = _fpm_port(state)
     conf = state / "php-fpm.conf"
     conf.write_text(

@@ -90,8 +90,11 @@ class PanelServer:
     def configured(self) -> bool:
         return (self.state_dir / "panel.json").exists()
 
-    def configure(self, env_file: Path, scheme: str, *, fpm: bool = False) -> None:
-        """Write ``panel.json``: which ``.env`` the workers load, the layout, how it is served."""
+    def configure(
+        self, env_file: Path, scheme: str, *, fpm: bool = False, worker_user: str | None = None
+    ) -> None:
+        """Write ``panel.json``: which ``.env`` the workers load, the layout, how it is served
+        (``worker_user``: php-fpm's workers run as that user, e.g. ``www-data``; needs root)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "port": self.port,
@@ -100,6 +103,8 @@ class PanelServer:
             "router": str(ROUTER),
             "mode": "fpm" if fpm else "php-s",
         }
+        if worker_user:
+            config["worker_user"] = worker_user
         (self.state_dir / "panel.json").write_text(json.dumps(config, indent=2))
 
     def ctl(self, action: str) -> None:
