@@ -2,25 +2,39 @@
 
 With ``--json`` it prints the protocol's JSON Lines; otherwise readable
 progress (steps, counts, a progress bar for re-encryption, elapsed times) and
-a summary. Exit status: 0 verified done (or, for ``--dry-run``, would
-succeed); 1 failed (and rolled back, or changed nothing); 2 bad usage or
-settings; 3 failed and NOT rolled back: ``recover`` is needed; 4 (rotate-agent)
-no agent failed but some could not be verified ("could not verify").
+a summary. The exit status follows ``EXIT_STATUS`` (printed by ``--help``),
+whatever the kind of mistake.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any, TextIO
 
 from engine import __version__
-from engine.errors import EngineError, ProfileError, RollbackFailedError
+from engine.errors import (
+    EngineError,
+    EnvFileError,
+    ProfileError,
+    RollbackFailedError,
+    UnfinishedRotationError,
+)
 from engine.events import Emitter, json_sink
 from engine.protocol import PROTOCOL_VERSION, Request, error_event, result_event
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_RECOVER, EXIT_UNVERIFIED = 0, 1, 2, 3, 4
+EXIT_STATUS = """\
+exit status:
+  0  done and verified; --dry-run: it would succeed; recover: nothing is unfinished
+     and every stored value opens with the key in .env
+  1  failed: rolled back and verified, or nothing was changed (answering "no" too)
+  2  bad usage or settings: the command line, the profile, or a file or user it
+     names (a missing .env, an unknown env_owner, a bad column); nothing was changed
+  3  a rotation is unfinished or its rollback failed: run recover
+  4  rotate-agent: no agent failed, but some could not be verified ("could not verify")"""
 MARKS = {"ok": "✔", "failed": "✖", "skipped": "–", "started": "▶"}
 
 
@@ -28,9 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -I -m engine",
         description="Rotate a MyOsicam panel's PANEL_ENCRYPTION_KEY safely, on the panel host.",
-        epilog="Exit status: 0 done and verified, 1 failed (rolled back or nothing changed), "
-        "2 bad usage or settings, 3 failed and not rolled back (run recover), "
-        "4 rotate-agent could not verify every agent.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--profile", required=True, type=Path, help="panel profile (TOML)")
     parser.add_argument("--version", action="version", version=f"myosicam-rotator engine {__version__}")
@@ -39,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="detect the ciphertext layout and count stored values (read-only)")
     p.add_argument("--json", action="store_true", help="print JSON Lines events")
 
-    p = sub.add_parser("plan", help="what rotate-key would do (read-only)")
+    p = sub.add_parser("plan", help="what rotate-key (or, with agents, rotate-agent) would do (read-only)")
+    p.add_argument("agents", nargs="*", help="plan rotate-agent for these agents (or --all)")
+    p.add_argument("--all", action="store_true", dest="all_agents", help="plan rotate-agent for every agent")
     p.add_argument("--json", action="store_true", help="print JSON Lines events")
 
     p = sub.add_parser("rotate-key", help="rotate PANEL_ENCRYPTION_KEY")
@@ -73,6 +88,8 @@ class HumanPrinter:
         self.out, self.err = out, err
         self.tty = err.isatty()
         self._bar_shown = False
+        #: details of failed steps already printed, so the closing error is not said twice
+        self.failures: list[str] = []
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -89,6 +106,8 @@ class HumanPrinter:
             if event.get("agent"):
                 name = f"[{event['agent']}] {name}"
             detail = event.get("detail") or ""
+            if state == "failed":
+                self.failures.append(str(detail))
             self.out.write(f"{MARKS.get(state, '·')} {name}: {detail}{took}\n")
         self.out.flush()
 
@@ -129,6 +148,11 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
                     detail += " (its old token still works)"
             out.write(f"{mark} {agent.get('name')}: {detail}\n")
         out.write(f"{data.get('message', '')}\n")
+    elif op == "recover" and data.get("state") == "NOTHING_TO_RECOVER":
+        out.write(
+            f"Nothing to recover: no rotation is unfinished, and all {_values(data.get('verified', 0))} "
+            f"open with the key in .env ({data.get('key_fingerprint')}…).\n"
+        )
     elif op == "recover":
         if data.get("direction"):
             out.write(f"Recovered rotation {data['rotation_id']}: {data['state']} ({data['direction']}).\n")
@@ -137,13 +161,23 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
                 f"Closed agent rotation {agent['rotation_id']} of {agent['agent']} (stopped at {agent['state']}): "
                 f"install token {agent['install_token']}, the agent holds the {agent.get('token', 'unknown')} token\n"
             )
+    elif op == "plan" and "agents" in data and "columns" not in data:
+        agents = data.get("agents") or []
+        out.write(f"Panel {data.get('panel', '')}: {len(agents)} agent{'' if len(agents) == 1 else 's'} "
+                  "would get a new token\n")
+        for agent in agents:
+            out.write(f"  {agent.get('name')}\n")
     elif op in ("plan", "probe"):
+        if op == "plan" and data.get("panel"):
+            out.write(f"Panel {data['panel']}: {_values(data.get('total', 0))} would be re-encrypted\n")
         for label, count in (data.get("columns") or {}).items():
             out.write(f"  {label}: {count:,}\n")
         for table in data.get("skipped") or []:
             out.write(f"  {table}: table not present, skipped\n")
         if data.get("scheme"):
             out.write(f"Layout: {data['scheme']} ({data.get('scheme_description', '')})\n")
+        if op == "plan" and data.get("key_fingerprint"):
+            out.write(f"Current key: {data['key_fingerprint']}…\n")
         if data.get("problem"):
             out.write(f"Problem: {data['problem']}\n")
         if op == "probe":
@@ -152,11 +186,19 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
                 if opened:
                     out.write(f"  candidate {scheme}: opens {opened:,}\n")
     elif op == "status":
-        unfinished = data.get("unfinished")
-        if unfinished:
+        unfinished, running = data.get("unfinished"), data.get("running")
+        if unfinished and running:
+            since = time.strftime("%H:%M:%S UTC", time.gmtime(unfinished["started_at"]))
+            out.write(
+                f"RUNNING rotation {unfinished['rotation_id']} (pid {running['pid']}), at "
+                f"{unfinished['state']}, since {since}: let it finish; do not run recover\n"
+            )
+        elif running:
+            out.write(f"RUNNING: an engine run (pid {running['pid']}) holds this panel's lock\n")
+        elif unfinished:
             out.write(
                 f"UNFINISHED rotation {unfinished['rotation_id']} stopped at {unfinished['state']}: "
-                "run recover\n"
+                f"run {data.get('recover_command') or 'recover'}\n"
             )
         else:
             out.write("No unfinished rotation.\n")
@@ -180,8 +222,6 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
 
 def _run_line(run: dict[str, Any]) -> str:
     """One line of the host's run record: when, what, who, which plan, how it ended."""
-    import time
-
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(run.get("ts", 0)) / 1000))
     outcome = "ok" if run.get("ok") else f"failed ({run.get('code') or run.get('state')})"
     approvers = ",".join(run.get("approved_by") or []) or "-"
@@ -192,15 +232,29 @@ def _run_line(run: dict[str, Any]) -> str:
     )
 
 
-def _confirm(args: argparse.Namespace, stdin: IO[str], out: IO[str]) -> bool:
-    if getattr(args, "yes", False) or getattr(args, "dry_run", False):
-        return True
-    if not stdin.isatty():
-        out.write("Refusing to rotate without --yes when not run from a terminal.\n")
-        return False
-    out.write(f"Rotate on the panel of {args.profile}? Type 'yes' to go on: ")
+def _values(n: int) -> str:
+    return f"{n:,} stored value{'' if n == 1 else 's'}"
+
+
+def _needs_confirmation(args: argparse.Namespace) -> bool:
+    return args.command in ("rotate-key", "rotate-agent") and not (args.yes or args.dry_run)
+
+
+def _ask(question: str, stdin: IO[str], out: IO[str]) -> bool:
+    out.write(f"{question} Type 'yes' to go on: ")
     out.flush()
     return stdin.readline().strip().lower() == "yes"
+
+
+def exit_status(exc: EngineError) -> int:
+    """``EXIT_STATUS`` for an error: by what the operator must do next, not by where it arose."""
+    if isinstance(exc, RollbackFailedError | UnfinishedRotationError):
+        return EXIT_NEEDS_RECOVER
+    if isinstance(exc, ProfileError):
+        return EXIT_USAGE
+    if isinstance(exc, EnvFileError) and exc.rolled_back is None:
+        return EXIT_USAGE  # the profile names a file or user that isn't right; nothing changed
+    return EXIT_FAILED
 
 
 def main(
@@ -215,7 +269,6 @@ def main(
 
         return serve(args.profile, stdin, stdout, stderr)
     # Imported here, not at the top: `serve` answers `hello` before it needs them.
-    from engine.ops import new_rotation_id, run_operation
     from engine.profile import load_profile
 
     try:
@@ -224,22 +277,56 @@ def main(
         stderr.write(f"error: {exc}\n")
         return EXIT_USAGE
     op = args.command
-    if op in ("rotate-key", "rotate-agent") and not _confirm(args, stdin, stderr):
+    if _needs_confirmation(args) and not stdin.isatty():
+        stderr.write(f"Refusing to {op} without --yes when not run from a terminal; nothing changed.\n")
         return EXIT_USAGE
+    binding: dict[str, Any] = {}
+    if _needs_confirmation(args):
+        # the plan first (read-only), then the question; the run must match what was shown
+        status, plan = _run(args, profile, "plan", {}, stdout, stderr)
+        if plan is None:
+            return status
+        if not _ask(f"Run {op} on panel {plan.get('panel', profile.name)} as planned above?", stdin, stderr):
+            stderr.write("Aborted; nothing changed.\n")
+            return EXIT_FAILED
+        binding = {"plan_hash": plan.get("plan_hash")}
+        if op == "rotate-key":
+            binding["key_fingerprint"] = plan.get("key_fingerprint")
+        else:
+            binding["agents"] = [str(a.get("name")) for a in plan.get("agents") or []]
+            binding["all_agents"] = False
+    status, data = _run(args, profile, op, binding, stdout, stderr)
+    if data is not None and op == "rotate-agent" and not data.get("ok", True):
+        return EXIT_UNVERIFIED if data.get("code") == "agent_unverified" else EXIT_FAILED
+    return status
+
+
+def _run(
+    args: argparse.Namespace,
+    profile: Any,
+    op: str,
+    binding: dict[str, Any],
+    stdout: TextIO,
+    stderr: TextIO,
+) -> tuple[int, dict[str, Any] | None]:
+    """One operation with its events printed; (exit status, result or None on error)."""
+    from engine.ops import new_rotation_id, run_operation
+    from engine.profile import engine_command
+
     rotation_id = new_rotation_id()
-    sink = json_sink(stdout) if args.json else HumanPrinter(stdout, stderr)
-    emitter = Emitter(rotation_id, [sink])
-    request = Request(
-        v=PROTOCOL_VERSION,
-        id=rotation_id,
-        op=op,
-        dry_run=getattr(args, "dry_run", False),
-        rollback=getattr(args, "rollback", False),
-        reason=getattr(args, "reason", None),
-        agents=getattr(args, "agents", None) or None,
-        all_agents=getattr(args, "all_agents", False),
-        requested_by="cli",
-    )
+    printer = None if args.json else HumanPrinter(stdout, stderr)
+    emitter = Emitter(rotation_id, [printer or json_sink(stdout)])
+    options: dict[str, Any] = {
+        "dry_run": getattr(args, "dry_run", False),
+        "rollback": getattr(args, "rollback", False),
+        "reason": getattr(args, "reason", None),
+        "agents": getattr(args, "agents", None) or None,
+        "all_agents": getattr(args, "all_agents", False),
+        **binding,
+    }
+    if op == "plan":
+        options.update(dry_run=False, reason=None)
+    request = Request(v=PROTOCOL_VERSION, id=rotation_id, op=op, requested_by="cli", **options)
     try:
         data = run_operation(request, profile, emitter)
     except EngineError as exc:
@@ -248,18 +335,15 @@ def main(
                 exc.code, exc.message, retryable=exc.retryable, rolled_back=exc.rolled_back, **exc.details
             )
         )
-        if not args.json:
-            stderr.write(f"✖ {exc.message}\n")
+        if printer is not None:
+            if exc.message not in printer.failures:
+                stderr.write(f"✖ {exc.message}\n")
             if exc.rolled_back:
                 stderr.write("↩ Rolled back: the panel is as it was, verified under the old key.\n")
-        if isinstance(exc, RollbackFailedError):
-            return EXIT_NEEDS_RECOVER
-        if isinstance(exc, ProfileError):
-            return EXIT_USAGE
-        return EXIT_FAILED
+        return exit_status(exc), None
     emitter.emit(result_event(op, **data))
-    if not args.json:
+    if printer is not None:
+        if op == "status" and data.get("unfinished") and not data.get("running"):
+            data = {**data, "recover_command": engine_command(profile, "recover")}
         print_summary(stdout, op, data)
-    if op == "rotate-agent" and not data.get("ok", True):
-        return EXIT_UNVERIFIED if data.get("code") == "agent_unverified" else EXIT_FAILED
-    return EXIT_OK
+    return EXIT_OK, data

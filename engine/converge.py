@@ -23,6 +23,7 @@ from engine.errors import (
     RollbackFailedError,
 )
 from engine.journal import FORWARD_STATES, JournalRecord
+from engine.profile import engine_command
 from engine.scan import census, reencrypt
 from engine.verify import panel_check, verify_from_disk
 
@@ -35,7 +36,7 @@ class RollbackPlan:
 def _recover_hint(ctx: Context) -> str:
     return (
         f"Both keys are kept in the journal {ctx.journal.current}. "
-        "Next: run `python -I -m engine --profile PROFILE recover` on the panel host"
+        f"Next: run `{engine_command(ctx.profile, 'recover')}` on the panel host"
     )
 
 

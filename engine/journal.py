@@ -170,6 +170,23 @@ class Journal:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def lock_holder(self) -> int | None:
+        """The pid of the engine run holding this panel's lock now, or None (read-only)."""
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def release_lock(self) -> None:
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):

@@ -125,9 +125,12 @@ def _status(ctx: Context, request: Request) -> dict[str, Any]:
 
     unfinished = ctx.journal.load()
     agents = agent_states(ctx)
+    holder = ctx.journal.lock_holder()
     return {
         "panel": ctx.profile.name,
         "unfinished": unfinished.public() if unfinished else None,
+        # an engine holding the lock is working on it now: not a case for recover
+        "running": {"pid": holder} if holder is not None else None,
         "unfinished_agents": agents,
         "recent": ctx.journal.finished(),
         "runs": RunRecord(ctx.profile.journal_dir).recent(10),
@@ -156,9 +159,29 @@ def _rotate_key(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _recover(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.agents.recovery import recover_all
+    """Converge an unfinished rotation; with none, prove the panel needs nothing.
 
-    return recover_all(ctx, rollback=request.rollback)
+    Operators (and scripts) run ``recover`` after any crash. When no rotation (key or
+    agent) is unfinished, the answer is the read-only preflight's: every stored value
+    opens with the key in ``.env`` (exit 0), or the rows that don't are named (exit 1).
+    """
+    from engine.agents.recovery import recover_all
+    from engine.errors import NothingToRecoverError
+    from engine.preflight import run_preflight
+
+    try:
+        return recover_all(ctx, rollback=request.rollback)
+    except NothingToRecoverError:
+        pre = run_preflight(ctx, lock_note="read-only", write_checks=False)
+        summary = pre.summary()
+        return {
+            "state": "NOTHING_TO_RECOVER",
+            "direction": "none",
+            "panel": ctx.profile.name,
+            "verified": summary.get("total", 0),
+            "columns": summary.get("columns", {}),
+            "key_fingerprint": pre.key_fingerprint,
+        }
 
 
 def _rotate_agent(ctx: Context, request: Request) -> dict[str, Any]:

@@ -7,12 +7,13 @@ checks the profile against the live panel. Validation errors name the field.
 from __future__ import annotations
 
 import re
+import shlex
 import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from engine.cipher import Scheme
 from engine.errors import ProfileError
@@ -232,6 +233,9 @@ class AgentSettings(_Strict):
 
 
 class Profile(_Strict):
+    #: the file this profile was read from, for the commands the engine tells people to run
+    _source: str = PrivateAttr(default="")
+
     name: str = "panel"
     panel_root: Path
     env_file: Path | None = None
@@ -361,7 +365,9 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError(f"cannot read panel profile {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"panel profile {path} is not valid TOML: {exc}") from exc
-    return profile_from_dict(data, source=str(path))
+    profile = profile_from_dict(data, source=str(path))
+    profile._source = str(path)
+    return profile
 
 
 def profile_from_dict(data: dict[str, object], source: str = "profile") -> Profile:
@@ -373,3 +379,9 @@ def profile_from_dict(data: dict[str, object], source: str = "profile") -> Profi
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             problems.append(f"{where}: {err['msg']}")
         raise ProfileError(f"{source} has bad settings: " + "; ".join(problems)) from None
+
+
+def engine_command(profile: Profile, *args: str) -> str:
+    """The engine command line for this panel, as an operator types it on the panel host."""
+    where = shlex.quote(profile._source) if profile._source else "<profile>"
+    return " ".join(["python3 -I -m engine --profile", where, *args])

@@ -48,6 +48,7 @@ from engine.errors import (
 from engine.events import Stopwatch
 from engine.journal import JournalRecord
 from engine.preflight import Preflight, run_preflight
+from engine.profile import engine_command
 from engine.protocol import fingerprint
 from engine.scan import reencrypt, sweep
 from engine.verify import check_written, panel_check, verify_from_disk
@@ -90,7 +91,7 @@ class KeyRotation:
             if unfinished is not None:
                 raise UnfinishedRotationError(
                     f"rotation {unfinished.rotation_id} stopped at {unfinished.state} and is "
-                    "unfinished: run `python -I -m engine --profile PROFILE recover` first"
+                    f"unfinished: run `{engine_command(self.ctx.profile, 'recover')}` first"
                 )
             pre = run_preflight(self.ctx, lock_note="lock held")
             if self.expect is not None:

@@ -60,6 +60,7 @@ from engine.context import Context
 from engine.db import PanelDB
 from engine.errors import AgentError, AgentUnverifiedError, EngineError, UnfinishedRotationError
 from engine.events import Stopwatch
+from engine.profile import engine_command
 from engine.protocol import Request, fingerprint
 
 log = logging.getLogger(__name__)
@@ -473,7 +474,7 @@ def rotate_agents(ctx: Context, request: Request) -> dict[str, Any]:
         if unfinished is not None:
             raise UnfinishedRotationError(
                 f"key rotation {unfinished.rotation_id} stopped at {unfinished.state} and is "
-                "unfinished: run `python -I -m engine --profile PROFILE recover` first"
+                f"unfinished: run `{engine_command(ctx.profile, 'recover')}` first"
             )
         table = AgentTable(settings)
         db = ctx.connect()

@@ -162,10 +162,12 @@ def test_recover_never_overwrites_a_value_neither_key_opens(panel_factory):
 
 
 def test_recover_with_nothing_to_recover_says_so(panel_factory):
+    """Nothing unfinished: recover verifies every value under the key in .env and exits 0."""
     panel = panel_factory(rows=1)
     run = run_engine(panel.profile_path, "recover", "--json")
-    assert run.returncode == 1
-    assert run.closing["code"] == "nothing_to_recover"
+    assert run.returncode == 0
+    assert (run.closing["type"], run.closing["state"]) == ("result", "NOTHING_TO_RECOVER")
+    assert run.closing["verified"] == sum(1 for plain in panel.plaintexts.values() if plain is not None)
 
 
 def test_status_shows_the_unfinished_rotation(panel_factory):

@@ -146,7 +146,7 @@ def test_malformed_env_is_refused_with_a_clear_message(panel_factory):
     panel.env_path.write_text(text.replace(line, line[:40]))
     run = rotate(panel.profile_path)
 
-    assert run.returncode == 1
+    assert run.returncode == 2  # a file the profile names is wrong: fix it, nothing changed
     assert run.closing["code"] == "bad_key"
     assert run.closing["message"].startswith("PANEL_ENCRYPTION_KEY must be 64 hex characters")
     assert panel.stored_values() == rows
@@ -159,7 +159,7 @@ def test_duplicate_key_line_is_refused(panel_factory):
     with panel.env_path.open("a") as handle:
         handle.write(f"PANEL_ENCRYPTION_KEY={key}\n")
     run = rotate(panel.profile_path)
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert "sets PANEL_ENCRYPTION_KEY 2 times" in run.closing["message"]
 
 
@@ -184,7 +184,7 @@ def test_unfinished_journal_blocks_a_new_rotation_and_points_to_recover(panel_fa
     crash_at(panel.profile_path, "state:REENCRYPTED", "rotate-key", "--yes", "--json")
     run = rotate(panel.profile_path)
 
-    assert run.returncode == 1
+    assert run.returncode == 3  # recover is needed
     assert run.closing["code"] == "unfinished_rotation"
     assert "recover" in run.closing["message"]
     assert panel.php_check_all() == []
