@@ -21,7 +21,7 @@ def test_help_prints_the_exit_status_table() -> None:
         [sys.executable, "-m", "engine", "--help"], capture_output=True, text=True, cwd=REPO, check=True
     ).stdout
     table = out[out.index("exit status:") :]
-    assert [line.split()[0] for line in table.splitlines()[1:] if line[2:3].isdigit()] == ["0", "1", "2", "3"]
+    assert [line.split()[0] for line in table.splitlines()[1:] if line[2:3].isdigit()] == ["0", "1", "2", "3", "4"]
     assert "run recover" in table
 
 
