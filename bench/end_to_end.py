@@ -13,8 +13,10 @@ that every value opens under the key in ``.env``.
 
 Stages, in one monotonic clock:
 
-* plan: the click -> the rotation is sent to the engine (the bot re-plans over
-  SSH, compares with the approved plan, marks the request running);
+* click -> run sent: the click -> the rotation is sent to the engine (the bot
+  records the approval, marks the request running). There is no re-plan session:
+  the run request names the approved plan and the engine re-checks it in the
+  same process (its preflight);
 * preflight, key staging, re-encryption (re-encrypt + database check), .env,
   restart, sweep, verification, backup: the engine's step events' ``elapsed_ms``;
 * ssh + engine start: the rotation sent -> the engine's ``hello`` (SSH
@@ -65,7 +67,7 @@ STAGE_OF_STEP = {
     "backup": "backup",
 }
 STAGES = [
-    "plan",
+    "click -> run sent",
     "ssh + engine start",
     *dict.fromkeys(STAGE_OF_STEP.values()),
     "engine, between steps",
@@ -83,8 +85,7 @@ class Tapped:
         return lambda name: _TimedClient(inner(name), self)
 
     def last(self, op: str, kind: str) -> tuple[float, dict[str, Any]]:
-        """The latest event of ``kind`` for ``op`` (the bot plans at the request and again
-        before running: the re-plan is the latest)."""
+        """The latest event of ``kind`` for ``op``."""
         return next(
             (t, e) for t, o, e in reversed(self.events) if o == op and e.get("type") == kind
         )
@@ -117,8 +118,8 @@ class Measurement:
     seconds: dict[str, float]
     total: float
     reply_lag_max: float
-    replan: tuple[float, float]
-    """The re-plan's SSH session: (sent -> plan, sent -> hello), seconds."""
+    sessions: int
+    """Engine sessions (SSH connections) the bot opened from the click to the summary."""
 
     def slowest(self) -> str:
         return max(self.seconds, key=lambda stage: self.seconds[stage])
@@ -170,7 +171,7 @@ def _stages(values: int, tap: Tapped, clicked: float, summary: Call, thread: lis
     closed, _ = tap.last("rotate-key", "result")
     steps = tap.finished_steps("rotate-key")
     seconds = dict.fromkeys(STAGES, 0.0)
-    seconds["plan"] = sent - clicked
+    seconds["click -> run sent"] = sent - clicked
     seconds["ssh + engine start"] = hello - sent
     for _, event in steps:
         stage = STAGE_OF_STEP.get(event["name"], "engine, between steps")
@@ -178,12 +179,9 @@ def _stages(values: int, tap: Tapped, clicked: float, summary: Call, thread: lis
     in_steps = sum(event.get("elapsed_ms", 0) for _, event in steps) / 1000
     seconds["engine, between steps"] += (closed - hello) - in_steps
     seconds["Slack posting"] = summary.at - closed
-    plan_sent, _ = tap.last("plan", "sent")
-    plan_hello, _ = tap.last("plan", "hello")
-    plan_done, _ = tap.last("plan", "result")
-    replan = (plan_done - plan_sent, plan_hello - plan_sent)
+    sessions = sum(1 for t, _, e in tap.events if e.get("type") == "sent" and t >= clicked)
     lags = [reply.at - arrived for (arrived, _), reply in zip(steps, thread, strict=False)]
-    return Measurement(values, seconds, summary.at - clicked, max(lags, default=0.0), replan)
+    return Measurement(values, seconds, summary.at - clicked, max(lags, default=0.0), sessions)
 
 
 def report(m: Measurement) -> None:
@@ -194,9 +192,8 @@ def report(m: Measurement) -> None:
         bar = "█" * round(share * 40)
         mark = "  ◀ slowest" if stage == slowest else ""
         print(f"    {stage:<22} {seconds:8.3f} s {share:6.1%}  {bar}{mark}")
-    session, to_hello = m.replan
     print(
-        f"    (plan: the re-plan's SSH session took {session:.3f} s, {to_hello:.3f} s of it to hello;"
+        f"    ({m.sessions} engine session(s) after the click;"
         f" thread replies trailed their steps by at most {m.reply_lag_max * 1000:.0f} ms)"
     )
 
