@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "runs.jsonl"
-_MAX_LINE = 16 * 1024
+_TAIL_BYTES = 512 * 1024  # ``recent`` reads no more of a long record than this
 
 
 class RunRecord:
@@ -30,7 +30,7 @@ class RunRecord:
     def append(self, entry: dict[str, Any]) -> None:
         """One JSON line, appended and fsynced; never follows a symlink."""
         line = json.dumps({"ts": int(time.time() * 1000), **entry}, separators=(",", ":"))
-        data = (line[: _MAX_LINE - 1] + "\n").encode()
+        data = (line + "\n").encode()  # bounded: a request line is at most 16 KiB
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.path, flags, 0o600)
         try:
@@ -51,6 +51,8 @@ class RunRecord:
         except FileNotFoundError:
             return []
         with os.fdopen(fd, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - _TAIL_BYTES))
             lines = handle.read().splitlines()[-limit:]
         out = []
         for raw in lines:
