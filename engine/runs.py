@@ -30,7 +30,7 @@ class RunRecord:
     def append(self, entry: dict[str, Any]) -> None:
         """One JSON line, appended and fsynced; never follows a symlink."""
         line = json.dumps({"ts": int(time.time() * 1000), **entry}, separators=(",", ":"))
-        data = (line + "\n").encode()  # bounded: a request line is at most 16 KiB
+        data = (line + "\n").encode()  # bounded by the request's own limits
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.path, flags, 0o600)
         try:
