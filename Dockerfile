@@ -1,20 +1,50 @@
-# The bot (not the engine: the engine runs on the panel host).
-# docker build -t myosicam-rotator-bot . && docker run --env-file bot.env -v /etc/myosicam-rotator:/config:ro myosicam-rotator-bot
-FROM python:3.11-slim AS build
+# The bot (the engine runs on the panel host, see deploy/setup-panel-host.sh).
+#
+#   docker build -t myosicam-rotator-bot .
+#   docker run -d --name rotator --env-file bot.env \
+#       -v /etc/myosicam-rotator:/config:ro -v rotator-data:/data -p 3000:3000 myosicam-rotator-bot
+#
+# * Socket Mode when SLACK_APP_TOKEN is set (no inbound traffic from Slack; port 3000 then
+#   only answers GET /healthz); HTTP mode otherwise: Slack posts to :3000/slack/events, so
+#   publish the port (-p) behind your TLS proxy.
+# * /config (read-only): rotator.toml (ROTATOR_CONFIG), audit.key (ROTATOR_AUDIT_KEY_FILE),
+#   the bot's SSH key and known_hosts; readable by uid 10001.
+# * /data (a writable volume, owned by uid 10001): the SQLite store; point rotator.toml's
+#   store at it: store = "sqlite:////data/rotator.db". Several replicas: a MySQL store
+#   instead (deploy/compose.yaml).
+# * `docker run … myosicam-rotator-bot doctor` checks the installation.
+ARG BASE=docker.io/library/python:3.11-slim-bookworm
+
+FROM ${BASE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY bot ./bot
 COPY handlers ./handlers
-RUN python -m venv /opt/rotator && /opt/rotator/bin/pip install --no-cache-dir .
+# PIP_CERT: the system CA bundle (a build behind a TLS-inspecting proxy mounts its own there)
+RUN python3 -m venv /opt/rotator \
+    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/rotator/bin/pip install \
+        --no-cache-dir --disable-pip-version-check . \
+    && find /opt/rotator -name '__pycache__' -prune -exec rm -rf {} +
 
-FROM python:3.11-slim
-RUN useradd --system --uid 10001 --home-dir /var/lib/rotator --create-home rotator
+FROM ${BASE}
+RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \
+        --shell /usr/sbin/nologin rotator \
+    && install -d -m 0700 -o rotator -g rotator /data \
+    && install -d -m 0755 /config
 COPY --from=build /opt/rotator /opt/rotator
+COPY deploy/container-entrypoint.sh /usr/local/bin/rotator-entrypoint
 USER rotator
-WORKDIR /var/lib/rotator
-ENV PATH=/opt/rotator/bin:$PATH PYTHONUNBUFFERED=1 ROTATOR_CONFIG=/config/rotator.toml
+WORKDIR /data
+VOLUME ["/data"]
+ENV PATH=/opt/rotator/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PORT=3000 \
+    ROTATOR_CONFIG=/config/rotator.toml \
+    ROTATOR_AUDIT_KEY_FILE=/config/audit.key
 EXPOSE 3000
-HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:3000/healthz', timeout=2).status == 200 else 1)" || exit 1
-CMD ["python", "-m", "bot", "--http", "--port", "3000", "--address", "0.0.0.0"]
+HEALTHCHECK --interval=30s --timeout=3s --start-period=15s \
+  CMD python3 -c "import os,sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '3000'), timeout=2).status == 200 else 1)"
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/rotator-entrypoint"]

@@ -10,6 +10,10 @@ command -v php >/dev/null 2>&1 || need_apt+=(php-cli php-mysql)
 php -m 2>/dev/null | grep -qi pdo_mysql || need_apt+=(php-mysql)
 [ -x /usr/sbin/php-fpm8.2 ] || ls /usr/sbin/php-fpm* >/dev/null 2>&1 || need_apt+=(php-fpm)
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the panel-host setup's forced command
+# the container smoke test (tests/deploy/test_container.py): podman with runc, a debootstrap base
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> apt-get install ${need_apt[*]}"
