@@ -121,7 +121,26 @@ MUTANTS: tuple[Mutant, ...] = (
                 "        if person == request.requester:",
             ),
         ),
-        ("tests/bot/test_approval.py",),
+        ("tests/bot/test_approval.py", "tests/bot/test_expiry_on_click.py"),
+    ),
+    Mutant(
+        "an expired request can still be denied",
+        (
+            (
+                "handlers/actions.py",
+                "        if now >= request.expires_at:\n"
+                "            expired = expire_if_due(deps.store, request, now)\n"
+                "            if expired is None:\n                continue\n"
+                "            return ClickOutcome(answer=cards.no_longer_pending(expired), changed=expired)\n"
+                "        denied = ",
+                "        if False:\n"
+                "            expired = expire_if_due(deps.store, request, now)\n"
+                "            if expired is None:\n                continue\n"
+                "            return ClickOutcome(answer=cards.no_longer_pending(expired), changed=expired)\n"
+                "        denied = ",
+            ),
+        ),
+        ("tests/bot/test_approval.py", "tests/bot/test_expiry_on_click.py"),
     ),
     Mutant(
         "the audit hash leaves out request_id",
@@ -215,6 +234,17 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/bot/test_fake_slack.py",),
     ),
     Mutant(
+        "the fake Slack updates a message that was never posted",
+        (
+            (
+                "bot/fakes/slack_api.py",
+                "                if self._messages.get(str(ts)) != params.get(\"channel\"):",
+                "                if False:",
+            ),
+        ),
+        ("tests/bot/test_fake_slack.py",),
+    ),
+    Mutant(
         "the fake Slack accepts unknown block types",
         (
             (
@@ -239,7 +269,11 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "the new .env is not chowned to its owner",
         (("engine/envfile.py", "os.fchown(fd, ", "(lambda *a: None)(fd, "),),
-        ("tests/engine/test_envfile.py",),
+        (
+            "tests/engine/test_envfile.py",
+            "tests/engine/test_file_safety.py",
+            "tests/engine/test_production_way.py",
+        ),
     ),
     Mutant(
         "free text from the engine is not redacted",
