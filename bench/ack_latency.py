@@ -50,7 +50,9 @@ from tests.support.fake_engine import FakeEngineHost  # noqa: E402
 
 TOKEN = "xoxb-0000-bench-token-0000000000"
 SECRET = "bench-signing-secret-0123456789"
-CHANNEL, GROUP, USER = "C0ROTATE", "S0ONCALL", "U0ALICE"
+CHANNEL, GROUP = "C0ROTATE", "S0ONCALL"
+#: the people sending commands (each may have a few requests pending, as the cap allows)
+USERS = [f"U0USER{n:02d}" for n in range(40)]
 AIM_RATIO = 1.5
 
 
@@ -60,10 +62,10 @@ AIM_RATIO = 1.5
 def load(url: str, requests: int, concurrency: int, label: str) -> list[float]:
     sender = SlackSender(url=url, signing_secret=SECRET, channel_id=CHANNEL)
     for n in range(5):  # warm-up: auth.test, first connections, caches
-        sender.command("/rotate-key", f"prod-eu warm-up {label} {n}", USER)
+        sender.command("/rotate-key", f"prod-eu warm-up {label} {n}", USERS[n])
 
     def one(n: int) -> float:
-        sent = sender.command("/rotate-key", f"prod-eu {label} {n}", USER)
+        sent = sender.command("/rotate-key", f"prod-eu {label} {n}", USERS[n % len(USERS)])
         if sent.status != 200:
             raise RuntimeError(f"{label}: HTTP {sent.status}: {sent.answer}")
         return sent.elapsed_s * 1000
@@ -87,7 +89,7 @@ def run_load(url: str, requests: int, concurrency: int, label: str) -> list[floa
 @contextlib.contextmanager
 def fake_slack() -> Iterator[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.fakes.slack_api", TOKEN, f"{GROUP}={USER},U0BOB"],
+        [sys.executable, "-m", "bot.fakes.slack_api", TOKEN, f"{GROUP}={','.join(USERS)}"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdin is not None
@@ -116,6 +118,7 @@ def rotator(api_url: str, workdir: Path, store_url: str) -> Rotator:
     config = workdir / "rotator.toml"
     config.write_text(
         f'channels = ["{CHANNEL}"]\napprovers = ["{GROUP}"]\nrequesters = ["{GROUP}"]\n'
+        f"max_pending_per_user = 100\n"
         f'store = "{store_url}"\n\n[local_panels.prod-eu]\nprofile = "/unused"\n'
     )
     settings = load_settings(

@@ -202,11 +202,7 @@ class PlanningNow:
         """Yields None with a slot held for ``person``, or their pending requests if full."""
         user = person.user_id
         with self._lock:
-            pending = [
-                r
-                for r in deps.store.list_in_states([State.PENDING], limit=100_000)
-                if r.requester == person
-            ]
+            pending = deps.store.pending_of(user, limit=deps.policy.max_pending_per_user)
             if len(pending) + self._by_user[user] >= deps.policy.max_pending_per_user:
                 full = True
             else:

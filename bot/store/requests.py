@@ -227,6 +227,22 @@ class RequestRows(Database):
             )
         return [request_from_body(*row) for row in rows]
 
+    def pending_of(self, user_id: str, limit: int = 100) -> list[RotationRequest]:
+        """``user_id``'s pending requests (under any team id), oldest first.
+
+        Reads only that person's rows: the per-person cap is checked for every
+        command, and must not parse every pending request of everyone to do it.
+        """
+        pattern = "%/" + user_id.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        with self.transaction() as tx:
+            rows = tx.all(
+                "SELECT body, state, version FROM rotation_requests "
+                "WHERE state = ? AND requester LIKE ? ESCAPE '!' ORDER BY created_at LIMIT ?",
+                (State.PENDING.value, pattern, limit),
+            )
+        found = [request_from_body(*row) for row in rows]
+        return [r for r in found if r.requester.user_id == user_id]
+
     def recent_final(self, limit: int = 5) -> list[RotationRequest]:
         values = [s.value for s in FINAL_STATES]
         marks = ", ".join("?" for _ in values)

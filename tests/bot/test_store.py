@@ -187,3 +187,19 @@ def test_an_existing_world_readable_store_is_made_private(tmp_path: Path) -> Non
     db.chmod(0o644)
     open_store(f"sqlite://{db}", audit_key=KEY).close()
     assert oct(db.stat().st_mode & 0o777) == "0o600"
+
+
+def test_pending_of_reads_one_persons_pending_requests_under_any_team(any_store_url: str) -> None:
+    """The per-person cap's query: Alice's pending requests, whichever team id they carry."""
+    store = open_store(any_store_url, audit_key=KEY)
+    mine = a_request("r-20261126-031402-0001")
+    other_team = a_request("r-20261126-031402-0002").evolve(requester=Person("T0OTHER", "U0ALICE"))
+    bobs = a_request("r-20261126-031402-0003").evolve(requester=BOB)
+    decided = a_request("r-20261126-031402-0004")
+    for request in (mine, other_team, bobs, decided):
+        store.create(request, actor=request.requester.key)
+    store.update(decided.evolve(state=State.CANCELLED), expected_version=1, event="cancelled", actor="x")
+    assert [r.id for r in store.pending_of("U0ALICE")] == [mine.id, other_team.id]
+    assert [r.id for r in store.pending_of("U0ALICE", limit=1)] == [mine.id]
+    assert (store.pending_of("%"), store.pending_of("U0ALIC_")) == ([], [])
+    store.close()
