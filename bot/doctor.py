@@ -13,6 +13,8 @@ It changes nothing anywhere. Exit status 0 when every check passes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -63,6 +65,31 @@ def _slack_checks(settings: Any, web_client: Any) -> Iterator[Check]:
         )
 
 
+class _EngineStderr(logging.Handler):
+    """What the engine (or whatever ran instead) wrote on stderr, already redacted by the client."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # the client logs "<source>: <line>"
+        self.lines.append(record.getMessage().split(": ", 1)[-1])
+
+
+@contextlib.contextmanager
+def _stderr_of_engines() -> Iterator[_EngineStderr]:
+    logger = logging.getLogger("bot.engine_stderr")
+    handler, level = _EngineStderr(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _probe(client: EngineClient) -> dict[str, Any]:
     request = Request(v=PROTOCOL_VERSION, id="doctor", op="probe")
     closing: dict[str, Any] = {}
@@ -74,14 +101,24 @@ def _probe(client: EngineClient) -> dict[str, Any]:
 
 def _panel_checks(name: str, client: EngineClient) -> Iterator[Check]:
     subject = f"panel {name}"
+    panel = getattr(client, "panel", None)
+    user = getattr(panel, "user", None) or "rotator"
     try:
-        result = _probe(client)
+        with _stderr_of_engines() as stderr:
+            result = _probe(client)
     except ProtocolMismatchError as exc:
-        panel = getattr(client, "panel", None)
-        yield _not_the_engine(subject, exc, getattr(panel, "user", None) or "rotator")
+        yield _not_the_engine(subject, exc, user)
         return
     except EngineClientError as exc:
-        yield Check(subject, False, str(exc), _fix_for(exc.code))
+        said = [line for line in stderr.lines if line.strip()]
+        if exc.code == "engine_crashed" and said and said[-1].startswith("sudo:"):
+            yield Check(subject, False, f"{exc} · sudo said {said[-1]!r}",
+                        f"the sudoers rule letting {user} run engine-serve as root is missing or "
+                        "wrong: re-run deploy/setup-panel-host.sh")  # fmt: skip
+        elif said:
+            yield Check(subject, False, f"{exc} · last stderr line {said[-1][:200]!r}", _fix_for(exc.code))
+        else:
+            yield Check(subject, False, str(exc), _fix_for(exc.code))
         return
     version = getattr(client, "engine_version", None) or result.get("engine_version", "?")
     yield Check(f"{subject} ssh", True, f"engine {version} · host key {client.host_key_fingerprint}")

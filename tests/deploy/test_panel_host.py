@@ -224,6 +224,15 @@ def test_the_script_sets_up_a_panel_host_the_bot_reaches_through_stock_sshd(
     assert f"login shell of {panel_host.user}: /usr/sbin/nologin -> /bin/sh" in fixed.stdout
     assert "Done (1 change(s))" in fixed.stdout, fixed.stdout
 
+    # without its sudoers rule the forced command's sudo refuses: doctor says so
+    panel_host.sudoers.unlink()
+    status, report = _doctor(monkeypatch, env)
+    assert status == 1 and "sudo said 'sudo: a password is required'" in report, report
+    assert f"the sudoers rule letting {panel_host.user} run engine-serve as root is missing" in report
+    restored = panel_host.setup(profile=profile)
+    assert f"+ write {panel_host.sudoers} (0440 root:root)" in restored.stdout, restored.stdout
+    assert _doctor(monkeypatch, env)[0] == 0
+
     old_key = sandbox.env_key()
     request_id, ts = bot.request_key()
     bot.approve(request_id, ts, BOB)
