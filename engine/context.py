@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import envfile
+from engine import envfile, restart
 from engine.cipher import Scheme
 from engine.db import PanelDB, resolve_settings
 from engine.errors import EngineError, LayoutError
@@ -31,6 +31,7 @@ class Context:
     journal: Journal = field(init=False)
 
     def __post_init__(self) -> None:
+        self.profile = restart.resolved(self.profile)  # restart_command = "auto"
         self.journal = Journal(self.profile.journal_dir)
 
     # -- database ----------------------------------------------------------------

@@ -88,10 +88,11 @@ def _names_a_plan(request: Request) -> bool:
 
 
 def _probe(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine import envfile
+    from engine import envfile, restart
 
     profile = ctx.profile
     with ctx.step("probe", "trying every known layout on every stored value") as out:
+        restart.check_target(profile)  # a missing php-fpm unit shows here, before any run
         key_hex = envfile.read_key(profile.env_path, profile.key_name)
         db = ctx.connect()
         try:

@@ -6,14 +6,13 @@ request card before anyone approves.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from engine import __version__, envfile
+from engine import __version__, envfile, restart
 from engine.cipher import Codec, Scheme
 from engine.context import Context
-from engine.errors import HookError, UndecryptableError
+from engine.errors import UndecryptableError
 from engine.probe import require_transactions
 from engine.profile import ColumnSpec
 from engine.protocol import fingerprint
@@ -54,10 +53,7 @@ def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) ->
         key_hex = envfile.read_key(profile.env_path, profile.key_name)
         if write_checks:
             envfile.check_writable(profile.env_path, ctx.ownership())
-            for command in (profile.restart_command, *(profile.restart_halves or ())):
-                program = command[0]
-                if shutil.which(program) is None:
-                    raise HookError(f"restart command {program!r} is not found on this host")
+            restart.check_target(profile)
         db = ctx.connect()
         try:
             columns, missing = ctx.columns(db)

@@ -27,6 +27,8 @@ DEFAULT_COLUMNS: tuple[str, ...] = (
     "email_configurations.mailgun_api_key",
 )
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+#: ``restart_command = "auto"`` as stored: resolved on the host (engine.restart).
+AUTO_RESTART = ["auto"]
 Ident = Annotated[str, Field(pattern=_IDENT)]
 
 
@@ -247,6 +249,8 @@ class Profile(_Strict):
         ]
     )
     ciphertext: str = "auto"
+    #: An argv list, or ``"auto"`` (kept as ``AUTO_RESTART``): the one php*-fpm unit, found
+    #: on the host by engine.restart, which also checks the target exists before a run.
     restart_command: list[str] = Field(
         default_factory=lambda: ["systemctl", "restart", "php8.3-fpm"], min_length=1
     )
@@ -305,6 +309,15 @@ class Profile(_Strict):
             raise ValueError("must be an octal mode such as 0640") from None
         if mode & ~0o777 or mode & 0o002:
             raise ValueError("must be a file mode no wider than 0775 and not world-writable")
+        return value
+
+    @field_validator("restart_command", mode="before")
+    @classmethod
+    def _auto_restart(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value != "auto":
+                raise ValueError('must be an argv list such as ["systemctl", "restart", "php8.3-fpm"], or "auto"')
+            return list(AUTO_RESTART)
         return value
 
     @model_validator(mode="after")
