@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from bot import doctor
+from bot.fakes.slack_api import FakeSlack
 from bot.inventory import PanelEntry
 from tests.bot.conftest import BOB, CHANNEL, PANEL, MakeBot, SlackSecrets, write_config
 from tests.support.panel import PanelSandbox, free_port
@@ -257,3 +258,49 @@ def test_the_script_refuses_bad_input_before_changing_anything(tmp_path: Path) -
                             capture_output=True, text=True)
     assert result.returncode == 1 and "--from takes sshd patterns" in result.stderr
     assert shutil.which("bash")
+
+
+def test_the_bot_host_script_and_the_panel_host_script_fit_together(
+    panel_host: PanelHost,
+    stock_sshd: Callable[[str], StockSSHD],
+    panel_factory: Callable[..., PanelSandbox],
+    fake_slack: FakeSlack,
+    slack_secrets: SlackSecrets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bot's key made by setup-bot-host.sh goes to setup-panel-host.sh; the host key it
+    pinned (after its fingerprint was confirmed) is the one sshd presents: doctor passes."""
+    sandbox = panel_factory(rows=2)
+    sshd = stock_sshd(panel_host.user)
+    bot_etc = tmp_path / "bot-etc"
+    bot_user = f"rb{secrets.token_hex(4)}"
+    shown = subprocess.run(["ssh-keygen", "-lf", str(sshd.known_hosts)], capture_output=True,
+                           text=True, check=True).stdout.split()[1]  # fmt: skip
+    try:
+        made = subprocess.run(
+            [str(REPO / "deploy" / "setup-bot-host.sh"), "--user", bot_user, "--config-dir", str(bot_etc),
+             "--state-dir", str(tmp_path / "bot-state"), "--bot-python", sys.executable, "--no-unit",
+             "--pin", f"127.0.0.1:{sshd.port}={shown}"],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stdout + made.stderr
+        panel_host.bot_key = KeyPair(bot_etc / "id_ed25519", (bot_etc / "id_ed25519.pub").read_text().strip())
+        installed = panel_host.setup(profile=sandbox.profile_path)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+
+        entry = PanelEntry(name=PANEL, host="127.0.0.1", port=sshd.port, user=panel_host.user,
+                           key_file=bot_etc / "id_ed25519", known_hosts=bot_etc / "known_hosts",
+                           reconnect_attempts=0)  # fmt: skip
+        config = write_config(tmp_path / "rotator.toml", store_url="sqlite://state.db", panels=(),
+                              ssh_panels={PANEL: entry})  # fmt: skip
+        status, report = _doctor(monkeypatch, {
+            "SLACK_BOT_TOKEN": slack_secrets.bot_token,
+            "SLACK_SIGNING_SECRET": slack_secrets.signing_secret,
+            "SLACK_API_URL": fake_slack.url,
+            "ROTATOR_CONFIG": str(config),
+        })  # fmt: skip
+        assert status == 0, report
+        assert f"host key {shown}" in report
+    finally:
+        subprocess.run(["userdel", bot_user], capture_output=True)
