@@ -29,7 +29,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_RECOVER, EXIT_UNVERIFIED = 0, 1, 2,
 EXIT_STATUS = """\
 exit status:
   0  done and verified; --dry-run: it would succeed; recover: nothing is unfinished
-     and every stored value opens with the key in .env
+     and every stored value opens with the key in .env; probe: one layout opens them all
   1  failed: rolled back and verified, or nothing was changed (answering "no" too)
   2  bad usage or settings: the command line, the profile, or a file or user it
      names (a missing .env, an unknown env_owner, a bad column); nothing was changed
@@ -296,6 +296,8 @@ def main(
             binding["agents"] = [str(a.get("name")) for a in plan.get("agents") or []]
             binding["all_agents"] = False
     status, data = _run(args, profile, op, binding, stdout, stderr)
+    if data is not None and op == "probe" and (data.get("problem") or not data.get("scheme")):
+        return EXIT_FAILED  # the profile and the stored values do not agree: say so to scripts too
     if data is not None and op == "rotate-agent" and not data.get("ok", True):
         return EXIT_UNVERIFIED if data.get("code") == "agent_unverified" else EXIT_FAILED
     return status

@@ -101,9 +101,7 @@ def _probe(ctx: Context, request: Request) -> dict[str, Any]:
             agents = _probe_agents(ctx, db)
         finally:
             db.close()
-        out.detail = (
-            f"layout {report.chosen.label}" if report.chosen else f"no layout chosen: {report.problem}"
-        )
+        out.detail = f"layout {report.chosen.label}" if report.chosen else "no layout opens every value"
     data: dict[str, Any] = {**report.as_dict(), "skipped": missing, "panel": profile.name}
     if report.chosen and profile.scheme and profile.scheme != report.chosen:
         data["problem"] = (

@@ -16,6 +16,11 @@ from engine.errors import LayoutError, NotTransactionalError
 from engine.profile import ColumnSpec
 
 SAMPLE_PER_COLUMN = 64
+#: A layout that opens at least this share of the values is the panel's, and the values it
+#: leaves are bad rows to name, not a sign of a wrong key or an unknown layout.
+LIKELY_SHARE = 0.9
+#: How many unopened values a report names; the rest are counted.
+MAX_NAMED = 10
 
 
 @dataclass
@@ -24,6 +29,8 @@ class ProbeReport:
     opens: dict[str, dict[str, int]] = field(default_factory=dict)  # scheme label -> column -> n
     chosen: Scheme | None = None
     problem: str | None = None
+    #: scheme label -> the first values (``table.column id N``) it did not open
+    unopened: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -32,7 +39,29 @@ class ProbeReport:
             "scheme": self.chosen.label if self.chosen else None,
             "scheme_description": self.chosen.description if self.chosen else None,
             "problem": self.problem,
+            "unopened": self.unopened.get(self.chosen.label, []) if self.chosen else [],
         }
+
+
+def _likely(opened: dict[Scheme, int], total: int) -> Scheme | None:
+    """The one layout that opens nearly every value (``LIKELY_SHARE``), if there is one."""
+    if total == 0 or not opened:
+        return None
+    best = max(opened.values())
+    leaders = [s for s, n in opened.items() if n == best]
+    return leaders[0] if len(leaders) == 1 and best >= LIKELY_SHARE * total else None
+
+
+def _bad_rows_problem(scheme: Scheme, opened: int, total: int, named: list[str]) -> str:
+    missing = total - opened
+    shown = ", ".join(named[:MAX_NAMED])
+    more = missing - min(len(named), MAX_NAMED)
+    listed = shown + (f" and {more} more" if more > 0 else "")
+    return (
+        f"layout {scheme.label} opens {opened:,} of {total:,} stored values; "
+        f"{missing:,} do not open with the current key: {listed}. Restore those values from a "
+        "backup, or clear them so the panel's users enter them again; then probe again"
+    )
 
 
 def _decide(fits: list[Scheme], total: int) -> tuple[Scheme | None, str | None]:
@@ -87,35 +116,54 @@ def probe(db: PanelDB, columns: list[ColumnSpec], key_hex: str, batch: int) -> P
     codecs = [Codec(s, key_hex) for s in ALL_SCHEMES]
     for scheme in ALL_SCHEMES:
         report.opens[scheme.label] = {}
+        report.unopened[scheme.label] = []
     for spec in columns:
         n = 0
         counts = [0] * len(codecs)
         for rows in db.iter_values(spec, batch):
-            for _, stored in rows:
+            for row_id, stored in rows:
                 n += 1
                 for i, codec in enumerate(codecs):
                     if codec.open(stored) is not None:
                         counts[i] += 1
+                    else:
+                        named = report.unopened[ALL_SCHEMES[i].label]
+                        if len(named) < MAX_NAMED:
+                            named.append(f"{spec.label} id {row_id}")
         report.columns[spec.label] = n
         for scheme, count in zip(ALL_SCHEMES, counts, strict=True):
             report.opens[scheme.label][spec.label] = count
     total = sum(report.columns.values())
-    fits = [s for s in ALL_SCHEMES if sum(report.opens[s.label].values()) == total]
+    opened = {s: sum(report.opens[s.label].values()) for s in ALL_SCHEMES}
+    fits = [s for s in ALL_SCHEMES if opened[s] == total]
     report.chosen, report.problem = _decide(fits, total)
+    likely = _likely(opened, total) if not fits else None
+    if likely is not None:
+        report.problem = _bad_rows_problem(likely, opened[likely], total, report.unopened[likely.label])
     return report
 
 
 def detect(db: PanelDB, columns: list[ColumnSpec], key_hex: str) -> Scheme:
-    """The one scheme that opens a sample of every column, or ``LayoutError``."""
-    candidates = list(ALL_SCHEMES)
-    codecs = {s: Codec(s, key_hex) for s in candidates}
+    """The one scheme that opens a sample of every column, or ``LayoutError``.
+
+    A few bad values in the sample don't hide the layout: the scheme that opens nearly
+    all of it (``LIKELY_SHARE``) is chosen, and the caller's full preflight, which needs
+    100 %, then names every value it does not open, by table, column and id.
+    """
+    codecs = {s: Codec(s, key_hex) for s in ALL_SCHEMES}
+    opened = dict.fromkeys(ALL_SCHEMES, 0)
     seen = 0
     for spec in columns:
         for rows in db.iter_values(spec, SAMPLE_PER_COLUMN, limit=SAMPLE_PER_COLUMN):
             for _, stored in rows:
                 seen += 1
-                candidates = [s for s in candidates if codecs[s].open(stored) is not None]
-    chosen, problem = _decide(candidates, seen)
+                for scheme, codec in codecs.items():
+                    if codec.open(stored) is not None:
+                        opened[scheme] += 1
+    fits = [s for s in ALL_SCHEMES if opened[s] == seen]
+    chosen, problem = _decide(fits, seen)
+    if chosen is None and not fits:
+        chosen = _likely(opened, seen)
     if chosen is None:
         raise LayoutError(str(problem))
     return chosen

@@ -38,16 +38,55 @@ def test_probe_reports_counts_per_column_and_missing_tables(panel_factory):
     assert run.closing["skipped"] == ["email_configurations"]
 
 
-def test_probe_says_clearly_when_no_layout_opens_everything(panel_factory):
-    panel = panel_factory(rows=3)
-    foreign = php_encrypt(panel.scheme, os.urandom(32).hex(), [b"from another panel"])[0]
+def _plant_foreign(panel, *where: tuple[str, str, int]) -> None:
+    """Values another key encrypted (a restore from another panel, say) at ``where``."""
+    foreign = php_encrypt(panel.scheme, os.urandom(32).hex(), [b"from another panel"] * len(where))
     with panel.db.connect() as conn, conn.cursor() as cur:
-        cur.execute("UPDATE oscam_installs SET webif_password = %s WHERE id = 1", (foreign,))
+        for (table, column, row_id), value in zip(where, foreign, strict=True):
+            cur.execute(f"UPDATE {table} SET {column} = %s WHERE id = %s", (value, row_id))
+
+
+def test_probe_names_the_few_values_the_panels_layout_does_not_open(panel_factory):
+    """With ``ciphertext = "auto"`` and 2 bad values among many, probe names the layout that opens
+    the rest, names both rows (table, column, id), says what to do, and exits 1."""
+    panel = panel_factory(rows=10)
+    _plant_foreign(panel, ("oscam_installs", "webif_password", 2), ("saved_servers", "ssh_credential_encrypted", 7))
 
     run = run_engine(panel.profile_path, "probe")
 
-    assert run.returncode == 0
+    assert run.returncode == 1
+    total = sum(1 for p in panel.plaintexts.values() if p is not None)
+    assert f"layout {panel.scheme} opens {total - 2:,} of {total:,} stored values; 2 do not open" in run.stdout
+    assert "oscam_installs.webif_password id 2, saved_servers.ssh_credential_encrypted id 7." in run.stdout
+    assert "Restore those values from a backup, or clear them" in run.stdout
+    assert 1 == run.stdout.count("2 do not open")
+
+
+def test_a_rotation_with_auto_layout_names_the_bad_rows_not_the_key(panel_factory):
+    """The sample that detects the layout holds a bad value: the rotation still finds the layout,
+    then its preflight names the row, and nothing changes."""
+    panel = panel_factory(rows=10)
+    _plant_foreign(panel, ("saved_servers", "ssh_credential_encrypted", 1))
+    before = (panel.env_path.read_bytes(), panel.stored_values())
+
+    run = run_engine(panel.profile_path, "rotate-key", "--yes", "--json")
+
+    assert run.returncode == 1
+    assert run.closing["code"] == "undecryptable"
+    assert "saved_servers.ssh_credential_encrypted id 1" in run.closing["message"]
+    assert (panel.env_path.read_bytes(), panel.stored_values()) == before
+
+
+def test_probe_says_clearly_when_no_layout_opens_everything(panel_factory):
+    """A wrong key opens nothing: no layout is named, the key is suspected, exit 1."""
+    panel = panel_factory(rows=3)
+    panel.set_env_key(os.urandom(32).hex())
+
+    run = run_engine(panel.profile_path, "probe")
+
+    assert run.returncode == 1
     assert "no known layout opens every stored value" in run.stdout
+    assert "the key in .env may be wrong" in run.stdout
 
 
 def test_probe_with_no_values_asks_for_an_explicit_layout(panel_factory):
@@ -59,6 +98,7 @@ def test_probe_with_no_values_asks_for_an_explicit_layout(panel_factory):
 def test_probe_flags_a_profile_that_disagrees_with_the_data(panel_factory):
     panel = panel_factory(rows=2, scheme="iv12_ct_tag/hex")
     run = run_engine(panel.write_profile(ciphertext="iv12_tag_ct/hex"), "probe", "--json")
+    assert run.returncode == 1
     assert "profile says ciphertext = iv12_tag_ct/hex" in run.closing["problem"]
 
 
