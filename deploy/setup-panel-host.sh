@@ -110,6 +110,11 @@ done
 [ -z "$profile_src" ] || [ -r "$profile_src" ] || die "cannot read --profile $profile_src"
 [ -z "$engine_python" ] || [ -x "$engine_python" ] || die "--engine-python $engine_python is not executable"
 [ -d "$panel_root" ] || echo "note: $panel_root does not exist yet; panel.toml points there"
+case "$(basename "$sudoers")" in
+    *.*|*~) die "--sudoers $sudoers: sudo skips files in sudoers.d whose name has a dot or ends in ~" ;;
+esac
+[ "$(dirname "$sudoers")" = /etc/sudoers.d ] \
+    || echo "note: $sudoers is outside /etc/sudoers.d; make sure your sudoers includes it"
 
 missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)

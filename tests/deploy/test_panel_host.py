@@ -257,6 +257,9 @@ def test_the_script_refuses_bad_input_before_changing_anything(tmp_path: Path) -
     result = subprocess.run([str(SCRIPT), "--dry-run", "--from", "1.2.3.4 ; rm", str(key.private_path) + ".pub"],
                             capture_output=True, text=True)
     assert result.returncode == 1 and "--from takes sshd patterns" in result.stderr
+    result = subprocess.run([str(SCRIPT), "--dry-run", "--sudoers", "/etc/sudoers.d/rotator.conf",
+                             str(key.private_path) + ".pub"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1 and "sudo skips files in sudoers.d whose name has a dot" in result.stderr
     assert shutil.which("bash")
 
 
