@@ -125,9 +125,12 @@ def _running_path(profile: Profile, rotation_id: str) -> Path:
 @contextlib.contextmanager
 def running_marker(profile: Profile, rotation_id: str) -> Iterator[None]:
     """Hold an exclusive lock on ``<id>.running`` for as long as the op runs."""
+    from engine.journal import Journal
+
+    Journal(profile.journal_dir).ensure_dir()  # refuses a symlinked or foreign journal folder
     path = _running_path(profile, rotation_id)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)

@@ -225,3 +225,25 @@ def test_journal_files_are_made_under_random_names(tmp_path):
     assert victim.read_text() == "keep\n"
     assert json.loads(journal.history_file.read_text()) == ["f" * 16]
     assert stat.S_IMODE(journal.history_file.stat().st_mode) == 0o600
+
+
+def test_a_symlinked_journal_folder_is_refused_over_the_protocol(panel_factory, tmp_path):
+    """The bot's path (``serve``): nothing (no event log, no running marker) is written
+    through a symlinked journal_dir, and the error says why."""
+    from bot.local_client import LocalEngineClient
+    from engine.protocol import Request
+    from tests.support.plans import named
+
+    panel = panel_factory(rows=1)
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    (tmp_path / "journal-link").symlink_to(target)
+    profile = panel.write_profile(journal_dir=str(tmp_path / "journal-link"))
+    client = LocalEngineClient(profile)
+    request = Request(v=1, id="r-link", op="rotate-key", requested_by="U1", approved_by=["U2"])
+
+    with pytest.raises(Exception, match="is a symbolic link"):
+        list(client.run(named(client, request)))
+
+    assert list(target.iterdir()) == []
+    assert panel.env_key() == panel.initial_key
