@@ -3,18 +3,20 @@
 Registration consumes a single-use install token, stored only as its SHA-256
 with an expiry; heartbeats are HMAC-SHA256 signed over a canonical string with
 a timestamp and a nonce, and the panel refuses unknown agents, bad signatures,
-old timestamps and replayed nonces.
+old timestamps and replayed nonces. Its second agent side (nodes.php) is
+another panel's dialect of the same contract.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 
 from tests.agent.ref_agent import signed_headers
-from tests.agents.world import Agent, AgentWorld
+from tests.agents.world import NODES, Agent, AgentWorld, post
 
 
 @pytest.fixture
@@ -111,3 +113,31 @@ def test_heartbeats_the_panel_refuses(
 
     assert answer == (401, {"ok": False, "error": expected_error})
     assert agent_world.state(agent).last_seen == before
+
+
+def test_the_nodes_dialect_enrols_once_with_a_uuid_and_only_pings_move_pinged_at(agent_world: AgentWorld) -> None:
+    """The second agent side (nodes.php on schema_nodes.sql): an enrolment code works once and
+    gives a UUID secret; enrolment leaves pinged_at alone; a ping signed with the secret is
+    accepted and moves it, one with another secret or the reference signature is refused."""
+    world = agent_world
+    world.use(NODES)
+    node = world.add_agent("node-1", None)
+    code = world.issue_install_token(node)
+    enrol = f"{world.panel_url}/api/nodes/enrol"
+
+    first_status, first = post(enrol, json.dumps({"code": code}).encode(), {})
+    again = post(enrol, json.dumps({"code": code}).encode(), {})
+    secret = str(first.get("secret"))
+    world.registry.register(secret, "node secret")
+    enrolled = world.state(node)
+    wrong = world.heartbeat(node.id, str(uuid.uuid4()))
+    reference = world.heartbeat(node.id, secret, headers=signed_headers(node.id, secret, b"{}"), body=b"{}")
+    pinged = world.heartbeat(node.id, secret)
+
+    assert (first_status, first["node"], str(uuid.UUID(secret))) == (200, node.id, secret)
+    assert again == (403, {"error": "enrolment code not valid"})
+    assert (enrolled.token, enrolled.registered_at is not None, enrolled.last_seen) == (secret, True, None)
+    assert wrong == (403, {"error": "bad MAC"})
+    assert reference == (403, {"error": "missing or malformed Authorization"})
+    assert pinged == (204, {})
+    assert world.state(node).last_seen is not None
