@@ -153,7 +153,7 @@ def naive_rotation(panel: PanelSandbox, profile_path: Path) -> float:
     db.close()
     envfile.write_atomic(
         profile.env_path, envfile.replace_key(profile.env_path.read_bytes(), profile.key_name, new),
-        envfile.current_ownership(profile.env_path),
+        ctx.ownership(),
     )
     started = time.monotonic()
     subprocess.run(panel.restart_command, check=True, capture_output=True)
