@@ -259,6 +259,28 @@ def test_sweep_reencrypts_values_written_under_the_old_key_during_the_switch(pan
     assert panel.php_check_all() == []
 
 
+def test_verify_reads_every_value_again_when_a_row_changed_after_the_sweep(panel_factory):
+    """verify skips re-reading only while the server's fingerprint proves no row changed
+    since the values were sealed: a value written under the old key after the sweep is
+    caught, and the rotation rolls back to a verified old key."""
+    from tests.support.php_crypto import php_encrypt
+
+    panel = panel_factory(rows=6)
+    old_key = panel.env_key()
+    engine = start_paused(panel.profile_path, "state:SWEPT", "rotate-key", "--yes", "--json")
+    register_secret(json.loads((panel.root / "journal" / "rotation.json").read_text())["new_key"], "new key")
+    stale = php_encrypt(panel.scheme, old_key, [panel.plaintexts["oscam_installs.webif_password#1"]])[0]
+    with panel.db.connect() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE oscam_installs SET webif_password = %s WHERE id = 1", (stale,))
+    run = finish(engine)
+
+    assert run.returncode == 1, run.stdout[-500:]
+    assert run.step("verify", "failed")["detail"].startswith("1 of ")
+    assert run.closing["rolled_back"] is True
+    assert panel.env_key() == old_key
+    assert panel.php_check_all() == []
+
+
 def test_database_check_catches_a_value_not_sealed_for_its_row(panel_factory):
     """Before the commit, verify_db proves each row stores the value sealed for it:
     a row given another row's new value (same length, both open under the new key)
