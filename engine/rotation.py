@@ -20,8 +20,9 @@ What each pass over the values proves:
   trip), and no row can change under us until the commit.
 * verify_db (no read: the server sums count, length and CRC32("key:value")):
   the rows store exactly the bytes sealed for them, before the commit.
-* sweep (the server joins rows to what was staged): values written under the
-  old key since the commit are found and re-encrypted.
+* sweep (the server's fingerprint of each column; where it changed, a join of
+  the rows to what was staged): values written under the old key since the
+  commit are found and re-encrypted.
 * verify (the key read back from ``.env``; the server's fingerprint again): the
   key on disk is the one every value was sealed and round-trip checked under, and
   no row changed since, so a sample per column is opened with the key from disk;
@@ -230,7 +231,7 @@ class KeyRotation:
         self._advance("RESTARTED")
 
         with ctx.step("sweep", "looking for values written under the old key") as out:
-            swept = sweep(db, columns, old_codec, new_codec)
+            swept = sweep(db, columns, old_codec, new_codec, sealed=rewrite)
             db.commit()
             out.detail = f"{swept.n_written} values written under the old key during the switch"
             out.data = {"count": swept.n_written}
