@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shlex
+from types import SimpleNamespace
 
 import pytest
 
 from engine.agents.remote import last_line, render_bootstrap, route_from_panel
 from engine.agents.rows import ServerRow
+from engine.agents.run import AgentSteps, Run
 from engine.errors import AgentError, ProfileError
+from engine.events import Emitter
 from engine.profile import profile_from_dict
 
 SERVER = ServerRow(id=7, name="srv-7", host="10.0.0.7", port=2222, user="oscam", credential=None)
@@ -115,3 +118,21 @@ def test_a_uuid_token_in_the_bootstrap_output_is_hidden_even_if_unknown() -> Non
     line = "agent 7 registered, token 0f8e3c1a-52b4-4d0e-9a61-3be2f1c9d4a7"
 
     assert last_line(f"starting\n{line}\n", []) == "agent 7 registered, token [token]"
+
+
+def test_a_token_the_run_knows_is_hidden_from_every_event_whatever_its_format() -> None:
+    """11.4: a lower-case base32 token looks like no key to the generic redaction; once the run
+    knows it (old, install or new token), no agent event carries it, in its detail or its data."""
+    events: list[dict[str, object]] = []
+    run = Run(SimpleNamespace(emitter=Emitter("r-1", [events.append])), None, None, None, None, None, None)  # type: ignore[arg-type]
+    token = "mfrggzdfmztwq2lknnwg23tpobyxe43u"
+    steps = AgentSteps(run, "agent-1", 1)
+
+    steps.emit("bootstrap", "ok", f"agent 1 registered, token {token}", said=[token])
+    run.hide(token)
+    steps.emit("bootstrap", "ok", f"agent 1 registered, token {token}", said=[token])
+
+    assert [(e["detail"], e["said"]) for e in events] == [
+        (f"agent 1 registered, token {token}", [token]),
+        ("agent 1 registered, token [token]", ["[token]"]),
+    ]
