@@ -26,6 +26,9 @@ Tree::
     ├── AgentError              agent rotation failure (per agent)
     │   └── AgentUnverifiedError  the rotation could not be proven either way ("could not verify")
     ├── ProtocolError           bad request on the serve protocol
+    │   └── RequestError        a refused request line (also a ValueError); its code says
+    │                           why: bad_request, unknown_operation, unsupported_version,
+    │                           request_too_large, request_timeout, plan_required
     └── PlanMismatchError       a run request names a plan that is not the host's now
                                 (code plan_mismatch, key_mismatch or agents_mismatch)
 """
@@ -132,16 +135,28 @@ class ProtocolError(EngineError):
     code = "bad_request"
 
 
+class RequestError(ProtocolError, ValueError):
+    """A request the engine refuses; ``code`` goes into the closing error event.
+
+    Messages name fields, never the values sent (a refused request may hold anything).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class PlanMismatchError(EngineError):
     """The run request's plan hash, key fingerprint or agent list is not the host's now.
 
-    ``details`` carries the plan as it is now (``plan``) and what changed
-    (``differences``), so the bot can void the approvals and say why.
+    ``details`` carries what changed (``differences``) and, once the engine adds it, the
+    plan as it is now (``plan``), so the bot can void the approvals and say why.
     """
 
     code = "plan_mismatch"
 
-    def __init__(self, code: str, message: str, *, plan: dict[str, object], differences: list[str]) -> None:
+    def __init__(self, code: str, message: str, differences: list[str]) -> None:
         super().__init__(message, rolled_back=None)
         self.code = code
-        self.details = {"plan": plan, "differences": differences}
+        self.differences = differences
+        self.details = {"differences": differences}

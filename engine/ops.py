@@ -77,10 +77,9 @@ def _refuse_mismatch(request: Request, binding: dict[str, Any], plan: dict[str, 
     """Raise ``PlanMismatchError`` unless the request names exactly this plan."""
     try:
         protocol.check_run(request, binding)
-    except protocol.RunMismatch as exc:
-        raise PlanMismatchError(
-            exc.code, exc.message, plan=plan, differences=exc.differences
-        ) from None
+    except PlanMismatchError as exc:
+        exc.details["plan"] = plan
+        raise
 
 
 def _names_a_plan(request: Request) -> bool:

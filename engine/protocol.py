@@ -22,6 +22,10 @@ import json
 import re
 import time
 
+# the protocol's errors live with every other engine error; re-exported for the bot
+from engine.errors import PlanMismatchError as PlanMismatchError
+from engine.errors import RequestError as RequestError
+
 TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: serve's hello must not import typing
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -80,18 +84,6 @@ _PERSON_MAX = 64
 
 #: Codes of a run request refused because it no longer matches the host.
 MISMATCH_CODES = frozenset({"plan_mismatch", "key_mismatch", "agents_mismatch"})
-
-
-class RequestError(ValueError):
-    """A request the engine refuses; ``code`` goes into the closing error event.
-
-    Messages name fields, never the values sent (a refused request may hold anything).
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -359,18 +351,8 @@ def plan_hash(binding: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class RunMismatch(Exception):
-    """The run request does not match the plan the engine computes now."""
-
-    def __init__(self, code: str, message: str, differences: list[str]) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.differences = differences
-
-
 def check_run(request: Request, binding: dict[str, Any]) -> None:
-    """Raise ``RunMismatch`` unless ``request`` names exactly the plan ``binding`` describes.
+    """Raise ``PlanMismatchError`` unless ``request`` names exactly the plan ``binding`` describes.
 
     Checked in this order, so that the code says the most useful thing: the current
     key, the agent list, then the hash of the whole plan (engine version, layout, panel).
@@ -378,20 +360,20 @@ def check_run(request: Request, binding: dict[str, Any]) -> None:
     differences = _differences(request, binding)
     expected = binding.get("key_fingerprint")
     if request.key_fingerprint is not None and expected is not None and request.key_fingerprint != expected:
-        raise RunMismatch(
+        raise PlanMismatchError(
             "key_mismatch",
             f"the panel's current key is {expected}, not the approved {request.key_fingerprint}: "
             "the plan changed since it was approved; nothing was changed",
             differences,
         )
     if "agents" in binding and sorted(request.agents or ()) != binding["agents"]:
-        raise RunMismatch(
+        raise PlanMismatchError(
             "agents_mismatch",
             "the agents on the panel no longer match the approved list; nothing was changed",
             differences,
         )
     if request.plan_hash is not None and request.plan_hash != plan_hash(binding):
-        raise RunMismatch(
+        raise PlanMismatchError(
             "plan_mismatch",
             "the plan changed since it was approved (" + ("; ".join(differences) or "its hash")
             + "); nothing was changed",

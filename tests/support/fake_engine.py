@@ -210,7 +210,7 @@ class FakeEngineHost:
         except protocol.RequestError as exc:
             self.refusals.append((request.id, exc.code))
             return protocol.error_event(exc.code, exc.message)
-        except protocol.RunMismatch as exc:
+        except protocol.PlanMismatchError as exc:
             self.refusals.append((request.id, exc.code))
             return protocol.error_event(
                 exc.code, exc.message, plan=self.plan_now(request), differences=exc.differences
