@@ -17,14 +17,17 @@ ARG BASE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE} AS build
 WORKDIR /src
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# the dependencies first, from pyproject.toml alone: a code change does not download them again
+# (PIP_CERT: the system CA bundle; a build behind a TLS-inspecting proxy mounts its own there)
 COPY pyproject.toml README.md ./
+RUN python3 -m venv /opt/rotator \
+    && /opt/rotator/bin/pip install $(python3 -c "import tomllib; \
+print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
 COPY engine ./engine
 COPY bot ./bot
 COPY handlers ./handlers
-# PIP_CERT: the system CA bundle (a build behind a TLS-inspecting proxy mounts its own there)
-RUN python3 -m venv /opt/rotator \
-    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/rotator/bin/pip install \
-        --no-cache-dir --disable-pip-version-check . \
+RUN /opt/rotator/bin/pip install --no-deps . \
     && find /opt/rotator -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE}

@@ -136,11 +136,28 @@ def _delegate(name: str, argv: list[str]) -> int:
     return int(result or 0)
 
 
+def _open_store(settings: Any, audit_key: Any) -> Any:
+    """The store; when the default one (beside ROTATOR_CONFIG) cannot be made, say where to put it."""
+    from bot.errors import StoreError
+    from bot.settings import DEFAULT_STORE
+    from bot.store import open_store
+
+    try:
+        return open_store(settings.store_url, audit_key=audit_key)
+    except StoreError as exc:
+        if settings.config.store.get_secret_value() != DEFAULT_STORE:
+            raise
+        raise BotError(
+            f"{exc.message}. That is the default store, beside ROTATOR_CONFIG: set `store` in "
+            'it to a writable place (in the container: store = "sqlite:////data/rotator.db", '
+            "on the /data volume)"
+        ) from exc
+
+
 def _serve(args: argparse.Namespace) -> int:
     from bot.app import build_rotator, default_engine_clients
     from bot.audit_key import load_audit_key
     from bot.settings import load_settings
-    from bot.store import open_store
 
     settings = load_settings()
     audit_key = load_audit_key()  # the audit log is signed with a key kept outside the store
@@ -153,7 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise BotError(
             "SLACK_APP_TOKEN is not set: set it for Socket Mode, or run `python -m bot --http`"
         )
-    store = open_store(settings.store_url, audit_key=audit_key)
+    store = _open_store(settings, audit_key)
     rotator = build_rotator(settings, store, default_engine_clients(settings))
     rotator.start()
     stop = threading.Event()

@@ -157,3 +157,24 @@ def test_the_image_uses_socket_mode_when_the_app_token_is_set(
         stand_in.stop()
     assert code == 0, logs
     assert "serving Slack in Socket Mode" in logs and app_token not in logs
+
+
+def test_a_store_left_beside_the_read_only_config_is_explained(
+    image: str, mounts: tuple[Path, Path], slack_secrets: SlackSecrets
+) -> None:
+    """The store's default place (beside rotator.toml) is read-only in the container: one
+    line says where to put it instead."""
+    config, data = mounts
+    toml = config / "rotator.toml"
+    toml.write_text("\n".join(line for line in toml.read_text().splitlines() if not line.startswith("store")))
+    result = podman(
+        "run", "--rm", *ulimits(), "-e", f"SLACK_BOT_TOKEN={slack_secrets.bot_token}",
+        "-e", f"SLACK_SIGNING_SECRET={slack_secrets.signing_secret}",
+        "-v", f"{config}:/config:ro", "-v", f"{data}:/data", image, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the state store (sqlite:///config/rotator.db)") and last.endswith(
+        'set `store` in it to a writable place (in the container: store = "sqlite:////data/rotator.db", '
+        "on the /data volume)"
+    ), last
