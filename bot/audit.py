@@ -340,6 +340,5 @@ class AuditLog:
         return len(entries)
 
     def verify(self, anchors: Sequence[Anchor] = ()) -> VerifyReport:
-        return verify_entries(
-            self.store.audit_entries(), self.key, head=self.store.audit_head(), anchors=anchors
-        )
+        entries, head = self.store.audit_snapshot()
+        return verify_entries(entries, self.key, head=head, anchors=anchors)

@@ -98,6 +98,19 @@ class AuditRows(Database):
             entry["seq"], entry["ts_ms"] = int(entry["seq"]), int(entry["ts_ms"])
             yield entry
 
+    def audit_snapshot(self) -> tuple[list[dict[str, Any]], tuple[int, str]]:
+        """Every entry and the head, read in one transaction: a bot appending meanwhile
+        cannot make the head look ahead of the entries."""
+        with self.transaction() as tx:
+            head = tx.one("SELECT seq, hash FROM audit_head WHERE id = 1")
+            rows = tx.all(f"SELECT {', '.join(ENTRY_FIELDS)} FROM audit_log ORDER BY seq")
+        entries = []
+        for row in rows:
+            entry = dict(zip(ENTRY_FIELDS, row, strict=True))
+            entry["seq"], entry["ts_ms"] = int(entry["seq"]), int(entry["ts_ms"])
+            entries.append(entry)
+        return entries, ((int(head[0]), str(head[1])) if head else (0, GENESIS))
+
     def audit_head(self) -> tuple[int, str]:
         with self.transaction() as tx:
             row = tx.one("SELECT seq, hash FROM audit_head WHERE id = 1")

@@ -284,3 +284,28 @@ def test_a_closing_summary_shows_the_chain_position_that_verifies_the_log(make_b
         tx.execute("DELETE FROM audit_log WHERE seq > 3")
         tx.execute("UPDATE audit_head SET seq = 3, hash = (SELECT hash FROM audit_log WHERE seq = 3)")
     assert bot.rotator.audit.verify([anchor]).ok is False
+
+
+def test_verifying_while_the_bot_appends_never_reports_a_false_problem(any_store_url: str) -> None:
+    """Entries and head are read in one transaction: a concurrent append can't look like a cut."""
+    import threading
+
+    store, audit = a_log(any_store_url, entries=1)
+    done = threading.Event()
+
+    def append() -> None:
+        writer = open_store(any_store_url, audit_key=KEY)
+        for n in range(150):
+            AuditLog(writer).append("engine.step", "r-1", "engine", {"n": n})
+        writer.close()
+        done.set()
+
+    thread = threading.Thread(target=append)
+    thread.start()
+    reports = []
+    while not done.is_set():
+        reports.append(audit.verify())
+    thread.join()
+    assert [r.problems for r in reports if not r.ok] == []
+    assert audit.verify().entries == 151
+    store.close()
