@@ -368,8 +368,7 @@ class Runner:
             except BotError as exc:
                 log.warning("no audit anchor for the summary of %s: %s", final.id, exc.message)
         self._refresh(final)
-        summary = blocks.summary_text(final)
-        self._post(final, summary)
+        self._post(final, blocks.summary_message(final))
         headline = blocks.status_lines(
             final,
             approvers=self.policy.approver_mentions,
@@ -399,7 +398,7 @@ class Runner:
     def _refresh(self, request: RotationRequest) -> None:
         cards.refresh_card(self.client, request, self.policy, self.clock())
 
-    def _post(self, request: RotationRequest, text: str) -> None:
+    def _post(self, request: RotationRequest, text: str | blocks.Message) -> None:
         cards.post_thread(self.client, request, text)
 
 

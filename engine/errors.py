@@ -85,6 +85,8 @@ class UndecryptableError(EngineError):
     def __init__(self, message: str, locations: list[str]) -> None:
         super().__init__(message)
         self.locations = locations
+        # table.column id N of each value (no value itself), so the bot can name them
+        self.details["locations"] = list(locations)
 
 
 class LockedError(EngineError):

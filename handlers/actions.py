@@ -72,7 +72,8 @@ def approve(deps: HandlerDeps, request_id: str, person: Person) -> ClickOutcome:
                 continue
             return ClickOutcome(answer=cards.no_longer_pending(expired), changed=expired)
         if person == request.requester:
-            return ClickOutcome(answer=m.self_approval(approvers))
+            others = deps.policy.approvers_for(person)[0]
+            return ClickOutcome(answer=m.self_approval(others))
         if not deps.policy.may_approve(person, deps.directory):
             return ClickOutcome(answer=m.not_an_approver(approvers))
         approvals = (*request.approvals, Decision(person=person, at=now))

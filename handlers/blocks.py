@@ -33,6 +33,8 @@ MAX_COLUMN_LINES = 20
 SECTION_LIMIT = 3000  # Slack's limit for a section's text
 PREVIEW_LIMIT = 4000  # a message's ``text``: Slack advises at most 4,000 characters
 MAX_SECTIONS = 10  # sections one long text may take (a message holds at most 50 blocks)
+FIELD_LIMIT = 2000  # Slack's limit for one field of a section
+MAX_FIELDS = 10  # fields one section may hold
 
 Message = dict[str, Any]
 
@@ -67,9 +69,39 @@ def _target(request: RotationRequest, shown: int = m.LISTED_NAMES) -> str:
 
 
 def _headline(request: RotationRequest) -> str:
-    icon = ":robot_face:" if request.op == "rotate-agent" else ":key:"
-    what = _target(request)
-    return f"{icon} {m.op_title(request.op)} requested: {what}"
+    """``:key: Key rotation requested: panel prod-eu``; once decided or finished, the icon
+    and the word say how it ended (``:rotating_light: Key rotation rolled back: …``)."""
+    icon, word = _title_state(request)
+    return f"{icon} {m.op_title(request.op)} {word}: {_target(request)}"
+
+
+def _title_state(request: RotationRequest) -> tuple[str, str]:
+    state, outcome = request.state, request.outcome
+    pending_icon = ":robot_face:" if request.op == "rotate-agent" else ":key:"
+    if state == State.FAILED:
+        if outcome.get("partial"):
+            if outcome.get("code") == "agent_unverified":
+                return ":grey_question:", "finished, not verified"
+            return ":warning:", "finished with failures"
+        if outcome.get("rolled_back") is True:
+            return ":rotating_light:", "rolled back"
+        if outcome.get("nothing_changed"):
+            return ":no_entry_sign:", "failed, nothing changed"
+        if outcome.get("rolled_back") is False:
+            return ":sos:", "failed, NOT rolled back"
+        return ":sos:", "outcome unknown"
+    return _TITLES.get(state, (pending_icon, "requested"))
+
+
+_TITLES: dict[State, tuple[str, str]] = {
+    State.APPROVED: (":arrow_forward:", "approved"),
+    State.RUNNING: (":arrows_counterclockwise:", "running"),
+    State.DONE: (":white_check_mark:", "done"),
+    State.DENIED: (":no_entry:", "denied"),
+    State.EXPIRED: (":hourglass:", "expired"),
+    State.CANCELLED: (":x:", "cancelled"),
+    State.VOIDED: (":warning:", "voided, plan changed"),
+}
 
 
 def plan_lines(plan: PlanView) -> str:
@@ -93,7 +125,7 @@ def plan_lines(plan: PlanView) -> str:
     else:
         n_columns = len(plan.columns)
         lines.append(
-            f"• {m.count(plan.total)} stored credentials in {m.plural(n_columns, 'column')} "
+            f"• {m.plural(plan.total, 'stored credential')} in {m.plural(n_columns, 'column')} "
             "will be re-encrypted"
         )
         if plan.columns:
@@ -119,9 +151,17 @@ def _approver_names(request: RotationRequest) -> str:
 
 
 def status_lines(
-    request: RotationRequest, *, approvers: str, approvals_required: int, now: float
+    request: RotationRequest,
+    *,
+    approvers: str,
+    approvals_required: int,
+    now: float,
+    name_requester: bool = True,
 ) -> list[str]:
-    """The card's state in one or two lines, as SLACK-UX.md shows them."""
+    """The card's state in one or two lines, as SLACK-UX.md shows them.
+
+    ``approvers``: who may approve this request; ``name_requester``: add "(not @requester)"
+    (when a user group among them may hold the requester)."""
     state = request.state
     if state == State.PENDING:
         missing = max(1, approvals_required - len(request.approvals))
@@ -134,7 +174,11 @@ def status_lines(
             )
         lines.append(
             m.needs_approvals(
-                missing, approvers, request.requester.mention, request.expires_at, now
+                missing,
+                approvers,
+                request.requester.mention if name_requester else "",
+                request.expires_at,
+                now,
             )
         )
         return lines
@@ -162,6 +206,65 @@ def status_lines(
     return [str(state)]
 
 
+def _field(label: str, value: str) -> dict[str, str]:
+    return {"type": "mrkdwn", "text": m.fit(f"*{label}*\n{value}", FIELD_LIMIT)}
+
+
+def _fields(pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Label/value pairs as sections of fields (two columns), at most 10 fields a section."""
+    fields = [_field(label, value) for label, value in pairs if value]
+    return [
+        {"type": "section", "fields": fields[i : i + MAX_FIELDS]}
+        for i in range(0, len(fields), MAX_FIELDS)
+    ]
+
+
+def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[dict[str, Any]]:
+    """The closing summary as Block Kit: the outcome and, for a failure, the next step;
+    then the facts as fields; then the rotation id and its audit anchor.
+
+    ``on_card``: the card's own lines say who asked, why, who approved and how it ended, and
+    carry the request id, so there the summary adds the next step and the facts only."""
+    outcome = request.outcome
+    approvers = [a.person.mention for a in request.approvals if a.person]
+    head, next_step, facts, details = m.summary_parts(
+        panel=request.panel,
+        done=request.state == State.DONE,
+        outcome=outcome,
+    )
+    next_line = f"*Next:* {next_step}" if next_step else ""
+    if on_card:  # the card's own lines say who, why and how it ended; it adds what to do
+        out = _sections(next_line, most=2) if next_line else []
+        out += _fields(facts)
+    else:
+        people = [
+            ("Requested by", request.requester.mention),
+            ("Approved by", m.people(approvers)),
+            ("Reason", m.quote(request.reason)),
+        ]
+        out = [*_sections("\n".join(filter(None, [head, next_line])), most=2)]
+        out += _fields([*facts, *people])
+    if details:
+        out += _sections(details, most=3)
+    took = m.duration(outcome.get("duration_ms"))
+    parts = [] if on_card else [f"Rotation `{m.esc(request.id)}`"]
+    parts += [took] if took else []
+    anchor = m.audit_anchor(outcome).removeprefix(" · ")
+    parts += [anchor] if anchor else []
+    if parts:
+        out.append(_context(" · ".join(parts)))
+    return out
+
+
+def summary_message(request: RotationRequest) -> Message:
+    """The closing summary as its own thread reply: blocks, with the whole summary as the
+    notification's text."""
+    return {
+        "text": m.fit(summary_text(request), PREVIEW_LIMIT),
+        "blocks": summary_blocks(request),
+    }
+
+
 def summary_text(request: RotationRequest) -> str:
     """The closing summary, shared by the card and the final thread reply."""
     approvers = [a.person.mention for a in request.approvals if a.person]
@@ -184,11 +287,20 @@ def summary_text(request: RotationRequest) -> str:
 
 
 def request_card(
-    request: RotationRequest, *, approvers: str, approvals_required: int, now: float
+    request: RotationRequest,
+    *,
+    approvers: str,
+    approvals_required: int,
+    now: float,
+    name_requester: bool = True,
 ) -> Message:
     """The request card: who, why, the plan, the state and, while pending, the buttons."""
     status = status_lines(
-        request, approvers=approvers, approvals_required=approvals_required, now=now
+        request,
+        approvers=approvers,
+        approvals_required=approvals_required,
+        now=now,
+        name_requester=name_requester,
     )
     headline = _headline(request)
     blocks: list[dict[str, Any]] = [
@@ -198,7 +310,7 @@ def request_card(
         *_sections("\n".join(status), most=3),
     ]
     if request.state in (State.DONE, State.FAILED):
-        blocks += _sections(summary_text(request), most=5)
+        blocks += summary_blocks(request, on_card=True)
     if request.state == State.PENDING:
         blocks.append(_buttons(request))
     blocks.append(

@@ -23,11 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def card_for(request: RotationRequest, policy: AccessPolicy, now: float) -> dict[str, Any]:
+    approvers, name_requester = policy.approvers_for(request.requester)
     return blocks.request_card(
         request,
-        approvers=policy.approver_mentions,
+        approvers=approvers,
         approvals_required=policy.approvals_required,
         now=now,
+        name_requester=name_requester,
     )
 
 
@@ -52,12 +54,16 @@ def refresh_card(
     return True
 
 
-def post_thread(client: WebClient, request: RotationRequest, text: str) -> str | None:
+def post_thread(
+    client: WebClient, request: RotationRequest, text: str | blocks.Message
+) -> str | None:
+    """A reply under the card: a sentence, or a message already built (the summary)."""
     if not request.message_ts:
         return None
+    message = blocks.thread_reply(text) if isinstance(text, str) else text
     try:
         response = client.chat_postMessage(
-            channel=request.channel_id, thread_ts=request.message_ts, **blocks.thread_reply(text)
+            channel=request.channel_id, thread_ts=request.message_ts, **message
         )
     except (SlackApiError, SlackClientError) as exc:
         log.warning("could not reply in the thread of %s: %s", request.id, _slack_error(exc))

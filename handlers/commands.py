@@ -165,7 +165,10 @@ def open_request(
     channel: str,
     planning: PlanningNow,
 ) -> RotationRequest | None:
-    """Check who asks, plan, store the request, post its card; tell the person if anything fails."""
+    """Check who asks, plan, store the request, post its card; tell the person if anything fails.
+
+    Who asks is checked before anything else, so someone who may not request sees the
+    refusal alone: no "Asking the engine…" first, and no engine is asked for a plan."""
     if not deps.policy.may_request(person, deps.directory):
         cards.tell(
             client, channel, person.user_id, m.not_a_requester(deps.policy.requester_mentions)
@@ -180,6 +183,7 @@ def open_request(
                 m.too_many_pending(deps.policy.max_pending_per_user, [r.id for r in pending]),
             )
             return None
+        cards.tell(client, channel, person.user_id, m.planning(parsed.op, parsed.panel))
         request = _plan_and_store(deps, client, parsed, person, channel)
     if request is None:
         return None
@@ -379,7 +383,7 @@ def register(app: App, deps: HandlerDeps) -> None:
             if isinstance(parsed, str):
                 ack(text=parsed)
                 return
-            ack(text=m.planning(parsed.op, parsed.panel))
+            ack()  # who asks is checked first, after the acknowledgement (it may ask Slack)
             person = person_from_command(body)
             channel = str(body["channel_id"])
 

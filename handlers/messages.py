@@ -84,6 +84,9 @@ def short_fp(fingerprint: str | None) -> str:
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 value``, ``0 values``, ``1,204 values``: the count and the noun that agrees with it.
+
+    ``words`` is the plural when adding an "s" is wrong (``person``/``people``)."""
     return f"{count(n)} {word if n == 1 else (words or word + 's')}"
 
 
@@ -129,6 +132,9 @@ DUPLICATE_DENY = "You already answered this request."
 
 
 def self_approval(approvers: str) -> str:
+    """``approvers``: those who may approve, the requester left out (a user group as is)."""
+    if not approvers:
+        return "You asked for this rotation, so someone else must approve it."
     return f"You asked for this rotation, so someone else from {approvers} must approve it."
 
 
@@ -259,8 +265,13 @@ def no_longer_pending(phrase: str) -> str:
 def needs_approvals(
     missing: int, approvers: str, requester: str, expires_at: float, now: float
 ) -> str:
+    """``Needs 1 approval from @oncall (not @alice)`` when a group may hold the requester,
+    ``from @bob or @carol`` when approvers are people (the requester left out; pass
+    ``requester=""``)."""
+    who = f"from {approvers}" if approvers else "from someone other than the requester"
+    not_them = f" (not {requester})" if requester else ""
     return (
-        f"Needs {plural(missing, 'approval')} from {approvers} (not {requester}) · "
+        f"Needs {plural(missing, 'approval')} {who}{not_them} · "
         f"expires {clock_time(expires_at)} ({time_left(expires_at, now)})"
     )
 
@@ -407,7 +418,7 @@ def _counts(event: dict[str, Any]) -> str:
     for key in ("done", "values", "reencrypted", "written", "swept", "checked"):
         value = event.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
-            parts.append(f"{count(value)} {key}")
+            parts.append(plural(value, "value") if key == "values" else f"{count(value)} {key}")
     return ", ".join(parts)
 
 
@@ -421,37 +432,93 @@ def column_counts(columns: dict[str, int], shown: int = 20) -> str:
 
 NEXT_STEPS: dict[str, str] = {
     "panel_check_failed": "look at the panel's error log, then request again.",
-    "hook_failed": "check the hook command named above on the panel host, then request again.",
-    "undecryptable": (
-        "fix or remove the values named above (they do not open with the current key), "
+    "hook_failed": (
+        "run the command named under what failed by hand on the panel host, fix it, "
         "then request again."
+    ),
+    "undecryptable": (
+        "restore those values from a backup, or clear them in the panel so that their owners "
+        "enter them again (they do not open with the current key); then request again."
     ),
     "locked": "another engine run holds the panel's lock; wait for it, then request again.",
     "unfinished_rotation": (
         "an earlier rotation is unfinished: run recover on the panel host first."
     ),
     "database": "check that the panel's database is up and reachable, then request again.",
+    "not_transactional": (
+        "the tables named under what failed need a transactional engine (InnoDB): convert them, "
+        "then request again."
+    ),
     "verification_failed": "check the panel now; then run status on the panel host.",
     "key_reuse": "request again; the engine will pick a fresh key.",
     "layout": "run `python -I -m engine probe` on the panel host and fix the profile's ciphertext.",
     "bad_env_file": "check config/.env on the panel host (present, readable, well formed).",
     "bad_key": "PANEL_ENCRYPTION_KEY in config/.env is not 64 hex characters: fix it first.",
     "bad_profile": "fix the panel profile on the panel host (the message names the setting).",
-    "agent_failed": "see each agent above; request again for the agents that failed.",
+    "host_unreachable": (
+        "check that the panel host is up and that its sshd answers on the host and port in the "
+        "bot's [panels] settings, then request again."
+    ),
+    "connection_lost": (
+        "check the network path to the panel host and that its sshd answers, then request again."
+    ),
+    "engine_timeout": (
+        "the engine stopped answering: check the panel host (load, disk, the database), "
+        "then request again."
+    ),
+    "auth_refused": (
+        "the panel host refused the bot's SSH key: install it with its forced command "
+        "(deploy/setup-panel-host.sh), then request again."
+    ),
+    "host_key_mismatch": (
+        "the panel host's SSH host key is not the pinned one: stop and find out why before "
+        "anything else; update known_hosts only if the key changed on purpose."
+    ),
+    "plan_mismatch": "the panel changed since the plan was approved: request again to approve the new plan.",
+    "key_mismatch": "the key in config/.env changed since the plan was approved: request again.",
+    "agents_mismatch": "the agents changed since the plan was approved: request again.",
+    "agent_failed": "see each agent listed here; request again for the agents that failed.",
     "agent_unverified": (
         "the agents work with new tokens, but the engine could not tell whether the panel still "
         "takes the old ones: check by hand, or set old_token_check for this panel (docs/agents-contract.md)."
     ),
 }
+DEFAULT_NEXT_STEP = "fix what the engine reports under what failed, then request again."
 
 
-def next_step(code: str, panel: str, rolled_back: bool | None, nothing_changed: bool) -> str:
-    if rolled_back is False or (rolled_back is None and not nothing_changed):
-        return (
-            f"run `python -I -m engine --profile &lt;profile&gt; recover` on {esc(panel)}'s host, "
-            f"then `/rotate-status` here. Do not request again before that."
-        )
-    return NEXT_STEPS.get(code, "read the step that failed above, then request again.")
+def _recover(panel: str) -> str:
+    return (
+        f"run `python -I -m engine --profile &lt;profile&gt; recover` on {esc(panel)}'s host, "
+        "then `/rotate-status` here. Do not request again before that."
+    )
+
+
+def next_step(
+    code: str,
+    panel: str,
+    rolled_back: bool | None,
+    nothing_changed: bool,
+    outcome: dict[str, Any] | None = None,
+) -> str:
+    """The one thing to do next, for this kind of failure; never "the step above", which a
+    failure before the first step does not have."""
+    if code == "rollback_failed" or rolled_back is False:
+        head = "the engine could not roll back by itself: " if code == "rollback_failed" else ""
+        return head + _recover(panel)
+    if rolled_back is None and not nothing_changed:
+        return _recover(panel)
+    if code == "undecryptable":
+        locations = [str(x) for x in (outcome or {}).get("locations") or [] if x]
+        if locations:
+            they = "it" if len(locations) == 1 else "them"
+            return (
+                f"{some_names(locations, longest=120)} "
+                f"{'does' if len(locations) == 1 else 'do'} not open with the current key: "
+                f"restore {they} from a backup, or clear {they} in the panel so that "
+                f"{'its owner enters it' if len(locations) == 1 else 'their owners enter them'} "
+                "again; then request again."
+            )
+    return NEXT_STEPS.get(code, DEFAULT_NEXT_STEP)
 
 
 def people(persons: Sequence[str]) -> str:
@@ -485,7 +552,7 @@ def final_done(
     columns = outcome.get("columns") or {}
     if columns:
         lines.append(
-            f"   re-encrypted {count(outcome.get('total') or sum(columns.values()))} values: "
+            f"   re-encrypted {plural(outcome.get('total') or sum(columns.values()), 'value')}: "
             f"{column_counts(columns)}"
         )
     skipped = outcome.get("skipped") or []
@@ -499,6 +566,74 @@ def final_done(
     return "\n".join(lines)
 
 
+def _failure_head(outcome: dict[str, Any], panel: str) -> tuple[str, str, str]:
+    """(icon, what happened, next step) of a failed request's summary."""
+    rolled_back = outcome.get("rolled_back")
+    nothing_changed = bool(outcome.get("nothing_changed"))
+    step = next_step(str(outcome.get("code", "")), panel, rolled_back, nothing_changed, outcome)
+    if outcome.get("partial") and outcome.get("code") == "agent_unverified":
+        return ":grey_question:", "Finished, but could not verify every agent.", NEXT_STEPS["agent_unverified"]
+    if outcome.get("partial"):
+        return ":warning:", "Finished with failures.", NEXT_STEPS["agent_failed"]
+    if rolled_back is True:
+        return ":rotating_light:", "Rolled back. The panel is as it was.", step
+    if nothing_changed:
+        return ":no_entry_sign:", "Failed before any change. Nothing was changed.", step
+    if rolled_back is False:
+        return ":sos:", "Failed and NOT rolled back.", step
+    return ":sos:", "Outcome unknown: the bot lost track of the engine.", step
+
+
+def summary_parts(
+    *, panel: str, done: bool, outcome: dict[str, Any]
+) -> tuple[str, str, list[tuple[str, str]], str]:
+    """The closing summary in four parts for Block Kit: the headline, the next step (after
+    a failure), the facts as (label, value) fields, and longer details (columns, agents)."""
+    next_text = ""
+    facts: list[tuple[str, str]] = []
+    details: list[str] = []
+    agents = outcome.get("agents")
+    if done:
+        took = duration(outcome.get("duration_ms"))
+        head = ":white_check_mark: *Done.* " + (f"Verified in {took}." if took else "Verified.")
+        if agents:
+            head += f" {esc(outcome.get('message') or '')}".rstrip()
+    else:
+        icon, what, step = _failure_head(outcome, panel)
+        head = f"{icon} *{what}*"
+        next_text = step
+        facts.append(("What failed", esc(outcome.get("message", "unknown error"))))
+    if agents:
+        details.append(f"*Agents:* {agent_outcomes(agents)}")
+    elif done:
+        facts.append(
+            (
+                "Key",
+                f"old {short_fp(outcome.get('old_fingerprint'))} → "
+                f"new {short_fp(outcome.get('new_fingerprint'))}",
+            )
+        )
+        columns = outcome.get("columns") or {}
+        total = outcome.get("total") or sum(columns.values())
+        if columns or total:
+            facts.append(("Re-encrypted", plural(int(total), "value")))
+        facts.append(("Verification", verification(outcome)))
+        if columns:
+            details.append(f"*Columns:* {column_counts(columns)}")
+        skipped = outcome.get("skipped") or []
+        if skipped:
+            details.append(f"*Tables not present, skipped:* {esc(', '.join(skipped))}")
+    if not done and (outcome.get("old_fingerprint") or outcome.get("new_fingerprint")):
+        facts.append(
+            (
+                "Key in use",
+                f"{short_fp(outcome.get('old_fingerprint'))} (old)"
+                + (" · new key discarded" if outcome.get("rolled_back") else ""),
+            )
+        )
+    return head, next_text, facts, "\n".join(details)
+
+
 def final_failed(
     *,
     request_id: str,
@@ -509,23 +644,8 @@ def final_failed(
     outcome: dict[str, Any],
 ) -> str:
     rolled_back = outcome.get("rolled_back")
-    nothing_changed = bool(outcome.get("nothing_changed"))
-    step = next_step(str(outcome.get("code", "")), panel, rolled_back, nothing_changed)
-    if outcome.get("partial") and outcome.get("code") == "agent_unverified":
-        step = NEXT_STEPS["agent_unverified"]
-        head = f":grey_question: Finished, but could not verify every agent. Next: {step}"
-    elif outcome.get("partial"):
-        step = NEXT_STEPS["agent_failed"]
-        head = f":warning: Finished with failures. Next: {step}"
-    elif rolled_back is True:
-        head = f":rotating_light: Rolled back. The panel is as it was. Next: {step}"
-    elif nothing_changed:
-        head = f":no_entry_sign: Failed before any change. Nothing was changed. Next: {step}"
-    elif rolled_back is False:
-        head = f":sos: Failed and NOT rolled back. Next: {step}"
-    else:
-        head = f":sos: Outcome unknown: the bot lost track of the engine. Next: {step}"
-    lines = [head, f"   what failed: {esc(outcome.get('message', 'unknown error'))}"]
+    icon, what, step = _failure_head(outcome, panel)
+    lines = [f"{icon} {what} Next: {step}", f"   what failed: {esc(outcome.get('message', 'unknown error'))}"]
     if outcome.get("agents"):
         lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
     if outcome.get("old_fingerprint") or outcome.get("new_fingerprint"):

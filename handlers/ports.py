@@ -276,6 +276,13 @@ class AccessPolicy:
     def approver_mentions(self) -> str:
         return mention_list(self.approvers)
 
+    def approvers_for(self, requester: Person) -> tuple[str, bool]:
+        """Who may approve ``requester``'s request, as mentions, and whether to add
+        "(not @requester)": people are listed without the requester; a user group is
+        named as it is, and may hold the requester, so only then is the note needed."""
+        others = [e for e in self.approvers if e.rsplit("/", 1)[-1] != requester.user_id]
+        return mention_list(others), any(e.startswith("S") for e in others)
+
     @property
     def requester_mentions(self) -> str:
         return mention_list(self.requesters)

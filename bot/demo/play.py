@@ -186,7 +186,8 @@ def play(reason: str, narrator: Narrator, cleanup: Cleanup, scenario: str = "rot
     narrator.heading("The request")
     text = f"{PANEL} {reason}"
     say(f"@alice in #rotations › /rotate-key {text}")
-    narrator.slack("(only @alice sees) " + bot.command(ALICE, "/rotate-key", text).text)
+    bot.command(ALICE, "/rotate-key", text)
+    narrator.slack("(only @alice sees) " + bot.ephemeral(ALICE, "Asking the engine").text)
     request = bot.posted_request()
     say("The bot posts the request card in #rotations:")
     narrator.message(render.card(bot.first_card(request), NAMES))
@@ -206,8 +207,11 @@ def play(reason: str, narrator: Narrator, cleanup: Cleanup, scenario: str = "rot
     narrator.heading("The card in #rotations, at the end")
     narrator.message(render.card(bot.card(final), NAMES))
     narrator.heading("The thread under the card (one line per reply)")
-    for reply in bot.thread(final):
-        say("   " + render.one_line(reply, NAMES))
+    for reply in bot.thread_calls(final):
+        if render.has_fields(reply.params):  # the closing summary: Block Kit with fields
+            narrator.message(render.card(reply.params, NAMES))
+        else:
+            say("   " + render.one_line(reply.text, NAMES))
     for notice in bot.direct_messages(ALICE):
         narrator.slack("(direct message to @alice) " + notice)
 

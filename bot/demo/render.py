@@ -51,6 +51,9 @@ def card(message: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
         kind = block.get("type")
         if kind == "section":
             lines += plain(str(block.get("text", {}).get("text", "")), names).splitlines()
+            for field in block.get("fields") or []:  # "*Label*\nvalue" as "Label: value"
+                label, _, value = str(field.get("text", "")).partition("\n")
+                lines.append(plain(f"{label}: {value}" if value else label, names))
         elif kind == "context":
             lines.append(
                 " · ".join(plain(str(e.get("text", "")), names) for e in block.get("elements", []))
@@ -60,6 +63,10 @@ def card(message: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
                 "  ".join(f"[ {e.get('text', {}).get('text', '?')} ]" for e in block["elements"])
             )
     return lines or plain(str(message.get("text", "")), names).splitlines()
+
+
+def has_fields(message: Mapping[str, Any]) -> bool:
+    return any(block.get("fields") for block in message.get("blocks") or [])
 
 
 def one_line(text: str, names: Mapping[str, str]) -> str:

@@ -196,6 +196,19 @@ def wait_until(
         time.sleep(0.005)
 
 
+#: what a requester is told while the engine plans (only once they may request)
+PLANNING = ":hourglass_flowing_sand: Asking the engine"
+
+
+def answers_to(fake: FakeSlack, user: str, count: int = 1) -> list[Call]:
+    """The first ``count`` ephemeral answers to ``user``, besides "Asking the engine…"."""
+    return fake.wait_for(
+        "chat.postEphemeral",
+        lambda c: c.params.get("user") == user and not c.text.startswith(PLANNING),
+        count=count,
+    )
+
+
 def is_card(call: Call) -> bool:
     return (
         not call.params.get("thread_ts")

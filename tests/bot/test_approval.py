@@ -7,13 +7,21 @@ import time
 
 from bot.fakes.slack_api import has_buttons
 from handlers.blocks import DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
-from tests.bot.conftest import ALICE, BOB, CAROL, CHANNEL, DAVE, PANEL, MakeBot, wait_until
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    CAROL,
+    CHANNEL,
+    DAVE,
+    PANEL,
+    MakeBot,
+    answers_to,
+    wait_until,
+)
 
 
 def ephemeral_to(bot, user: str, count: int = 1) -> str:  # type: ignore[no-untyped-def]
-    return bot.fake.wait_for(
-        "chat.postEphemeral", lambda c: c.params.get("user") == user, count=count
-    )[count - 1].text
+    return answers_to(bot.fake, user, count)[count - 1].text
 
 
 def test_the_requester_cannot_approve_their_own_request(make_bot: MakeBot) -> None:
@@ -94,11 +102,15 @@ def test_the_requester_cannot_deny_their_own_request(make_bot: MakeBot) -> None:
 
 
 def test_a_requester_named_directly_as_approver_still_cannot_approve(make_bot: MakeBot) -> None:
+    """Approvers named as people: the card lists those who may approve, without the requester."""
     bot = make_bot(approvers=("U0ALICE", "T0TEAM/U0BOB"))
     request_id, ts = bot.request_key()
+    card = bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert "Needs 1 approval from <@U0BOB> · expires " in card
+    assert "U0ALICE> or" not in card and "(not <@U0ALICE>)" not in card
     bot.approve(request_id, ts, ALICE)
     assert ephemeral_to(bot, ALICE) == (
-        "You asked for this rotation, so someone else from <@U0ALICE> or <@U0BOB> must approve it."
+        "You asked for this rotation, so someone else from <@U0BOB> must approve it."
     )
     bot.approve(request_id, ts, BOB)
     bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
@@ -219,6 +231,7 @@ def test_deny_asks_why_and_the_card_shows_who_and_why(make_bot: MakeBot) -> None
     thread = bot.fake.wait_text("chat.postMessage", "Denied by <@U0BOB>")
     assert thread.params["thread_ts"] == ts and thread.text.startswith("<@U0ALICE> ")
     card = bot.fake.latest_card(CHANNEL, ts)
+    assert card.text.startswith(":no_entry: Key rotation denied: panel prod-eu")
     assert ":no_entry: Denied by <@U0BOB> at " in card.all_text()
     assert "“wrong panel, use prod-us”" in card.all_text()
     assert not has_buttons(card)
@@ -256,6 +269,7 @@ def test_the_requester_can_cancel_a_pending_request(make_bot: MakeBot) -> None:
     bot.command("/rotate-cancel", request_id, user=ALICE)
     assert ephemeral_to(bot, ALICE) == f"Cancelled `{request_id}`."
     card = bot.fake.latest_card(CHANNEL, ts)
+    assert card.text.startswith(":x: Key rotation cancelled: panel prod-eu")
     assert ":x: Cancelled by <@U0ALICE> at " in card.all_text() and not has_buttons(card)
     bot.approve(request_id, ts, BOB)
     assert ephemeral_to(bot, BOB).startswith(
@@ -285,6 +299,7 @@ def test_a_pending_request_expires_on_time(make_bot: MakeBot) -> None:
     )
     card = bot.fake.latest_card(CHANNEL, ts)
     assert (bot.state(request_id), has_buttons(card)) == ("expired", False)
+    assert card.text.startswith(":hourglass: Key rotation expired: panel prod-eu")
     assert "without approval" in card.all_text()
     bot.approve(request_id, ts, BOB)
     assert ephemeral_to(bot, BOB).startswith("This request is no longer pending: it expired at ")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from bot.errors import EngineCrashedError
-from bot.fakes.slack_api import has_buttons
+from bot.fakes.slack_api import Call, has_buttons
 from engine.protocol import KEY_STEPS, Request
 from handlers.ports import Decision, Person, State
 from tests.bot.conftest import ALICE, BOB, CHANNEL, MakeBot, card_request_id, wait_until
@@ -36,7 +36,7 @@ def test_a_rotation_reports_each_step_in_the_thread_and_the_summary_on_the_card(
     ]
     assert all(line.endswith(" · 0.1 s") for line in step_lines)
     assert thread[-1] == final.text
-    summary = final.text
+    summary = final.text  # the notification's text: the whole summary, headline first
     for fragment in (
         "requested by <@U0ALICE>",
         "approved by <@U0BOB>",
@@ -48,12 +48,36 @@ def test_a_rotation_reports_each_step_in_the_thread_and_the_summary_on_the_card(
         f"6.2 s · rotation {request_id}",
     ):
         assert fragment in summary
+    # in Slack: a headline, the facts as fields, the columns, the id with its audit anchor
+    assert section_texts(final)[0] == ":white_check_mark: *Done.* Verified in 6.2 s."
+    assert fields(final) == {
+        "Key": f"old {OLD_FP[:8]}… → new {NEW_FP[:8]}…",
+        "Re-encrypted": "1,204 values",
+        "Verification": "1,204/1,204 open with the new key · panel check 200 OK",
+        "Requested by": "<@U0ALICE>",
+        "Approved by": "<@U0BOB>",
+        "Reason": "“suspected .env disclosure, INC-4412”",
+    }
+    assert section_texts(final)[1].startswith(
+        "*Columns:* oscam_installs.webif_password 812 · saved_servers.ssh_credential_encrypted 377"
+    )
+    assert re.fullmatch(
+        rf"Rotation `{request_id}` · 6\.2 s · audit #\d+ [0-9a-f]{{16}}", context_texts(final)[0]
+    )
     progress = [
         c.all_text() for c in bot.fake.card_versions(CHANNEL, ts) if "running: step" in c.text
     ]
     assert progress and all(re.search(r"running: step [1-9]/9, \w", p) for p in progress)
     card = bot.fake.latest_card(CHANNEL, ts)
-    assert ":white_check_mark: Verified in 6.2 s" in card.all_text() and summary in card.all_text()
+    assert section_texts(card)[0] == "*:white_check_mark: Key rotation done: panel prod-eu*   `[done]`"
+    assert card.text.startswith(":white_check_mark: Key rotation done: panel prod-eu")
+    assert ":white_check_mark: Verified in 6.2 s" in card.all_text()
+    assert fields(card) == {
+        "Key": f"old {OLD_FP[:8]}… → new {NEW_FP[:8]}…",
+        "Re-encrypted": "1,204 values",
+        "Verification": "1,204/1,204 open with the new key · panel check 200 OK",
+    }
+    assert context_texts(card)[0] == context_texts(final)[0].split(" · ", 1)[1]
     assert not has_buttons(card)
     notice = bot.fake.wait_for("chat.postMessage", lambda c: c.params.get("channel") == ALICE)[0]
     assert (
@@ -61,6 +85,20 @@ def test_a_rotation_reports_each_step_in_the_thread_and_the_summary_on_the_card(
         == f"Your rotation `{request_id}` on prod-eu ended: :white_check_mark: Verified in 6.2 s"
     )
     assert bot.state(request_id) == "done"
+
+
+def section_texts(call: Call) -> list[str]:
+    return [b["text"]["text"] for b in call.params["blocks"] if b["type"] == "section" and "text" in b]
+
+
+def context_texts(call: Call) -> list[str]:
+    return [e["text"] for b in call.params["blocks"] if b["type"] == "context" for e in b["elements"]]
+
+
+def fields(call: Call) -> dict[str, str]:
+    """A message's section fields as ``{label: value}`` (each field is ``*label*\\nvalue``)."""
+    found = [f["text"] for b in call.params["blocks"] for f in b.get("fields", [])]
+    return dict(text.removeprefix("*").split("*\n", 1) for text in found)
 
 
 def test_the_engine_receives_who_asked_who_approved_and_why(make_bot: MakeBot) -> None:
@@ -108,7 +146,17 @@ def test_a_failure_that_rolled_back_says_so_and_what_to_do_next(make_bot: MakeBo
         "Next: look at the panel's error log, then request again."
     )
     assert "what failed: panel check failed after restart: GET /health returned 500" in final.text
-    card = bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert section_texts(final)[0] == (
+        ":rotating_light: *Rolled back. The panel is as it was.*\n"
+        "*Next:* look at the panel's error log, then request again."
+    )
+    assert fields(final)["What failed"] == (
+        "panel check failed after restart: GET /health returned 500"
+    )
+    latest = bot.fake.latest_card(CHANNEL, ts)
+    assert latest.text.startswith(":rotating_light: Key rotation rolled back: panel prod-eu")
+    assert "*Next:* look at the panel's error log, then request again." in section_texts(latest)
+    card = latest.all_text()
     assert ":rotating_light: Failed, rolled back, old key verified" in card
     assert bot.state(request_id) == "failed"
     assert bot.store.get(request_id).outcome["rolled_back"] is True

@@ -35,8 +35,15 @@ SECRET_SHAPES = re.compile(
 THREAD_STEPS = [
     *(f"✔ {step_label(step)}" for step in KEY_STEPS[:-1]),
     "↷ backup skipped: no backup hook configured",  # the demo's panel has no backup hook
-    "✅ Done",
 ]
+
+
+def steps_and_summary(thread: list[str]) -> tuple[list[str], list[str]]:
+    """The thread's one-line step replies, and the closing summary's lines (drawn in a box:
+    it is Block Kit with fields, shown as "Label: value")."""
+    top = next(i for i, line in enumerate(thread) if line.startswith("┌"))
+    bottom = next(i for i in range(top, len(thread)) if thread[i].startswith("└"))
+    return thread[:top], [line.removeprefix("│ ") for line in thread[top + 1 : bottom]]
 
 
 @dataclass
@@ -105,10 +112,12 @@ def test_the_demo_plays_a_whole_rotation_and_leaves_nothing_behind(tmp_path: Pat
     run = finish(start_demo(tmp_path))
 
     assert 0 == run.returncode, run.stdout + run.stderr
-    thread = run.section("The thread")
-    assert THREAD_STEPS == [line.split(" · ")[0] for line in thread[: len(THREAD_STEPS)]]
-    assert thread[-2].startswith("✅ Done · requested by @alice · approved by @bob · reason “")
-    assert "verification: 50/50 open with the new key · panel check 200 OK" in thread[-2]
+    steps, summary = steps_and_summary(run.section("The thread"))
+    assert THREAD_STEPS == [line.split(" · ")[0] for line in steps]
+    assert summary[0].startswith("✅ Done. Verified in ")
+    assert {"Requested by: @alice", "Approved by: @bob"} <= set(summary)
+    assert "Reason: “rehearsal: suspected .env disclosure, DEMO-1”" in summary
+    assert "Verification: 50/50 open with the new key · panel check 200 OK" in summary
     assert (
         "(only @alice sees) You asked for this rotation, so someone else from @oncall must "
         "approve it." in run.section("The approvals")
@@ -154,9 +163,11 @@ def test_the_rollback_scenario_shows_the_engine_rolling_back_by_itself(tmp_path:
     run = finish(start_demo(tmp_path, "--scenario", "rollback"))
 
     assert 0 == run.returncode, run.stdout + run.stderr
-    marks = [line.split(" ")[0] + " " + line.split(" ")[1] for line in run.section("The thread")[-5:-2]]
+    steps, summary = steps_and_summary(run.section("The thread"))
+    marks = [line.split(" ")[0] + " " + line.split(" ")[1] for line in steps[-3:]]
     assert ["✖ verification", "↩ rolled", "✔ old"] == marks
-    assert run.section("The thread")[-2].startswith("🚨 Rolled back. The panel is as it was.")
+    assert summary[0] == "🚨 Rolled back. The panel is as it was."
+    assert summary[1].startswith("Next: ")
     assert "🚨 Failed, rolled back, old key verified" in " ".join(run.section("The card in #rotations"))
     fingerprints = re.search(r"\.env key\s+(\w{8})… → (\w{8})…", run.stdout)
     assert fingerprints and fingerprints.group(1) == fingerprints.group(2)

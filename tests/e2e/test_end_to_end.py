@@ -27,7 +27,16 @@ from bot.fakes.slack_api import has_buttons
 from engine import __version__
 from engine.protocol import KEY_STEPS, fingerprint
 from handlers import messages as m
-from tests.bot.conftest import ALICE, BOB, CHANNEL, ONCALL, PANEL, BotUnderTest, MakeBot
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    CHANNEL,
+    ONCALL,
+    PANEL,
+    BotUnderTest,
+    MakeBot,
+    answers_to,
+)
 from tests.ssh.conftest import PanelFactory
 from tests.support.panel import PanelSandbox, failing_once
 from tests.support.secrets_scan import SecretRegistry
@@ -111,7 +120,7 @@ def approve_as_alice_then_bob(rotation: Rotation) -> str:
     """Alice's own click is refused (she hears why); Bob's starts the run. Alice's answer."""
     bot = rotation.bot
     assert 200 == bot.approve(rotation.request_id, rotation.ts, ALICE).status
-    refusal = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ALICE)
+    refusal = answers_to(bot.fake, ALICE)
     assert 200 == bot.approve(rotation.request_id, rotation.ts, BOB).status
     return refusal[0].text
 
