@@ -8,6 +8,7 @@ from typing import Any
 
 from bot.errors import EngineCrashedError
 from bot.fakes.slack_api import Call, has_buttons
+from engine import protocol
 from engine.protocol import KEY_STEPS, Request
 from handlers.ports import Decision, Person, State
 from tests.bot.conftest import ALICE, BOB, CHANNEL, MakeBot, card_request_id, wait_until
@@ -160,6 +161,51 @@ def test_a_failure_that_rolled_back_says_so_and_what_to_do_next(make_bot: MakeBo
     assert ":rotating_light: Failed, rolled back, old key verified" in card
     assert bot.state(request_id) == "failed"
     assert bot.store.get(request_id).outcome["rolled_back"] is True
+
+
+def _undecryptable_at_preflight() -> list[dict[str, Any]]:
+    """Two values stopped opening between the plan and the run: preflight refuses."""
+    where = ["oscam_installs.webif_password id 7", "saved_servers.ssh_credential_encrypted id 9"]
+    message = f"2 stored values do not decrypt with the current key: {', '.join(where)}"
+    return [
+        protocol.step_event("preflight", "started"),
+        protocol.step_event("preflight", "failed", message, elapsed_ms=40),
+        protocol.error_event("undecryptable", message, rolled_back=None, locations=where),
+    ]
+
+
+def test_undecryptable_values_are_named_in_the_next_step(make_bot: MakeBot) -> None:
+    engine = FakeEngineHost()
+    engine.rotation_script = _undecryptable_at_preflight
+    bot = make_bot(engine=engine)
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    final = bot.fake.wait_text("chat.postMessage", "Failed before any change")
+    assert section_texts(final)[0] == (
+        ":no_entry_sign: *Failed before any change. Nothing was changed.*\n*Next:* "
+        "oscam_installs.webif_password id 7, saved_servers.ssh_credential_encrypted id 9 do not "
+        "open with the current key: restore them from a backup, or clear them in the panel so "
+        "that their owners enter them again; then request again."
+    )
+    card = bot.fake.latest_card(CHANNEL, ts)
+    assert card.text.startswith(":no_entry_sign: Key rotation failed, nothing changed: panel prod-eu")
+
+
+def test_a_failure_before_any_step_does_not_point_at_a_step_above(make_bot: MakeBot) -> None:
+    engine = FakeEngineHost()
+    engine.rotation_script = lambda: [
+        protocol.error_event("internal", "the engine failed unexpectedly (OSError); see its log")
+    ]
+    bot = make_bot(engine=engine)
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    final = bot.fake.wait_text("chat.postMessage", "Failed before any change")
+    assert bot.fake.thread(CHANNEL, ts) == [final.text]  # the summary is the only reply
+    assert "above" not in final.all_text()
+    assert section_texts(final)[0].endswith(
+        "*Next:* fix what the engine reports under what failed, then request again."
+    )
+    assert fields(final)["What failed"] == "the engine failed unexpectedly (OSError); see its log"
 
 
 def test_restart_during_a_run_reattaches_and_reports_to_the_end(make_bot: MakeBot) -> None:
