@@ -118,13 +118,13 @@ def _panel_checks(name: str, client: EngineClient) -> Iterator[Check]:
         elif said:
             yield Check(subject, False, f"{exc} · last stderr line {said[-1][:200]!r}", _fix_for(exc.code))
         else:
-            yield Check(subject, False, str(exc), _fix_for(exc.code))
+            yield Check(subject, False, _with_cause(exc), _fix_for(exc.code))
         return
     version = getattr(client, "engine_version", None) or result.get("engine_version", "?")
     yield Check(f"{subject} ssh", True, f"engine {version} · host key {client.host_key_fingerprint}")
     if result.get("type") == "error":
         yield Check(f"{subject} probe", False, str(result.get("message")),
-                    "run `python -I -m engine --profile … probe` on the panel host")
+                    _fix_for(str(result.get("code", "engine_error"))))
         return
     columns = result.get("columns") or {}
     counts = ", ".join(f"{label} {n:,}" for label, n in columns.items())
@@ -134,12 +134,16 @@ def _panel_checks(name: str, client: EngineClient) -> Iterator[Check]:
     finding = f"layout {layout} · {counts or 'no columns'}"
     if missing:
         finding += f" · missing tables: {', '.join(missing)}"
-    yield Check(f"{subject} probe", problem is None, finding if problem is None else f"{finding} · {problem}",
-                "" if problem is None else "fix the panel profile (ciphertext, columns) or the stored values")
+    yield Check(f"{subject} probe", True, finding)
+    if problem is not None:
+        yield Check(f"{subject} probe", False, str(problem),
+                    "fix the panel profile (ciphertext, columns) or the stored values")
     agents = result.get("agents") or {}
-    if agents.get("checked") and agents.get("problems"):
-        yield Check(f"{subject} agents", False, "; ".join(map(str, agents["problems"])),
-                    "fix [agents] in the panel profile")
+    # Agents are checked only when the profile has an [agents] section (an older engine
+    # does not say, so it is checked as before): a panel without agents is not a failure.
+    if agents.get("checked") and agents.get("configured", True):
+        for agent_problem in agents.get("problems") or []:  # one problem per line
+            yield Check(f"{subject} agents", False, str(agent_problem), "fix [agents] in the panel profile")
 
 
 LOGIN_SHELL_REFUSAL = "This account is currently not available."
@@ -173,16 +177,44 @@ def _not_the_engine(subject: str, exc: ProtocolMismatchError, user: str) -> Chec
     )
 
 
+_FIXES = {
+    "host_unreachable": "check host/port in [panels] and that sshd runs on the panel host",
+    "connection_lost": "check host/port in [panels] and the network path",
+    "auth_refused": "add the bot's public key with the forced command (deploy/setup-panel-host.sh)",
+    "host_key_mismatch": "if the host key changed on purpose, update known_hosts; otherwise stop",
+    "protocol_mismatch": "upgrade the engine on the panel host to match the bot",
+    "engine_crashed": "run the engine by hand on the panel host and read its error",
+    "engine_timeout": "the engine stopped answering: check the panel host (load, disk, database)",
+    "client_key": "check key_file and key_passphrase in [panels]",
+    # the engine's own refusals (its error codes)
+    "bad_profile": "fix the panel profile on the panel host (the message names the setting)",
+    "bad_env_file": "check config/.env on the panel host: present, readable by the engine, well formed",
+    "bad_key": "PANEL_ENCRYPTION_KEY in config/.env must be 64 hex characters",
+    "database": "check the database settings in config/.env and that the panel's database is up",
+    "not_transactional": "convert the tables named to a transactional engine (InnoDB)",
+    "layout": "set ciphertext in the panel profile to the layout the stored values use",
+    "undecryptable": "restore or clear the values named: they do not open with the key in config/.env",
+    "locked": "another engine run holds the panel's lock: wait for it, then run doctor again",
+    "unfinished_rotation": "run `python -I -m engine --profile … recover` on the panel host",
+}
+
+
 def _fix_for(code: str) -> str:
-    return {
-        "host_unreachable": "check host/port in [panels] and that sshd runs on the panel host",
-        "connection_lost": "check host/port in [panels] and the network path",
-        "auth_refused": "add the bot's public key with the forced command (deploy/setup-panel-host.sh)",
-        "host_key_mismatch": "if the host key changed on purpose, update known_hosts; otherwise stop",
-        "protocol_mismatch": "upgrade the engine on the panel host to match the bot",
-        "engine_crashed": "run the engine by hand on the panel host and read its error",
-        "client_key": "check key_file and key_passphrase in [panels]",
-    }.get(code, "see the bot log for details")
+    return _FIXES.get(
+        code,
+        f"the engine refused with code {code}: run `python -I -m engine --profile … probe` on the "
+        "panel host to read its error in full",
+    )
+
+
+def _with_cause(exc: BaseException) -> str:
+    """The error and, when another error caused it, that cause (``cannot start the engine
+    (FileNotFoundError: …)``), rather than leaving it to the log."""
+    text = str(exc)
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({type(cause).__name__}: {cause})"
+    return text
 
 
 def run_checks(
@@ -193,7 +225,7 @@ def run_checks(
         try:
             client = clients(name)
         except BotError as exc:
-            checks.append(Check(f"panel {name}", False, str(exc), "fix [panels] in ROTATOR_CONFIG"))
+            checks.append(Check(f"panel {name}", False, _with_cause(exc), "fix [panels] in ROTATOR_CONFIG"))
             continue
         checks.extend(_panel_checks(name, client))
     return checks

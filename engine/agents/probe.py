@@ -69,6 +69,8 @@ def probe_agents(ctx: Context, db: PanelDB) -> dict[str, Any]:
     known_hosts_readable = os.access(known_hosts, os.R_OK)
     report: dict[str, Any] = {
         "checked": True,
+        # the profile has an [agents] section: without one, a panel without agents is fine
+        "configured": "agents" in ctx.profile.model_fields_set,
         "ok": not problems,
         "problems": problems,
         "install_token_provider": s.install_token_provider,

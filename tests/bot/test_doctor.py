@@ -116,3 +116,54 @@ def test_doctor_recognises_a_login_shell_refusal():
         "the panel host's SSH user has no login shell: it answered 'This account is currently not available.'",
     )
     assert check.fix.startswith("give that user a shell: `usermod --shell /bin/sh rotator`")
+
+
+def _doctor_on(tmp_path, monkeypatch, slack_secrets, fake_slack, profile) -> tuple[int, str]:
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite://state.db", panels=("lab",),
+                          profiles={"lab": profile})
+    _environment(monkeypatch, slack_secrets, fake_slack, config)
+    out = io.StringIO()
+    status = doctor.main([], out=out)
+    return status, out.getvalue()
+
+
+NO_AGENT_TABLES = ("agents", "agent_install_tokens")
+
+
+def test_a_panel_without_agents_passes_when_its_profile_configures_none(
+    tmp_path, monkeypatch, slack_secrets, fake_slack, panel_factory
+):
+    """No [agents] in the profile and no agent tables in the panel: nothing to fail."""
+    panel = panel_factory(rows=2, missing_tables=NO_AGENT_TABLES)
+    status, report = _doctor_on(tmp_path, monkeypatch, slack_secrets, fake_slack, panel.profile_path)
+    assert (status, "FAIL" in report) == (0, False), report
+    assert "ok    panel lab probe" in report and "agents" not in report
+
+
+def test_configured_agents_are_checked_one_problem_per_line(
+    tmp_path, monkeypatch, slack_secrets, fake_slack, panel_factory
+):
+    panel = panel_factory(rows=2, missing_tables=NO_AGENT_TABLES)
+    profile = panel.write_profile(agents={"install_token_provider": "sql"})
+    status, report = _doctor_on(tmp_path, monkeypatch, slack_secrets, fake_slack, profile)
+    failures = [line for line in report.splitlines() if line.startswith("FAIL")]
+    assert status == 1
+    assert failures[:2] == [
+        "FAIL  panel lab agents  agents table agents does not exist",
+        "FAIL  panel lab agents  install token table agent_install_tokens does not exist",
+    ]
+    assert [line.split("  ")[2].split(" ")[0] for line in failures[2:]] in ([], ["known_hosts"])
+
+
+def test_an_engine_refusal_says_its_cause_and_what_to_fix(
+    tmp_path, monkeypatch, slack_secrets, fake_slack, panel_factory
+):
+    """Not "see the bot log for details": the engine's reason, and the fix for that reason."""
+    panel = panel_factory(rows=2)
+    panel.env_path.unlink()
+    status, report = _doctor_on(tmp_path, monkeypatch, slack_secrets, fake_slack, panel.profile_path)
+    assert status == 1
+    assert "see the bot log" not in report
+    assert "FAIL  panel lab" in report and ".env" in report
+    assert "→ check config/.env on the panel host: present, readable by the engine, well formed" in report
+    assert scan_text(report) == []
