@@ -29,8 +29,9 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bot.errors import BotError
@@ -89,8 +90,41 @@ def configure_logging(secrets: Sequence[str], level: int = logging.INFO, json_li
     root.setLevel(level)
 
 
+def bare_run(environ: Mapping[str, str]) -> str:
+    """What a bare ``python -m bot`` does with ``environ``: ``serve``, ``demo`` or ``refuse``."""
+    if any(name in environ for name in SETTINGS_VARIABLES):
+        return "serve"
+    return "refuse" if environ.get("INVOCATION_ID") else "demo"  # systemd never plays the demo
+
+
+_BARE_RUN_NOW = {
+    "serve": "serve Slack: settings are in the environment",
+    "demo": "play the local demo: none of those settings is in the environment",
+    "refuse": "stop with an error: no settings in the environment, under systemd",
+}
+
+
+def _description(environ: Mapping[str, str]) -> str:
+    paragraphs = [
+        "MyOsicam Rotator Slack bot.",
+        "A bare `python -m bot` (no command, no option) serves Slack in Socket Mode (needs "
+        "SLACK_APP_TOKEN) with the settings from the environment and ROTATOR_CONFIG; with "
+        "--http it serves Slack's HTTP mode. When none of these settings is in the environment, "
+        f"not even empty ({', '.join(SETTINGS_VARIABLES)}), it plays the local demo instead, "
+        "except under systemd, where it stops with an error. `python -m bot serve [options]` "
+        "always serves, never the demo.",
+        f"Here and now, a bare `python -m bot` would {_BARE_RUN_NOW[bare_run(environ)]}.",
+    ]
+    return "\n\n".join(textwrap.fill(p, 79) for p in paragraphs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bot", description="MyOsicam Rotator Slack bot")
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description=_description(os.environ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="serve [--http] [--port P]: serve Slack, never the demo (the systemd unit's form)",
+    )
     parser.add_argument(
         "--http", action="store_true", help="serve Slack's HTTP mode instead of Socket Mode"
     )
@@ -235,8 +269,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv and not any(name in os.environ for name in SETTINGS_VARIABLES):
-        if os.environ.get("INVOCATION_ID"):  # systemd: a service must not play a demo
+    if not argv and bare_run(os.environ) != "serve":
+        if bare_run(os.environ) == "refuse":  # systemd: a service must not play a demo
             print(
                 "error: no Slack settings in the environment (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET, "
                 "ROTATOR_CONFIG): is the unit's EnvironmentFile empty or missing?",

@@ -203,3 +203,23 @@ def test_serve_never_plays_the_demo(
     err = capsys.readouterr().err
     for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "ROTATOR_CONFIG"):
         assert f"{name}: is required but not set" in err
+
+
+def test_help_says_what_a_bare_python_m_bot_does(tmp_path: Path) -> None:
+    """--help states the rule (serve, or the demo with no settings at all, never under
+    systemd) and what a bare run would do here and now."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_", "INVOCATION_ID"))}
+    without = run_bot(clean, "--help")
+    with_one = run_bot({**clean, "SLACK_BOT_TOKEN": ""}, "--help")
+    under_systemd = run_bot({**clean, "INVOCATION_ID": "0123abcd"}, "--help")
+    assert [without.returncode, with_one.returncode, under_systemd.returncode] == [0, 0, 0]
+    rule = " ".join(without.stdout.split())
+    assert "A bare `python -m bot` (no command, no option) serves Slack in Socket Mode" in rule
+    assert "it plays the local demo instead, except under systemd, where it stops with an error" in rule
+    assert "`python -m bot serve [options]` always serves, never the demo" in rule
+    now = [" ".join(r.stdout.split()).split("Here and now, ")[1].split(".")[0] for r in (without, with_one, under_systemd)]
+    assert now == [
+        "a bare `python -m bot` would play the local demo: none of those settings is in the environment",
+        "a bare `python -m bot` would serve Slack: settings are in the environment",
+        "a bare `python -m bot` would stop with an error: no settings in the environment, under systemd",
+    ]
