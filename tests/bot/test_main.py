@@ -217,7 +217,8 @@ def test_help_says_what_a_bare_python_m_bot_does(tmp_path: Path) -> None:
     assert "A bare `python -m bot` (no command, no option) serves Slack in Socket Mode" in rule
     assert "it plays the local demo instead, except under systemd, where it stops with an error" in rule
     assert "`python -m bot serve [options]` always serves, never the demo" in rule
-    now = [" ".join(r.stdout.split()).split("Here and now, ")[1].split(".")[0] for r in (without, with_one, under_systemd)]
+    runs = (without, with_one, under_systemd)
+    now = [" ".join(r.stdout.split()).split("Here and now, ")[1].split(".")[0] for r in runs]
     assert now == [
         "a bare `python -m bot` would play the local demo: none of those settings is in the environment",
         "a bare `python -m bot` would serve Slack: settings are in the environment",
