@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mu.name}: {' '.join(mu.tests)}")
         return 0
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        os.chmod(tmp, 0o755)  # tests run parts as other users (www-data, an attacker)
         tree = copy_tree(Path(tmp))
         broken: set[tuple[str, ...]] = set()
         if not args.no_baseline:
