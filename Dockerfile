@@ -20,14 +20,15 @@ WORKDIR /src
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # the dependencies first, from pyproject.toml alone: a code change does not download them again
 # (PIP_CERT: the system CA bundle; a build behind a TLS-inspecting proxy mounts its own there)
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN python3 -m venv /opt/rotator \
-    && /opt/rotator/bin/pip install $(python3 -c "import tomllib; \
+    && /opt/rotator/bin/pip install "setuptools>=70.1" $(python3 -c "import tomllib; \
 print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+COPY README.md ./
 COPY engine ./engine
 COPY bot ./bot
 COPY handlers ./handlers
-RUN /opt/rotator/bin/pip install --no-deps . \
+RUN /opt/rotator/bin/pip install --no-deps --no-build-isolation . \
     && find /opt/rotator -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE}

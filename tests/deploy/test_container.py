@@ -41,11 +41,14 @@ def image() -> str:
         pytest.skip("podman builds and runs images as root here")
     assert shutil.which("podman"), "podman is not installed (./test.sh installs podman, runc, debootstrap)"
     base = ensure_base_image()
+    before = podman("image", "inspect", "--format", "{{.Id}}", IMAGE, check=False).stdout.strip()
     podman(
         "build", "--pull=never", "--format", "docker", *ulimits(),
         "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "--build-arg", f"BASE={base}",
         "-t", IMAGE, str(REPO), timeout=900,
     )  # fmt: skip
+    if before and before != podman("image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.strip():
+        podman("rmi", before, check=False)  # the previous build's image, now untagged
     return IMAGE
 
 
