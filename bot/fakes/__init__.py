@@ -4,6 +4,9 @@
   and records every call;
 * ``slack_signing``: Slack's side of the HTTP hop, requests signed as Slack
   signs them;
+* ``socket_mode``: Slack's side of Socket Mode, a loopback websocket endpoint
+  (``apps.connections.open``, ``hello``, envelopes and their acknowledgements,
+  ``disconnect`` and the reconnect);
 * ``panel``: a reference MyOsicam panel (PHP, its schema, a MariaDB database,
   ``.env``) for the engine to rotate.
 
