@@ -24,6 +24,7 @@ from engine.errors import (
 )
 from engine.events import Emitter, json_sink
 from engine.protocol import PROTOCOL_VERSION, Request, error_event, result_event
+from engine.words import plural
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_RECOVER, EXIT_UNVERIFIED = 0, 1, 2, 3, 4
 EXIT_STATUS = """\
@@ -233,7 +234,7 @@ def _run_line(run: dict[str, Any]) -> str:
 
 
 def _values(n: int) -> str:
-    return f"{n:,} stored value{'' if n == 1 else 's'}"
+    return plural(n, "stored value")
 
 
 def _needs_confirmation(args: argparse.Namespace) -> bool:

@@ -26,6 +26,7 @@ from engine.journal import FORWARD_STATES, JournalRecord
 from engine.profile import engine_command
 from engine.scan import census, reencrypt
 from engine.verify import panel_check, verify_from_disk
+from engine.words import plural, verb
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,13 @@ def roll_back(
                     "restart", ctx.profile.restart_command, timeout_s=ctx.profile.restart_timeout_s
                 )
                 restarted = True
-            parts = [f"{rewritten:,} values re-encrypted under the old key"]
+            parts = [f"{plural(rewritten, 'value')} re-encrypted under the old key"]
             parts.append(".env restored" if env_restored else ".env unchanged")
             if restarted:
                 parts.append("panel restarted")
             if neither:
-                parts.append(f"{neither} values open with neither key, left untouched")
+                opens = verb(neither, "opens", "open")
+                parts.append(f"{plural(neither, 'value')} {opens} with neither key, left untouched")
             out.detail = " · ".join(parts)
         with ctx.step("verify_old", "verifying the old key from disk") as out:
             verified = verify_from_disk(
@@ -143,7 +145,7 @@ def roll_forward(ctx: Context, record: JournalRecord) -> dict[str, Any]:
     try:
         with ctx.step("reencrypt", "re-encrypting what is still under the old key") as out:
             rewritten, neither = _converge_values(ctx, db, record, record.new_key, record.old_key)
-            out.detail = f"{rewritten:,} values re-encrypted" + (
+            out.detail = f"{plural(rewritten, 'value')} re-encrypted" + (
                 f" · {neither} open with neither key, left untouched" if neither else ""
             )
         with ctx.step("write_env", "making .env hold the new key") as out:
@@ -158,7 +160,7 @@ def roll_forward(ctx: Context, record: JournalRecord) -> dict[str, Any]:
         journal.save(record)
         with ctx.step("sweep", "looking for values written under the old key") as out:
             swept, _ = _converge_values(ctx, db, record, record.new_key, record.old_key)
-            out.detail = f"{swept} values written under the old key during the switch"
+            out.detail = f"{plural(swept, 'value')} written under the old key during the switch"
         record.state = "SWEPT"
         journal.save(record)
         with ctx.step("verify", "decrypting every value with the key read from disk") as out:

@@ -17,6 +17,7 @@ from engine.probe import require_transactions
 from engine.profile import ColumnSpec
 from engine.protocol import fingerprint
 from engine.scan import census
+from engine.words import plural, verb
 
 
 @dataclass
@@ -64,7 +65,8 @@ def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) ->
             db.close()
         if found.n_neither:
             raise UndecryptableError(
-                f"{found.n_neither} stored values do not decrypt with the current key: "
+                f"{plural(found.n_neither, 'stored value')} "
+                f"{verb(found.n_neither, 'does', 'do')} not decrypt with the current key: "
                 f"{found.listed_neither()}. Nothing was changed; fix or clear those values first",
                 found.neither_at,
             )
@@ -77,6 +79,7 @@ def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) ->
             missing=missing,
             counts=dict(found.target),
         )
-        out.detail = f"{pre.total:,} values open with the current key · {lock_note}"
+        opens = verb(pre.total, "opens", "open")
+        out.detail = f"{plural(pre.total, 'value')} {opens} with the current key · {lock_note}"
         out.data = pre.summary()
     return pre

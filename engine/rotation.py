@@ -56,6 +56,7 @@ from engine.profile import engine_command
 from engine.protocol import fingerprint
 from engine.scan import reencrypt, sweep
 from engine.verify import check_written, panel_check, verify_from_disk
+from engine.words import plural
 
 
 class KeyRotation:
@@ -173,7 +174,7 @@ class KeyRotation:
         self.db = ctx.connect()
         db = self.db
 
-        with ctx.step("reencrypt", f"re-encrypting {pre.total:,} values in one transaction") as out:
+        with ctx.step("reencrypt", f"re-encrypting {plural(pre.total, 'value')} in one transaction") as out:
             rewrite = reencrypt(
                 db,
                 columns,
@@ -191,7 +192,7 @@ class KeyRotation:
                 )
             if rewrite.lost_race:
                 raise DatabaseError(f"{rewrite.lost_race} rows changed under the row lock; not writing")
-            out.detail = f"re-encrypted {rewrite.n_written:,} values in one transaction"
+            out.detail = f"re-encrypted {plural(rewrite.n_written, 'value')} in one transaction"
             out.data = {"columns": rewrite.written, "count": rewrite.n_written}
         self._advance("REENCRYPTED")
 
@@ -233,7 +234,7 @@ class KeyRotation:
         with ctx.step("sweep", "looking for values written under the old key") as out:
             swept = sweep(db, columns, old_codec, new_codec, sealed=rewrite)
             db.commit()
-            out.detail = f"{swept.n_written} values written under the old key during the switch"
+            out.detail = f"{plural(swept.n_written, 'value')} written under the old key during the switch"
             out.data = {"count": swept.n_written}
         self._advance("SWEPT")
 

@@ -9,6 +9,7 @@ from engine.db import PanelDB
 from engine.errors import PanelCheckError, VerificationError
 from engine.profile import ColumnSpec
 from engine.scan import Rewrite, census
+from engine.words import plural
 
 #: Values per column a fingerprint-proven verification still opens with the key from disk.
 SAMPLE = 100
@@ -79,7 +80,7 @@ def check_written(db: PanelDB, columns: list[ColumnSpec], rewrite: Rewrite) -> i
     """
     if rewrite.roundtrip_failed:
         raise VerificationError(
-            f"{rewrite.roundtrip_failed} values did not open again under the new key after sealing; "
+            f"{plural(rewrite.roundtrip_failed, 'value')} did not open again under the new key after sealing; "
             "nothing was committed"
         )
     checked = 0

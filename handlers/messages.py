@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.protocol import AGENT_STEPS, KEY_STEPS
+from engine.words import plural as plural  # one way to count, in the engine and in Slack
 
 # --- small formatters -------------------------------------------------------------------
 
@@ -81,13 +82,6 @@ def short_fp(fingerprint: str | None) -> str:
     if not fingerprint:
         return "(unknown)"
     return f"{fingerprint[:8]}…"
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    """``1 value``, ``0 values``, ``1,204 values``: the count and the noun that agrees with it.
-
-    ``words`` is the plural when adding an "s" is wrong (``person``/``people``)."""
-    return f"{count(n)} {word if n == 1 else (words or word + 's')}"
 
 
 def quote(reason: str) -> str:

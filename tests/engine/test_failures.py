@@ -175,6 +175,9 @@ def test_undecryptable_value_is_named_and_nothing_changes(panel_factory):
     assert run.returncode == 1
     assert run.closing["code"] == "undecryptable"
     assert "saved_servers.ssh_credential_encrypted id 3" in run.closing["message"]
+    assert "1 stored value does not decrypt with the current key" in run.closing["message"]
+    # named apart from the message too, so the bot can say what to do with exactly those
+    assert run.closing["locations"] == ["saved_servers.ssh_credential_encrypted id 3"]
     assert panel.stored_values() == rows
     assert run.leaks() == []
 

@@ -76,3 +76,14 @@ def test_the_approvers_named_on_a_card_leave_the_requester_out() -> None:
     assert by_group.approvers_for(alice) == ("<!subteam^S0ONCALL>", True)
     line = m.needs_approvals(1, "<@U0BOB> or <@U0CAROL>", "", 1_795_001_800.0, 1_795_000_000.0)
     assert line.startswith("Needs 1 approval from <@U0BOB> or <@U0CAROL> · expires ")
+
+
+def test_the_verb_agrees_with_the_count_too() -> None:
+    """The engine's step details say "1 value opens" and "2 values open"."""
+    from engine.words import plural, verb
+
+    assert [f"{plural(n, 'value')} {verb(n, 'opens', 'open')}" for n in (0, 1, 2)] == [
+        "0 values open",
+        "1 value opens",
+        "2 values open",
+    ]
