@@ -31,6 +31,18 @@ from bot.errors import SocketModeError
 log = logging.getLogger(__name__)
 
 
+class _NoFalseSession(logging.Filter):
+    """Drops the SDK's "A new session has been established" when no session was."""
+
+    def __init__(self, connected: Callable[[], bool]) -> None:
+        super().__init__()
+        self.connected = connected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        claims = str(record.msg).startswith("A new session has been established")
+        return not claims or self.connected()
+
+
 class AcknowledgingHandler(SocketModeHandler):
     """Bolt's handler, with each envelope inside ``acknowledging`` (see ``bot.app.AckFirst``)."""
 
@@ -41,7 +53,11 @@ class AcknowledgingHandler(SocketModeHandler):
         acknowledging: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         **options: Any,
     ) -> None:
+        # the SDK client's own logger, one per handler, so its filter asks this client
+        sdk_log = logging.getLogger(f"bot.socket_mode.sdk.{id(self):x}")
+        options.setdefault("logger", sdk_log)
         super().__init__(app, app_token, **options)
+        sdk_log.addFilter(_NoFalseSession(self.client.is_connected))
         self.acknowledging = acknowledging
 
     def handle(self, client: Any, req: Any) -> None:
