@@ -1,6 +1,6 @@
 """Re-encryption throughput and memory, against the real MariaDB on 127.0.0.1:3306.
 
-    python bench/reencrypt.py [--values 100000] [--memory-scale 10] [--no-naive] [--rounds 2]
+    python bench/reencrypt.py [--values 100000] [--memory-scale 10] [--naive] [--rounds 3]
 
 Prints, from one run on the same data:
   * the engine's re-encryption (the very function a rotation runs: locked keyset
@@ -11,14 +11,16 @@ Prints, from one run on the same data:
     value (the same keyset SELECT ... FOR UPDATE, nothing else) plus the bare bulk
     write of precomputed ciphertexts (temporary table, UPDATE ... JOIN, commit);
     the two times add up, no overlap;
-  * a naive baseline: one SELECT, then decrypt, encrypt and UPDATE row by row;
+  * with ``--naive``, a naive baseline: one SELECT, then decrypt, encrypt and
+    UPDATE row by row;
   * pure AES-GCM decrypt + encrypt in memory, one core;
   * the ratios, and the engine's peak memory at N and at N x memory-scale values
     (Python heap of the engine process by tracemalloc, and peak RSS of the engine
     process plus its crypto worker), to show it stays flat.
 
-Engine and limit runs alternate ``--rounds`` times and the best of each counts:
-the machine is shared, and the best run is the least disturbed one.
+Each of ``--rounds`` rounds measures the engine, the limit and a whole rotate-key
+back to back; the ratios are taken per round and their median printed, because
+the machine is shared and its load moves between rounds more than within one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import os
 import resource
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -257,8 +260,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--values", type=int, default=100_000)
     parser.add_argument("--memory-scale", type=int, default=10, help="0 skips the memory runs")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-naive", action="store_true", help="skip the (slow) row-by-row baseline")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--naive", action="store_true", help="also run the (slow) row-by-row baseline")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -271,46 +274,49 @@ def main() -> None:
         keys = [secrets.token_hex(32)]
         print(f"values: {n:,} in MariaDB (one TEXT column, base64 AES-256-GCM), batches of {BATCH:,}")
         fill(n, keys[-1])
-        t_engine = t_read = t_write = float("inf")
-        for _ in range(args.rounds):
+        rounds: list[dict[str, float]] = []
+        for i in range(args.rounds):
             keys.append(secrets.token_hex(32))
             took, written = engine_reencrypt(keys[-2], keys[-1])
             assert written == n, (written, n)
-            t_engine = min(t_engine, took)
-            t_read = min(t_read, bare_locked_read()[0])
+            t_read = bare_locked_read()[0]
             keys.append(secrets.token_hex(32))
-            t_write = min(t_write, bare_bulk_write(keys[-2], keys[-1])[0])
-        t_limit = t_read + t_write
+            t_write = bare_bulk_write(keys[-2], keys[-1])[0]
+            t_whole = whole_rotation(keys[-1])
+            keys.append(_key_after_rotation())
+            rounds.append({"engine": took, "read": t_read, "write": t_write, "limit": t_read + t_write,
+                           "whole": t_whole})
+            print(f"round {i + 1}: engine {took:5.2f} s · read {t_read:5.2f} s + write {t_write:5.2f} s = limit "
+                  f"{t_read + t_write:5.2f} s ({(t_read + t_write) / took:4.0%}) · whole rotate-key {t_whole:5.2f} s "
+                  f"({took / t_whole:4.0%}; " + ", ".join(f"{k} {v:.2f}" for k, v in STEPS.items()) + ")",
+                  flush=True)
         t_naive = None
-        if not args.no_naive:
+        if args.naive:
             keys.append(secrets.token_hex(32))
             t_naive, _ = naive(keys[-2], keys[-1])
         t_crypto = pure_crypto(n)
-        t_whole = float("inf")
-        for _ in range(args.rounds):
-            took = whole_rotation(keys[-1])
-            if took < t_whole:
-                t_whole, best_steps = took, dict(STEPS)
-            keys.append(_key_after_rotation())
-        STEPS.clear()
-        STEPS.update(best_steps)
 
         def rate(t: float) -> str:
             return f"{n / t:>10,.0f} values/s  ({t:6.2f} s)"
 
-        print(f"engine re-encryption         {rate(t_engine)}")
-        print(f"engine whole rotate-key      {rate(t_whole)}  preflight..DONE")
-        print("    steps: " + ", ".join(f"{name} {sec:.2f} s" for name, sec in STEPS.items()))
-        print(f"bare locked read             {rate(t_read)}")
-        print(f"bare bulk write              {rate(t_write)}  precomputed ciphertexts")
-        print(f"read + write limit           {rate(t_limit)}  the two above, back to back")
+        def median(key: str) -> float:
+            return statistics.median(r[key] for r in rounds)
+
+        print(f"medians of {len(rounds)} rounds (each round measures everything back to back):")
+        print(f"engine re-encryption         {rate(median('engine'))}")
+        print(f"engine whole rotate-key      {rate(median('whole'))}  preflight..DONE")
+        print(f"bare locked read             {rate(median('read'))}")
+        print(f"bare bulk write              {rate(median('write'))}  precomputed ciphertexts")
+        print(f"read + write limit           {rate(median('limit'))}  the two above, back to back")
         if t_naive is not None:
             print(f"naive row-by-row baseline    {rate(t_naive)}")
         print(f"pure AES-GCM open+seal       {rate(t_crypto)}  one core, in memory")
-        print(f"engine / read+write limit    {t_limit / t_engine:5.0%}    (aim >= 80%)")
-        print(f"whole rotate-key / engine    {t_engine / t_whole:5.0%}    (aim >= 50%)")
+        limit_ratio = statistics.median(r["limit"] / r["engine"] for r in rounds)
+        whole_ratio = statistics.median(r["engine"] / r["whole"] for r in rounds)
+        print(f"engine / read+write limit    {limit_ratio:5.0%}    (median of per-round ratios; aim >= 80%)")
+        print(f"whole rotate-key / engine    {whole_ratio:5.0%}    (median of per-round ratios; aim >= 50%)")
         if t_naive is not None:
-            print(f"engine / naive               {t_naive / t_engine:5.1f}x")
+            print(f"engine / naive               {t_naive / median('engine'):5.1f}x")
         base, scale = n, args.memory_scale
         if scale:
             small = peak_memory(base)
