@@ -173,7 +173,8 @@ def test_a_secret_logged_at_debug_or_info_fails_its_test(tmp_path: Path) -> None
             str(tmp_path / "test_leaky.py"),
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        # not CI's variables: under CI=true pytest prints each failure's reason twice
+        env={**{k: v for k, v in os.environ.items() if k not in ("CI", "BUILD_NUMBER")}, "PYTHONPATH": str(root)},
         capture_output=True,
         text=True,
         timeout=120,
