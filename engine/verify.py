@@ -9,7 +9,7 @@ from engine.db import PanelDB
 from engine.errors import PanelCheckError, VerificationError
 from engine.profile import ColumnSpec
 from engine.scan import Rewrite, census
-from engine.words import plural
+from engine.words import plural, verb
 
 #: Values per column a fingerprint-proven verification still opens with the key from disk.
 SAMPLE = 100
@@ -52,7 +52,8 @@ def verify_from_disk(
     found = census(db, columns, codec, None, profile.batch_size)
     if found.n_neither:
         raise VerificationError(
-            f"{found.n_neither} of {found.total:,} values do not open with the key in .env: "
+            f"{found.n_neither:,} of {plural(found.total, 'value')} "
+            f"{verb(found.n_neither, 'does', 'do')} not open with the key in .env: "
             f"{found.listed_neither()}"
         )
     return found.n_target
