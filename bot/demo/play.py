@@ -206,7 +206,7 @@ def play(reason: str, narrator: Narrator, cleanup: Cleanup, scenario: str = "rot
 
     narrator.heading("The card in #rotations, at the end")
     narrator.message(render.card(bot.card(final), NAMES))
-    narrator.heading("The thread under the card (one line per reply)")
+    narrator.heading("The thread under the card (a line per step, then the summary)")
     for reply in bot.thread_calls(final):
         if render.has_fields(reply.params):  # the closing summary: Block Kit with fields
             narrator.message(render.card(reply.params, NAMES))

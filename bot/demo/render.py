@@ -1,4 +1,4 @@
-"""Slack messages as a terminal shows them: the card's blocks, the thread one line per reply.
+"""Slack messages as a terminal shows them: the card's blocks (fields as "Label: value"), the thread a line per step.
 
 Slack renders ``<@U0ALICE>`` as @alice, ``<!subteam^S0ONCALL>`` as @oncall,
 ``*bold*`` as bold, ```code``` in a fixed font and ``:key:`` as an emoji; so
