@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="what rotate-key (or, with agents, rotate-agent) would do (read-only)")
     p.add_argument("agents", nargs="*", help="plan rotate-agent for these agents (or --all)")
     p.add_argument("--all", action="store_true", dest="all_agents", help="plan rotate-agent for every agent")
+    p.add_argument("--incident", action="store_true", help="plan rotate-incident (everything a leaked .env exposed)")
     p.add_argument("--json", action="store_true", help="print JSON Lines events")
 
     p = sub.add_parser("rotate-key", help="rotate PANEL_ENCRYPTION_KEY")
@@ -77,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check every agent is reachable; change nothing")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print JSON Lines events")
+
+    p = sub.add_parser(
+        "rotate-incident",
+        help="after a leaked .env: rotate the database password, the key and every agent token, in that order",
+    )
+    p.add_argument("--dry-run", action="store_true", help="show the plan only; change nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print JSON Lines events")
+    p.add_argument("--reason", help="why (kept in the journal)")
 
     sub.add_parser("serve", help="speak the bot protocol on stdin/stdout (SSH forced command)")
     return parser
@@ -106,6 +116,8 @@ class HumanPrinter:
             name = str(event.get("name", "")).replace("_", " ")
             if event.get("agent"):
                 name = f"[{event['agent']}] {name}"
+            if event.get("part"):
+                name = f"{event['part']}: {name}"
             detail = event.get("detail") or ""
             if state == "failed":
                 self.failures.append(str(detail))
@@ -128,8 +140,41 @@ class HumanPrinter:
             self._bar_shown = False
 
 
+def print_incident(out: IO[str], data: dict[str, Any]) -> None:
+    """The incident plan or result: each part, then what a person must rotate elsewhere."""
+    marks = {"done": "✔", "skipped": "–", "not_started": "·", "rolled_back": "↩", "failed": "✖",
+             "needs_recover": "✖"}  # fmt: skip
+    out.write(f"Panel {data.get('panel', '')}: incident rotation\n")
+    for part in data.get("parts") or []:
+        state = part.get("state")
+        head = f"{marks.get(state, '•')} {part.get('title')}" + (f": {state.replace('_', ' ')}" if state else "")
+        if part.get("part") == "db_password" and "db_user" in part:
+            head += f" (database user {part['db_user']})"
+        if part.get("part") == "key" and "total" in part and "state" not in part:
+            head += f": {_values(part['total'])} in {plural(len(part.get('columns') or {}), 'column')}"
+        if part.get("part") == "agents" and "state" not in part:
+            head += f": {plural(part.get('total', 0), 'agent')}"
+        if part.get("new_fingerprint"):
+            head += f" · {part.get('old_fingerprint')}… → {part['new_fingerprint']}…"
+        if part.get("detail") or part.get("error"):
+            head += f" · {part.get('error') or part.get('detail')}"
+        out.write(head + "\n")
+        if "state" not in part:
+            for label, count in (part.get("columns") or {}).items():
+                out.write(f"    {label}: {count:,}\n")
+    out.write("Not rotated by this tool:\n")
+    for item in data.get("manual") or []:
+        out.write(f"  {item['name']}: {item['action']}\n")
+        if item.get("message"):
+            out.write(f"    message: {item['message']}\n")
+    if data.get("message"):
+        out.write(f"{data['message']}\n")
+
+
 def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
-    if op == "rotate-key" and data.get("dry_run"):
+    if op == "rotate-incident" or (op == "plan" and data.get("incident")):
+        print_incident(out, data)
+    elif op == "rotate-key" and data.get("dry_run"):
         out.write(f"Dry run: {data['total']:,} values would be re-encrypted ({data['scheme']}). "
                   "Nothing was changed.\n")
     elif op == "rotate-key":
@@ -238,7 +283,7 @@ def _values(n: int) -> str:
 
 
 def _needs_confirmation(args: argparse.Namespace) -> bool:
-    return args.command in ("rotate-key", "rotate-agent") and not (args.yes or args.dry_run)
+    return args.command in ("rotate-key", "rotate-agent", "rotate-incident") and not (args.yes or args.dry_run)
 
 
 def _ask(question: str, stdin: IO[str], out: IO[str]) -> bool:
@@ -284,7 +329,8 @@ def main(
     binding: dict[str, Any] = {}
     if _needs_confirmation(args):
         # the plan first (read-only), then the question; the run must match what was shown
-        status, plan = _run(args, profile, "plan", {}, stdout, stderr)
+        planning = {"incident": True} if op == "rotate-incident" else {}
+        status, plan = _run(args, profile, "plan", planning, stdout, stderr)
         if plan is None:
             return status
         if not _ask(f"Run {op} on panel {plan.get('panel', profile.name)} as planned above?", stdin, stderr):
@@ -293,6 +339,8 @@ def main(
         binding = {"plan_hash": plan.get("plan_hash")}
         if op == "rotate-key":
             binding["key_fingerprint"] = plan.get("key_fingerprint")
+        elif op == "rotate-incident":
+            binding.update(key_fingerprint=plan.get("key_fingerprint"), agents=list(plan.get("agents") or []))
         else:
             binding["agents"] = [str(a.get("name")) for a in plan.get("agents") or []]
             binding["all_agents"] = False
@@ -301,6 +349,9 @@ def main(
         return EXIT_FAILED  # the profile and the stored values do not agree: say so to scripts too
     if data is not None and op == "rotate-agent" and not data.get("ok", True):
         return EXIT_UNVERIFIED if data.get("code") == "agent_unverified" else EXIT_FAILED
+    if data is not None and op == "rotate-incident" and not data.get("ok", True):
+        stopped = data.get("stopped") or {}
+        return EXIT_NEEDS_RECOVER if stopped.get("state") == "needs_recover" else EXIT_FAILED
     return status
 
 
@@ -325,6 +376,7 @@ def _run(
         "reason": getattr(args, "reason", None),
         "agents": getattr(args, "agents", None) or None,
         "all_agents": getattr(args, "all_agents", False),
+        "incident": getattr(args, "incident", False),
         **binding,
     }
     if op == "plan":

@@ -31,6 +31,8 @@ class Emitter:
         self._sinks: list[Sink] = list(sinks or [])
         self._seq = first_seq - 1
         self.closed = False
+        #: the part of a ``rotate-incident`` run the events belong to (stamped as ``part``)
+        self.part: str | None = None
 
     @property
     def seq(self) -> int:
@@ -42,6 +44,8 @@ class Emitter:
     def emit(self, event: dict[str, Any]) -> dict[str, Any]:
         self._seq += 1
         stamped = {"id": self.rotation_id, "seq": self._seq, "ts": protocol.now_ms(), **event}
+        if self.part is not None and "part" not in stamped:
+            stamped["part"] = self.part
         for sink in list(self._sinks):
             try:
                 sink(stamped)

@@ -20,7 +20,7 @@ from engine.runs import RunRecord
 if TYPE_CHECKING:
     from engine.preflight import Preflight
 
-MUTATING = frozenset({"rotate-key", "rotate-agent", "recover"})
+MUTATING = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "recover"})
 
 
 def new_rotation_id() -> str:
@@ -34,6 +34,10 @@ def _hello(ctx: Context, request: Request) -> dict[str, Any]:
 def _plan(ctx: Context, request: Request) -> dict[str, Any]:
     from engine.preflight import run_preflight
 
+    if request.incident:
+        from engine.incident import plan_incident
+
+        return plan_incident(ctx, request)
     if request.agents or request.all_agents:
         from engine.agents.plan import plan_agents
 
@@ -214,6 +218,12 @@ def _resolve_agents(ctx: Context, request: Request) -> list[str]:
     return [agent.name for agent in agents]
 
 
+def _rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
+    from engine.incident import rotate_incident
+
+    return rotate_incident(ctx, request)
+
+
 def _attach(ctx: Context, request: Request) -> dict[str, Any]:
     raise ProtocolError("attach is served by `serve`, not as a one-shot operation")
 
@@ -226,6 +236,7 @@ OPERATIONS: dict[str, Callable[[Context, Request], dict[str, Any]]] = {
     "rotate-key": _rotate_key,
     "recover": _recover,
     "rotate-agent": _rotate_agent,
+    "rotate-incident": _rotate_incident,
     "attach": _attach,
 }
 

@@ -45,12 +45,16 @@ OPERATIONS: tuple[str, ...] = (
     "plan",
     "rotate-key",
     "rotate-agent",
+    "rotate-incident",
     "status",
     "recover",
     "attach",
 )
 #: Operations that run an approved plan, and so must name it.
-RUN_OPS = frozenset({"rotate-key", "rotate-agent"})
+RUN_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident"})
+
+#: The parts of ``rotate-incident``, in the order they run (each verified before the next).
+INCIDENT_PARTS: tuple[str, ...] = ("db_password", "key", "agents")
 
 #: The visible steps of a key rotation, in order (the card shows "step 4/9").
 KEY_STEPS: tuple[str, ...] = (
@@ -98,6 +102,7 @@ _DEFAULTS: dict[str, Any] = {
     "rotation_id": None,
     "plan_hash": None,
     "key_fingerprint": None,
+    "incident": False,
 }
 FIELDS: tuple[str, ...] = ("v", "id", "op", *_DEFAULTS)
 
@@ -125,6 +130,7 @@ class Request:
     rotation_id: str | None
     plan_hash: str | None
     key_fingerprint: str | None
+    incident: bool
 
     def __init__(
         self,
@@ -143,6 +149,7 @@ class Request:
         rotation_id: str | None = None,
         plan_hash: str | None = None,
         key_fingerprint: str | None = None,
+        incident: bool = False,
     ) -> None:
         values = dict(locals())
         del values["self"]
@@ -267,7 +274,7 @@ def _validate(r: Request) -> None:
         raise RequestError(
             "unknown_operation", f"unknown operation; expected one of {', '.join(OPERATIONS)}"
         )
-    for name in ("dry_run", "rollback", "all_agents"):
+    for name in ("dry_run", "rollback", "all_agents", "incident"):
         if not isinstance(getattr(r, name), bool):
             raise _bad(name, "must be true or false")
     _check_str("requested_by", r.requested_by, max_len=_PERSON_MAX)
@@ -290,7 +297,7 @@ def require_plan(r: Request) -> None:
     missing = []
     if r.plan_hash is None:
         missing.append("plan_hash")
-    if r.op == "rotate-key" and r.key_fingerprint is None:
+    if r.op in ("rotate-key", "rotate-incident") and r.key_fingerprint is None:
         missing.append("key_fingerprint")
     if r.op == "rotate-agent" and not r.agents:
         missing.append("agents (the exact approved list)")
@@ -340,6 +347,22 @@ def agent_binding(*, panel: str, engine_version: str, agents: list[str] | tuple[
         "panel": panel,
         "engine_version": engine_version,
         "agents": sorted(agents),
+    }
+
+
+def incident_binding(
+    *, panel: str, engine_version: str, key_fingerprint: str, scheme: str,
+    agents: list[str] | tuple[str, ...], db_user: str | None,
+) -> dict[str, Any]:
+    """What a ``rotate-incident`` approval binds: the key, the exact agents and the DB user."""
+    return {
+        "op": "rotate-incident",
+        "panel": panel,
+        "engine_version": engine_version,
+        "key_fingerprint": key_fingerprint,
+        "scheme": scheme,
+        "agents": sorted(agents),
+        "db_user": db_user,
     }
 
 
