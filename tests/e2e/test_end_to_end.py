@@ -176,7 +176,13 @@ def test_a_second_operator_approves_and_the_key_is_rotated_through_ssh(
     ]
     card = rotation.bot.fake.latest_card(CHANNEL, rotation.ts)
     assert [] == [line for line in summary if line not in final.text]
-    assert [] == [line for line in summary if line not in card.all_text()]
+    on_card = [  # the card carries the same facts as Block Kit fields
+        f"*Key*\nold {old_fp[:8]}… → new {new_fp[:8]}…",
+        f"*Re-encrypted*\n{total} values",
+        f"*Verification*\n{total}/{total} open with the new key · panel check 200 OK",
+        f"Request `{rotation.request_id}`",
+    ]
+    assert [] == [line for line in on_card if line not in card.all_text()]
     assert ":white_check_mark: Verified in " in card.all_text() and not has_buttons(card)
     assert [] == sandbox.php_check_all()
     assert (200, new_fp) == (sandbox.health()[0], sandbox.health()[1]["key_fingerprint"])
