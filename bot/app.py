@@ -87,6 +87,7 @@ class EnginePlanner:
             op="plan",
             agents=list(agents) if op == "rotate-agent" and agents else None,
             all_agents=all_agents if op == "rotate-agent" else False,
+            incident=op == "rotate-incident",
         )
         closing: dict[str, Any] | None = None
         try:

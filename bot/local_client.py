@@ -33,7 +33,7 @@ from engine.protocol import CLOSING_TYPES, PROTOCOL_VERSION, Request, decode_eve
 log = logging.getLogger(__name__)
 stderr_log = logging.getLogger("bot.engine_stderr")
 
-MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "recover"})
+MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "recover"})
 
 
 

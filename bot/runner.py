@@ -41,6 +41,7 @@ from bot.store import Store
 from engine.protocol import CLOSING_TYPES, MISMATCH_CODES, PROTOCOL_VERSION, Request, RequestError
 from handlers import blocks, cards
 from handlers import messages as m
+from handlers.incident import Checklist
 from handlers.plan import PlanView
 from handlers.ports import AccessPolicy, Planner, RotationRequest, State
 
@@ -246,6 +247,7 @@ class Runner:
         ``reporter``'s thread, so a slow or rate-limited Slack never stalls the engine."""
         current = request
         closing: dict[str, Any] | None = None
+        checklist = Checklist(request.plan) if request.op == "rotate-incident" else None
         try:
             for event in _events(events):
                 if self._stopping.is_set():
@@ -262,6 +264,9 @@ class Runner:
                     log.info("%s is followed by another runner; stopping here", request.id)
                     return
                 current = updated
+                if checklist is not None and checklist.update(event):
+                    reporter.checklist(current, checklist.message(current.panel))
+                    continue  # the checklist, updated in place, says it: no reply of its own
                 if event.get("state") == "started":
                     reporter.card(current)
                 else:
@@ -408,6 +413,18 @@ def run_request(request: RotationRequest) -> Request:
     re-checks in the same process before it changes anything."""
     plan = request.plan
     rotate_key = request.op == "rotate-key"
+    if request.op == "rotate-incident":  # the key and the exact agents, both bound
+        return Request(
+            v=PROTOCOL_VERSION,
+            id=request.id,
+            op=request.op,
+            requested_by=request.requester.user_id,
+            approved_by=[a.person.user_id for a in request.approvals if a.person][:20],
+            reason=request.reason,
+            plan_hash=plan.engine_plan_hash or None,
+            key_fingerprint=plan.key_fingerprint or None,
+            agents=list(plan.agents),
+        )
     return Request(
         v=PROTOCOL_VERSION,
         id=request.id,
@@ -436,7 +453,9 @@ class _SlackReporter:
 
     def __init__(self, runner: Runner, request_id: str) -> None:
         self.runner = runner
-        self._queue: queue.Queue[tuple[str, RotationRequest, str] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, RotationRequest, Any] | None] = queue.Queue()
+        #: the incident checklist's own message, once posted (then updated in place)
+        self._checklist_ts: str | None = None
         self._newest_card: RotationRequest | None = None
         self._lock = threading.Lock()
         self._stopped = False
@@ -450,6 +469,9 @@ class _SlackReporter:
 
     def reply(self, request: RotationRequest, text: str) -> None:
         self._queue.put(("reply", request, text))
+
+    def checklist(self, request: RotationRequest, message: blocks.Message) -> None:
+        self._queue.put(("checklist", request, message))
 
     def stop(self, drain: bool) -> None:
         """Finish (``drain``: after everything queued is sent) and wait for the thread."""
@@ -469,9 +491,22 @@ class _SlackReporter:
                 if kind == "reply":
                     self.runner._post(request, text)
                     continue
+                if kind == "checklist":
+                    self._show_checklist(request, text)
+                    continue
                 with self._lock:
                     newest, self._newest_card = self._newest_card, None
                 if newest is not None:  # None: a later state was sent already
                     self.runner._refresh(newest)
             except Exception:
                 log.exception("could not report a step of %s in Slack", request.id)
+
+    def _show_checklist(self, request: RotationRequest, message: blocks.Message) -> None:
+        """Post the checklist once, then update that one message (chat.update)."""
+        if self._checklist_ts is None:
+            self._checklist_ts = cards.post_thread(self.runner.client, request, message)
+            return
+        try:
+            self.runner.client.chat_update(channel=request.channel_id, ts=self._checklist_ts, **message)
+        except Exception:
+            log.warning("could not update the incident checklist of %s", request.id)

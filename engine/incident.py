@@ -116,6 +116,7 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
         },
     ]
     return {
+        **pre.summary(),  # the key's facts at the top too, as a rotate-key plan has them
         "panel": ctx.profile.name,
         "incident": True,
         "parts": parts,

@@ -77,7 +77,7 @@ def _headline(request: RotationRequest) -> str:
 
 def _title_state(request: RotationRequest) -> tuple[str, str]:
     state, outcome = request.state, request.outcome
-    pending_icon = ":robot_face:" if request.op == "rotate-agent" else ":key:"
+    pending_icon = {"rotate-agent": ":robot_face:", "rotate-incident": ":fire_engine:"}.get(request.op, ":key:")
     if state == State.FAILED:
         if outcome.get("partial"):
             if outcome.get("code") == "agent_unverified":
@@ -106,6 +106,10 @@ _TITLES: dict[State, tuple[str, str]] = {
 
 def plan_lines(plan: PlanView) -> str:
     """The plan as the card shows it: what will change, how it was read, where it runs."""
+    if plan.op == "rotate-incident":
+        from handlers import incident
+
+        return incident.plan_lines(plan)
     lines = [f"*Plan* `{plan.short_hash}`"]
     if plan.op == "rotate-agent":
         rows = list(plan.agent_rows)
@@ -225,6 +229,10 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
 
     ``on_card``: the card's own lines say who asked, why, who approved and how it ended, and
     carry the request id, so there the summary adds the next step and the facts only."""
+    if request.op == "rotate-incident":
+        from handlers import incident
+
+        return incident.summary_blocks(request, on_card=on_card)
     outcome = request.outcome
     approvers = [a.person.mention for a in request.approvals if a.person]
     head, next_step, facts, details = m.summary_parts(
@@ -267,6 +275,10 @@ def summary_message(request: RotationRequest) -> Message:
 
 def summary_text(request: RotationRequest) -> str:
     """The closing summary, shared by the card and the final thread reply."""
+    if request.op == "rotate-incident":
+        from handlers import incident
+
+        return incident.summary_text(request)
     approvers = [a.person.mention for a in request.approvals if a.person]
     if request.state == State.DONE:
         return m.final_done(

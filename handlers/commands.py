@@ -1,4 +1,5 @@
-"""The slash commands: /rotate-key, /rotate-agent, /rotate-cancel, /rotate-status, /rotate-help.
+"""The slash commands: /rotate-key, /rotate-agent, /rotate-incident, /rotate-cancel,
+/rotate-status, /rotate-help.
 
 Each command is acknowledged at once. The acknowledgement answers what needs
 no I/O (usage, a missing reason, an unknown panel, the wrong channel, help, and
@@ -110,21 +111,27 @@ def _reason(words: list[str], command: str, example: str) -> str:
     return reason
 
 
-def parse_rotate_key(text: str, panels: Sequence[str]) -> Parsed | str:
-    """``/rotate-key [panel] <reason>`` -> ``Parsed``, or the sentence that says what to fix."""
+def parse_rotate_key(text: str, panels: Sequence[str], op: str = "rotate-key") -> Parsed | str:
+    """``/rotate-key [panel] <reason>`` -> ``Parsed``, or the sentence that says what to fix.
+    (``/rotate-incident`` reads the same way, with ``op="rotate-incident"``.)"""
     words = text.split()
     special = not_rotated_here(words)
     if special:
         return special
     example = f"{panels[0]} suspected .env disclosure" if panels else "suspected .env disclosure"
     try:
-        panel = _take_panel(words, panels, f"/rotate-key {panels[0]} <reason>")
+        panel = _take_panel(words, panels, f"/{op} {panels[0]} <reason>")
         special = not_rotated_here(words)
         if special:
             return special
-        return Parsed(op="rotate-key", panel=panel, reason=_reason(words, "/rotate-key", example))
+        return Parsed(op=op, panel=panel, reason=_reason(words, f"/{op}", example))
     except _Refusal as refusal:
         return refusal.message
+
+
+def parse_rotate_incident(text: str, panels: Sequence[str]) -> Parsed | str:
+    """``/rotate-incident [panel] <reason>``: everything a leaked ``.env`` exposed."""
+    return parse_rotate_key(text, panels, op="rotate-incident")
 
 
 def parse_rotate_agent(text: str, panels: Sequence[str]) -> Parsed | str:
@@ -399,6 +406,7 @@ def register(app: App, deps: HandlerDeps) -> None:
 
     app.command("/rotate-key")(_rotation_command(parse_rotate_key))
     app.command("/rotate-agent")(_rotation_command(parse_rotate_agent))
+    app.command("/rotate-incident")(_rotation_command(parse_rotate_incident))
 
     def rotate_cancel(body: dict[str, Any], ack: Ack) -> None:
         words = str(body.get("text", "")).split()

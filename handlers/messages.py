@@ -89,7 +89,11 @@ def quote(reason: str) -> str:
 
 
 def op_title(op: str) -> str:
-    return "Agent token rotation" if op == "rotate-agent" else "Key rotation"
+    return {
+        "rotate-agent": "Agent token rotation",
+        "rotate-incident": "Incident rotation (DB password, key, agent tokens)",
+        "rotate-db-password": "Database password rotation",
+    }.get(op, "Key rotation")
 
 
 def target(
@@ -744,6 +748,16 @@ def help_text(
             esc(
                 "• `/rotate-agent <agent>[,<agent>…]|--all [panel] <reason>`: give agents new "
                 "tokens by re-running their bootstrap; the old tokens stop working."
+            ),
+            esc(
+                "• `/rotate-incident [panel] <reason>`: after a leaked `.env`, rotate the database "
+                "password, the key and every agent token, in that order, each verified before the "
+                "next; the card lists what a person must rotate elsewhere (`PANEL_LICENSE_KEY`, "
+                "other keys at their issuers)."
+            ),
+            esc(
+                "• `/rotate-db-password [panel] <reason>`: give the panel's database user a new "
+                "password (`DB_PASSWORD` in `.env`); the old one stops working."
             ),
             "• `/rotate-status [id]`: pending and running requests, or one request's history.",
             esc("• `/rotate-cancel <id>`: withdraw your own pending request."),

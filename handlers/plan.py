@@ -60,6 +60,9 @@ class PlanView:
     warnings: tuple[str, ...] = ()
     #: the engine's hash of what it can check on the host; a run request names it
     engine_plan_hash: str = ""
+    #: rotate-incident: the parts in order, and what this tool can't rotate (by name)
+    parts: tuple[dict[str, Any], ...] = ()
+    manual: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_engine(
@@ -76,6 +79,8 @@ class PlanView:
         columns = {str(k): int(v) for k, v in dict(result.get("columns") or {}).items()}
         rows = tuple(dict(row) for row in result.get("agents") or () if isinstance(row, dict))
         resolved = tuple(sorted(_agent_name(row) for row in rows)) if rows else tuple(agents)
+        if op == "rotate-incident":  # the engine names the agents the run will rotate
+            resolved = tuple(sorted(str(a) for a in result.get("agents") or () if isinstance(a, str)))
         return cls(
             panel=panel,
             op=op,
@@ -93,6 +98,8 @@ class PlanView:
             agent_rows=rows,
             warnings=_warnings(result),
             engine_plan_hash=str(result.get("plan_hash") or ""),
+            parts=tuple(dict(p) for p in result.get("parts") or () if isinstance(p, dict)),
+            manual=tuple(dict(i) for i in result.get("manual") or () if isinstance(i, dict)),
         )
 
     def binding(self) -> dict[str, Any]:
@@ -125,6 +132,8 @@ class PlanView:
         data["skipped"] = list(self.skipped)
         data["agent_rows"] = [dict(r) for r in self.agent_rows]
         data["warnings"] = list(self.warnings)
+        data["parts"] = [dict(p) for p in self.parts]
+        data["manual"] = [dict(i) for i in self.manual]
         return data
 
     @classmethod
@@ -134,6 +143,8 @@ class PlanView:
         values["skipped"] = tuple(values.get("skipped") or ())
         values["agent_rows"] = tuple(dict(r) for r in values.get("agent_rows") or ())
         values["warnings"] = tuple(values.get("warnings") or ())
+        values["parts"] = tuple(dict(p) for p in values.get("parts") or ())
+        values["manual"] = tuple(dict(i) for i in values.get("manual") or ())
         values["columns"] = {str(k): int(v) for k, v in dict(values.get("columns") or {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})

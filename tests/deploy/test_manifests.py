@@ -88,7 +88,9 @@ def load(kind: str) -> dict[str, Any]:
 def test_the_code_calls_what_the_scope_table_knows() -> None:
     """The derivation itself finds the calls (a guard against a scan that finds nothing)."""
     assert {"chat.postMessage", "usergroups.users.list", "views.open"} <= called_web_api_methods()
-    assert registered_commands() == {"/rotate-key", "/rotate-agent", "/rotate-cancel", "/rotate-status", "/rotate-help"}
+    assert registered_commands() == {
+        "/rotate-key", "/rotate-agent", "/rotate-incident", "/rotate-cancel", "/rotate-status", "/rotate-help"
+    }
 
 
 @pytest.mark.parametrize("kind", sorted(MANIFESTS))

@@ -128,6 +128,90 @@ def rolled_back_rotation() -> list[dict[str, Any]]:
     return events
 
 
+LICENCE_MESSAGE = (
+    'Hello MyOsicam support, the config/.env file of our MyOsicam panel "prod-eu" may have been '
+    "disclosed. Please revoke our current PANEL_LICENSE_KEY and issue a new one."
+)
+MANUAL = [
+    {"name": "PANEL_LICENSE_KEY", "present": True, "action": "contact MyOsicam support",
+     "message": LICENCE_MESSAGE},
+    {"name": "STRIPE_SECRET", "present": True, "action": "rotate at its issuer"},
+]  # fmt: skip
+DB_OLD_FP, DB_NEW_FP = "5b1e0c77aa01f2e3", "9d4f21a0b7c6e5d4"
+
+
+def incident_plan_result(agents: tuple[str, ...] = ("agent-1", "agent-2")) -> dict[str, Any]:
+    """``plan`` with ``incident``: the parts, the agents and what can't be rotated here."""
+    base = plan_result()
+    return {
+        **base,
+        "incident": True,
+        "db_user": "myosicam",
+        "agents": [{"name": a} for a in agents],
+        "parts": [
+            {"part": "db_password", "title": "database password", "db_user": "myosicam", "available": True},
+            {"part": "key", "title": "encryption key", "columns": dict(COLUMNS), "total": base["total"]},
+            {"part": "agents", "title": "agent tokens", "configured": True, "total": len(agents),
+             "agents": [{"name": a} for a in agents]},
+        ],
+        "manual": [dict(i) for i in MANUAL],
+    }
+
+
+def _part_events(part: str, state: str, detail: str, started: int) -> list[dict[str, Any]]:
+    events = [protocol.step_event("part", "started", part, part=part)]
+    if state != "started":
+        events.append(protocol.step_event("part", state, detail, elapsed_ms=started, part=part))
+    return events
+
+
+def _incident_parts(key_state: str) -> list[dict[str, Any]]:
+    t = protocol.now_ms()
+    parts = [
+        {"part": "db_password", "title": "database password", "state": "done", "started_at": t,
+         "finished_at": t + 900, "old_fingerprint": DB_OLD_FP, "new_fingerprint": DB_NEW_FP,
+         "db_user": "myosicam"},
+        {"part": "key", "title": "encryption key", "state": key_state, "started_at": t + 900,
+         "finished_at": t + 4000, "old_fingerprint": OLD_FP, "new_fingerprint": NEW_FP},
+        {"part": "agents", "title": "agent tokens", "state": "done" if key_state == "done" else "not_started"},
+    ]  # fmt: skip
+    if key_state == "done":
+        parts[2].update(started_at=t + 4000, finished_at=t + 6000, rotated=2, total=2)
+    else:
+        parts[1]["error"] = "panel check failed after restart: GET /health returned 500"
+    return parts
+
+
+def incident_rotation() -> list[dict[str, Any]]:
+    """All three parts done and verified."""
+    events = _part_events("db_password", "ok", f"{DB_OLD_FP}… → {DB_NEW_FP}… verified", 900)
+    events += _part_events("key", "ok", f"{OLD_FP}… → {NEW_FP}… verified", 3100)
+    events += _part_events("agents", "ok", "2 of 2 agents rotated and verified", 2000)
+    events.append(protocol.result_event(
+        "rotate-incident", rotation_id="", panel="prod-eu", state="DONE", parts=_incident_parts("done"),
+        left=[], manual=[dict(i) for i in MANUAL], duration_ms=6000,
+    ))  # fmt: skip
+    return events
+
+
+def incident_stopped_at_key() -> list[dict[str, Any]]:
+    """The DB password is done; the key's panel check fails and it rolls back; agents untouched."""
+    message = "panel check failed after restart: GET /health returned 500"
+    events = _part_events("db_password", "ok", f"{DB_OLD_FP}… → {DB_NEW_FP}… verified", 900)
+    events += _part_events("key", "failed", message, 3100)
+    left = [{"part": "key", "title": "encryption key", "state": "rolled_back"},
+            {"part": "agents", "title": "agent tokens", "state": "not_started"}]  # fmt: skip
+    events.append(protocol.result_event(
+        "rotate-incident", rotation_id="", panel="prod-eu", ok=False, state="STOPPED",
+        parts=_incident_parts("rolled_back"), left=left, manual=[dict(i) for i in MANUAL],
+        code="panel_check_failed", duration_ms=4000,
+        message=f"The encryption key failed and was rolled back ({message}). "
+                "Not started, untouched: agent tokens.",
+        stopped={"part": "key", "code": "panel_check_failed", "message": message, "state": "rolled_back"},
+    ))  # fmt: skip
+    return events
+
+
 class FakeEngineHost:
     """One panel host's engine, shared by every client (and bot) that talks to it."""
 
@@ -174,6 +258,13 @@ class FakeEngineHost:
         """The plan's binding now, for the kind of plan or run ``request`` asks about."""
         panel = str(self.plan_result.get("panel", "prod-eu"))
         version = str(self.plan_result.get("engine_version", "0.4.0"))
+        if request.op == "rotate-incident" or (request.op == "plan" and request.incident):
+            return protocol.incident_binding(
+                panel=panel, engine_version=version,
+                key_fingerprint=str(self.plan_result.get("key_fingerprint", "")),
+                scheme=str(self.plan_result.get("scheme", "")), agents=self.agent_names(),
+                db_user=str(self.plan_result.get("db_user", "")),
+            )  # fmt: skip
         if request.op == "rotate-agent" or (request.op == "plan" and (request.agents or request.all_agents)):
             known = self.agent_names()
             if request.all_agents:
@@ -195,7 +286,9 @@ class FakeEngineHost:
     def plan_now(self, request: Request) -> dict[str, Any]:
         binding = self.binding(request)
         data = dict(self.plan_result)
-        if "agents" in binding:
+        if binding["op"] == "rotate-incident":
+            data["agents"] = list(binding["agents"])  # as the engine's incident plan names them
+        elif "agents" in binding:
             rows = {str(r.get("name")): r for r in self.plan_result.get("agents") or ()}
             data["agents"] = [rows.get(n, {"name": n}) for n in binding["agents"]]
         return {**data, "plan_hash": protocol.plan_hash(binding)}
@@ -290,7 +383,7 @@ class FakeEngineClient:
                     **protocol.result_event("plan", **host.plan_now(request)),
                 }
             return
-        if request.op in ("rotate-key", "rotate-agent"):
+        if request.op in ("rotate-key", "rotate-agent", "rotate-incident"):
             host._start_rotation(request)
             yield from host._follow(request.id, 0)
             return

@@ -1,0 +1,123 @@
+"""``/rotate-incident`` over signed HTTP, with the strict fake Slack API and the fake engine.
+
+The card lists the parts in order with counts and what a person must rotate elsewhere;
+two-person approval runs it; one checklist message in the thread is updated in place as
+parts finish; the closing summary is a timeline with fingerprints, never values.
+"""
+
+from __future__ import annotations
+
+from bot.fakes.slack_api import Call
+from tests.bot.conftest import ALICE, BOB, CHANNEL, PANEL, MakeBot, card_request_id, is_card, wait_until
+from tests.support.fake_engine import (
+    DB_NEW_FP,
+    DB_OLD_FP,
+    NEW_FP,
+    OLD_FP,
+    FakeEngineHost,
+    incident_plan_result,
+    incident_rotation,
+    incident_stopped_at_key,
+)
+
+REASON = "INC-4412 .env leaked on a pastebin"
+
+
+def _engine(script=incident_rotation) -> FakeEngineHost:  # type: ignore[no-untyped-def]
+    host = FakeEngineHost()
+    host.plan_result = incident_plan_result()
+    host.rotation_script = script
+    return host
+
+
+def _request(bot) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    ack = bot.command("/rotate-incident", f"{PANEL} {REASON}", ALICE)
+    assert 200 == ack.status
+    card = bot.fake.wait_for("chat.postMessage", is_card)[-1]
+    request_id, ts = card_request_id(card), str(card.response["ts"])
+    wait_until(lambda: bot.state(request_id, "message_ts") == ts)
+    return request_id, ts
+
+
+def _checklists(bot, ts: str) -> list[Call]:  # type: ignore[no-untyped-def]
+    posted = [c for c in bot.fake.calls_to("chat.postMessage")
+              if c.params.get("thread_ts") == ts and c.text.startswith("*Incident checklist*")]  # fmt: skip
+    assert 1 == len(posted), "one checklist message, updated in place"
+    return bot.fake.card_versions(CHANNEL, str(posted[0].response["ts"]))
+
+
+def test_the_card_lists_the_parts_in_order_and_what_a_person_must_rotate(make_bot: MakeBot) -> None:
+    bot = make_bot(engine=_engine())
+    _request_id, ts = _request(bot)
+
+    card = bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert "Incident rotation (DB password, key, agent tokens) requested: panel prod-eu" in card
+    for line in (
+        "1. the database password of user `myosicam`",
+        "2. the encryption key: 1,204 stored credentials in 4 columns",
+        "oscam_installs.webif_password 812",
+        "3. 2 agent tokens: agent-1, agent-2",
+        "• `PANEL_LICENSE_KEY`: contact MyOsicam support",
+        "• `STRIPE_SECRET`: rotate at its issuer",
+    ):
+        assert line in card
+    assert "Approve" in card  # the usual two-person approval
+    plan = bot.engine.ops("plan")[-1] if bot.engine else None
+    assert plan is not None and plan.incident
+
+
+def test_an_approved_incident_runs_with_a_checklist_and_closes_with_a_timeline(make_bot: MakeBot) -> None:
+    bot = make_bot(engine=_engine())
+    request_id, ts = _request(bot)
+    bot.approve(request_id, ts, BOB)
+
+    final = bot.fake.wait_text("chat.postMessage", ":white_check_mark: Incident rotation done")
+    assert bot.engine is not None and [] == bot.engine.refusals
+    run = bot.engine.ops("rotate-incident")[-1]
+    assert (OLD_FP, ["agent-1", "agent-2"], "U0ALICE", ["U0BOB"]) == (
+        run.key_fingerprint, run.agents, run.requested_by, run.approved_by)
+    versions = [c.text for c in _checklists(bot, ts)]
+    assert versions[-1].splitlines()[1:] == [
+        f":white_check_mark: database password: done, verified · {DB_OLD_FP}… → {DB_NEW_FP}… verified",
+        f":white_check_mark: encryption key: done, verified · {OLD_FP}… → {NEW_FP}… verified",
+        ":white_check_mark: agent tokens: done, verified · 2 of 2 agents rotated and verified",
+    ]
+    assert any(":arrows_counterclockwise: encryption key: running…" in v for v in versions)
+    text = final.all_text()
+    for fragment in (
+        "Requested by <@U0ALICE> · approved by <@U0BOB> · reason “INC-4412 .env leaked on a pastebin”",
+        "database password: done, verified · ",
+        f"{DB_OLD_FP[:8]}… → {DB_NEW_FP[:8]}… · user `myosicam`",
+        "encryption key: done, verified · ",
+        f"{OLD_FP[:8]}… → {NEW_FP[:8]}…",
+        "agent tokens: done, verified",
+        "*Left for a human*",
+        "• `PANEL_LICENSE_KEY`: contact MyOsicam support",
+        "*Message for MyOsicam support* (copy it)",
+    ):
+        assert fragment in text
+    assert " UTC" in text.split("encryption key: done, verified · ")[1].split("\n")[0]
+    wait_until(lambda: bot.state(request_id) == "done")
+
+
+def test_a_failure_in_the_middle_part_says_what_is_left(make_bot: MakeBot) -> None:
+    bot = make_bot(engine=_engine(incident_stopped_at_key))
+    request_id, ts = _request(bot)
+    bot.approve(request_id, ts, BOB)
+
+    final = bot.fake.wait_text("chat.postMessage", ":warning: Incident rotation stopped")
+    text = final.all_text()
+    assert ":white_check_mark: database password: done, verified" in text
+    assert ":rotating_light: encryption key: failed, rolled back" in text
+    assert ":white_square: agent tokens: not started, untouched" in text
+    assert "• encryption key: not rotated; fix the cause above, then `/rotate-incident` again" in text
+    assert "• agent tokens: not rotated" in text
+    last = _checklists(bot, ts)[-1].text
+    assert ":white_square: agent tokens: not started, untouched" in last
+    wait_until(lambda: bot.state(request_id) == "failed")
+
+
+def test_help_lists_the_incident_command(make_bot: MakeBot) -> None:
+    bot = make_bot()
+    ack = bot.command("/rotate-help", "", ALICE)
+    assert "/rotate-incident [panel] &lt;reason&gt;" in ack.answer or "/rotate-incident [panel] <reason>" in ack.answer
