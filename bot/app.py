@@ -36,11 +36,12 @@ from bot.audit import AuditLog
 from bot.engine_client import EngineClient
 from bot.errors import BotError, RemoteEngineError, StoreError
 from bot.expiry import ExpiryWatcher
+from bot.home import ControlRoom, ReminderWatcher
 from bot.runner import Runner
 from bot.settings import Settings
 from bot.store import Store
 from engine.protocol import PROTOCOL_VERSION, Request
-from handlers import actions, cards, commands
+from handlers import actions, cards, commands, home
 from handlers import messages as m
 from handlers.plan import PlanView
 from handlers.ports import (
@@ -424,19 +425,24 @@ class Rotator:
     deps: HandlerDeps
     workers: Lanes
     gate: AckFirst
+    home: ControlRoom
+    reminders: ReminderWatcher
     _started: bool = field(default=False, repr=False)
 
     def start(self) -> None:
-        """Start expiring, and pick up requests a previous process left approved or running."""
+        """Start expiring and reminding, and pick up requests a previous process left
+        approved or running."""
         if self._started:
             return
         self._started = True
         self.expiry.start()
+        self.reminders.start()
         self.runner.resume()
 
     def close(self, wait: bool = True) -> None:
         """Stop background work; running rotations stay ``running`` for the next start."""
         self.expiry.stop()
+        self.reminders.stop()
         self.workers.shutdown(wait=wait, cancel_futures=True)
         self.runner.close(wait=wait)
 
@@ -527,6 +533,28 @@ def build_rotator(
     app.use(dedupe_middleware(SeenRecently()))
     commands.register(app, deps)
     actions.register(app, deps)
+    channel = policy.channels[0] if policy.channels else None
+    room = ControlRoom(
+        engine_clients=engine_clients_fn,
+        panels=settings.panel_names,
+        store=store,
+        client=client,
+        policy=policy,
+        directory=deps.directory,
+        max_age_s=settings.max_key_age_s,
+        clock=clock,
+    )
+    runner.on_finished = lambda request: room.refresh_all()
+    reminders = ReminderWatcher(
+        room,
+        store,
+        client,
+        channel,
+        interval_s=settings.config.reminder_interval_days * 86400.0,
+        check_s=settings.config.reminder_check_minutes * 60.0,
+        clock=clock,
+    )
+    home.register(app, deps, home.HomePorts(publish=room.publish, channel=lambda: channel))
 
     @app.error
     def report_listener_error(error: Exception) -> None:
@@ -544,6 +572,8 @@ def build_rotator(
         deps=deps,
         workers=workers,
         gate=gate,
+        home=room,
+        reminders=reminders,
     )
 
 

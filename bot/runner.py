@@ -84,6 +84,8 @@ class Runner:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._active: set[str] = set()
+        #: called after each run's final report (the bot refreshes its Home tabs)
+        self.on_finished: Callable[[RotationRequest], None] | None = None
 
     # --- entry points ------------------------------------------------------------------
 
@@ -392,6 +394,11 @@ class Runner:
             actor="bot",
             record=False,
         )
+        if self.on_finished is not None:
+            try:
+                self.on_finished(final)
+            except Exception:
+                log.exception("could not refresh the Home tabs after %s", final.id)
 
     def _report_again(self, request_id: str) -> None:
         request = self.store.get(request_id)

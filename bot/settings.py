@@ -20,6 +20,13 @@ Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
     max_pending_per_user = 5             # pending requests one person may have open
     group_cache_max_age_minutes = 15     # how long cached user-group members are
                                          # trusted while Slack cannot list them
+    max_key_age_days = 365               # remind to rotate a key or agent token older
+                                         # than this (the vendor says "annually")
+    reminder_interval_days = 7           # one reminder per panel and secret per interval
+    reminder_check_minutes = 60          # how often the bot looks at the ages
+
+    [max_key_age_days_by_panel]          # per panel, instead of max_key_age_days
+    prod-eu = 90
 
     [panels.prod-eu]                     # an engine reached over SSH (bot.inventory)
     host = "prod-eu.example.net"
@@ -135,6 +142,17 @@ class RotatorConfig(BaseModel):
     http_threads: int = Field(default=8, ge=1, le=256)
     max_pending_per_user: int = Field(default=5, ge=1, le=1000)
     group_cache_max_age_minutes: float = Field(default=15.0, gt=0, le=7 * 24 * 60)
+    max_key_age_days: float = Field(default=365.0, gt=0, le=100 * 365)
+    max_key_age_days_by_panel: dict[str, float] = Field(default_factory=dict)
+    reminder_interval_days: float = Field(default=7.0, gt=0, le=365)
+    reminder_check_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60)
+
+    @field_validator("max_key_age_days_by_panel")
+    @classmethod
+    def _ages(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(not 0 < days <= 100 * 365 for days in value.values()):
+            raise ValueError("each panel's age is a number of days above 0")
+        return value
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -202,6 +220,12 @@ class Settings:
                 f"ROTATOR_CONFIG ({config_path}): panel {sorted(overlap)[0]!r} is in both "
                 "[panels] and [local_panels]; give it one place"
             )
+        unknown = set(config.max_key_age_days_by_panel) - set(self.panel_names)
+        if unknown:
+            raise SettingsError(
+                f"ROTATOR_CONFIG ({config_path}): max_key_age_days_by_panel names "
+                f"{sorted(unknown)[0]!r}, which is not a configured panel"
+            )
         if not self.panel_names:
             raise SettingsError(
                 f"ROTATOR_CONFIG ({config_path}): no panels; add a [panels.<name>] "
@@ -266,6 +290,11 @@ class Settings:
             return self.config.panels.get(name).host
         local = self.config.local_panels.get(name)
         return local.host if local else name
+
+    def max_key_age_s(self, panel: str) -> float:
+        """How old ``panel``'s key and agent tokens may get before the bot reminds."""
+        days = self.config.max_key_age_days_by_panel.get(panel, self.config.max_key_age_days)
+        return days * 86400.0
 
     @property
     def http_limits(self) -> HttpLimits:

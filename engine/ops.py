@@ -137,7 +137,36 @@ def _status(ctx: Context, request: Request) -> dict[str, Any]:
         "recent": ctx.journal.finished(),
         "runs": RunRecord(ctx.profile.journal_dir).recent(10),
         "known_keys": len(ctx.journal.history()),
+        "secret_ages": _secret_ages(ctx),
         "engine_version": __version__,
+    }
+
+
+def _secret_ages(ctx: Context) -> dict[str, Any]:
+    """When the key and each agent's token were last rotated to DONE, from the journals.
+
+    Read-only. ``key_rotated_at`` is None when no finished key rotation is on
+    record (the key predates the engine's history: its age is unknown). Agents
+    never rotated by the engine are not listed.
+    """
+    from engine.agents.journal import AgentJournal
+
+    key_done = [
+        float(r["started_at"])
+        for r in ctx.journal.finished(limit=50)
+        if r.get("state") == "DONE" and isinstance(r.get("started_at"), int | float)
+    ]
+    agents: dict[str, dict[str, Any]] = {}
+    for record in AgentJournal(ctx.profile.journal_dir).finished(limit=500):
+        at = record.get("started_at")
+        if record.get("state") != "DONE" or not isinstance(at, int | float):
+            continue
+        name = str(record.get("agent_name") or record.get("agent_id"))
+        if name not in agents or agents[name]["rotated_at"] < at:
+            agents[name] = {"agent": name, "rotated_at": float(at)}
+    return {
+        "key_rotated_at": max(key_done) if key_done else None,
+        "agents": sorted(agents.values(), key=lambda a: str(a["agent"])),
     }
 
 

@@ -3,7 +3,7 @@
 Serves ``POST /api/<method>`` on 127.0.0.1 (a threaded HTTP server), so the
 bot's real ``slack_sdk.WebClient`` talks HTTP to it exactly as to Slack.
 Answers ``auth.test``, ``chat.postMessage``, ``chat.update``,
-``chat.postEphemeral``, ``views.open``, ``usergroups.users.list``,
+``chat.postEphemeral``, ``views.open``, ``views.publish``, ``usergroups.users.list``,
 ``users.info``, ``conversations.info``, and ``conversations.history`` /
 ``conversations.replies`` (read back from what was posted and updated, newest
 first, with Slack's cursor pagination); anything else gets
@@ -19,6 +19,9 @@ It refuses what Slack refuses, so a green test means the card would appear:
   ``channels`` given, or user ids for direct messages), and text or blocks
   (``no_text``); ``chat.update`` needs the ts of a message posted in that
   channel (``message_not_found``);
+* ``views.publish`` needs a ``user_id`` that exists (``user_not_found``) and a
+  valid view of type ``home`` (at most 100 blocks; ``invalid_arguments``);
+  ``home_view(user)`` reads back the last one published for a person;
 * ``views.open`` takes only trigger ids this fake issued
   (``issue_trigger_id``, which ``SlackSender`` calls for every user action),
   once (``exchanged_trigger_id``) and within 3 s (``expired_trigger_id``);
@@ -303,6 +306,15 @@ class FakeSlack:
             return self._trigger_refusal(params.get("trigger_id")) or _invalid(
                 "invalid_arguments", view_errors(_json_field(params.get("view")))
             )
+        if method == "views.publish":
+            if not self._user_exists(params.get("user_id")):
+                return {"ok": False, "error": "user_not_found"}
+            view = _json_field(params.get("view"))
+            kind = view.get("type") if isinstance(view, dict) else None
+            return _invalid(
+                "invalid_arguments",
+                view_errors(view) + ([] if kind == "home" else ["/view/type: must be home"]),
+            )
         if method == "users.info" and not self._user_exists(params.get("user")):
             return {"ok": False, "error": "user_not_found"}
         if method in READ_METHODS and not self._channel_exists(params.get("channel")):
@@ -362,6 +374,9 @@ class FakeSlack:
         if method == "views.open":
             self._exchanged.add(str(params.get("trigger_id")))
             return {"ok": True, "view": {"id": "V0VIEW", **(params.get("view") or {})}}
+        if method == "views.publish":
+            view = _json_field(params.get("view")) or {}
+            return {"ok": True, "view": {"id": "V0HOME", "hash": self._next_ts(), **view}}
         if method == "usergroups.users.list":
             group = str(params.get("usergroup"))
             if group not in self.groups:
@@ -412,6 +427,14 @@ class FakeSlack:
     def calls(self) -> list[Call]:
         with self._cond:
             return list(self._calls)
+
+    def home_view(self, user: str) -> dict[str, Any] | None:
+        """The Home tab ``user`` sees now: the last view published for them, or None."""
+        for call in reversed(self.calls_to("views.publish")):
+            if call.response.get("ok") and call.params.get("user_id") == user:
+                view = _json_field(call.params.get("view"))
+                return dict(view) if isinstance(view, dict) else None
+        return None
 
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]

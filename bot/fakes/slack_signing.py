@@ -2,7 +2,8 @@
 
 Slack's signature: ``v0=`` + hex HMAC-SHA256, keyed with the signing secret,
 of ``v0:<X-Slack-Request-Timestamp>:<raw body>``. Slash commands are form
-bodies; interactions are a form body with one ``payload`` field of JSON.
+bodies; interactions are a form body with one ``payload`` field of JSON;
+Events API deliveries (``event_callback``) are a JSON body.
 """
 
 from __future__ import annotations
@@ -146,6 +147,40 @@ class SlackSender:
     ) -> Sent:
         return self.post(self.command_body(command, text, user, channel), **options)
 
+    def event_body(self, event: dict[str, Any]) -> str:
+        """An Events API ``event_callback`` around ``event``, as Slack sends it (JSON)."""
+        return json.dumps(
+            {
+                "token": self.verification_token,
+                "team_id": self.team_id,
+                "api_app_id": self.app_id,
+                "event": event,
+                "type": "event_callback",
+                "event_id": f"Ev{secrets.token_hex(6).upper()}",
+                "event_time": int(time.time()),
+                "authorizations": [
+                    {"team_id": self.team_id, "user_id": "U0BOT", "is_bot": True}
+                ],
+                "is_ext_shared_channel": False,
+            }
+        )
+
+    def app_home_opened(self, user: str, *, tab: str = "home", **options: Any) -> Sent:
+        """``user`` opens the app's Home tab (the ``app_home_opened`` event, signed)."""
+        event = {
+            "type": "app_home_opened",
+            "user": user,
+            "channel": "D0HOME",
+            "tab": tab,
+            "event_ts": f"{time.time():.6f}",
+        }
+        body = self.event_body(event)
+        headers = {
+            **signed_headers(self.signing_secret, body, options.pop("timestamp", None)),
+            "Content-Type": "application/json",
+        }
+        return self.post(body, headers=headers, **options)
+
     def _interaction(self, payload: dict[str, Any], **options: Any) -> Sent:
         return self.post(urlencode({"payload": json.dumps(payload)}), **options)
 
@@ -210,13 +245,17 @@ class SlackSender:
         self,
         callback_id: str,
         private_metadata: str,
-        values: dict[str, dict[str, str]],
+        values: dict[str, dict[str, Any]],
         user: str,
         **options: Any,
     ) -> Sent:
+        """``values``: block id -> action id -> typed text, or a whole element state (a dict,
+        e.g. ``{"type": "static_select", "selected_option": {"value": "x"}}``)."""
         state = {
             block: {
-                action: {"type": "plain_text_input", "value": value}
+                action: value
+                if isinstance(value, dict)
+                else {"type": "plain_text_input", "value": value}
                 for action, value in actions.items()
             }
             for block, actions in values.items()

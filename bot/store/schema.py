@@ -1,4 +1,9 @@
-"""The tables, once per dialect: requests, their transitions, Slack deliveries, the audit log."""
+"""The tables, once per dialect: requests, their transitions, Slack deliveries, the audit log,
+key-age reminders.
+
+Every statement is idempotent (``IF NOT EXISTS``, ``INSERT ... IGNORE``): ``migrate()`` runs them
+all at each start, so a store from an older version gains the new tables (``key_reminders``).
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,11 @@ SQLITE = (
         seq BIGINT NOT NULL,
         hash CHAR(64) NOT NULL)""",
     f"INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
+    """CREATE TABLE IF NOT EXISTS key_reminders (
+        panel VARCHAR(64) NOT NULL,
+        secret VARCHAR(128) NOT NULL,
+        sent_at DOUBLE NOT NULL,
+        PRIMARY KEY (panel, secret))""",
 )
 
 MYSQL = (
@@ -89,4 +99,10 @@ MYSQL = (
         hash CHAR(64) NOT NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
     f"INSERT IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
+    """CREATE TABLE IF NOT EXISTS key_reminders (
+        panel VARCHAR(64) NOT NULL,
+        secret VARCHAR(128) NOT NULL,
+        sent_at DOUBLE NOT NULL,
+        PRIMARY KEY (panel, secret)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
 )

@@ -28,6 +28,7 @@ MANIFESTS = {
 SCOPES: dict[str, set[str]] = {
     "auth.test": set(),
     "views.open": set(),
+    "views.publish": set(),
     "chat.postMessage": {"chat:write"},
     "chat.update": {"chat:write"},
     "chat.postEphemeral": {"chat:write"},
@@ -73,6 +74,22 @@ def registered_commands() -> set[str]:
     return found
 
 
+def registered_events() -> set[str]:
+    """Every ``app.event("x")`` in the handlers."""
+    found = set()
+    for path in (REPO / "handlers").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "event"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                found.add(str(node.args[0].value))
+    return found
+
+
 def needed_scopes() -> set[str]:
     methods = called_web_api_methods()
     unknown = methods - set(SCOPES)
@@ -87,7 +104,8 @@ def load(kind: str) -> dict[str, Any]:
 
 def test_the_code_calls_what_the_scope_table_knows() -> None:
     """The derivation itself finds the calls (a guard against a scan that finds nothing)."""
-    assert {"chat.postMessage", "usergroups.users.list", "views.open"} <= called_web_api_methods()
+    assert {"chat.postMessage", "usergroups.users.list", "views.open", "views.publish"} <= called_web_api_methods()
+    assert registered_events() == {"app_home_opened"}
     assert registered_commands() == {
         "/rotate-key", "/rotate-agent", "/rotate-incident", "/rotate-cancel", "/rotate-status", "/rotate-help"
     }
@@ -121,3 +139,15 @@ def test_the_http_manifest_sends_every_command_and_interaction_to_the_events_pat
     urls["interactivity"] = manifest["settings"]["interactivity"].get("request_url")
     expected = f"https://rotator.example.com{EVENTS_PATH}"
     assert urls == dict.fromkeys([*registered_commands(), "interactivity"], expected)
+
+
+@pytest.mark.parametrize("kind", sorted(MANIFESTS))
+def test_each_manifest_subscribes_to_exactly_the_handled_events_and_shows_the_home_tab(kind: str) -> None:
+    """The control room needs the Home tab and ``app_home_opened``; the requester notices
+    arrive as direct messages, so the Messages tab stays (read-only)."""
+    manifest = load(kind)
+    assert sorted(manifest["settings"]["event_subscriptions"]["bot_events"]) == sorted(registered_events())
+    app_home = manifest["features"]["app_home"]
+    assert (True, True) == (app_home["home_tab_enabled"], app_home["messages_tab_enabled"])
+    url = manifest["settings"]["event_subscriptions"].get("request_url")
+    assert url == (None if kind == "socket-mode" else f"https://rotator.example.com{EVENTS_PATH}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ def test_a_stale_plan_or_a_wrong_key_is_refused_and_nothing_changes(panel_factor
         good[-1]["old_fingerprint"], good[-1]["new_fingerprint"])  # fmt: skip
     assert 0o600 == stat.S_IMODE(record_path(profile).stat().st_mode)
     status = serve(profile, id="r-status", op="status")[-1]
+    rotated_at = status["secret_ages"]["key_rotated_at"]
+    assert rotated_at is not None and abs(time.time() - rotated_at) < 600, "the key's age comes from its DONE rotation"
     assert ["r-stale", "r-wrongkey", "r-good"] == list(
         dict.fromkeys(r["rotation_id"] for r in status["runs"])
     )

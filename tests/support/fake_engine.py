@@ -224,6 +224,19 @@ class FakeEngineHost:
         self.rotation_script: Callable[[], list[dict[str, Any]]] = successful_rotation
         #: the requests the fake engine accepted (and so ran), in order
         self.requests: list[Request] = []
+        #: what ``status`` answers: when the key and agent tokens were last rotated
+        #: (``secret_ages``) and the host's run record (``runs``); tests set them
+        self.status_result: dict[str, Any] = {
+            "panel": "prod-eu",
+            "unfinished": None,
+            "running": None,
+            "unfinished_agents": [],
+            "recent": [],
+            "runs": [],
+            "known_keys": 1,
+            "secret_ages": {"key_rotated_at": None, "agents": []},
+            "engine_version": engine_version,
+        }
         #: (request id, error code) of every request the fake engine refused
         self.refusals: list[tuple[str, str]] = []
         self._journal: dict[str, list[dict[str, Any]]] = {}
@@ -382,6 +395,13 @@ class FakeEngineClient:
                     "seq": 1,
                     **protocol.result_event("plan", **host.plan_now(request)),
                 }
+            return
+        if request.op == "status":
+            yield {
+                "id": request.id,
+                "seq": 1,
+                **protocol.result_event("status", **host.status_result),
+            }
             return
         if request.op in ("rotate-key", "rotate-agent", "rotate-incident"):
             host._start_rotation(request)

@@ -1,0 +1,267 @@
+"""The App Home control room and key-age reminders, over signed HTTP with the strict fake Web API.
+
+The engine's ``status`` (scripted by ``FakeEngineHost.status_result``) says when each
+secret was last rotated; a controlled clock ages them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from bot.fakes.slack_api import Call
+from bot.settings import load_settings
+from handlers import home
+from handlers.blocks import APPROVE_ACTION
+from tests.bot.conftest import ALICE, BOB, CHANNEL, DAVE, PANEL, MakeBot, wait_until, write_config
+from tests.support.fake_engine import FakeEngineHost
+
+DAY = 86400.0
+NO_REPEAT = {"reminder_check_minutes": 10_000}  # the watcher's own loop stays out of the way
+
+
+class Clock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def ages(key_days: float | None, now: float, **agents: float) -> dict[str, Any]:
+    return {
+        "key_rotated_at": None if key_days is None else now - key_days * DAY,
+        "agents": [{"agent": name, "rotated_at": now - d * DAY} for name, d in agents.items()],
+    }
+
+
+def texts(node: Any) -> list[str]:
+    """Every text of a view or message, in order."""
+    out: list[str] = []
+    if isinstance(node, dict):
+        if node.get("type") in ("mrkdwn", "plain_text") and isinstance(node.get("text"), str):
+            out.append(node["text"])
+        for value in node.values():
+            out += texts(value)
+    elif isinstance(node, list):
+        for item in node:
+            out += texts(item)
+    return out
+
+
+def buttons(view: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (e["action_id"], e.get("value", ""))
+        for b in view["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+    ]
+
+
+def home_of(bot: Any, user: str, count: int = 1) -> dict[str, Any]:
+    call = bot.fake.wait_for("views.publish", lambda c: c.params.get("user_id") == user, count=count)[-1]
+    assert call.response["ok"], call.response
+    view = bot.fake.home_view(user)
+    assert view is not None
+    return view
+
+
+def open_home(bot: Any, user: str) -> dict[str, Any]:
+    before = len([c for c in bot.fake.calls_to("views.publish") if c.params.get("user_id") == user])
+    sent = bot.slack.app_home_opened(user)
+    assert sent.status == 200, sent.answer
+    return home_of(bot, user, count=before + 1)
+
+
+def test_the_home_tab_shows_each_panels_key_age_agents_and_last_runs(make_bot: MakeBot) -> None:
+    """An aged key is flagged against max_key_age_days, a fresh one is not; a never-rotated
+    key reads "unknown"; agent tokens carry their own ages; the last runs show their outcome.
+    Someone who may neither request nor approve sees no panel."""
+    eu, us, lab = FakeEngineHost(), FakeEngineHost(), FakeEngineHost()
+    clock = Clock(1_900_000_000.0)
+    eu.status_result["secret_ages"] = ages(400, clock.now, **{"agent-7": 12})
+    eu.status_result["runs"] = [
+        {"ts": int((clock.now - 400 * DAY) * 1000), "rotation_id": "r-old", "op": "rotate-key",
+         "event": "finished", "ok": True, "requested_by": "U0ALICE"},
+        {"ts": int((clock.now - 12 * DAY) * 1000), "rotation_id": "r-agents", "op": "rotate-agent",
+         "event": "finished", "ok": False, "code": "agent_unreachable", "rolled_back": False},
+    ]  # fmt: skip
+    us.status_result["secret_ages"] = ages(30, clock.now)
+    bot = make_bot(
+        engine_clients={"prod-eu": eu.client(), "prod-us": us.client(), "lab": lab.client()},
+        panels=("prod-eu", "prod-us", "lab"),
+        clock=clock,
+        **NO_REPEAT,
+    )
+
+    shown = texts(open_home(bot, ALICE))
+
+    assert ["Panel lab", "Panel prod-eu", "Panel prod-us"] == [t for t in shown if t.startswith("Panel ")]
+    eu_lines = "\n".join(shown[shown.index("Panel prod-eu") : shown.index("Panel prod-us")])
+    assert ":warning: Encryption key: 400 days · older than 365 days: rotate it" in eu_lines
+    assert ":key: Agent agent-7's token: 12 days" in eu_lines
+    assert "Agents never rotated by the rotator: token age unknown" in eu_lines
+    assert "`r-agents` rotate-agent: failed (agent_unreachable)" in eu_lines
+    assert "`r-old` rotate-key: ok" in eu_lines
+    us_lines = "\n".join(shown[shown.index("Panel prod-us") :])
+    assert ":key: Encryption key: 30 days" in us_lines and ":warning:" not in us_lines
+    lab_lines = "\n".join(shown[shown.index("Panel lab") : shown.index("Panel prod-eu")])
+    assert ":key: Encryption key: unknown (no rotation on record)" in lab_lines
+    assert "No runs on record yet." in lab_lines
+    assert [{"status"}] * 3 == [{r.op for r in host.requests} for host in (eu, us, lab)], (
+        "the engines were asked for their read-only status, nothing else"
+    )
+
+    refused = texts(open_home(bot, DAVE))
+    assert not [t for t in refused if t.startswith("Panel ")]
+
+
+def test_pending_requests_on_the_home_tab_have_buttons_for_approvers_only_and_a_run_refreshes_it(
+    make_bot: MakeBot,
+) -> None:
+    """Bob (approver) sees Alice's pending request with Approve/Deny; Alice, who asked, sees it
+    without. After Bob approves and the run ends, Bob's Home tab is published again, without
+    the request."""
+    bot = make_bot(**NO_REPEAT)
+    request_id, ts = bot.request_key()
+
+    bob_view = open_home(bot, BOB)
+    alice_view = open_home(bot, ALICE)
+    assert (APPROVE_ACTION, request_id) in buttons(bob_view)
+    assert any(f"Pending `{request_id}`" in t for t in texts(alice_view))
+    assert (APPROVE_ACTION, request_id) not in buttons(alice_view)
+
+    published_before = len(bot.fake.calls_to("views.publish"))
+    bot.approve(request_id, ts, BOB)
+    wait_until(lambda: bot.state(request_id) == "done", what="the run ends")
+    after = bot.fake.wait_for(
+        "views.publish",
+        lambda c: c.params.get("user_id") == BOB,
+        count=len([c for c in bot.fake.calls_to("views.publish")[:published_before]
+                   if c.params.get("user_id") == BOB]) + 1,
+    )[-1]  # fmt: skip
+    refreshed = json.loads(after.params["view"]) if isinstance(after.params["view"], str) else after.params["view"]
+    assert not any(f"Pending `{request_id}`" in t for t in texts(refreshed))
+    assert (APPROVE_ACTION, request_id) not in buttons(refreshed)
+
+
+def _submit(bot: Any, user: str, *, panel: str, kind: str, reason: str, agents: str = "") -> Any:
+    select = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
+    return bot.slack.submit_view(
+        home.REQUEST_MODAL,
+        "",
+        {
+            home.PANEL_BLOCK: {home.PANEL_INPUT: select(panel)},
+            home.KIND_BLOCK: {home.KIND_INPUT: select(kind)},
+            home.AGENTS_BLOCK: {home.AGENTS_INPUT: agents},
+            home.REASON_BLOCK: {home.REASON_INPUT: reason},
+        },
+        user,
+    )
+
+
+def test_the_request_button_opens_the_modal_and_submitting_it_creates_the_request(
+    make_bot: MakeBot,
+) -> None:
+    """From the Home tab: the modal lists the panels and kinds; a submission without a reason
+    is refused in the modal; a good one posts the request's card in the rotations channel,
+    planned by the engine, exactly as /rotate-key does."""
+    bot = make_bot(**NO_REPEAT)
+    view = open_home(bot, ALICE)
+    action, value = next(b for b in buttons(view) if b[0] == home.REQUEST_ROTATION_ACTION)
+    assert bot.slack.click(action, value, ALICE, "").status == 200
+    modal = bot.fake.wait_for("views.open")[-1]
+    assert modal.response["ok"], modal.response
+    opened = modal.params["view"]
+    opened = json.loads(opened) if isinstance(opened, str) else opened
+    assert home.REQUEST_MODAL == opened["callback_id"]
+    assert [PANEL] == [o["value"] for o in opened["blocks"][0]["element"]["options"]]
+
+    refused = _submit(bot, ALICE, panel=PANEL, kind="rotate-key", reason="")
+    assert "errors" == refused.json().get("response_action")
+    assert home.REASON_BLOCK in refused.json()["errors"]
+
+    accepted = _submit(bot, ALICE, panel=PANEL, kind="rotate-key", reason="key older than a year")
+    assert (200, "") == (accepted.status, accepted.answer)
+    card = bot.fake.wait_for("chat.postMessage", lambda c: "requested:" in c.text)[-1]
+    assert CHANNEL == card.params["channel"]
+    assert "key older than a year" in card.all_text()
+    (created,) = bot.store.pending_of(ALICE, limit=5)
+    assert ("rotate-key", PANEL, "key older than a year", ALICE) == (
+        created.op, created.panel, created.reason, created.requester.user_id)  # fmt: skip
+    assert ["plan"] == [r.op for r in bot.engine.requests if r.op != "status"]
+
+
+def _reminders(bot: Any) -> list[Call]:
+    return [
+        c for c in bot.fake.calls_to("chat.postMessage")
+        if c.params.get("channel") == CHANNEL and c.text.startswith(":alarm_clock:")
+    ]  # fmt: skip
+
+
+def test_a_key_past_its_age_gets_one_reminder_per_interval_even_across_a_restart(
+    make_bot: MakeBot,
+) -> None:
+    """Driven by a controlled clock: a key 300 days old gets nothing; at 366 days one reminder
+    with a prefilled "Request rotation" button; checking again within the interval posts
+    nothing; after the interval, one more. A new bot on the same store does not repeat it.
+    Nothing is ever rotated."""
+    engine = FakeEngineHost()
+    clock = Clock(1_900_000_000.0)
+    engine.status_result["secret_ages"] = ages(300, clock.now)
+    bot = make_bot(engine=engine, clock=clock, reminder_interval_days=7, **NO_REPEAT)
+
+    assert [] == bot.rotator.reminders.check()
+    clock.advance(66 * DAY)
+    bot.rotator.reminders.check()
+    wait_until(lambda: len(_reminders(bot)) == 1, what="one reminder")
+    (reminder,) = _reminders(bot)
+    assert "Encryption key of panel prod-eu was last rotated 366 days ago" in reminder.text
+    ((action, value),) = buttons(reminder.params if isinstance(reminder.params["blocks"], list)
+                                 else {"blocks": json.loads(reminder.params["blocks"])})  # fmt: skip
+    assert action == home.REQUEST_ROTATION_ACTION
+    assert home.Prefill(panel=PANEL, op="rotate-key", reason="encryption key older than 365 days (reminder)") == (
+        home.Prefill.from_value(value)
+    )
+
+    clock.advance(6 * DAY)
+    assert [] == bot.rotator.reminders.check()
+    clock.advance(1 * DAY + 60)
+    assert [(PANEL, "key")] == bot.rotator.reminders.check()
+    assert 2 == len(_reminders(bot))
+
+    bot.close()
+    restarted = make_bot(engine=engine, clock=clock, **NO_REPEAT)  # a new process, the same store file
+    assert [] == restarted.rotator.reminders.check()
+    assert 2 == len(_reminders(bot))
+    assert {"status"} == {r.op for r in engine.requests}, "a reminder never starts a rotation"
+
+    # the button opens the request modal, prefilled
+    assert restarted.slack.click(action, value, ALICE, str(reminder.response["ts"])).status == 200
+    opened = restarted.fake.wait_for("views.open")[-1]
+    view = json.loads(opened.params["view"]) if isinstance(opened.params["view"], str) else opened.params["view"]
+    elements = {b["block_id"]: b["element"] for b in view["blocks"]}
+    assert PANEL == elements[home.PANEL_BLOCK]["initial_option"]["value"]
+    assert "rotate-key" == elements[home.KIND_BLOCK]["initial_option"]["value"]
+    assert "encryption key older than 365 days (reminder)" == elements[home.REASON_BLOCK]["initial_value"]
+
+
+def test_max_key_age_days_is_set_per_panel(tmp_path: Path) -> None:
+    """``max_key_age_days`` is the default (365); ``[max_key_age_days_by_panel]`` overrides it."""
+    path = write_config(tmp_path / "r.toml", store_url="sqlite://r.db", panels=("prod-eu", "prod-us"))
+    path.write_text(path.read_text() + "\n[max_key_age_days_by_panel]\nprod-us = 90\n")
+    env = {
+        "SLACK_BOT_TOKEN": "xoxb-1-abc",
+        "SLACK_SIGNING_SECRET": "0123456789abcdef0123",
+        "ROTATOR_CONFIG": str(path),
+    }
+    settings = load_settings(env)
+    assert (365 * DAY, 90 * DAY) == (settings.max_key_age_s("prod-eu"), settings.max_key_age_s("prod-us"))
