@@ -5,8 +5,9 @@ agent tokens' last rotations, the host's run record), builds each viewer's Home
 tab and publishes it with ``views.publish``: when a person opens the tab, and for
 everyone who opened it since the bot started after every run.
 
-``ReminderWatcher`` looks at the same ages every ``check_s`` seconds and posts one reminder per panel and secret whose age passed the limit,
-in the rotations channel. The store remembers each reminder (``key_reminders``),
+``ReminderWatcher`` looks at the same ages every ``check_s`` seconds and posts one
+reminder per panel and secret whose age passed the limit, in the rotations
+channel. The store remembers each reminder (``key_reminders``),
 so a restart or a second replica does not repeat it within ``interval_s``. It
 never starts a rotation: the reminder's button only opens the request modal.
 """
