@@ -4,6 +4,7 @@
     python -m bot --http [--port 3000]    HTTP mode: POST /slack/events, GET /healthz
     python -m bot audit keygen FILE       a new audit key (set ROTATOR_AUDIT_KEY_FILE=FILE)
     python -m bot audit export [--since 2026-11-26T00:00:00] [--output FILE]
+    python -m bot audit export --incident ID --format markdown [--output FILE]
     python -m bot audit verify [--file EXPORT.jsonl] [--anchor SEQ:DIGEST ...] [--slack]
     python -m bot demo | doctor           (when bot.demo / bot.doctor are installed)
 

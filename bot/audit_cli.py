@@ -18,7 +18,7 @@ import sys
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.errors import BotError, SettingsError
 
@@ -42,6 +42,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument("--since", default=None, help="ISO date/time (UTC) or a Unix timestamp")
     export.add_argument("--output", default="-", help="file to write (default stdout)")
     export.add_argument("--store", default=None, help="store URL (default: ROTATOR_STORE, ROTATOR_CONFIG)")
+    export.add_argument(
+        "--incident", default=None, metavar="ID",
+        help="write the postmortem appendix of this request (rotation id) instead of the whole log",
+    )  # fmt: skip
+    export.add_argument(
+        "--format", default=None, choices=("jsonl", "markdown"),
+        help="jsonl (the whole log, default) or markdown (with --incident)",
+    )  # fmt: skip
     verify = audit_sub.add_parser(
         "verify", help="check the chain, its HMACs, and the anchors seen outside the store"
     )
@@ -139,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(store_url(args.store), audit_key=key)
     try:
         audit = AuditLog(store)
+        if args.audit_command == "export" and (args.incident or args.format == "markdown"):
+            return _export_incident(store, args)
         if args.audit_command == "export":
             if args.output == "-":
                 audit.export(sys.stdout, since=since(args.since))
@@ -152,6 +162,29 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     finally:
         store.close()
+
+
+def _export_incident(store: Any, args: argparse.Namespace) -> int:
+    """``export --incident ID --format markdown``: the request's postmortem appendix."""
+    from bot.incident_report import markdown
+
+    if not args.incident:
+        raise BotError("--format markdown writes one request's appendix: add --incident ID")
+    if args.format == "jsonl":
+        raise BotError("--incident writes a Markdown appendix: use --format markdown")
+    request = store.get(args.incident)
+    if request is None:
+        raise BotError(f"--incident: no request {args.incident!r} in the store")
+    audit = request.outcome.get("audit") or {}
+    anchor = f"{audit['seq']}:{audit['digest']}" if audit.get("seq") and audit.get("digest") else None
+    text = markdown(request, store.history(request.id), store.audit_entries(), anchor)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"wrote the appendix of {request.id} to {args.output}", file=sys.stderr)
+    return 0
 
 
 def _slack_anchors() -> list[Anchor]:

@@ -7,8 +7,24 @@ parts finish; the closing summary is a timeline with fingerprints, never values.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 from bot.fakes.slack_api import Call
-from tests.bot.conftest import ALICE, BOB, CHANNEL, PANEL, MakeBot, card_request_id, is_card, wait_until
+from tests.bot.conftest import (
+    ALICE,
+    AUDIT_KEY,
+    BOB,
+    CHANNEL,
+    PANEL,
+    MakeBot,
+    card_request_id,
+    is_card,
+    wait_until,
+)
 from tests.support.fake_engine import (
     DB_NEW_FP,
     DB_OLD_FP,
@@ -19,7 +35,9 @@ from tests.support.fake_engine import (
     incident_rotation,
     incident_stopped_at_key,
 )
+from tests.support.secrets_scan import scan_text
 
+REPO = Path(__file__).resolve().parents[2]
 REASON = "INC-4412 .env leaked on a pastebin"
 
 
@@ -121,3 +139,37 @@ def test_help_lists_the_incident_command(make_bot: MakeBot) -> None:
     bot = make_bot()
     ack = bot.command("/rotate-help", "", ALICE)
     assert "/rotate-incident [panel] &lt;reason&gt;" in ack.answer or "/rotate-incident [panel] <reason>" in ack.answer
+
+
+def test_the_postmortem_appendix_is_written_from_the_store_and_the_audit_log(make_bot: MakeBot) -> None:
+    """`python -m bot audit export --incident ID --format markdown`, as an operator runs it:
+    the facts, the timeline with fingerprints, what is left, every engine step, the anchor."""
+    bot = make_bot(engine=_engine(incident_stopped_at_key))
+    request_id, ts = _request(bot)
+    bot.approve(request_id, ts, BOB)
+    wait_until(lambda: bot.state(request_id) == "failed" and bot.store.get(request_id).outcome.get("reported"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))}
+    env |= {"ROTATOR_STORE": bot.settings.store_url, "ROTATOR_AUDIT_KEY": AUDIT_KEY.hex()}
+
+    done = subprocess.run([sys.executable, "-m", "bot", "audit", "export", "--incident", request_id,
+                           "--format", "markdown"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    unknown = subprocess.run([sys.executable, "-m", "bot", "audit", "export", "--incident", "r-nope",
+                              "--format", "markdown"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=60, check=False)  # fmt: skip
+
+    assert 0 == done.returncode, done.stderr
+    text = done.stdout
+    assert text.startswith(f"## Appendix: incident rotation `{request_id}` on panel prod-eu")
+    assert "| Requested by | U0ALICE at " in text and "| Approved by | U0BOB at " in text
+    assert "| database password | done, verified | 20" in text
+    assert f"| {DB_OLD_FP} | {DB_NEW_FP} | user myosicam |" in text
+    assert "| encryption key | failed, rolled back |" in text
+    assert "| agent tokens | not started, untouched | - | - | - | - |" in text
+    assert "- [ ] agent tokens: not started, untouched; rotate it again" in text
+    assert "- [ ] `PANEL_LICENSE_KEY`: contact MyOsicam support" in text
+    assert "| key | part | failed | panel check failed after restart" in text
+    assert re.search(r"Audit anchor: `\d+:[0-9a-f]+`", text)
+    assert (2, "error: --incident: no request 'r-nope' in the store") == (
+        unknown.returncode, unknown.stderr.strip())
+    assert [] == scan_text(text + done.stderr)
