@@ -203,3 +203,27 @@ def test_pending_of_reads_one_persons_pending_requests_under_any_team(any_store_
     assert [r.id for r in store.pending_of("U0ALICE", limit=1)] == [mine.id]
     assert (store.pending_of("%"), store.pending_of("U0ALIC_")) == ([], [])
     store.close()
+
+
+def test_a_reminder_is_claimed_once_per_interval_on_either_backend(any_store_url: str) -> None:
+    """``claim_reminder`` is one conditional write: the first claim wins, a second within the
+    interval (another replica, or after a restart: a new store on the same database) loses,
+    and one after the interval wins again; panels and secrets are counted apart."""
+    now = [1_900_000_000.0]
+    first = open_store(any_store_url, clock=lambda: now[0], audit_key=KEY)
+    again = open_store(any_store_url, clock=lambda: now[0], audit_key=KEY)
+    try:
+        assert [True, False, True, True] == [
+            first.claim_reminder("prod-eu", "key", 7 * 86400),
+            again.claim_reminder("prod-eu", "key", 7 * 86400),
+            again.claim_reminder("prod-eu", "agent:agent-7", 7 * 86400),
+            again.claim_reminder("prod-us", "key", 7 * 86400),
+        ]
+        now[0] += 7 * 86400 - 1
+        assert not first.claim_reminder("prod-eu", "key", 7 * 86400)
+        now[0] += 2
+        assert again.claim_reminder("prod-eu", "key", 7 * 86400)
+        assert now[0] == first.last_reminder("prod-eu", "key")
+    finally:
+        first.close()
+        again.close()
