@@ -146,8 +146,10 @@ def _secret_ages(ctx: Context) -> dict[str, Any]:
     """When the key and each agent's token were last rotated to DONE, from the journals.
 
     Read-only. ``key_rotated_at`` is None when no finished key rotation is on
-    record (the key predates the engine's history: its age is unknown). Agents
-    never rotated by the engine are not listed.
+    record (the key predates the engine's history: its age is unknown). Every
+    agent of the panel is listed, ``rotated_at`` None for one never rotated here;
+    when the panel's database cannot be read, ``agents_listed`` is False and only
+    the agents the journal knows are listed.
     """
     from engine.agents.journal import AgentJournal
 
@@ -164,10 +166,31 @@ def _secret_ages(ctx: Context) -> dict[str, Any]:
         name = str(record.get("agent_name") or record.get("agent_id"))
         if name not in agents or agents[name]["rotated_at"] < at:
             agents[name] = {"agent": name, "rotated_at": float(at)}
+    names = _agent_names(ctx)
+    for name in names or ():
+        agents.setdefault(name, {"agent": name, "rotated_at": None})
     return {
         "key_rotated_at": max(key_done) if key_done else None,
         "agents": sorted(agents.values(), key=lambda a: str(a["agent"])),
+        "agents_listed": names is not None,
     }
+
+
+def _agent_names(ctx: Context) -> list[str] | None:
+    """The names of the panel's agents (read-only), or None when the database can't say."""
+    from engine.agents.rows import AgentTable
+
+    try:
+        db = ctx.connect()
+    except EngineError:
+        return None
+    try:
+        rows, _ = AgentTable(ctx.profile.agents).select(db, None)
+    except EngineError:
+        return None
+    finally:
+        db.close()
+    return [row.name for row in rows]
 
 
 def _rotate_key(ctx: Context, request: Request) -> dict[str, Any]:

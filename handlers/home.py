@@ -43,7 +43,8 @@ class PanelStatus:
 
     panel: str
     key_rotated_at: float | None = None
-    agents: tuple[tuple[str, float], ...] = ()
+    agents: tuple[tuple[str, float | None], ...] = ()
+    agents_listed: bool = False
     runs: tuple[dict[str, Any], ...] = ()
     error: str | None = None
 
@@ -52,15 +53,16 @@ class PanelStatus:
         ages = result.get("secret_ages") or {}
         key_at = ages.get("key_rotated_at")
         agents = tuple(
-            (str(a["agent"]), float(a["rotated_at"]))
+            (str(a["agent"]), _number(a.get("rotated_at")))
             for a in ages.get("agents") or ()
-            if isinstance(a, dict) and isinstance(a.get("rotated_at"), int | float)
+            if isinstance(a, dict) and a.get("agent")
         )
         runs = tuple(r for r in result.get("runs") or () if isinstance(r, dict))
         return cls(
             panel=panel,
             key_rotated_at=float(key_at) if isinstance(key_at, int | float) else None,
             agents=agents,
+            agents_listed=ages.get("agents_listed") is True,
             runs=runs,
         )
 
@@ -69,6 +71,10 @@ class PanelStatus:
         out: list[tuple[str, str, float | None]] = [("key", "encryption key", self.key_rotated_at)]
         out += [(f"agent:{name}", f"agent {name}'s token", at) for name, at in self.agents]
         return out
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -166,14 +172,20 @@ def panel_blocks(
         out.append(blocks._section(f":warning: The engine did not answer: {m.esc(status.error)}"))
     else:
         lines = []
-        for _, label, at in status.secrets():
+        known = [(label, at) for _, label, at in status.secrets() if at is not None or label == "encryption key"]
+        for label, at in known[: MAX_AGENTS_SHOWN + 1]:
             mark = ":warning:" if is_overdue(at, now, max_age_s) else ":key:"
             late = f" · older than {max_days} days: rotate it" if is_overdue(at, now, max_age_s) else ""
-            lines.append(f"{mark} {m.esc(label.capitalize())}: {age_text(at, now)}{late}")
-        if len(lines) > MAX_AGENTS_SHOWN + 1:
-            hidden = len(lines) - MAX_AGENTS_SHOWN - 1
-            lines = [*lines[: MAX_AGENTS_SHOWN + 1], f"… and {hidden} more agents"]
-        lines.append("Agents never rotated by the rotator: token age unknown")
+            lines.append(f"{mark} {m.esc(label[:1].upper() + label[1:])}: {age_text(at, now)}{late}")
+        if len(known) > MAX_AGENTS_SHOWN + 1:
+            lines.append(f"… and {len(known) - MAX_AGENTS_SHOWN - 1} more agents")
+        never = [name for name, at in status.agents if at is None]
+        if never:
+            more = f" and {len(never) - 20} more" if len(never) > 20 else ""
+            shown = ", ".join(m.esc(n) for n in never[:20]) + more
+            lines.append(f":grey_question: Agent tokens never rotated here, age unknown: {shown}")
+        if not status.agents_listed:
+            lines.append("The panel's agents could not be listed: other agent tokens' ages are unknown")
         out += blocks._sections("\n".join(lines), most=2)
     for request in pending[:5]:
         out.append(

@@ -36,10 +36,13 @@ class Clock:
             self.now += seconds
 
 
-def ages(key_days: float | None, now: float, **agents: float) -> dict[str, Any]:
+def ages(key_days: float | None, now: float, **agents: float | None) -> dict[str, Any]:
     return {
         "key_rotated_at": None if key_days is None else now - key_days * DAY,
-        "agents": [{"agent": name, "rotated_at": now - d * DAY} for name, d in agents.items()],
+        "agents": [
+            {"agent": name, "rotated_at": None if d is None else now - d * DAY} for name, d in agents.items()
+        ],
+        "agents_listed": True,
     }
 
 
@@ -87,14 +90,14 @@ def test_the_home_tab_shows_each_panels_key_age_agents_and_last_runs(make_bot: M
     Someone who may neither request nor approve sees no panel."""
     eu, us, lab = FakeEngineHost(), FakeEngineHost(), FakeEngineHost()
     clock = Clock(1_900_000_000.0)
-    eu.status_result["secret_ages"] = ages(400, clock.now, **{"agent-7": 12})
+    eu.status_result["secret_ages"] = ages(400, clock.now, **{"agent-7": 12, "agent-9": 500, "agent-11": None})
     eu.status_result["runs"] = [
         {"ts": int((clock.now - 400 * DAY) * 1000), "rotation_id": "r-old", "op": "rotate-key",
          "event": "finished", "ok": True, "requested_by": "U0ALICE"},
         {"ts": int((clock.now - 12 * DAY) * 1000), "rotation_id": "r-agents", "op": "rotate-agent",
          "event": "finished", "ok": False, "code": "agent_unreachable", "rolled_back": False},
     ]  # fmt: skip
-    us.status_result["secret_ages"] = ages(30, clock.now)
+    us.status_result["secret_ages"] = {**ages(30, clock.now), "agents_listed": False}
     bot = make_bot(
         engine_clients={"prod-eu": eu.client(), "prod-us": us.client(), "lab": lab.client()},
         panels=("prod-eu", "prod-us", "lab"),
@@ -108,11 +111,13 @@ def test_the_home_tab_shows_each_panels_key_age_agents_and_last_runs(make_bot: M
     eu_lines = "\n".join(shown[shown.index("Panel prod-eu") : shown.index("Panel prod-us")])
     assert ":warning: Encryption key: 400 days · older than 365 days: rotate it" in eu_lines
     assert ":key: Agent agent-7's token: 12 days" in eu_lines
-    assert "Agents never rotated by the rotator: token age unknown" in eu_lines
+    assert ":warning: Agent agent-9's token: 500 days · older than 365 days: rotate it" in eu_lines
+    assert ":grey_question: Agent tokens never rotated here, age unknown: agent-11" in eu_lines
     assert "`r-agents` rotate-agent: failed (agent_unreachable)" in eu_lines
     assert "`r-old` rotate-key: ok" in eu_lines
     us_lines = "\n".join(shown[shown.index("Panel prod-us") :])
     assert ":key: Encryption key: 30 days" in us_lines and ":warning:" not in us_lines
+    assert "The panel's agents could not be listed: other agent tokens' ages are unknown" in us_lines
     lab_lines = "\n".join(shown[shown.index("Panel lab") : shown.index("Panel prod-eu")])
     assert ":key: Encryption key: unknown (no rotation on record)" in lab_lines
     assert "No runs on record yet." in lab_lines
@@ -211,22 +216,26 @@ def test_a_key_past_its_age_gets_one_reminder_per_interval_even_across_a_restart
     make_bot: MakeBot,
 ) -> None:
     """Driven by a controlled clock: a key 300 days old gets nothing; at 366 days one reminder
-    with a prefilled "Request rotation" button; checking again within the interval posts
-    nothing; after the interval, one more. A new bot on the same store does not repeat it.
-    Nothing is ever rotated."""
+    with a prefilled "Request rotation" button (and one for an agent token past its age, none
+    for a token of unknown age); checking again within the interval posts nothing; after the
+    interval, one more each. A new bot on the same store does not repeat them. Nothing is
+    ever rotated."""
     engine = FakeEngineHost()
     clock = Clock(1_900_000_000.0)
-    engine.status_result["secret_ages"] = ages(300, clock.now)
+    engine.status_result["secret_ages"] = ages(300, clock.now, **{"agent-9": 340, "agent-11": None})
     bot = make_bot(engine=engine, clock=clock, reminder_interval_days=7, **NO_REPEAT)
 
     assert [] == bot.rotator.reminders.check()
     clock.advance(66 * DAY)
     bot.rotator.reminders.check()
-    wait_until(lambda: len(_reminders(bot)) == 1, what="one reminder")
-    (reminder,) = _reminders(bot)
+    wait_until(lambda: len(_reminders(bot)) == 2, what="two reminders")
+    reminder, agent_reminder = _reminders(bot)
     assert "Encryption key of panel prod-eu was last rotated 366 days ago" in reminder.text
-    ((action, value),) = buttons(reminder.params if isinstance(reminder.params["blocks"], list)
-                                 else {"blocks": json.loads(reminder.params["blocks"])})  # fmt: skip
+    assert "Agent agent-9's token of panel prod-eu was last rotated 406 days ago" in agent_reminder.text
+    ((_, agent_value),) = buttons({"blocks": agent_reminder.params["blocks"]})
+    assert ("rotate-agent", ("agent-9",)) == (
+        home.Prefill.from_value(agent_value).op, home.Prefill.from_value(agent_value).agents)  # fmt: skip
+    ((action, value),) = buttons({"blocks": reminder.params["blocks"]})
     assert action == home.REQUEST_ROTATION_ACTION
     assert home.Prefill(panel=PANEL, op="rotate-key", reason="encryption key older than 365 days (reminder)") == (
         home.Prefill.from_value(value)
@@ -235,13 +244,13 @@ def test_a_key_past_its_age_gets_one_reminder_per_interval_even_across_a_restart
     clock.advance(6 * DAY)
     assert [] == bot.rotator.reminders.check()
     clock.advance(1 * DAY + 60)
-    assert [(PANEL, "key")] == bot.rotator.reminders.check()
-    assert 2 == len(_reminders(bot))
+    assert [(PANEL, "key"), (PANEL, "agent:agent-9")] == bot.rotator.reminders.check()
+    assert 4 == len(_reminders(bot))
 
     bot.close()
     restarted = make_bot(engine=engine, clock=clock, **NO_REPEAT)  # a new process, the same store file
     assert [] == restarted.rotator.reminders.check()
-    assert 2 == len(_reminders(bot))
+    assert 4 == len(_reminders(bot))
     assert {"status"} == {r.op for r in engine.requests}, "a reminder never starts a rotation"
 
     # the button opens the request modal, prefilled

@@ -97,6 +97,7 @@ def test_a_stale_plan_or_a_wrong_key_is_refused_and_nothing_changes(panel_factor
     status = serve(profile, id="r-status", op="status")[-1]
     rotated_at = status["secret_ages"]["key_rotated_at"]
     assert rotated_at is not None and abs(time.time() - rotated_at) < 600, "the key's age comes from its DONE rotation"
+    assert (True, []) == (status["secret_ages"]["agents_listed"], status["secret_ages"]["agents"])
     assert ["r-stale", "r-wrongkey", "r-good"] == list(
         dict.fromkeys(r["rotation_id"] for r in status["runs"])
     )
@@ -115,6 +116,10 @@ def test_an_agent_list_that_changed_since_approval_is_refused(panel_factory):
     assert ["agent-7", "agent-9"] == sorted(a["name"] for a in plan["agents"])
     add_agents(panel, "agent-11")
     tokens_before = agent_tokens(panel)
+    ages = serve(profile, id="r-ages", op="status")[-1]["secret_ages"]
+    assert [("agent-11", None), ("agent-7", None), ("agent-9", None)] == [
+        (a["agent"], a["rotated_at"]) for a in ages["agents"]
+    ], "agents never rotated are listed, their age unknown"
 
     refused = serve(profile, id="r-agents", op="rotate-agent", all_agents=True,
                     agents=["agent-7", "agent-9"], plan_hash=plan["plan_hash"],
