@@ -279,6 +279,33 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def replace_in(dir_fd: int, final_name: str, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``final_name`` in the folder ``dir_fd`` with ``data``, atomically and durably.
+
+    A new file under a random name (``create_exclusive``), written, chowned (when
+    ``owner`` is given) and chmodded through its own fd, fsynced, renamed over the old
+    one, and the folder fsynced; on any error the temporary file is removed.
+    """
+    name: str | None = None
+    try:
+        name, fd = create_exclusive(dir_fd, final_name)
+        try:
+            write_all(fd, data)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(name, final_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        name = None
+        os.fsync(dir_fd)
+    finally:
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+
+
 def write_atomic(path: Path, data: bytes, ownership: Ownership) -> None:
     """Replace ``path`` with ``data``: new file beside it, fsync, chown+chmod, rename, fsync the folder.
 
@@ -287,25 +314,11 @@ def write_atomic(path: Path, data: bytes, ownership: Ownership) -> None:
     (``config/`` is often www-data's) cannot redirect the write elsewhere.
     """
     dir_fd = _open_dir(path.parent)
-    name: str | None = None
     try:
         _check_owner(path.parent, os.fstat(dir_fd), ownership.allowed_uids)
         _check_env_entry(dir_fd, path, ownership.allowed_uids)
-        name, fd = create_exclusive(dir_fd, path.name)
-        try:
-            write_all(fd, data)
-            os.fchown(fd, ownership.uid, ownership.gid)
-            os.fchmod(fd, ownership.mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        name = None
-        os.fsync(dir_fd)
+        replace_in(dir_fd, path.name, data, ownership.mode, (ownership.uid, ownership.gid))
     except OSError as exc:
         raise EnvFileError(f"could not write {path}: {exc.strerror}; the previous file is unchanged") from exc
     finally:
-        if name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=dir_fd)
         os.close(dir_fd)

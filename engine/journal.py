@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.envfile import create_exclusive, write_all
+from engine.envfile import replace_in
 from engine.errors import EngineError, LockedError
 
 STATES = (
@@ -81,22 +81,9 @@ def write_private(path: Path, data: bytes) -> None:
     """0600, fsynced, atomically renamed: a new file under a random name, made with
     ``O_EXCL|O_NOFOLLOW`` relative to the folder's fd (nothing planted is followed)."""
     dir_fd = _open_private_dir(path.parent)
-    name: str | None = None
     try:
-        name, fd = create_exclusive(dir_fd, path.name)
-        try:
-            os.fchmod(fd, 0o600)
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        name = None
-        os.fsync(dir_fd)
+        replace_in(dir_fd, path.name, data, 0o600)
     finally:
-        if name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=dir_fd)
         os.close(dir_fd)
 
 

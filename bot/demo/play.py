@@ -220,6 +220,20 @@ def play(reason: str, narrator: Narrator, cleanup: Cleanup, scenario: str = "rot
     return _verify_unchanged(narrator, panel, final, before, fingerprint_before, scenario)
 
 
+def _before_and_after(
+    narrator: Narrator, panel: DemoPanel, before: tuple[int, dict[str, Any]], fingerprint_before: str
+) -> tuple[int, dict[str, Any], str]:
+    """Print the panel's /health before and after and the key's fingerprints; (status, body, key now)."""
+    narrator.heading("Verification")
+    after = panel.server.health()
+    fingerprint_after = panel.key_fingerprint()
+    narrator.say(f"   panel /health before  {_health_line(before)}")
+    narrator.say(f"   panel /health after   {_health_line(after)}")
+    narrator.say(f"   .env key              {fingerprint_before[:8]}… → {fingerprint_after[:8]}…")
+    status, body = after
+    return status, body, fingerprint_after
+
+
 def _verify_unchanged(
     narrator: Narrator,
     panel: DemoPanel,
@@ -229,13 +243,7 @@ def _verify_unchanged(
     scenario: str,
 ) -> bool:
     """After a denial or a rollback: the panel is as it was, and the request says why."""
-    narrator.heading("Verification")
-    after = panel.server.health()
-    fingerprint_after = panel.key_fingerprint()
-    narrator.say(f"   panel /health before  {_health_line(before)}")
-    narrator.say(f"   panel /health after   {_health_line(after)}")
-    narrator.say(f"   .env key              {fingerprint_before[:8]}… → {fingerprint_after[:8]}…")
-    status, body = after
+    status, body, fingerprint_after = _before_and_after(narrator, panel, before, fingerprint_before)
     expected = State.DENIED if scenario == "deny" else State.FAILED
     checks = {
         f"the request ended {expected.value}": final.state == expected,
@@ -266,13 +274,7 @@ def _verify(
     fingerprint_before: str,
 ) -> bool:
     """The panel's own word, before and after, and the key on disk."""
-    narrator.heading("Verification")
-    after = panel.server.health()
-    fingerprint_after = panel.key_fingerprint()
-    narrator.say(f"   panel /health before  {_health_line(before)}")
-    narrator.say(f"   panel /health after   {_health_line(after)}")
-    narrator.say(f"   .env key              {fingerprint_before[:8]}… → {fingerprint_after[:8]}…")
-    status, body = after
+    status, body, fingerprint_after = _before_and_after(narrator, panel, before, fingerprint_before)
     checks = {
         "the rotation ended done": final.state == State.DONE,
         "the key in .env changed": fingerprint_after != fingerprint_before,
