@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,6 +227,17 @@ class SlackSender:
             ],
         }
         return urlencode({"payload": json.dumps(payload)})
+
+    def click_in_home(self, action_id: str, value: str, user: str, **options: Any) -> Sent:
+        """A button on ``user``'s Home tab: the payload's container is the view, no channel."""
+        payload = json.loads(
+            urllib.parse.parse_qs(self.click_body(action_id, value, user, ""))["payload"][0]
+        )
+        payload["container"] = {"type": "view", "view_id": "V0HOME"}
+        payload["view"] = {"id": "V0HOME", "type": "home", "team_id": self.team_id}
+        for key in ("channel", "message", "response_url"):
+            payload.pop(key, None)
+        return self._interaction(payload, **options)
 
     def click(
         self,

@@ -133,8 +133,8 @@ def test_pending_requests_on_the_home_tab_have_buttons_for_approvers_only_and_a_
     make_bot: MakeBot,
 ) -> None:
     """Bob (approver) sees Alice's pending request with Approve/Deny; Alice, who asked, sees it
-    without. After Bob approves and the run ends, Bob's Home tab is published again, without
-    the request."""
+    without. Bob approves on his Home tab; once the run ends, his Home tab is published again,
+    without the request."""
     bot = make_bot(**NO_REPEAT)
     request_id, ts = bot.request_key()
 
@@ -145,7 +145,7 @@ def test_pending_requests_on_the_home_tab_have_buttons_for_approvers_only_and_a_
     assert (APPROVE_ACTION, request_id) not in buttons(alice_view)
 
     published_before = len(bot.fake.calls_to("views.publish"))
-    bot.approve(request_id, ts, BOB)
+    assert bot.slack.click_in_home(APPROVE_ACTION, request_id, BOB).status == 200  # from the Home tab
     wait_until(lambda: bot.state(request_id) == "done", what="the run ends")
     after = bot.fake.wait_for(
         "views.publish",
