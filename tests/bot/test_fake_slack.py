@@ -160,3 +160,21 @@ def test_the_bot_retries_a_rate_limited_card_and_the_card_appears(make_bot: Make
     assert tries == [429, 429, 200]
     request_id = card_request_id(card)
     wait_until(lambda: bot.state(request_id, "message_ts") == card.response["ts"])
+
+
+def test_views_publish_takes_a_valid_home_view_of_at_most_100_blocks_for_a_person_who_exists(
+    client: WebClient, fake: FakeSlack
+) -> None:
+    """As Slack: a Home tab of 100 blocks is published and read back; 101 blocks, a modal
+    instead of a home view, a broken block or an unknown person are refused."""
+    home = {"type": "home", "blocks": [section(f"line {i}") for i in range(100)]}
+    assert client.views_publish(user_id=ALICE, view=home)["ok"]
+    assert home == fake.home_view(ALICE)
+    too_many = {"type": "home", "blocks": [section("x")] * 101}
+    assert "invalid_arguments" == error_of(lambda: client.views_publish(user_id=ALICE, view=too_many))
+    modal = {**home, "type": "modal", "title": {"type": "plain_text", "text": "t"}}
+    assert "invalid_arguments" == error_of(lambda: client.views_publish(user_id=ALICE, view=modal))
+    broken = {"type": "home", "blocks": [section("")]}
+    assert "invalid_arguments" == error_of(lambda: client.views_publish(user_id=ALICE, view=broken))
+    assert "user_not_found" == error_of(lambda: client.views_publish(user_id="U0NOBODY", view=home))
+    assert home == fake.home_view(ALICE), "a refused view changes nothing"
