@@ -136,7 +136,7 @@ def test_pending_requests_on_the_home_tab_have_buttons_for_approvers_only_and_a_
     without. Bob approves on his Home tab; once the run ends, his Home tab is published again,
     without the request."""
     bot = make_bot(**NO_REPEAT)
-    request_id, ts = bot.request_key()
+    request_id, _ = bot.request_key()
 
     bob_view = open_home(bot, BOB)
     alice_view = open_home(bot, ALICE)
