@@ -57,9 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("agents", nargs="*", help="plan rotate-agent for these agents (or --all)")
     p.add_argument("--all", action="store_true", dest="all_agents", help="plan rotate-agent for every agent")
     p.add_argument("--incident", action="store_true", help="plan rotate-incident (everything a leaked .env exposed)")
+    p.add_argument("--db-password", action="store_true", help="plan rotate-db-password")
     p.add_argument("--json", action="store_true", help="print JSON Lines events")
 
     p = sub.add_parser("rotate-key", help="rotate PANEL_ENCRYPTION_KEY")
+    p.add_argument("--dry-run", action="store_true", help="run the preflight only; change nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print JSON Lines events")
+    p.add_argument("--reason", help="why (kept in the journal)")
+
+    p = sub.add_parser("rotate-db-password", help="rotate the panel's database password (DB_PASSWORD)")
     p.add_argument("--dry-run", action="store_true", help="run the preflight only; change nothing")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print JSON Lines events")
@@ -182,6 +189,18 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
             f"Done · old key {data['old_fingerprint']}… → new key {data['new_fingerprint']}… · "
             f"{data['total']:,} values · {data['duration_ms'] / 1000:.1f} s · rotation {data['rotation_id']}\n"
         )
+    elif op == "rotate-db-password" and data.get("dry_run"):
+        out.write(f"Dry run: {data['db_user']}@{data['db_host']} can get a new password. Nothing was changed.\n")
+    elif op == "rotate-db-password":
+        out.write(
+            f"Done · {data['db_user']}@{data['db_host']} password {data['old_fingerprint']}… → "
+            f"{data['new_fingerprint']}… · {data['duration_ms'] / 1000:.1f} s · rotation {data['rotation_id']}\n"
+        )
+    elif op == "plan" and "password_fingerprint" in data:
+        out.write(
+            f"Panel {data.get('panel', '')}: the database login {data['db_user']}@{data['db_host']} "
+            f"would get a new password (current {data['password_fingerprint']}…)\n"
+        )
     elif op == "rotate-agent":
         for agent in data.get("agents") or []:
             mark = "✔" if agent.get("ok") else ("?" if agent.get("outcome") == "unverified" else "✖")
@@ -200,6 +219,12 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
             f"open with the key in .env ({data.get('key_fingerprint')}…).\n"
         )
     elif op == "recover":
+        password = data.get("db_password")
+        if password and password is not data and password.get("direction"):
+            out.write(
+                f"Recovered database password rotation {password['rotation_id']}: "
+                f"{password['state']} ({password['direction']}).\n"
+            )
         if data.get("direction"):
             out.write(f"Recovered rotation {data['rotation_id']}: {data['state']} ({data['direction']}).\n")
         for agent in data.get("agents") or []:
@@ -248,6 +273,12 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
             )
         else:
             out.write("No unfinished rotation.\n")
+        password = data.get("unfinished_db_password")
+        if password:
+            out.write(
+                f"UNFINISHED database password rotation {password['rotation_id']} stopped at "
+                f"{password['state']}: run recover\n"
+            )
         for agent in data.get("unfinished_agents") or []:
             out.write(
                 f"UNFINISHED agent rotation {agent['rotation_id']} of {agent['agent']} stopped at "
@@ -283,7 +314,9 @@ def _values(n: int) -> str:
 
 
 def _needs_confirmation(args: argparse.Namespace) -> bool:
-    return args.command in ("rotate-key", "rotate-agent", "rotate-incident") and not (args.yes or args.dry_run)
+    return args.command in ("rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password") and not (
+        args.yes or args.dry_run
+    )
 
 
 def _ask(question: str, stdin: IO[str], out: IO[str]) -> bool:
@@ -330,6 +363,8 @@ def main(
     if _needs_confirmation(args):
         # the plan first (read-only), then the question; the run must match what was shown
         planning = {"incident": True} if op == "rotate-incident" else {}
+        if op == "rotate-db-password":
+            planning = {"db_password": True}
         status, plan = _run(args, profile, "plan", planning, stdout, stderr)
         if plan is None:
             return status
@@ -341,6 +376,8 @@ def main(
             binding["key_fingerprint"] = plan.get("key_fingerprint")
         elif op == "rotate-incident":
             binding.update(key_fingerprint=plan.get("key_fingerprint"), agents=list(plan.get("agents") or []))
+        elif op == "rotate-db-password":
+            binding["password_fingerprint"] = plan.get("password_fingerprint")
         else:
             binding["agents"] = [str(a.get("name")) for a in plan.get("agents") or []]
             binding["all_agents"] = False
@@ -377,6 +414,7 @@ def _run(
         "agents": getattr(args, "agents", None) or None,
         "all_agents": getattr(args, "all_agents", False),
         "incident": getattr(args, "incident", False),
+        "db_password": getattr(args, "db_password", False),
         **binding,
     }
     if op == "plan":

@@ -20,7 +20,7 @@ import pymysql.converters
 import pymysql.cursors
 from pymysql.constants import SERVER_STATUS
 
-from engine.errors import DatabaseError, ProfileError
+from engine.errors import CredentialsRefusedError, DatabaseError, ProfileError
 from engine.profile import ColumnSpec, DatabaseSettings
 
 Row = tuple[Any, Any]
@@ -123,7 +123,7 @@ def _translate(exc: Exception, doing: str) -> DatabaseError:
     if isinstance(exc, pymysql.err.OperationalError) and code in (2003, 2006, 2013, 2055):
         return DatabaseError(f"lost the database connection while {doing} (MySQL error {code})")
     if isinstance(exc, pymysql.err.OperationalError) and code == 1045:
-        return DatabaseError(f"the database refused the panel's credentials while {doing}")
+        return CredentialsRefusedError(f"the database refused the panel's credentials while {doing}")
     detail = f"MySQL error {code}" if code else type(exc).__name__
     return DatabaseError(f"database error while {doing} ({detail})")
 
@@ -185,6 +185,45 @@ class PanelDB:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
+
+    # -- the login's own password ------------------------------------------------
+    def account(self) -> tuple[str, bool]:
+        """(``CURRENT_USER()``, whether the server is read-only): whose password a change would set."""
+        rows = self.query("SELECT CURRENT_USER(), @@read_only", doing="reading the login's account")
+        return str(rows[0][0]), bool(rows[0][1])
+
+    def set_own_password(self, password: str) -> str:
+        """Change this login's own password, without admin rights; returns the form used.
+
+        MySQL takes ``ALTER USER CURRENT_USER()``. MariaDB 10.11 refuses it to a login
+        without CREATE USER (error 1227, measured) and takes ``SET PASSWORD =
+        PASSWORD(...)``, which MySQL 8 no longer parses (1064). Errors name codes only:
+        a server's message may quote the statement, and so the password.
+        """
+        forms = (
+            ("ALTER USER CURRENT_USER() IDENTIFIED BY %s", "ALTER USER"),
+            ("SET PASSWORD = PASSWORD(%s)", "SET PASSWORD"),
+        )
+        code: int | None = None
+        for sql, name in forms:
+            try:
+                with self._conn.cursor() as cur:
+                    cur.execute(sql, (password,))
+                return name
+            except pymysql.MySQLError as exc:
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+                if code in (1044, 1064, 1142, 1227, 1370):
+                    continue  # not this form or not this right: the next form
+                if code in (2003, 2006, 2013, 2055):
+                    raise DatabaseError(
+                        f"lost the database connection while changing the password (MySQL error {code}); "
+                        "the server may hold either password"
+                    ) from None
+                raise DatabaseError(f"the database refused the password change (MySQL error {code})") from None
+        raise DatabaseError(
+            f"the panel's database login cannot change its own password (MySQL error {code}); "
+            "nothing was changed"
+        )
 
     # -- schema ---------------------------------------------------------------
     def existing_columns(self, specs: list[ColumnSpec]) -> tuple[list[ColumnSpec], list[str]]:

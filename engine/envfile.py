@@ -98,9 +98,23 @@ def read_key(path: Path, key_name: str) -> str:
     return validate_key_hex(found[0].value)
 
 
+def read_value(path: Path, name: str) -> str:
+    """The value of ``name``, which ``.env`` must set exactly once."""
+    found = parse(read(path)).get(name, [])
+    if len(found) != 1:
+        raise EnvFileError(f"{path} must set {name} exactly once (found {len(found)})")
+    return found[0].value
+
+
 def replace_key(data: bytes, key_name: str, new_value: str) -> bytes:
     """``data`` with the value of ``key_name`` replaced and nothing else touched."""
     validate_key_hex(new_value)
+    return replace_value(data, key_name, new_value)
+
+
+def replace_value(data: bytes, key_name: str, new_value: str) -> bytes:
+    """``data`` with the value of ``key_name`` replaced by ``new_value`` (which the caller
+    made safe for the line's quoting) and nothing else touched."""
     out: list[bytes] = []
     hits = 0
     for line in data.splitlines(keepends=True):

@@ -70,6 +70,12 @@ class DatabaseError(EngineError):
     retryable = True
 
 
+class CredentialsRefusedError(DatabaseError):
+    """The server refused the login (MySQL error 1045): which password it accepts matters."""
+
+    code = "credentials_refused"
+
+
 class NotTransactionalError(DatabaseError):
     code = "not_transactional"
     retryable = False

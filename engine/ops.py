@@ -18,9 +18,10 @@ from engine.protocol import SUPPORTED_VERSIONS, Request
 from engine.runs import RunRecord
 
 if TYPE_CHECKING:
+    from engine.dbpassword import PasswordPreflight
     from engine.preflight import Preflight
 
-MUTATING = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "recover"})
+MUTATING = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password", "recover"})
 
 
 def new_rotation_id() -> str:
@@ -34,6 +35,8 @@ def _hello(ctx: Context, request: Request) -> dict[str, Any]:
 def _plan(ctx: Context, request: Request) -> dict[str, Any]:
     from engine.preflight import run_preflight
 
+    if request.db_password:
+        return _db_password_plan(ctx)
     if request.incident:
         from engine.incident import plan_incident
 
@@ -73,6 +76,48 @@ def _key_plan(ctx: Context, pre: Preflight) -> dict[str, Any]:
     }
 
 
+def _db_password_binding(ctx: Context, pre: PasswordPreflight) -> dict[str, Any]:
+    return protocol.db_password_binding(
+        panel=ctx.profile.name,
+        engine_version=__version__,
+        db_user=pre.settings.user,
+        db_host=pre.settings.host,
+        password_fingerprint=pre.fingerprint,
+    )
+
+
+def _db_password_summary(ctx: Context, pre: PasswordPreflight) -> dict[str, Any]:
+    return {**pre.summary(ctx.profile.name), "plan_hash": protocol.plan_hash(_db_password_binding(ctx, pre))}
+
+
+def _db_password_plan(ctx: Context) -> dict[str, Any]:
+    """``plan --db-password``: the login whose password would change, read-only."""
+    from engine.dbpassword import password_preflight
+    from engine.dbpassword_journal import PasswordJournal
+
+    unfinished = PasswordJournal(ctx.profile.journal_dir).load()
+    pre = password_preflight(ctx, write_checks=True)
+    return {**_db_password_summary(ctx, pre), "unfinished": unfinished.public() if unfinished else None}
+
+
+def _rotate_db_password(ctx: Context, request: Request) -> dict[str, Any]:
+    from engine.dbpassword import DbPasswordRotation
+
+    def matches_the_approved_plan(pre: PasswordPreflight) -> None:
+        if _names_a_plan(request):
+            _refuse_mismatch(request, _db_password_binding(ctx, pre), _db_password_summary(ctx, pre))
+
+    return DbPasswordRotation(
+        ctx,
+        rotation_id=request.id,
+        dry_run=request.dry_run,
+        requested_by=request.requested_by,
+        approved_by=list(request.approved_by),
+        reason=request.reason,
+        expect=matches_the_approved_plan,
+    ).run()
+
+
 def _agent_binding(ctx: Context, names: list[str]) -> dict[str, Any]:
     return protocol.agent_binding(panel=ctx.profile.name, engine_version=__version__, agents=names)
 
@@ -87,7 +132,11 @@ def _refuse_mismatch(request: Request, binding: dict[str, Any], plan: dict[str, 
 
 
 def _names_a_plan(request: Request) -> bool:
-    return request.plan_hash is not None or request.key_fingerprint is not None
+    return (
+        request.plan_hash is not None
+        or request.key_fingerprint is not None
+        or request.password_fingerprint is not None
+    )
 
 
 def _probe(ctx: Context, request: Request) -> dict[str, Any]:
@@ -124,8 +173,10 @@ def _probe_agents(ctx: Context, db: Any) -> dict[str, Any]:
 
 def _status(ctx: Context, request: Request) -> dict[str, Any]:
     from engine.agents.recovery import agent_states
+    from engine.dbpassword_journal import PasswordJournal
 
     unfinished = ctx.journal.load()
+    unfinished_password = PasswordJournal(ctx.profile.journal_dir).load()
     agents = agent_states(ctx)
     holder = ctx.journal.lock_holder()
     return {
@@ -134,6 +185,7 @@ def _status(ctx: Context, request: Request) -> dict[str, Any]:
         # an engine holding the lock is working on it now: not a case for recover
         "running": {"pid": holder} if holder is not None else None,
         "unfinished_agents": agents,
+        "unfinished_db_password": unfinished_password.public() if unfinished_password else None,
         "recent": ctx.journal.finished(),
         "runs": RunRecord(ctx.profile.journal_dir).recent(10),
         "known_keys": len(ctx.journal.history()),
@@ -289,6 +341,7 @@ OPERATIONS: dict[str, Callable[[Context, Request], dict[str, Any]]] = {
     "recover": _recover,
     "rotate-agent": _rotate_agent,
     "rotate-incident": _rotate_incident,
+    "rotate-db-password": _rotate_db_password,
     "attach": _attach,
 }
 
@@ -337,6 +390,7 @@ def _who(request: Request) -> dict[str, Any]:
         "reason": request.reason,
         "plan_hash": request.plan_hash,
         "key_fingerprint": request.key_fingerprint,
+        "password_fingerprint": request.password_fingerprint,
         "agents": list(request.agents) if request.agents is not None else None,
         "all_agents": request.all_agents,
     }

@@ -46,12 +46,13 @@ OPERATIONS: tuple[str, ...] = (
     "rotate-key",
     "rotate-agent",
     "rotate-incident",
+    "rotate-db-password",
     "status",
     "recover",
     "attach",
 )
 #: Operations that run an approved plan, and so must name it.
-RUN_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident"})
+RUN_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password"})
 
 #: The parts of ``rotate-incident``, in the order they run (each verified before the next).
 INCIDENT_PARTS: tuple[str, ...] = ("db_password", "key", "agents")
@@ -67,6 +68,17 @@ KEY_STEPS: tuple[str, ...] = (
     "sweep",
     "verify",
     "backup",
+)
+
+#: The visible steps of a database password rotation, in order.
+DB_PASSWORD_STEPS: tuple[str, ...] = (
+    "db_preflight",
+    "db_stage",
+    "db_change",
+    "db_write_env",
+    "db_restart",
+    "db_verify",
+    "db_backup",
 )
 
 #: The steps of one agent's token rotation.
@@ -87,7 +99,7 @@ _AGENT_NAME_MAX = 128
 _PERSON_MAX = 64
 
 #: Codes of a run request refused because it no longer matches the host.
-MISMATCH_CODES = frozenset({"plan_mismatch", "key_mismatch", "agents_mismatch"})
+MISMATCH_CODES = frozenset({"plan_mismatch", "key_mismatch", "agents_mismatch", "password_mismatch"})
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -103,6 +115,8 @@ _DEFAULTS: dict[str, Any] = {
     "plan_hash": None,
     "key_fingerprint": None,
     "incident": False,
+    "db_password": False,
+    "password_fingerprint": None,
 }
 FIELDS: tuple[str, ...] = ("v", "id", "op", *_DEFAULTS)
 
@@ -131,6 +145,8 @@ class Request:
     plan_hash: str | None
     key_fingerprint: str | None
     incident: bool
+    db_password: bool
+    password_fingerprint: str | None
 
     def __init__(
         self,
@@ -150,6 +166,8 @@ class Request:
         plan_hash: str | None = None,
         key_fingerprint: str | None = None,
         incident: bool = False,
+        db_password: bool = False,
+        password_fingerprint: str | None = None,
     ) -> None:
         values = dict(locals())
         del values["self"]
@@ -274,7 +292,7 @@ def _validate(r: Request) -> None:
         raise RequestError(
             "unknown_operation", f"unknown operation; expected one of {', '.join(OPERATIONS)}"
         )
-    for name in ("dry_run", "rollback", "all_agents", "incident"):
+    for name in ("dry_run", "rollback", "all_agents", "incident", "db_password"):
         if not isinstance(getattr(r, name), bool):
             raise _bad(name, "must be true or false")
     _check_str("requested_by", r.requested_by, max_len=_PERSON_MAX)
@@ -287,6 +305,7 @@ def _validate(r: Request) -> None:
     _check_str("rotation_id", r.rotation_id, max_len=64, pattern=_ID)
     _check_str("plan_hash", r.plan_hash, max_len=64, pattern=_PLAN_HASH)
     _check_str("key_fingerprint", r.key_fingerprint, max_len=16, pattern=_FINGERPRINT)
+    _check_str("password_fingerprint", r.password_fingerprint, max_len=16, pattern=_FINGERPRINT)
 
 
 def require_plan(r: Request) -> None:
@@ -299,6 +318,8 @@ def require_plan(r: Request) -> None:
         missing.append("plan_hash")
     if r.op in ("rotate-key", "rotate-incident") and r.key_fingerprint is None:
         missing.append("key_fingerprint")
+    if r.op == "rotate-db-password" and r.password_fingerprint is None:
+        missing.append("password_fingerprint")
     if r.op == "rotate-agent" and not r.agents:
         missing.append("agents (the exact approved list)")
     if missing:
@@ -337,6 +358,20 @@ def key_binding(*, panel: str, engine_version: str, key_fingerprint: str, scheme
         "engine_version": engine_version,
         "key_fingerprint": key_fingerprint,
         "scheme": scheme,
+    }
+
+
+def db_password_binding(
+    *, panel: str, engine_version: str, db_user: str, db_host: str, password_fingerprint: str
+) -> dict[str, Any]:
+    """What a ``rotate-db-password`` approval binds: the login and its current password."""
+    return {
+        "op": "rotate-db-password",
+        "panel": panel,
+        "engine_version": engine_version,
+        "db_user": db_user,
+        "db_host": db_host,
+        "password_fingerprint": password_fingerprint,
     }
 
 
@@ -389,6 +424,14 @@ def check_run(request: Request, binding: dict[str, Any]) -> None:
             "the plan changed since it was approved; nothing was changed",
             differences,
         )
+    current = binding.get("password_fingerprint")
+    if current is not None and request.password_fingerprint != current:
+        raise PlanMismatchError(
+            "password_mismatch",
+            f"the panel's database password is now {current}, not the approved "
+            f"{request.password_fingerprint}: the plan changed since it was approved; nothing was changed",
+            differences,
+        )
     if "agents" in binding and sorted(request.agents or ()) != binding["agents"]:
         raise PlanMismatchError(
             "agents_mismatch",
@@ -438,9 +481,10 @@ def step_event(
     event: dict[str, Any] = {"type": "step", "name": name, "state": state, "detail": detail}
     if elapsed_ms is not None:
         event["elapsed_ms"] = elapsed_ms
-    if name in KEY_STEPS and "index" not in data:
-        event["index"] = KEY_STEPS.index(name) + 1
-        event["total"] = len(KEY_STEPS)
+    for steps in (KEY_STEPS, DB_PASSWORD_STEPS):
+        if name in steps and "index" not in data:
+            event["index"] = steps.index(name) + 1
+            event["total"] = len(steps)
     event.update(data)
     return event
 

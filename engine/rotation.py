@@ -41,6 +41,7 @@ from engine.cipher import Codec, new_key_hex
 from engine.context import Context
 from engine.converge import RollbackPlan, roll_back
 from engine.db import PanelDB
+from engine.dbpassword import refuse_if_unfinished
 from engine.errors import (
     DatabaseError,
     EngineError,
@@ -98,6 +99,7 @@ class KeyRotation:
                     f"rotation {unfinished.rotation_id} stopped at {unfinished.state} and is "
                     f"unfinished: run `{engine_command(self.ctx.profile, 'recover')}` first"
                 )
+            refuse_if_unfinished(self.ctx)  # a database password rotation, too
             pre = run_preflight(self.ctx, lock_note="lock held")
             if self.expect is not None:
                 self.expect(pre)

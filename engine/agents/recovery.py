@@ -20,6 +20,7 @@ from engine.agents.tokens import InstallTokens, provider
 from engine.context import Context
 from engine.converge import recover
 from engine.db import PanelDB
+from engine.dbpassword import has_unfinished, recover_password
 from engine.errors import EngineError
 
 
@@ -119,13 +120,25 @@ def close_agents(ctx: Context) -> list[dict[str, Any]]:
 
 
 def recover_all(ctx: Context, *, rollback: bool) -> dict[str, Any]:
-    """``recover``: an unfinished key rotation first (as before), then unfinished agent rotations."""
+    """``recover``: an unfinished database password rotation first (every other part logs
+    in with the password in ``.env``), then an unfinished key rotation, then agent rotations.
+    With a password rotation alone, its result is the result; with more, it is under
+    ``db_password``."""
+    password: dict[str, Any] | None = None
+    if has_unfinished(ctx):
+        password = recover_password(ctx, rollback=rollback)
     pending_agents = AgentJournal(ctx.profile.journal_dir).unfinished()
+    key_unfinished = ctx.journal.load() is not None
+    if password is not None and not key_unfinished and not pending_agents:
+        return password
     if not pending_agents:
-        return recover(ctx, rollback=rollback)
-    data: dict[str, Any] = {}
-    if ctx.journal.load() is not None:
         data = recover(ctx, rollback=rollback)
+        return {**data, "db_password": password} if password is not None else data
+    data = dict(password) if password is not None else {}
+    if key_unfinished:
+        data = recover(ctx, rollback=rollback)
+        if password is not None:
+            data["db_password"] = password
     ctx.journal.acquire_lock()
     try:
         data["agents"] = close_agents(ctx)

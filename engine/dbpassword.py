@@ -1,0 +1,596 @@
+"""Database password rotation: the panel's own DB login gets a new password.
+
+PREFLIGHT -> STAGED -> DB_CHANGED -> ENV_WRITTEN -> RESTARTED -> VERIFIED
+-> BACKED_UP -> DONE, or ROLLING_BACK -> ROLLED_BACK; its own journal
+(engine/dbpassword_journal.py), the panel's one lock.
+
+* preflight: the login in ``.env`` works, ``CURRENT_USER()`` is that login and the
+  server is not read-only, ``.env`` is writable, the restart target exists.
+* stage: a new password from ``secrets``, in the journal and escrow before any change.
+* change: the login sets its own password (``PanelDB.set_own_password``): no admin
+  credentials. MariaDB keeps one password per account, so from here until the
+  restart the panel's new connections are refused: the window is the ``.env``
+  write plus the restart.
+* write_env: ``DB_PASSWORD`` rewritten atomically, every other byte as it was.
+* verify: a fresh connection with the password read back from ``.env`` works, the
+  old password is refused, and the panel check passes.
+
+On a failure the old password is set back through whichever password the server
+accepts, ``.env`` is restored and the panel restarted and verified. The engine
+reads its own DB login from ``.env``, so after a crash the journal is what says
+which passwords to try: ``recover`` finds the one the server accepts and converges
+forward (from DB_CHANGED on) or back. Passwords never leave the journal and the
+escrow hook's stdin: events, results and errors carry fingerprints only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine import __version__, envfile, faults, hooks, restart
+from engine.context import Context
+from engine.db import ConnectionSettings, PanelDB, resolve_settings
+from engine.dbpassword_journal import FORWARD_STATES, PasswordJournal, PasswordRecord
+from engine.errors import (
+    CredentialsRefusedError,
+    DatabaseError,
+    EngineError,
+    HookError,
+    NothingToRecoverError,
+    ProfileError,
+    RollbackFailedError,
+    UnfinishedRotationError,
+    VerificationError,
+)
+from engine.events import Stopwatch
+from engine.profile import engine_command
+from engine.verify import panel_check
+
+#: Characters of a new password: safe unquoted or quoted in any dotenv dialect and in SQL.
+_ALPHABET = string.ascii_letters + string.digits
+_SPECIALS = "-_."
+PASSWORD_LENGTH = 32
+
+
+def new_password() -> str:
+    """32 characters from ``secrets``, with an upper- and lower-case letter, a digit and
+    one of ``-_.`` (what password-policy plugins such as simple_password_check ask)."""
+    chars = [
+        secrets.choice(string.ascii_uppercase),
+        secrets.choice(string.ascii_lowercase),
+        secrets.choice(string.digits),
+        secrets.choice(_SPECIALS),
+        *(secrets.choice(_ALPHABET) for _ in range(PASSWORD_LENGTH - 4)),
+    ]
+    secrets.SystemRandom().shuffle(chars)
+    return "".join(chars)
+
+
+def password_fingerprint(password: str, user: str, host: str) -> str:
+    """16 hex characters naming a password. A slow hash (scrypt) salted with the login,
+    so a weak password chosen by a person cannot be found from its fingerprint by a
+    quick dictionary run, and equal passwords of two logins look different."""
+    salt = f"myosicam-rotator db-password {user}@{host}".encode()
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=8)
+    return digest.hex()
+
+
+# -- preflight (also the whole of `plan --db-password`) ------------------------------------
+
+
+@dataclass
+class PasswordPreflight:
+    env_bytes: bytes = dataclasses.field(repr=False)
+    settings: ConnectionSettings
+    password_key: str
+    fingerprint: str
+    account: str
+
+    @property
+    def password(self) -> str:
+        return self.settings.password
+
+    def summary(self, panel: str) -> dict[str, Any]:
+        return {
+            "panel": panel,
+            "db_user": self.settings.user,
+            "db_host": self.settings.host,
+            "account": self.account,
+            "env_key": self.password_key,
+            "password_fingerprint": self.fingerprint,
+            "engine_version": __version__,
+        }
+
+
+def _password_key(ctx: Context) -> str:
+    db = ctx.profile.database
+    if db.password is not None:
+        raise ProfileError(
+            "the profile sets database.password, so the panel's password is not the one in .env: "
+            "rotate-db-password changes the .env value; remove database.password from the profile"
+        )
+    key = db.env_keys.get("password", "")
+    if not key:
+        raise ProfileError("database.env_keys has no password entry: name the .env key (e.g. DB_PASSWORD)")
+    return key
+
+
+def settings_from_env(ctx: Context) -> tuple[bytes, ConnectionSettings, str]:
+    """(.env bytes, the login as ``.env`` gives it, the password's key name)."""
+    profile = ctx.profile
+    key = _password_key(ctx)
+    env_bytes = envfile.read(profile.env_path)
+    envfile.read_value(profile.env_path, key)  # set exactly once, or a clear refusal
+    settings = resolve_settings(profile.database, envfile.values(profile.env_path))
+    return env_bytes, settings, key
+
+
+def password_preflight(ctx: Context, *, write_checks: bool) -> PasswordPreflight:
+    profile = ctx.profile
+    with ctx.step("db_preflight", "checking the panel's database login, .env and the restart target") as out:
+        env_bytes, settings, key = settings_from_env(ctx)
+        if write_checks:
+            envfile.check_writable(profile.env_path, ctx.ownership())
+            restart.check_target(profile)
+        db = PanelDB(settings)
+        try:
+            account, read_only = db.account()
+        finally:
+            db.close()
+        if account.rpartition("@")[0] != settings.user:
+            raise DatabaseError(
+                f"the server logs {settings.user} in as the account {account}: a password change would "
+                "set that account's, not the panel's; nothing was changed"
+            )
+        if read_only:
+            raise DatabaseError("the database server is read-only: the login cannot change its password")
+        pre = PasswordPreflight(
+            env_bytes=env_bytes,
+            settings=settings,
+            password_key=key,
+            fingerprint=password_fingerprint(settings.password, settings.user, settings.host),
+            account=account,
+        )
+        out.detail = f"{settings.user}@{settings.host} logs in with the password in .env ({pre.fingerprint})"
+        out.data = pre.summary(profile.name)
+    return pre
+
+
+# -- helpers shared by the run, the rollback and recover -------------------------------------
+
+
+def _scrub(text: str, record: PasswordRecord) -> str:
+    for secret in (record.new_password, record.old_password):
+        if secret:
+            text = text.replace(secret, "[password]")
+    return text
+
+
+def _hook(ctx: Context, what: str, argv: list[str], record: PasswordRecord, *, stdin: bytes | None = None,
+          timeout_s: float | None = None) -> str:
+    """A hook with the documented environment; what it says is cleared of both passwords."""
+    env = {
+        "ROTATOR_PANEL": ctx.profile.name,
+        "ROTATOR_ROTATION_ID": record.rotation_id,
+        "ROTATOR_SECRET": "DB_PASSWORD",
+        "ROTATOR_DB_USER": record.db_user,
+        "ROTATOR_PASSWORD_FINGERPRINT": record.new_fingerprint,
+        "ROTATOR_ENV_FILE": str(ctx.profile.env_path),
+    }
+    try:
+        said = hooks.run_command(
+            what, argv, timeout_s=timeout_s or ctx.profile.hook_timeout_s, stdin=stdin, env=env
+        )
+    except HookError as exc:
+        exc.message = _scrub(exc.message, record)
+        exc.args = (exc.message,)
+        raise
+    return _scrub(said, record)
+
+
+def _restart(ctx: Context, record: PasswordRecord) -> str:
+    command = ctx.profile.restart_command
+    said = _hook(ctx, "restart", command, record, timeout_s=ctx.profile.restart_timeout_s)
+    return f"{hooks.describe(command)} ok" + (f" · {said}" if said else "")
+
+
+def _accepts(settings: ConnectionSettings, password: str) -> bool:
+    """Whether the server lets the login in with ``password`` (refused: False;
+    unreachable: ``DatabaseError``, since then nothing can be decided)."""
+    try:
+        PanelDB(dataclasses.replace(settings, password=password)).close()
+    except CredentialsRefusedError:
+        return False
+    return True
+
+
+def accepted_password(settings: ConnectionSettings, record: PasswordRecord) -> str | None:
+    """``"new"``, ``"old"`` or ``None``: which of the journal's passwords the server takes."""
+    if _accepts(settings, record.new_password):
+        return "new"
+    if _accepts(settings, record.old_password):
+        return "old"
+    return None
+
+
+def _set_password(settings: ConnectionSettings, record: PasswordRecord, *, to: str) -> str:
+    """Make the server hold the ``to`` ("new"/"old") password; returns what was done."""
+    target = record.new_password if to == "new" else record.old_password
+    other = record.old_password if to == "new" else record.new_password
+    now = accepted_password(settings, record)
+    if now == to:
+        return f"the server already takes the {to} password"
+    if now is None:
+        raise DatabaseError(
+            "the server takes neither the old nor the new password of this rotation; "
+            "set the login's password by hand and put it in .env"
+        )
+    db = PanelDB(dataclasses.replace(settings, password=other))
+    try:
+        method = db.set_own_password(target)
+    finally:
+        db.close()
+    record.method = record.method or method
+    return f"{method}: the server takes the {to} password"
+
+
+def _env_to(ctx: Context, record: PasswordRecord, key: str, *, to: str, backup: bytes | None) -> bool:
+    """Make ``.env`` hold the ``to`` password; True if it was rewritten."""
+    path = ctx.profile.env_path
+    target = record.new_password if to == "new" else record.old_password
+    if envfile.read_value(path, key) == target:
+        return False
+    if to == "old" and backup is not None and envfile.parse(backup).get(key, [None])[-1] is not None:
+        data = backup  # byte for byte the file as it was
+    else:
+        data = envfile.replace_value(envfile.read(path), key, target)
+    envfile.write_atomic(path, data, ctx.ownership())
+    if envfile.read_value(path, key) != target:
+        raise VerificationError(f"{ctx.profile.env_display} does not read back with the {to} password")
+    return True
+
+
+def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> str:
+    """A fresh login with the password read back from ``.env`` works and is the ``expect``ed
+    one, the other password is refused, and the panel check passes."""
+    target = record.new_password if expect == "new" else record.old_password
+    other = record.old_password if expect == "new" else record.new_password
+    _, settings, _ = settings_from_env(ctx)
+    if settings.password != target:
+        raise VerificationError(f"{ctx.profile.env_display} does not hold the {expect} password")
+    try:
+        PanelDB(settings).close()
+    except CredentialsRefusedError:
+        raise VerificationError(
+            f"a fresh connection with the {expect} password from .env is refused"
+        ) from None
+    if _accepts(settings, other):
+        raise VerificationError(
+            f"the {'old' if expect == 'new' else 'new'} password is still accepted by the server"
+        )
+    check = panel_check(ctx)
+    return _scrub(check, record) if check else ""
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+class DbPasswordRotation:
+    """``rotate-db-password``. ``run`` returns (documented for the bot and ``rotate-incident``)::
+
+        rotation_id, state ("DONE", or "PREFLIGHT" on a dry run), panel, db_user, db_host,
+        old_fingerprint, new_fingerprint (absent on a dry run), method ("ALTER USER" or
+        "SET PASSWORD"), panel_check, verified, duration_ms, engine_version
+
+    A failure raises the ``EngineError`` with ``rolled_back=True`` and ``details`` holding
+    the same fields with state "ROLLED_BACK" (or ``RollbackFailedError``: run recover).
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        rotation_id: str,
+        dry_run: bool = False,
+        requested_by: str | None = None,
+        approved_by: list[str] | None = None,
+        reason: str | None = None,
+        expect: Callable[[PasswordPreflight], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.journal = PasswordJournal(ctx.profile.journal_dir)
+        self.rotation_id = rotation_id
+        self.dry_run = dry_run
+        self.requested_by = requested_by
+        self.approved_by = approved_by or []
+        self.reason = reason
+        self.expect = expect
+        self.record: PasswordRecord | None = None
+        self.restart_attempted = False
+        self.watch = Stopwatch()
+
+    def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        ctx.journal.acquire_lock()
+        try:
+            refuse_if_unfinished(ctx)
+            pre = password_preflight(ctx, write_checks=True)
+            if self.expect is not None:
+                self.expect(pre)
+            if self.dry_run:
+                return {**self._base(pre), "dry_run": True, "state": "PREFLIGHT"}
+            try:
+                return self._rotate(pre)
+            except EngineError as failure:
+                if self.record is None:
+                    raise
+                self._fail(pre, failure)
+            except Exception as failure:
+                if self.record is None:
+                    raise
+                self._fail(pre, EngineError(f"unexpected error: {type(failure).__name__}"))
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            ctx.journal.release_lock()
+
+    def _base(self, pre: PasswordPreflight) -> dict[str, Any]:
+        return {
+            "rotation_id": self.rotation_id,
+            "panel": self.ctx.profile.name,
+            "db_user": pre.settings.user,
+            "db_host": pre.settings.host,
+            "old_fingerprint": pre.fingerprint,
+            "engine_version": __version__,
+        }
+
+    def _advance(self, state: str) -> None:
+        assert self.record is not None
+        self.record.state = state
+        self.journal.save(self.record)
+        faults.checkpoint(f"state:{state}")
+
+    def _rotate(self, pre: PasswordPreflight) -> dict[str, Any]:
+        ctx, profile = self.ctx, self.ctx.profile
+        with ctx.step("db_stage", "generating and storing the new password") as out:
+            password = new_password()
+            while password == pre.password:  # pragma: no cover - 190 bits of chance
+                password = new_password()
+            self.journal.save_env_backup(pre.env_bytes)
+            record = PasswordRecord(
+                rotation_id=self.rotation_id,
+                state="STAGED",
+                db_user=pre.settings.user,
+                db_host=pre.settings.host,
+                old_password=pre.password,
+                new_password=password,
+                old_fingerprint=pre.fingerprint,
+                new_fingerprint=password_fingerprint(password, pre.settings.user, pre.settings.host),
+                started_at=time.time(),
+                requested_by=self.requested_by,
+                approved_by=self.approved_by,
+                reason=self.reason,
+            )
+            self.journal.save(record)
+            self.record = record
+            escrow = "no escrow configured"
+            if profile.escrow_command:
+                _hook(ctx, "escrow", profile.escrow_command, record, stdin=(password + "\n").encode())
+                escrow = f"escrowed ({profile.escrow_label})"
+            out.detail = f"fingerprint {record.new_fingerprint} · {escrow} · journal written"
+            out.data = {"new_fingerprint": record.new_fingerprint}
+        faults.checkpoint("state:STAGED")
+
+        with ctx.step("db_change", f"{pre.settings.user} sets its own new password") as out:
+            db = PanelDB(pre.settings)
+            try:
+                record.method = db.set_own_password(password)
+            finally:
+                db.close()
+            out.detail = f"{record.method} through the panel's own login · the server takes the new password"
+        self._advance("DB_CHANGED")
+
+        with ctx.step("db_write_env", f"writing {pre.password_key} in {profile.env_path.name}") as out:
+            ownership = ctx.ownership()
+            new_bytes = envfile.replace_value(pre.env_bytes, pre.password_key, password)
+            if envfile.parse(new_bytes)[pre.password_key][-1].value != password:
+                raise VerificationError(f"{pre.password_key} would not read back from .env")
+            envfile.write_atomic(profile.env_path, new_bytes, ownership)
+            if envfile.read_value(profile.env_path, pre.password_key) != password:
+                raise VerificationError(".env does not read back with the new password")
+            out.detail = f"{profile.env_display} updated atomically · {ownership.describe()} · previous kept until done"
+        self._advance("ENV_WRITTEN")
+
+        with ctx.step("db_restart", "restarting the panel") as out:
+            self.restart_attempted = True
+            out.detail = _restart(ctx, record)
+            record.restarted = True
+        self._advance("RESTARTED")
+
+        with ctx.step("db_verify", "a fresh login with the new password; the old one refused") as out:
+            check = _verify(ctx, record, pre.password_key, expect="new")
+            out.detail = "new password works from .env · old password refused" + (
+                f" · panel check {check}" if check else ""
+            )
+        self._advance("VERIFIED")
+
+        with ctx.step("db_backup", "running the backup hook") as out:
+            if profile.backup_command:
+                _hook(ctx, "backup hook", profile.backup_command, record)
+                out.detail = "backup updated"
+            else:
+                out.skipped, out.detail = True, "no backup hook configured"
+        self._advance("BACKED_UP")
+
+        record.state = "DONE"
+        self.journal.save(record)
+        self.journal.finish(record)
+        return {
+            **self._base(pre),
+            "state": "DONE",
+            "verified": True,
+            "new_fingerprint": record.new_fingerprint,
+            "method": record.method,
+            "panel_check": check or None,
+            "duration_ms": self.watch.ms,
+        }
+
+    def _fail(self, pre: PasswordPreflight, failure: EngineError) -> None:
+        assert self.record is not None
+        outcome = roll_back(
+            self.ctx, self.record, pre.password_key, restart_needed=self.restart_attempted,
+            cause=failure.message,
+        )
+        failure.message = _scrub(failure.message, self.record)
+        failure.rolled_back = True
+        failure.details = {
+            **self._base(pre),
+            "state": "ROLLED_BACK",
+            "new_fingerprint": self.record.new_fingerprint,
+            "verified_old": True,
+            "panel_check": outcome.get("panel_check"),
+            "duration_ms": self.watch.ms,
+        }
+        raise failure
+
+
+def refuse_if_unfinished(ctx: Context) -> None:
+    """Neither rotation starts while either is unfinished: each reads the DB login from .env."""
+    for record in (ctx.journal.load(), PasswordJournal(ctx.profile.journal_dir).load()):
+        if record is not None:
+            raise UnfinishedRotationError(
+                f"rotation {record.rotation_id} ({record.op}) stopped at {record.state} and is "
+                f"unfinished: run `{engine_command(ctx.profile, 'recover')}` first"
+            )
+
+
+# -- rolling back and recovering -------------------------------------------------------------
+
+
+def roll_back(
+    ctx: Context, record: PasswordRecord, key: str, *, restart_needed: bool, cause: str
+) -> dict[str, Any]:
+    """The old password on the server and in ``.env``, the panel restarted, all verified."""
+    journal = PasswordJournal(ctx.profile.journal_dir)
+    record.state = "ROLLING_BACK"
+    journal.save(record)
+    check = ""
+    try:
+        with ctx.step("db_rollback", f"rolling back to the old password ({_scrub(cause, record)})") as out:
+            _, settings, _ = settings_from_env(ctx)
+            parts = [_set_password(settings, record, to="old")]
+            if _env_to(ctx, record, key, to="old", backup=journal.read_env_backup()):
+                parts.append(".env restored")
+            if restart_needed:
+                parts.append(_restart(ctx, record))
+            out.detail = " · ".join(parts)
+        with ctx.step("db_verify_old", "a fresh login with the old password; the new one refused") as out:
+            check = _verify(ctx, record, key, expect="old")
+            out.detail = "old password works from .env · new password refused" + (
+                f" · panel check {check}" if check else ""
+            )
+    except EngineError as exc:
+        raise RollbackFailedError(
+            f"rollback failed: {_scrub(exc.message, record)}. Run "
+            f"`{engine_command(ctx.profile, 'recover')}`",
+            rolled_back=False,
+        ) from None
+    record.state = "ROLLED_BACK"
+    journal.save(record)
+    journal.finish(record)
+    return {"verified": True, "panel_check": check or None}
+
+
+def roll_forward(ctx: Context, record: PasswordRecord, key: str) -> dict[str, Any]:
+    """Finish a rotation whose new password already reached the server."""
+    profile, journal = ctx.profile, PasswordJournal(ctx.profile.journal_dir)
+    with ctx.step("db_change", "making the server take the new password") as out:
+        _, settings, _ = settings_from_env(ctx)
+        out.detail = _set_password(settings, record, to="new")
+    with ctx.step("db_write_env", "making .env hold the new password") as out:
+        changed = _env_to(ctx, record, key, to="new", backup=None)
+        out.detail = ".env updated" if changed else ".env already holds the new password"
+    record.state = "ENV_WRITTEN"
+    journal.save(record)
+    with ctx.step("db_restart", "restarting the panel") as out:
+        out.detail = _restart(ctx, record)
+    record.state, record.restarted = "RESTARTED", True
+    journal.save(record)
+    with ctx.step("db_verify", "a fresh login with the new password; the old one refused") as out:
+        check = _verify(ctx, record, key, expect="new")
+        out.detail = "new password works from .env · old password refused" + (
+            f" · panel check {check}" if check else ""
+        )
+    record.state = "VERIFIED"
+    journal.save(record)
+    with ctx.step("db_backup", "running the backup hook") as out:
+        if profile.backup_command:
+            _hook(ctx, "backup hook", profile.backup_command, record)
+            out.detail = "backup updated"
+        else:
+            out.skipped, out.detail = True, "no backup hook configured"
+    record.state = "DONE"
+    journal.save(record)
+    journal.finish(record)
+    return {"verified": True, "panel_check": check or None}
+
+
+def has_unfinished(ctx: Context) -> bool:
+    return PasswordJournal(ctx.profile.journal_dir).current.exists()
+
+
+def recover_password(ctx: Context, *, rollback: bool) -> dict[str, Any]:
+    """Converge an unfinished database password rotation (under the panel's lock)."""
+    journal = PasswordJournal(ctx.profile.journal_dir)
+    ctx.journal.acquire_lock()
+    try:
+        record = journal.load()
+        if record is None:
+            raise NothingToRecoverError("there is no unfinished database password rotation: nothing to do")
+        key = _password_key(ctx)
+        forward = not rollback and record.state in FORWARD_STATES
+        with ctx.step("db_classify", f"rotation {record.rotation_id} stopped at {record.state}") as out:
+            _, settings, _ = settings_from_env(ctx)
+            if settings.user != record.db_user:
+                raise EngineError(
+                    f".env names the login {settings.user}, the rotation changed {record.db_user}'s "
+                    "password: put the login back in .env, then run recover again"
+                )
+            server = accepted_password(settings, record)
+            on_disk = envfile.read_value(ctx.profile.env_path, key)
+            env_holds = {record.new_password: "new", record.old_password: "old"}.get(on_disk, "another")
+            direction = "finishing the rotation" if forward else "rolling back to the old password"
+            out.detail = (
+                f"the server takes the {server or 'neither'} password · .env holds the {env_holds} one · {direction}"
+            )
+            out.data = {"server": server, "env": env_holds}
+        base = {
+            "rotation_id": record.rotation_id,
+            "kind": "rotate-db-password",
+            "panel": ctx.profile.name,
+            "db_user": record.db_user,
+            "db_host": record.db_host,
+            "old_fingerprint": record.old_fingerprint,
+            "new_fingerprint": record.new_fingerprint,
+            "stopped_at": record.state,
+        }
+        if forward:
+            try:
+                done = roll_forward(ctx, record, key)
+                return {**base, "state": "DONE", "direction": "forward", **done}
+            except EngineError as exc:
+                roll_back(ctx, record, key, restart_needed=True, cause=exc.message)
+                exc.message = _scrub(exc.message, record)
+                exc.rolled_back = True
+                exc.details = {**base, "state": "ROLLED_BACK"}
+                raise
+        done = roll_back(ctx, record, key, restart_needed=True, cause="recover")
+        return {**base, "state": "ROLLED_BACK", "direction": "rollback", **done}
+    finally:
+        ctx.journal.release_lock()

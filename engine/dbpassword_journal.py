@@ -1,0 +1,111 @@
+"""The write-ahead journal of a database password rotation, beside the key's.
+
+A record of its own (``db-password.json``), never mixed with the key journal
+(``rotation.json``): the two rotations hold different secrets and converge
+differently. It holds both passwords while the rotation is unfinished: the
+engine reads its own database login from ``.env``, and after a crash the
+journal is what tells ``recover`` which passwords to try. Same rules as the
+key journal: 0600 in the 0700 journal folder, fsynced, renamed into place;
+when the rotation ends the passwords are dropped and only fingerprints stay
+(``done/<id>.json``).
+
+Files in ``journal_dir``::
+
+    db-password.json           the unfinished rotation (both passwords inside), if any
+    db-password-env.backup     the previous .env, 0600, until the rotation ends
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+from engine.journal import _fsync_dir, write_private
+
+STATES = (
+    "PREFLIGHT",
+    "STAGED",
+    "DB_CHANGED",
+    "ENV_WRITTEN",
+    "RESTARTED",
+    "VERIFIED",
+    "BACKED_UP",
+    "DONE",
+    "ROLLING_BACK",
+    "ROLLED_BACK",
+)
+#: From here on the server holds the new password: recovery finishes the rotation by default.
+FORWARD_STATES = frozenset({"DB_CHANGED", "ENV_WRITTEN", "RESTARTED", "VERIFIED", "BACKED_UP", "DONE"})
+
+
+@dataclass
+class PasswordRecord:
+    rotation_id: str
+    state: str
+    db_user: str
+    db_host: str
+    old_password: str = field(repr=False)
+    new_password: str = field(repr=False)
+    old_fingerprint: str
+    new_fingerprint: str
+    started_at: float
+    op: str = "rotate-db-password"
+    method: str | None = None
+    requested_by: str | None = None
+    approved_by: list[str] = field(default_factory=list)
+    reason: str | None = None
+    restarted: bool = False
+    trail: list[str] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the passwords."""
+        data = asdict(self)
+        data.pop("old_password")
+        data.pop("new_password")
+        return data
+
+
+class PasswordJournal:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.current = directory / "db-password.json"
+        self.env_backup = directory / "db-password-env.backup"
+        self.done_dir = directory / "done"
+
+    def load(self) -> PasswordRecord | None:
+        try:
+            raw = self.current.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return PasswordRecord(**json.loads(raw))
+        except (ValueError, TypeError):
+            raise EngineError(
+                f"the journal {self.current} is damaged; it holds the database passwords of an "
+                "unfinished rotation: keep it and contact support"
+            ) from None
+
+    def save(self, record: PasswordRecord) -> None:
+        if not record.trail or record.trail[-1] != record.state:
+            record.trail.append(record.state)
+        write_private(self.current, json.dumps(asdict(record)).encode())
+
+    def finish(self, record: PasswordRecord) -> None:
+        """Archive without passwords, then drop the passwords and the .env backup."""
+        self.done_dir.mkdir(mode=0o700, exist_ok=True)
+        write_private(self.done_dir / f"{record.rotation_id}.json", json.dumps(record.public()).encode())
+        self.current.unlink(missing_ok=True)
+        self.env_backup.unlink(missing_ok=True)
+        _fsync_dir(self.dir)
+
+    def save_env_backup(self, data: bytes) -> None:
+        write_private(self.env_backup, data)
+
+    def read_env_backup(self) -> bytes | None:
+        try:
+            return self.env_backup.read_bytes()
+        except FileNotFoundError:
+            return None
