@@ -9,11 +9,13 @@ behind by sessions whose process no longer runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bot.fakes.panel import database as panel_db
-from bot.fakes.panel.database import ALL_TABLES, PanelDatabase, admin_connect
+from bot.fakes.panel.ctl import parse_env
+from bot.fakes.panel.database import ADMIN_USER, ALL_TABLES, PanelDatabase, admin_connect
 
 __all__ = ["ALL_TABLES", "TestDatabase", "admin_connect", "create_database", "drop_stale_databases"]
 
@@ -26,6 +28,17 @@ class TestDatabase(PanelDatabase):
     """One test's database. ``user``/``password`` is a login limited to it (see ``create``)."""
 
     __test__ = False  # not a pytest test class
+    #: The panel's ``.env``, once a sandbox has one: its DB_PASSWORD is the login's password
+    #: from then on (rotate-db-password changes it; ``password`` stays the original).
+    env_path: Path | None = field(default=None, repr=False)
+
+    def connect(self, **kwargs: Any) -> Any:
+        if self.env_path is not None and self.user != ADMIN_USER and "password" not in kwargs:
+            try:  # a test may have broken .env on purpose: then the original password
+                kwargs["password"] = parse_env(self.env_path.read_text(encoding="utf-8"))["DB_PASSWORD"]
+            except (OSError, UnicodeDecodeError, KeyError):
+                pass
+        return super().connect(**kwargs)
 
     def query(self, sql: str, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.connect() as conn, conn.cursor() as cur:

@@ -325,6 +325,7 @@ def build_panel(
         env_path = panel_root / "config" / ".env"
         env_path.write_text(env_text(db, key, license_key, port), encoding="utf-8")
         env_path.chmod(0o640)
+        db.env_path = env_path  # the login's password is the one .env holds
         state_dir = root / "panel-ctl"
         state_dir.mkdir()
         sandbox = PanelSandbox(
