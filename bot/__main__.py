@@ -192,12 +192,15 @@ def _open_store(settings: Any, audit_key: Any) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from bot.app import build_rotator, default_engine_clients
     from bot.audit_key import load_audit_key
+    from bot.enrollment_key import load_enrollment_key
     from bot.settings import load_settings
 
     settings = load_settings()
     audit_key = load_audit_key()  # the audit log is signed with a key kept outside the store
+    # step_up = "totp": approvers' TOTP secrets are sealed with a key kept outside the store too
+    enrollment_key = load_enrollment_key() if settings.step_up_anywhere else None
     configure_logging(
-        [*settings.secrets(), audit_key.hex()],
+        [*settings.secrets(), audit_key.hex(), *([enrollment_key.hex()] if enrollment_key else [])],
         logging.DEBUG if args.debug else logging.INFO,
         json_lines=args.log_format == "json",
     )
@@ -206,7 +209,9 @@ def _serve(args: argparse.Namespace) -> int:
             "SLACK_APP_TOKEN is not set: set it for Socket Mode, or run `python -m bot --http`"
         )
     store = _open_store(settings, audit_key)
-    rotator = build_rotator(settings, store, default_engine_clients(settings))
+    rotator = build_rotator(
+        settings, store, default_engine_clients(settings), enrollment_key=enrollment_key
+    )
     rotator.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -34,11 +34,13 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.audit import AuditLog
 from bot.engine_client import EngineClient
+from bot.enrollment_key import EnrollmentKey, load_enrollment_key
 from bot.errors import BotError, RemoteEngineError, StoreError
 from bot.expiry import ExpiryWatcher
 from bot.home import ControlRoom, ReminderWatcher
 from bot.runner import Runner
 from bot.settings import Settings
+from bot.step_up import TotpStepUp, quiet_client
 from bot.store import Store
 from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import actions, cards, commands, home
@@ -462,6 +464,7 @@ def build_rotator(
     clock: Callable[[], float] = time.time,
     runner_threads: int = 4,
     expiry_max_wait_s: float = 30.0,
+    enrollment_key: EnrollmentKey | None = None,
 ) -> Rotator:
     engine_clients_fn: EngineClients
     if isinstance(engine_clients, Mapping):
@@ -503,6 +506,18 @@ def build_rotator(
     )
     gate = AckFirst()
     workers = Lanes(gate, plan_threads=settings.config.worker_threads)
+    totp: TotpStepUp | None = None
+    if settings.step_up_anywhere:
+        totp = TotpStepUp(
+            store=store,
+            key=enrollment_key or load_enrollment_key(),
+            panels=settings.step_up_panels,
+            admins=tuple(settings.config.enroll_admins),
+            secret_client=quiet_client(client),
+            max_failures=settings.config.step_up_max_failures,
+            window_s=settings.config.step_up_window_minutes * 60,
+            clock=clock,
+        )
     deps = HandlerDeps(
         client=client,
         defer=workers.submit,
@@ -518,6 +533,7 @@ def build_rotator(
         on_request_created=lambda request: expiry.notify(),
         clock=clock,
         panel_hosts=hosts,
+        step_up=totp,
     )
     app = App(
         client=client,

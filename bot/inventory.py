@@ -9,6 +9,7 @@ The key's passphrase is a ``SecretStr``: it never shows in a repr or a log.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -36,6 +37,8 @@ class PanelEntry(BaseModel):
     reconnect_attempts: int = Field(default=5, ge=0, le=100)
     reconnect_backoff_s: float = Field(default=1.0, ge=0)
     reconnect_backoff_max_s: float = Field(default=30.0, ge=0)
+    #: "totp": approving a rotation of this panel needs a TOTP code (None: the global step_up)
+    step_up: Literal["none", "totp"] | None = None
 
     @field_validator("host")
     @classmethod

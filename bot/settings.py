@@ -20,6 +20,11 @@ Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
     max_pending_per_user = 5             # pending requests one person may have open
     group_cache_max_age_minutes = 15     # how long cached user-group members are
                                          # trusted while Slack cannot list them
+    step_up = "totp"                     # approvers also type a TOTP code ("none": off);
+                                         # a panel's own step_up overrides this
+    enroll_admins = ["S0SECOPS"]         # who may /rotate-enroll reset @user
+    step_up_max_failures = 5             # wrong codes per approver within the window,
+    step_up_window_minutes = 15          # then no code is checked until one ages out
     max_key_age_days = 365               # remind to rotate a key or agent token older
                                          # than this (the vendor says "annually")
     reminder_interval_days = 7           # one reminder per panel and secret per interval
@@ -36,6 +41,10 @@ Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
 
     [local_panels.lab]                   # an engine on this host, run as a subprocess
     profile = "/etc/myosicam/panel.toml"
+    step_up = "none"                     # this panel only
+
+With step-up on anywhere, ``ROTATOR_ENROLLMENT_KEY_FILE`` (``bot.enrollment_key``)
+names the key that seals the approvers' TOTP secrets in the store.
 
 A missing or bad setting raises ``SettingsError`` naming it; no message ever
 repeats a value, so a secret cannot leak through an error.
@@ -47,7 +56,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -117,6 +126,7 @@ class LocalPanel(BaseModel):
 
     profile: Path
     host: str = "localhost"
+    step_up: Literal["none", "totp"] | None = None
 
 
 class RotatorConfig(BaseModel):
@@ -153,6 +163,10 @@ class RotatorConfig(BaseModel):
         if any(not 0 < days <= 100 * 365 for days in value.values()):
             raise ValueError("each panel's age is a number of days above 0")
         return value
+    step_up: Literal["none", "totp"] = "none"
+    enroll_admins: list[str] = Field(default_factory=list)
+    step_up_max_failures: int = Field(default=5, ge=1, le=100)
+    step_up_window_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -176,7 +190,7 @@ class RotatorConfig(BaseModel):
                 raise ValueError("channel ids look like C0123ABCD (not #names)")
         return value
 
-    @field_validator("requesters", "approvers")
+    @field_validator("requesters", "approvers", "enroll_admins")
     @classmethod
     def _user_or_group_ids(cls, value: list[str]) -> list[str]:
         import re
@@ -295,6 +309,19 @@ class Settings:
         """How old ``panel``'s key and agent tokens may get before the bot reminds."""
         days = self.config.max_key_age_days_by_panel.get(panel, self.config.max_key_age_days)
         return days * 86400.0
+
+    @property
+    def step_up_panels(self) -> dict[str, bool]:
+        """Panel name -> whether approving needs a TOTP code (its own setting, else the global)."""
+        own: dict[str, str | None] = {
+            name: local.step_up for name, local in self.config.local_panels.items()
+        }
+        own.update({name: entry.step_up for name, entry in self.config.panels.panels.items()})
+        return {name: (own.get(name) or self.config.step_up) == "totp" for name in self.panel_names}
+
+    @property
+    def step_up_anywhere(self) -> bool:
+        return any(self.step_up_panels.values())
 
     @property
     def http_limits(self) -> HttpLimits:

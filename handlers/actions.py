@@ -7,6 +7,11 @@ may click under two team ids), only while the request is pending and not
 expired, and only if the compare-and-swap on the stored request wins. A click
 that loses a race re-reads and decides again, so two clicks at once can never
 approve twice or start two runs.
+
+On a panel with step-up (``handlers.step_up``) a click alone does not count:
+``approve`` answers ``needs_code`` and the click opens the TOTP modal; the
+approval counts only from ``approve(..., step_up=APPROVED_WITH)`` after the code
+was verified.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from handlers import blocks, cards
+from handlers import blocks, cards, step_up
 from handlers import messages as m
 from handlers.ports import (
     Decision,
@@ -27,6 +32,7 @@ from handlers.ports import (
     RequestStore,
     RotationRequest,
     State,
+    StepUpCheck,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,8 @@ class ClickOutcome:
     answer: str | None = None
     changed: RotationRequest | None = None
     start: bool = False
+    #: the rules allow this person's approval, but only with a verified step-up code
+    needs_code: RotationRequest | None = None
 
 
 def expire_if_due(
@@ -54,8 +62,13 @@ def expire_if_due(
     return store.update(expired, expected_version=request.version, event="expired", actor="expiry")
 
 
-def approve(deps: HandlerDeps, request_id: str, person: Person) -> ClickOutcome:
-    """Count ``person``'s approval on ``request_id`` if the rules allow it."""
+def approve(
+    deps: HandlerDeps, request_id: str, person: Person, *, stepped_up: str = ""
+) -> ClickOutcome:
+    """Count ``person``'s approval on ``request_id`` if the rules allow it.
+
+    ``stepped_up`` names the verified second factor (``step_up.APPROVED_WITH``); on a
+    panel that requires one, nothing counts without it."""
     approvers = deps.policy.approver_mentions
     for _ in range(MAX_RACE_RETRIES):
         request = deps.store.get(request_id)
@@ -76,6 +89,11 @@ def approve(deps: HandlerDeps, request_id: str, person: Person) -> ClickOutcome:
             return ClickOutcome(answer=m.self_approval(others))
         if not deps.policy.may_approve(person, deps.directory):
             return ClickOutcome(answer=m.not_an_approver(approvers))
+        detail: dict[str, Any] = {}
+        if deps.step_up is not None and deps.step_up.required(request.panel):
+            if stepped_up != step_up.APPROVED_WITH:
+                return ClickOutcome(needs_code=request)
+            detail["approved_with"] = stepped_up
         approvals = (*request.approvals, Decision(person=person, at=now))
         complete = len(approvals) >= deps.policy.approvals_required
         stored = deps.store.update(
@@ -85,7 +103,11 @@ def approve(deps: HandlerDeps, request_id: str, person: Person) -> ClickOutcome:
             expected_version=request.version,
             event="approved" if complete else "approval_added",
             actor=person.key,
-            detail={"approvals": len(approvals), "required": deps.policy.approvals_required},
+            detail={
+                "approvals": len(approvals),
+                "required": deps.policy.approvals_required,
+                **detail,
+            },
         )
         if stored is None:
             continue
@@ -166,16 +188,56 @@ def register(app: App, deps: HandlerDeps) -> None:
         def approve_once() -> None:
             with cards.reporting_errors(client, channel, person.user_id, f"approve {request_id}"):
                 outcome = approve(deps, request_id, person)
-                if outcome.changed is not None:
-                    cards.refresh_card(client, outcome.changed, deps.policy, deps.clock())
-                if outcome.answer:
-                    cards.tell(client, channel, person.user_id, outcome.answer)
-                if outcome.start:
-                    deps.start_rotation(request_id)
+                if outcome.needs_code is not None:
+                    step_up.ask_for_code(
+                        deps, client, body["trigger_id"], outcome.needs_code, person, channel
+                    )
+                    return
+                report(outcome, person, channel)
 
-        deps.after_ack(body, approve_once)
+        # with step-up on, a click may open a modal: Slack's trigger id lives 3 s
+        deps.after_ack(
+            body, approve_once, lane=Lane.MODAL if deps.step_up is not None else Lane.CLICK
+        )
+
+    def report(outcome: ClickOutcome, person: Person, channel: str) -> None:
+        if outcome.changed is not None:
+            cards.refresh_card(client, outcome.changed, deps.policy, deps.clock())
+        if outcome.answer:
+            cards.tell(client, channel, person.user_id, outcome.answer)
+        if outcome.start and outcome.changed is not None:
+            deps.start_rotation(outcome.changed.id)
 
     app.action(blocks.APPROVE_ACTION)(approve_rotation)
+
+    def code_submission(body: dict[str, Any], ack: Ack) -> None:
+        code = step_up.code_from_view(body)
+        if code is None:
+            ack(response_action="errors", errors={step_up.CODE_BLOCK: m.step_up_code_format()})
+            return
+        ack()
+        person = person_from_interaction(body)
+        request_id = str(body["view"].get("private_metadata", ""))
+
+        def verify_and_approve() -> None:
+            request = deps.store.get(request_id)
+            channel = request.channel_id if request else ""
+            with cards.reporting_errors(client, channel, person.user_id, f"approve {request_id}"):
+                if deps.step_up is None or request is None:
+                    cards.tell(client, channel, person.user_id, m.unknown_request(request_id))
+                    return
+                verdict = deps.step_up.verify(person.user_id, code)
+                if verdict.check != StepUpCheck.OK:
+                    cards.tell(client, channel, person.user_id, step_up.answer(verdict))
+                    return
+                outcome = approve(deps, request_id, person, stepped_up=step_up.APPROVED_WITH)
+                if outcome.changed is not None and outcome.changed.approved_by(person):
+                    cards.post_thread(client, outcome.changed, m.approved_with_totp(person.mention))
+                report(outcome, person, channel)
+
+        deps.after_ack(body, verify_and_approve)
+
+    app.view(step_up.TOTP_MODAL)(code_submission)
 
     def deny_rotation(body: dict[str, Any], ack: Ack) -> None:
         ack()

@@ -1,5 +1,5 @@
 """The slash commands: /rotate-key, /rotate-agent, /rotate-incident, /rotate-cancel,
-/rotate-status, /rotate-help.
+/rotate-status, /rotate-help, /rotate-enroll (``handlers.enroll``).
 
 Each command is acknowledged at once. The acknowledgement answers what needs
 no I/O (usage, a missing reason, an unknown panel, the wrong channel, help, and
@@ -22,7 +22,7 @@ from typing import Any
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from handlers import blocks, cards
+from handlers import blocks, cards, enroll
 from handlers import messages as m
 from handlers.ports import (
     ACTIVE_STATES,
@@ -465,7 +465,9 @@ def register(app: App, deps: HandlerDeps) -> None:
                 deps.policy.approver_mentions,
                 deps.policy.approvals_required,
                 deps.policy.expiry_s / 60,
+                step_up=deps.step_up is not None,
             )
         )
 
     app.command("/rotate-help")(rotate_help)
+    enroll.register(app, deps)

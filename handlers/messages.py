@@ -735,9 +735,19 @@ def requester_notice(request_id: str, panel: str, state: str, summary: str, link
 
 
 def help_text(
-    panels: Sequence[str], approvers: str, approvals_required: int, expiry_min: float
+    panels: Sequence[str],
+    approvers: str,
+    approvals_required: int,
+    expiry_min: float,
+    step_up: bool = False,
 ) -> str:
     known = esc(", ".join(panels)) or "none configured"
+    enroll = [
+        esc(
+            "• `/rotate-enroll`: enroll an authenticator app; approving then also asks for its "
+            "6-digit code. `/rotate-enroll reset @user` (admins): remove a lost one."
+        )
+    ]
     return "\n".join(
         [
             "*MyOsicam Rotator* rotates panel secrets with a second person's approval.",
@@ -761,6 +771,7 @@ def help_text(
             ),
             "• `/rotate-status [id]`: pending and running requests, or one request's history.",
             esc("• `/rotate-cancel <id>`: withdraw your own pending request."),
+            *(enroll if step_up else []),
             f"Panels: {known}. Approval: {plural(approvals_required, 'person', 'people')} from "
             f"{approvers}, never the requester. Requests expire after {expiry_min:g} min.",
             "The card shows the plan; approving approves that plan. If it changes before the run, "
@@ -793,3 +804,113 @@ def too_many_pending(limit: int, pending: Sequence[str]) -> str:
         f"One person may have at most {limit} pending requests, and you have that many{ids}. "
         "Cancel one with `/rotate-cancel <id>`, or wait until they are decided."
     )
+
+
+# --- step-up approval (TOTP) -------------------------------------------------------------
+
+
+def _minutes(seconds: float) -> str:
+    return plural(max(1, -(-int(seconds) // 60)), "min", "min")
+
+
+def step_up_not_enrolled() -> str:
+    return (
+        "Approving rotations here needs a code from an authenticator app, and you have not "
+        "enrolled one yet: type `/rotate-enroll`, scan the QR code I send you, then click "
+        "Approve again."
+    )
+
+
+def step_up_rate_limited(retry_after_s: float) -> str:
+    return (
+        "Too many wrong codes lately, so no code is checked for now: try again in "
+        f"{_minutes(retry_after_s)}. Nothing was approved."
+    )
+
+
+def _tries(tries_left: int, retry_after_s: float) -> str:
+    if tries_left <= 0:
+        return f"No tries left: wait {_minutes(retry_after_s)}."
+    return f"{plural(tries_left, 'try', 'tries')} left before a pause."
+
+
+def step_up_wrong(tries_left: int, retry_after_s: float) -> str:
+    return (
+        "That code is not the current one from your authenticator, so nothing was approved. "
+        f"Click Approve and type the code shown now. {_tries(tries_left, retry_after_s)}"
+    )
+
+
+def step_up_replayed(tries_left: int, retry_after_s: float) -> str:
+    return (
+        "That code was already used, so nothing was approved: wait for your authenticator to "
+        f"show a new one, then click Approve again. {_tries(tries_left, retry_after_s)}"
+    )
+
+
+def step_up_code_format() -> str:
+    return "Type the 6 digits your authenticator shows now."
+
+
+def approved_with_totp(approver: str) -> str:
+    return f":lock: {approver} approved with TOTP (a code from their enrolled authenticator)."
+
+
+STEP_UP_OFF = (
+    "Step-up approval is not turned on here, so there is nothing to enroll "
+    '(`step_up = "totp"` in the bot\'s settings turns it on).'
+)
+
+
+def enroll_not_approver(approvers: str) -> str:
+    return f"Only approvers enroll an authenticator; approvers here are {approvers}."
+
+
+def enroll_already(admins: str) -> str:
+    who = admins or "an admin (enroll_admins in the bot's settings)"
+    return (
+        "You are enrolled already. Lost your authenticator? Ask "
+        f"{who} to run `/rotate-enroll reset @you`, then enroll again."
+    )
+
+
+ENROLL_SENT = (
+    ":iphone: I sent you a direct message with your enrollment: scan its QR code with an "
+    "authenticator app. Approve buttons then ask for the 6-digit code it shows."
+)
+
+
+def enroll_dm(uri: str) -> str:
+    return (
+        ":lock: Your step-up enrollment for rotation approvals. Scan the QR code below with an "
+        "authenticator app, or add this link to it, then delete this message:\n"
+        f"`{uri}`\nThis secret is shown once: keep it to yourself."
+    )
+
+
+def enroll_failed(ref: str) -> str:
+    return (
+        "I could not send you the enrollment, so it was withdrawn: try `/rotate-enroll` again "
+        f"in a moment. Ref {ref}."
+    )
+
+
+def enroll_reset_usage() -> str:
+    return "Usage: `/rotate-enroll` to enroll yourself, or `/rotate-enroll reset @user` (admins)."
+
+
+def enroll_reset_not_admin(admins: str) -> str:
+    if not admins:
+        return "No one may reset enrollments here: set `enroll_admins` in the bot's settings."
+    return f"Only {admins} can reset an enrollment."
+
+
+def enroll_reset_done(user: str) -> str:
+    return (
+        f"Reset: {user}'s authenticator no longer approves anything. They can enroll again with "
+        "`/rotate-enroll`. This reset is in the audit log."
+    )
+
+
+def enroll_reset_none(user: str) -> str:
+    return f"{user} is not enrolled: nothing to reset."

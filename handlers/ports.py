@@ -313,6 +313,48 @@ def new_reference() -> str:
     return secrets.token_hex(2)
 
 
+class StepUpCheck(enum.Enum):
+    """What a step-up check found."""
+
+    OK = "ok"
+    WRONG = "wrong"  # not the code of this moment (nor of the step before or after)
+    REPLAYED = "replayed"  # a code whose time step was already used (or an older one)
+    RATE_LIMITED = "rate_limited"  # too many failures lately: no code is checked
+    NOT_ENROLLED = "not_enrolled"
+
+
+@dataclass(frozen=True)
+class StepUpVerdict:
+    check: StepUpCheck
+    tries_left: int = 0
+    retry_after_s: float = 0.0
+
+
+class StepUp(Protocol):
+    """A second factor asked at approval time (``bot.step_up`` implements TOTP).
+
+    ``secret_client`` sends the enrollment's direct message: its request log is
+    off, since that message is the one that carries a secret (to its owner).
+    """
+
+    admins: tuple[str, ...]
+    secret_client: WebClient
+
+    def required(self, panel: str) -> bool: ...
+
+    def precheck(self, user_id: str) -> StepUpVerdict:
+        """Before asking for a code: ``NOT_ENROLLED``, ``RATE_LIMITED`` or ``OK``."""
+        ...
+
+    def verify(self, user_id: str, code: str) -> StepUpVerdict: ...
+
+    def enroll(self, person: Person) -> str | None:
+        """A new enrollment's ``otpauth://`` URI, or None if ``person`` is enrolled already."""
+        ...
+
+    def reset(self, user_id: str, by: Person) -> bool: ...
+
+
 class Lane(enum.Enum):
     """Which queue a piece of work after an acknowledgement waits in.
 
@@ -352,6 +394,8 @@ class HandlerDeps:
     clock: Callable[[], float] = time.time
     new_id: Callable[[float], str] = new_request_id
     panel_hosts: dict[str, str] = field(default_factory=dict)
+    #: the second factor asked before an approval counts (None: step-up is off everywhere)
+    step_up: StepUp | None = None
 
     def after_ack(
         self, body: dict[str, Any], work: Callable[[], None], *, lane: Lane = Lane.CLICK

@@ -26,7 +26,16 @@ It refuses what Slack refuses, so a green test means the card would appear:
   (``issue_trigger_id``, which ``SlackSender`` calls for every user action),
   once (``exchanged_trigger_id``) and within 3 s (``expired_trigger_id``);
 * ``rate_limit(every=N)`` answers every Nth call with HTTP 429, ``Retry-After``
-  and ``ratelimited``, as Slack does under load.
+  and ``ratelimited``, as Slack does under load;
+* files (the v2 upload, three steps): ``files.getUploadURLExternal`` needs a
+  ``filename`` and a positive ``length`` (``invalid_arguments``) and answers a
+  ``file_id`` and an ``upload_url`` on this server; the bytes POSTed there are kept
+  (an unknown URL gets 404); ``files.completeUploadExternal`` needs ``files``, a
+  JSON list of ids this fake issued whose bytes arrived, exactly ``length`` of
+  them, each completed once (``file_not_found`` otherwise: the fake's choice of
+  error, Slack documents none for a short upload), and a ``channel_id`` /
+  ``channels`` that exist (``channel_not_found``). ``uploads()`` returns what
+  was shared, bytes included.
 
 Tests wait on the record with a deadline (``wait_for``), never with a sleep:
 the bot does its work on threads after it acknowledges.
@@ -54,6 +63,8 @@ _CONVERSATION_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 MESSAGE_METHODS = ("chat.postMessage", "chat.update", "chat.postEphemeral")
 READ_METHODS = ("conversations.history", "conversations.replies")
+UPLOAD_PATH = "/upload/v1/"  # where files.getUploadURLExternal sends the bytes (step 2)
+UPLOAD_METHOD = "files.upload(POST to upload_url)"  # how the record names that POST
 
 
 @dataclass
@@ -132,6 +143,7 @@ class FakeSlack:
         self._rate_methods: set[str] | None = None
         self._rate_seen = 0
         self._rate_left: int | None = None
+        self._uploads: dict[str, dict[str, Any]] = {}  # file id -> what getUploadURLExternal issued
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -143,6 +155,15 @@ class FakeSlack:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
+                if self.path.startswith(UPLOAD_PATH):
+                    status, text = fake._receive_upload(self.path[len(UPLOAD_PATH) :], self.rfile.read(length))
+                    body = text.encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/plain; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 raw = self.rfile.read(length).decode("utf-8")
                 auth = self.headers.get("Authorization") or ""
                 token = auth.removeprefix("Bearer ").strip() or None
@@ -195,6 +216,33 @@ class FakeSlack:
     def url(self) -> str:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+
+    def _receive_upload(self, file_id: str, data: bytes) -> tuple[int, str]:
+        """The upload POST of the v2 upload (step 2): the bytes of a file id this fake issued."""
+        with self._cond:
+            upload = self._uploads.get(file_id)
+            if upload is None or upload["data"] is not None:
+                status, text = 404, "not found"
+            else:
+                upload["data"] = data
+                status, text = 200, f"OK - {len(data)}"
+            self._calls.append(
+                Call(
+                    method=UPLOAD_METHOD,
+                    params={"file_id": file_id, "length": len(data)},
+                    token=None,
+                    raw_body="",
+                    response={"ok": status == 200},
+                    status=status,
+                )
+            )
+            self._cond.notify_all()
+        return status, text
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """Files shared by ``files.completeUploadExternal``: id, filename, title, channels, data."""
+        with self._cond:
+            return [dict(u) for u in self._uploads.values() if u["shared_to"]]
 
     # --- behaviour ---------------------------------------------------------------------
 
@@ -322,6 +370,30 @@ class FakeSlack:
         if method == "conversations.replies":
             if self._messages.get(str(params.get("ts"))) != params.get("channel"):
                 return {"ok": False, "error": "thread_not_found"}
+        if method == "files.getUploadURLExternal":
+            length = str(params.get("length") or "")
+            if not params.get("filename") or not length.isdigit() or int(length) <= 0:
+                return {"ok": False, "error": "invalid_arguments"}
+        if method == "files.completeUploadExternal":
+            return self._complete_refusal(params)
+        return None
+
+    def _complete_refusal(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        files = _json_field(params.get("files"))
+        if not isinstance(files, list) or not files or not all(isinstance(f, dict) for f in files):
+            return {"ok": False, "error": "invalid_arguments"}
+        for item in files:
+            upload = self._uploads.get(str(item.get("id")))
+            if (
+                upload is None
+                or upload["shared_to"]
+                or upload["data"] is None
+                or len(upload["data"]) != upload["length"]
+            ):
+                return {"ok": False, "error": "file_not_found"}
+        targets = _targets(params)
+        if any(not self._channel_exists(t) for t in targets):
+            return {"ok": False, "error": "channel_not_found"}
         return None
 
     def _user_exists(self, user: Any) -> bool:
@@ -371,6 +443,26 @@ class FakeSlack:
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": self._next_ts()}
+        if method == "files.getUploadURLExternal":
+            file_id = "F" + secrets.token_hex(5).upper()
+            self._uploads[file_id] = {
+                "id": file_id,
+                "filename": str(params["filename"]),
+                "length": int(params["length"]),
+                "data": None,
+                "title": None,
+                "shared_to": [],
+            }
+            base = self.url.removesuffix("/api/")
+            return {"ok": True, "file_id": file_id, "upload_url": f"{base}{UPLOAD_PATH}{file_id}"}
+        if method == "files.completeUploadExternal":
+            shared = []
+            for item in _json_field(params["files"]):
+                upload = self._uploads[str(item["id"])]
+                upload["title"] = item.get("title") or upload["filename"]
+                upload["shared_to"] = _targets(params) or ["(private)"]
+                shared.append({"id": upload["id"], "name": upload["filename"], "title": upload["title"]})
+            return {"ok": True, "files": shared}
         if method == "views.open":
             self._exchanged.add(str(params.get("trigger_id")))
             return {"ok": True, "view": {"id": "V0VIEW", **(params.get("view") or {})}}
@@ -518,6 +610,15 @@ def _page(messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, A
         "has_more": bool(rest),
         "response_metadata": {"next_cursor": str(start + limit) if rest else ""},
     }
+
+
+def _targets(params: dict[str, Any]) -> list[str]:
+    """Where ``files.completeUploadExternal`` shares: ``channel_id`` and/or ``channels`` (a comma list)."""
+    targets = [str(params["channel_id"])] if params.get("channel_id") else []
+    channels = params.get("channels")
+    if channels:
+        targets += [c for c in str(channels).split(",") if c]
+    return targets
 
 
 def _invalid(error: str, reasons: list[str]) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@
     bot.store.requests     rotation requests: compare-and-swap updates, transitions
     bot.store.deliveries   Slack deliveries seen (durable retry dedupe)
     bot.store.reminders    key-age reminders sent (not repeated within their interval)
+    bot.store.enrollments  approvers' TOTP enrollments (sealed secrets), used steps, failures
     bot.store.audit_chain  the audit log's hash chain as stored (verify/export: ``bot.audit``)
 
 ``Store`` puts the rooms together behind one object; ``open_store(url)`` picks
@@ -24,6 +25,7 @@ from bot.errors import StoreError
 from bot.store.audit_chain import AuditRows
 from bot.store.backends import Backend
 from bot.store.deliveries import DELIVERY_TTL_S, DeliveryRows
+from bot.store.enrollments import EnrollmentRows
 from bot.store.reminders import ReminderRows
 from bot.store.requests import RequestRows
 from bot.store.sql import Tx
@@ -31,9 +33,9 @@ from bot.store.sql import Tx
 __all__ = ["DELIVERY_TTL_S", "Store", "Tx", "open_store"]
 
 
-class Store(RequestRows, DeliveryRows, AuditRows, ReminderRows):
+class Store(RequestRows, DeliveryRows, AuditRows, ReminderRows, EnrollmentRows):
     """The bot's state: requests, their transitions, Slack deliveries seen, the audit log,
-    reminders sent."""
+    reminders sent, TOTP enrollments."""
 
 
 def open_store(

@@ -1,8 +1,9 @@
 """The tables, once per dialect: requests, their transitions, Slack deliveries, the audit log,
-key-age reminders.
+key-age reminders, TOTP enrollments.
 
 Every statement is idempotent (``IF NOT EXISTS``, ``INSERT ... IGNORE``): ``migrate()`` runs them
-all at each start, so a store from an older version gains the new tables (``key_reminders``).
+all at each start, so a store from an older version gains the new tables (``key_reminders``,
+``totp_enrollments``, ``totp_failures``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ SQLITE = (
         id INTEGER PRIMARY KEY,
         seq BIGINT NOT NULL,
         hash CHAR(64) NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS totp_enrollments (
+        user_id VARCHAR(32) PRIMARY KEY,
+        sealed_secret TEXT NOT NULL,
+        enrolled_at DOUBLE NOT NULL,
+        last_step BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS totp_failures (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id VARCHAR(32) NOT NULL,
+        at DOUBLE NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS totp_failures_user ON totp_failures (user_id, at)",
     f"INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
     """CREATE TABLE IF NOT EXISTS key_reminders (
         panel VARCHAR(64) NOT NULL,
@@ -97,6 +108,18 @@ MYSQL = (
         id INT PRIMARY KEY,
         seq BIGINT NOT NULL,
         hash CHAR(64) NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS totp_enrollments (
+        user_id VARCHAR(32) PRIMARY KEY,
+        sealed_secret TEXT NOT NULL,
+        enrolled_at DOUBLE NOT NULL,
+        last_step BIGINT NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS totp_failures (
+        id BIGINT AUTO_INCREMENT PRIMARY KEY,
+        user_id VARCHAR(32) NOT NULL,
+        at DOUBLE NOT NULL,
+        INDEX totp_failures_user (user_id, at)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
     f"INSERT IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
     """CREATE TABLE IF NOT EXISTS key_reminders (

@@ -36,6 +36,8 @@ SCOPES: dict[str, set[str]] = {
     "conversations.info": {"channels:read", "groups:read"},
     "conversations.history": {"channels:history", "groups:history"},
     "conversations.replies": {"channels:history", "groups:history"},
+    # files_upload_v2: files.getUploadURLExternal + the upload + files.completeUploadExternal
+    "files.upload.v2": {"files:write"},
 }
 WEB_API_METHODS = {
     name for name in dir(WebClient) if not name.startswith("_") and "_" in name and callable(getattr(WebClient, name))
@@ -107,7 +109,8 @@ def test_the_code_calls_what_the_scope_table_knows() -> None:
     assert {"chat.postMessage", "usergroups.users.list", "views.open", "views.publish"} <= called_web_api_methods()
     assert registered_events() == {"app_home_opened"}
     assert registered_commands() == {
-        "/rotate-key", "/rotate-agent", "/rotate-incident", "/rotate-cancel", "/rotate-status", "/rotate-help"
+        "/rotate-key", "/rotate-agent", "/rotate-incident", "/rotate-cancel", "/rotate-status", "/rotate-help",
+        "/rotate-enroll",
     }
 
 

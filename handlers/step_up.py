@@ -1,0 +1,94 @@
+"""Step-up approval: the modal that asks an approver for their TOTP code, and its answers.
+
+The Approve button of a panel with ``step_up = "totp"`` does not approve: once
+every rule of the two-person rule passes (``actions.approve``), it opens this
+modal with the click's trigger id. The code typed in it is checked after the
+acknowledgement (``StepUp.verify``: one step either side, each step once, failures
+rate-limited); only then does ``actions.approve`` count the approval, recorded
+as "approved with TOTP" in the audit log and the request's thread.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from slack_sdk import WebClient
+
+from handlers import blocks, cards
+from handlers import messages as m
+from handlers.ports import HandlerDeps, Person, RotationRequest, StepUpCheck, StepUpVerdict
+
+TOTP_MODAL = "approve_with_totp"
+CODE_BLOCK = "totp_code"
+CODE_INPUT = "code"
+APPROVED_WITH = "TOTP"
+_CODE = re.compile(r"^[0-9]{6}$")
+
+
+def code_modal(request: RotationRequest) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": TOTP_MODAL,
+        "private_metadata": request.id,
+        "title": {"type": "plain_text", "text": "Approve rotation"},
+        "submit": {"type": "plain_text", "text": "Approve"},
+        "close": {"type": "plain_text", "text": "Back"},
+        "blocks": [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"{blocks.request_headline(request)}\nRequest `{m.esc(request.id)}`",
+                },
+            },
+            {
+                "type": "input",
+                "block_id": CODE_BLOCK,
+                "label": {"type": "plain_text", "text": "6-digit code from your authenticator"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": CODE_INPUT,
+                    "min_length": 6,
+                    "max_length": 6,
+                    "placeholder": {"type": "plain_text", "text": "123456"},
+                },
+            },
+        ],
+    }
+
+
+def code_from_view(body: dict[str, Any]) -> str | None:
+    """The typed code if it is 6 digits (spaces ignored), else None."""
+    values = ((body.get("view") or {}).get("state") or {}).get("values") or {}
+    field = (values.get(CODE_BLOCK) or {}).get(CODE_INPUT) or {}
+    code = re.sub(r"\s", "", str(field.get("value") or ""))
+    return code if _CODE.match(code) else None
+
+
+def answer(verdict: StepUpVerdict) -> str:
+    """What the approver is told when their code (or their state) does not allow an approval."""
+    if verdict.check == StepUpCheck.NOT_ENROLLED:
+        return m.step_up_not_enrolled()
+    if verdict.check == StepUpCheck.RATE_LIMITED:
+        return m.step_up_rate_limited(verdict.retry_after_s)
+    if verdict.check == StepUpCheck.REPLAYED:
+        return m.step_up_replayed(verdict.tries_left, verdict.retry_after_s)
+    return m.step_up_wrong(verdict.tries_left, verdict.retry_after_s)
+
+
+def ask_for_code(
+    deps: HandlerDeps,
+    client: WebClient,
+    trigger_id: str,
+    request: RotationRequest,
+    person: Person,
+    channel: str,
+) -> None:
+    """Open the code modal, or say why not (not enrolled; too many wrong codes lately)."""
+    assert deps.step_up is not None
+    verdict = deps.step_up.precheck(person.user_id)
+    if verdict.check != StepUpCheck.OK:
+        cards.tell(client, channel, person.user_id, answer(verdict))
+        return
+    client.views_open(trigger_id=trigger_id, view=code_modal(request))
