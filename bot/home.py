@@ -45,6 +45,7 @@ class ControlRoom:
         directory: Directory,
         max_age_s: Callable[[str], float],
         clock: Callable[[], float] = time.time,
+        cache_s: float = 30.0,
     ) -> None:
         self.engine_clients = engine_clients
         self.panels = list(panels)
@@ -54,7 +55,9 @@ class ControlRoom:
         self.directory = directory
         self.max_age_s = max_age_s
         self.clock = clock
+        self.cache_s = cache_s
         self._viewers: dict[str, Person] = {}
+        self._cached: tuple[float, list[home.PanelStatus]] | None = None
         self._lock = threading.Lock()
 
     def panel_status(self, panel: str) -> home.PanelStatus:
@@ -70,8 +73,17 @@ class ControlRoom:
             return home.PanelStatus(panel, error=exc.message)
         return home.PanelStatus(panel, error="the engine ended without an answer")
 
-    def statuses(self) -> list[home.PanelStatus]:
-        return [self.panel_status(panel) for panel in self.panels]
+    def statuses(self, *, fresh: bool = True) -> list[home.PanelStatus]:
+        """Every panel's status; with ``fresh=False`` one at most ``cache_s`` old will do
+        (people opening their Home tab often do not open an SSH session each time)."""
+        with self._lock:
+            cached = self._cached
+        if not fresh and cached is not None and time.monotonic() - cached[0] < self.cache_s:
+            return cached[1]
+        statuses = [self.panel_status(panel) for panel in self.panels]
+        with self._lock:
+            self._cached = (time.monotonic(), statuses)
+        return statuses
 
     def publish(self, person: Person, statuses: Sequence[home.PanelStatus] | None = None) -> None:
         """Build and publish ``person``'s Home tab; they get it refreshed after each run."""
@@ -107,7 +119,7 @@ class ControlRoom:
             return may_approve and request.requester.user_id != person.user_id
 
         return home.home_view(
-            statuses if statuses is not None else self.statuses(),
+            statuses if statuses is not None else self.statuses(fresh=False),
             self.store.list_in_states([State.PENDING]),
             now=self.clock(),
             max_age_s=self.max_age_s,

@@ -121,9 +121,11 @@ def test_the_home_tab_shows_each_panels_key_age_agents_and_last_runs(make_bot: M
     lab_lines = "\n".join(shown[shown.index("Panel lab") : shown.index("Panel prod-eu")])
     assert ":key: Encryption key: unknown (no rotation on record)" in lab_lines
     assert "No runs on record yet." in lab_lines
-    assert [{"status"}] * 3 == [{r.op for r in host.requests} for host in (eu, us, lab)], (
+    assert [["status"]] * 3 == [[r.op for r in host.requests] for host in (eu, us, lab)], (
         "the engines were asked for their read-only status, nothing else"
     )
+    assert shown == texts(open_home(bot, ALICE))
+    assert [1, 1, 1] == [len(host.requests) for host in (eu, us, lab)], "reopened within 30 s: no new SSH session"
 
     refused = texts(open_home(bot, DAVE))
     assert not [t for t in refused if t.startswith("Panel ")]
