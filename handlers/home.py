@@ -397,7 +397,8 @@ def register(app: App, deps: HandlerDeps, ports: HomePorts) -> None:
         if event.get("tab", "home") != "home":
             return
         person = Person(team_id=str(body.get("team_id", "")), user_id=str(event.get("user", "")))
-        deps.after_ack(body, lambda: ports.publish(person))
+        # building the tab asks every engine for its status: the engine lane, not the clicks'
+        deps.after_ack(body, lambda: ports.publish(person), lane=Lane.PLAN)
 
     def open_request_modal(body: dict[str, Any], ack: Ack) -> None:
         ack()
