@@ -373,6 +373,12 @@ class FakeSocketMode:
         """A button click on a message, as an ``interactive`` envelope."""
         return self.deliver("interactive", self.click_payload(action_id, value, user, message_ts))
 
+    def app_home_opened(self, user: str) -> Ack:
+        """``user`` opens the app's Home tab, as an ``events_api`` envelope."""
+        event = {"type": "app_home_opened", "user": user, "channel": "D0HOME", "tab": "home",
+                 "event_ts": f"{time.time():.6f}"}  # fmt: skip
+        return self.deliver("events_api", json.loads(self.payloads.event_body(event)))
+
     def refresh(self, timeout: float = 10.0) -> None:
         """``disconnect`` (``refresh_requested``) and wait until the app has reconnected."""
         before = self.connections

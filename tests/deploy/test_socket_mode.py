@@ -93,6 +93,23 @@ def test_a_rotation_runs_over_socket_mode_across_a_refresh(
         handler.close()  # type: ignore[no-untyped-call]
 
 
+def test_opening_the_home_tab_over_socket_mode_publishes_it(
+    make_bot: MakeBot, slack_socket: FakeSocketMode, app_token: str
+) -> None:
+    """The ``app_home_opened`` event arrives in an ``events_api`` envelope: acknowledged, and
+    the person's Home tab is published with the panel on it."""
+    bot = make_bot()
+    handler = socket_mode.connect(bot.rotator.app, app_token)
+    try:
+        ack = slack_socket.app_home_opened(ALICE)
+        assert ack.elapsed_s < 3
+        bot.fake.wait_for("views.publish", lambda c: c.params.get("user_id") == ALICE)
+        view = bot.fake.home_view(ALICE)
+        assert view is not None and f"Panel {PANEL}" in json.dumps(view)
+    finally:
+        handler.close()  # type: ignore[no-untyped-call]
+
+
 def test_a_second_click_on_the_same_action_is_acknowledged_but_runs_once(
     make_bot: MakeBot, slack_socket: FakeSocketMode, app_token: str
 ) -> None:
