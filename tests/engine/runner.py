@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.procs import wait_for_stopped
-from tests.support.secrets_scan import scan_text
+from tests.support.secrets_scan import register_secret, scan_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +56,28 @@ def _env(fault: str | None, extra: Mapping[str, str] | None = None) -> dict[str,
     return env
 
 
+def register_made_secrets(profile: Path) -> None:
+    """Register what an engine run may have made: the DB password ``.env`` holds now and
+    both passwords of an unfinished database password rotation, so every test's output
+    (and each later test's) is scanned for them."""
+    from bot.fakes.panel.ctl import parse_env
+    from engine.errors import EngineError
+    from engine.profile import load_profile
+
+    try:
+        loaded = load_profile(profile)
+        env = parse_env(loaded.env_path.read_text(encoding="utf-8"))
+    except (EngineError, OSError, UnicodeDecodeError):
+        return
+    register_secret(env.get("DB_PASSWORD"), "DB_PASSWORD in .env after an engine run")
+    try:
+        record = json.loads((loaded.journal_dir / "db-password.json").read_text())
+    except (OSError, ValueError):
+        return
+    register_secret(record.get("new_password"), "new DB_PASSWORD (journal)")
+    register_secret(record.get("old_password"), "old DB_PASSWORD (journal)")
+
+
 def _parse(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
@@ -68,6 +90,7 @@ def run_engine(
         engine_argv(profile, *args), capture_output=True, text=True, timeout=timeout,
         env=_env(None, env), cwd=REPO, stdin=subprocess.DEVNULL, check=False,
     )
+    register_made_secrets(profile)
     return EngineRun(proc.returncode, proc.stdout, proc.stderr, _parse(proc.stdout))
 
 
@@ -89,6 +112,7 @@ def crash_at(profile: Path, point: str, *args: str, timeout: float = 60) -> Engi
         raise AssertionError(f"engine never reached {point}: rc={proc.returncode} {err[-500:]}") from None
     os.kill(proc.pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=timeout)
+    register_made_secrets(profile)
     return EngineRun(proc.returncode, out, err, _parse(out))
 
 

@@ -19,7 +19,7 @@ import pytest
 from bot.fakes.panel.ctl import parse_env
 from tests.engine.runner import crash_at, run_engine
 from tests.support.panel import failing_once
-from tests.support.secrets_scan import register_secret
+from tests.support.secrets_scan import register_secret, scan_text
 
 
 def accepts(panel: Any, password: str) -> bool:
@@ -49,7 +49,6 @@ def env_with(original: bytes, old: str, new: str) -> bytes:
 
 def journal_passwords(panel: Any) -> tuple[str, str]:
     record = json.loads((panel.root / "journal" / "db-password.json").read_text())
-    register_secret(record["new_password"], "new DB_PASSWORD (journal)")
     return record["old_password"], record["new_password"]
 
 
@@ -118,6 +117,7 @@ def test_recover_after_a_crash_leaves_exactly_one_password(panel_factory, point,
     original = panel.env_path.read_bytes()
     crash = crash_at(profile, point, "rotate-db-password", "--yes", "--json")
     old, new = journal_passwords(panel)
+    assert len(set(scan_text(f"{old} {new}"))) == 2  # every test's output is scanned for both
 
     run = run_engine(profile, "recover", "--json", *(["--rollback"] if rollback else []))
 
@@ -187,3 +187,27 @@ def test_a_run_naming_another_plan_or_password_is_refused_and_nothing_changes(pa
     assert panel.env_path.read_bytes() == original
     assert accepts(panel, panel.db.password)
     assert not (panel.root / "journal" / "db-password.json").exists()
+
+
+def test_an_unfinished_password_rotation_shows_in_status_and_blocks_a_key_rotation(panel_factory):
+    """Killed with the new password in .env but the panel not restarted: `status` names it, a
+    key rotation (which logs in with the password in .env) refuses to start (exit 3), and
+    `recover` finishes it; then the key rotation runs, logging in with the new password."""
+    panel = panel_factory(rows=2, server=True)
+    profile = panel.write_profile()
+    crash_at(profile, "state:ENV_WRITTEN", "rotate-db-password", "--yes", "--json")
+    old, new = journal_passwords(panel)
+
+    status = run_engine(profile, "status", "--json")
+    refused = run_engine(profile, "rotate-key", "--yes", "--json")
+    recovered = run_engine(profile, "recover", "--json")
+    key = run_engine(profile, "rotate-key", "--yes", "--json")
+
+    assert status.closing["unfinished_db_password"]["state"] == "ENV_WRITTEN"
+    assert "new_password" not in status.stdout and new not in status.stdout
+    assert (refused.returncode, refused.closing["code"]) == (3, "unfinished_rotation")
+    assert recovered.closing["state"] == "DONE" and recovered.closing["direction"] == "forward"
+    assert key.returncode == 0, key.stderr
+    assert accepts(panel, new) and not accepts(panel, old)
+    assert panel.php_check_all() == [] and panel.health()[0] == 200
+    assert [] == status.leaks() + refused.leaks() + recovered.leaks() + key.leaks()

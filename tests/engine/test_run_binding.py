@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.protocol import fingerprint
-from tests.engine.runner import REPO, _env, engine_argv, run_engine
+from tests.engine.runner import REPO, _env, engine_argv, register_made_secrets, run_engine
 from tests.support.secrets_scan import register_secret
 
 
@@ -25,6 +25,7 @@ def serve(profile: Path, **request: Any) -> list[dict[str, Any]]:
         engine_argv(profile, "serve"), input=line, capture_output=True, text=True,
         env=_env(None), cwd=REPO, timeout=120, check=False,
     )  # fmt: skip
+    register_made_secrets(profile)
     return [json.loads(x) for x in proc.stdout.splitlines()]
 
 
