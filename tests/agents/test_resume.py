@@ -62,6 +62,9 @@ def test_a_crash_after_the_bootstrap_resumes_without_a_second_install_token(
     assert world.heartbeat(agent.id, before.token)[0] == 401
     assert world.heartbeat(agent.id, after.token)[0] == 200
     assert world.leaks(crashed.stdout, resumed.stdout, resumed.stderr, world.everything_written()) == []
+    ages = run_engine(profile, "status", "--json").closing["secret_ages"]
+    rotated = {a["agent"]: a["rotated_at"] for a in ages["agents"]}
+    assert ages["agents_listed"] and rotated[agent.name] is not None, "status dates the agent's new token"
 
 
 def test_a_crash_before_the_bootstrap_reuses_the_journaled_install_token(
