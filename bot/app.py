@@ -91,6 +91,7 @@ class EnginePlanner:
             agents=list(agents) if op == "rotate-agent" and agents else None,
             all_agents=all_agents if op == "rotate-agent" else False,
             incident=op == "rotate-incident",
+            db_password=op == "rotate-db-password",
         )
         closing: dict[str, Any] | None = None
         try:

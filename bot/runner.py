@@ -420,6 +420,17 @@ def run_request(request: RotationRequest) -> Request:
     re-checks in the same process before it changes anything."""
     plan = request.plan
     rotate_key = request.op == "rotate-key"
+    if request.op == "rotate-db-password":  # the login's current password, by fingerprint
+        return Request(
+            v=PROTOCOL_VERSION,
+            id=request.id,
+            op=request.op,
+            requested_by=request.requester.user_id,
+            approved_by=[a.person.user_id for a in request.approvals if a.person][:20],
+            reason=request.reason,
+            plan_hash=plan.engine_plan_hash or None,
+            password_fingerprint=plan.password_fingerprint or None,
+        )
     if request.op == "rotate-incident":  # the key and the exact agents, both bound
         return Request(
             v=PROTOCOL_VERSION,

@@ -121,6 +121,7 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
         "incident": True,
         "parts": parts,
         "manual": manual_items(ctx, names, password_key),
+        "problems": agent_problems,  # shown on the card before anyone approves
         "key_fingerprint": pre.key_fingerprint,
         "agents": [a["name"] for a in agents],
         "db_user": db_user,
@@ -263,13 +264,19 @@ def _rotate_key(ctx: Context, request: Request, approved_fp: str) -> dict[str, A
 def _skip_reason(name: str, plan: dict[str, Any]) -> str | None:
     if name == "db_password" and not _db_password_available():
         return "this engine can't rotate the database password yet"
+    if name == "db_password" and _part_of(plan, "db_password").get("env_key") is None:
+        return "the profile sets database.password (not .env): rotate it by hand"
     if name == "agents":
-        part = next(p for p in plan["parts"] if p["part"] == "agents")
+        part = _part_of(plan, "agents")
         if not part["configured"]:
             return "no [agents] section in the profile"
         if not part["agents"]:
             return "no agents on this panel"
     return None
+
+
+def _part_of(plan: dict[str, Any], name: str) -> dict[str, Any]:
+    return next((p for p in plan["parts"] if p["part"] == name), {})
 
 
 def _fingerprints(data: dict[str, Any], **more: Any) -> dict[str, Any]:

@@ -77,7 +77,8 @@ def _headline(request: RotationRequest) -> str:
 
 def _title_state(request: RotationRequest) -> tuple[str, str]:
     state, outcome = request.state, request.outcome
-    pending_icon = {"rotate-agent": ":robot_face:", "rotate-incident": ":fire_engine:"}.get(request.op, ":key:")
+    icons = {"rotate-agent": ":robot_face:", "rotate-incident": ":fire_engine:", "rotate-db-password": ":lock:"}
+    pending_icon = icons.get(request.op, ":key:")
     if state == State.FAILED:
         if outcome.get("partial"):
             if outcome.get("code") == "agent_unverified":
@@ -106,10 +107,10 @@ _TITLES: dict[State, tuple[str, str]] = {
 
 def plan_lines(plan: PlanView) -> str:
     """The plan as the card shows it: what will change, how it was read, where it runs."""
-    if plan.op == "rotate-incident":
+    if plan.op in ("rotate-incident", "rotate-db-password"):
         from handlers import incident
 
-        return incident.plan_lines(plan)
+        return incident.plan_lines(plan) if plan.op == "rotate-incident" else incident.db_plan_lines(plan)
     lines = [f"*Plan* `{plan.short_hash}`"]
     if plan.op == "rotate-agent":
         rows = list(plan.agent_rows)
@@ -229,7 +230,7 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
 
     ``on_card``: the card's own lines say who asked, why, who approved and how it ended, and
     carry the request id, so there the summary adds the next step and the facts only."""
-    if request.op == "rotate-incident":
+    if request.op in ("rotate-incident", "rotate-db-password"):
         from handlers import incident
 
         return incident.summary_blocks(request, on_card=on_card)
@@ -275,7 +276,7 @@ def summary_message(request: RotationRequest) -> Message:
 
 def summary_text(request: RotationRequest) -> str:
     """The closing summary, shared by the card and the final thread reply."""
-    if request.op == "rotate-incident":
+    if request.op in ("rotate-incident", "rotate-db-password"):
         from handlers import incident
 
         return incident.summary_text(request)

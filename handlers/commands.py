@@ -1,5 +1,5 @@
-"""The slash commands: /rotate-key, /rotate-agent, /rotate-incident, /rotate-cancel,
-/rotate-status, /rotate-help, /rotate-enroll (``handlers.enroll``).
+"""The slash commands: /rotate-key, /rotate-agent, /rotate-incident, /rotate-db-password,
+/rotate-cancel, /rotate-status, /rotate-help, /rotate-enroll (``handlers.enroll``).
 
 Each command is acknowledged at once. The acknowledgement answers what needs
 no I/O (usage, a missing reason, an unknown panel, the wrong channel, help, and
@@ -115,18 +115,24 @@ def parse_rotate_key(text: str, panels: Sequence[str], op: str = "rotate-key") -
     """``/rotate-key [panel] <reason>`` -> ``Parsed``, or the sentence that says what to fix.
     (``/rotate-incident`` reads the same way, with ``op="rotate-incident"``.)"""
     words = text.split()
-    special = not_rotated_here(words)
+    # "password" in a /rotate-db-password reason is about the DB password, not the admin's
+    special = not_rotated_here(words) if op != "rotate-db-password" else None
     if special:
         return special
     example = f"{panels[0]} suspected .env disclosure" if panels else "suspected .env disclosure"
     try:
         panel = _take_panel(words, panels, f"/{op} {panels[0]} <reason>")
-        special = not_rotated_here(words)
+        special = not_rotated_here(words) if op != "rotate-db-password" else None
         if special:
             return special
         return Parsed(op=op, panel=panel, reason=_reason(words, f"/{op}", example))
     except _Refusal as refusal:
         return refusal.message
+
+
+def parse_rotate_db_password(text: str, panels: Sequence[str]) -> Parsed | str:
+    """``/rotate-db-password [panel] <reason>``: the panel's database login."""
+    return parse_rotate_key(text, panels, op="rotate-db-password")
 
 
 def parse_rotate_incident(text: str, panels: Sequence[str]) -> Parsed | str:
@@ -407,6 +413,7 @@ def register(app: App, deps: HandlerDeps) -> None:
     app.command("/rotate-key")(_rotation_command(parse_rotate_key))
     app.command("/rotate-agent")(_rotation_command(parse_rotate_agent))
     app.command("/rotate-incident")(_rotation_command(parse_rotate_incident))
+    app.command("/rotate-db-password")(_rotation_command(parse_rotate_db_password))
 
     def rotate_cancel(body: dict[str, Any], ack: Ack) -> None:
         words = str(body.get("text", "")).split()

@@ -1,5 +1,7 @@
 """What an incident rotation (``/rotate-incident``) looks like in Slack: pure builders.
 
+(The database password's own card and summary, ``/rotate-db-password``, live here too.)
+
 Three messages: the card's plan (the parts in the order they run, with counts, and
 what this tool can't rotate with what to do about each), the thread's checklist
 (one message, updated in place as parts finish) and the closing summary (a
@@ -74,7 +76,9 @@ def plan_lines(plan: PlanView) -> str:
     db = _part(parts, "db_password")
     lines = [f"*Plan* `{plan.short_hash}` · in this order, each verified before the next:"]
     user = m.esc(m.fit(str(db.get("db_user") or "?"), 80))
-    if db.get("available", True):
+    if db.get("available", True) and "env_key" in db and not db.get("env_key"):
+        lines.append(f"1. the database password of user `{user}`: set in the profile, not `.env`; skipped")
+    elif db.get("available", True):
         lines.append(f"1. the database password of user `{user}` (from `.env`)")
     else:
         lines.append(f"1. the database password of user `{user}`: this engine can't yet, skipped")
@@ -100,6 +104,55 @@ def plan_lines(plan: PlanView) -> str:
         f"engine {m.esc(plan.engine_version or '(unknown)')}"
     )
     return "\n".join(lines)
+
+
+def db_plan_lines(plan: PlanView) -> str:
+    """The card's plan for ``/rotate-db-password``: which login, and how it is proven."""
+    user = m.esc(m.fit(plan.db_user or "?", 80))
+    where = f" on {m.esc(m.fit(plan.db_host, 80))}" if plan.db_host else ""
+    lines = [
+        f"*Plan* `{plan.short_hash}`",
+        f"• the database password of user `{user}`{where} gets a new one (`DB_PASSWORD` in `.env`)"
+        f" · current password {m.short_fp(plan.password_fingerprint)}",
+        "• the user sets its own password (no admin login); php-fpm restarts; the panel and a fresh "
+        "login must work with the new password, and the old one must be refused, or it goes back",
+    ]
+    for warning in plan.warnings[:10]:
+        lines.append(f"• :warning: {m.esc(warning)}")
+    host = m.esc(plan.panel_host or plan.panel)
+    lines.append(
+        f"• panel host {host} · host key {m.esc(plan.host_key_fingerprint or '(unknown)')} · "
+        f"engine {m.esc(plan.engine_version or '(unknown)')}"
+    )
+    return "\n".join(lines)
+
+
+def _db_summary_text(request: RotationRequest) -> str:
+    outcome = request.outcome
+    approvers = [a.person.mention for a in request.approvals if a.person]
+    user = m.esc(m.fit(str(outcome.get("db_user") or request.plan.db_user or "?"), 80))
+    if request.state == State.DONE:
+        head = (
+            f":white_check_mark: Database password rotated on panel {m.esc(request.panel)} · user `{user}` · "
+            f"{m.short_fp(outcome.get('old_fingerprint'))} → {m.short_fp(outcome.get('new_fingerprint'))} · "
+            "the new password works, the old one is refused"
+        )
+    elif outcome.get("rolled_back") is True:
+        head = (f":rotating_light: Database password rotation failed and was rolled back: the old password "
+                f"of `{user}` works again. What failed: {m.esc(outcome.get('message') or '?')}")  # fmt: skip
+    elif outcome.get("nothing_changed"):
+        what = m.esc(outcome.get("message") or "?")
+        head = f":no_entry_sign: Database password rotation failed before any change: {what}"
+    else:
+        head = (f":sos: Database password rotation failed and was NOT rolled back: run recover on "
+                f"{m.esc(request.panel)}. What failed: {m.esc(outcome.get('message') or '?')}")  # fmt: skip
+    took = m.duration(outcome.get("duration_ms"))
+    return "\n".join([
+        head,
+        f"Requested by {request.requester.mention} · approved by {m.people(approvers)} · "
+        f"reason {m.quote(request.reason)}",
+        f"Rotation `{m.esc(request.id)}`" + (f" · {took}" if took else "") + m.audit_anchor(outcome),
+    ])  # fmt: skip
 
 
 class Checklist:
@@ -178,6 +231,8 @@ def left_lines(outcome: dict[str, Any], panel: str) -> list[str]:
 
 
 def summary_text(request: RotationRequest) -> str:
+    if request.op == "rotate-db-password":
+        return _db_summary_text(request)
     outcome = request.outcome
     approvers = [a.person.mention for a in request.approvals if a.person]
     if request.state == State.DONE:
@@ -210,7 +265,7 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
             chunks.append(m.fit(line, SECTION_LIMIT))
     out = [_section(c) for c in chunks[:6]]
     message = support_message(request.outcome.get("manual") or request.plan.manual)
-    if message and not on_card:
+    if message and not on_card and request.op == OP:
         out.append(_section(f"*Message for MyOsicam support* (copy it):\n>{m.esc(m.fit(message, 2000))}"))
     return out
 

@@ -363,6 +363,15 @@ STEP_LABELS: dict[str, tuple[str, str, str]] = {
     "verify_old": ("old key verified", "verifying the old key", "old key verification"),
     "classify": ("values classified", "classifying every value", "classification"),
     "recover": ("recovered", "recovering", "recovery"),
+    "db_preflight": ("preflight", "checking the database login", "preflight"),
+    "db_stage": ("new password staged", "staging the new password", "password staging"),
+    "db_change": ("password changed", "changing the password", "password change"),
+    "db_write_env": ("config/.env updated", "writing config/.env", "config/.env update"),
+    "db_restart": ("php-fpm restarted", "restarting php-fpm", "restart"),
+    "db_verify": ("new password verified", "verifying the new password", "verification"),
+    "db_backup": ("backup updated", "updating the backup", "backup"),
+    "db_rollback": ("rolled back", "rolling back", "rollback"),
+    "db_verify_old": ("old password verified", "verifying the old password", "old password verification"),
 }
 KNOWN_STEPS = frozenset(KEY_STEPS) | frozenset(AGENT_STEPS)
 

@@ -63,6 +63,10 @@ class PlanView:
     #: rotate-incident: the parts in order, and what this tool can't rotate (by name)
     parts: tuple[dict[str, Any], ...] = ()
     manual: tuple[dict[str, Any], ...] = ()
+    #: rotate-db-password: the login, and its current password's fingerprint (bound)
+    db_user: str = ""
+    db_host: str = ""
+    password_fingerprint: str = ""
 
     @classmethod
     def from_engine(
@@ -100,6 +104,9 @@ class PlanView:
             engine_plan_hash=str(result.get("plan_hash") or ""),
             parts=tuple(dict(p) for p in result.get("parts") or () if isinstance(p, dict)),
             manual=tuple(dict(i) for i in result.get("manual") or () if isinstance(i, dict)),
+            db_user=str(result.get("db_user") or ""),
+            db_host=str(result.get("db_host") or ""),
+            password_fingerprint=str(result.get("password_fingerprint") or ""),
         )
 
     def binding(self) -> dict[str, Any]:

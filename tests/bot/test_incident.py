@@ -31,6 +31,8 @@ from tests.support.fake_engine import (
     NEW_FP,
     OLD_FP,
     FakeEngineHost,
+    db_password_plan_result,
+    db_password_rotation,
     incident_plan_result,
     incident_rotation,
     incident_stopped_at_key,
@@ -173,3 +175,27 @@ def test_the_postmortem_appendix_is_written_from_the_store_and_the_audit_log(mak
     assert (2, "error: --incident: no request 'r-nope' in the store") == (
         unknown.returncode, unknown.stderr.strip())
     assert [] == scan_text(text + done.stderr)
+
+
+def test_rotate_db_password_alone_binds_the_current_password_and_says_which_login(make_bot: MakeBot) -> None:
+    """/rotate-db-password: the card names the login and the current password's fingerprint; the
+    approved run names it (the engine would refuse another); "password" in the reason is fine."""
+    host = FakeEngineHost()
+    host.plan_result = db_password_plan_result()
+    host.rotation_script = db_password_rotation
+    bot = make_bot(engine=host)
+    ack = bot.command("/rotate-db-password", f"{PANEL} password was in the leaked .env", ALICE)
+    assert 200 == ack.status
+    card = bot.fake.wait_for("chat.postMessage", is_card)[-1]
+    request_id, ts = card_request_id(card), str(card.response["ts"])
+    wait_until(lambda: bot.state(request_id, "message_ts") == ts)
+    assert f"the database password of user `myosicam` on 127.0.0.1 gets a new one (`DB_PASSWORD` in `.env`) · " \
+        f"current password {DB_OLD_FP[:8]}…" in card.all_text()
+
+    bot.approve(request_id, ts, BOB)
+
+    final = bot.fake.wait_text("chat.postMessage", ":white_check_mark: Database password rotated")
+    assert f"user `myosicam` · {DB_OLD_FP[:8]}… → {DB_NEW_FP[:8]}…" in final.text
+    assert [] == host.refusals
+    assert DB_OLD_FP == host.ops("rotate-db-password")[-1].password_fingerprint
+    assert "✔ new password verified" in "\n".join(bot.fake.thread(CHANNEL, ts))

@@ -109,8 +109,8 @@ def test_the_code_calls_what_the_scope_table_knows() -> None:
     assert {"chat.postMessage", "usergroups.users.list", "views.open", "views.publish"} <= called_web_api_methods()
     assert registered_events() == {"app_home_opened"}
     assert registered_commands() == {
-        "/rotate-key", "/rotate-agent", "/rotate-incident", "/rotate-cancel", "/rotate-status", "/rotate-help",
-        "/rotate-enroll",
+        "/rotate-key", "/rotate-agent", "/rotate-incident", "/rotate-db-password", "/rotate-cancel",
+        "/rotate-status", "/rotate-help", "/rotate-enroll",
     }
 
 

@@ -12,21 +12,31 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bot.fakes.panel.ctl import parse_env
 from engine.protocol import fingerprint
 from tests.engine.runner import REPO, _env, engine_argv, run_engine
 from tests.engine.test_run_binding import add_agents, agent_tokens
-from tests.support.secrets_scan import register_secret
+from tests.support.secrets_scan import register_secret, scan_text
 
 EXTRA_SECRETS = {"STRIPE_SECRET": "sk_live_Xq81fe0Ab9", "SENTRY_AUTH_TOKEN": "st_Jw7Qp1Lm0Za"}
 
 
-def serve(profile: Path, **request: Any) -> list[dict[str, Any]]:
+def serve_raw(profile: Path, **request: Any) -> tuple[list[dict[str, Any]], str]:
+    """One request to ``serve``: its events, and everything it wrote (for the secrets scan)."""
     line = json.dumps({"v": 1, **request}) + "\n"
     proc = subprocess.run(
         engine_argv(profile, "serve"), input=line, capture_output=True, text=True,
         env=_env(None), cwd=REPO, timeout=180, check=False,
     )  # fmt: skip
-    return [json.loads(x) for x in proc.stdout.splitlines()]
+    return [json.loads(x) for x in proc.stdout.splitlines()], proc.stdout + proc.stderr
+
+
+def serve(profile: Path, **request: Any) -> list[dict[str, Any]]:
+    return serve_raw(profile, **request)[0]
+
+
+def db_password(panel: Any) -> str:
+    return parse_env(panel.env_path.read_text(encoding="utf-8"))["DB_PASSWORD"]
 
 
 def _add_other_secrets(panel: Any) -> None:
@@ -84,19 +94,29 @@ def test_the_plan_lists_every_part_and_what_must_be_rotated_elsewhere(panel_fact
 
 
 def test_the_run_rotates_in_order_each_part_verified_and_the_timeline_is_in_the_result(panel_factory):
-    """The approved plan runs: the key is rotated (PHP opens every value under the new key),
-    each part has start and end times, fingerprints only; no agents section: agents skipped."""
+    """The approved plan runs: the DB password first (the panel's login takes the new one, the
+    old one is refused), then the key (PHP opens every value under the new key); each part has
+    start and end times and fingerprints, never a value: neither password is in the output.
+    No agents section: agents skipped."""
     panel = panel_factory(rows=3, server=True)
     profile = panel.profile_path
     plan = serve(profile, id="r-iplan", op="plan", incident=True)[-1]
-    old_key = panel.env_key()
+    old_key, old_password = panel.env_key(), db_password(panel)
 
-    events = serve(profile, id="r-inc1", op="rotate-incident", plan_hash=plan["plan_hash"],
-                   key_fingerprint=plan["key_fingerprint"], agents=[], requested_by="U0ALICE",
-                   approved_by=["U0BOB"], reason="INC-1 .env leaked")  # fmt: skip
+    events, output = serve_raw(profile, id="r-inc1", op="rotate-incident", plan_hash=plan["plan_hash"],
+                               key_fingerprint=plan["key_fingerprint"], agents=[], requested_by="U0ALICE",
+                               approved_by=["U0BOB"], reason="INC-1 .env leaked")  # fmt: skip
     result = events[-1]
+    new_password = db_password(panel)
+    register_secret(new_password, "DB_PASSWORD (new)")
 
     assert ("result", True, "DONE") == (result["type"], result["ok"], result["state"])
+    db = _part(result, "db_password")
+    assert ("done", panel.db.user) == (db["state"], db["db_user"])
+    assert new_password != old_password and db["new_fingerprint"] != db["old_fingerprint"]
+    assert db["finished_at"] <= _part(result, "key")["started_at"]
+    assert [] == scan_text(output)
+    assert 200 == panel.health()[0]
     key = _part(result, "key")
     assert ("done", fingerprint(old_key), fingerprint(panel.env_key())) == (
         key["state"], key["old_fingerprint"], key["new_fingerprint"])
@@ -123,8 +143,7 @@ def test_a_failing_key_part_stops_the_sequence_and_leaves_the_agents_untouched(p
     assert (1, "result", False, "STOPPED") == (run.returncode, result["type"], result["ok"], result["state"])
     assert "rolled_back" == _part(result, "key")["state"]
     assert "not_started" == _part(result, "agents")["state"]
-    before = [p for p in result["parts"][:1] if p["state"] != "skipped"]
-    assert all(p["state"] == "done" for p in before)
+    assert "done" == _part(result, "db_password")["state"]  # finished, verified, kept
     assert ["key", "agents"] == [p["part"] for p in result["left"]]
     assert "Not started, untouched: agent tokens." in result["message"]
     assert (old_key, tokens) == (panel.env_key(), agent_tokens(panel))

@@ -212,6 +212,24 @@ def incident_stopped_at_key() -> list[dict[str, Any]]:
     return events
 
 
+def db_password_plan_result() -> dict[str, Any]:
+    """``plan`` with ``db_password``: the login and its current password's fingerprint."""
+    return {"panel": "prod-eu", "db_user": "myosicam", "db_host": "127.0.0.1", "account": "'myosicam'@'%'",
+            "env_key": "DB_PASSWORD", "password_fingerprint": DB_OLD_FP, "engine_version": "0.4.0"}  # fmt: skip
+
+
+def db_password_rotation() -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for name in protocol.DB_PASSWORD_STEPS:
+        events.append(protocol.step_event(name, "started"))
+        events.append(protocol.step_event(name, "ok", "", elapsed_ms=100))
+    events.append(protocol.result_event(
+        "rotate-db-password", rotation_id="", panel="prod-eu", db_user="myosicam", state="DONE",
+        old_fingerprint=DB_OLD_FP, new_fingerprint=DB_NEW_FP, duration_ms=1800,
+    ))  # fmt: skip
+    return events
+
+
 class FakeEngineHost:
     """One panel host's engine, shared by every client (and bot) that talks to it."""
 
@@ -271,6 +289,12 @@ class FakeEngineHost:
         """The plan's binding now, for the kind of plan or run ``request`` asks about."""
         panel = str(self.plan_result.get("panel", "prod-eu"))
         version = str(self.plan_result.get("engine_version", "0.4.0"))
+        if request.op == "rotate-db-password" or (request.op == "plan" and request.db_password):
+            return protocol.db_password_binding(
+                panel=panel, engine_version=version, db_user=str(self.plan_result.get("db_user", "")),
+                db_host=str(self.plan_result.get("db_host", "")),
+                password_fingerprint=str(self.plan_result.get("password_fingerprint", "")),
+            )  # fmt: skip
         if request.op == "rotate-incident" or (request.op == "plan" and request.incident):
             return protocol.incident_binding(
                 panel=panel, engine_version=version,
@@ -403,7 +427,7 @@ class FakeEngineClient:
                 **protocol.result_event("status", **host.status_result),
             }
             return
-        if request.op in ("rotate-key", "rotate-agent", "rotate-incident"):
+        if request.op in ("rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password"):
             host._start_rotation(request)
             yield from host._follow(request.id, 0)
             return
