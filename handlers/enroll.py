@@ -77,7 +77,7 @@ def enroll(deps: HandlerDeps, person: Person, channel: str) -> None:
             filename=QR_FILENAME,
             title="Rotation approvals: scan with your authenticator",
         )
-    except (SlackApiError, SlackClientError) as exc:
+    except (SlackApiError, SlackClientError, OSError) as exc:  # OSError: the upload POST
         ref = new_reference()
         log.warning("ref %s: could not send the enrollment to %s: %s", ref, person.user_id, type(exc).__name__)
         step_up.reset(person.user_id, Person(team_id="", user_id="bot"))

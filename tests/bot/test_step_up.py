@@ -16,6 +16,7 @@ import pyotp
 import pytest
 
 from bot.enrollment_key import KEY_ENV, EnrollmentKey
+from bot.errors import SettingsError
 from bot.fakes.slack_api import UPLOAD_METHOD, Call
 from bot.settings import load_settings
 from bot.store import open_store
@@ -311,3 +312,13 @@ def test_the_enrollments_room_on_each_backend(any_store_url: str) -> None:
         assert kinds == ["step_up.enrolled", "step_up.reset"]
     finally:
         store.close()
+
+
+def test_step_up_without_the_enrollment_key_is_refused_with_the_fix(
+    make_bot: MakeBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv("ROTATOR_ENROLLMENT_KEY_FILE", raising=False)
+    with pytest.raises(SettingsError, match="ROTATOR_ENROLLMENT_KEY_FILE") as refused:
+        make_bot(step_up="totp")
+    assert "python -m bot audit keygen" in refused.value.message
