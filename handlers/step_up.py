@@ -85,10 +85,12 @@ def ask_for_code(
     person: Person,
     channel: str,
 ) -> None:
-    """Open the code modal, or say why not (not enrolled; too many wrong codes lately)."""
+    """Open the code modal, or say why not (not enrolled; too many wrong codes lately).
+
+    A click on the Home tab has no channel: the answer goes to the request's channel."""
     assert deps.step_up is not None
     verdict = deps.step_up.precheck(person.user_id)
     if verdict.check != StepUpCheck.OK:
-        cards.tell(client, channel, person.user_id, answer(verdict))
+        cards.tell(client, channel or request.channel_id, person.user_id, answer(verdict))
         return
     client.views_open(trigger_id=trigger_id, view=code_modal(request))

@@ -322,3 +322,16 @@ def test_step_up_without_the_enrollment_key_is_refused_with_the_fix(
     with pytest.raises(SettingsError, match="ROTATOR_ENROLLMENT_KEY_FILE") as refused:
         make_bot(step_up="totp")
     assert "python -m bot audit keygen" in refused.value.message
+
+
+def test_an_unknown_step_up_method_is_named_in_the_error(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "rotator.toml", store_url=f"sqlite://{tmp_path / 'r.db'}", extra={"step_up": "sms"}
+    )
+    env = {
+        "SLACK_BOT_TOKEN": "xoxb-1-abc",
+        "SLACK_SIGNING_SECRET": "0123456789abcdef0123",
+        "ROTATOR_CONFIG": str(config),
+    }
+    with pytest.raises(SettingsError, match=r"step_up: Input should be 'none' or 'totp'"):
+        load_settings(env)
