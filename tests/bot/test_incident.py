@@ -7,13 +7,18 @@ parts finish; the closing summary is a timeline with fingerprints, never values.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from bot.fakes.panel.ctl import parse_env
 from bot.fakes.slack_api import Call
+from bot.local_client import LocalEngineClient
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,
@@ -37,7 +42,7 @@ from tests.support.fake_engine import (
     incident_rotation,
     incident_stopped_at_key,
 )
-from tests.support.secrets_scan import scan_text
+from tests.support.secrets_scan import SecretRegistry, scan_text
 
 REPO = Path(__file__).resolve().parents[2]
 REASON = "INC-4412 .env leaked on a pastebin"
@@ -199,3 +204,32 @@ def test_rotate_db_password_alone_binds_the_current_password_and_says_which_logi
     assert [] == host.refusals
     assert DB_OLD_FP == host.ops("rotate-db-password")[-1].password_fingerprint
     assert "✔ new password verified" in "\n".join(bot.fake.thread(CHANNEL, ts))
+
+
+def test_over_the_real_engine_the_passwords_never_reach_slack(
+    make_bot: MakeBot, panel_factory: Callable[..., Any], secret_registry: SecretRegistry
+) -> None:
+    """/rotate-incident driving ``python -m engine serve`` on a real panel in MariaDB: the DB
+    password and the key are rotated (the panel still answers), the checklist ends with both
+    done, and no Slack call carries the old or the new password, or either key."""
+    sandbox = panel_factory(rows=5, server=True)
+    old_password = parse_env(sandbox.env_path.read_text(encoding="utf-8"))["DB_PASSWORD"]
+    bot = make_bot(engine_clients={PANEL: LocalEngineClient(sandbox.profile_path)},
+                   profiles={PANEL: sandbox.profile_path})  # fmt: skip
+    request_id, ts = _request(bot)
+    assert f"1. the database password of user `{sandbox.db.user}`" in bot.fake.latest_card(CHANNEL, ts).all_text()
+    bot.approve(request_id, ts, BOB)
+
+    final = bot.fake.wait_text("chat.postMessage", ":white_check_mark: Incident rotation done", timeout=180)
+    new_password = parse_env(sandbox.env_path.read_text(encoding="utf-8"))["DB_PASSWORD"]
+    secret_registry.register(new_password, "DB_PASSWORD (rotated)")
+    secret_registry.register_key(sandbox.env_key(), "PANEL_ENCRYPTION_KEY (rotated)")
+
+    assert new_password != old_password
+    assert 200 == sandbox.health()[0] and [] == sandbox.php_check_all()
+    last = _checklists(bot, ts)[-1].text
+    assert ":white_check_mark: database password: done, verified" in last
+    assert ":white_check_mark: encryption key: done, verified" in last
+    assert "agent tokens: skipped · no [agents] section in the profile" in last
+    assert "user `" + sandbox.db.user + "`" in final.text
+    assert [] == secret_registry.scan(json.dumps([c.params for c in bot.fake.calls], ensure_ascii=False))

@@ -116,6 +116,9 @@ def test_the_run_rotates_in_order_each_part_verified_and_the_timeline_is_in_the_
     assert new_password != old_password and db["new_fingerprint"] != db["old_fingerprint"]
     assert db["finished_at"] <= _part(result, "key")["started_at"]
     assert [] == scan_text(output)
+    journal = panel.root / "journal"
+    records = [*journal.rglob("*.events.jsonl"), *journal.rglob("runs.jsonl")]
+    assert records and [] == scan_text("".join(p.read_text(encoding="utf-8") for p in records))
     assert 200 == panel.health()[0]
     key = _part(result, "key")
     assert ("done", fingerprint(old_key), fingerprint(panel.env_key())) == (
