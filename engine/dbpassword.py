@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import secrets
 import string
 import time
@@ -42,6 +43,7 @@ from engine.errors import (
     CredentialsRefusedError,
     DatabaseError,
     EngineError,
+    EnvFileError,
     HookError,
     NothingToRecoverError,
     ProfileError,
@@ -132,10 +134,36 @@ def settings_from_env(ctx: Context) -> tuple[bytes, ConnectionSettings, str]:
     return env_bytes, settings, key
 
 
+def rewrite_env(env_bytes: bytes, key: str, password: str) -> bytes:
+    """``.env`` with ``key`` set to ``password``; refuses (``EnvFileError``) a line whose
+    quoting the rewrite cannot keep: it must read back as ``password`` with every other
+    value as it was."""
+    new_bytes = envfile.replace_value(env_bytes, key, password)
+    before, after = envfile.parse(env_bytes), envfile.parse(new_bytes)
+    kept = {n: [v.value for v in vs] for n, vs in before.items() if n != key}
+    whole_line = re.compile(
+        rb"^[ \t]*(?:export[ \t]+)?" + re.escape(key.encode()) + rb"[ \t]*=[ \t]*(['\"]?)"
+        + re.escape(password.encode()) + rb"\1(?:[ \t]+#[^\r\n]*)?[ \t]*\r?\n?$"
+    )
+    lines = [line for line in new_bytes.splitlines(keepends=True) if password.encode() in line]
+    if (
+        [v.value for v in after.get(key, [])] != [password]
+        or kept != {n: [v.value for v in vs] for n, vs in after.items() if n != key}
+        or len(lines) != 1
+        or not whole_line.match(lines[0])
+    ):
+        raise EnvFileError(
+            f"the {key} line of .env is written in a way the engine cannot rewrite safely "
+            f"(quotes or escapes inside the value): write it as {key}=\"...\" by hand first; nothing was changed"
+        )
+    return new_bytes
+
+
 def password_preflight(ctx: Context, *, write_checks: bool) -> PasswordPreflight:
     profile = ctx.profile
     with ctx.step("db_preflight", "checking the panel's database login, .env and the restart target") as out:
         env_bytes, settings, key = settings_from_env(ctx)
+        rewrite_env(env_bytes, key, new_password())  # the line can be rewritten, or a refusal now
         if write_checks:
             envfile.check_writable(profile.env_path, ctx.ownership())
             restart.check_target(profile)
@@ -250,7 +278,7 @@ def _env_to(ctx: Context, record: PasswordRecord, key: str, *, to: str, backup: 
     if to == "old" and backup is not None and envfile.parse(backup).get(key, [None])[-1] is not None:
         data = backup  # byte for byte the file as it was
     else:
-        data = envfile.replace_value(envfile.read(path), key, target)
+        data = rewrite_env(envfile.read(path), key, target)
     envfile.write_atomic(path, data, ctx.ownership())
     if envfile.read_value(path, key) != target:
         raise VerificationError(f"{ctx.profile.env_display} does not read back with the {to} password")
@@ -398,9 +426,7 @@ class DbPasswordRotation:
 
         with ctx.step("db_write_env", f"writing {pre.password_key} in {profile.env_path.name}") as out:
             ownership = ctx.ownership()
-            new_bytes = envfile.replace_value(pre.env_bytes, pre.password_key, password)
-            if envfile.parse(new_bytes)[pre.password_key][-1].value != password:
-                raise VerificationError(f"{pre.password_key} would not read back from .env")
+            new_bytes = rewrite_env(pre.env_bytes, pre.password_key, password)
             envfile.write_atomic(profile.env_path, new_bytes, ownership)
             if envfile.read_value(profile.env_path, pre.password_key) != password:
                 raise VerificationError(".env does not read back with the new password")

@@ -1,0 +1,78 @@
+"""The parts of rotate-db-password that need no server: the new password, its fingerprint,
+the .env rewrite; and a failed escrow, which must leave everything as it was."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+
+from engine.dbpassword import new_password, password_fingerprint, rewrite_env
+from engine.errors import EnvFileError
+from tests.engine.runner import run_engine
+from tests.engine.test_db_password import accepts
+
+
+def test_a_new_password_is_32_characters_safe_in_env_and_sql_and_meets_a_policy():
+    made = {new_password() for _ in range(200)}
+    assert len(made) == 200
+    for password in made:
+        assert len(password) == 32 and set(password) <= set(string.ascii_letters + string.digits + "-_.")
+        assert any(c.isupper() for c in password) and any(c.islower() for c in password)
+        assert any(c.isdigit() for c in password) and any(c in "-_." for c in password)
+
+
+def test_the_fingerprint_names_a_password_per_login_and_is_not_its_sha256():
+    from engine.protocol import fingerprint
+
+    fp = password_fingerprint("hunter2hunter2", "panel", "127.0.0.1")
+    assert fp == password_fingerprint("hunter2hunter2", "panel", "127.0.0.1")
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert fp != password_fingerprint("hunter2hunter2", "other", "127.0.0.1")
+    assert fp != fingerprint("hunter2hunter2")
+
+
+NEW = "N3w-Passw0rd.abc"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'DB_PASSWORD="old-secret-1"', b'DB_PASSWORD="N3w-Passw0rd.abc"'),
+        (b"DB_PASSWORD='old-secret-1'", b"DB_PASSWORD='N3w-Passw0rd.abc'"),
+        (b"DB_PASSWORD=old-secret-1", b"DB_PASSWORD=N3w-Passw0rd.abc"),
+        (b"export DB_PASSWORD = old-secret-1  # the login", b"export DB_PASSWORD = N3w-Passw0rd.abc  # the login"),
+        (b'DB_PASSWORD=""', b'DB_PASSWORD="N3w-Passw0rd.abc"'),
+        (b"DB_PASSWORD=", b"DB_PASSWORD=N3w-Passw0rd.abc"),
+    ],
+)
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_the_rewrite_changes_the_value_and_not_one_other_byte(line, expected, eol):
+    def env(password_line: bytes) -> bytes:
+        return b"# db" + eol + b"DB_USERNAME=panel" + eol + password_line + eol + b"OTHER_PASSWORD='x y'" + eol
+
+    assert rewrite_env(env(line), "DB_PASSWORD", NEW) == env(expected)
+
+
+def test_a_line_the_rewrite_cannot_keep_is_refused():
+    with pytest.raises(EnvFileError, match="cannot rewrite safely"):
+        rewrite_env(b'DB_PASSWORD="a\\"b"\n', "DB_PASSWORD", NEW)
+
+
+def test_a_failed_escrow_changes_nothing(panel_factory):
+    """The escrow hook fails: the password was never changed, .env is as it was, the old
+    password still logs in, and the archive says ROLLED_BACK."""
+    panel = panel_factory(rows=1)
+    profile = panel.write_profile(escrow_command=["false"])
+    original = panel.env_path.read_bytes()
+
+    run = run_engine(profile, "rotate-db-password", "--yes", "--json")
+
+    assert run.returncode == 1
+    assert run.closing["code"] == "hook_failed" and run.closing["rolled_back"] is True
+    assert "db_change" not in run.steps()
+    assert panel.env_path.read_bytes() == original and accepts(panel, panel.db.password)
+    archive = json.loads(next((panel.root / "journal" / "done").glob("*.json")).read_text())
+    assert archive["trail"] == ["STAGED", "ROLLING_BACK", "ROLLED_BACK"]
+    assert run.leaks() == []
