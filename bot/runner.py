@@ -442,6 +442,7 @@ def run_request(request: RotationRequest) -> Request:
             plan_hash=plan.engine_plan_hash or None,
             key_fingerprint=plan.key_fingerprint or None,
             agents=list(plan.agents),
+            password_fingerprint=plan.password_fingerprint or None,
         )
     return Request(
         v=PROTOCOL_VERSION,

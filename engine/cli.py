@@ -375,7 +375,8 @@ def main(
         if op == "rotate-key":
             binding["key_fingerprint"] = plan.get("key_fingerprint")
         elif op == "rotate-incident":
-            binding.update(key_fingerprint=plan.get("key_fingerprint"), agents=list(plan.get("agents") or []))
+            binding.update(key_fingerprint=plan.get("key_fingerprint"), agents=list(plan.get("agents") or []),
+                           password_fingerprint=plan.get("password_fingerprint"))  # fmt: skip
         elif op == "rotate-db-password":
             binding["password_fingerprint"] = plan.get("password_fingerprint")
         else:

@@ -80,9 +80,17 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
     db = ctx.profile.database
     password_key = None if db.password is not None else db.env_keys.get("password")
     ctx.emitter.part = "db_password"
-    with ctx.step("preflight", "reading the panel's database user from .env") as out:
-        db_user = resolve_settings(db, envfile.values(ctx.profile.env_path)).user
-        out.detail = f"database user {db_user}"
+    db_facts: dict[str, Any] = {}
+    if password_key is not None and _db_password_available():
+        from engine.dbpassword import password_preflight
+
+        pw = password_preflight(ctx, write_checks=True)  # the login works, may change its password
+        db_user = pw.settings.user
+        db_facts = {"db_host": pw.settings.host, "account": pw.account, "password_fingerprint": pw.fingerprint}
+    else:
+        with ctx.step("preflight", "reading the panel's database user from .env") as out:
+            db_user = resolve_settings(db, envfile.values(ctx.profile.env_path)).user
+            out.detail = f"database user {db_user}"
     ctx.emitter.part = "key"
     pre = run_preflight(ctx, lock_note="read-only", write_checks=True)
     agents: list[dict[str, Any]] = []
@@ -95,7 +103,8 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
         agents = [{"name": r["name"], "token_fingerprint": r.get("token_fingerprint")} for r in data["agents"]]
         agent_problems = list(data.get("problems") or [])
     ctx.emitter.part = None
-    binding = _binding(ctx, pre.key_fingerprint, pre.scheme.label, [a["name"] for a in agents], db_user)
+    password_fp = db_facts.get("password_fingerprint")
+    binding = _binding(ctx, pre.key_fingerprint, pre.scheme.label, [a["name"] for a in agents], db_user, password_fp)
     available = _db_password_available()
     parts = [
         {
@@ -104,6 +113,7 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
             "db_user": db_user,
             "env_key": password_key,
             "available": available,
+            **db_facts,
         },
         {"part": "key", "title": PART_TITLES["key"], **pre.summary()},
         {
@@ -125,15 +135,18 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
         "key_fingerprint": pre.key_fingerprint,
         "agents": [a["name"] for a in agents],
         "db_user": db_user,
+        "password_fingerprint": password_fp,
         "engine_version": __version__,
         "plan_hash": protocol.plan_hash(binding),
     }
 
 
-def _binding(ctx: Context, key_fp: str, scheme: str, agents: list[str], db_user: str) -> dict[str, Any]:
+def _binding(
+    ctx: Context, key_fp: str, scheme: str, agents: list[str], db_user: str, password_fp: str | None
+) -> dict[str, Any]:
     return protocol.incident_binding(
         panel=ctx.profile.name, engine_version=__version__, key_fingerprint=key_fp,
-        scheme=scheme, agents=agents, db_user=db_user,
+        scheme=scheme, agents=agents, db_user=db_user, password_fingerprint=password_fp,
     )  # fmt: skip
 
 
@@ -160,7 +173,8 @@ def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
         from engine.errors import PlanMismatchError
 
         key = next(p for p in plan["parts"] if p["part"] == "key")
-        binding = _binding(ctx, plan["key_fingerprint"], key["scheme"], plan["agents"], plan["db_user"])
+        binding = _binding(ctx, plan["key_fingerprint"], key["scheme"], plan["agents"], plan["db_user"],
+                           plan["password_fingerprint"])  # fmt: skip
         try:
             protocol.check_run(request, binding)
         except PlanMismatchError as exc:

@@ -387,9 +387,10 @@ def agent_binding(*, panel: str, engine_version: str, agents: list[str] | tuple[
 
 def incident_binding(
     *, panel: str, engine_version: str, key_fingerprint: str, scheme: str,
-    agents: list[str] | tuple[str, ...], db_user: str | None,
+    agents: list[str] | tuple[str, ...], db_user: str | None, password_fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """What a ``rotate-incident`` approval binds: the key, the exact agents and the DB user."""
+    """What a ``rotate-incident`` approval binds: the key, the exact agents, the DB login and
+    its current password (by fingerprint; None when the DB password part is skipped)."""
     return {
         "op": "rotate-incident",
         "panel": panel,
@@ -398,6 +399,7 @@ def incident_binding(
         "scheme": scheme,
         "agents": sorted(agents),
         "db_user": db_user,
+        "password_fingerprint": password_fingerprint,
     }
 
 

@@ -99,8 +99,8 @@ def test_an_approved_incident_runs_with_a_checklist_and_closes_with_a_timeline(m
     final = bot.fake.wait_text("chat.postMessage", ":white_check_mark: Incident rotation done")
     assert bot.engine is not None and [] == bot.engine.refusals
     run = bot.engine.ops("rotate-incident")[-1]
-    assert (OLD_FP, ["agent-1", "agent-2"], "U0ALICE", ["U0BOB"]) == (
-        run.key_fingerprint, run.agents, run.requested_by, run.approved_by)
+    assert (OLD_FP, DB_OLD_FP, ["agent-1", "agent-2"], "U0ALICE", ["U0BOB"]) == (
+        run.key_fingerprint, run.password_fingerprint, run.agents, run.requested_by, run.approved_by)
     versions = [c.text for c in _checklists(bot, ts)]
     assert versions[-1].splitlines()[1:] == [
         f":white_check_mark: database password: done, verified · {DB_OLD_FP}… → {DB_NEW_FP}… verified",

@@ -105,7 +105,8 @@ def test_the_run_rotates_in_order_each_part_verified_and_the_timeline_is_in_the_
 
     events, output = serve_raw(profile, id="r-inc1", op="rotate-incident", plan_hash=plan["plan_hash"],
                                key_fingerprint=plan["key_fingerprint"], agents=[], requested_by="U0ALICE",
-                               approved_by=["U0BOB"], reason="INC-1 .env leaked")  # fmt: skip
+                               approved_by=["U0BOB"], reason="INC-1 .env leaked",
+                               password_fingerprint=plan["password_fingerprint"])  # fmt: skip
     result = events[-1]
     new_password = db_password(panel)
     register_secret(new_password, "DB_PASSWORD (new)")
@@ -154,6 +155,23 @@ def test_a_failing_key_part_stops_the_sequence_and_leaves_the_agents_untouched(p
     assert [] == run.leaks()
 
 
+def test_a_run_naming_another_db_password_changes_nothing(panel_factory):
+    """The plan binds the DB login's current password (by fingerprint): a run that names
+    another is refused with password_mismatch before any part starts."""
+    panel = panel_factory(rows=1)
+    plan = serve(panel.profile_path, id="r-iplan3", op="plan", incident=True)[-1]
+    old_key, old_password = panel.env_key(), db_password(panel)
+
+    events = serve(panel.profile_path, id="r-inc4", op="rotate-incident", plan_hash=plan["plan_hash"],
+                   key_fingerprint=plan["key_fingerprint"], agents=[],
+                   password_fingerprint="0" * 16)  # fmt: skip
+
+    assert plan["password_fingerprint"] == _part(plan, "db_password")["password_fingerprint"]
+    assert ("error", "password_mismatch") == (events[-1]["type"], events[-1]["code"])
+    assert [] == [e for e in events if e["type"] == "step" and e["name"] == "part"]
+    assert (old_key, old_password) == (panel.env_key(), db_password(panel))
+
+
 def test_a_run_naming_a_stale_plan_changes_nothing(panel_factory):
     """An agent registers after approval: agents_mismatch before any part starts."""
     panel = panel_factory(rows=1)
@@ -164,7 +182,8 @@ def test_a_run_naming_a_stale_plan_changes_nothing(panel_factory):
     old_key = panel.env_key()
 
     events = serve(profile, id="r-inc3", op="rotate-incident", plan_hash=plan["plan_hash"],
-                   key_fingerprint=plan["key_fingerprint"], agents=["agent-1"])  # fmt: skip
+                   key_fingerprint=plan["key_fingerprint"], agents=["agent-1"],
+                   password_fingerprint=plan["password_fingerprint"])  # fmt: skip
 
     assert ("error", "agents_mismatch") == (events[-1]["type"], events[-1]["code"])
     assert [] == [e for e in events if e["type"] == "step" and e["name"] == "part"]

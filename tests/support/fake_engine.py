@@ -147,6 +147,7 @@ def incident_plan_result(agents: tuple[str, ...] = ("agent-1", "agent-2")) -> di
         **base,
         "incident": True,
         "db_user": "myosicam",
+        "password_fingerprint": DB_OLD_FP,
         "agents": [{"name": a} for a in agents],
         "parts": [
             {"part": "db_password", "title": "database password", "db_user": "myosicam", "available": True},
@@ -301,6 +302,7 @@ class FakeEngineHost:
                 key_fingerprint=str(self.plan_result.get("key_fingerprint", "")),
                 scheme=str(self.plan_result.get("scheme", "")), agents=self.agent_names(),
                 db_user=str(self.plan_result.get("db_user", "")),
+                password_fingerprint=self.plan_result.get("password_fingerprint"),
             )  # fmt: skip
         if request.op == "rotate-agent" or (request.op == "plan" and (request.agents or request.all_agents)):
             known = self.agent_names()
