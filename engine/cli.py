@@ -34,6 +34,7 @@ exit status:
   1  failed: rolled back and verified, or nothing was changed (answering "no" too)
   2  bad usage or settings: the command line, the profile, or a file or user it
      names (a missing .env, an unknown env_owner, a bad column); nothing was changed
+     rotate-incident: a part failed (the result says which parts are done and what is left)
   3  a rotation is unfinished or its rollback failed: run recover
   4  rotate-agent: no agent failed, but some could not be verified ("could not verify")"""
 MARKS = {"ok": "✔", "failed": "✖", "skipped": "–", "started": "▶"}
