@@ -164,6 +164,12 @@ def password_preflight(ctx: Context, *, write_checks: bool) -> PasswordPreflight
     with ctx.step("db_preflight", "checking the panel's database login, .env and the restart target") as out:
         env_bytes, settings, key = settings_from_env(ctx)
         rewrite_env(env_bytes, key, new_password())  # the line can be rewritten, or a refusal now
+        if profile.escrow_command and not profile.db_password_escrow_command:
+            raise ProfileError(
+                "escrow_command is set (for the encryption key) but db_password_escrow_command is not: "
+                "set it, so the new database password is escrowed without overwriting the escrowed key "
+                "(it gets the password on stdin and ROTATOR_SECRET=DB_PASSWORD); nothing was changed"
+            )
         if write_checks:
             envfile.check_writable(profile.env_path, ctx.ownership())
             restart.check_target(profile)
@@ -408,8 +414,8 @@ class DbPasswordRotation:
             self.journal.save(record)
             self.record = record
             escrow = "no escrow configured"
-            if profile.escrow_command:
-                _hook(ctx, "escrow", profile.escrow_command, record, stdin=(password + "\n").encode())
+            if profile.db_password_escrow_command:
+                _hook(ctx, "escrow", profile.db_password_escrow_command, record, stdin=(password + "\n").encode())
                 escrow = f"escrowed ({profile.escrow_label})"
             out.detail = f"fingerprint {record.new_fingerprint} · {escrow} · journal written"
             out.data = {"new_fingerprint": record.new_fingerprint}

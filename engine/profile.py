@@ -266,6 +266,9 @@ class Profile(_Strict):
     verify_timeout_s: float = Field(default=15.0, gt=0)
     escrow_command: list[str] | None = None
     escrow_label: str = "escrow"
+    #: Escrow for rotate-db-password (the password on stdin, ROTATOR_SECRET=DB_PASSWORD). Its own
+    #: setting: the key's escrow_command would store the password where the key is kept.
+    db_password_escrow_command: list[str] | None = None
     backup_command: list[str] | None = None
     hook_timeout_s: float = Field(default=300.0, gt=0)
     #: ``.env`` keeps its owner, group and mode; ``env_mode``/``env_group`` are the hygiene a

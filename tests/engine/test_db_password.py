@@ -73,7 +73,7 @@ def escrow_to(path: Path) -> list[str]:
 def test_rotate_db_password_changes_the_login_and_env_and_the_panel_keeps_working(panel_factory):
     panel = panel_factory(rows=2, server=True)
     escrowed = panel.root / "escrowed"
-    profile = panel.write_profile(escrow_command=escrow_to(escrowed))
+    profile = panel.write_profile(db_password_escrow_command=escrow_to(escrowed))
     original, old = panel.env_path.read_bytes(), panel.db.password
 
     plan = run_engine(profile, "plan", "--db-password", "--json")

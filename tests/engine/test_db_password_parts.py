@@ -64,7 +64,7 @@ def test_a_failed_escrow_changes_nothing(panel_factory):
     """The escrow hook fails: the password was never changed, .env is as it was, the old
     password still logs in, and the archive says ROLLED_BACK."""
     panel = panel_factory(rows=1)
-    profile = panel.write_profile(escrow_command=["false"])
+    profile = panel.write_profile(db_password_escrow_command=["false"])
     original = panel.env_path.read_bytes()
 
     run = run_engine(profile, "rotate-db-password", "--yes", "--json")
@@ -76,3 +76,20 @@ def test_a_failed_escrow_changes_nothing(panel_factory):
     archive = json.loads(next((panel.root / "journal" / "done").glob("*.json")).read_text())
     assert archive["trail"] == ["STAGED", "ROLLING_BACK", "ROLLED_BACK"]
     assert run.leaks() == []
+
+
+def test_a_key_escrow_without_a_password_escrow_is_refused_before_any_change(panel_factory):
+    """escrow_command alone (the key's) would store the password where the key is kept:
+    plan and run refuse, naming db_password_escrow_command; nothing changes."""
+    panel = panel_factory(rows=1)
+    stored = panel.root / "key-escrow"
+    profile = panel.write_profile(escrow_command=["sh", "-c", f"cat > {stored}"])
+    original = panel.env_path.read_bytes()
+
+    plan = run_engine(profile, "plan", "--db-password", "--json")
+    run = run_engine(profile, "rotate-db-password", "--yes", "--json")
+
+    assert (plan.returncode, run.returncode) == (2, 2)
+    assert "db_password_escrow_command" in run.closing["message"]
+    assert not stored.exists() and panel.env_path.read_bytes() == original
+    assert not (panel.root / "journal" / "db-password.json").exists()
