@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -335,3 +336,24 @@ def test_an_unknown_step_up_method_is_named_in_the_error(tmp_path: Path) -> None
     }
     with pytest.raises(SettingsError, match=r"step_up: Input should be 'none' or 'totp'"):
         load_settings(env)
+
+
+def test_one_code_submitted_for_two_requests_at_once_approves_one(
+    step_up_bot: MakeBot, secret_registry: SecretRegistry
+) -> None:
+    """Two submissions race with the same code (as two replicas would see them): one wins."""
+    bot = step_up_bot()
+    totp = enroll(bot, BOB, secret_registry)
+    first = bot.request_key()
+    second = bot.request_key(f"{PANEL} second rotation, INC-4413")
+    code = totp.now()
+    threads = [threading.Thread(target=submit_code, args=(bot, rid, BOB, code)) for rid, _ in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    bot.fake.wait_text("chat.postEphemeral", "already used", user=BOB)
+    wait_until(lambda: len(audit(bot, "request.approved")) == 1)
+    states = [str(bot.state(rid)) for rid, _ in (first, second)]
+    assert states.count("pending") == 1
+    assert len(audit(bot, "request.approved")) == 1
