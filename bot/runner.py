@@ -441,7 +441,7 @@ def run_request(request: RotationRequest) -> Request:
             reason=request.reason,
             plan_hash=plan.engine_plan_hash or None,
             key_fingerprint=plan.key_fingerprint or None,
-            agents=list(plan.agents),
+            agents=_inline_agents(plan.agents),
             password_fingerprint=plan.password_fingerprint or None,
         )
     return Request(
@@ -456,6 +456,15 @@ def run_request(request: RotationRequest) -> Request:
         agents=None if rotate_key else list(plan.agents),
         all_agents=False if rotate_key else request.all_agents,
     )
+
+
+#: Agent names a rotate-incident request lists; more would not fit the engine's 16 KiB request
+#: line, and the plan hash binds the exact list anyway (the engine then says plan_mismatch).
+INLINE_AGENTS_MAX_CHARS = 8000
+
+
+def _inline_agents(agents: tuple[str, ...]) -> list[str] | None:
+    return list(agents) if sum(len(a) + 3 for a in agents) <= INLINE_AGENTS_MAX_CHARS else None
 
 
 def _events(make: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[dict[str, Any]]:

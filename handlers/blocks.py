@@ -81,6 +81,8 @@ def _title_state(request: RotationRequest) -> tuple[str, str]:
     pending_icon = icons.get(request.op, ":key:")
     if state == State.FAILED:
         if outcome.get("partial"):
+            if request.op == "rotate-incident":
+                return ":warning:", "stopped"
             if outcome.get("code") == "agent_unverified":
                 return ":grey_question:", "finished, not verified"
             return ":warning:", "finished with failures"

@@ -132,6 +132,8 @@ def test_a_failure_in_the_middle_part_says_what_is_left(make_bot: MakeBot) -> No
 
     final = bot.fake.wait_text("chat.postMessage", ":warning: Incident rotation stopped")
     text = final.all_text()
+    wait_until(lambda: "Incident rotation (DB password, key, agent tokens) stopped: panel prod-eu"
+               in bot.fake.latest_card(CHANNEL, ts).text)  # fmt: skip
     assert ":white_check_mark: database password: done, verified" in text
     assert ":rotating_light: encryption key: failed, rolled back" in text
     assert ":white_square: agent tokens: not started, untouched" in text
@@ -233,3 +235,26 @@ def test_over_the_real_engine_the_passwords_never_reach_slack(
     assert "agent tokens: skipped · no [agents] section in the profile" in last
     assert "user `" + sandbox.db.user + "`" in final.text
     assert [] == secret_registry.scan(json.dumps([c.params for c in bot.fake.calls], ensure_ascii=False))
+
+
+def test_card_checklist_and_summary_stay_within_slack_limits_whatever_the_plan(make_bot: MakeBot) -> None:
+    """500 agents, 60 secret-looking keys with long names, a long DB user and long errors: the
+    strict fake Web API accepts every card, checklist and summary (Slack refuses the whole
+    message otherwise)."""
+    host = _engine(incident_stopped_at_key)
+    plan = incident_plan_result(agents=tuple(f"agent-{i:03d}.eu-west-1.compute.internal" for i in range(500)))
+    plan["manual"] += [{"name": f"VENDOR_{'X' * 100}_{i}_SECRET", "action": "rotate at its issuer"} for i in range(60)]
+    plan["db_user"] = "u" * 300
+    plan["parts"][0]["db_user"] = "u" * 300
+    host.plan_result = plan
+    bot = make_bot(engine=host)
+    request_id, ts = _request(bot)
+    bot.approve(request_id, ts, BOB)
+
+    bot.fake.wait_text("chat.postMessage", ":warning: Incident rotation stopped")
+    wait_until(lambda: bot.state(request_id) == "failed")
+    sent = [c for c in bot.fake.calls if c.method in ("chat.postMessage", "chat.update")]
+    assert [] == [c.response.get("error") for c in sent if not c.ok]
+    assert "… and 47 more keys: rotate at their issuers" in bot.fake.latest_card(CHANNEL, ts).all_text()
+    # 500 long names would not fit one request line: the run names them by the plan hash alone
+    assert ([], None) == (host.refusals, host.ops("rotate-incident")[-1].agents)

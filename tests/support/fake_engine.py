@@ -338,7 +338,10 @@ class FakeEngineHost:
         try:
             protocol.parse_request_line(line)
             if request.op in protocol.RUN_OPS and not request.dry_run:
-                protocol.check_run(request, self.binding(request))
+                binding = self.binding(request)
+                if request.op == "rotate-incident" and request.agents is None:  # as engine.incident
+                    request = request.replace(agents=binding["agents"])
+                protocol.check_run(request, binding)
         except protocol.RequestError as exc:
             self.refusals.append((request.id, exc.code))
             return protocol.error_event(exc.code, exc.message)
