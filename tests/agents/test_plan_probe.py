@@ -116,6 +116,7 @@ def test_probe_says_the_profile_matches_the_reference_panel(
 
     assert run.closing["agents"] == {
         "checked": True,
+        "configured": True,  # the profile has an [agents] section: the doctor checks agents
         "ok": True,
         "problems": [],
         "install_token_provider": "sql",
