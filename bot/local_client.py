@@ -28,12 +28,11 @@ from bot.errors import (
     RemoteEngineError,
 )
 from engine.hooks import hook_environ
-from engine.protocol import CLOSING_TYPES, PROTOCOL_VERSION, Request, decode_event, redact
+from engine.protocol import CLOSING_TYPES, MUTATING_OPS, PROTOCOL_VERSION, Request, decode_event, redact
 
 log = logging.getLogger(__name__)
 stderr_log = logging.getLogger("bot.engine_stderr")
 
-MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "recover"})
 
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from engine.dbpassword import PasswordPreflight
     from engine.preflight import Preflight
 
-MUTATING = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password", "recover"})
+MUTATING = protocol.MUTATING_OPS
 
 
 def new_rotation_id() -> str:

@@ -51,6 +51,9 @@ OPERATIONS: tuple[str, ...] = (
     "recover",
     "attach",
 )
+#: Operations that change the panel: they outlive their connection (serve, the bot's clients,
+#: the host's run record). The one list; engine.serve, engine.ops and bot.local_client use it.
+MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password", "recover"})
 #: Operations that run an approved plan, and so must name it.
 RUN_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password"})
 

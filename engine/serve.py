@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     RunOperation = Callable[[protocol.Request, Profile, Emitter], dict[str, Any]]
 
-MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-db-password", "recover"})
+MUTATING_OPS = protocol.MUTATING_OPS
 REQUEST_TIMEOUT_S = 60
 ATTACH_POLL_S = 1.0
 

@@ -93,3 +93,16 @@ def test_a_key_escrow_without_a_password_escrow_is_refused_before_any_change(pan
     assert "db_password_escrow_command" in run.closing["message"]
     assert not stored.exists() and panel.env_path.read_bytes() == original
     assert not (panel.root / "journal" / "db-password.json").exists()
+
+
+@pytest.mark.parametrize("op", ["rotate-db-password", "rotate-incident"])
+def test_every_changing_operation_outlives_its_connection_on_both_sides(op):
+    """serve (engine) and the bot's local client agree that the new operations change the
+    panel: a dropped connection must not stop them, and a client re-attaches."""
+    from bot.local_client import is_mutating as bot_side
+    from engine.protocol import Request
+    from engine.serve import is_mutating as engine_side
+
+    request = Request(v=1, id="r-1", op=op)
+    assert engine_side(request) and bot_side(request)
+    assert not engine_side(request.replace(dry_run=True))
