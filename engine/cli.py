@@ -32,9 +32,9 @@ exit status:
   0  done and verified; --dry-run: it would succeed; recover: nothing is unfinished
      and every stored value opens with the key in .env; probe: one layout opens them all
   1  failed: rolled back and verified, or nothing was changed (answering "no" too)
+     rotate-incident: a part failed (the result says which parts are done and what is left)
   2  bad usage or settings: the command line, the profile, or a file or user it
      names (a missing .env, an unknown env_owner, a bad column); nothing was changed
-     rotate-incident: a part failed (the result says which parts are done and what is left)
   3  a rotation is unfinished or its rollback failed: run recover
   4  rotate-agent: no agent failed, but some could not be verified ("could not verify")"""
 MARKS = {"ok": "✔", "failed": "✖", "skipped": "–", "started": "▶"}
