@@ -28,6 +28,19 @@ def test_the_shipped_example_profile_is_valid():
     assert profile.name == "prod-eu"
 
 
+def test_uncommenting_the_example_columns_block_sets_the_columns(tmp_path):
+    """An operator who uncomments ``columns = [...]`` gets it at the top level, not under a table."""
+    lines = (REPO / "deploy" / "panel-profile.example.toml").read_text().splitlines()
+    start = lines.index("# columns = [")
+    end = lines.index("# ]", start)
+    lines[start : end + 1] = [line[2:] for line in lines[start : end + 1]]
+    edited = tmp_path / "panel.toml"
+    edited.write_text("\n".join(lines) + "\n")
+    profile = load_profile(edited)
+    assert [c.label for c in profile.columns][-1] == "custom_secrets.value"
+    assert profile.columns[-1].primary_key == "secret_id"
+
+
 @pytest.mark.parametrize(
     ("settings", "named"),
     [
