@@ -175,6 +175,15 @@ def _channel(body: dict[str, Any]) -> str:
     )
 
 
+def _answer_channel(deps: HandlerDeps, channel: str, request_id: str) -> str:
+    """Where to answer a click: its channel, or for a click on the Home tab (which has
+    none) the request's own channel, so a refusal is never sent nowhere."""
+    if channel:
+        return channel
+    request = deps.store.get(request_id)
+    return request.channel_id if request else ""
+
+
 def register(app: App, deps: HandlerDeps) -> None:
     """Attach the buttons and the deny modal to ``app`` (ack first, then ``deps.after_ack``)."""
     client = deps.client
@@ -183,9 +192,10 @@ def register(app: App, deps: HandlerDeps) -> None:
         ack()
         person = person_from_interaction(body)
         request_id = _action_value(body)
-        channel = _channel(body)
+        clicked_in = _channel(body)
 
         def approve_once() -> None:
+            channel = _answer_channel(deps, clicked_in, request_id)
             with cards.reporting_errors(client, channel, person.user_id, f"approve {request_id}"):
                 outcome = approve(deps, request_id, person)
                 if outcome.needs_code is not None:
@@ -243,9 +253,10 @@ def register(app: App, deps: HandlerDeps) -> None:
         ack()
         person = person_from_interaction(body)
         request_id = _action_value(body)
-        channel = _channel(body)
+        clicked_in = _channel(body)
 
         def open_deny_modal() -> None:
+            channel = _answer_channel(deps, clicked_in, request_id)
             with cards.reporting_errors(client, channel, person.user_id, f"deny {request_id}"):
                 refusal, request = may_deny(deps, request_id, person)
                 if request is None:

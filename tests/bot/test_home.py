@@ -14,7 +14,7 @@ from typing import Any
 from bot.fakes.slack_api import Call
 from bot.settings import load_settings
 from handlers import home
-from handlers.blocks import APPROVE_ACTION
+from handlers.blocks import APPROVE_ACTION, DENY_ACTION
 from tests.bot.conftest import ALICE, BOB, CHANNEL, DAVE, PANEL, MakeBot, wait_until, write_config
 from tests.support.fake_engine import FakeEngineHost
 
@@ -276,3 +276,21 @@ def test_max_key_age_days_is_set_per_panel(tmp_path: Path) -> None:
     }
     settings = load_settings(env)
     assert (365 * DAY, 90 * DAY) == (settings.max_key_age_s("prod-eu"), settings.max_key_age_s("prod-us"))
+
+
+def test_a_refusal_for_a_click_on_the_home_tab_reaches_the_person(make_bot: MakeBot) -> None:
+    """A Home-tab click has no channel: the requester's own Approve and a non-approver's Deny
+    are still answered, privately, in the request's channel, and change nothing."""
+    bot = make_bot()
+    request_id, _ = bot.request_key()
+
+    bot.slack.click_in_home(APPROVE_ACTION, request_id, ALICE)
+    bot.slack.click_in_home(DENY_ACTION, request_id, DAVE)
+
+    to_alice = bot.fake.wait_for(
+        "chat.postEphemeral", lambda c: c.params.get("user") == ALICE and "someone else" in c.text
+    )[0]
+    to_dave = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == DAVE)[0]
+    assert (to_alice.params["channel"], to_dave.params["channel"]) == (CHANNEL, CHANNEL)
+    assert "can deny rotations" in to_dave.text
+    assert bot.state(request_id) == "pending" and bot.fake.calls_to("views.open") == []
