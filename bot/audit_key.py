@@ -76,22 +76,31 @@ def write_key_file(path: Path, key: AuditKey) -> None:
         out.write(key.hex() + "\n")
 
 
-def load_audit_key(environ: Mapping[str, str] | None = None) -> AuditKey:
-    """The key from ``ROTATOR_AUDIT_KEY_FILE`` or ``ROTATOR_AUDIT_KEY``; a clear error if neither."""
-    env = os.environ if environ is None else environ
-    path = env.get(KEY_FILE_ENV)
+def read_key_hex(env: Mapping[str, str], file_env: str, value_env: str) -> tuple[str, str] | None:
+    """The hex text of a key kept outside the store, and where it came from, or None if unset.
+
+    From the file named by ``file_env``, else from ``value_env`` itself (the audit key and
+    the enrollment key are both given this way).
+    """
+    path = env.get(file_env)
     if path:
         try:
             text = Path(path).read_text(encoding="ascii")
         except FileNotFoundError:
-            raise SettingsError(f"{KEY_FILE_ENV}: file {path} does not exist") from None
+            raise SettingsError(f"{file_env}: file {path} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not a key file"
-            raise SettingsError(f"{KEY_FILE_ENV}: cannot read {path} ({reason})") from None
-        return AuditKey.from_hex(text, f"{KEY_FILE_ENV} ({path})")
-    value = env.get(KEY_ENV)
-    if value:
-        return AuditKey.from_hex(value, KEY_ENV)
+            raise SettingsError(f"{file_env}: cannot read {path} ({reason})") from None
+        return text, f"{file_env} ({path})"
+    value = env.get(value_env)
+    return (value, value_env) if value else None
+
+
+def load_audit_key(environ: Mapping[str, str] | None = None) -> AuditKey:
+    """The key from ``ROTATOR_AUDIT_KEY_FILE`` or ``ROTATOR_AUDIT_KEY``; a clear error if neither."""
+    found = read_key_hex(os.environ if environ is None else environ, KEY_FILE_ENV, KEY_ENV)
+    if found:
+        return AuditKey.from_hex(*found)
     raise SettingsError(
         f"{KEY_FILE_ENV} is not set: the audit log is signed with a key kept outside the "
         f"store. Create one with `python -m bot audit keygen /etc/myosicam-rotator/audit.key` "

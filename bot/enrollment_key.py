@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bot.audit_key import read_key_hex
 from bot.errors import SettingsError, StoreError
 
 KEY_FILE_ENV = "ROTATOR_ENROLLMENT_KEY_FILE"
@@ -87,20 +87,9 @@ def _aad(owner: str) -> bytes:
 
 def load_enrollment_key(environ: Mapping[str, str] | None = None) -> EnrollmentKey:
     """The key from ``ROTATOR_ENROLLMENT_KEY_FILE`` or ``ROTATOR_ENROLLMENT_KEY``; a clear error if neither."""
-    env = os.environ if environ is None else environ
-    path = env.get(KEY_FILE_ENV)
-    if path:
-        try:
-            text = Path(path).read_text(encoding="ascii")
-        except FileNotFoundError:
-            raise SettingsError(f"{KEY_FILE_ENV}: file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not a key file"
-            raise SettingsError(f"{KEY_FILE_ENV}: cannot read {path} ({reason})") from None
-        return EnrollmentKey.from_hex(text, f"{KEY_FILE_ENV} ({path})")
-    value = env.get(KEY_ENV)
-    if value:
-        return EnrollmentKey.from_hex(value, KEY_ENV)
+    found = read_key_hex(os.environ if environ is None else environ, KEY_FILE_ENV, KEY_ENV)
+    if found:
+        return EnrollmentKey.from_hex(*found)
     raise SettingsError(
         f'step_up = "totp" needs {KEY_FILE_ENV}: approvers\' TOTP secrets are encrypted with a '
         "key kept outside the store. Create one with `python -m bot audit keygen "
