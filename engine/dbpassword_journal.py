@@ -17,13 +17,11 @@ Files in ``journal_dir``::
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import EngineError
-from engine.journal import _fsync_dir, write_private
+from engine.journal import RecordFiles
 
 STATES = (
     "PREFLIGHT",
@@ -68,44 +66,17 @@ class PasswordRecord:
         return data
 
 
-class PasswordJournal:
+class PasswordJournal(RecordFiles[PasswordRecord]):
+    record_type = PasswordRecord
+    holds = "the database passwords"
+
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.current = directory / "db-password.json"
         self.env_backup = directory / "db-password-env.backup"
         self.done_dir = directory / "done"
 
-    def load(self) -> PasswordRecord | None:
-        try:
-            raw = self.current.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return PasswordRecord(**json.loads(raw))
-        except (ValueError, TypeError):
-            raise EngineError(
-                f"the journal {self.current} is damaged; it holds the database passwords of an "
-                "unfinished rotation: keep it and contact support"
-            ) from None
-
-    def save(self, record: PasswordRecord) -> None:
-        if not record.trail or record.trail[-1] != record.state:
-            record.trail.append(record.state)
-        write_private(self.current, json.dumps(asdict(record)).encode())
-
     def finish(self, record: PasswordRecord) -> None:
         """Archive without passwords, then drop the passwords and the .env backup."""
-        self.done_dir.mkdir(mode=0o700, exist_ok=True)
-        write_private(self.done_dir / f"{record.rotation_id}.json", json.dumps(record.public()).encode())
-        self.current.unlink(missing_ok=True)
-        self.env_backup.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
-
-    def save_env_backup(self, data: bytes) -> None:
-        write_private(self.env_backup, data)
-
-    def read_env_backup(self) -> bytes | None:
-        try:
-            return self.env_backup.read_bytes()
-        except FileNotFoundError:
-            return None
+        self.archive(record)
+        self.drop_current()

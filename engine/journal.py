@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from engine.envfile import replace_in
 from engine.errors import EngineError, LockedError
@@ -114,7 +114,73 @@ class JournalRecord:
         return data
 
 
-class Journal:
+class _Record(Protocol):
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    rotation_id: str
+    state: str
+    trail: list[str]
+
+    def public(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=_Record)
+
+
+class RecordFiles(Generic[R]):
+    """An unfinished rotation's record and ``.env`` backup in the journal folder, and its
+    archive without secrets: the one code for the key's journal and the DB password's."""
+
+    dir: Path
+    current: Path
+    env_backup: Path
+    done_dir: Path
+    #: The record's dataclass, and what its file holds (named when the file is damaged).
+    record_type: type[R]
+    holds: str
+
+    def load(self) -> R | None:
+        try:
+            raw = self.current.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return self.record_type(**json.loads(raw))
+        except (ValueError, TypeError):
+            raise EngineError(
+                f"the journal {self.current} is damaged; it holds {self.holds} of an unfinished "
+                "rotation: keep it and contact support"
+            ) from None
+
+    def save(self, record: R) -> None:
+        if not record.trail or record.trail[-1] != record.state:
+            record.trail.append(record.state)
+        write_private(self.current, json.dumps(asdict(record)).encode())
+
+    def archive(self, record: R) -> None:
+        """``done/<id>.json``: the record without its secrets."""
+        self.done_dir.mkdir(mode=0o700, exist_ok=True)
+        write_private(self.done_dir / f"{record.rotation_id}.json", json.dumps(record.public()).encode())
+
+    def drop_current(self) -> None:
+        """The record and the ``.env`` backup removed (the secrets with them), durably."""
+        self.current.unlink(missing_ok=True)
+        self.env_backup.unlink(missing_ok=True)
+        _fsync_dir(self.dir)
+
+    def save_env_backup(self, data: bytes) -> None:
+        write_private(self.env_backup, data)
+
+    def read_env_backup(self) -> bytes | None:
+        try:
+            return self.env_backup.read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+class Journal(RecordFiles[JournalRecord]):
+    record_type = JournalRecord
+    holds = "the keys"
+
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.current = directory / "rotation.json"
@@ -182,34 +248,11 @@ class Journal:
             self._lock_fd = None
 
     # -- the unfinished rotation ---------------------------------------------
-    def load(self) -> JournalRecord | None:
-        try:
-            raw = self.current.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return JournalRecord(**json.loads(raw))
-        except (ValueError, TypeError) as exc:
-            raise EngineError(
-                f"the journal {self.current} is damaged; it holds the keys of an unfinished "
-                "rotation: keep it and contact support"
-            ) from exc
-
-    def save(self, record: JournalRecord) -> None:
-        if not record.trail or record.trail[-1] != record.state:
-            record.trail.append(record.state)
-        write_private(self.current, json.dumps(asdict(record)).encode())
-
     def finish(self, record: JournalRecord) -> None:
         """Archive without keys, remember fingerprints, drop the keys and backup."""
-        self.done_dir.mkdir(mode=0o700, exist_ok=True)
-        write_private(
-            self.done_dir / f"{record.rotation_id}.json", json.dumps(record.public()).encode()
-        )
+        self.archive(record)
         self.remember(record.old_fingerprint, record.new_fingerprint)
-        self.current.unlink(missing_ok=True)
-        self.env_backup.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        self.drop_current()
 
     # -- key history (fingerprints only) -------------------------------------
     def history(self) -> list[str]:
@@ -227,15 +270,6 @@ class Journal:
             if fp not in known:
                 known.append(fp)
         write_private(self.history_file, json.dumps(known).encode())
-
-    def save_env_backup(self, data: bytes) -> None:
-        write_private(self.env_backup, data)
-
-    def read_env_backup(self) -> bytes | None:
-        try:
-            return self.env_backup.read_bytes()
-        except FileNotFoundError:
-            return None
 
     def finished(self, limit: int = 5) -> list[dict[str, Any]]:
         if not self.done_dir.exists():
