@@ -419,44 +419,27 @@ def run_request(request: RotationRequest) -> Request:
     (the engine's plan hash, the current key or the exact agents), which the engine
     re-checks in the same process before it changes anything."""
     plan = request.plan
-    rotate_key = request.op == "rotate-key"
+    common: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "id": request.id,
+        "op": request.op,
+        "requested_by": request.requester.user_id,
+        "approved_by": [a.person.user_id for a in request.approvals if a.person][:20],
+        "reason": request.reason,
+        "plan_hash": plan.engine_plan_hash or None,
+    }
     if request.op == "rotate-db-password":  # the login's current password, by fingerprint
-        return Request(
-            v=PROTOCOL_VERSION,
-            id=request.id,
-            op=request.op,
-            requested_by=request.requester.user_id,
-            approved_by=[a.person.user_id for a in request.approvals if a.person][:20],
-            reason=request.reason,
-            plan_hash=plan.engine_plan_hash or None,
-            password_fingerprint=plan.password_fingerprint or None,
-        )
+        return Request(**common, password_fingerprint=plan.password_fingerprint or None)
     if request.op == "rotate-incident":  # the key and the exact agents, both bound
         return Request(
-            v=PROTOCOL_VERSION,
-            id=request.id,
-            op=request.op,
-            requested_by=request.requester.user_id,
-            approved_by=[a.person.user_id for a in request.approvals if a.person][:20],
-            reason=request.reason,
-            plan_hash=plan.engine_plan_hash or None,
+            **common,
             key_fingerprint=plan.key_fingerprint or None,
             agents=_inline_agents(plan.agents),
             password_fingerprint=plan.password_fingerprint or None,
         )
-    return Request(
-        v=PROTOCOL_VERSION,
-        id=request.id,
-        op=request.op,
-        requested_by=request.requester.user_id,
-        approved_by=[a.person.user_id for a in request.approvals if a.person][:20],
-        reason=request.reason,
-        plan_hash=plan.engine_plan_hash or None,
-        key_fingerprint=(plan.key_fingerprint or None) if rotate_key else None,
-        agents=None if rotate_key else list(plan.agents),
-        all_agents=False if rotate_key else request.all_agents,
-    )
-
+    if request.op == "rotate-key":
+        return Request(**common, key_fingerprint=plan.key_fingerprint or None)
+    return Request(**common, agents=list(plan.agents), all_agents=request.all_agents)
 
 #: Agent names a rotate-incident request lists; more would not fit the engine's 16 KiB request
 #: line, and the plan hash binds the exact list anyway (the engine then says plan_mismatch).
