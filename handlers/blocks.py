@@ -145,11 +145,7 @@ def plan_lines(plan: PlanView) -> str:
         lines.append(f"• layout: {layout} · current key {m.short_fp(plan.key_fingerprint)}")
     for warning in plan.warnings[:10]:
         lines.append(f"• :warning: {m.esc(warning)}")
-    host = m.esc(plan.panel_host or plan.panel)
-    lines.append(
-        f"• panel host {host} · host key {m.esc(plan.host_key_fingerprint or '(unknown)')} · "
-        f"engine {m.esc(plan.engine_version or '(unknown)')}"
-    )
+    lines.append(m.plan_host_line(plan))
     return "\n".join(lines)
 
 

@@ -98,11 +98,7 @@ def plan_lines(plan: PlanView) -> str:
         lines.append(f"• :warning: {m.esc(warning)}")
     lines.append("*This tool can't rotate these; a person must:*")
     lines += manual_lines(plan.manual)
-    host = m.esc(plan.panel_host or plan.panel)
-    lines.append(
-        f"• panel host {host} · host key {m.esc(plan.host_key_fingerprint or '(unknown)')} · "
-        f"engine {m.esc(plan.engine_version or '(unknown)')}"
-    )
+    lines.append(m.plan_host_line(plan))
     return "\n".join(lines)
 
 
@@ -119,11 +115,7 @@ def db_plan_lines(plan: PlanView) -> str:
     ]
     for warning in plan.warnings[:10]:
         lines.append(f"• :warning: {m.esc(warning)}")
-    host = m.esc(plan.panel_host or plan.panel)
-    lines.append(
-        f"• panel host {host} · host key {m.esc(plan.host_key_fingerprint or '(unknown)')} · "
-        f"engine {m.esc(plan.engine_version or '(unknown)')}"
-    )
+    lines.append(m.plan_host_line(plan))
     return "\n".join(lines)
 
 

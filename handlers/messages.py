@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.protocol import AGENT_STEPS, KEY_STEPS
 from engine.words import plural as plural  # one way to count, in the engine and in Slack
+
+if TYPE_CHECKING:
+    from handlers.plan import PlanView
 
 # --- small formatters -------------------------------------------------------------------
 
@@ -923,3 +926,12 @@ def enroll_reset_done(user: str) -> str:
 
 def enroll_reset_none(user: str) -> str:
     return f"{user} is not enrolled: nothing to reset."
+
+
+def plan_host_line(plan: PlanView) -> str:
+    """The card's last plan line: where the run goes (host, pinned host key, engine version)."""
+    host = esc(plan.panel_host or plan.panel)
+    return (
+        f"• panel host {host} · host key {esc(plan.host_key_fingerprint or '(unknown)')} · "
+        f"engine {esc(plan.engine_version or '(unknown)')}"
+    )
