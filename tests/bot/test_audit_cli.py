@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,19 +15,9 @@ from bot.audit_slack import anchors_from_slack
 from bot.fakes.slack_api import FakeSlack
 from bot.store import open_store
 from tests.bot.conftest import AUDIT_KEY, BOB, CHANNEL, MakeBot, wait_until
+from tests.support.procs import run_bot as run
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from bot.fakes.slack_api import FakeSlack
 from bot.fakes.slack_signing import SlackSender
 from tests.bot.conftest import AUDIT_KEY, SlackSecrets, write_config
 from tests.support.panel import free_port
+from tests.support.procs import run_bot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,17 +34,6 @@ def bot_env(tmp_path: Path, fake_slack: FakeSlack, slack_secrets: SlackSecrets) 
         "ROTATOR_CONFIG": str(config),
         "ROTATOR_AUDIT_KEY": AUDIT_KEY.hex(),
     }
-
-
-def run_bot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture

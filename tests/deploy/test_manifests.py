@@ -60,36 +60,30 @@ def called_web_api_methods() -> set[str]:
     return found
 
 
-def registered_commands() -> set[str]:
-    """Every ``app.command("/x")`` in the handlers."""
+def _registered(method: str) -> set[str]:
+    """Every first argument of ``app.<method>("x")`` in the handlers."""
     found = set()
     for path in (REPO / "handlers").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "command"
+                and node.func.attr == method
                 and node.args
                 and isinstance(node.args[0], ast.Constant)
             ):
                 found.add(str(node.args[0].value))
     return found
+
+
+def registered_commands() -> set[str]:
+    """Every ``app.command("/x")`` in the handlers."""
+    return _registered("command")
 
 
 def registered_events() -> set[str]:
     """Every ``app.event("x")`` in the handlers."""
-    found = set()
-    for path in (REPO / "handlers").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "event"
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-            ):
-                found.add(str(node.args[0].value))
-    return found
+    return _registered("event")
 
 
 def needed_scopes() -> set[str]:

@@ -7,12 +7,27 @@ it here in state ``T`` and then SIGKILLs it (a crash) or SIGCONTs it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bot ARGS`` from the repository with exactly ``env``, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def wait_until(
