@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import qrcode
@@ -25,7 +24,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from handlers import cards
 from handlers import messages as m
-from handlers.ports import Directory, HandlerDeps, Person, mention_list, new_reference
+from handlers.ports import HandlerDeps, Person, is_listed, mention_list, new_reference
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +38,6 @@ def qr_png(uri: str) -> bytes:
     out = io.BytesIO()
     image.save(out)
     return out.getvalue()
-
-
-def is_admin(entries: Sequence[str], person: Person, directory: Directory) -> bool:
-    for entry in entries:
-        if entry.startswith("S"):
-            if person.user_id in directory.group_members(entry):
-                return True
-        elif entry.rsplit("/", 1)[-1] == person.user_id:
-            return True
-    return False
 
 
 def target_user(text: str) -> str | None:
@@ -90,7 +79,7 @@ def reset(deps: HandlerDeps, person: Person, channel: str, user_id: str) -> None
     step_up = deps.step_up
     assert step_up is not None
     client = deps.client
-    if not is_admin(step_up.admins, person, deps.directory):
+    if not is_listed(step_up.admins, person, deps.directory):
         cards.tell(client, channel, person.user_id, m.enroll_reset_not_admin(mention_list(step_up.admins)))
         return
     target = f"<@{user_id}>"

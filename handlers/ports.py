@@ -237,6 +237,17 @@ class DirectoryUnavailable(UserFacingError):
     code = "directory_unavailable"
 
 
+def is_listed(entries: Sequence[str], person: Person, directory: Directory) -> bool:
+    """``person`` is one of ``entries``: a user id, a ``T…/U…`` user, or a member of an ``S…`` group."""
+    for entry in entries:
+        if entry.startswith("S"):
+            if person.user_id in directory.group_members(entry):
+                return True
+        elif entry.rsplit("/", 1)[-1] == person.user_id:
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
     """Who may request and approve, how many approvals, for how long a request waits.
@@ -254,20 +265,11 @@ class AccessPolicy:
     expiry_s: float = 30 * 60
     max_pending_per_user: int = 5
 
-    def _matches(self, entries: Sequence[str], person: Person, directory: Directory) -> bool:
-        for entry in entries:
-            if entry.startswith("S"):
-                if person.user_id in directory.group_members(entry):
-                    return True
-            elif entry.rsplit("/", 1)[-1] == person.user_id:
-                return True
-        return False
-
     def may_request(self, person: Person, directory: Directory) -> bool:
-        return not self.requesters or self._matches(self.requesters, person, directory)
+        return not self.requesters or is_listed(self.requesters, person, directory)
 
     def may_approve(self, person: Person, directory: Directory) -> bool:
-        return self._matches(self.approvers, person, directory)
+        return is_listed(self.approvers, person, directory)
 
     def channel_allowed(self, channel_id: str) -> bool:
         return not self.channels or channel_id in self.channels

@@ -348,14 +348,8 @@ def stop(state: Path) -> None:
 
 
 def restart(state: Path, fpm: bool) -> None:
-    config = _load(state)
-    if fpm or config.get("mode") == "fpm":
-        _stop(state, "php-fpm")
-        _start_fpm(state, config)
-        _start_nginx(state, config)
-    else:
-        _stop(state, "panel")
-        _start_php_s(state, config)
+    stop_app(state, fpm)
+    start_app(state, fpm)
 
 
 def stop_app(state: Path, fpm: bool) -> None:
@@ -364,12 +358,7 @@ def stop_app(state: Path, fpm: bool) -> None:
 
 
 def start_app(state: Path, fpm: bool) -> None:
-    config = _load(state)
-    if fpm or config.get("mode") == "fpm":
-        _start_fpm(state, config)
-        _start_nginx(state, config)
-    else:
-        _start_php_s(state, config)
+    start(state, fpm)
 
 
 def status(state: Path) -> bool:
