@@ -291,6 +291,27 @@ def _env_to(ctx: Context, record: PasswordRecord, key: str, *, to: str, backup: 
     return True
 
 
+def _verify_step(ctx: Context, record: PasswordRecord, key: str) -> str:
+    """The ``db_verify`` step: the new password works from ``.env``, the old one is refused;
+    returns the panel check's result ("" when none is configured)."""
+    with ctx.step("db_verify", "a fresh login with the new password; the old one refused") as out:
+        check = _verify(ctx, record, key, expect="new")
+        out.detail = "new password works from .env · old password refused" + (
+            f" · panel check {check}" if check else ""
+        )
+    return check
+
+
+def _backup_step(ctx: Context, record: PasswordRecord) -> None:
+    """The ``db_backup`` step: the backup hook, or a skip when none is configured."""
+    with ctx.step("db_backup", "running the backup hook") as out:
+        if ctx.profile.backup_command:
+            _hook(ctx, "backup hook", ctx.profile.backup_command, record)
+            out.detail = "backup updated"
+        else:
+            out.skipped, out.detail = True, "no backup hook configured"
+
+
 def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> str:
     """A fresh login with the password read back from ``.env`` works and is the ``expect``ed
     one, the other password is refused, and the panel check passes."""
@@ -445,19 +466,10 @@ class DbPasswordRotation:
             record.restarted = True
         self._advance("RESTARTED")
 
-        with ctx.step("db_verify", "a fresh login with the new password; the old one refused") as out:
-            check = _verify(ctx, record, pre.password_key, expect="new")
-            out.detail = "new password works from .env · old password refused" + (
-                f" · panel check {check}" if check else ""
-            )
+        check = _verify_step(ctx, record, pre.password_key)
         self._advance("VERIFIED")
 
-        with ctx.step("db_backup", "running the backup hook") as out:
-            if profile.backup_command:
-                _hook(ctx, "backup hook", profile.backup_command, record)
-                out.detail = "backup updated"
-            else:
-                out.skipped, out.detail = True, "no backup hook configured"
+        _backup_step(ctx, record)
         self._advance("BACKED_UP")
 
         record.state = "DONE"
@@ -541,7 +553,7 @@ def roll_back(
 
 def roll_forward(ctx: Context, record: PasswordRecord, key: str) -> dict[str, Any]:
     """Finish a rotation whose new password already reached the server."""
-    profile, journal = ctx.profile, PasswordJournal(ctx.profile.journal_dir)
+    journal = PasswordJournal(ctx.profile.journal_dir)
     with ctx.step("db_change", "making the server take the new password") as out:
         _, settings, _ = settings_from_env(ctx)
         out.detail = _set_password(settings, record, to="new")
@@ -554,19 +566,10 @@ def roll_forward(ctx: Context, record: PasswordRecord, key: str) -> dict[str, An
         out.detail = _restart(ctx, record)
     record.state, record.restarted = "RESTARTED", True
     journal.save(record)
-    with ctx.step("db_verify", "a fresh login with the new password; the old one refused") as out:
-        check = _verify(ctx, record, key, expect="new")
-        out.detail = "new password works from .env · old password refused" + (
-            f" · panel check {check}" if check else ""
-        )
+    check = _verify_step(ctx, record, key)
     record.state = "VERIFIED"
     journal.save(record)
-    with ctx.step("db_backup", "running the backup hook") as out:
-        if profile.backup_command:
-            _hook(ctx, "backup hook", profile.backup_command, record)
-            out.detail = "backup updated"
-        else:
-            out.skipped, out.detail = True, "no backup hook configured"
+    _backup_step(ctx, record)
     record.state = "DONE"
     journal.save(record)
     journal.finish(record)
