@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,15 +98,10 @@ def store_url(given: str | None) -> str:
         raise SettingsError(
             f"no store: give --store URL, or set {STORE_ENV} or ROTATOR_CONFIG"
         )
+    from bot.settings import read_config_file  # pydantic: only when the store comes from the config
+
     path = Path(config)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"ROTATOR_CONFIG: file {path} does not exist") from None
-    except OSError as exc:
-        raise SettingsError(f"ROTATOR_CONFIG: cannot read {path} ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"ROTATOR_CONFIG ({path}): not valid TOML: {exc}") from None
+    raw = read_config_file(path)
     url = raw.get("store", DEFAULT_STORE)
     if not isinstance(url, str):
         raise SettingsError(f"ROTATOR_CONFIG ({path}): store: must be a URL")

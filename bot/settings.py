@@ -363,6 +363,18 @@ def _describe(exc: ValidationError, where: str, upper: bool) -> str:
     return "; ".join(problems)
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML that ``ROTATOR_CONFIG`` names; a clear error for a missing, unreadable or bad file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"ROTATOR_CONFIG: file {path} does not exist") from None
+    except OSError as exc:
+        raise SettingsError(f"ROTATOR_CONFIG: cannot read {path} ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"ROTATOR_CONFIG ({path}): not valid TOML: {exc}") from None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build ``Settings`` from ``environ`` (default ``os.environ``) and the TOML it names."""
     source = dict(os.environ if environ is None else environ)
@@ -374,14 +386,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         raise SettingsError(_describe(exc, "", upper=True)) from None
     path = env.rotator_config
-    try:
-        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"ROTATOR_CONFIG: file {path} does not exist") from None
-    except OSError as exc:
-        raise SettingsError(f"ROTATOR_CONFIG: cannot read {path} ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"ROTATOR_CONFIG ({path}): not valid TOML: {exc}") from None
+    raw = read_config_file(path)
     try:
         config = RotatorConfig.model_validate(raw)
     except ValidationError as exc:
