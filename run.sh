@@ -3,9 +3,13 @@
 # With Slack settings present it serves Slack; with none it plays the local demo.
 set -euo pipefail
 cd "$(dirname "$0")"
-if ! command -v php >/dev/null 2>&1 || ! php -m 2>/dev/null | grep -qi pdo_mysql; then
+need_apt=()
+command -v php >/dev/null 2>&1 && php -m 2>/dev/null | grep -qi pdo_mysql || need_apt+=(php-cli php-mysql)
+[ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-cli php-mysql >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 if ! mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1; then
     start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 need_apt=()
+[ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)  # with the mariadb client
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)  # setup-bot-host.sh's venv
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v php >/dev/null 2>&1 || need_apt+=(php-cli php-mysql)
 php -m 2>/dev/null | grep -qi pdo_mysql || need_apt+=(php-mysql)
