@@ -260,6 +260,7 @@ def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
 def _rotate_key(ctx: Context, request: Request, approved_fp: str) -> dict[str, Any]:
     """rotate-key, refusing (under its lock, after its preflight) a key that is not the planned one."""
     from engine.errors import PlanMismatchError
+    from engine.ops import run_options
     from engine.rotation import KeyRotation
 
     def same_key(pre: Any) -> None:
@@ -271,10 +272,7 @@ def _rotate_key(ctx: Context, request: Request, approved_fp: str) -> dict[str, A
                 [f"current key {approved_fp} -> {pre.key_fingerprint}"],
             )
 
-    return KeyRotation(
-        ctx, rotation_id=request.id, dry_run=False, requested_by=request.requested_by,
-        approved_by=list(request.approved_by), reason=request.reason, expect=same_key,
-    ).run()  # fmt: skip
+    return KeyRotation(ctx, **{**run_options(request), "dry_run": False}, expect=same_key).run()
 
 
 def _skip_reason(name: str, plan: dict[str, Any]) -> str | None:

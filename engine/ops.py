@@ -107,15 +107,18 @@ def _rotate_db_password(ctx: Context, request: Request) -> dict[str, Any]:
         if _names_a_plan(request):
             _refuse_mismatch(request, _db_password_binding(ctx, pre), _db_password_summary(ctx, pre))
 
-    return DbPasswordRotation(
-        ctx,
-        rotation_id=request.id,
-        dry_run=request.dry_run,
-        requested_by=request.requested_by,
-        approved_by=list(request.approved_by),
-        reason=request.reason,
-        expect=matches_the_approved_plan,
-    ).run()
+    return DbPasswordRotation(ctx, **run_options(request), expect=matches_the_approved_plan).run()
+
+
+def run_options(request: Request) -> dict[str, Any]:
+    """What every rotation takes from its request: id, dry run, who asked, who approved, why."""
+    return {
+        "rotation_id": request.id,
+        "dry_run": request.dry_run,
+        "requested_by": request.requested_by,
+        "approved_by": list(request.approved_by),
+        "reason": request.reason,
+    }
 
 
 def _agent_binding(ctx: Context, names: list[str]) -> dict[str, Any]:
@@ -253,15 +256,7 @@ def _rotate_key(ctx: Context, request: Request) -> dict[str, Any]:
         if _names_a_plan(request):
             _refuse_mismatch(request, _key_binding(ctx, pre), _key_plan(ctx, pre))
 
-    return KeyRotation(
-        ctx,
-        rotation_id=request.id,
-        dry_run=request.dry_run,
-        requested_by=request.requested_by,
-        approved_by=list(request.approved_by),
-        reason=request.reason,
-        expect=matches_the_approved_plan,
-    ).run()
+    return KeyRotation(ctx, **run_options(request), expect=matches_the_approved_plan).run()
 
 
 def _recover(ctx: Context, request: Request) -> dict[str, Any]:
