@@ -90,30 +90,36 @@ class DeadlineServer(TcpWSGIServer):  # type: ignore[misc]
     limits = HttpLimits()
 
     def maintenance(self, now: float) -> None:
+        """Close requests past their deadline, and idle connections while busy.
+
+        A connection seen while half the slots were taken keeps the short deadline
+        after the pressure drops: otherwise closing the first slow clients would
+        hand the rest the long one again, and a pass that ran a moment early
+        would decide who is cut off.
+        """
         super().maintenance(now)
         channels = list(self.active_channels.values())
         limits = self.limits
         busy = len(channels) * 2 >= limits.max_connections
-        deadline = min(limits.request_timeout_s, limits.busy_timeout_s) if busy else None
-        request_cutoff = time.monotonic() - (deadline or limits.request_timeout_s)
+        short = min(limits.request_timeout_s, limits.busy_timeout_s)
+        clock = time.monotonic()
         idle_cutoff = now - limits.busy_timeout_s
         closed = 0
         for channel in channels:
             if channel.will_close:
                 continue
+            if busy:
+                channel.seen_busy = True
+            deadline = short if getattr(channel, "seen_busy", False) else limits.request_timeout_s
             request = channel.request
-            if request is not None and request.started < request_cutoff:
+            if request is not None and request.started < clock - deadline:
                 channel.will_close = True
                 closed += 1
             elif busy and request is None and not channel.requests:
                 if channel.last_activity < idle_cutoff:
                     channel.will_close = True
         if closed:
-            log.info(
-                "closed %d connection(s) whose request took over %.1f s",
-                closed,
-                deadline or limits.request_timeout_s,
-            )
+            log.info("closed %d connection(s) whose request outlasted its deadline", closed)
 
 
 def wsgi_app(
