@@ -63,7 +63,7 @@ def _env_names(ctx: Context) -> list[str]:
 
 
 def _agents_configured(ctx: Context) -> bool:
-    return "agents" in ctx.profile.model_fields_set
+    return "agents" in ctx.profile.fields_set
 
 
 def _db_password_available() -> bool:

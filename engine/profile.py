@@ -2,21 +2,24 @@
 
 Every setting has a documented default matching a stock panel; ``probe``
 checks the profile against the live panel. Validation errors name the field.
-"""
 
-from __future__ import annotations
+Plain Python (engine.settings_schema), not pydantic: the engine is an SSH forced
+command and pydantic's import and model building were 120-250 ms of its start-up.
+No ``from __future__ import annotations`` here: the settings classes read their
+annotations when first used, and evaluating them from strings cost ~3 ms a run.
+"""
 
 import re
 import shlex
 import string
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from typing import Annotated, Any, ClassVar, Literal
 
 from engine.cipher import Scheme
 from engine.errors import ProfileError
+from engine.settings_schema import Before, Check, Match, MinLen, Range, Settings, SettingsError, setting
 
 DEFAULT_COLUMNS: tuple[str, ...] = (
     "oscam_installs.webif_password",
@@ -29,14 +32,13 @@ DEFAULT_COLUMNS: tuple[str, ...] = (
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 #: ``restart_command = "auto"`` as stored: resolved on the host (engine.restart).
 AUTO_RESTART = ["auto"]
-Ident = Annotated[str, Field(pattern=_IDENT)]
+Ident = Annotated[str, Match(_IDENT, "an SQL name: a letter or _, then letters, digits or _ (64 at most)")]
+Port = Annotated[int, Range(ge=1, le=65535)]
+Seconds = Annotated[float, Range(gt=0)]
+Argv = Annotated[list[str], MinLen(1)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ColumnSpec(_Strict):
+class ColumnSpec(Settings):
     table: Ident
     column: Ident
     primary_key: Ident = "id"
@@ -46,16 +48,16 @@ class ColumnSpec(_Strict):
         return f"{self.table}.{self.column}"
 
 
-class DatabaseSettings(_Strict):
+class DatabaseSettings(Settings):
     """Explicit connection settings; any left out are read from ``.env``."""
 
     host: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Port | None = None
     name: str | None = None
     user: str | None = None
-    password: str | None = Field(default=None, repr=False)
+    password: str | None = setting(default=None, repr=False)
     unix_socket: str | None = None
-    env_keys: dict[str, str] = Field(
+    env_keys: dict[str, str] = setting(
         default_factory=lambda: {
             "host": "DB_HOST",
             "port": "DB_PORT",
@@ -64,7 +66,7 @@ class DatabaseSettings(_Strict):
             "password": "DB_PASSWORD",
         }
     )
-    connect_timeout_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: Seconds = 10.0
 
 
 #: Agent names the engine works with: letters, digits, and `` ._:@+-`` (no quote, no shell
@@ -113,7 +115,30 @@ def check_bootstrap_template(template: str, placeholders: tuple[str, ...]) -> st
     return template
 
 
-class AgentSettings(_Strict):
+def _a_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc})") from None
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+def _bootstrap_template(value: str) -> str:
+    return check_bootstrap_template(value, AgentSettings.PLACEHOLDERS)
+
+
+Regex = Annotated[str, Check(_a_regex)]
+HttpUrl = Annotated[str, Check(_http_url)]
+BootstrapTemplate = Annotated[str, Check(_bootstrap_template)]
+
+
+class AgentSettings(Settings):
     """Agent token rotation (docs/architecture.md §5); defaults match the reference panel.
 
     Every setting is explained in deploy/panel-profile.example.toml (``[agents]``)
@@ -143,11 +168,11 @@ class AgentSettings(_Strict):
       checks the database only.
     """
 
-    class InventoryEntry(_Strict):
+    class InventoryEntry(Settings):
         """How to reach one agent server when ``ssh_source = "inventory"``."""
 
         host: str
-        port: int = Field(default=22, ge=1, le=65535)
+        port: Port = 22
         user: str | None = None
         key_file: Path | None = None
 
@@ -161,8 +186,8 @@ class AgentSettings(_Strict):
     server_column: Ident = "server_id"
     last_seen_column: Ident = "last_seen"
     last_seen_utc: bool = True
-    agent_name_pattern: str = DEFAULT_AGENT_NAME_PATTERN
-    all_name_pattern: str | None = None
+    agent_name_pattern: Regex = DEFAULT_AGENT_NAME_PATTERN
+    all_name_pattern: Regex | None = None
     all_filter_column: Ident | None = None
     all_filter_value: str | int | bool | None = None
     install_token_provider: Literal["sql", "command"] = "sql"
@@ -173,17 +198,17 @@ class AgentSettings(_Strict):
     install_token_used_column: Ident = "used_at"
     install_token_command: list[str] | None = None
     install_token_revoke_command: list[str] | None = None
-    install_token_ttl_s: int = Field(default=900, gt=0)
-    panel_url: str = "http://127.0.0.1"
-    heartbeat_url: str | None = None
+    install_token_ttl_s: Annotated[int, Range(gt=0)] = 900
+    panel_url: HttpUrl = "http://127.0.0.1"
+    heartbeat_url: HttpUrl | None = None
     old_token_check: Literal["heartbeat", "command", "none"] = "heartbeat"
     old_token_check_command: list[str] | None = None
     reregister_check_command: list[str] | None = None
-    bootstrap_command: str = "myosicam-agent-bootstrap --panel {panel_url} --agent-id {agent_id}"
-    bootstrap_timeout_s: float = Field(default=120.0, gt=0)
+    bootstrap_command: BootstrapTemplate = "myosicam-agent-bootstrap --panel {panel_url} --agent-id {agent_id}"
+    bootstrap_timeout_s: Seconds = 120.0
     forward_bootstrap_output: bool = False
-    reregister_timeout_s: float = Field(default=120.0, gt=0)
-    parallelism: int = Field(default=4, ge=1, le=64)
+    reregister_timeout_s: Seconds = 120.0
+    parallelism: Annotated[int, Range(ge=1, le=64)] = 4
     ssh_source: Literal["panel", "inventory"] = "panel"
     server_table: Ident = "saved_servers"
     server_id_column: Ident = "id"
@@ -193,148 +218,113 @@ class AgentSettings(_Strict):
     server_user_column: Ident = "ssh_user"
     server_credential_column: Ident = "ssh_credential_encrypted"
     known_hosts: Path | None = None
-    inventory: dict[str, InventoryEntry] = Field(default_factory=dict)
-    ssh_timeout_s: float = Field(default=10.0, gt=0)
-    check_timeout_s: float = Field(default=30.0, gt=0)
+    inventory: dict[str, InventoryEntry] = setting(default_factory=dict)
+    ssh_timeout_s: Seconds = 10.0
+    check_timeout_s: Seconds = 30.0
 
-    @field_validator("bootstrap_command")
-    @classmethod
-    def _known_placeholders(cls, value: str) -> str:
-        return check_bootstrap_template(value, cls.PLACEHOLDERS)
-
-    @field_validator("agent_name_pattern", "all_name_pattern")
-    @classmethod
-    def _a_regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"is not a valid regular expression ({exc})") from None
-        return value
-
-    @field_validator("panel_url", "heartbeat_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return value
-
-    @model_validator(mode="after")
-    def _commands_given(self) -> AgentSettings:
+    def _cross_checks(self) -> Iterator[tuple[str, str]]:
         if self.install_token_provider == "command" and not self.install_token_command:
-            raise ValueError("install_token_provider = \"command\" needs install_token_command")
+            yield "install_token_command", 'install_token_provider = "command" needs install_token_command'
         if self.old_token_check == "command" and not self.old_token_check_command:
-            raise ValueError("old_token_check = \"command\" needs old_token_check_command")
+            yield "old_token_check_command", 'old_token_check = "command" needs old_token_check_command'
         if (self.all_filter_column is None) != (self.all_filter_value is None):
-            raise ValueError("all_filter_column and all_filter_value go together")
-        return self
+            missing = "all_filter_value" if self.all_filter_value is None else "all_filter_column"
+            yield missing, "all_filter_column and all_filter_value go together: give both or neither"
 
     @property
     def check_url(self) -> str:
         return self.heartbeat_url or self.panel_url.rstrip("/") + "/agents/heartbeat"
 
 
-class Profile(_Strict):
-    #: the file this profile was read from, for the commands the engine tells people to run
-    _source: str = PrivateAttr(default="")
+def _column_from_string(value: object) -> object:
+    """``"table.column"`` is short for ``{table = "table", column = "column"}``."""
+    if isinstance(value, str):
+        table, dot, column = value.partition(".")
+        if not dot:
+            raise ValueError(f"column {value!r} must be written table.column")
+        return {"table": table, "column": column}
+    return value
+
+
+def _known_scheme(value: str) -> str:
+    if value != "auto":
+        Scheme.parse(value)
+    return value
+
+
+def _octal_mode(value: str) -> str:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError("must be an octal mode such as 0640") from None
+    if mode & ~0o777 or mode & 0o002:
+        raise ValueError("must be a file mode no wider than 0775 and not world-writable")
+    return value
+
+
+def _auto_restart(value: object) -> object:
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError('must be an argv list such as ["systemctl", "restart", "php8.3-fpm"], or "auto"')
+        return list(AUTO_RESTART)
+    return value
+
+
+def _default_columns() -> list[ColumnSpec]:
+    return [ColumnSpec(table=c.split(".")[0], column=c.split(".")[1]) for c in DEFAULT_COLUMNS]
+
+
+class Profile(Settings):
+    #: the file this profile was read from (set by load_profile), for the commands the engine
+    #: tells people to run; not a setting (a ``_`` name), and ``replace`` keeps it
+    _source = ""
 
     name: str = "panel"
     panel_root: Path
     env_file: Path | None = None
     key_name: str = "PANEL_ENCRYPTION_KEY"
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    columns: list[ColumnSpec] = Field(
-        default_factory=lambda: [
-            ColumnSpec(table=c.split(".")[0], column=c.split(".")[1]) for c in DEFAULT_COLUMNS
-        ]
-    )
-    ciphertext: str = "auto"
+    database: DatabaseSettings = setting(default_factory=DatabaseSettings)
+    columns: list[Annotated[ColumnSpec, Before(_column_from_string)]] = setting(default_factory=_default_columns)
+    ciphertext: Annotated[str, Check(_known_scheme)] = "auto"
     #: An argv list, or ``"auto"`` (kept as ``AUTO_RESTART``): the one php*-fpm unit, found
     #: on the host by engine.restart, which also checks the target exists before a run.
-    restart_command: list[str] = Field(
-        default_factory=lambda: ["systemctl", "restart", "php8.3-fpm"], min_length=1
+    restart_command: Annotated[Argv, Before(_auto_restart)] = setting(
+        default_factory=lambda: ["systemctl", "restart", "php8.3-fpm"]
     )
-    restart_timeout_s: float = Field(default=60.0, gt=0)
+    restart_timeout_s: Seconds = 60.0
     #: The restart split in two, so the commit lands while no worker runs (DESIGN.md
     #: section 4). Unset, they are derived from ``systemctl restart UNIT``;
     #: ``restart_split = false`` keeps the one restart command.
-    restart_stop_command: list[str] | None = Field(default=None, min_length=1)
-    restart_start_command: list[str] | None = Field(default=None, min_length=1)
+    restart_stop_command: Argv | None = None
+    restart_start_command: Argv | None = None
     restart_split: bool = True
     verify_url: str | None = None
     verify_command: list[str] | None = None
-    verify_timeout_s: float = Field(default=15.0, gt=0)
+    verify_timeout_s: Seconds = 15.0
     escrow_command: list[str] | None = None
     escrow_label: str = "escrow"
     #: Escrow for rotate-db-password (the password on stdin, ROTATOR_SECRET=DB_PASSWORD). Its own
     #: setting: the key's escrow_command would store the password where the key is kept.
     db_password_escrow_command: list[str] | None = None
     backup_command: list[str] | None = None
-    hook_timeout_s: float = Field(default=300.0, gt=0)
+    hook_timeout_s: Seconds = 300.0
     #: ``.env`` keeps its owner, group and mode; ``env_mode``/``env_group`` are the hygiene a
     #: looser file is tightened to; only root or ``env_owner`` may own ``.env`` and its folder.
     env_owner: str = "www-data"
     env_group: str = "www-data"
-    env_mode: str = "0640"
+    env_mode: Annotated[str, Check(_octal_mode)] = "0640"
     journal_dir: Path = Path("/var/lib/myosicam-rotator")
-    batch_size: int = Field(default=5000, ge=1, le=100_000)
-    agents: AgentSettings = Field(default_factory=AgentSettings)
+    batch_size: Annotated[int, Range(ge=1, le=100_000)] = 5000
+    agents: AgentSettings = setting(default_factory=AgentSettings)
 
-    @field_validator("columns", mode="before")
-    @classmethod
-    def _columns_from_strings(cls, value: object) -> object:
-        if isinstance(value, list):
-            out: list[object] = []
-            for item in value:
-                if isinstance(item, str):
-                    table, dot, column = item.partition(".")
-                    if not dot:
-                        raise ValueError(f"column {item!r} must be written table.column")
-                    out.append({"table": table, "column": column})
-                else:
-                    out.append(item)
-            return out
-        return value
-
-    @field_validator("ciphertext")
-    @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if value != "auto":
-            Scheme.parse(value)
-        return value
-
-    @field_validator("env_mode")
-    @classmethod
-    def _octal_mode(cls, value: str) -> str:
-        try:
-            mode = int(value, 8)
-        except ValueError:
-            raise ValueError("must be an octal mode such as 0640") from None
-        if mode & ~0o777 or mode & 0o002:
-            raise ValueError("must be a file mode no wider than 0775 and not world-writable")
-        return value
-
-    @field_validator("restart_command", mode="before")
-    @classmethod
-    def _auto_restart(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value != "auto":
-                raise ValueError('must be an argv list such as ["systemctl", "restart", "php8.3-fpm"], or "auto"')
-            return list(AUTO_RESTART)
-        return value
-
-    @model_validator(mode="after")
-    def _restart_halves_together(self) -> Profile:
+    def _cross_checks(self) -> Iterator[tuple[str, str]]:
         if (self.restart_stop_command is None) != (self.restart_start_command is None):
-            raise ValueError("restart_stop_command and restart_start_command go together: give both or neither")
-        return self
-
-    @model_validator(mode="after")
-    def _unique_columns(self) -> Profile:
+            missing = "restart_start_command" if self.restart_start_command is None else "restart_stop_command"
+            yield missing, "restart_stop_command and restart_start_command go together: give both or neither"
         labels = [c.label for c in self.columns]
-        if len(set(labels)) != len(labels):
-            raise ValueError("columns lists the same table.column twice")
-        return self
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            yield "columns", f"lists the same table.column twice ({', '.join(twice)})"
 
     @property
     def env_path(self) -> Path:
@@ -382,18 +372,15 @@ def load_profile(path: str | Path) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"panel profile {path} is not valid TOML: {exc}") from exc
     profile = profile_from_dict(data, source=str(path))
-    profile._source = str(path)
+    object.__setattr__(profile, "_source", str(path))  # frozen for settings, not for this note
     return profile
 
 
-def profile_from_dict(data: dict[str, object], source: str = "profile") -> Profile:
+def profile_from_dict(data: dict[str, Any], source: str = "profile") -> Profile:
     try:
-        return Profile.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_input=False, include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{where}: {err['msg']}")
+        return Profile(**data)
+    except SettingsError as exc:
+        problems = [f"{where}: {message}" for where, message in exc.described()]
         raise ProfileError(f"{source} has bad settings: " + "; ".join(problems)) from None
 
 

@@ -71,7 +71,7 @@ def resolved(profile: Profile) -> Profile:
         command = resolve_auto()
     except HookError:
         return profile
-    return profile.model_copy(update={"restart_command": command})
+    return profile.replace(restart_command=command)
 
 
 def _unit_of(argv: list[str]) -> str | None:

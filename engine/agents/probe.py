@@ -70,7 +70,7 @@ def probe_agents(ctx: Context, db: PanelDB) -> dict[str, Any]:
     report: dict[str, Any] = {
         "checked": True,
         # the profile has an [agents] section: without one, a panel without agents is fine
-        "configured": "agents" in ctx.profile.model_fields_set,
+        "configured": "agents" in ctx.profile.fields_set,
         "ok": not problems,
         "problems": problems,
         "install_token_provider": s.install_token_provider,

@@ -73,7 +73,7 @@ def test_bootstrap_output_is_reduced_to_its_last_line_without_tokens() -> None:
         ({"bootstrap_command": "boot {panel_url} {token}"}, "unknown placeholder 'token'"),
         ({"panel_url": "ftp://panel"}, "must be an http(s) URL"),
         ({"install_token_provider": "command"}, "needs install_token_command"),
-        ({"inventory": {"a": {"port": 22}}}, "agents.inventory.a.host: Field required"),
+        ({"inventory": {"a": {"port": 22}}}, "agents.inventory.a.host: is required"),
     ],
 )
 def test_bad_agent_settings_are_refused_when_the_profile_loads(agents: dict[str, object], problem: str) -> None:
