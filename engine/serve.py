@@ -36,7 +36,7 @@ from engine.protocol import redact
 
 # Only what answering ``hello`` needs is imported above (the SSH forced command
 # starts once per run, and its start-up is on every run's critical path);
-# the profile (pydantic), the database (PyMySQL) and the crypto come later.
+# the profile, the database (PyMySQL) and the crypto come later.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -226,7 +226,7 @@ def dispatch(
     if request.op == "hello":
         data = {"engine": __version__, "protocol": list(protocol.SUPPORTED_VERSIONS)}
         return emitter.emit(protocol.result_event("hello", **data))
-    from engine.profile import load_profile  # pydantic: only once an operation needs it
+    from engine.profile import load_profile  # only once an operation needs it
 
     profile = load_profile(profile_path)
     if request.op == "attach":
