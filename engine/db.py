@@ -5,11 +5,17 @@ Writes are batched: each column's new ciphertexts go into a temporary table
 by multi-row INSERTs (PyMySQL's ``executemany`` batches only INSERT), then one
 ``UPDATE ... JOIN`` applies them to the rows locked by the reads.
 Reads are keyset-paginated so memory stays flat however many rows there are.
+
+TLS: over a Unix socket or loopback the connection is plain. PyMySQL 2 otherwise
+tries TLS ("preferred") on every connection and, to do so, loads the system's CA
+store each time: 43 ms per connection measured here, for a channel that never
+leaves the host. A remote database keeps PyMySQL's default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,6 +134,16 @@ def _translate(exc: Exception, doing: str) -> DatabaseError:
     return DatabaseError(f"database error while {doing} ({detail})")
 
 
+def is_local(settings: ConnectionSettings) -> bool:
+    """A Unix socket or a loopback address: the connection never leaves the host."""
+    if settings.unix_socket or settings.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        return False
+
+
 class PanelDB:
     """One connection to the panel database, autocommit off."""
 
@@ -144,6 +160,7 @@ class PanelDB:
                 connect_timeout=settings.connect_timeout_s,
                 charset="utf8mb4",
                 autocommit=False,
+                ssl_disabled=is_local(settings) or None,
             )
         except pymysql.MySQLError as exc:
             raise _translate(exc, f"connecting to {settings.host}:{settings.port}") from exc
@@ -326,10 +343,16 @@ class PanelDB:
     def apply_staged(self, spec: ColumnSpec) -> int:
         """One UPDATE ... JOIN. The rows were read ``FOR UPDATE`` in this transaction,
         so none changed since. The staging rows are kept: ``changed_since_staged``
-        compares against them."""
+        compares against them.
+
+        ``STRAIGHT_JOIN`` keeps the panel's table first in the join. Left to itself,
+        MariaDB 10.11 drives the join from the staging table whenever the column
+        has NULL or empty rows between the values, and then defers every row's
+        update through an internal temporary table: 80k values took 1.2-1.5 s
+        that way, 0.23-0.35 s with the table first (measured here, same data)."""
         name = self._temp_name(spec)
         return self.execute(
-            f"UPDATE `{spec.table}` AS t JOIN `{name}` AS s ON t.`{spec.primary_key}` = s.k "
+            f"UPDATE `{spec.table}` AS t STRAIGHT_JOIN `{name}` AS s ON t.`{spec.primary_key}` = s.k "
             f"SET t.`{spec.column}` = s.new_v",
             doing=f"writing new values to {spec.label}",
         )

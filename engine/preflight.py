@@ -6,12 +6,13 @@ request card before anyone approves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine import __version__, envfile, restart
 from engine.cipher import Codec, Scheme
 from engine.context import Context
+from engine.db import PanelDB
 from engine.errors import UndecryptableError
 from engine.probe import require_transactions
 from engine.profile import ColumnSpec
@@ -29,6 +30,8 @@ class Preflight:
     columns: list[ColumnSpec]
     missing: list[str]
     counts: dict[str, int]
+    #: the preflight's open connection, when asked to keep it (``keep_connection``)
+    db: PanelDB | None = field(default=None, repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -47,7 +50,12 @@ class Preflight:
         }
 
 
-def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) -> Preflight:
+def run_preflight(
+    ctx: Context, *, lock_note: str, write_checks: bool = True, keep_connection: bool = False
+) -> Preflight:
+    """With ``keep_connection``, the preflight's database connection stays open in
+    ``Preflight.db`` for the caller (a rotation goes on with it: one connection per
+    run, each costs a login); on any refusal it is closed."""
     profile = ctx.profile
     with ctx.step("preflight", "checking .env, the database and every stored value") as out:
         env_bytes = envfile.read(profile.env_path)
@@ -56,13 +64,16 @@ def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) ->
             envfile.check_writable(profile.env_path, ctx.ownership())
             restart.check_target(profile)
         db = ctx.connect()
+        kept = False
         try:
             columns, missing = ctx.columns(db)
             require_transactions(db, columns)
             scheme = ctx.scheme(db, columns, key_hex)
             found = census(db, columns, Codec(scheme, key_hex), None, profile.batch_size)
+            kept = keep_connection and not found.n_neither
         finally:
-            db.close()
+            if not kept:
+                db.close()
         if found.n_neither:
             raise UndecryptableError(
                 f"{plural(found.n_neither, 'stored value')} "
@@ -78,6 +89,7 @@ def run_preflight(ctx: Context, *, lock_note: str, write_checks: bool = True) ->
             columns=columns,
             missing=missing,
             counts=dict(found.target),
+            db=db if kept else None,
         )
         opens = verb(pre.total, "opens", "open")
         out.detail = f"{plural(pre.total, 'value')} {opens} with the current key · {lock_note}"

@@ -100,7 +100,8 @@ class KeyRotation:
                     f"unfinished: run `{engine_command(self.ctx.profile, 'recover')}` first"
                 )
             refuse_if_unfinished(self.ctx)  # a database password rotation, too
-            pre = run_preflight(self.ctx, lock_note="lock held")
+            pre = run_preflight(self.ctx, lock_note="lock held", keep_connection=not self.dry_run)
+            self.db = pre.db
             if self.expect is not None:
                 self.expect(pre)
             self.env_before = pre.env_bytes
@@ -173,8 +174,8 @@ class KeyRotation:
 
         old_codec = Codec(pre.scheme, old_key)
         new_codec = Codec(pre.scheme, new_key)
-        self.db = ctx.connect()
-        db = self.db
+        db = self.db or ctx.connect()  # the preflight's connection
+        self.db = db
 
         with ctx.step("reencrypt", f"re-encrypting {plural(pre.total, 'value')} in one transaction") as out:
             rewrite = reencrypt(
