@@ -12,12 +12,17 @@ window is as short as a commit.
 
 What each pass over the values proves:
 
-* preflight (read every value, open it with the key in ``.env``): every value
-  opens with the current key, before anything changes; else it refuses, naming
-  table, column and id.
-* reencrypt (read every value locked, open, seal, open again): every value we
-  write opens under the new key to the very plaintext its row held (the round
-  trip), and no row can change under us until the commit.
+* preflight, the one pass over the values (each read locked, opened with the key
+  in ``.env``, sealed under the new key, opened again, staged in a temporary
+  table): every value opens with the current key, else it refuses, naming table,
+  column and id, with nothing changed; every value staged opens under the new key
+  to the very plaintext its row held (the round trip); no row can change under us
+  until the commit. The new key exists only in memory until ``stage`` journals and
+  escrows it; no panel row holds it before then. The row locks are held from
+  here to the commit, escrow included: a panel user saving a credential meanwhile
+  waits for it (an escrow command is bounded by ``hook_timeout_s``).
+* reencrypt (the staged values applied to the locked rows, one UPDATE per column):
+  every staged row was written; none changed under the lock.
 * verify_db (no read: the server sums count, length and CRC32("key:value")):
   the rows store exactly the bytes sealed for them, before the commit.
 * sweep (the server's fingerprint of each column; where it changed, a join of
@@ -46,7 +51,6 @@ from engine.errors import (
     DatabaseError,
     EngineError,
     KeyReuseError,
-    UndecryptableError,
     UnfinishedRotationError,
     VerificationError,
 )
@@ -55,7 +59,7 @@ from engine.journal import JournalRecord
 from engine.preflight import Preflight, run_preflight
 from engine.profile import engine_command
 from engine.protocol import fingerprint
-from engine.scan import reencrypt, sweep
+from engine.scan import apply_staged, sweep
 from engine.verify import check_written, panel_check, verify_from_disk
 from engine.words import plural
 
@@ -100,7 +104,8 @@ class KeyRotation:
                     f"unfinished: run `{engine_command(self.ctx.profile, 'recover')}` first"
                 )
             refuse_if_unfinished(self.ctx)  # a database password rotation, too
-            pre = run_preflight(self.ctx, lock_note="lock held", keep_connection=not self.dry_run)
+            new_key = new_key_hex()
+            pre = run_preflight(self.ctx, lock_note="lock held", sealed_under=None if self.dry_run else new_key)
             self.db = pre.db
             if self.expect is not None:
                 self.expect(pre)
@@ -108,7 +113,7 @@ class KeyRotation:
             if self.dry_run:
                 return self._dry_run_result(pre)
             try:
-                return self._rotate(pre)
+                return self._rotate(pre, new_key)
             except EngineError as failure:
                 if self.record is None:
                     raise
@@ -132,13 +137,16 @@ class KeyRotation:
         }
 
     # -- the forward path ------------------------------------------------------------
-    def _rotate(self, pre: Preflight) -> dict[str, Any]:
+    def _rotate(self, pre: Preflight, new_key: str) -> dict[str, Any]:
+        """From a preflight that sealed and staged every value under ``new_key``, in
+        the transaction open on ``self.db``."""
         ctx, journal, profile = self.ctx, self.ctx.journal, self.profile
         old_key = pre.key_hex
         columns = pre.columns
+        assert self.db is not None and pre.staged is not None
+        db, rewrite = self.db, pre.staged
 
-        with ctx.step("stage", "generating and storing the new key") as out:
-            new_key = new_key_hex()
+        with ctx.step("stage", "storing the new key") as out:
             new_fp = fingerprint(new_key)
             if new_fp in journal.history() or new_key == old_key:
                 raise KeyReuseError("the generated key was used before on this panel; try again")
@@ -174,25 +182,9 @@ class KeyRotation:
 
         old_codec = Codec(pre.scheme, old_key)
         new_codec = Codec(pre.scheme, new_key)
-        db = self.db or ctx.connect()  # the preflight's connection
-        self.db = db
 
-        with ctx.step("reencrypt", f"re-encrypting {plural(pre.total, 'value')} in one transaction") as out:
-            rewrite = reencrypt(
-                db,
-                columns,
-                old_codec,
-                new_codec,
-                profile.batch_size,
-                progress=lambda done: ctx.emitter.progress("reencrypt", done, pre.total),
-                after_batch=lambda n: faults.checkpoint(f"reencrypt:batch:{n}"),
-            )
-            if rewrite.neither:
-                raise UndecryptableError(
-                    "values changed since preflight no longer open with the current key: "
-                    + ", ".join(rewrite.neither_at),
-                    rewrite.neither_at,
-                )
+        with ctx.step("reencrypt", f"writing {plural(rewrite.n_staged, 'value')} sealed under the new key") as out:
+            apply_staged(db, columns, rewrite, before_column=lambda label: faults.checkpoint(f"apply:{label}"))
             if rewrite.lost_race:
                 raise DatabaseError(f"{rewrite.lost_race} rows changed under the row lock; not writing")
             out.detail = f"re-encrypted {plural(rewrite.n_written, 'value')} in one transaction"

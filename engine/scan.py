@@ -149,10 +149,16 @@ class Rewrite:
     lost_race: int = 0
     roundtrip_failed: int = 0
     sealed: dict[str, Written] = field(default_factory=dict)
+    #: values staged per column, before ``apply_staged`` writes them
+    staged: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_written(self) -> int:
         return sum(self.written.values())
+
+    @property
+    def n_staged(self) -> int:
+        return sum(self.staged.values())
 
 
 @dataclass
@@ -200,7 +206,7 @@ def _seal_batch(
     return _Sealed(statements, len(out), kept, neither_at, n_neither, written, failed)
 
 
-def reencrypt(
+def seal_and_stage(
     db: PanelDB,
     columns: list[ColumnSpec],
     source: Codec,
@@ -210,9 +216,11 @@ def reencrypt(
     progress: Progress | None = None,
     after_batch: Callable[[int], None] | None = None,
 ) -> Rewrite:
-    """Inside one transaction (begun here, committed by the caller): every value
-    ``source`` opens is sealed under ``dest``; values ``dest`` already opens are
-    kept; values neither opens are counted and never touched.
+    """The one pass over every value, inside a transaction begun here: each value
+    ``source`` opens is sealed under ``dest`` and staged in the column's temporary
+    table; values ``dest`` already opens are kept; values neither opens are counted
+    and never touched. No row of the panel is written: ``apply_staged`` does that,
+    and the caller commits.
 
     Rows are read ``FOR UPDATE``, so a panel write to a row waits for our commit
     instead of racing us. The worker process (``engine.offload``) opens, seals
@@ -229,12 +237,12 @@ def reencrypt(
     with Offload(source, dest) as offload:
         for spec in columns:
             label, head = spec.label, db.staging_head(spec)
-            staged = 0
             sealed = result.sealed.setdefault(label, Written())
+            result.staged[label] = 0
             reads = _read(db, spec, batch, True, progress, done)
             for part in offload.map(_seal_batch, ((label, head, literal, rows) for rows in reads)):
                 db.stage(spec, part.statements)
-                staged += part.staged
+                result.staged[label] += part.staged
                 sealed.add(part.written)
                 result.roundtrip_failed += part.roundtrip_failed
                 result.kept[label] = result.kept.get(label, 0) + part.kept
@@ -246,10 +254,35 @@ def reencrypt(
                 batches += 1
                 if after_batch:
                     after_batch(batches)
-            changed = db.apply_staged(spec) if staged else 0
-            result.lost_race += staged - changed
-            result.written[label] = changed
     return result
+
+
+def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite,
+                 before_column: Callable[[str], None] | None = None) -> Rewrite:
+    """Write what ``seal_and_stage`` staged to the panel's rows (still uncommitted)."""
+    for spec in columns:
+        staged = result.staged.get(spec.label, 0)
+        if before_column:
+            before_column(spec.label)
+        changed = db.apply_staged(spec) if staged else 0
+        result.lost_race += staged - changed
+        result.written[spec.label] = changed
+    return result
+
+
+def reencrypt(
+    db: PanelDB,
+    columns: list[ColumnSpec],
+    source: Codec,
+    dest: Codec,
+    batch: int,
+    *,
+    progress: Progress | None = None,
+    after_batch: Callable[[int], None] | None = None,
+) -> Rewrite:
+    """``seal_and_stage`` then ``apply_staged``, in one transaction the caller commits."""
+    staged = seal_and_stage(db, columns, source, dest, batch, progress=progress, after_batch=after_batch)
+    return apply_staged(db, columns, staged)
 
 
 def sweep(

@@ -16,8 +16,8 @@ from tests.support.secrets_scan import register_secret
 #: Crash point -> the key `recover` (without --rollback) should converge to.
 CRASH_POINTS = {
     "state:STAGED": "old",
-    "reencrypt:batch:1": "old",
-    "reencrypt:batch:3": "old",
+    "apply:oscam_installs.webif_password": "old",
+    "apply:email_settings.mailgun_api_key": "old",
     "state:REENCRYPTED": "old",
     "state:DB_VERIFIED": "old",
     "state:ENV_WRITTEN": "new",
@@ -39,6 +39,28 @@ def _journal_keys(panel):
     record = json.loads((panel.root / "journal" / "rotation.json").read_text())
     register_secret(record["new_key"], "new PANEL_ENCRYPTION_KEY (journal)")
     return record["old_key"], record["new_key"]
+
+
+@pytest.mark.parametrize("point", ["reencrypt:batch:1", "reencrypt:batch:3"])
+def test_a_crash_during_the_pass_before_the_key_is_journaled_changes_nothing(panel_factory, point):
+    """Killed while it reads, seals and stages (the new key only in memory): no row,
+    no journal, no escrow holds the new key; `recover` finds nothing to do and
+    verifies every value under the old key."""
+    panel = panel_factory(rows=8, server=True)
+    old_key, rows = panel.env_key(), panel.stored_values()
+    profile = panel.write_profile(batch_size=4)
+    crash = crash_at(profile, point, "rotate-key", "--yes", "--json")
+
+    assert crash.returncode == -9
+    assert wait_until(lambda: not _engine_processes(profile), 5, what="no engine process (nor its crypto worker) left")
+    assert not (panel.root / "journal" / "rotation.json").exists()
+    assert panel.stored_values() == rows
+    run = run_engine(profile, "recover", "--json")
+    assert run.returncode == 0, run.stderr
+    assert panel.env_key() == old_key
+    assert panel.php_check_all() == []
+    assert panel.health()[0] == 200
+    assert run.leaks() == [] and crash.leaks() == []
 
 
 @pytest.mark.parametrize("point", list(CRASH_POINTS))
@@ -94,8 +116,9 @@ def test_recover_after_a_crash_mid_split_restart(panel_factory, point):
 
 
 @pytest.mark.parametrize(
-    "point", ["reencrypt:batch:2", "state:DB_VERIFIED", "commit:before", "state:SWEPT", "restart:stopped",
-              "commit:done"],
+    "point",
+    ["apply:email_settings.smtp_password", "state:DB_VERIFIED", "commit:before", "state:SWEPT",
+     "restart:stopped", "commit:done"],
 )
 def test_recover_rollback_always_returns_to_the_old_key(panel_factory, point):
     panel = panel_factory(rows=8, server=True)

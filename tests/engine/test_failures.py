@@ -103,19 +103,43 @@ def test_full_disk_on_env_write_rolls_back(panel_factory, tmp_path):
         panel.env_path.write_bytes(final)
 
 
-def test_database_connection_lost_mid_transaction_rolls_back(panel_factory):
-    """The engine's connection is killed while it re-encrypts: nothing was committed,
-    the engine says so and verifies the old key."""
-    panel = panel_factory(rows=30)
-    old_key = panel.env_key()
-    profile = panel.write_profile(batch_size=10)
-    engine = start_paused(profile, "reencrypt:batch:1", "rotate-key", "--yes", "--json")
+def _kill_connections_of(user: str) -> None:
     admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
     with admin.cursor() as cur:
-        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (panel.db.user,))
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
         for (thread,) in cur.fetchall():
             cur.execute(f"KILL {int(thread)}")
     admin.close()
+
+
+def test_database_connection_lost_mid_pass_changes_nothing(panel_factory):
+    """The engine's connection is killed while it reads, seals and stages (the preflight's
+    pass, before the new key is journaled): nothing was written, no journal is left,
+    the engine says what happened."""
+    panel = panel_factory(rows=30)
+    old_key, rows = panel.env_key(), panel.stored_values()
+    profile = panel.write_profile(batch_size=10)
+    engine = start_paused(profile, "reencrypt:batch:1", "rotate-key", "--yes", "--json")
+    _kill_connections_of(panel.db.user)
+    run = finish(engine)
+
+    assert run.returncode == 1
+    assert run.closing["code"] == "database"
+    assert "lost the database connection" in run.closing["message"]
+    assert run.closing["rolled_back"] is None  # nothing to roll back
+    assert run.steps("failed") == ["preflight"]
+    assert panel.stored_values() == rows
+    _assert_old_state_verified(panel, old_key, run)
+
+
+def test_database_connection_lost_while_writing_rolls_back(panel_factory):
+    """Killed once the new key is journaled, while the staged values are written to
+    the rows: nothing was committed, the engine rolls back and verifies the old key."""
+    panel = panel_factory(rows=30)
+    old_key = panel.env_key()
+    profile = panel.write_profile(batch_size=10)
+    engine = start_paused(profile, "apply:saved_servers.ssh_credential_encrypted", "rotate-key", "--yes", "--json")
+    _kill_connections_of(panel.db.user)
     run = finish(engine)
 
     assert run.returncode == 1
