@@ -340,3 +340,17 @@ def test_events_arrive_as_they_are_written_not_at_the_end(
 
     assert ["hello", "result"] == [kind for kind, _ in arrivals]
     assert arrivals[1][1] - arrivals[0][1] > 1.5
+
+
+def test_the_ssh_connection_is_dialled_with_nagle_off() -> None:
+    """Small handshake packets go out at once instead of waiting for delayed ACKs."""
+    import socket
+
+    from bot.ssh_client import _dial
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sock = _dial("127.0.0.1", server.getsockname()[1], 5.0)
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            sock.close()
