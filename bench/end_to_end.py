@@ -3,9 +3,11 @@
     python bench/end_to_end.py [--sizes 1000,10000,100000]
 
 For each size N: a reference panel (php-fpm behind nginx, as production serves
-it) with N credentials encrypted by PHP in MariaDB; a private OpenSSH sshd on a
-loopback port whose only door is the engine's forced command (as the test
-fixture starts it; needs root); the real bot over HTTP, configured with a
+it) with N credentials encrypted by PHP in MariaDB; a panel host as
+deploy/setup-panel-host.sh makes it (its own user with the login shell /bin/sh,
+``sudo -n`` to the engine wrapper) behind an OpenSSH sshd with Debian's stock
+``sshd_config`` on a loopback port (needs root; ``--lab-sshd``: the test fixture's
+root login instead); the real bot over HTTP, configured with a
 ``[panels.bench]`` entry with the host key pinned; Slack's Web API played by
 the recording fake in this process (``bot.demo.rehearsal``, as the demo does). Alice requests, Bob approves; the clock
 runs from Bob's click to the summary reply in the thread, and PHP then checks
@@ -51,6 +53,7 @@ from bot.fakes.slack_api import Call
 from engine.protocol import Request
 from handlers.ports import State
 from tests.support.panel import build_panel
+from tests.support.panel_host import PanelHost, start_stock_sshd
 from tests.support.secrets_scan import SecretRegistry
 from tests.support.sshd import SSHServer, engine_command
 
@@ -125,7 +128,35 @@ class Measurement:
         return max(self.seconds, key=lambda stage: self.seconds[stage])
 
 
-def measure(values: int, workdir: Path) -> Measurement:
+def panel_host_entry(stack: contextlib.ExitStack, workdir: Path, profile: Path) -> dict[str, Any]:
+    """The path a team takes: deploy/setup-panel-host.sh's user (login shell /bin/sh),
+    ``sudo -n`` to the engine wrapper, Debian's stock sshd_config (UsePAM yes)."""
+    host = PanelHost.under(workdir)
+    stack.callback(host.remove)
+    made = host.setup(profile=profile)
+    if made.returncode != 0:
+        raise SystemExit(f"setup-panel-host.sh failed:\n{made.stdout}{made.stderr}")
+    sshd = start_stock_sshd(workdir / "stock-sshd", host.user)
+    stack.callback(sshd.stop)
+    return {
+        "host": "127.0.0.1", "port": sshd.port, "user": host.user, "key_file": str(host.bot_key.private_path),
+        "known_hosts": str(sshd.known_hosts), "event_timeout_s": 1800.0,
+    }  # fmt: skip
+
+
+def lab_sshd_entry(stack: contextlib.ExitStack, workdir: Path, profile: Path) -> dict[str, Any]:
+    """The test fixture's sshd: root, the engine command forced directly (no sudo). Root's
+    own shell start-up (here: a bashrc running pyenv init, 350 ms) counts too."""
+    sshd = SSHServer.start(workdir / "sshd")
+    stack.callback(sshd.stop)
+    key = sshd.authorize("bot", engine_command(profile))
+    return {
+        "host": sshd.host, "port": sshd.port, "user": sshd.user, "key_file": str(key.private_path),
+        "known_hosts": str(sshd.known_hosts), "event_timeout_s": 1800.0,
+    }  # fmt: skip
+
+
+def measure(values: int, workdir: Path, lab: bool = False) -> Measurement:
     """One rotation of a panel of ``values`` credentials, from Bob's click to the summary."""
     with contextlib.ExitStack() as stack:
         started = time.monotonic()
@@ -134,13 +165,7 @@ def measure(values: int, workdir: Path) -> Measurement:
             blanks=False, registry=SecretRegistry(),
         )  # fmt: skip
         stack.callback(panel.close)
-        sshd = SSHServer.start(workdir / "sshd")
-        stack.callback(sshd.stop)
-        key = sshd.authorize("bot", engine_command(panel.profile_path))
-        entry = {
-            "host": sshd.host, "port": sshd.port, "user": sshd.user, "key_file": str(key.private_path),
-            "known_hosts": str(sshd.known_hosts), "event_timeout_s": 1800.0,
-        }  # fmt: skip
+        entry = (lab_sshd_entry if lab else panel_host_entry)(stack, workdir, panel.profile_path)
         tap = Tapped()
         bot = Rehearsal(
             workdir,
@@ -222,13 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sizes", default="1000,10000,100000", help="comma-separated panel sizes (values)"
     )
+    parser.add_argument(
+        "--lab-sshd", action="store_true",
+        help="log in as root through the test fixture's sshd instead of a host made by setup-panel-host.sh",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     results = []
     for values in sizes:
         print(f"panel of {values:,} values", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-            results.append(measure(values, Path(tmp)))
+            results.append(measure(values, Path(tmp), lab=args.lab_sshd))
         report(results[-1])
     table(results)
     return 0

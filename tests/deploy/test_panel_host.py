@@ -14,12 +14,9 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,118 +25,37 @@ from bot import doctor
 from bot.fakes.slack_api import FakeSlack
 from bot.inventory import PanelEntry
 from tests.bot.conftest import BOB, CHANNEL, PANEL, MakeBot, SlackSecrets, write_config
-from tests.support.panel import PanelSandbox, free_port
+from tests.support.panel import PanelSandbox
+from tests.support.panel_host import SCRIPT, PanelHost, StockSSHD, start_stock_sshd
 from tests.support.secrets_scan import SecretRegistry
 from tests.support.sshd import KeyPair, make_key
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "deploy" / "setup-panel-host.sh"
-STOCK_SSHD_CONFIG = next(
-    (p for p in (Path("/usr/share/openssh/sshd_config"), Path("/etc/ssh/sshd_config")) if p.exists()),
-    None,
-)
-
-
-@dataclass
-class PanelHost:
-    """What the script was told: a user of its own, paths under tmp, the bot's key."""
-
-    user: str
-    prefix: Path
-    config_dir: Path
-    state_dir: Path
-    sudoers: Path
-    bot_key: KeyPair
-
-    def setup(self, *extra: str, profile: Path | None = None) -> subprocess.CompletedProcess[str]:
-        argv = [
-            str(SCRIPT),
-            "--user", self.user,
-            "--prefix", str(self.prefix),
-            "--config-dir", str(self.config_dir),
-            "--state-dir", str(self.state_dir),
-            "--sudoers", str(self.sudoers),
-            "--engine-python", sys.executable,
-            "--from", "127.0.0.1",
-            *(["--profile", str(profile)] if profile else []),
-            *extra,
-            str(self.bot_key.private_path.with_suffix(".pub")),
-        ]  # fmt: skip
-        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
-
-    def shell(self) -> str:
-        return pwd.getpwnam(self.user).pw_shell
 
 
 @pytest.fixture
 def panel_host(tmp_path: Path) -> Iterator[PanelHost]:
     if os.geteuid() != 0:
         pytest.skip("the panel-host script runs as root")
-    host = PanelHost(
-        user=f"rt{secrets.token_hex(4)}",
-        prefix=tmp_path / "opt",
-        config_dir=tmp_path / "etc",
-        state_dir=tmp_path / "state",
-        sudoers=Path(f"/etc/sudoers.d/rotator-test-{secrets.token_hex(4)}"),
-        bot_key=make_key(tmp_path / "bot_key", comment="rotator-bot"),
-    )
+    host = PanelHost.under(tmp_path)
     yield host
-    host.sudoers.unlink(missing_ok=True)
-    subprocess.run(["userdel", "--remove", host.user], capture_output=True)
-
-
-@dataclass
-class StockSSHD:
-    port: int
-    known_hosts: Path
-    process: subprocess.Popen[bytes]
+    host.remove()
 
 
 @pytest.fixture
 def stock_sshd(tmp_path: Path) -> Iterator[Callable[[str], StockSSHD]]:
-    """``stock_sshd(user)``: Debian's sshd_config as shipped, plus a port, a host key and
-    AllowUsers (the first value of a keyword wins, so ours go first)."""
-    started: list[subprocess.Popen[bytes]] = []
+    """``stock_sshd(user)``: tests/support/panel_host.py's ``start_stock_sshd``, stopped after."""
+    started: list[StockSSHD] = []
 
     def start(user: str) -> StockSSHD:
-        assert STOCK_SSHD_CONFIG is not None, "openssh-server is not installed"
-        folder = tmp_path / "sshd"
-        folder.mkdir()
-        host_key = make_key(folder / "ssh_host_ed25519_key", comment="host")
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        port = free_port()
-        config = folder / "sshd_config"
-        stock = STOCK_SSHD_CONFIG.read_text()
-        assert "UsePAM yes" in stock
-        config.write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key.private_path}\n"
-            f"PidFile {folder / 'sshd.pid'}\nAllowUsers {user}\n" + stock
-        )
-        log = (folder / "sshd.log").open("ab")
-        process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        started.append(process)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    if sock.recv(64).startswith(b"SSH-2.0-"):
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((folder / "sshd.log").read_text()) from None
-                time.sleep(0.02)
-        kind, blob = host_key.public_line.split()[:2]
-        known_hosts = folder / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
-        return StockSSHD(port, known_hosts, process)
+        started.append(start_stock_sshd(tmp_path / "sshd", user))
+        return started[-1]
 
     yield start
-    for process in started:
-        process.terminate()
-        process.wait(10)
+    for sshd in started:
+        sshd.stop()
 
 
 def _escrow(directory: Path) -> list[str]:
