@@ -41,6 +41,16 @@ class Mutant:
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
+        "the rotation's one pass stages values the current key does not open",
+        (("engine/preflight.py", "    if bad:\n        shown", "    if False:\n        shown"),),
+        ("tests/engine/test_failures.py::test_undecryptable_value_is_named_and_nothing_changes",),
+    ),
+    Mutant(
+        "the round trip of each sealed value is skipped",
+        (("engine/scan.py", "        if dest.open(sealed) != plain:\n", "        if False:\n"),),
+        ("tests/engine/test_seal_pass.py",),
+    ),
+    Mutant(
         "signature not checked on interactions (clicks, modal submissions)",
         (
             (
@@ -76,8 +86,9 @@ MUTANTS: tuple[Mutant, ...] = (
             (
                 "handlers/actions.py",
                 "        if person == request.requester:\n"
-                "            return ClickOutcome(answer=m.self_approval(approvers))",
-                "        if False:\n            return ClickOutcome(answer=m.self_approval(approvers))",
+                "            others = deps.policy.approvers_for(person)[0]\n",
+                "        if False:\n"
+                "            others = deps.policy.approvers_for(person)[0]\n",
             ),
         ),
         ("tests/bot/test_approval.py",),

@@ -187,14 +187,19 @@ def test_duplicate_key_line_is_refused(panel_factory):
     assert "sets PANEL_ENCRYPTION_KEY 2 times" in run.closing["message"]
 
 
-def test_undecryptable_value_is_named_and_nothing_changes(panel_factory):
-    """Preflight lists table, column and id of values the current key can't open."""
+def test_undecryptable_value_is_named_and_nothing_changes(panel_factory, tmp_path):
+    """Preflight lists table, column and id of values the current key can't open; the
+    refusal comes before the new key is journaled or escrowed."""
     panel = panel_factory(rows=5)
     with panel.db.connect() as conn, conn.cursor() as cur:
         foreign = php_encrypt(panel.scheme, os.urandom(32).hex(), [b"someone else's secret"])[0]
         cur.execute("UPDATE saved_servers SET ssh_credential_encrypted = %s WHERE id = 3", (foreign,))
     rows = panel.stored_values()
-    run = rotate(panel.write_profile(ciphertext=panel.scheme))
+    escrowed = tmp_path / "escrowed"
+    escrow = tmp_path / "escrow.sh"
+    escrow.write_text(f"#!/bin/sh\ncat > {escrowed}\n")
+    escrow.chmod(0o700)
+    run = rotate(panel.write_profile(ciphertext=panel.scheme, escrow_command=[str(escrow)]))
 
     assert run.returncode == 1
     assert run.closing["code"] == "undecryptable"
@@ -203,6 +208,8 @@ def test_undecryptable_value_is_named_and_nothing_changes(panel_factory):
     # named apart from the message too, so the bot can say what to do with exactly those
     assert run.closing["locations"] == ["saved_servers.ssh_credential_encrypted id 3"]
     assert panel.stored_values() == rows
+    assert not escrowed.exists() and not (panel.root / "journal" / "rotation.json").exists()
+    assert run.steps() == ["preflight", "preflight"]  # started, failed: nothing after it ran
     assert run.leaks() == []
 
 
