@@ -5,7 +5,8 @@
 For each size N: a reference panel (php-fpm behind nginx, as production serves
 it) with N credentials encrypted by PHP in MariaDB; a panel host as
 deploy/setup-panel-host.sh makes it (its own user with the login shell /bin/sh,
-``sudo -n`` to the engine wrapper) behind an OpenSSH sshd with Debian's stock
+the engine pip-installed from this checkout into its own virtualenv, ``sudo -n`` to
+the engine wrapper) behind an OpenSSH sshd with Debian's stock
 ``sshd_config`` on a loopback port (needs root; ``--lab-sshd``: the test fixture's
 root login instead); the real bot over HTTP, configured with a
 ``[panels.bench]`` entry with the host key pinned; Slack's Web API played by
@@ -130,10 +131,11 @@ class Measurement:
 
 def panel_host_entry(stack: contextlib.ExitStack, workdir: Path, profile: Path) -> dict[str, Any]:
     """The path a team takes: deploy/setup-panel-host.sh's user (login shell /bin/sh),
-    ``sudo -n`` to the engine wrapper, Debian's stock sshd_config (UsePAM yes)."""
+    the engine pip-installed into its own virtualenv, ``sudo -n`` to the engine wrapper,
+    Debian's stock sshd_config (UsePAM yes)."""
     host = PanelHost.under(workdir)
     stack.callback(host.remove)
-    made = host.setup(profile=profile)
+    made = host.setup(profile=profile, own_virtualenv=True)
     if made.returncode != 0:
         raise SystemExit(f"setup-panel-host.sh failed:\n{made.stdout}{made.stderr}")
     sshd = start_stock_sshd(workdir / "stock-sshd", host.user)

@@ -161,6 +161,45 @@ def test_the_script_sets_up_a_panel_host_the_bot_reaches_through_stock_sshd(
     assert sandbox.php_check_all() == []
 
 
+def test_the_default_install_runs_the_engine_from_its_own_virtualenv(
+    panel_host: PanelHost,
+    stock_sshd: Callable[[str], StockSSHD],
+    panel_factory: Callable[..., PanelSandbox],
+    make_bot: MakeBot,
+    secret_registry: SecretRegistry,
+) -> None:
+    """As a team runs it, without --engine-python: a virtualenv under the prefix with the
+    engine pip-installed from the checkout (not importable from it: the wrapper runs
+    ``python -I`` from the virtualenv). A rotation approved in Slack runs through it."""
+    sandbox = panel_factory(rows=4)
+    made = panel_host.setup(profile=sandbox.profile_path, own_virtualenv=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert f"+ install the engine from {REPO} into {panel_host.prefix}" in made.stdout
+    venv_python = panel_host.prefix / "bin" / "python"
+    wrapper = (panel_host.prefix / "bin" / "engine-serve").read_text()
+    assert f"exec {venv_python} -I -u -m engine" in wrapper, wrapper
+    where = subprocess.run([str(venv_python), "-I", "-c", "import engine; print(engine.__file__)"],
+                           capture_output=True, text=True, check=True, cwd="/").stdout  # fmt: skip
+    assert where.startswith(str(panel_host.prefix)), where  # its own copy, not this checkout
+
+    sshd = stock_sshd(panel_host.user)
+    entry = PanelEntry(
+        name=PANEL, host="127.0.0.1", port=sshd.port, user=panel_host.user,
+        key_file=panel_host.bot_key.private_path, known_hosts=sshd.known_hosts,
+        connect_timeout_s=10, event_timeout_s=60, reconnect_attempts=1,
+    )  # fmt: skip
+    bot = make_bot(panels=(), ssh_panels={PANEL: entry})
+    old_key = sandbox.env_key()
+    request_id, ts = bot.request_key()
+    bot.approve(request_id, ts, BOB)
+    done = bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done", timeout=120)
+    assert done.params.get("thread_ts") == ts
+    new_key = sandbox.env_key()
+    secret_registry.register_key(new_key, "rotated PANEL_ENCRYPTION_KEY")
+    assert new_key != old_key
+    assert sandbox.php_check_all() == []
+
+
 def test_the_script_refuses_bad_input_before_changing_anything(tmp_path: Path) -> None:
     not_a_key = tmp_path / "id.pub"
     not_a_key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")

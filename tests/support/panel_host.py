@@ -51,7 +51,13 @@ class PanelHost:
             bot_key=make_key(folder / "bot_key", comment="rotator-bot"),
         )
 
-    def setup(self, *extra: str, profile: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def setup(
+        self, *extra: str, profile: Path | None = None, own_virtualenv: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the script; by default with this interpreter as the engine's (fast), with
+        ``own_virtualenv`` as a team runs it: a virtualenv under the prefix, pip-installed
+        from this checkout."""
+        python = [] if own_virtualenv else ["--engine-python", sys.executable]
         argv = [
             str(SCRIPT),
             "--user", self.user,
@@ -59,7 +65,7 @@ class PanelHost:
             "--config-dir", str(self.config_dir),
             "--state-dir", str(self.state_dir),
             "--sudoers", str(self.sudoers),
-            "--engine-python", sys.executable,
+            *python,
             "--from", "127.0.0.1",
             *(["--profile", str(profile)] if profile else []),
             *extra,
