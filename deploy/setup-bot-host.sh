@@ -12,6 +12,8 @@
 #   * the bot's SSH key /etc/myosicam-rotator/id_ed25519 (0600 rotator-bot), made once;
 #     its public half goes to each panel host's setup-panel-host.sh;
 #   * /etc/myosicam-rotator/audit.key (0600 rotator-bot), the key that signs the audit log;
+#   * /etc/myosicam-rotator/enrollment.key (0600 rotator-bot), the key that seals approvers'
+#     TOTP secrets in the store, used once `step_up = "totp"` is turned on;
 #   * /etc/myosicam-rotator/known_hosts: each --pin'ed panel host's key, after you have
 #     confirmed its fingerprint (compare with what setup-panel-host.sh printed on that
 #     host, or give it as =SHA256:… to have it compared for you);
@@ -155,6 +157,20 @@ if [ "$dry_run" = 0 ]; then
     chown "$user:$group" "$audit_key" && chmod 0600 "$audit_key"
 fi
 
+# --- the enrollment key: seals approvers' TOTP secrets (step_up = "totp"), outside the store --
+
+enrollment_key=$config_dir/enrollment.key
+if [ -e "$enrollment_key" ]; then
+    echo "ok: $enrollment_key (kept)"
+elif [ "$dry_run" = 1 ]; then
+    changes=$((changes + 1)); echo "would: the enrollment key $enrollment_key"
+else
+    act "the enrollment key $enrollment_key" -- "$python" -I -m bot audit keygen "$enrollment_key"
+fi
+if [ "$dry_run" = 0 ]; then
+    chown "$user:$group" "$enrollment_key" && chmod 0600 "$enrollment_key"
+fi
+
 # --- pin each panel's host key -------------------------------------------------------------
 
 known=$config_dir/known_hosts
@@ -198,6 +214,8 @@ SLACK_SIGNING_SECRET=
 SLACK_APP_TOKEN=
 ROTATOR_CONFIG=$config_dir/rotator.toml
 ROTATOR_AUDIT_KEY_FILE=$audit_key
+# Read only once step_up = "totp" is on (rotator.toml): it seals approvers' TOTP secrets.
+ROTATOR_ENROLLMENT_KEY_FILE=$enrollment_key
 ENV
 
 panels=""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.audit_key import load_audit_key
+from bot.enrollment_key import load_enrollment_key
 from bot.errors import SettingsError
 from bot.settings import load_settings
 from tests.support.sshd import SSHServer
@@ -81,7 +83,7 @@ def test_the_script_makes_the_bot_host_and_pins_a_confirmed_host_key(
     kind, blob = panel_sshd.host_key.public_line.split()[:2]
     assert (etc / "known_hosts").read_text() == f"[127.0.0.1]:{panel_sshd.port} {kind} {blob}\n"
     uid = pwd.getpwnam(bot_user).pw_uid
-    for secret_file in (etc / "id_ed25519", etc / "audit.key"):
+    for secret_file in (etc / "id_ed25519", etc / "audit.key", etc / "enrollment.key"):
         info = secret_file.stat()
         assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, uid), secret_file
     public_key = (etc / "id_ed25519.pub").read_text().strip()
@@ -100,3 +102,6 @@ def test_the_script_makes_the_bot_host_and_pins_a_confirmed_host_key(
     with pytest.raises(SettingsError) as raised:
         load_settings(env)
     assert "SLACK_BOT_TOKEN" in str(raised.value) and "SLACK_SIGNING_SECRET" in str(raised.value)
+    # the keys it made are the ones bot.env names, and they load: turning step-up on needs no key work
+    assert load_audit_key(env).fingerprint and load_enrollment_key(env).fingerprint
+    assert (etc / "enrollment.key").read_text() != (etc / "audit.key").read_text()
