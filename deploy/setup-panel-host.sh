@@ -200,7 +200,18 @@ else
     if [ ! -x "$python" ]; then
         act "virtualenv $prefix" -- python3 -m venv "$prefix"
     fi
-    act "install the engine from $src into $prefix" -- "$prefix/bin/pip" install -q --upgrade "$src"
+    # what was installed is remembered by a digest of the source, so a re-run with the same
+    # checkout changes nothing and a changed checkout is installed again
+    digest=$(cd "$src" && find pyproject.toml engine bot handlers -type f \( -name '*.py' -o -name '*.toml' \
+        -o -name '*.php' -o -name '*.sql' \) -not -path '*/__pycache__/*' | LC_ALL=C sort \
+        | xargs sha256sum | sha256sum | cut -c1-16)
+    stamp=$prefix/.installed-from
+    if [ -x "$python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$src $digest" ]; then
+        say "ok: engine installed from $src (source $digest, unchanged)"
+    else
+        act "install the engine from $src into $prefix" -- sh -c \
+            '"$1/bin/pip" install -q --upgrade "$2" && echo "$2 $3" > "$1/.installed-from"' sh "$prefix" "$src" "$digest"
+    fi
 fi
 if [ "$dry_run" = 0 ]; then
     "$python" -I -c 'import engine' 2>/dev/null || die "$python cannot import the engine"

@@ -181,6 +181,9 @@ def test_the_default_install_runs_the_engine_from_its_own_virtualenv(
     where = subprocess.run([str(venv_python), "-I", "-c", "import engine; print(engine.__file__)"],
                            capture_output=True, text=True, check=True, cwd="/").stdout  # fmt: skip
     assert where.startswith(str(panel_host.prefix)), where  # its own copy, not this checkout
+    again = panel_host.setup(profile=sandbox.profile_path, own_virtualenv=True)
+    assert again.returncode == 0 and "Done (0 change(s))" in again.stdout, again.stdout
+    assert f"ok: engine installed from {REPO} (source " in again.stdout
 
     sshd = stock_sshd(panel_host.user)
     entry = PanelEntry(
