@@ -283,12 +283,20 @@ class SSHEngineClient:
                 raise paramiko.SSHException("transport closed after connect")
             channel = transport.open_session(timeout=self.panel.connect_timeout_s)
             channel.exec_command(self.panel.remote_command)
-            channel.sendall(request.to_line().encode())
-            channel.shutdown_write()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise HostUnreachableError(
                 f"{self.source}: could not start the engine command ({exc})"
             ) from exc
+        try:
+            channel.sendall(request.to_line().encode())
+            channel.shutdown_write()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not (channel.closed or channel.exit_status_ready()):
+                raise HostUnreachableError(
+                    f"{self.source}: could not send the request to the engine ({exc})"
+                ) from exc
+            # The command ended before it read the request (a login shell that refuses, an
+            # engine that failed at once): what it printed says why, so it is read, not lost.
         return channel
 
     def _lines(self, channel: paramiko.Channel) -> Iterator[bytes]:

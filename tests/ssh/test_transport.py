@@ -354,3 +354,27 @@ def test_the_ssh_connection_is_dialled_with_nagle_off() -> None:
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         finally:
             sock.close()
+
+
+def test_a_command_that_ends_before_the_request_is_sent_is_still_heard(
+    sshd: SSHServer, ssh_panel: PanelFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A login shell that refuses (``nologin``) prints its line and exits at once. When that
+    exit reaches the bot before the request is written (a race a loaded CI run hit), the
+    line it printed is still what the caller hears, not a dead socket."""
+    panel = ssh_panel(tmp_path / "unused.toml")
+    refusal = "This account is currently not available."
+    pair = sshd.authorize("nologin", f"echo '{refusal}'")
+    exec_command = paramiko.Channel.exec_command
+
+    def slow_to_send(channel: paramiko.Channel, command: str) -> None:
+        exec_command(channel, command)
+        deadline = time.monotonic() + 10
+        while not channel.closed and time.monotonic() < deadline:  # the remote side is done
+            time.sleep(0.01)
+        assert channel.closed
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command", slow_to_send)
+    with pytest.raises(ProtocolMismatchError) as caught:
+        list(SSHEngineClient(changed(panel, key_file=pair.private_path, reconnect_attempts=0)).run(hello()))
+    assert caught.value.first_line == refusal
