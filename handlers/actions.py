@@ -94,7 +94,8 @@ def approve(
             if stepped_up != step_up.APPROVED_WITH:
                 return ClickOutcome(needs_code=request)
             detail["approved_with"] = stepped_up
-        approvals = (*request.approvals, Decision(person=person, at=now))
+        factor = str(detail.get("approved_with", ""))
+        approvals = (*request.approvals, Decision(person=person, at=now, factor=factor))
         complete = len(approvals) >= deps.policy.approvals_required
         stored = deps.store.update(
             request.evolve(

@@ -150,7 +150,8 @@ def plan_lines(plan: PlanView) -> str:
 
 
 def _approver_names(request: RotationRequest) -> str:
-    return ", ".join(a.person.mention for a in request.approvals if a.person) or "nobody"
+    """Each approver, marked with the second factor their approval was checked with."""
+    return ", ".join(a.approver_label for a in request.approvals if a.person) or "nobody"
 
 
 def status_lines(
@@ -233,7 +234,7 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
 
         return incident.summary_blocks(request, on_card=on_card)
     outcome = request.outcome
-    approvers = [a.person.mention for a in request.approvals if a.person]
+    approvers = [a.approver_label for a in request.approvals if a.person]
     head, next_step, facts, details = m.summary_parts(
         panel=request.panel,
         done=request.state == State.DONE,
@@ -278,7 +279,7 @@ def summary_text(request: RotationRequest) -> str:
         from handlers import incident
 
         return incident.summary_text(request)
-    approvers = [a.person.mention for a in request.approvals if a.person]
+    approvers = [a.approver_label for a in request.approvals if a.person]
     if request.state == State.DONE:
         return m.final_done(
             request_id=request.id,

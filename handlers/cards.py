@@ -99,7 +99,7 @@ def _slack_error(exc: Exception) -> str:
 def no_longer_pending(request: RotationRequest) -> str:
     """The answer to a click on a decided request: "… it was approved by @bob at 03:14 UTC"."""
     if request.state in (State.APPROVED, State.RUNNING, State.DONE, State.FAILED):
-        names = ", ".join(a.person.mention for a in request.approvals if a.person) or None
+        names = ", ".join(a.approver_label for a in request.approvals if a.person) or None
         at = request.approvals[-1].at if request.approvals else None
         phrase = m.decided_phrase(request.state.value, names, at)
     elif request.state == State.EXPIRED:

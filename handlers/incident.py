@@ -121,7 +121,7 @@ def db_plan_lines(plan: PlanView) -> str:
 
 def _db_summary_text(request: RotationRequest) -> str:
     outcome = request.outcome
-    approvers = [a.person.mention for a in request.approvals if a.person]
+    approvers = [a.approver_label for a in request.approvals if a.person]
     user = m.esc(m.fit(str(outcome.get("db_user") or request.plan.db_user or "?"), 80))
     if request.state == State.DONE:
         head = (
@@ -226,7 +226,7 @@ def summary_text(request: RotationRequest) -> str:
     if request.op == "rotate-db-password":
         return _db_summary_text(request)
     outcome = request.outcome
-    approvers = [a.person.mention for a in request.approvals if a.person]
+    approvers = [a.approver_label for a in request.approvals if a.person]
     if request.state == State.DONE:
         head = f":white_check_mark: Incident rotation done on panel {m.esc(request.panel)}"
     elif outcome.get("parts"):

@@ -72,17 +72,20 @@ class Person:
 
 @dataclass(frozen=True)
 class Decision:
-    """Who approved, denied, cancelled (or the clock, for an expiry), when and why."""
+    """Who approved, denied, cancelled (or the clock, for an expiry), when and why;
+    ``factor`` names the second factor an approval was made with (``"TOTP"``), if any."""
 
     person: Person | None
     at: float
     reason: str = ""
+    factor: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "person": self.person.to_dict() if self.person else None,
             "at": self.at,
             "reason": self.reason,
+            **({"factor": self.factor} if self.factor else {}),
         }
 
     @classmethod
@@ -92,7 +95,14 @@ class Decision:
             person=Person.from_dict(person) if person else None,
             at=float(data["at"]),
             reason=str(data.get("reason", "")),
+            factor=str(data.get("factor", "")),
         )
+
+    @property
+    def approver_label(self) -> str:
+        """The approver as a card shows them: ``<@U2> (with TOTP)`` when a second factor was checked."""
+        mention = self.person.mention if self.person else "nobody"
+        return mention + (f" (with {self.factor})" if self.factor else "")
 
 
 @dataclass(frozen=True)

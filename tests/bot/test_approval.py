@@ -131,7 +131,7 @@ def test_an_approval_removes_the_buttons_and_starts_the_rotation(make_bot: MakeB
     bot.fake.wait_text("chat.postMessage", ":white_check_mark: Done")
     versions = bot.fake.card_versions(CHANNEL, ts)
     first_update = versions[1]
-    assert ":white_check_mark: Approved by <@U0BOB> at " in first_update.all_text()
+    assert ":white_check_mark: Approved by <@U0BOB> at " in first_update.all_text()  # no second factor claimed
     assert [has_buttons(v) for v in versions] == [True] + [False] * (len(versions) - 1)
     assert len(bot.engine.ops("rotate-key")) == 1
 

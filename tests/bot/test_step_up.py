@@ -146,6 +146,11 @@ def test_enroll_then_approve_with_a_good_code(
         "chat.postMessage",
         lambda c: c.params.get("thread_ts") == ts and "approved with TOTP" in c.text,
     )
+    # the card says the approval was checked with TOTP (and the store keeps it)
+    bot.fake.wait_for(
+        "chat.update", lambda c: f":white_check_mark: Approved by <@{BOB}> (with TOTP) at " in c.all_text()
+    )
+    assert [a.factor for a in bot.store.get(request_id).approvals] == ["TOTP"]  # type: ignore[union-attr]
     (approved,) = audit(bot, "request.approved")
     assert approved["actor"] == f"T0TEAM/{BOB}"
     assert approved["data"]["detail"]["approved_with"] == "TOTP"  # type: ignore[index]
