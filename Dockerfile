@@ -23,7 +23,8 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_P
 COPY pyproject.toml ./
 RUN python3 -m venv /opt/rotator \
     && /opt/rotator/bin/pip install "setuptools>=70.1" $(python3 -c "import tomllib; \
-print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print(' '.join(p['dependencies'] + p['optional-dependencies']['bot']))")
 COPY README.md ./
 COPY engine ./engine
 COPY bot ./bot

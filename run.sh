@@ -18,5 +18,5 @@ if ! mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1; then
         sleep 0.2
     done
 fi
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e .
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[bot]'
 exec python3 -m bot "$@"

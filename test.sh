@@ -35,8 +35,8 @@ if ! mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1; then
     mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null
 fi
 
-echo "==> pip install -e .[test]"
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+echo "==> pip install -e .[bot,test]"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[bot,test]'
 
 echo "==> ruff"
 python3 -m ruff check engine bot handlers tests bench

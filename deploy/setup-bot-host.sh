@@ -124,7 +124,7 @@ if [ -n "$bot_python" ]; then
 else
     python=$prefix/bin/python
     [ -x "$python" ] || act "virtualenv $prefix" -- python3 -m venv "$prefix"
-    act "install the bot from $src into $prefix" -- "$prefix/bin/pip" install -q --upgrade "$src"
+    act "install the bot from $src into $prefix" -- "$prefix/bin/pip" install -q --upgrade "$src[bot]"
 fi
 
 ensure_dir 0755 root:root "$config_dir"

@@ -181,6 +181,14 @@ def test_the_default_install_runs_the_engine_from_its_own_virtualenv(
     where = subprocess.run([str(venv_python), "-I", "-c", "import engine; print(engine.__file__)"],
                            capture_output=True, text=True, check=True, cwd="/").stdout  # fmt: skip
     assert where.startswith(str(panel_host.prefix)), where  # its own copy, not this checkout
+    # beside the root-run engine, nothing of the bot's: no Slack SDK, web server, pydantic, TOTP
+    bots = ["slack_bolt", "slack_sdk", "waitress", "pydantic", "pyotp"]
+    present = subprocess.run(
+        [str(venv_python), "-I", "-c",
+         f"import importlib.util as u; print([m for m in {bots!r} if u.find_spec(m)])"],
+        capture_output=True, text=True, check=True, cwd="/",
+    ).stdout.strip()  # fmt: skip
+    assert present == "[]", present
     again = panel_host.setup(profile=sandbox.profile_path, own_virtualenv=True)
     assert again.returncode == 0 and "Done (0 change(s))" in again.stdout, again.stdout
     assert f"ok: engine installed from {REPO} (source " in again.stdout
