@@ -40,7 +40,7 @@ class Preflight:
     columns: list[ColumnSpec]
     missing: list[str]
     counts: dict[str, int]
-    #: the preflight's open connection, when asked to keep it (``keep_connection``)
+    #: with ``sealed_under``: the connection whose open transaction holds the staged values
     db: PanelDB | None = field(default=None, repr=False, compare=False)
     #: with ``sealed_under``: what the pass sealed and staged (not yet on the rows)
     staged: Rewrite | None = field(default=None, repr=False, compare=False)
@@ -75,18 +75,13 @@ def run_preflight(
     *,
     lock_note: str,
     write_checks: bool = True,
-    keep_connection: bool = False,
     sealed_under: str | None = None,
 ) -> Preflight:
     """Read-only unless ``sealed_under`` (a new key, hex) is given: then every value
     is also sealed under it and staged, in a transaction left open on ``Preflight.db``
-    (``keep_connection`` is implied) for the rotation to apply and commit.
-
-    With ``keep_connection``, the preflight's database connection stays open in
-    ``Preflight.db`` (a rotation goes on with it: one connection per run, each
-    costs a login); on any refusal it is rolled back and closed."""
+    for the rotation to apply and commit (one connection per run: each costs a login).
+    On any refusal the transaction is rolled back and the connection closed."""
     profile = ctx.profile
-    keep_connection = keep_connection or sealed_under is not None
     with ctx.step("preflight", "checking .env, the database and every stored value") as out:
         env_bytes = envfile.read(profile.env_path)
         key_hex = envfile.read_key(profile.env_path, profile.key_name)
@@ -109,7 +104,7 @@ def run_preflight(
             else:
                 staged = _seal_every_value(ctx, db, columns, current, Codec(scheme, sealed_under))
                 counts = dict(staged.staged)
-            kept = keep_connection
+            kept = sealed_under is not None
         finally:
             if not kept:
                 db.rollback()
