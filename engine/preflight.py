@@ -135,7 +135,7 @@ def _seal_every_value(ctx: Context, db: PanelDB, columns: list[ColumnSpec], curr
     total = sum(total_values(db, columns).values())
     staged = seal_and_stage(
         db, columns, current, new, ctx.profile.batch_size,
-        progress=lambda done: ctx.emitter.progress("reencrypt", done, total),
+        progress=lambda done: ctx.emitter.progress("preflight", done, total),
         after_batch=lambda n: faults.checkpoint(f"reencrypt:batch:{n}"),
     )  # fmt: skip
     # a value the brand-new key already opens cannot be: counted with the unopened

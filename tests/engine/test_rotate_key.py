@@ -58,6 +58,23 @@ def test_events_follow_the_protocol(panel_factory):
     assert run.leaks() == []
 
 
+def test_the_pass_over_the_values_reports_its_progress(panel_factory):
+    """Long work shows progress: while the preflight reads, seals and stages, the count of
+    values done climbs batch by batch to the total, inside that step."""
+    panel = panel_factory(rows=40)
+    run = rotate(panel.write_profile(batch_size=7))
+    register_secret(panel.env_key(), "new PANEL_ENCRYPTION_KEY")
+
+    total = run.step("preflight")["total"]
+    progress = [e for e in run.events if e["type"] == "progress"]
+    assert {e["name"] for e in progress} == {"preflight"} and {e["total"] for e in progress} == {total}
+    done = [e["done"] for e in progress]
+    assert done == sorted(done) and done[-1] == total and len(done) >= total // 7
+    started = next(e["seq"] for e in run.events if e.get("name") == "preflight" and e.get("state") == "started")
+    finished = run.step("preflight")["seq"]
+    assert all(started < e["seq"] < finished for e in progress)
+
+
 def test_env_file_changes_in_exactly_one_value_and_keeps_owner_and_mode(panel_factory):
     """Comments, order, quoting, other keys and the trailing newline stay byte for byte;
     a hardened 0600 file stays 0600 (the docs promise owner and mode are kept)."""
