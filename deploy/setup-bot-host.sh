@@ -143,33 +143,27 @@ if [ "$dry_run" = 0 ]; then
     chmod 0644 "$key.pub"
 fi
 
-# --- the audit key: signs the audit log, kept outside the store --------------------------
+# --- keys kept outside the store: the audit key (signs the audit log) and the enrollment
+# --- key (seals approvers' TOTP secrets once step_up = "totp" is on) -----------------------
 
+# secret_key WHAT PATH: 32 random bytes as hex, 0600 for the bot's user, made once and kept
+secret_key() {
+    local what=$1 path=$2
+    if [ -e "$path" ]; then
+        echo "ok: $path (kept)"
+    elif [ "$dry_run" = 1 ]; then
+        changes=$((changes + 1)); echo "would: the $what $path"
+    else
+        act "the $what $path" -- "$python" -I -m bot audit keygen "$path"
+    fi
+    if [ "$dry_run" = 0 ]; then
+        chown "$user:$group" "$path" && chmod 0600 "$path"
+    fi
+}
 audit_key=$config_dir/audit.key
-if [ -e "$audit_key" ]; then
-    echo "ok: $audit_key (kept)"
-elif [ "$dry_run" = 1 ]; then
-    changes=$((changes + 1)); echo "would: the audit key $audit_key"
-else
-    act "the audit key $audit_key" -- "$python" -I -m bot audit keygen "$audit_key"
-fi
-if [ "$dry_run" = 0 ]; then
-    chown "$user:$group" "$audit_key" && chmod 0600 "$audit_key"
-fi
-
-# --- the enrollment key: seals approvers' TOTP secrets (step_up = "totp"), outside the store --
-
 enrollment_key=$config_dir/enrollment.key
-if [ -e "$enrollment_key" ]; then
-    echo "ok: $enrollment_key (kept)"
-elif [ "$dry_run" = 1 ]; then
-    changes=$((changes + 1)); echo "would: the enrollment key $enrollment_key"
-else
-    act "the enrollment key $enrollment_key" -- "$python" -I -m bot audit keygen "$enrollment_key"
-fi
-if [ "$dry_run" = 0 ]; then
-    chown "$user:$group" "$enrollment_key" && chmod 0600 "$enrollment_key"
-fi
+secret_key "audit key" "$audit_key"
+secret_key "enrollment key" "$enrollment_key"
 
 # --- pin each panel's host key -------------------------------------------------------------
 

@@ -67,6 +67,15 @@ def _escrow(directory: Path) -> list[str]:
     return [str(script)]
 
 
+def _entry(panel_host: PanelHost, sshd: StockSSHD) -> PanelEntry:
+    """The bot's [panels] entry for the host the script made, behind the stock sshd."""
+    return PanelEntry(
+        name=PANEL, host="127.0.0.1", port=sshd.port, user=panel_host.user,
+        key_file=panel_host.bot_key.private_path, known_hosts=sshd.known_hosts,
+        connect_timeout_s=10, event_timeout_s=60, reconnect_attempts=1,
+    )  # fmt: skip
+
+
 def _doctor(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> tuple[int, str]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -108,11 +117,7 @@ def test_the_script_sets_up_a_panel_host_the_bot_reaches_through_stock_sshd(
     assert again.returncode == 0 and "Done (0 change(s))" in again.stdout, again.stdout
 
     sshd = stock_sshd(panel_host.user)
-    entry = PanelEntry(
-        name=PANEL, host="127.0.0.1", port=sshd.port, user=panel_host.user,
-        key_file=panel_host.bot_key.private_path, known_hosts=sshd.known_hosts,
-        connect_timeout_s=10, event_timeout_s=60, reconnect_attempts=1,
-    )  # fmt: skip
+    entry = _entry(panel_host, sshd)
     config = write_config(tmp_path / "rotator.toml", store_url="sqlite://state.db", panels=(),
                           ssh_panels={PANEL: entry})
     bot = make_bot(panels=(), ssh_panels={PANEL: entry})
@@ -194,11 +199,7 @@ def test_the_default_install_runs_the_engine_from_its_own_virtualenv(
     assert f"ok: engine installed from {REPO} (source " in again.stdout
 
     sshd = stock_sshd(panel_host.user)
-    entry = PanelEntry(
-        name=PANEL, host="127.0.0.1", port=sshd.port, user=panel_host.user,
-        key_file=panel_host.bot_key.private_path, known_hosts=sshd.known_hosts,
-        connect_timeout_s=10, event_timeout_s=60, reconnect_attempts=1,
-    )  # fmt: skip
+    entry = _entry(panel_host, sshd)
     bot = make_bot(panels=(), ssh_panels={PANEL: entry})
     old_key = sandbox.env_key()
     request_id, ts = bot.request_key()
