@@ -24,7 +24,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.engine_client import EngineClient
-from bot.errors import BotError
+from bot.errors import BotError, StoreError
 from bot.store import Store
 from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import home
@@ -56,7 +56,6 @@ class ControlRoom:
         self.max_age_s = max_age_s
         self.clock = clock
         self.cache_s = cache_s
-        self._viewers: dict[str, Person] = {}
         self._cached: tuple[float, list[home.PanelStatus]] | None = None
         self._lock = threading.Lock()
 
@@ -85,10 +84,16 @@ class ControlRoom:
             self._cached = (time.monotonic(), statuses)
         return statuses
 
-    def publish(self, person: Person, statuses: Sequence[home.PanelStatus] | None = None) -> None:
-        """Build and publish ``person``'s Home tab; they get it refreshed after each run."""
-        with self._lock:
-            self._viewers[person.user_id] = person
+    def publish(
+        self, person: Person, statuses: Sequence[home.PanelStatus] | None = None, *, opened: bool = True
+    ) -> None:
+        """Build and publish ``person``'s Home tab. Who ``opened`` it is remembered in the
+        store, so their tab is refreshed after each run (by any replica, after a restart too)."""
+        if opened:
+            try:
+                self.store.remember_home_viewer(person.team_id, person.user_id)
+            except StoreError as exc:
+                log.warning("Home tab viewer %s not remembered: %s", person.user_id, exc.message)
         try:
             view = self._view_for(person, statuses)
             self.client.views_publish(user_id=person.user_id, view=view)
@@ -99,13 +104,16 @@ class ControlRoom:
 
     def refresh_all(self) -> None:
         """After a run: every viewer's Home tab, with one ``status`` per panel."""
-        with self._lock:
-            viewers = list(self._viewers.values())
+        try:
+            viewers = [Person(team_id=team, user_id=user) for team, user in self.store.home_viewers()]
+        except StoreError as exc:
+            log.warning("Home tabs not refreshed: %s", exc.message)
+            return
         if not viewers:
             return
         statuses = self.statuses()
         for person in viewers:
-            self.publish(person, statuses)
+            self.publish(person, statuses, opened=False)
 
     def _view_for(
         self, person: Person, statuses: Sequence[home.PanelStatus] | None

@@ -7,6 +7,7 @@
     bot.store.requests     rotation requests: compare-and-swap updates, transitions
     bot.store.deliveries   Slack deliveries seen (durable retry dedupe)
     bot.store.reminders    key-age reminders sent (not repeated within their interval)
+    bot.store.home_viewers who opened the App Home tab (refreshed after each run, any replica)
     bot.store.enrollments  approvers' TOTP enrollments (sealed secrets), used steps, failures
     bot.store.audit_chain  the audit log's hash chain as stored (verify/export: ``bot.audit``)
 
@@ -26,6 +27,7 @@ from bot.store.audit_chain import AuditRows
 from bot.store.backends import Backend
 from bot.store.deliveries import DELIVERY_TTL_S, DeliveryRows
 from bot.store.enrollments import EnrollmentRows
+from bot.store.home_viewers import HomeViewerRows
 from bot.store.reminders import ReminderRows
 from bot.store.requests import RequestRows
 from bot.store.sql import Tx
@@ -33,9 +35,9 @@ from bot.store.sql import Tx
 __all__ = ["DELIVERY_TTL_S", "Store", "Tx", "open_store"]
 
 
-class Store(RequestRows, DeliveryRows, AuditRows, ReminderRows, EnrollmentRows):
+class Store(RequestRows, DeliveryRows, AuditRows, ReminderRows, EnrollmentRows, HomeViewerRows):
     """The bot's state: requests, their transitions, Slack deliveries seen, the audit log,
-    reminders sent, TOTP enrollments."""
+    reminders sent, TOTP enrollments, Home tab viewers."""
 
 
 def open_store(

@@ -64,6 +64,10 @@ SQLITE = (
         secret VARCHAR(128) NOT NULL,
         sent_at DOUBLE NOT NULL,
         PRIMARY KEY (panel, secret))""",
+    """CREATE TABLE IF NOT EXISTS home_viewers (
+        user_id VARCHAR(32) NOT NULL PRIMARY KEY,
+        team_id VARCHAR(32) NOT NULL,
+        seen_at DOUBLE NOT NULL)""",
 )
 
 MYSQL = (
@@ -127,5 +131,10 @@ MYSQL = (
         secret VARCHAR(128) NOT NULL,
         sent_at DOUBLE NOT NULL,
         PRIMARY KEY (panel, secret)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS home_viewers (
+        user_id VARCHAR(32) NOT NULL PRIMARY KEY,
+        team_id VARCHAR(32) NOT NULL,
+        seen_at DOUBLE NOT NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
 )

@@ -160,6 +160,25 @@ def test_pending_requests_on_the_home_tab_have_buttons_for_approvers_only_and_a_
     assert (APPROVE_ACTION, request_id) not in buttons(refreshed)
 
 
+def test_home_tabs_opened_before_a_restart_are_refreshed_after_a_run_in_the_new_process(
+    make_bot: MakeBot, any_store_url: str
+) -> None:
+    """Bob opened his Home tab; the bot restarts (or another replica runs the rotation): when
+    the run ends, Bob's tab is published again, from the store, with both backends."""
+    first = make_bot(store_url=any_store_url, **NO_REPEAT)
+    open_home(first, BOB)
+    first.close()
+
+    restarted = make_bot(store_url=any_store_url, **NO_REPEAT)  # a new process, the same store
+    request_id, ts = restarted.request_key()
+    published_before = len([c for c in restarted.fake.calls_to("views.publish") if c.params.get("user_id") == BOB])
+    restarted.approve(request_id, ts, BOB)
+    wait_until(lambda: restarted.state(request_id) == "done", what="the run ends")
+    refreshed = home_of(restarted, BOB, count=published_before + 1)
+    assert not any(f"Pending `{request_id}`" in t for t in texts(refreshed))
+    assert [user for _, user in restarted.rotator.store.home_viewers()] == [BOB]
+
+
 def _submit(bot: Any, user: str, *, panel: str, kind: str, reason: str, agents: str = "") -> Any:
     select = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
     return bot.slack.submit_view(
