@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# Debian's own python3 refuses pip installs into itself (PEP 668, "externally managed"):
+# there the package goes into a virtualenv beside the checkout (.venv), and runs from it.
+externally_managed() {
+    python3 -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'
+}
 need_apt=()
 [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)  # with the mariadb client
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
@@ -35,13 +41,18 @@ if ! mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1; then
     mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null
 fi
 
-echo "==> pip install -e .[bot,test]"
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[bot,test]'
+py=python3
+if externally_managed; then
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    py=.venv/bin/python
+fi
+echo "==> pip install -e .[bot,test] ($py)"
+"$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[bot,test]'
 
 echo "==> ruff"
-python3 -m ruff check engine bot handlers tests bench
+"$py" -m ruff check engine bot handlers tests bench
 echo "==> mypy"
-python3 -m mypy engine bot handlers
+"$py" -m mypy engine bot handlers
 
 echo "==> pytest"
-python3 -m pytest -q "$@"
+"$py" -m pytest -q "$@"
