@@ -112,20 +112,26 @@ def _kill_connections_of(user: str) -> None:
     admin.close()
 
 
+def _connection_killed_at(panel, point):
+    """Pause a rotation at ``point``, kill its database connection, let it finish: it
+    must stop with the database error, whatever it then did about it."""
+    engine = start_paused(panel.write_profile(batch_size=10), point, "rotate-key", "--yes", "--json")
+    _kill_connections_of(panel.db.user)
+    run = finish(engine)
+    assert run.returncode == 1
+    assert run.closing["code"] == "database"
+    assert "lost the database connection" in run.closing["message"]
+    return run
+
+
 def test_database_connection_lost_mid_pass_changes_nothing(panel_factory):
     """The engine's connection is killed while it reads, seals and stages (the preflight's
     pass, before the new key is journaled): nothing was written, no journal is left,
     the engine says what happened."""
     panel = panel_factory(rows=30)
     old_key, rows = panel.env_key(), panel.stored_values()
-    profile = panel.write_profile(batch_size=10)
-    engine = start_paused(profile, "reencrypt:batch:1", "rotate-key", "--yes", "--json")
-    _kill_connections_of(panel.db.user)
-    run = finish(engine)
+    run = _connection_killed_at(panel, "reencrypt:batch:1")
 
-    assert run.returncode == 1
-    assert run.closing["code"] == "database"
-    assert "lost the database connection" in run.closing["message"]
     assert run.closing["rolled_back"] is None  # nothing to roll back
     assert run.steps("failed") == ["preflight"]
     assert panel.stored_values() == rows
@@ -137,14 +143,8 @@ def test_database_connection_lost_while_writing_rolls_back(panel_factory):
     the rows: nothing was committed, the engine rolls back and verifies the old key."""
     panel = panel_factory(rows=30)
     old_key = panel.env_key()
-    profile = panel.write_profile(batch_size=10)
-    engine = start_paused(profile, "apply:saved_servers.ssh_credential_encrypted", "rotate-key", "--yes", "--json")
-    _kill_connections_of(panel.db.user)
-    run = finish(engine)
+    run = _connection_killed_at(panel, "apply:saved_servers.ssh_credential_encrypted")
 
-    assert run.returncode == 1
-    assert run.closing["code"] == "database"
-    assert "lost the database connection" in run.closing["message"]
     assert run.closing["rolled_back"] is True
     _assert_old_state_verified(panel, old_key, run)
 
