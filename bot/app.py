@@ -126,12 +126,13 @@ class EnginePlanner:
 
 
 class SlackDirectory:
-    """User-group members from ``usergroups.users.list``, cached for ``ttl_s``.
+    """User-group members (``usergroups.users.list``) and channel members
+    (``conversations.members``), each cached for ``ttl_s``.
 
     While Slack does not answer, the last members seen are used for at most
-    ``max_age_s`` after they were listed; past that, or for a group never
-    listed, ``DirectoryUnavailable`` refuses the decision with a clear message.
-    An outage can refuse an approval but never grant one on stale membership.
+    ``max_age_s`` after they were listed; past that, or for a group or channel
+    never listed, ``DirectoryUnavailable`` refuses the decision with a clear
+    message. An outage can refuse an approval but never grant one on stale membership.
     """
 
     def __init__(
@@ -149,30 +150,53 @@ class SlackDirectory:
         self._lock = threading.Lock()
 
     def group_members(self, group_id: str) -> frozenset[str]:
+        def fetch() -> frozenset[str]:
+            response = self.client.usergroups_users_list(usergroup=group_id)
+            return frozenset(str(u) for u in response.get("users") or ())
+
+        return self._members(group_id, fetch, "user group", mention(group_id))
+
+    def channel_members(self, channel_id: str) -> frozenset[str]:
+        def fetch() -> frozenset[str]:
+            members: set[str] = set()
+            cursor = ""
+            for _ in range(1000):  # Slack pages at most 1,000 members at a time
+                response = self.client.conversations_members(
+                    channel=channel_id, limit=1000, **({"cursor": cursor} if cursor else {})
+                )
+                members.update(str(u) for u in response.get("members") or ())
+                cursor = str((response.get("response_metadata") or {}).get("next_cursor") or "")
+                if not cursor:
+                    break
+            return frozenset(members)
+
+        return self._members(f"#{channel_id}", fetch, "channel", f"<#{channel_id}>")
+
+    def _members(
+        self, key: str, fetch: Callable[[], frozenset[str]], kind: str, shown: str
+    ) -> frozenset[str]:
         now = self.clock()
         with self._lock:
-            cached = self._cache.get(group_id)
+            cached = self._cache.get(key)
         if cached and now - cached[0] < self.ttl_s:
             return cached[1]
         try:
-            response = self.client.usergroups_users_list(usergroup=group_id)
-            members = frozenset(str(u) for u in response.get("users") or ())
+            members = fetch()
         except (SlackApiError, SlackClientError) as exc:
             age = now - cached[0] if cached else None
             if cached and age is not None and age < self.max_age_s:
                 log.warning(
-                    "could not list user group %s (%s); using its members of %.0f s ago",
-                    group_id,
+                    "could not list %s %s (%s); using its members of %.0f s ago",
+                    kind,
+                    key,
                     type(exc).__name__,
                     age,
                 )
                 return cached[1]
-            log.warning("could not list user group %s: %s", group_id, type(exc).__name__)
-            raise DirectoryUnavailable(
-                m.directory_unavailable(mention(group_id), self.max_age_s / 60)
-            ) from exc
+            log.warning("could not list %s %s: %s", kind, key, type(exc).__name__)
+            raise DirectoryUnavailable(m.directory_unavailable(shown, self.max_age_s / 60)) from exc
         with self._lock:
-            self._cache[group_id] = (now, members)
+            self._cache[key] = (now, members)
         return members
 
 

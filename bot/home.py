@@ -28,7 +28,15 @@ from bot.errors import BotError, StoreError
 from bot.store import Store
 from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import home
-from handlers.ports import AccessPolicy, Directory, DirectoryUnavailable, Person, RotationRequest, State
+from handlers.ports import (
+    NO_CHANNEL,
+    AccessPolicy,
+    Directory,
+    DirectoryUnavailable,
+    Person,
+    RotationRequest,
+    State,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +126,14 @@ class ControlRoom:
     def _view_for(
         self, person: Person, statuses: Sequence[home.PanelStatus] | None
     ) -> dict[str, object]:
+        """The same rule as the commands (``AccessPolicy``, with no channel: the Home tab is
+        in none): pending requests for those who may see them, Approve/Deny for approvers
+        on others' requests, the request buttons for those who may request."""
         policy = self.policy
-        may_approve = policy.may_approve(person, self.directory)
-        if not may_approve and not policy.may_request(person, self.directory):
-            return home.not_allowed_view(policy.requester_mentions, policy.approver_mentions)
+        refusal = home.home_refusal(policy, self.directory, person)
+        if refusal:
+            return home.not_allowed_view(refusal)
+        may_approve = policy.may_approve(person, self.directory, NO_CHANNEL)
 
         def may_decide(request: RotationRequest) -> bool:
             return may_approve and request.requester.user_id != person.user_id
@@ -132,6 +144,7 @@ class ControlRoom:
             now=self.clock(),
             max_age_s=self.max_age_s,
             may_decide=may_decide,
+            may_request=policy.may_request(person, self.directory, NO_CHANNEL),
         )
 
 

@@ -26,6 +26,7 @@ from handlers import blocks, cards, enroll
 from handlers import messages as m
 from handlers.ports import (
     ACTIVE_STATES,
+    NO_CHANNEL,
     Decision,
     HandlerDeps,
     Lane,
@@ -177,15 +178,17 @@ def open_request(
     person: Person,
     channel: str,
     planning: PlanningNow,
+    where: str | None = NO_CHANNEL,
 ) -> RotationRequest | None:
     """Check who asks, plan, store the request, post its card; tell the person if anything fails.
 
     Who asks is checked before anything else, so someone who may not request sees the
-    refusal alone: no "Asking the engine…" first, and no engine is asked for a plan."""
-    if not deps.policy.may_request(person, deps.directory):
-        cards.tell(
-            client, channel, person.user_id, m.not_a_requester(deps.policy.requester_mentions)
-        )
+    refusal alone: no "Asking the engine…" first, and no engine is asked for a plan.
+    ``where`` is the channel the command was typed in (``NO_CHANNEL`` from a modal:
+    then the person must be a member of a rotations channel, ``AccessPolicy``)."""
+    refusal = request_refusal(deps, person, where)
+    if refusal:
+        cards.tell(client, channel, person.user_id, refusal)
         return None
     with planning.reserve(deps, person) as pending:
         if pending is not None:
@@ -350,12 +353,19 @@ def cancel_request(
     raise RuntimeError(f"could not cancel {request_id}: too many concurrent changes")
 
 
-def may_see_status(deps: HandlerDeps, person: Person) -> bool:
-    """Those who may request or approve rotations; nobody else learns of them."""
+def request_refusal(deps: HandlerDeps, person: Person, where: str | None) -> str | None:
+    """Why ``person`` may not request a rotation from ``where`` (None: they may)."""
     policy = deps.policy
-    return policy.may_approve(person, deps.directory) or policy.may_request(
-        person, deps.directory
-    )
+    if policy.may_request(person, deps.directory, where):
+        return None
+    if not policy.in_scope(person, deps.directory, where):
+        return m.outside_channels(policy.channels)
+    return m.not_a_requester(policy.requester_mentions)
+
+
+def may_see_status(deps: HandlerDeps, person: Person, where: str | None) -> bool:
+    """Those who may request or approve rotations; nobody else learns of them."""
+    return deps.policy.may_see(person, deps.directory, where)
 
 
 def status_message(deps: HandlerDeps, request_id: str | None) -> dict[str, Any]:
@@ -404,7 +414,7 @@ def register(app: App, deps: HandlerDeps) -> None:
                 with cards.reporting_errors(
                     client, channel, person.user_id, f"{parsed.op} request"
                 ):
-                    open_request(deps, client, parsed, person, channel, planning)
+                    open_request(deps, client, parsed, person, channel, planning, channel)
 
             deps.after_ack(body, open_rotation_request, lane=Lane.PLAN)
 
@@ -446,7 +456,7 @@ def register(app: App, deps: HandlerDeps) -> None:
 
         def status() -> None:
             with cards.reporting_errors(client, channel, person.user_id, "status"):
-                if not may_see_status(deps, person):
+                if not may_see_status(deps, person, channel):
                     cards.tell(
                         client,
                         channel,

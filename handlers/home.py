@@ -20,13 +20,31 @@ from slack_bolt import Ack, App
 
 from handlers import blocks, cards
 from handlers import messages as m
-from handlers.commands import _AGENT, MAX_REASON, MIN_REASON, Parsed, PlanningNow, open_request
-from handlers.ports import HandlerDeps, Lane, Person, RotationRequest
+from handlers.commands import (
+    _AGENT,
+    MAX_REASON,
+    MIN_REASON,
+    Parsed,
+    PlanningNow,
+    open_request,
+    request_refusal,
+)
+from handlers.ports import (
+    NO_CHANNEL,
+    AccessPolicy,
+    Directory,
+    HandlerDeps,
+    Lane,
+    Person,
+    RotationRequest,
+    UserFacingError,
+)
 
 log = logging.getLogger(__name__)
 
 REQUEST_ROTATION_ACTION = "open_rotation_request"
 REQUEST_MODAL = "rotation_request_modal"
+REQUEST_REFUSED_MODAL = "rotation_request_refused"
 PANEL_BLOCK, PANEL_INPUT = "request_panel", "panel"
 KIND_BLOCK, KIND_INPUT = "request_kind", "kind"
 AGENTS_BLOCK, AGENTS_INPUT = "request_agents", "agents"
@@ -162,8 +180,9 @@ def panel_blocks(
     now: float,
     max_age_s: float,
     may_decide: Callable[[RotationRequest], bool],
+    may_request: bool = True,
 ) -> list[dict[str, Any]]:
-    """One panel's part of the Home tab."""
+    """One panel's part of the Home tab (its request button only for those who may request)."""
     max_days = f"{max_age_s / DAY:g}"
     out: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": m.fit(f"Panel {status.panel}", 150)}}
@@ -201,13 +220,14 @@ def panel_blocks(
         out.append(blocks._context("*Last runs*\n" + "\n".join(_run_line(r) for r in finished[::-1])))
     elif not status.error:
         out.append(blocks._context("No runs on record yet."))
-    out.append(
-        {
-            "type": "actions",
-            "block_id": f"request-{status.panel}",
-            "elements": [_button(f"Request a rotation of {status.panel}"[:75], Prefill(panel=status.panel))],
-        }
-    )
+    if may_request:
+        out.append(
+            {
+                "type": "actions",
+                "block_id": f"request-{status.panel}",
+                "elements": [_button(f"Request a rotation of {status.panel}"[:75], Prefill(panel=status.panel))],
+            }
+        )
     out.append({"type": "divider"})
     return out
 
@@ -219,17 +239,21 @@ def home_view(
     now: float,
     max_age_s: Callable[[str], float],
     may_decide: Callable[[RotationRequest], bool],
+    may_request: bool = True,
 ) -> dict[str, Any]:
     """The whole Home tab (at most 100 blocks: panels past that are summarised)."""
     body: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": "Rotation control room"}},
-        {
-            "type": "actions",
-            "block_id": "request",
-            "elements": [_button("Request a rotation", primary=True)],
-        },
-        blocks._context(f"Updated {m.clock_time(now)}"),
+        {"type": "header", "text": {"type": "plain_text", "text": "Rotation control room"}}
     ]
+    if may_request:
+        body.append(
+            {
+                "type": "actions",
+                "block_id": "request",
+                "elements": [_button("Request a rotation", primary=True)],
+            }
+        )
+    body.append(blocks._context(f"Updated {m.clock_time(now)}"))
     left_out = 0
     for status in statuses:
         part = panel_blocks(
@@ -238,6 +262,7 @@ def home_view(
             now=now,
             max_age_s=max_age_s(status.panel),
             may_decide=may_decide,
+            may_request=may_request,
         )
         if len(body) + len(part) > 98:
             left_out += 1
@@ -248,13 +273,39 @@ def home_view(
     return {"type": "home", "blocks": body}
 
 
-def not_allowed_view(requesters: str, approvers: str) -> dict[str, Any]:
+def home_refusal(policy: AccessPolicy, directory: Directory, person: Person) -> str | None:
+    """Why ``person``'s Home tab shows no panel and no request (None: it shows them).
+
+    The Home tab is in no channel, so the rule is checked with ``NO_CHANNEL``: with
+    ``channels`` set, only their members see what ``/rotate-status`` would show them."""
+    if policy.may_see(person, directory, NO_CHANNEL):
+        return None
+    return m.not_allowed(
+        policy.requester_mentions,
+        policy.approver_mentions,
+        policy.channels,
+        policy.in_scope(person, directory, NO_CHANNEL),
+    )
+
+
+def not_allowed_view(text: str) -> dict[str, Any]:
     return {
         "type": "home",
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": "Rotation control room"}},
-            blocks._section(m.status_not_allowed(requesters, approvers)),
+            blocks._section(text),
         ],
+    }
+
+
+def refusal_modal(text: str) -> dict[str, Any]:
+    """What the "Request a rotation" button opens for someone who may not request."""
+    return {
+        "type": "modal",
+        "callback_id": REQUEST_REFUSED_MODAL,
+        "title": {"type": "plain_text", "text": "Request a rotation"},
+        "close": {"type": "plain_text", "text": "Close"},
+        "blocks": [blocks._section(text)],
     }
 
 
@@ -404,11 +455,17 @@ def register(app: App, deps: HandlerDeps, ports: HomePorts) -> None:
         ack()
         actions = body.get("actions") or [{}]
         prefill = Prefill.from_value(str(actions[0].get("value") or ""))
+        user = body.get("user") or {}
+        person = Person(team_id=str(user.get("team_id", "")), user_id=str(user.get("id", "")))
 
         def open_modal() -> None:
-            client.views_open(
-                trigger_id=body["trigger_id"], view=request_modal(list(deps.panels), prefill)
-            )
+            # a button outlives the right to use it (a Home tab published earlier, a reminder)
+            try:
+                refusal = request_refusal(deps, person, NO_CHANNEL)
+            except UserFacingError as exc:
+                refusal = exc.message
+            view = refusal_modal(refusal) if refusal else request_modal(list(deps.panels), prefill)
+            client.views_open(trigger_id=body["trigger_id"], view=view)
 
         deps.after_ack(body, open_modal, lane=Lane.MODAL)
 
@@ -422,19 +479,31 @@ def register(app: App, deps: HandlerDeps, ports: HomePorts) -> None:
             ack(response_action="errors", errors=parsed)
             return
         if channel is None:
-            ack(response_action="errors", errors={PANEL_BLOCK: m.fit(NO_CHANNEL, 150)})
+            ack(response_action="errors", errors={PANEL_BLOCK: m.fit(NO_ROTATIONS_CHANNEL, 150)})
             return
-        ack()
         user = body.get("user") or {}
         person = Person(team_id=str(user.get("team_id", "")), user_id=str(user.get("id", "")))
+        # The rule again, on submission: the modal may have been opened before the person left
+        # the channel or group, or the submission forged. Checked before the acknowledgement
+        # (the one lookup here, usually answered by the directory's cache warmed when the
+        # modal opened), because an answer in the modal is the only one an outsider can get:
+        # a refusal posted in the rotations channel would not reach them.
+        try:
+            refusal = request_refusal(deps, person, NO_CHANNEL)
+        except UserFacingError as exc:
+            refusal = exc.message
+        if refusal:
+            ack(response_action="errors", errors={PANEL_BLOCK: m.fit(refusal, 150)})
+            return
+        ack()
 
         def create() -> None:
             with cards.reporting_errors(client, channel, person.user_id, f"{parsed.op} request"):
-                open_request(deps, client, parsed, person, channel, ports.planning)
+                open_request(deps, client, parsed, person, channel, ports.planning, NO_CHANNEL)
 
         deps.after_ack(body, create, lane=Lane.PLAN)
 
     app.view(REQUEST_MODAL)(request_submitted)
 
 
-NO_CHANNEL = "No rotations channel is configured (channels in the bot's settings)."
+NO_ROTATIONS_CHANNEL = "No rotations channel is configured (channels in the bot's settings)."

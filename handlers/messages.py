@@ -810,6 +810,22 @@ def status_not_allowed(requesters: str, approvers: str) -> str:
     return f"Only members of {requesters} or {approvers} can see rotation status."
 
 
+def outside_channels(channels: Sequence[str]) -> str:
+    """For someone outside every rotations channel, on a surface that has none (App Home)."""
+    where = " or ".join(f"<#{c}>" for c in channels)
+    return (
+        f"Only members of {where} request, approve and follow rotations, and you are not one. "
+        "Ask to join it if you need to."
+    )
+
+
+def not_allowed(requesters: str, approvers: str, channels: Sequence[str], in_scope: bool) -> str:
+    """Why the App Home tab or the request modal shows nothing to this person."""
+    if not in_scope:
+        return outside_channels(channels)
+    return status_not_allowed(requesters, approvers)
+
+
 def too_many_pending(limit: int, pending: Sequence[str]) -> str:
     ids = f" ({', '.join(f'`{i}`' for i in pending[:limit])})" if pending else ""
     return (

@@ -240,6 +240,11 @@ class Directory(Protocol):
 
     def group_members(self, group_id: str) -> frozenset[str]: ...
 
+    def channel_members(self, channel_id: str) -> frozenset[str]:
+        """The user ids in a conversation (``conversations.members``); raises
+        ``DirectoryUnavailable`` when it cannot vouch for them."""
+        ...
+
 
 class DirectoryUnavailable(UserFacingError):
     """Slack could not list a user group, and what the bot last saw is too old to trust."""
@@ -258,6 +263,10 @@ def is_listed(entries: Sequence[str], person: Person, directory: Directory) -> b
     return False
 
 
+#: ``where`` for a surface that is in no channel: App Home, a modal, a Home-tab click
+NO_CHANNEL: str | None = None
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
     """Who may request and approve, how many approvals, for how long a request waits.
@@ -266,6 +275,16 @@ class AccessPolicy:
     team-qualified user ``T…/U…`` (matched by its user id: user ids are unique
     across an organisation). An empty ``requesters`` means anyone in an
     allowed channel; an empty ``channels`` means any channel.
+
+    This is the one access rule of every surface: slash commands, the App Home
+    tab (what it shows and its buttons), the request modal (when it opens and
+    again when it is submitted), clicks and ``/rotate-status``. ``where`` is the
+    channel a slash command was typed in: Slack only lets people type where they
+    are members, so an allowed channel is proof enough. Every other surface (App
+    Home, modals, button clicks) is checked with ``NO_CHANNEL``: then, with
+    ``channels`` set, the person must be a member of one of them, asked of Slack.
+    Without that, the Home tab would show and accept what the commands refuse to
+    someone outside the rotations channel.
     """
 
     approvers: tuple[str, ...]
@@ -275,11 +294,33 @@ class AccessPolicy:
     expiry_s: float = 30 * 60
     max_pending_per_user: int = 5
 
-    def may_request(self, person: Person, directory: Directory) -> bool:
-        return not self.requesters or is_listed(self.requesters, person, directory)
+    def in_scope(self, person: Person, directory: Directory, where: str | None = NO_CHANNEL) -> bool:
+        """The channel half of the rule: acting in an allowed channel, or (on a surface
+        without one) being a member of an allowed channel."""
+        if not self.channels:
+            return True
+        if where:
+            return where in self.channels
+        return any(person.user_id in directory.channel_members(c) for c in self.channels)
 
-    def may_approve(self, person: Person, directory: Directory) -> bool:
-        return is_listed(self.approvers, person, directory)
+    def may_request(
+        self, person: Person, directory: Directory, where: str | None = NO_CHANNEL
+    ) -> bool:
+        listed = not self.requesters or is_listed(self.requesters, person, directory)
+        return listed and self.in_scope(person, directory, where)
+
+    def may_approve(
+        self, person: Person, directory: Directory, where: str | None = NO_CHANNEL
+    ) -> bool:
+        return is_listed(self.approvers, person, directory) and self.in_scope(
+            person, directory, where
+        )
+
+    def may_see(self, person: Person, directory: Directory, where: str | None = NO_CHANNEL) -> bool:
+        """Pending requests, their ids and reasons: for those who may request or approve."""
+        return self.may_approve(person, directory, where) or self.may_request(
+            person, directory, where
+        )
 
     def channel_allowed(self, channel_id: str) -> bool:
         return not self.channels or channel_id in self.channels

@@ -4,7 +4,7 @@ Serves ``POST /api/<method>`` on 127.0.0.1 (a threaded HTTP server), so the
 bot's real ``slack_sdk.WebClient`` talks HTTP to it exactly as to Slack.
 Answers ``auth.test``, ``chat.postMessage``, ``chat.update``,
 ``chat.postEphemeral``, ``views.open``, ``views.publish``, ``usergroups.users.list``,
-``users.info``, ``conversations.info``, and ``conversations.history`` /
+``users.info``, ``conversations.info``, ``conversations.members``, and ``conversations.history`` /
 ``conversations.replies`` (read back from what was posted and updated, newest
 first, with Slack's cursor pagination); anything else gets
 ``unknown_method``. ``fail(method, error)`` makes the next calls fail.
@@ -19,6 +19,10 @@ It refuses what Slack refuses, so a green test means the card would appear:
   ``channels`` given, or user ids for direct messages), and text or blocks
   (``no_text``); ``chat.update`` needs the ts of a message posted in that
   channel (``message_not_found``);
+* channel membership: ``members`` names who is in which channel (a channel left out, or
+  ``members=None``, holds every user given in ``users``); ``conversations.members``
+  lists them with Slack's cursor pagination, and ``chat.postEphemeral`` to someone
+  outside the channel gets ``user_not_in_channel``, as from Slack;
 * ``views.publish`` needs a ``user_id`` that exists (``user_not_found``) and a
   valid view of type ``home`` (at most 100 blocks; ``invalid_arguments``);
   ``home_view(user)`` reads back the last one published for a person;
@@ -118,8 +122,10 @@ class FakeSlack:
         channels: Iterable[str] | None = None,
         users: Iterable[str] | None = None,
         trigger_ttl_s: float = TRIGGER_TTL_S,
+        members: dict[str, Iterable[str]] | None = None,
     ) -> None:
-        """``channels``/``users``: the ids that exist (None: any id of Slack's shape)."""
+        """``channels``/``users``: the ids that exist (None: any id of Slack's shape);
+        ``members``: channel id -> the user ids in it (see the module's docstring)."""
         self.token = token
         self.team_id = team_id
         self.bot_user_id = bot_user_id
@@ -127,6 +133,7 @@ class FakeSlack:
         self.channels = None if channels is None else set(channels)
         self.users = None if users is None else set(users) | {bot_user_id}
         self.trigger_ttl_s = trigger_ttl_s
+        self.members = {c: set(u) | {bot_user_id} for c, u in (members or {}).items()}
         self._calls: list[Call] = []
         self._cond = threading.Condition()
         self._ts = itertools.count(1)
@@ -345,6 +352,10 @@ class FakeSlack:
                 return {"ok": False, "error": "channel_not_found"}
             if method == "chat.postEphemeral" and not self._user_exists(params.get("user")):
                 return {"ok": False, "error": "user_not_found"}
+            if method == "chat.postEphemeral" and not self._is_member(
+                str(params.get("channel")), str(params.get("user"))
+            ):
+                return {"ok": False, "error": "user_not_in_channel"}
             if method == "chat.update":
                 ts = params.get("ts")
                 if self._messages.get(str(ts)) != params.get("channel"):
@@ -365,6 +376,10 @@ class FakeSlack:
             )
         if method == "users.info" and not self._user_exists(params.get("user")):
             return {"ok": False, "error": "user_not_found"}
+        if method == "conversations.members" and (
+            not self._channel_exists(params.get("channel")) or _USER_ID.match(str(params.get("channel")))
+        ):
+            return {"ok": False, "error": "channel_not_found"}
         if method in READ_METHODS and not self._channel_exists(params.get("channel")):
             return {"ok": False, "error": "channel_not_found"}
         if method == "conversations.replies":
@@ -395,6 +410,18 @@ class FakeSlack:
         if any(not self._channel_exists(t) for t in targets):
             return {"ok": False, "error": "channel_not_found"}
         return None
+
+    def _is_member(self, channel: str, user: str) -> bool:
+        """Whether ``user`` is in ``channel`` (a direct message has its own rules: yes)."""
+        if _USER_ID.match(channel) or channel not in self.members:
+            return True
+        return user in self.members[channel]
+
+    def channel_members(self, channel: str) -> list[str]:
+        """Who is in ``channel``, as ``conversations.members`` answers (sorted)."""
+        if channel in self.members:
+            return sorted(self.members[channel])
+        return sorted(self.users or ())
 
     def _user_exists(self, user: Any) -> bool:
         if not isinstance(user, str) or not _USER_ID.match(user):
@@ -480,6 +507,16 @@ class FakeSlack:
         if method == "conversations.info":
             channel = str(params.get("channel"))
             return {"ok": True, "channel": {"id": channel, "name": "rotations", "is_member": True}}
+        if method == "conversations.members":
+            members = self.channel_members(str(params["channel"]))
+            limit = min(int(params.get("limit") or 100), 1000)
+            start = int(params.get("cursor") or 0)
+            rest = members[start + limit :]
+            return {
+                "ok": True,
+                "members": members[start : start + limit],
+                "response_metadata": {"next_cursor": str(start + limit) if rest else ""},
+            }
         if method == "conversations.history":
             stored = self._stored(str(params["channel"]))
             top = [m for m in stored if m.get("thread_ts") in (None, m["ts"])]

@@ -6,7 +6,10 @@ unless given), serves it on 127.0.0.1 and returns a ``BotUnderTest``. Several
 bots may share a store: that is how tests restart the bot.
 
 The people: Alice requests (member of @secops and @oncall), Bob and Carol
-approve (@oncall), Dave is neither.
+approve (@oncall), Dave is neither. All four are in the rotations channel.
+Erin is in it too, and in @desk: with ``SPLIT_ROLES`` (requesters @desk,
+approvers @oncall) she may request but not approve, and Bob may approve but not
+request. Oscar exists but is not in the rotations channel (an outsider).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ CHANNEL = "C0ROTATE"
 ONCALL = "S0ONCALL"
 SECOPS = "S0SECOPS"
 ALICE, BOB, CAROL, DAVE = "U0ALICE", "U0BOB", "U0CAROL", "U0DAVE"
+ERIN, OSCAR = "U0ERIN", "U0OSCAR"
+DESK = "S0DESK"
+#: make_bot(**SPLIT_ROLES): those who may request and those who may approve differ
+SPLIT_ROLES: dict[str, tuple[str, ...]] = {"requesters": (DESK,), "approvers": (ONCALL,)}
 ELSEWHERE = "C0ELSEWHERE"  # a channel that exists but is not configured for rotations
 PANEL = "prod-eu"
 #: the audit log's key for every bot under test (kept outside the store, as in production)
@@ -72,9 +79,10 @@ def fake_slack(slack_secrets: SlackSecrets) -> Iterator[FakeSlack]:
     fake = FakeSlack(
         token=slack_secrets.bot_token,
         team_id=TEAM,
-        groups={ONCALL: [BOB, CAROL, ALICE], SECOPS: [ALICE, BOB, CAROL]},
+        groups={ONCALL: [BOB, CAROL, ALICE], SECOPS: [ALICE, BOB, CAROL], DESK: [ALICE, ERIN]},
         channels=[CHANNEL, ELSEWHERE],
-        users=[ALICE, BOB, CAROL, DAVE],
+        users=[ALICE, BOB, CAROL, DAVE, ERIN, OSCAR],
+        members={CHANNEL: [ALICE, BOB, CAROL, DAVE, ERIN]},  # Oscar is in ELSEWHERE only
     ).start()
     yield fake
     fake.stop()

@@ -178,3 +178,29 @@ def test_views_publish_takes_a_valid_home_view_of_at_most_100_blocks_for_a_perso
     assert "invalid_arguments" == error_of(lambda: client.views_publish(user_id=ALICE, view=broken))
     assert "user_not_found" == error_of(lambda: client.views_publish(user_id="U0NOBODY", view=home))
     assert home == fake.home_view(ALICE), "a refused view changes nothing"
+
+
+def test_channel_membership_is_as_strict_as_slack() -> None:
+    """``conversations.members`` lists who is in a channel, a page at a time; an ephemeral to
+    someone outside it is refused with ``user_not_in_channel``; an unknown channel is
+    ``channel_not_found``; a channel given no member list holds every known user."""
+    members = [f"U0M{i:03d}" for i in range(5)]
+    fake = FakeSlack(token=TOKEN, channels=[CHANNEL, "C0OPEN"], users=[*members, "U0OUT"],
+                     members={CHANNEL: members}).start()  # fmt: skip
+    try:
+        client = WebClient(token=TOKEN, base_url=fake.url)
+        seen, cursor = [], ""
+        while True:
+            page = client.conversations_members(channel=CHANNEL, limit=2, **({"cursor": cursor} if cursor else {}))
+            seen += page["members"]
+            cursor = page["response_metadata"]["next_cursor"]
+            if not cursor:
+                break
+        assert sorted([*members, "U0BOT"]) == sorted(seen)
+        assert "user_not_in_channel" == error_of(
+            lambda: client.chat_postEphemeral(channel=CHANNEL, user="U0OUT", text="hi"))  # fmt: skip
+        assert client.chat_postEphemeral(channel=CHANNEL, user="U0M001", text="hi")["ok"]
+        assert "U0OUT" in client.conversations_members(channel="C0OPEN")["members"]
+        assert "channel_not_found" == error_of(lambda: client.conversations_members(channel="C0NOPE"))
+    finally:
+        fake.stop()

@@ -6,17 +6,39 @@ secret was last rotated; a controlled clock ages them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
+from bot import socket_mode
 from bot.fakes.slack_api import Call
+from bot.fakes.slack_signing import SlackSender
+from bot.fakes.socket_mode import FakeSocketMode
 from bot.settings import load_settings
 from handlers import home
 from handlers.blocks import APPROVE_ACTION, DENY_ACTION
-from tests.bot.conftest import ALICE, BOB, CHANNEL, DAVE, PANEL, MakeBot, wait_until, write_config
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    CHANNEL,
+    DAVE,
+    ELSEWHERE,
+    ERIN,
+    ONCALL,
+    OSCAR,
+    PANEL,
+    SPLIT_ROLES,
+    MakeBot,
+    answers_to,
+    wait_until,
+    write_config,
+)
 from tests.support.fake_engine import FakeEngineHost
+from tests.support.secrets_scan import SecretRegistry
 
 DAY = 86400.0
 NO_REPEAT = {"reminder_check_minutes": 10_000}  # the watcher's own loop stays out of the way
@@ -313,3 +335,168 @@ def test_a_refusal_for_a_click_on_the_home_tab_reaches_the_person(make_bot: Make
     assert (to_alice.params["channel"], to_dave.params["channel"]) == (CHANNEL, CHANNEL)
     assert "can deny rotations" in to_dave.text
     assert bot.state(request_id) == "pending" and bot.fake.calls_to("views.open") == []
+
+
+# --- one access rule: the Home tab shows and accepts exactly what the commands would ---------
+
+TEMPLATE_SCOPE = {"requesters": ()}  # what the template ships: channels set, requesters empty
+
+
+def _all_text(view: dict[str, Any]) -> str:
+    return "\n".join(texts(view))
+
+
+def _submissions(bot: Any) -> list[Call]:
+    return [c for c in bot.fake.calls_to("chat.postMessage") if "requested:" in c.text]
+
+
+def _opened_view(call: Call) -> dict[str, Any]:
+    view = call.params["view"]
+    return dict(json.loads(view) if isinstance(view, str) else view)
+
+
+def test_an_outsider_is_refused_by_every_surface_the_commands_refuse_them(make_bot: MakeBot) -> None:
+    """Template scope (channels set, requesters empty). Oscar is not in the rotations channel.
+    The commands refuse him (he can only type them elsewhere); so do his Home tab (no pending
+    id or reason, no request button), the "Request a rotation" button (a refusal modal, not the
+    form), a signed submission of the request form (refused in the modal: no card, no plan),
+    /rotate-status, and Approve/Deny clicked from a Home tab (Oscar listed as an approver: the
+    channel rule still holds). Members of the channel keep every surface."""
+    bot = make_bot(approvers=(ONCALL, OSCAR), **TEMPLATE_SCOPE, **NO_REPEAT)
+    request_id, _ = bot.request_key(f"{PANEL} secret reason INC-77")  # Alice, from the channel
+
+    assert "Rotations are requested in <#C0ROTATE>" in bot.command(
+        "/rotate-key", f"{PANEL} my own reason", OSCAR, channel=ELSEWHERE).answer  # fmt: skip
+    assert "shown in <#C0ROTATE> only" in bot.command("/rotate-status", "", OSCAR, channel=ELSEWHERE).answer
+
+    oscar_home = open_home(bot, OSCAR)
+    shown = _all_text(oscar_home)
+    assert request_id not in shown and "secret reason" not in shown and "Panel " not in shown
+    assert "Only members of <#C0ROTATE> request, approve and follow rotations" in shown
+    assert [] == buttons(oscar_home)
+
+    # a request button he should never have had (a tab published before he left the channel)
+    assert bot.slack.click_in_home(home.REQUEST_ROTATION_ACTION, "", OSCAR).status == 200
+    opened = _opened_view(bot.fake.wait_for("views.open")[-1])
+    assert home.REQUEST_REFUSED_MODAL == opened["callback_id"] and "submit" not in opened
+    assert "Only members of <#C0ROTATE>" in _all_text(opened)
+
+    plans_before = [r.op for r in bot.engine.requests].count("plan")
+    refused = _submit(bot, OSCAR, panel=PANEL, kind="rotate-key", reason="let me in")
+    assert "errors" == refused.json().get("response_action")
+    assert "Only members of <#C0ROTATE>" in refused.json()["errors"][home.PANEL_BLOCK]
+
+    assert bot.slack.click_in_home(APPROVE_ACTION, request_id, OSCAR).status == 200
+    assert bot.slack.click_in_home(DENY_ACTION, request_id, OSCAR).status == 200
+    answers = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == OSCAR, count=2)
+    assert {"user_not_in_channel"} == {c.response.get("error") for c in answers}, "Slack refuses to tell him"
+    assert bot.state(request_id) == "pending" and bot.store.get(request_id).approvals == ()
+    assert 1 == len(bot.fake.calls_to("views.open")), "no deny modal opened for him"
+    assert 1 == len(_submissions(bot)) and plans_before == [r.op for r in bot.engine.requests].count("plan")
+    assert bot.store.pending_of(OSCAR) == []
+
+    # a member of the channel, listed nowhere (requesters empty): the Home tab and its form work
+    dave_home = open_home(bot, DAVE)
+    assert any(f"Pending `{request_id}`" in t for t in texts(dave_home))
+    assert (home.REQUEST_ROTATION_ACTION, home.Prefill().to_value()) in buttons(dave_home)
+    assert (APPROVE_ACTION, request_id) not in buttons(dave_home)
+    accepted = _submit(bot, DAVE, panel=PANEL, kind="rotate-key", reason="Dave's own request")
+    assert (200, "") == (accepted.status, accepted.answer)
+    wait_until(lambda: len(_submissions(bot)) == 2, what="Dave's card")
+
+
+def test_the_request_form_rechecks_the_rule_when_it_is_submitted(make_bot: MakeBot) -> None:
+    """Erin, in the channel, opens the form; she leaves the channel before she submits (past the
+    membership cache's minute). The submission is refused in the modal, and nothing is filed."""
+    bot = make_bot(**TEMPLATE_SCOPE, **NO_REPEAT)
+    view = open_home(bot, ERIN)
+    action, value = next(b for b in buttons(view) if b[0] == home.REQUEST_ROTATION_ACTION)
+    assert bot.slack.click_in_home(action, value, ERIN).status == 200
+    assert home.REQUEST_MODAL == _opened_view(bot.fake.wait_for("views.open")[-1])["callback_id"]
+
+    bot.fake.members[CHANNEL].discard(ERIN)
+    bot.rotator.deps.directory.ttl_s = 0  # type: ignore[attr-defined]  # a minute later
+    refused = _submit(bot, ERIN, panel=PANEL, kind="rotate-key", reason="opened while a member")
+    assert "errors" == refused.json().get("response_action")
+    assert "Only members of <#C0ROTATE>" in refused.json()["errors"][home.PANEL_BLOCK]
+    assert [] == _submissions(bot) and [] == bot.store.pending_of(ERIN)
+    assert "plan" not in [r.op for r in bot.engine.requests]
+    refreshed = _all_text(open_home(bot, ERIN))
+    assert "Panel " not in refreshed and "you are not one" in refreshed
+
+
+def test_an_outsider_over_socket_mode_gets_the_same_answers(
+    make_bot: MakeBot, fake_slack: Any, secret_registry: SecretRegistry
+) -> None:
+    """The same rule over Socket Mode: Oscar's Home tab (an events_api envelope) shows no request,
+    and his request form (an interactive envelope) is refused in the modal; Alice, in the
+    channel, files one the same way."""
+    app_token = f"xapp-1-A0ROTATOR-{secrets.randbelow(10**12)}-{secrets.token_hex(16)}"
+    secret_registry.register(app_token, "SLACK_APP_TOKEN")
+    stand_in = FakeSocketMode(app_token).start().attach(fake_slack)
+    bot = make_bot(**TEMPLATE_SCOPE, **NO_REPEAT)
+    request_id, _ = bot.request_key(f"{PANEL} secret reason INC-78")
+    handler = socket_mode.connect(bot.rotator.app, app_token, bot.rotator.gate.acknowledging)
+    try:
+        stand_in.app_home_opened(OSCAR)
+        oscar_home = home_of(bot, OSCAR)
+        assert request_id not in _all_text(oscar_home) and [] == buttons(oscar_home)
+
+        refused = stand_in.deliver("interactive", _submission_payload(stand_in, OSCAR, "over the socket"))
+        assert refused.payload is not None and "errors" == refused.payload.get("response_action")
+        assert "Only members of <#C0ROTATE>" in refused.payload["errors"][home.PANEL_BLOCK]
+
+        accepted = stand_in.deliver("interactive", _submission_payload(stand_in, ALICE, "over the socket"))
+        assert not (accepted.payload or {}).get("errors")
+        wait_until(lambda: len(_submissions(bot)) == 2, what="Alice's second card")
+        assert [] == bot.store.pending_of(OSCAR)
+    finally:
+        handler.close()  # type: ignore[no-untyped-call]
+        stand_in.stop()
+
+
+def _submission_payload(stand_in: Any, user: str, reason: str) -> dict[str, Any]:
+    """The request form's ``view_submission`` payload, as Slack puts it in an envelope."""
+
+    class Capture(SlackSender):
+        def post(self, body: str, **options: Any) -> Any:
+            return body
+
+    sender = Capture(**{f.name: getattr(stand_in.payloads, f.name) for f in dataclasses.fields(SlackSender)})
+    select = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
+    body = sender.submit_view(
+        home.REQUEST_MODAL,
+        "",
+        {
+            home.PANEL_BLOCK: {home.PANEL_INPUT: select(PANEL)},
+            home.KIND_BLOCK: {home.KIND_INPUT: select("rotate-key")},
+            home.AGENTS_BLOCK: {home.AGENTS_INPUT: ""},
+            home.REASON_BLOCK: {home.REASON_INPUT: reason},
+        },
+        user,
+    )
+    return dict(json.loads(parse_qs(str(body))["payload"][0]))
+
+
+def test_approve_and_deny_on_the_home_tab_only_for_approvers_when_roles_differ(make_bot: MakeBot) -> None:
+    """Requesters (@desk: Alice, Erin) and approvers (@oncall: Alice, Bob, Carol) differ. On
+    Alice's pending request, Erin (may request, not approve) sees no Approve or Deny, and her
+    forged Approve from the Home tab is refused; Bob (may approve, not request) sees both, and
+    no request button."""
+    bot = make_bot(**SPLIT_ROLES, **NO_REPEAT)
+    request_id, _ = bot.request_key()
+
+    erin = open_home(bot, ERIN)
+    assert any(f"Pending `{request_id}`" in t for t in texts(erin))
+    assert (APPROVE_ACTION, request_id) not in buttons(erin) and (DENY_ACTION, request_id) not in buttons(erin)
+    assert home.REQUEST_ROTATION_ACTION in [action for action, _ in buttons(erin)]
+    bob = open_home(bot, BOB)
+    assert {(APPROVE_ACTION, request_id), (DENY_ACTION, request_id)} <= set(buttons(bob))
+    assert home.REQUEST_ROTATION_ACTION not in [action for action, _ in buttons(bob)]
+
+    assert bot.slack.click_in_home(APPROVE_ACTION, request_id, ERIN).status == 200
+    refusal = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == ERIN)[0]
+    assert "Only members of <!subteam^S0ONCALL> can approve rotations." == refusal.text
+    assert bot.state(request_id) == "pending" and bot.store.get(request_id).approvals == ()
+    assert bot.command("/rotate-key", f"{PANEL} Bob tries to ask", BOB).status == 200
+    assert "Only members of <!subteam^S0DESK> can request rotations." == answers_to(bot.fake, BOB)[0].text

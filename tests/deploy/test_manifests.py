@@ -34,6 +34,7 @@ SCOPES: dict[str, set[str]] = {
     "chat.postEphemeral": {"chat:write"},
     "usergroups.users.list": {"usergroups:read"},
     "conversations.info": {"channels:read", "groups:read"},
+    "conversations.members": {"channels:read", "groups:read"},
     "conversations.history": {"channels:history", "groups:history"},
     "conversations.replies": {"channels:history", "groups:history"},
     # files_upload_v2: files.getUploadURLExternal + the upload + files.completeUploadExternal
