@@ -27,6 +27,7 @@ engine events carry fingerprints only.
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import time
@@ -138,6 +139,15 @@ def _export_head_mac(key: AuditKey, head: dict[str, Any]) -> str:
     return key.mac(canonical(["rotator-audit-export-head", head]).encode())
 
 
+def same_mac(expected: str, stored: Any) -> bool:
+    """Whether a stored MAC (or chain link) is exactly ``expected``: every digit, compared in
+    constant time. Never a prefix: a MAC altered past its 16th digit must fail, though the
+    16 digits an anchor shows still match it."""
+    if not isinstance(stored, str):
+        return False
+    return hmac.compare_digest(expected.encode(), stored.encode("utf-8", "surrogatepass"))
+
+
 def verify_entries(
     entries: Iterable[dict[str, Any]],
     key: AuditKey,
@@ -162,7 +172,7 @@ def verify_entries(
                 "the export has no head record: lines were cut off its end "
                 "(or it was not written by `audit export`)"
             )
-        elif export_head.get("mac") != _export_head_mac(key, export_head.get("head") or {}):
+        elif not same_mac(_export_head_mac(key, export_head.get("head") or {}), export_head.get("mac")):
             problems.append(
                 "the export's head record does not match its HMAC: it was changed, or the "
                 "wrong audit key is in use"
@@ -187,7 +197,7 @@ def verify_entries(
             problems.append(
                 f"entry {seq}: expected sequence number {expected_seq} (removed or reordered)"
             )
-        if entry["prev_hash"] != prev:
+        if not same_mac(prev, entry["prev_hash"]):
             problems.append(
                 f"entry {seq}: does not follow the entry before it (removed or reordered)"
             )
@@ -201,7 +211,7 @@ def verify_entries(
             data=data,
             prev_hash=str(entry["prev_hash"]),
         )
-        if digest != entry["hash"]:
+        if not same_mac(digest, entry["hash"]):
             bad_macs.append(seq)
             problems.append(f"entry {seq}: content does not match its HMAC (changed)")
         seen[seq] = str(entry["hash"])
@@ -215,7 +225,7 @@ def verify_entries(
         )
     if head is not None:
         head_seq, head_hash = head
-        if head_seq != last_seq or (head_seq and head_hash != prev):
+        if head_seq != last_seq or (head_seq and not same_mac(prev, head_hash)):
             problems.append(
                 f"the log ends at entry {last_seq} but its head records entry {head_seq} "
                 "(entries removed at the end, or the head was changed)"
@@ -227,7 +237,7 @@ def verify_entries(
                 f"the export holds {count} entries up to entry {last_seq}, but its head record "
                 f"says {recorded['entries']} up to entry {recorded['last_seq']}: lines were cut"
             )
-        elif count and recorded["last_hash"] != prev:
+        elif count and not same_mac(prev, recorded["last_hash"]):
             problems.append("the export's last entry is not the one its head record names")
     checked: list[Anchor] = []
     for anchor in anchors:
@@ -237,7 +247,9 @@ def verify_entries(
                 f"entry {last_seq}: entries were removed from the end"
             )
         elif anchor.seq in seen:
-            if seen[anchor.seq].startswith(anchor.digest):
+            # an anchor holds the first 16 (to 64) digits, by design: those, and no fewer
+            digits = len(anchor.digest)
+            if digits >= ANCHOR_DIGITS and same_mac(seen[anchor.seq][:digits], anchor.digest):
                 checked.append(anchor)
             else:
                 problems.append(
