@@ -255,7 +255,7 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
     if details:
         out += _sections(details, most=3)
     took = m.duration(outcome.get("duration_ms"))
-    parts = [] if on_card else [f"Rotation `{m.esc(request.id)}`"]
+    parts = [] if on_card else [f"Rotation `{m.esc(request.id)}`, plan `{request.plan.short_hash}`"]
     parts += [took] if took else []
     anchor = m.audit_anchor(outcome).removeprefix(" · ")
     parts += [anchor] if anchor else []
@@ -326,7 +326,7 @@ def request_card(
     if request.state == State.PENDING:
         blocks.append(_buttons(request))
     blocks.append(
-        _context(f"Request `{m.esc(request.id)}` · plan hash `{m.esc(request.plan_hash[:16])}`")
+        _context(f"Request `{m.esc(request.id)}` · plan hash `{m.esc(request.plan_hash)}`")
     )
     text = (
         f"{headline} by {request.requester.mention} · {status[-1]} · plan {request.plan.short_hash}"

@@ -5,6 +5,13 @@ between the card and the run: panel, operation, target agents, engine version,
 the SSH host key, the current key's fingerprint and the ciphertext layout.
 Counts are shown but not bound: a panel in use gains rows between plan and run,
 and the engine re-checks every value in its own preflight anyway.
+
+There is one plan hash: the engine's ``plan_hash``. The card, the audit log, the
+thread's summary and the engine's own ``runs.jsonl`` on the panel host all show
+it, because it is the one the run request names and the engine re-checks before
+it changes anything. What the engine cannot see (the SSH host key the bot
+pinned) is bound by the bot itself: ``differences`` compares the whole binding,
+and the runner voids the approvals when the host key changed.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
+SHORT_HASH_DIGITS = 12
 BINDING_FIELDS: tuple[str, ...] = (
     "panel",
     "op",
@@ -115,14 +123,22 @@ class PlanView:
             for name in BINDING_FIELDS
         }
 
-    @cached_property
+    @property
     def hash(self) -> str:
+        """The plan hash everyone sees: the engine's (see the module's docstring). Only a
+        plan from an engine that gave none (it could not run one either) falls back to
+        the bot's digest of its binding."""
+        return self.engine_plan_hash or self.binding_hash
+
+    @cached_property
+    def binding_hash(self) -> str:
         canonical = json.dumps(self.binding(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
     def short_hash(self) -> str:
-        return self.hash[:8]
+        """As the card shows it: the first 12 digits, as ``engine status`` lists a run's."""
+        return self.hash[:SHORT_HASH_DIGITS]
 
     def differences(self, other: PlanView) -> list[str]:
         """What changed from ``self`` (approved) to ``other`` (now), in card words."""

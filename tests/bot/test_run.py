@@ -63,7 +63,8 @@ def test_a_rotation_reports_each_step_in_the_thread_and_the_summary_on_the_card(
         "*Columns:* oscam_installs.webif_password 812 · saved_servers.ssh_credential_encrypted 377"
     )
     assert re.fullmatch(
-        rf"Rotation `{request_id}` · 6\.2 s · audit #\d+ [0-9a-f]{{16}}", context_texts(final)[0]
+        rf"Rotation `{request_id}`, plan `[0-9a-f]{{12}}` · 6\.2 s · audit #\d+ [0-9a-f]{{16}}",
+        context_texts(final)[0],
     )
     progress = [
         c.all_text() for c in bot.fake.card_versions(CHANNEL, ts) if "running: step" in c.text
