@@ -20,7 +20,7 @@ from bot.fakes.slack_signing import SlackSender
 from bot.fakes.socket_mode import FakeSocketMode
 from bot.settings import load_settings
 from handlers import home
-from handlers.blocks import APPROVE_ACTION, DENY_ACTION
+from handlers.blocks import APPROVE_ACTION, DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
 from tests.bot.conftest import (
     ALICE,
     BOB,
@@ -365,8 +365,9 @@ def test_an_outsider_is_refused_by_every_surface_the_commands_refuse_them(make_b
     bot = make_bot(approvers=(ONCALL, OSCAR), **TEMPLATE_SCOPE, **NO_REPEAT)
     request_id, _ = bot.request_key(f"{PANEL} secret reason INC-77")  # Alice, from the channel
 
-    assert "Rotations are requested in <#C0ROTATE>" in bot.command(
-        "/rotate-key", f"{PANEL} my own reason", OSCAR, channel=ELSEWHERE).answer  # fmt: skip
+    for command, text in [("/rotate-key", f"{PANEL} my own reason"), ("/rotate-agent", f"--all {PANEL} mine"),
+                          ("/rotate-incident", f"{PANEL} mine"), ("/rotate-db-password", f"{PANEL} mine")]:  # fmt: skip
+        assert "Rotations are requested in <#C0ROTATE>" in bot.command(command, text, OSCAR, channel=ELSEWHERE).answer
     assert "shown in <#C0ROTATE> only" in bot.command("/rotate-status", "", OSCAR, channel=ELSEWHERE).answer
 
     oscar_home = open_home(bot, OSCAR)
@@ -390,6 +391,11 @@ def test_an_outsider_is_refused_by_every_surface_the_commands_refuse_them(make_b
     assert bot.slack.click_in_home(DENY_ACTION, request_id, OSCAR).status == 200
     answers = bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == OSCAR, count=2)
     assert {"user_not_in_channel"} == {c.response.get("error") for c in answers}, "Slack refuses to tell him"
+    denied = bot.slack.submit_view(  # the deny form, submitted without a click before it
+        DENY_MODAL, request_id, {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "not on my watch"}}, OSCAR
+    )
+    assert denied.status == 200
+    bot.fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == OSCAR, count=3)
     assert bot.state(request_id) == "pending" and bot.store.get(request_id).approvals == ()
     assert 1 == len(bot.fake.calls_to("views.open")), "no deny modal opened for him"
     assert 1 == len(_submissions(bot)) and plans_before == [r.op for r in bot.engine.requests].count("plan")
