@@ -57,7 +57,7 @@ def test_the_card_audit_summary_and_runs_jsonl_show_the_engines_plan_hash(
     secret_registry.register_key(sandbox.env_key(), "rotated PANEL_ENCRYPTION_KEY")
 
     recorded = [r for r in runs(sandbox) if r.get("rotation_id") == request_id or r.get("id") == request_id]
-    assert recorded, runs(sandbox)
+    assert ["started", "finished"] == [r["event"] for r in recorded], runs(sandbox)
     assert {shown} == {r.get("plan_hash") for r in recorded}, "runs.jsonl names the card's plan hash"
     assert shown == audited_hash(bot, request_id) == bot.store.get(request_id).plan_hash
     assert f"Rotation `{request_id}`, plan `{shown[:12]}`" in summary.all_text()
@@ -90,4 +90,7 @@ def test_a_plan_that_changed_since_approval_voids_it_with_the_real_engine(
     assert sandbox.env_key() == key_after_first, "nothing changed"
     refused = [r for r in runs(sandbox) if second in (r.get("rotation_id"), r.get("id"))]
     assert refused and {stale} == {r.get("plan_hash") for r in refused}
-    assert ":warning: Plan changed before running" in bot.fake.latest_card(CHANNEL, second_ts).all_text()
+    bot.fake.wait_for(  # the store says voided first, then the card is repainted
+        "chat.update",
+        lambda c: c.params.get("ts") == second_ts and ":warning: Plan changed before running" in c.all_text(),
+    )
