@@ -326,7 +326,7 @@ def request_card(
     if request.state == State.PENDING:
         blocks.append(_buttons(request))
     blocks.append(
-        _context(f"Request `{m.esc(request.id)}` · plan hash `{m.esc(request.plan_hash)}`")
+        _context(f"Request `{m.esc(request.id)}` · plan hash `{m.esc(request.plan_hash[:16])}`")
     )
     text = (
         f"{headline} by {request.requester.mention} · {status[-1]} · plan {request.plan.short_hash}"

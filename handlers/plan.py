@@ -6,12 +6,12 @@ the SSH host key, the current key's fingerprint and the ciphertext layout.
 Counts are shown but not bound: a panel in use gains rows between plan and run,
 and the engine re-checks every value in its own preflight anyway.
 
-There is one plan hash: the engine's ``plan_hash``. The card, the audit log, the
-thread's summary and the engine's own ``runs.jsonl`` on the panel host all show
-it, because it is the one the run request names and the engine re-checks before
-it changes anything. What the engine cannot see (the SSH host key the bot
-pinned) is bound by the bot itself: ``differences`` compares the whole binding,
-and the runner voids the approvals when the host key changed.
+There is one plan hash: the engine's ``plan_hash``. The card and the thread's
+summary show its first digits, the audit log and the engine's own ``runs.jsonl``
+on the panel host all of it, because it is the one the run request names and the
+engine re-checks before it changes anything. What the engine cannot see (the SSH
+host key the bot pinned) is bound by the bot itself: ``differences`` compares the
+whole binding, and the runner voids the approvals when the host key changed.
 """
 
 from __future__ import annotations

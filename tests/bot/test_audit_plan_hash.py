@@ -16,7 +16,8 @@ from bot.local_client import LocalEngineClient
 from tests.bot.conftest import BOB, CHANNEL, MakeBot, wait_until
 from tests.support.secrets_scan import SecretRegistry
 
-CARD_HASH = re.compile(r"plan hash `([0-9a-f]{64})`")
+#: the card shows a prefix of the hash (a bare 64-hex value in Slack would look like a key)
+CARD_HASH = re.compile(r"plan hash `([0-9a-f]{16})`")
 
 
 def runs(sandbox: Any) -> list[dict[str, Any]]:
@@ -40,9 +41,9 @@ def audited_hash(bot: Any, request_id: str) -> str:
 def test_the_card_audit_summary_and_runs_jsonl_show_the_engines_plan_hash(
     make_bot: MakeBot, panel_factory: Callable[..., Any], secret_registry: SecretRegistry
 ) -> None:
-    """After a real rotation: the full hash on the card equals the ``plan_hash`` the engine wrote
-    to runs.jsonl (its start and its outcome), and the one in the audit log; the card's and the
-    summary's short form are its first 12 digits, as ``engine status`` lists it."""
+    """After a real rotation: the hash on the card (16 digits at its foot, 12 at its top and in
+    the summary, as ``engine status`` lists a run) is the ``plan_hash`` the engine wrote to
+    runs.jsonl (its start and its outcome), and the one in the audit log, in full."""
     sandbox = panel_factory(rows=8)
     bot = make_bot(
         engine_clients={"prod-eu": LocalEngineClient(sandbox.profile_path)},
@@ -58,8 +59,9 @@ def test_the_card_audit_summary_and_runs_jsonl_show_the_engines_plan_hash(
 
     recorded = [r for r in runs(sandbox) if r.get("rotation_id") == request_id or r.get("id") == request_id]
     assert ["started", "finished"] == [r["event"] for r in recorded], runs(sandbox)
-    assert {shown} == {r.get("plan_hash") for r in recorded}, "runs.jsonl names the card's plan hash"
-    assert shown == audited_hash(bot, request_id) == bot.store.get(request_id).plan_hash
+    (engine_hash,) = {r.get("plan_hash") for r in recorded}
+    assert engine_hash.startswith(shown), "runs.jsonl names the card's plan hash"
+    assert engine_hash == audited_hash(bot, request_id) == bot.store.get(request_id).plan_hash
     assert f"Rotation `{request_id}`, plan `{shown[:12]}`" in summary.all_text()
     assert shown == card_hash(bot, ts), "the final card still shows the same hash"
 
@@ -89,7 +91,7 @@ def test_a_plan_that_changed_since_approval_voids_it_with_the_real_engine(
     wait_until(lambda: bot.state(second) == "voided", timeout=120, what="the second request voided")
     assert sandbox.env_key() == key_after_first, "nothing changed"
     refused = [r for r in runs(sandbox) if second in (r.get("rotation_id"), r.get("id"))]
-    assert refused and {stale} == {r.get("plan_hash") for r in refused}
+    assert refused and {stale} == {r.get("plan_hash")[:16] for r in refused}
     bot.fake.wait_for(  # the store says voided first, then the card is repainted
         "chat.update",
         lambda c: c.params.get("ts") == second_ts and ":warning: Plan changed before running" in c.all_text(),
