@@ -541,6 +541,7 @@ def build_rotator(
             secret_client=quiet_client(client),
             max_failures=settings.config.step_up_max_failures,
             window_s=settings.config.step_up_window_minutes * 60,
+            needs_admin_approval=settings.config.step_up_enrollment_approval,
             clock=clock,
         )
     deps = HandlerDeps(

@@ -25,6 +25,9 @@ Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
     enroll_admins = ["S0SECOPS"]         # who may /rotate-enroll reset @user
     step_up_max_failures = 5             # wrong codes per approver within the window,
     step_up_window_minutes = 15          # then no code is checked until one ages out
+    step_up_enrollment_approval = true   # a new enrollment approves nothing until an
+                                         # enroll admin (not its owner) approves it in
+                                         # Slack; false: its owner's first code is enough
     max_key_age_days = 365               # remind to rotate a key or agent token older
                                          # than this (the vendor says "annually")
     reminder_interval_days = 7           # one reminder per panel and secret per interval
@@ -167,6 +170,8 @@ class RotatorConfig(BaseModel):
     enroll_admins: list[str] = Field(default_factory=list)
     step_up_max_failures: int = Field(default=5, ge=1, le=100)
     step_up_window_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+    #: a new TOTP enrollment needs an enroll admin's approval (a second person) before it counts
+    step_up_enrollment_approval: bool = True
 
     @field_validator("channels", mode="before")
     @classmethod

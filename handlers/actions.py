@@ -33,6 +33,7 @@ from handlers.ports import (
     RotationRequest,
     State,
     StepUpCheck,
+    mention_list,
 )
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,29 @@ def approve(
         missing = deps.policy.approvals_required - len(approvals)
         return ClickOutcome(answer=m.approval_recorded(missing, approvers), changed=stored)
     raise RuntimeError(f"could not record an approval of {request_id}: too many concurrent changes")
+
+
+def approve_with_code(
+    deps: HandlerDeps, request_id: str, person: Person, code: str
+) -> tuple[str | None, ClickOutcome | None]:
+    """A step-up code submission: (refusal, outcome). The two-person rule is checked before
+    the code (so a forged submission by the requester or a non-approver costs no try and
+    approves nothing), then the code, then the approval is counted."""
+    request = deps.store.get(request_id)
+    if deps.step_up is None or request is None:
+        return m.unknown_request(request_id), None
+    if not deps.step_up.required(request.panel):
+        return m.unknown_request(request_id), None
+    rules = approve(deps, request_id, person)  # without a factor: counts nothing on this panel
+    if rules.needs_code is None:
+        return rules.answer or m.unknown_request(request_id), rules
+    verdict = deps.step_up.verify(person.user_id, code)
+    if verdict.check != StepUpCheck.OK:
+        return step_up.answer(verdict, mention_list(deps.step_up.admins)), None
+    outcome = approve(deps, request_id, person, stepped_up=step_up.APPROVED_WITH)
+    if outcome.changed is None or not outcome.changed.approved_by(person):
+        return outcome.answer or m.unknown_request(request_id), outcome
+    return None, outcome
 
 
 def may_deny(
@@ -222,31 +246,35 @@ def register(app: App, deps: HandlerDeps) -> None:
     app.action(blocks.APPROVE_ACTION)(approve_rotation)
 
     def code_submission(body: dict[str, Any], ack: Ack) -> None:
+        """Checked before the acknowledgement, so a refusal stays in the open modal."""
         code = step_up.code_from_view(body)
         if code is None:
-            ack(response_action="errors", errors={step_up.CODE_BLOCK: m.step_up_code_format()})
+            ack(**step_up.modal_error(step_up.CODE_BLOCK, m.step_up_code_format()))
             return
-        ack()
         person = person_from_interaction(body)
         request_id = str(body["view"].get("private_metadata", ""))
+        refusal, outcome = approve_with_code(deps, request_id, person, code)
+        if refusal is not None or outcome is None:
+            ack(**step_up.modal_error(step_up.CODE_BLOCK, refusal or m.unknown_request(request_id)))
+            if outcome is not None and outcome.changed is not None:  # it expired meanwhile
+                changed = outcome.changed
 
-        def verify_and_approve() -> None:
-            request = deps.store.get(request_id)
-            channel = request.channel_id if request else ""
+                def repaint() -> None:
+                    cards.refresh_card(client, changed, deps.policy, deps.clock())
+
+                deps.defer(repaint, Lane.CLICK)
+            return
+        ack()
+        approved = outcome
+
+        def announce() -> None:
+            channel = approved.changed.channel_id if approved.changed else ""
             with cards.reporting_errors(client, channel, person.user_id, f"approve {request_id}"):
-                if deps.step_up is None or request is None:
-                    cards.tell(client, channel, person.user_id, m.unknown_request(request_id))
-                    return
-                verdict = deps.step_up.verify(person.user_id, code)
-                if verdict.check != StepUpCheck.OK:
-                    cards.tell(client, channel, person.user_id, step_up.answer(verdict))
-                    return
-                outcome = approve(deps, request_id, person, stepped_up=step_up.APPROVED_WITH)
-                if outcome.changed is not None and outcome.changed.approved_by(person):
-                    cards.post_thread(client, outcome.changed, m.approved_with_totp(person.mention))
-                report(outcome, person, channel)
+                if approved.changed is not None:
+                    cards.post_thread(client, approved.changed, m.approved_with_totp(person.mention))
+                report(approved, person, channel)
 
-        deps.after_ack(body, verify_and_approve)
+        deps.defer(announce, Lane.CLICK)
 
     app.view(step_up.TOTP_MODAL)(code_submission)
 

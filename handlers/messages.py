@@ -876,6 +876,40 @@ def step_up_replayed(tries_left: int, retry_after_s: float) -> str:
     )
 
 
+def step_up_not_confirmed() -> str:
+    return (
+        "Your enrollment is not finished, so it approves nothing yet: in the direct message I "
+        "sent you, click Type my first code and type the code your authenticator shows."
+    )
+
+
+def step_up_expired() -> str:
+    return (
+        "Your enrollment expired before its first code was typed, so it approves nothing: "
+        "type `/rotate-enroll` to start again."
+    )
+
+
+def step_up_awaiting_approval(admins: str) -> str:
+    who = admins or "an enroll admin"
+    return (
+        f"Your authenticator is confirmed, but {who} must approve the enrollment before it "
+        "approves anything (a second person checks every new enrollment)."
+    )
+
+
+def step_up_key_mismatch() -> str:
+    return (
+        "Your code can't be checked: the bot's enrollment key (ROTATOR_ENROLLMENT_KEY) no longer "
+        "opens the stored authenticator secrets (it was changed or is wrong). Nothing was "
+        "approved. Ask whoever runs the bot to restore that key, or an enroll admin to reset "
+        "your enrollment (`/rotate-enroll reset @you`) so you can enroll again."
+    )
+
+
+STEP_UP_ALREADY_CONFIRMED = "Your enrollment is confirmed already: nothing to do."
+
+
 def step_up_code_format() -> str:
     return "Type the 6 digits your authenticator shows now."
 
@@ -904,15 +938,81 @@ def enroll_already(admins: str) -> str:
 
 ENROLL_SENT = (
     ":iphone: I sent you a direct message with your enrollment: scan its QR code with an "
-    "authenticator app. Approve buttons then ask for the 6-digit code it shows."
+    "authenticator app, then type the first code it shows there (the message and the QR code "
+    "are deleted then)."
 )
 
 
-def enroll_dm(uri: str) -> str:
+def enroll_dm(uri: str, pending_s: float) -> str:
     return (
         ":lock: Your step-up enrollment for rotation approvals. Scan the QR code below with an "
-        "authenticator app, or add this link to it, then delete this message:\n"
-        f"`{uri}`\nThis secret is shown once: keep it to yourself."
+        "authenticator app, or add this link to it:\n"
+        f"`{uri}`\nThen click *Type my first code* and type the code it shows, within "
+        f"{_minutes(pending_s)}. I delete this message and the QR code as soon as that code is "
+        "right; until then, keep them to yourself."
+    )
+
+
+def enroll_pending(pending_s: float) -> str:
+    return (
+        "You have an enrollment waiting for its first code: open the direct message I sent you. "
+        f"If you lost it, wait until it expires ({_minutes(pending_s)} after you asked), then "
+        "type `/rotate-enroll` again."
+    )
+
+
+def enroll_waiting(admins: str) -> str:
+    who = admins or "an enroll admin"
+    return f"Your enrollment is confirmed and waits for {who} to approve it."
+
+
+def enroll_confirmed(needs_approval: bool, admins: str) -> str:
+    deleted = "I deleted the message and the QR code that held its secret."
+    if not needs_approval:
+        return f":white_check_mark: Your authenticator is enrolled: Approve buttons now ask for its code. {deleted}"
+    who = admins or "an enroll admin"
+    return (
+        f":white_check_mark: Your authenticator is confirmed. {deleted} It approves rotations "
+        f"once {who} approves the enrollment: I asked them."
+    )
+
+
+def enrollment_approval_request(user: str, admins: str) -> str:
+    return (
+        f":iphone: {user} enrolled an authenticator for approving rotations and typed its first "
+        f"code. {admins or 'An enroll admin'}: approve it if {user} really did (ask them on "
+        "another channel: a stolen Slack session can enroll too). To refuse, "
+        f"`/rotate-enroll reset {user}`."
+    )
+
+
+def enrollment_approved(user: str, admin: str) -> str:
+    return f":white_check_mark: {user}'s authenticator enrollment was approved by {admin}."
+
+
+def enrollment_active(admin: str) -> str:
+    return f":white_check_mark: {admin} approved your authenticator: Approve buttons now ask for its code."
+
+
+def enroll_approve_self(admins: str) -> str:
+    return f"You can't approve your own enrollment: another of {admins} must."
+
+
+def enroll_approve_not_admin(admins: str) -> str:
+    if not admins:
+        return "No one may approve enrollments here: set `enroll_admins` in the bot's settings."
+    return f"Only {admins} can approve an enrollment."
+
+
+def enroll_approve_not_waiting(user: str) -> str:
+    return f"{user}'s enrollment is not waiting for an approval (approved, reset or never confirmed)."
+
+
+def enroll_self_reset_refused(admins: str) -> str:
+    return (
+        "You can't reset your own enrollment without its current code: type "
+        "`/rotate-enroll reset @you 123456` with the code your authenticator shows, or ask "
+        f"another of {admins or 'the enroll admins'}. This refusal is in the audit log."
     )
 
 
@@ -924,7 +1024,10 @@ def enroll_failed(ref: str) -> str:
 
 
 def enroll_reset_usage() -> str:
-    return "Usage: `/rotate-enroll` to enroll yourself, or `/rotate-enroll reset @user` (admins)."
+    return (
+        "Usage: `/rotate-enroll` to enroll yourself, or `/rotate-enroll reset @user` (admins; "
+        "your own enrollment: `/rotate-enroll reset @you <current code>`)."
+    )
 
 
 def enroll_reset_not_admin(admins: str) -> str:

@@ -2,9 +2,12 @@
 
 The Approve button of a panel with ``step_up = "totp"`` does not approve: once
 every rule of the two-person rule passes (``actions.approve``), it opens this
-modal with the click's trigger id. The code typed in it is checked after the
-acknowledgement (``StepUp.verify``: one step either side, each step once, failures
-rate-limited); only then does ``actions.approve`` count the approval, recorded
+modal with the click's trigger id. A submission is checked before it is
+acknowledged, the rules first (a forged submission with no click before it
+meets the same two-person rule) and then the code (``StepUp.verify``: one step
+either side, each step once, tries counted first); a refusal is acknowledged
+with ``response_action: "errors"`` on the code's block, so the modal stays open
+and says why. Only then does ``actions.approve`` count the approval, recorded
 as "approved with TOTP" in the audit log and the request's thread.
 """
 
@@ -17,7 +20,14 @@ from slack_sdk import WebClient
 
 from handlers import blocks, cards
 from handlers import messages as m
-from handlers.ports import HandlerDeps, Person, RotationRequest, StepUpCheck, StepUpVerdict
+from handlers.ports import (
+    HandlerDeps,
+    Person,
+    RotationRequest,
+    StepUpCheck,
+    StepUpVerdict,
+    mention_list,
+)
 
 TOTP_MODAL = "approve_with_totp"
 CODE_BLOCK = "totp_code"
@@ -66,15 +76,41 @@ def code_from_view(body: dict[str, Any]) -> str | None:
     return code if _CODE.match(code) else None
 
 
-def answer(verdict: StepUpVerdict) -> str:
+def answer(verdict: StepUpVerdict, admins: str = "") -> str:
     """What the approver is told when their code (or their state) does not allow an approval."""
     if verdict.check == StepUpCheck.NOT_ENROLLED:
         return m.step_up_not_enrolled()
+    if verdict.check == StepUpCheck.NOT_CONFIRMED:
+        return m.step_up_not_confirmed()
+    if verdict.check == StepUpCheck.EXPIRED:
+        return m.step_up_expired()
+    if verdict.check == StepUpCheck.AWAITING_APPROVAL:
+        return m.step_up_awaiting_approval(admins)
+    if verdict.check == StepUpCheck.KEY_MISMATCH:
+        return m.step_up_key_mismatch()
+    if verdict.check == StepUpCheck.ALREADY_CONFIRMED:
+        return m.STEP_UP_ALREADY_CONFIRMED
     if verdict.check == StepUpCheck.RATE_LIMITED:
         return m.step_up_rate_limited(verdict.retry_after_s)
     if verdict.check == StepUpCheck.REPLAYED:
         return m.step_up_replayed(verdict.tries_left, verdict.retry_after_s)
     return m.step_up_wrong(verdict.tries_left, verdict.retry_after_s)
+
+
+_MENTION = re.compile(r"<[@#!]([A-Z0-9]+)(?:\|([^>]*))?>")
+
+
+def plain(text: str) -> str:
+    """A message for a modal's error line, which shows plain text: mentions as ``@U123``,
+    no code marks, no emphasis."""
+    text = _MENTION.sub(lambda found: "@" + (found.group(2) or found.group(1)), text)
+    text = text.replace("`", "").replace("*", "")
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def modal_error(block_id: str, text: str) -> dict[str, Any]:
+    """The acknowledgement that keeps a modal open with ``text`` under ``block_id``."""
+    return {"response_action": "errors", "errors": {block_id: plain(text)}}
 
 
 def ask_for_code(
@@ -91,6 +127,11 @@ def ask_for_code(
     assert deps.step_up is not None
     verdict = deps.step_up.precheck(person.user_id)
     if verdict.check != StepUpCheck.OK:
-        cards.tell(client, channel or request.channel_id, person.user_id, answer(verdict))
+        cards.tell(
+            client,
+            channel or request.channel_id,
+            person.user_id,
+            answer(verdict, mention_list(deps.step_up.admins)),
+        )
         return
     client.views_open(trigger_id=trigger_id, view=code_modal(request))

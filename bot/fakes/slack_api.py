@@ -40,6 +40,16 @@ It refuses what Slack refuses, so a green test means the card would appear:
   error, Slack documents none for a short upload), and a ``channel_id`` /
   ``channels`` that exist (``channel_not_found``). ``uploads()`` returns what
   was shared, bytes included.
+* deletions, as Slack does them for a bot token: ``chat.delete`` needs a ``channel``
+  that exists (``channel_not_found``) and the ``ts`` of a message there that was not
+  deleted (``message_not_found``), posted by the bot (``cant_delete_message``: a bot
+  can't delete a person's message; ``post_as_user`` puts one in a conversation);
+  ``files.delete`` needs the id of a file that exists and was not deleted
+  (``file_not_found``) and that the bot uploaded (``cant_delete_file``;
+  ``upload_as_user``). A deleted message leaves ``conversations.history`` /
+  ``replies`` and can't be updated; a deleted file leaves ``uploads()`` and
+  ``files.info`` (``file_not_found``). ``present()`` is everything still kept,
+  every conversation's messages and every file's bytes, for a test to scan.
 
 Tests wait on the record with a deadline (``wait_for``), never with a sleep:
 the bot does its work on threads after it acknowledges.
@@ -66,6 +76,7 @@ TRIGGER_TTL_S = 3.0  # Slack: "trigger_ids expire three seconds after they're is
 _CONVERSATION_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 MESSAGE_METHODS = ("chat.postMessage", "chat.update", "chat.postEphemeral")
+DELETE_METHODS = ("chat.delete", "files.delete", "files.info")
 READ_METHODS = ("conversations.history", "conversations.replies")
 UPLOAD_PATH = "/upload/v1/"  # where files.getUploadURLExternal sends the bytes (step 2)
 UPLOAD_METHOD = "files.upload(POST to upload_url)"  # how the record names that POST
@@ -151,6 +162,9 @@ class FakeSlack:
         self._rate_seen = 0
         self._rate_left: int | None = None
         self._uploads: dict[str, dict[str, Any]] = {}  # file id -> what getUploadURLExternal issued
+        self._deleted_ts: set[str] = set()  # messages removed by chat.delete
+        self._deleted_files: set[str] = set()  # files removed by files.delete
+        self._foreign: dict[str, dict[str, Any]] = {}  # ts -> a message a person posted
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -249,7 +263,11 @@ class FakeSlack:
     def uploads(self) -> list[dict[str, Any]]:
         """Files shared by ``files.completeUploadExternal``: id, filename, title, channels, data."""
         with self._cond:
-            return [dict(u) for u in self._uploads.values() if u["shared_to"]]
+            return [
+                dict(u)
+                for u in self._uploads.values()
+                if u["shared_to"] and u["id"] not in self._deleted_files
+            ]
 
     # --- behaviour ---------------------------------------------------------------------
 
@@ -347,6 +365,8 @@ class FakeSlack:
 
     def _refusal(self, method: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """Slack's error answer for a call it would refuse, or None."""
+        if method in DELETE_METHODS:
+            return self._delete_refusal(method, params)
         if method in MESSAGE_METHODS:
             if not self._channel_exists(params.get("channel")):
                 return {"ok": False, "error": "channel_not_found"}
@@ -452,6 +472,8 @@ class FakeSlack:
         return None
 
     def _success(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method in DELETE_METHODS:
+            return self._delete(method, params)
         if method == "auth.test":
             return {
                 "ok": True,
@@ -548,7 +570,83 @@ class FakeSlack:
                 continue
             stored[ts]["text"] = str(call.params.get("text") or "")
             stored[ts]["blocks"] = _json_field(call.params.get("blocks")) or []
-        return sorted(stored.values(), key=lambda m: float(m["ts"]))
+        for ts, message in self._foreign.items():
+            if message["channel"] == channel:
+                stored[ts] = {k: v for k, v in message.items() if k != "channel"}
+        kept = [m for ts, m in stored.items() if ts not in self._deleted_ts]
+        return sorted(kept, key=lambda m: float(m["ts"]))
+
+    # --- deletions (chat.delete, files.delete) and what is still kept -------------------
+
+    def post_as_user(self, user: str, channel: str, text: str) -> str:
+        """A message a person posted in ``channel`` (the bot can read it, not delete it); its ts."""
+        with self._cond:
+            ts = self._next_ts()
+            self._messages[ts] = channel
+            self._foreign[ts] = {"type": "message", "ts": ts, "user": user, "text": text,
+                                 "blocks": [], "channel": channel}
+        return ts
+
+    def upload_as_user(self, user: str, filename: str, data: bytes) -> str:
+        """A file a person shared; the bot can't delete it. Its id."""
+        file_id = "F" + secrets.token_hex(5).upper()
+        with self._cond:
+            self._uploads[file_id] = {
+                "id": file_id, "filename": filename, "length": len(data), "data": data,
+                "title": filename, "shared_to": ["(private)"], "user": user,
+            }
+        return file_id
+
+    def _delete_refusal(self, method: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        if method == "chat.delete":
+            channel, ts = params.get("channel"), str(params.get("ts") or "")
+            if not self._channel_exists(channel):
+                return {"ok": False, "error": "channel_not_found"}
+            if ts in self._deleted_ts or self._messages.get(ts) != channel:
+                return {"ok": False, "error": "message_not_found"}
+            if ts in self._foreign:
+                return {"ok": False, "error": "cant_delete_message"}
+            return None
+        file_id = str(params.get("file") or "")
+        upload = self._uploads.get(file_id)
+        if upload is None or upload["data"] is None or file_id in self._deleted_files:
+            return {"ok": False, "error": "file_not_found"}
+        if method == "files.delete" and upload.get("user", self.bot_user_id) != self.bot_user_id:
+            return {"ok": False, "error": "cant_delete_file"}
+        return None
+
+    def _delete(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method == "chat.delete":
+            ts = str(params["ts"])
+            self._deleted_ts.add(ts)
+            self._messages.pop(ts, None)  # chat.update and replies now say not found
+            return {"ok": True, "channel": params["channel"], "ts": ts}
+        file_id = str(params["file"])
+        if method == "files.info":
+            upload = self._uploads[file_id]
+            return {"ok": True, "file": {"id": file_id, "name": upload["filename"],
+                                         "title": upload["title"], "size": upload["length"]}}
+        self._deleted_files.add(file_id)
+        return {"ok": True}
+
+    def deleted(self) -> dict[str, list[str]]:
+        """What ``chat.delete`` and ``files.delete`` removed: message ts and file ids."""
+        with self._cond:
+            return {"messages": sorted(self._deleted_ts), "files": sorted(self._deleted_files)}
+
+    def present(self) -> dict[str, Any]:
+        """Everything Slack still keeps: each conversation's messages (as history returns
+        them, last versions) and each file that was not deleted, bytes included."""
+        with self._cond:
+            channels = {str(c.params.get("channel")) for c in self._calls if c.params.get("channel")}
+            channels |= {m["channel"] for m in self._foreign.values()}
+            messages = {ch: self._stored(ch) for ch in sorted(channels)}
+            files = [
+                dict(u)
+                for u in self._uploads.values()
+                if u["data"] is not None and u["id"] not in self._deleted_files
+            ]
+        return {"messages": {ch: ms for ch, ms in messages.items() if ms}, "files": files}
 
     # --- the record --------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Self
+from typing import Any, Self
 
 from bot.audit_key import AuditKey
 from bot.errors import StoreError
@@ -36,7 +36,34 @@ class Database:
             for statement in self._backend.schema:
                 cursor.execute(statement)
             cursor.close()
+            self._add_missing_columns(conn)
         return self
+
+    def _add_missing_columns(self, conn: Any) -> None:
+        """``schema.ADDED_COLUMNS`` that an older store lacks (two replicas may race: fine)."""
+        from bot.store.schema import ADDED_COLUMNS  # schema -> audit_chain -> this module
+
+        for table, column, definition in ADDED_COLUMNS:
+            if column in self._columns(conn, table):
+                continue
+            cursor = conn.cursor()
+            try:
+                cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except self._backend.errors:
+                if column not in self._columns(conn, table):  # not another replica's doing
+                    raise
+            finally:
+                cursor.close()
+
+    @staticmethod
+    def _columns(conn: Any, table: str) -> set[str]:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+            cursor.fetchall()
+            return {str(d[0]) for d in cursor.description or ()}
+        finally:
+            cursor.close()
 
     def close(self) -> None:
         self._backend.close()

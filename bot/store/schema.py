@@ -3,7 +3,9 @@ key-age reminders, TOTP enrollments.
 
 Every statement is idempotent (``IF NOT EXISTS``, ``INSERT ... IGNORE``): ``migrate()`` runs them
 all at each start, so a store from an older version gains the new tables (``key_reminders``,
-``totp_enrollments``, ``totp_failures``).
+``totp_enrollments``, ``totp_failures``). The store keeps no version number, so columns added to an
+existing table later are listed in ``ADDED_COLUMNS``: ``migrate()`` adds each one it does not find
+(the same SQL on both dialects), with a default that describes the rows written before it.
 """
 
 from __future__ import annotations
@@ -137,4 +139,16 @@ MYSQL = (
         team_id VARCHAR(32) NOT NULL,
         seen_at DOUBLE NOT NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+)
+
+#: table -> (column, definition) added after the table first shipped; the default describes the
+#: rows that existed before: TOTP enrollments made before confirmation and admin approval existed
+#: were in use, so they stay ``active``.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("totp_enrollments", "status", "VARCHAR(24) NOT NULL DEFAULT 'active'"),
+    ("totp_enrollments", "pending_until", "DOUBLE NOT NULL DEFAULT 0"),
+    ("totp_enrollments", "dm_channel", "VARCHAR(32) NOT NULL DEFAULT ''"),
+    ("totp_enrollments", "dm_ts", "VARCHAR(32) NOT NULL DEFAULT ''"),
+    ("totp_enrollments", "dm_file", "VARCHAR(32) NOT NULL DEFAULT ''"),
+    ("totp_enrollments", "approved_by", "VARCHAR(128) NOT NULL DEFAULT ''"),
 )

@@ -20,6 +20,11 @@ class Tx:
         self._cursor.execute(sql, tuple(params))
         return int(self._cursor.rowcount)
 
+    @property
+    def last_id(self) -> int:
+        """The id the last ``INSERT`` gave its row (an auto-increment key)."""
+        return int(self._cursor.lastrowid)
+
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         self.execute(sql, params)
         row = self._cursor.fetchone()
