@@ -3,6 +3,9 @@
 Checks, each with what to fix when it fails:
 
 * Slack: the bot token works (``auth.test``) and the bot is in each rotations channel;
+* step-up (``step_up = "totp"``): the enrollment key loads and opens every TOTP secret in
+  the store (a rotated or wrong ``ROTATOR_ENROLLMENT_KEY`` leaves approvers unable to
+  approve: this says so, and whose);
 * every panel: the engine answers over SSH (or as a local subprocess) with the pinned
   host key, its version, and its read-only ``probe`` (layout, counts per column, missing
   tables, whether the agent tables match the profile).
@@ -16,8 +19,9 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from bot.engine_client import EngineClient
@@ -217,6 +221,53 @@ def _with_cause(exc: BaseException) -> str:
     return text
 
 
+def enrollment_checks(settings: Any, environ: Mapping[str, str] | None = None) -> Iterator[Check]:
+    """Step-up: does the enrollment key load, and does it open every stored TOTP secret?"""
+    if not settings.step_up_anywhere:
+        return
+    from bot.enrollment_key import load_enrollment_key
+    from bot.store import open_store
+
+    try:
+        key = load_enrollment_key(environ)
+    except BotError as exc:
+        yield Check("enrollment key", False, str(exc), "set ROTATOR_ENROLLMENT_KEY_FILE")
+        return
+    url = settings.store_url
+    if url.startswith("sqlite://") and not Path("/" + url[len("sqlite://"):].lstrip("/")).exists():
+        yield Check("enrollment key", True, f"key {key.fingerprint}; no store yet, so no enrollment")
+        return
+    try:
+        store = open_store(url)
+        try:
+            enrollments = store.enrollments()
+        finally:
+            store.close()
+    except BotError as exc:
+        yield Check("enrollment key", False, f"could not read the enrollments: {exc}",
+                    "check `store` in ROTATOR_CONFIG")
+        return
+    closed = []
+    for enrollment in enrollments:
+        try:
+            key.open(enrollment.sealed_secret, enrollment.user_id)
+        except BotError:
+            closed.append(enrollment.user_id)
+    if not closed:
+        yield Check("enrollment key", True,
+                    f"key {key.fingerprint} opens all {len(enrollments)} stored TOTP secret(s)")
+        return
+    yield Check(
+        "enrollment key",
+        False,
+        f"key {key.fingerprint} does not open the TOTP secrets of {', '.join(closed)} "
+        f"({len(closed)} of {len(enrollments)}): ROTATOR_ENROLLMENT_KEY (or _FILE) was changed "
+        "or is wrong, so these approvers can't approve with step-up",
+        "restore the key they were sealed with, or have an enroll admin reset each "
+        "(`/rotate-enroll reset @user`) so they enroll again",
+    )
+
+
 def run_checks(
     settings: Any, web_client: Any, clients: Callable[[str], EngineClient], panels: list[str]
 ) -> list[Check]:
@@ -261,5 +312,6 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     known = list(settings.config.panels.panels) + list(settings.config.local_panels)
     panels = args.panel or known
     checks = run_checks(settings, web_client, default_engine_clients(settings), panels)
+    checks.extend(enrollment_checks(settings))
     render(checks, out)
     return 0 if all(c.ok for c in checks) else 1

@@ -21,8 +21,8 @@ from bot.errors import SettingsError
 from bot.fakes.slack_api import UPLOAD_METHOD, Call
 from bot.fakes.slack_signing import Sent
 from bot.settings import load_settings
-from bot.store import open_store
 from bot.step_up import STEP_S
+from bot.store import open_store
 from handlers.enroll import APPROVE_ENROLLMENT_ACTION, CONFIRM_ACTION, CONFIRM_MODAL, qr_png
 from handlers.step_up import CODE_BLOCK, CODE_INPUT, TOTP_MODAL
 from tests.bot.conftest import (
