@@ -482,8 +482,30 @@ def test_one_code_submitted_for_two_requests_at_once_approves_one(
     for thread in threads:
         thread.join()
     assert len(errors) == 2 and errors.count(None) == 1
-    assert "already used" in str([e for e in errors if e][0])
+    assert "already used" in str(next(e for e in errors if e))
     wait_until(lambda: len(audit(bot, "request.approved")) == 1)
     states = [str(bot.state(rid)) for rid, _ in (first, second)]
     assert states.count("pending") == 1
     assert len(audit(bot, "request.approved")) == 1
+
+
+def test_a_store_from_before_confirmation_keeps_its_enrollments_in_use(any_store_url: str) -> None:
+    """A ``totp_enrollments`` table without the status columns gains them at the next start,
+    and the enrollments it held stay active (they were approving already), on each backend."""
+    store = open_store(any_store_url, audit_key=AUDIT_KEY)
+    with store.transaction() as tx:
+        tx.execute("DROP TABLE totp_enrollments")
+        tx.execute(
+            "CREATE TABLE totp_enrollments (user_id VARCHAR(32) PRIMARY KEY, "
+            "sealed_secret TEXT NOT NULL, enrolled_at DOUBLE NOT NULL, last_step BIGINT NOT NULL)"
+        )
+        tx.execute("INSERT INTO totp_enrollments VALUES (?, ?, ?, ?)", (BOB, "sealed", 1.0, 7))
+    store.close()
+    store = open_store(any_store_url, audit_key=AUDIT_KEY)
+    try:
+        old = store.enrollment(BOB)
+        assert old is not None and (old.status, old.last_step, old.dm_ts) == ("active", 7, "")
+        assert store.use_step(BOB, 8) is True
+        open_store(any_store_url, audit_key=AUDIT_KEY).close()  # a second start adds nothing
+    finally:
+        store.close()

@@ -32,6 +32,7 @@ SCOPES: dict[str, set[str]] = {
     "chat.postMessage": {"chat:write"},
     "chat.update": {"chat:write"},
     "chat.postEphemeral": {"chat:write"},
+    "chat.delete": {"chat:write"},  # the bot's own messages (the enrollment DM)
     "usergroups.users.list": {"usergroups:read"},
     "conversations.info": {"channels:read", "groups:read"},
     "conversations.members": {"channels:read", "groups:read"},
@@ -39,6 +40,7 @@ SCOPES: dict[str, set[str]] = {
     "conversations.replies": {"channels:history", "groups:history"},
     # files_upload_v2: files.getUploadURLExternal + the upload + files.completeUploadExternal
     "files.upload.v2": {"files:write"},
+    "files.delete": {"files:write"},  # the bot's own files (the enrollment QR code)
 }
 WEB_API_METHODS = {
     name for name in dir(WebClient) if not name.startswith("_") and "_" in name and callable(getattr(WebClient, name))
