@@ -225,7 +225,7 @@ def register(app: App, deps: HandlerDeps) -> None:
                 outcome = approve(deps, request_id, person)
                 if outcome.needs_code is not None:
                     step_up.ask_for_code(
-                        deps, client, body["trigger_id"], outcome.needs_code, person, channel
+                        deps, client, body["trigger_id"], outcome.needs_code, person, clicked_in
                     )
                     return
                 report(outcome, person, channel)

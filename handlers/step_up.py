@@ -123,15 +123,25 @@ def ask_for_code(
 ) -> None:
     """Open the code modal, or say why not (not enrolled; too many wrong codes lately).
 
-    A click on the Home tab has no channel: the answer goes to the request's channel."""
+    A click on the Home tab has no channel (``channel`` is empty): the answer opens in a
+    modal there, where the approver is looking, rather than in a channel they may not read."""
     assert deps.step_up is not None
     verdict = deps.step_up.precheck(person.user_id)
     if verdict.check != StepUpCheck.OK:
-        cards.tell(
-            client,
-            channel or request.channel_id,
-            person.user_id,
-            answer(verdict, mention_list(deps.step_up.admins)),
-        )
+        text = answer(verdict, mention_list(deps.step_up.admins))
+        if channel:
+            cards.tell(client, channel, person.user_id, text)
+        else:
+            client.views_open(trigger_id=trigger_id, view=notice_modal(text))
         return
     client.views_open(trigger_id=trigger_id, view=code_modal(request))
+
+
+def notice_modal(text: str) -> dict[str, Any]:
+    """A modal that only says ``text`` (no submit button)."""
+    return {
+        "type": "modal",
+        "title": {"type": "plain_text", "text": "Approve rotation"},
+        "close": {"type": "plain_text", "text": "Close"},
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+    }

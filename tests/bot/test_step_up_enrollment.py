@@ -438,3 +438,26 @@ def test_over_socket_mode_a_wrong_code_stays_in_the_modal_and_the_right_one_appr
     finally:
         handler.close()  # type: ignore[no-untyped-call]
 
+
+
+def test_from_the_home_tab_every_answer_is_in_a_modal(
+    step_up_bot: MakeBot, secret_registry: SecretRegistry
+) -> None:
+    """Carol (not enrolled) clicks Approve on her Home tab: the reason opens where she looks.
+    Bob (enrolled) types a wrong code in the modal opened from Home: the modal says so."""
+    bot = step_up_bot()
+    totp = enroll(bot, BOB, secret_registry)
+    request_id, _ = bot.request_key()
+    modals = len(bot.fake.calls_to("views.open"))
+
+    assert bot.slack.click_in_home(APPROVE_ACTION, request_id, CAROL).status == 200
+    notice = bot.fake.wait_for("views.open", count=modals + 1)[-1]
+    assert notice.ok and "/rotate-enroll" in notice.all_text()
+    assert "submit" not in notice.params["view"]
+
+    assert bot.slack.click_in_home(APPROVE_ACTION, request_id, BOB).status == 200
+    modal = bot.fake.wait_for("views.open", count=modals + 2)[-1]
+    assert modal.params["view"]["callback_id"] == TOTP_MODAL
+    wrong = modal_error(submit_code(bot, request_id, BOB, not_a_code_of_now(totp)))
+    assert wrong is not None and "not the current one" in wrong
+    assert bot.fake.ephemerals(CAROL) == [] and bot.state(request_id) == "pending"
