@@ -299,6 +299,84 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/engine/test_serve.py", "tests/bot/test_secrets.py"),
     ),
     Mutant(
+        "the TOTP window widened to two steps",
+        (("bot/step_up.py", "VALID_WINDOW = 1  #", "VALID_WINDOW = 2  #"),),
+        ("tests/bot/test_step_up.py", "-k", "two_steps_away"),
+    ),
+    Mutant(
+        "the step-up try counted after the code is checked",
+        (
+            (
+                "bot/step_up.py",
+                "        taken, refused = self._take_try(user_id, now)\n"
+                "        if taken is None:\n"
+                "            return refused or StepUpVerdict(StepUpCheck.NOT_ENROLLED)\n"
+                "        try:\n"
+                "            matched = self._matching_step(enrollment, code, taken, now)\n"
+                "        except StoreError:\n"
+                "            return self._key_mismatch(user_id)\n"
+                "        if matched is not None and self.store.use_step(",
+                "        failures = self.store.failures_since(user_id, now - self.window_s)\n"
+                "        if len(failures) >= self.max_failures:\n"
+                "            return self._limited(failures, now)\n"
+                "        taken = Try(None, tuple(failures))\n"
+                "        try:\n"
+                "            matched = self._matching_step(enrollment, code, taken, now)\n"
+                "        except StoreError:\n"
+                "            return self._key_mismatch(user_id)\n"
+                "        if matched is None:\n"
+                "            self.store.record_failure(user_id, keep_s=self.window_s)\n"
+                "        if matched is not None and self.store.use_step(",
+            ),
+        ),
+        ("tests/bot/test_step_up_enrollment.py", "-k", "parallel"),
+    ),
+    Mutant(
+        "a confirmed enrollment approves without an enroll admin",
+        (
+            (
+                "bot/step_up.py",
+                "        if enrollment.status == AWAITING_APPROVAL:\n"
+                "            return StepUpVerdict(StepUpCheck.AWAITING_APPROVAL)\n"
+                "        return None",
+                "        return None",
+            ),
+        ),
+        ("tests/bot/test_step_up_enrollment.py", "-k", "another_enroll_admin"),
+    ),
+    Mutant(
+        "the enrollment DM is kept after confirmation",
+        (
+            (
+                "handlers/enroll.py",
+                "    delete_secret(step_up_, person.user_id, person.key)\n    admins",
+                "    admins",
+            ),
+        ),
+        ("tests/bot/test_step_up_enrollment.py", "-k", "survives_confirmation"),
+    ),
+    Mutant(
+        "an enroll admin resets their own factor without a code",
+        (("handlers/enroll.py", "    if user_id == person.user_id and step_up_.status", "    if False and step_up_.status"),),
+        ("tests/bot/test_step_up_enrollment.py", "-k", "own_factor"),
+    ),
+    Mutant(
+        "the requester's own code counts in a forged submission",
+        (
+            (
+                "handlers/actions.py",
+                "    rules = approve(deps, request_id, person)  # without a factor",
+                "    rules = ClickOutcome(needs_code=request)  # without a factor",
+            ),
+            (
+                "handlers/actions.py",
+                "        if person == request.requester:\n",
+                "        if person == request.requester and not stepped_up:\n",
+            ),
+        ),
+        ("tests/bot/test_step_up.py", "-k", "requester_submitting"),
+    ),
+    Mutant(
         "the secret scan reads only WARNING and above",
         (("pyproject.toml", 'log_level = "DEBUG"\n', ""),),
         ("tests/bot/test_secrets.py", "-k", "debug_or_info"),

@@ -44,6 +44,7 @@ from bot.step_up import TotpStepUp, quiet_client
 from bot.store import Store
 from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import actions, cards, commands, home
+from handlers import enroll as enroll_handlers
 from handlers import messages as m
 from handlers.plan import PlanView
 from handlers.ports import (
@@ -522,15 +523,6 @@ def build_rotator(
             f"{request.requester.mention} " + m.expired_line(request.expires_at),
         )
 
-    expiry = ExpiryWatcher(
-        store,
-        on_expired,
-        clock=clock,
-        max_wait_s=expiry_max_wait_s,
-        housekeeping=store.purge_deliveries,
-    )
-    gate = AckFirst()
-    workers = Lanes(gate, plan_threads=settings.config.worker_threads)
     totp: TotpStepUp | None = None
     if settings.step_up_anywhere:
         totp = TotpStepUp(
@@ -544,6 +536,21 @@ def build_rotator(
             needs_admin_approval=settings.config.step_up_enrollment_approval,
             clock=clock,
         )
+
+    def housekeeping() -> None:
+        store.purge_deliveries()
+        if totp is not None:  # expired enrollments' DMs and QR files leave Slack
+            enroll_handlers.delete_expired_secrets(totp)
+
+    expiry = ExpiryWatcher(
+        store,
+        on_expired,
+        clock=clock,
+        max_wait_s=expiry_max_wait_s,
+        housekeeping=housekeeping,
+    )
+    gate = AckFirst()
+    workers = Lanes(gate, plan_threads=settings.config.worker_threads)
     deps = HandlerDeps(
         client=client,
         defer=workers.submit,

@@ -199,6 +199,14 @@ class TotpStepUp:
             return None
         return SecretMessages(enrollment.dm_channel, enrollment.dm_ts, enrollment.dm_file)
 
+    def expired_with_secret(self) -> list[str]:
+        now = self.clock()
+        return [
+            e.user_id
+            for e in self.store.enrollments()
+            if e.expired(now) and (e.dm_ts or e.dm_file)
+        ]
+
     def secret_deleted(self, user_id: str, by: str, outcome: dict[str, str]) -> None:
         """Audit what became of the secret's message and file (``outcome``: what -> result)."""
         self.store.forget_enrollment_dm(user_id)

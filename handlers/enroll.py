@@ -160,6 +160,14 @@ def delete_secret(step_up_: StepUp, user_id: str, by: str) -> None:
     step_up_.secret_deleted(user_id, by, outcome)
 
 
+def delete_expired_secrets(step_up_: StepUp) -> int:
+    """Delete the DMs and QR files of pending enrollments that expired (housekeeping)."""
+    users = step_up_.expired_with_secret()
+    for user_id in users:
+        delete_secret(step_up_, user_id, "expiry")
+    return len(users)
+
+
 def _deleted(call: Any) -> str:
     try:
         call()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from slack_sdk import WebClient
@@ -29,6 +31,7 @@ from bot.enrollment_key import KEY_ENV, EnrollmentKey
 from bot.fakes.slack_api import FakeSlack
 from bot.fakes.socket_mode import FakeSocketMode
 from bot.step_up import STEP_S
+from bot.wsgi import HttpLimits
 from handlers.blocks import APPROVE_ACTION
 from handlers.step_up import CODE_BLOCK, CODE_INPUT, TOTP_MODAL
 from tests.bot.conftest import (
@@ -271,8 +274,10 @@ def test_parallel_wrong_codes_get_no_extra_tries(
 ) -> None:
     """Ten signed submissions at once, from ten open modals, with a limit of 3: exactly three
     codes are checked; seven are refused unchecked, each in its modal; then even the right code
-    is refused."""
-    bot = step_up_bot(step_up_max_failures=3, store_url=any_store_url)
+    is refused. On MariaDB the ten are lined up behind a lock on the tries table, so they all
+    reach the store together: a count read apart from its insert lets every one of them in."""
+    # 12 server threads: all ten submissions are served at once (the default is 8)
+    bot = step_up_bot(step_up_max_failures=3, store_url=any_store_url, limits=HttpLimits(threads=12))
     totp = enroll(bot, BOB, secret_registry)
     request_id, _ = bot.request_key()
     wrong = not_a_code_of_now(totp)
@@ -284,8 +289,9 @@ def test_parallel_wrong_codes_get_no_extra_tries(
         answers.append(modal_error(submit_code(bot, request_id, BOB, wrong)))
 
     threads = [threading.Thread(target=submit) for _ in range(10)]
-    for thread in threads:
-        thread.start()
+    with tries_table_held(any_store_url, waiting=10):
+        for thread in threads:
+            thread.start()
     for thread in threads:
         thread.join()
     checked = [a for a in answers if a and "not the current one" in a]
@@ -295,6 +301,42 @@ def test_parallel_wrong_codes_get_no_extra_tries(
     last = modal_error(submit_code(bot, request_id, BOB, totp.now()))
     assert last is not None and "Too many wrong codes" in last
     assert bot.state(request_id) == "pending"
+
+
+@contextlib.contextmanager
+def tries_table_held(store_url: str, *, waiting: int) -> Iterator[None]:
+    """On MariaDB: hold ``totp_failures`` (LOCK TABLES ... WRITE) until ``waiting`` statements
+    on the TOTP tables are queued behind it, then let them all go. On SQLite: nothing."""
+    if not store_url.startswith("mysql://"):
+        yield
+        return
+    import pymysql
+
+    parts = urlsplit(store_url)
+    params: dict[str, Any] = {
+        "host": parts.hostname, "port": parts.port, "user": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""), "database": parts.path.lstrip("/"),
+    }  # fmt: skip
+    holder, watcher = pymysql.connect(**params), pymysql.connect(**params, autocommit=True)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("LOCK TABLES totp_failures WRITE")
+        yield
+
+        def queued() -> int:
+            with watcher.cursor() as cursor:
+                cursor.execute(
+                    "SELECT COUNT(*) FROM information_schema.processlist "
+                    "WHERE db = DATABASE() AND id <> CONNECTION_ID() AND info LIKE '%totp%'"
+                )
+                return int(cursor.fetchone()[0])
+
+        wait_until(lambda: queued() >= waiting, what=f"{waiting} statements queued on the lock")
+        with holder.cursor() as cursor:
+            cursor.execute("UNLOCK TABLES")
+    finally:
+        holder.close()
+        watcher.close()
 
 
 def test_the_try_is_taken_atomically_in_the_store(any_store_url: str) -> None:
@@ -461,3 +503,27 @@ def test_from_the_home_tab_every_answer_is_in_a_modal(
     wrong = modal_error(submit_code(bot, request_id, BOB, not_a_code_of_now(totp)))
     assert wrong is not None and "not the current one" in wrong
     assert bot.fake.ephemerals(CAROL) == [] and bot.state(request_id) == "pending"
+
+
+def test_an_expired_enrollment_leaves_slack_at_the_next_housekeeping(
+    step_up_bot: MakeBot, secret_registry: SecretRegistry
+) -> None:
+    """Carol never types her first code: the bot's periodic housekeeping deletes the DM and the
+    QR file once the 10 minutes are over, and not before."""
+    now = [time.time()]
+    bot = step_up_bot(clock=lambda: now[0])
+    totp = start_enrollment(bot, CAROL, secret_registry)
+    assert bot.rotator.expiry.housekeeping is not None
+    bot.rotator.expiry.housekeeping()
+    assert totp.secret in everything_slack_keeps(bot.fake)
+
+    now[0] += 10 * 60
+    bot.rotator.expiry.housekeeping()
+    assert totp.secret not in everything_slack_keeps(bot.fake)
+    (deleted,) = audit(bot, "step_up.secret_deleted")
+    assert (deleted["actor"], deleted["data"]) == (
+        "expiry",
+        {"user": CAROL, "message": "deleted", "file": "deleted"},
+    )
+    bot.rotator.expiry.housekeeping()  # nothing left to delete: no second entry
+    assert len(audit(bot, "step_up.secret_deleted")) == 1
