@@ -357,7 +357,13 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "an enroll admin resets their own factor without a code",
-        (("handlers/enroll.py", "    if user_id == person.user_id and step_up_.status", "    if False and step_up_.status"),),
+        (
+            (
+                "handlers/enroll.py",
+                "    if user_id == person.user_id and step_up_.status",
+                "    if False and step_up_.status",
+            ),
+        ),
         ("tests/bot/test_step_up_enrollment.py", "-k", "own_factor"),
     ),
     Mutant(
