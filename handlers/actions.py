@@ -253,7 +253,12 @@ def register(app: App, deps: HandlerDeps) -> None:
             return
         person = person_from_interaction(body)
         request_id = str(body["view"].get("private_metadata", ""))
-        refusal, outcome = approve_with_code(deps, request_id, person, code)
+        checked = step_up.checked(
+            ack, f"approve {request_id}", lambda: approve_with_code(deps, request_id, person, code)
+        )
+        if checked is None:  # it failed, and the modal said so
+            return
+        refusal, outcome = checked
         if refusal is not None or outcome is None:
             ack(**step_up.modal_error(step_up.CODE_BLOCK, refusal or m.unknown_request(request_id)))
             if outcome is not None and outcome.changed is not None:  # it expired meanwhile

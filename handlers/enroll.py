@@ -351,7 +351,9 @@ def register(app: App, deps: HandlerDeps) -> None:
             return
         person = person_from_interaction(body)
         origin = str(body["view"].get("private_metadata", ""))
-        verdict = step_up_.confirm(person, code)
+        verdict = step_up.checked(ack, "enrollment", lambda: step_up_.confirm(person, code))
+        if verdict is None:  # it failed, and the modal said so
+            return
         if verdict.check != StepUpCheck.OK:
             admins = mention_list(step_up_.admins)
             ack(**step_up.modal_error(step_up.CODE_BLOCK, step_up.answer(verdict, admins)))

@@ -13,9 +13,12 @@ as "approved with TOTP" in the audit log and the request's thread.
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from slack_bolt import Ack
 from slack_sdk import WebClient
 
 from handlers import blocks, cards
@@ -26,8 +29,12 @@ from handlers.ports import (
     RotationRequest,
     StepUpCheck,
     StepUpVerdict,
+    UserFacingError,
     mention_list,
+    new_reference,
 )
+
+log = logging.getLogger(__name__)
 
 TOTP_MODAL = "approve_with_totp"
 CODE_BLOCK = "totp_code"
@@ -111,6 +118,25 @@ def plain(text: str) -> str:
 def modal_error(block_id: str, text: str) -> dict[str, Any]:
     """The acknowledgement that keeps a modal open with ``text`` under ``block_id``."""
     return {"response_action": "errors", "errors": {block_id: plain(text)}}
+
+
+T = TypeVar("T")
+
+
+def checked(ack: Ack, doing: str, check: Callable[[], T]) -> T | None:
+    """``check()`` before a modal's acknowledgement; if it fails, the modal says so (with a
+    reference for the log) instead of Slack's own "we had trouble connecting"."""
+    try:
+        return check()
+    except UserFacingError as exc:
+        ref = new_reference()
+        log.warning("ref %s: %s refused (%s): %s", ref, doing, exc.code, exc.message)
+        ack(**modal_error(CODE_BLOCK, f"{exc.message} Ref {ref}."))
+    except Exception:
+        ref = new_reference()
+        log.exception("ref %s: %s failed", ref, doing)
+        ack(**modal_error(CODE_BLOCK, m.unexpected(ref)))
+    return None
 
 
 def ask_for_code(

@@ -527,3 +527,16 @@ def test_an_expired_enrollment_leaves_slack_at_the_next_housekeeping(
     )
     bot.rotator.expiry.housekeeping()  # nothing left to delete: no second entry
     assert len(audit(bot, "step_up.secret_deleted")) == 1
+
+
+def test_a_failure_while_checking_a_code_is_said_in_the_modal(
+    step_up_bot: MakeBot, secret_registry: SecretRegistry
+) -> None:
+    """The store fails under the submission: the modal says so with a reference (not Slack's
+    "We had some trouble connecting"), and nothing is approved."""
+    bot = step_up_bot()
+    totp = enroll(bot, BOB, secret_registry)
+    request_id, _ = bot.request_key()
+    bot.store.close()
+    said = modal_error(submit_code(bot, request_id, BOB, totp.now()))
+    assert said is not None and said.startswith("Something went wrong on our side") and "Ref " in said
