@@ -10,7 +10,9 @@ externally_managed() {
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'
 }
 need_apt=()
-command -v php >/dev/null 2>&1 && php -m 2>/dev/null | grep -qi pdo_mysql || need_apt+=(php-cli php-mysql)
+# not `php -m | grep -q`: under pipefail php gets EPIPE when grep stops early and exits 255
+command -v php >/dev/null 2>&1 && php -r 'exit(extension_loaded("pdo_mysql") ? 0 : 1);' 2>/dev/null \
+    || need_apt+=(php-cli php-mysql)
 [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)  # for an externally managed python3

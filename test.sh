@@ -16,7 +16,8 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)  # setup-bot-host.sh's venv
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v php >/dev/null 2>&1 || need_apt+=(php-cli php-mysql)
-php -m 2>/dev/null | grep -qi pdo_mysql || need_apt+=(php-mysql)
+# not `php -m | grep -q`: under pipefail php gets EPIPE when grep stops early and exits 255
+php -r 'exit(extension_loaded("pdo_mysql") ? 0 : 1);' 2>/dev/null || need_apt+=(php-mysql)
 [ -x /usr/sbin/php-fpm8.2 ] || ls /usr/sbin/php-fpm* >/dev/null 2>&1 || need_apt+=(php-fpm)
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the panel-host setup's forced command
 # the container smoke test (tests/deploy/test_container.py): podman with runc, a debootstrap base
