@@ -4,6 +4,7 @@
 #
 #   deploy/setup-panel-host.sh [options] BOT_KEY.pub          (as root)
 #   deploy/setup-panel-host.sh --dry-run BOT_KEY.pub          (prints the plan, changes nothing)
+#   deploy/setup-panel-host.sh --uninstall [--purge]
 #
 # What it sets up (and nothing else):
 #   * a system user (default `rotator`) with the login shell /bin/sh: sshd runs a forced
@@ -13,6 +14,8 @@
 #     or an interpreter you already have (--engine-python);
 #   * PREFIX/bin/engine-serve, the one program the bot's key may run, which starts
 #     `python -I -u -m engine --profile CONFIG_DIR/panel.toml serve`;
+#   * BIN_DIR/myosicam-rotator (default /usr/local/bin), the break-glass command: the
+#     engine from its virtualenv, `-I`, with CONFIG_DIR/panel.toml (`sudo myosicam-rotator status`);
 #   * CONFIG_DIR/panel.toml (from --profile, or deploy/panel-profile.example.toml) if absent;
 #   * STATE_DIR (0700 root), the engine's journal;
 #   * a sudoers rule letting the user run exactly engine-serve as root (checked with
@@ -32,6 +35,7 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 usage: setup-panel-host.sh [options] BOT_KEY.pub
+       setup-panel-host.sh [options] --uninstall [--purge]
 
   --panel-root DIR      the panel's install folder (default /var/www/myosicam)
   --from PATTERNS       only accept the bot's key from these addresses, e.g. 203.0.113.7
@@ -44,6 +48,13 @@ usage: setup-panel-host.sh [options] BOT_KEY.pub
   --profile FILE        install FILE as CONFIG_DIR/panel.toml when there is none yet
   --state-dir DIR       the engine's journal folder (default /var/lib/myosicam-rotator)
   --sudoers FILE        the sudoers rule (default /etc/sudoers.d/myosicam-rotator)
+  --bin-dir DIR         where the myosicam-rotator command goes (default /usr/local/bin)
+  --host-key FILE       this host's public key as sshd presents it, whose fingerprint is
+                        printed for the bot host (default /etc/ssh/ssh_host_ed25519_key.pub)
+  --uninstall           remove the user (and the bot's key with it), the sudoers rule, the
+                        command and the virtualenv; keep panel.toml and the journal folder
+                        (runs.jsonl, unfinished rotations' keys) unless --purge
+  --purge               with --uninstall: remove those as well
   --no-install          do not apt-get missing packages; name them and stop
   --dry-run             print what would change, change nothing
   -h, --help            this text
@@ -59,6 +70,10 @@ config_dir=/etc/myosicam-rotator
 profile_src=""
 state_dir=/var/lib/myosicam-rotator
 sudoers=/etc/sudoers.d/myosicam-rotator
+bin_dir=/usr/local/bin
+host_key=/etc/ssh/ssh_host_ed25519_key.pub
+uninstall=0
+purge=0
 install_missing=1
 dry_run=0
 pubkey=""
@@ -78,6 +93,10 @@ while [ $# -gt 0 ]; do
         --profile) need_value "$@"; profile_src=$2; shift 2 ;;
         --state-dir) need_value "$@"; state_dir=$2; shift 2 ;;
         --sudoers) need_value "$@"; sudoers=$2; shift 2 ;;
+        --bin-dir) need_value "$@"; bin_dir=$2; shift 2 ;;
+        --host-key) need_value "$@"; host_key=$2; shift 2 ;;
+        --uninstall) uninstall=1; shift ;;
+        --purge) purge=1; shift ;;
         --no-install) install_missing=0; shift ;;
         --dry-run) dry_run=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -87,6 +106,43 @@ while [ $# -gt 0 ]; do
 done
 
 # --- checks: everything that could stop us, before anything changes ---------------------
+
+for dir_var in prefix config_dir state_dir bin_dir; do
+    case "${!dir_var}" in /*) ;; *) die "--${dir_var//_/-} must be an absolute path" ;; esac
+done
+[ "$purge" = 0 ] || [ "$uninstall" = 1 ] || die "--purge goes with --uninstall"
+if [ "$uninstall" = 1 ]; then
+    [ -z "$pubkey" ] || die "--uninstall takes no key file"
+    [ "$dry_run" = 1 ] || [ "$(id -u)" = 0 ] || die "run as root (or try --dry-run first)"
+    [[ "$user" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--user $user is not a valid user name"
+    changes=0
+    act() {
+        local what=$1; shift; [ "$1" = -- ] && shift
+        changes=$((changes + 1))
+        if [ "$dry_run" = 1 ]; then echo "would: $what"; else echo "+ $what"; "$@"; fi
+    }
+    remove() { local path; for path in "$@"; do
+        [ -e "$path" ] || [ -L "$path" ] || continue; act "remove $path" -- rm -rf -- "$path"; done; }
+    # an unfinished rotation keeps both keys in the journal: never purge that by accident
+    if [ "$purge" = 1 ] && compgen -G "$state_dir/*.json" >/dev/null; then
+        die "$state_dir holds an unfinished rotation's journal: run \`myosicam-rotator recover\` first; nothing was changed"
+    fi
+    remove "$sudoers" "$bin_dir/myosicam-rotator"
+    if [ -z "$engine_python" ]; then remove "$prefix"; else remove "$prefix/bin/engine-serve"; fi
+    if [ "$purge" = 1 ]; then
+        remove "$config_dir" "$state_dir"
+    else
+        for kept in "$config_dir" "$state_dir"; do
+            [ -e "$kept" ] && echo "kept: $kept (the profile, the journal and runs.jsonl; --purge removes it)"
+        done
+    fi
+    if getent passwd "$user" >/dev/null; then
+        act "user $user, its home and the bot's key in it" -- userdel --remove "$user"
+    fi
+    if [ "$dry_run" = 1 ]; then echo "dry run: $changes change(s) to make; nothing was changed"; exit 0; fi
+    echo "Uninstalled ($changes change(s))."
+    exit 0
+fi
 
 [ -n "$pubkey" ] || { usage >&2; exit 2; }
 [ -r "$pubkey" ] || die "cannot read the bot's public key $pubkey"
@@ -102,6 +158,9 @@ key_comment=$(echo "$key_line" | cut -d' ' -f3-)
 [[ "$user" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--user $user is not a valid user name"
 if [ -n "$from_patterns" ]; then
     [[ "$from_patterns" =~ ^[A-Za-z0-9.:/*?!,_-]+$ ]] || die "--from takes sshd patterns such as 203.0.113.7 or 10.0.0.0/8,192.0.2.5"
+fi
+if [ -e "$prefix/.bot-installed-from" ]; then
+    die "$prefix is the bot's virtualenv (setup-bot-host.sh); the engine goes into its own: --prefix /opt/myosicam-rotator"
 fi
 for dir_var in panel_root prefix config_dir state_dir; do
     case "${!dir_var}" in /*) ;; *) die "--${dir_var//_/-} must be an absolute path" ;; esac
@@ -227,6 +286,15 @@ install_file 0755 root:root "$wrapper" <<WRAP
 exec $python -I -u -m engine --profile $config_dir/panel.toml serve
 WRAP
 
+# the break-glass command on the PATH: what the README, the docs and the engine's own hints say
+ensure_dir 0755 root:root "$bin_dir"
+install_file 0755 root:root "$bin_dir/myosicam-rotator" <<CMD
+#!/bin/sh
+# The engine on this panel host (setup-panel-host.sh): its own virtualenv, -I (nothing from
+# the current folder, PYTHONPATH or user site), the default profile. A later --profile wins.
+exec $python -I -m engine --profile $config_dir/panel.toml "\$@"
+CMD
+
 ensure_dir 0700 root:root "$state_dir"
 ensure_dir 0755 root:root "$config_dir"
 if [ -e "$config_dir/panel.toml" ]; then
@@ -282,9 +350,13 @@ if [ "$dry_run" = 1 ]; then
 fi
 echo
 echo "Done ($changes change(s)). Check it read-only with:"
-echo "  $python -I -m engine --profile $config_dir/panel.toml probe"
-echo "Pin this host's key in the bot's known_hosts (confirm the fingerprint out of band):"
-for f in /etc/ssh/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ecdsa_key.pub; do
-    [ -e "$f" ] && echo "  $(ssh-keygen -lf "$f")"
-done
+echo "  sudo myosicam-rotator probe"
+if [ -r "$host_key" ]; then
+    fingerprint=$(ssh-keygen -lf "$host_key" | awk '{print $2}')
+    echo "This host's SSH key: $fingerprint"
+    echo "On the bot host (compare the fingerprint out of band if you copy it by hand):"
+    echo "  deploy/setup-bot-host.sh --add-panel NAME $(hostname -f 2>/dev/null || hostname) --pin $fingerprint"
+else
+    echo "note: no $host_key to print the fingerprint of (--host-key FILE names sshd's)"
+fi
 exit 0

@@ -38,6 +38,7 @@ class PanelHost:
     state_dir: Path
     sudoers: Path
     bot_key: KeyPair
+    bin_dir: Path
 
     @classmethod
     def under(cls, folder: Path) -> PanelHost:
@@ -49,6 +50,7 @@ class PanelHost:
             state_dir=folder / "state",
             sudoers=Path(f"/etc/sudoers.d/rotator-test-{secrets.token_hex(4)}"),
             bot_key=make_key(folder / "bot_key", comment="rotator-bot"),
+            bin_dir=folder / "bin",
         )
 
     def setup(
@@ -65,6 +67,7 @@ class PanelHost:
             "--config-dir", str(self.config_dir),
             "--state-dir", str(self.state_dir),
             "--sudoers", str(self.sudoers),
+            "--bin-dir", str(self.bin_dir),
             *python,
             "--from", "127.0.0.1",
             *(["--profile", str(profile)] if profile else []),
