@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bot.errors import SettingsError
+from bot.secret_files import refuse_if_others_can_read
 
 KEY_FILE_ENV = "ROTATOR_AUDIT_KEY_FILE"
 KEY_ENV = "ROTATOR_AUDIT_KEY"
@@ -84,6 +85,7 @@ def read_key_hex(env: Mapping[str, str], file_env: str, value_env: str) -> tuple
     """
     path = env.get(file_env)
     if path:
+        refuse_if_others_can_read(Path(path), file_env, "a key")
         try:
             text = Path(path).read_text(encoding="ascii")
         except FileNotFoundError:
@@ -103,6 +105,6 @@ def load_audit_key(environ: Mapping[str, str] | None = None) -> AuditKey:
         return AuditKey.from_hex(*found)
     raise SettingsError(
         f"{KEY_FILE_ENV} is not set: the audit log is signed with a key kept outside the "
-        f"store. Create one with `python -m bot audit keygen /etc/myosicam-rotator/audit.key` "
+        f"store. Create one with `python -m bot audit keygen /etc/myosicam-rotator-bot/audit.key` "
         f"and set {KEY_FILE_ENV} to its path"
     )

@@ -39,8 +39,8 @@ Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
     [panels.prod-eu]                     # an engine reached over SSH (bot.inventory)
     host = "prod-eu.example.net"
     user = "rotator"
-    key_file = "/etc/myosicam-rotator/id_ed25519"
-    known_hosts = "/etc/myosicam-rotator/known_hosts"
+    key_file = "/etc/myosicam-rotator-bot/id_ed25519"
+    known_hosts = "/etc/myosicam-rotator-bot/known_hosts"
 
     [local_panels.lab]                   # an engine on this host, run as a subprocess
     profile = "/etc/myosicam/panel.toml"
@@ -67,6 +67,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import SettingsError
 from bot.inventory import Inventory
+from bot.secret_files import refuse_loose_config
 from handlers.ports import AccessPolicy
 
 if TYPE_CHECKING:
@@ -371,13 +372,15 @@ def _describe(exc: ValidationError, where: str, upper: bool) -> str:
 def read_config_file(path: Path) -> dict[str, Any]:
     """The TOML that ``ROTATOR_CONFIG`` names; a clear error for a missing, unreadable or bad file."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SettingsError(f"ROTATOR_CONFIG: file {path} does not exist") from None
     except OSError as exc:
         raise SettingsError(f"ROTATOR_CONFIG: cannot read {path} ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"ROTATOR_CONFIG ({path}): not valid TOML: {exc}") from None
+    refuse_loose_config(path, raw)
+    return raw
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
