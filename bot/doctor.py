@@ -199,14 +199,14 @@ _FIXES = {
     "layout": "set ciphertext in the panel profile to the layout the stored values use",
     "undecryptable": "restore or clear the values named: they do not open with the key in config/.env",
     "locked": "another engine run holds the panel's lock: wait for it, then run doctor again",
-    "unfinished_rotation": "run `python -I -m engine --profile … recover` on the panel host",
+    "unfinished_rotation": "run `sudo myosicam-rotator recover` on the panel host",
 }
 
 
 def _fix_for(code: str) -> str:
     return _FIXES.get(
         code,
-        f"the engine refused with code {code}: run `python -I -m engine --profile … probe` on the "
+        f"the engine refused with code {code}: run `sudo myosicam-rotator probe` on the "
         "panel host to read its error in full",
     )
 

@@ -19,6 +19,7 @@ from engine.errors import (
     EngineError,
     EnvFileError,
     ProfileError,
+    RestartTargetError,
     RollbackFailedError,
     UnfinishedRotationError,
 )
@@ -42,7 +43,7 @@ MARKS = {"ok": "✔", "failed": "✖", "skipped": "–", "started": "▶"}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -I -m engine",
+        prog="myosicam-rotator",
         description="Rotate a MyOsicam panel's PANEL_ENCRYPTION_KEY safely, on the panel host.",
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -330,7 +331,7 @@ def exit_status(exc: EngineError) -> int:
     """``EXIT_STATUS`` for an error: by what the operator must do next, not by where it arose."""
     if isinstance(exc, RollbackFailedError | UnfinishedRotationError):
         return EXIT_NEEDS_RECOVER
-    if isinstance(exc, ProfileError):
+    if isinstance(exc, ProfileError | RestartTargetError):
         return EXIT_USAGE
     if isinstance(exc, EnvFileError) and exc.rolled_back is None:
         return EXIT_USAGE  # the profile names a file or user that isn't right; nothing changed

@@ -117,6 +117,11 @@ class HookError(EngineError):
     code = "hook_failed"
 
 
+class RestartTargetError(HookError):
+    """The profile's restart command cannot run on this host (no such program or unit, no
+    systemd to ask): a settings problem, found before anything changed (exit status 2)."""
+
+
 class PanelCheckError(HookError):
     code = "panel_check_failed"
 

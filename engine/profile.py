@@ -384,7 +384,16 @@ def profile_from_dict(data: dict[str, Any], source: str = "profile") -> Profile:
         raise ProfileError(f"{source} has bad settings: " + "; ".join(problems)) from None
 
 
+#: the profile that deploy/setup-panel-host.sh's ``myosicam-rotator`` command reads by default
+DEFAULT_PROFILE = "/etc/myosicam-rotator/panel.toml"
+
+
 def engine_command(profile: Profile, *args: str) -> str:
-    """The engine command line for this panel, as an operator types it on the panel host."""
+    """The engine command line for this panel, as an operator types it on the panel host.
+
+    ``myosicam-rotator`` is the command setup-panel-host.sh puts on the PATH (the engine's
+    virtualenv, ``-I``, the default profile): Debian's ``python3`` has no engine module.
+    """
     where = shlex.quote(profile._source) if profile._source else "<profile>"
-    return " ".join(["python3 -I -m engine --profile", where, *args])
+    profile_args = [] if profile._source == DEFAULT_PROFILE else ["--profile", where]
+    return " ".join(["sudo myosicam-rotator", *profile_args, *args])

@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 
-from engine.errors import HookError
+from engine.errors import HookError, RestartTargetError
 from engine.hooks import hook_environ
 from engine.profile import AUTO_RESTART, Profile
 
@@ -44,17 +44,19 @@ def resolve_auto() -> list[str]:
     try:
         done = _systemctl("list-unit-files", "--type=service", "--no-legend", "--no-pager", "php*-fpm.service")
     except HookError as exc:
-        raise HookError(f'restart_command = "auto" needs systemd: {exc.message}; set restart_command') from None
+        raise RestartTargetError(
+            f'restart_command = "auto" needs systemd: {exc.message}; set restart_command'
+        ) from None
     units = sorted(
         {m.group(1) for line in done.stdout.splitlines() if line.split() and (m := _FPM_UNIT.match(line.split()[0]))}
     )
     if not units:
-        raise HookError(
+        raise RestartTargetError(
             'restart_command = "auto" found no php*-fpm unit on this host; '
             'set restart_command to the command that restarts the panel'
         )
     if len(units) > 1:
-        raise HookError(
+        raise RestartTargetError(
             f'restart_command = "auto" found {len(units)} php-fpm units ({", ".join(units)}); '
             'set restart_command to the one that serves the panel, e.g. '
             f'["systemctl", "restart", "{units[-1]}"]'
@@ -89,7 +91,7 @@ def check_target(profile: Profile) -> str:
     for argv in commands:
         program = argv[0]
         if shutil.which(program, path=hook_environ()["PATH"]) is None:
-            raise HookError(
+            raise RestartTargetError(
                 f"restart command {program!r} is not found on this host; nothing was changed "
                 "(fix restart_command in the profile)"
             )
@@ -100,12 +102,12 @@ def check_target(profile: Profile) -> str:
         if done.returncode != 0:
             said = (done.stderr.strip().splitlines() or [""])[-1][:200]
             if any(sign in done.stderr for sign in _NO_SYSTEMD):
-                raise HookError(
+                raise RestartTargetError(
                     f"systemctl cannot reach systemd on this host ({said}), so "
                     f"`{' '.join(argv[1:])}` would fail too; nothing was changed. Set restart_command "
                     "to a command that restarts php-fpm here"
                 )
-            raise HookError(
+            raise RestartTargetError(
                 f"restart target {unit} does not exist on this host (systemctl cat {unit}: "
                 f"{said or f'exit {done.returncode}'}); nothing was changed. Set restart_command "
                 'to the php-fpm unit this host runs, or to "auto"'

@@ -461,7 +461,7 @@ NEXT_STEPS: dict[str, str] = {
     ),
     "verification_failed": "check the panel now; then run status on the panel host.",
     "key_reuse": "request again; the engine will pick a fresh key.",
-    "layout": "run `python -I -m engine probe` on the panel host and fix the profile's ciphertext.",
+    "layout": "run `sudo myosicam-rotator probe` on the panel host and fix the profile's ciphertext.",
     "bad_env_file": "check config/.env on the panel host (present, readable, well formed).",
     "bad_key": "PANEL_ENCRYPTION_KEY in config/.env is not 64 hex characters: fix it first.",
     "bad_profile": "fix the panel profile on the panel host (the message names the setting).",
@@ -498,7 +498,7 @@ DEFAULT_NEXT_STEP = "fix what the engine reports under what failed, then request
 
 def _recover(panel: str) -> str:
     return (
-        f"run `python -I -m engine --profile &lt;profile&gt; recover` on {esc(panel)}'s host, "
+        f"run `sudo myosicam-rotator recover` on {esc(panel)}'s host, "
         "then `/rotate-status` here. Do not request again before that."
     )
 

@@ -179,3 +179,25 @@ def test_uninstall_keeps_keys_journal_and_store_unless_purge(
     )  # fmt: skip
     assert refused.returncode == 1 and "unfinished rotation" in refused.stderr
     assert (panel_host.state_dir / "runs.jsonl").exists()
+
+
+def _names(text: str) -> list[str]:
+    return [line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_bot_env_example_names_every_file_setting_the_script_writes(
+    bot_host: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """The container's --env-file and systemd's EnvironmentFile need the same names: the
+    example holds every one the bot needs (the audit key and the config included)."""
+    from bot.__main__ import SETTINGS_VARIABLES
+
+    example = _names((REPO / "deploy" / "bot.env.example").read_text())
+    assert bot_host().returncode == 0
+    written = _names((tmp_path / "bot-etc" / "bot.env").read_text())
+    assert example == written
+    # each way of giving a setting has one name here (the key file, not the key itself)
+    assert set(SETTINGS_VARIABLES) - {"ROTATOR_AUDIT_KEY"} <= set(example)
+    assert "ROTATOR_ENROLLMENT_KEY_FILE" in example
+    profile = (REPO / "deploy" / "panel-profile.example.toml").read_text()
+    assert tomllib.loads(profile)["restart_command"] == "auto"

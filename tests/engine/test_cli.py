@@ -117,7 +117,7 @@ def test_hints_name_the_real_profile_path(panel_factory) -> None:
     status = run_engine(panel.profile_path, "status")
     again = run_engine(panel.profile_path, "rotate-key", "--yes")
 
-    command = f"python3 -I -m engine --profile {panel.profile_path} recover"
+    command = f"sudo myosicam-rotator --profile {panel.profile_path} recover"
     assert command in status.stdout
     assert 3 == again.returncode and command in again.stdout + again.stderr
     assert "PROFILE" not in again.stdout + again.stderr

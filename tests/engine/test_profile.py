@@ -181,7 +181,7 @@ def test_a_profile_is_frozen_and_replace_makes_a_checked_copy(tmp_path):
     assert profile.restart_command == ["systemctl", "restart", "php8.3-fpm"]
     assert (profile.fields_set, changed.fields_set) == ({"panel_root"}, {"panel_root", "restart_command"})
     assert engine_command(changed, "status") == engine_command(profile, "status") == (
-        f"python3 -I -m engine --profile {path} status"
+        f"sudo myosicam-rotator --profile {path} status"
     )
 
 

@@ -84,15 +84,17 @@ def test_a_missing_restart_program_is_refused_by_probe(panel_factory):
 
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl (apt systemd)")
-def test_the_real_systemctl_without_systemd_is_refused_clearly(panel_factory):
+@pytest.mark.parametrize("args", [("probe",), ("rotate-key", "--dry-run")])
+def test_the_real_systemctl_without_systemd_is_refused_clearly(panel_factory, args):
     """This machine's real systemctl, with no systemd running: a restart could not work, so
-    the dry run says so instead of failing after .env was written."""
+    probe and the dry run say so instead of failing after .env was written. It is a
+    settings problem (the profile's restart_command), so exit status 2, as the table says."""
     panel = panel_factory(rows=1)
     profile = panel.write_profile(restart_command=["systemctl", "restart", "php8.2-fpm"])
 
-    run = run_engine(profile, "rotate-key", "--dry-run", "--json")
+    run = run_engine(profile, *args, "--json")
 
-    assert run.returncode != 0
+    assert run.returncode == 2, run.stderr
     assert "systemctl cannot reach systemd on this host" in run.closing["message"]
 
 

@@ -122,7 +122,7 @@ def test_a_failed_card_that_did_not_roll_back_asks_for_recover() -> None:
     assert (
         ":sos: Failed and NOT rolled back: run recover on prod-eu (see thread)" in message["text"]
     )
-    assert "run `python -I -m engine --profile &lt;profile&gt; recover` on prod-eu's host" in texts(message)
+    assert "run `sudo myosicam-rotator recover` on prod-eu's host" in texts(message)
 
 
 def test_step_replies_read_like_the_ux_sketch() -> None:
