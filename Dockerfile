@@ -1,9 +1,17 @@
 # The bot (the engine runs on the panel host, see deploy/setup-panel-host.sh).
 #
-#   docker build -t myosicam-rotator-bot .
-#   docker run -d --name rotator --env-file bot.env \
-#       -v /etc/myosicam-rotator:/config:ro -v rotator-data:/data -p 3000:3000 myosicam-rotator-bot
+# On a host prepared by deploy/setup-bot-host.sh (its user, keys, bot.env, rotator.toml),
+# the container runs as that user and sees the host's folders at the same paths, so what
+# the script wrote (ROTATOR_CONFIG, key_file, known_hosts, the store) holds unchanged:
 #
+#   docker build -t myosicam-rotator-bot .
+#   docker run -d --name rotator --user "$(id -u rotator-bot):$(id -g rotator-bot)" \
+#       --env-file /etc/myosicam-rotator-bot/bot.env \
+#       -v /etc/myosicam-rotator-bot:/etc/myosicam-rotator-bot:ro \
+#       -v /var/lib/myosicam-rotator-bot:/var/lib/myosicam-rotator-bot \
+#       -p 3000:3000 myosicam-rotator-bot
+#
+# Without the script: the image's own user (uid 10001), /config and /data, as below.
 # * Socket Mode when SLACK_APP_TOKEN is set (no inbound traffic from Slack; port 3000 then
 #   only answers GET /healthz); HTTP mode otherwise: Slack posts to :3000/slack/events, so
 #   publish the port (-p) behind your TLS proxy.
@@ -40,7 +48,8 @@ RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home 
 COPY --from=build /opt/rotator /opt/rotator
 COPY deploy/container-entrypoint.sh /usr/local/bin/rotator-entrypoint
 USER rotator
-WORKDIR /data
+# / : the process may run as any uid (--user, the bot host's user), which /data would refuse
+WORKDIR /
 VOLUME ["/data"]
 ENV PATH=/opt/rotator/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,8 +28,10 @@ from bot.fakes.slack_api import FakeSlack
 from bot.fakes.socket_mode import FakeSocketMode
 from tests.bot.conftest import ALICE, AUDIT_KEY, SlackSecrets, write_config
 from tests.deploy.podman import CA_BUNDLE, ensure_base_image, podman, ulimits
+from tests.deploy.test_bot_host import fingerprint
 from tests.support.panel import free_port
 from tests.support.secrets_scan import SecretRegistry
+from tests.support.sshd import SSHServer
 
 # cold: debootstrap (about 70 s on a good mirror, minutes on a slow one) and the build
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -181,3 +187,52 @@ def test_a_store_left_beside_the_read_only_config_is_explained(
         'set `store` in it to a writable place (in the container: store = "sqlite:////data/rotator.db", '
         "on the /data volume)"
     ), last
+
+
+def test_the_image_runs_what_setup_bot_host_made_as_its_user(
+    image: str, fake_slack: FakeSlack, slack_secrets: SlackSecrets, containers: list[str], tmp_path: Path
+) -> None:
+    """The documented recipe on a host that deploy/setup-bot-host.sh prepared: the script's
+    user (not the image's uid 10001), its 0600 keys, bot.env's ROTATOR_CONFIG (over the
+    image's), the host paths in rotator.toml (key_file, known_hosts, the store), mounted at
+    the same paths. It starts, serves, keeps its store in the host's state folder."""
+    base = Path(tempfile.mkdtemp(prefix="rotator-container-", dir="/var/tmp"))
+    base.chmod(0o755)
+    user = f"rb{secrets.token_hex(4)}"
+    etc, state = base / "etc", base / "state"
+    panel = SSHServer.start(tmp_path / "sshd")
+    try:
+        made = subprocess.run(
+            [str(REPO / "deploy" / "setup-bot-host.sh"), "--user", user, "--config-dir", str(etc),
+             "--state-dir", str(state), "--bot-python", sys.executable, "--no-unit",
+             "--add-panel", "prod-eu", f"127.0.0.1:{panel.port}", "--pin", fingerprint(panel.host_key.public_line)],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stdout + made.stderr
+        env_file = etc / "bot.env"
+        env_file.write_text(
+            env_file.read_text()
+            .replace("SLACK_BOT_TOKEN=\n", f"SLACK_BOT_TOKEN={slack_secrets.bot_token}\n")
+            .replace("SLACK_SIGNING_SECRET=\n", f"SLACK_SIGNING_SECRET={slack_secrets.signing_secret}\n")
+            + f"SLACK_API_URL={fake_slack.url}\n"
+        )
+        toml = etc / "rotator.toml"
+        toml.write_text(toml.read_text().replace('# channels = ["C0123ROTATE"]', 'channels = ["C0ROTATE"]')
+                        .replace('# approvers = ["S0SECOPS"]', 'approvers = ["S0ONCALL"]'))  # fmt: skip
+        uid, gid = pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid
+        port = free_port()
+        name = f"rotator-test-{secrets.token_hex(4)}"
+        podman("run", "-d", "--name", name, "--network", "host", *ulimits(), "--user", f"{uid}:{gid}",
+               "--env-file", str(env_file), "-e", f"PORT={port}",
+               "-v", f"{etc}:{etc}:ro", "-v", f"{state}:{state}", image)  # fmt: skip
+        containers.append(name)
+        assert wait_health(port, name) == {"ok": True}
+        store = state / "rotator.db"
+        assert store.exists() and store.stat().st_uid == uid
+        code, logs = stop(name)
+        assert code == 0, logs
+        assert slack_secrets.bot_token not in logs and slack_secrets.signing_secret not in logs
+    finally:
+        panel.stop()
+        subprocess.run(["userdel", user], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
