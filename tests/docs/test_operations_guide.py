@@ -39,7 +39,8 @@ from tests.bot.conftest import ALICE, BOB, CHANNEL, ONCALL, PANEL, TEAM, SlackSe
 from tests.support.panel import PanelSandbox, free_port
 from tests.support.panel_host import StockSSHD, start_stock_sshd
 
-pytestmark = pytest.mark.slow
+# two virtualenvs pip-installed from the checkout, then a rotation: minutes on a loaded machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "operations.md"
@@ -210,6 +211,10 @@ def test_the_install_guide_works_as_written_up_to_a_verified_rotation(
             machine.run(command, cwd=REPO)
             if "--dry-run" in command:
                 assert "would:" in machine.outputs[-1] and not bot_etc.exists()
+
+        # what the script tells a person to run next is the guide's doctor command
+        assert machine.localize(doctor[0]) in machine.outputs[-1], machine.outputs[-1]
+        assert "ROTATOR_AUDIT_KEY_FILE" not in machine.outputs[-1]  # keygen's audit-key line, for the enrollment key
 
         # 2.2 the panel host, with the bot's public key copied over
         shutil.copy(bot_etc / "id_ed25519.pub", machine.path("panel-home") / "id_ed25519.pub")
