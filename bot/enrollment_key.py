@@ -93,5 +93,5 @@ def load_enrollment_key(environ: Mapping[str, str] | None = None) -> EnrollmentK
     raise SettingsError(
         f'step_up = "totp" needs {KEY_FILE_ENV}: approvers\' TOTP secrets are encrypted with a '
         "key kept outside the store. Create one with `python -m bot audit keygen "
-        f"/etc/myosicam-rotator/enrollment.key` and set {KEY_FILE_ENV} to its path"
+        f"/etc/myosicam-rotator-bot/enrollment.key` and set {KEY_FILE_ENV} to its path"
     )
