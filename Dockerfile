@@ -48,8 +48,7 @@ RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home 
 COPY --from=build /opt/rotator /opt/rotator
 COPY deploy/container-entrypoint.sh /usr/local/bin/rotator-entrypoint
 USER rotator
-# / : the process may run as any uid (--user, the bot host's user), which /data would refuse
-WORKDIR /
+WORKDIR /data
 VOLUME ["/data"]
 ENV PATH=/opt/rotator/bin:$PATH \
     PYTHONUNBUFFERED=1 \
