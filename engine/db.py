@@ -131,7 +131,9 @@ def _translate(exc: Exception, doing: str) -> DatabaseError:
     if isinstance(exc, pymysql.err.OperationalError) and code == 1045:
         return CredentialsRefusedError(f"the database refused the panel's credentials while {doing}")
     detail = f"MySQL error {code}" if code else type(exc).__name__
-    return DatabaseError(f"database error while {doing} ({detail})")
+    error = DatabaseError(f"database error while {doing} ({detail})")
+    error.mysql_code = code  # type: ignore[attr-defined]  # engine/dbaccounts.py tells 1130 apart
+    return error
 
 
 def is_local(settings: ConnectionSettings) -> bool:

@@ -4,16 +4,22 @@ PREFLIGHT -> STAGED -> DB_CHANGED -> ENV_WRITTEN -> RESTARTED -> VERIFIED
 -> BACKED_UP -> DONE, or ROLLING_BACK -> ROLLED_BACK; its own journal
 (engine/dbpassword_journal.py), the panel's one lock.
 
-* preflight: the login in ``.env`` works, ``CURRENT_USER()`` is that login and the
-  server is not read-only, ``.env`` is writable, the restart target exists.
+* preflight: the password in ``.env`` is tried on every route to the server (the Unix
+  socket, 127.0.0.1, ::1, the configured host: ``engine/dbaccounts.py``); it must work
+  on the route the panel uses (``DB_HOST=localhost`` is the socket, as for PHP), every
+  account it opens must be the panel's user (twins such as ``u@localhost`` and
+  ``u@127.0.0.1`` are all rotated), the server is not read-only, ``.env`` is writable,
+  the restart target exists. Otherwise a refusal naming the accounts, before any change.
 * stage: a new password from ``secrets``, in the journal and escrow before any change.
-* change: the login sets its own password (``PanelDB.set_own_password``): no admin
-  credentials. MariaDB keeps one password per account, so from here until the
+* change: each account sets its own password through a route that lands on it
+  (``PanelDB.set_own_password``): no admin credentials. MariaDB keeps one password per account, so from here until the
   restart the panel's new connections are refused: the window is the ``.env``
   write plus the restart.
 * write_env: ``DB_PASSWORD`` rewritten atomically, every other byte as it was.
-* verify: a fresh connection with the password read back from ``.env`` works, the
-  old password is refused, and the panel check passes.
+* verify: on every route the old password opened, a fresh login with the password
+  read back from ``.env`` lands on the same account; the old password is refused on
+  every route; the panel check passes. A route that no longer answers is a failure
+  to verify, never a pass.
 
 On a failure the old password is set back through whichever password the server
 accepts, ``.env`` is restored and the panel restarted and verified. The engine
@@ -38,6 +44,7 @@ from typing import Any
 from engine import __version__, envfile, faults, hooks, restart
 from engine.context import Context
 from engine.db import ConnectionSettings, PanelDB, resolve_settings
+from engine.dbaccounts import ACCEPTS, UNREACHABLE, AccountMap, Route, discover, probe
 from engine.dbpassword_journal import FORWARD_STATES, PasswordJournal, PasswordRecord
 from engine.errors import (
     CredentialsRefusedError,
@@ -94,6 +101,7 @@ class PasswordPreflight:
     password_key: str
     fingerprint: str
     account: str
+    routes: AccountMap
 
     @property
     def password(self) -> str:
@@ -105,6 +113,7 @@ class PasswordPreflight:
             "db_user": self.settings.user,
             "db_host": self.settings.host,
             "account": self.account,
+            **self.routes.public(),
             "env_key": self.password_key,
             "password_fingerprint": self.fingerprint,
             "engine_version": __version__,
@@ -173,28 +182,53 @@ def password_preflight(ctx: Context, *, write_checks: bool) -> PasswordPreflight
         if write_checks:
             envfile.check_writable(profile.env_path, ctx.ownership())
             restart.check_target(profile)
-        db = PanelDB(settings)
-        try:
-            account, read_only = db.account()
-        finally:
-            db.close()
-        if account.rpartition("@")[0] != settings.user:
-            raise DatabaseError(
-                f"the server logs {settings.user} in as the account {account}: a password change would "
-                "set that account's, not the panel's; nothing was changed"
-            )
-        if read_only:
-            raise DatabaseError("the database server is read-only: the login cannot change its password")
+        routes = discover(settings, settings.password)
+        account = _rotatable(routes, settings.user)
         pre = PasswordPreflight(
             env_bytes=env_bytes,
             settings=settings,
             password_key=key,
             fingerprint=password_fingerprint(settings.password, settings.user, settings.host),
             account=account,
+            routes=routes,
         )
-        out.detail = f"{settings.user}@{settings.host} logs in with the password in .env ({pre.fingerprint})"
+        out.detail = (
+            f"the password in .env ({pre.fingerprint}) opens {_plural(len(routes.accounts()), 'account')}: "
+            f"{routes.describe()}"
+        )
         out.data = pre.summary(profile.name)
     return pre
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _rotatable(routes: AccountMap, user: str) -> str:
+    """The panel's account, or a refusal (nothing changed yet) naming what the engine
+    would not be able to rotate and verify."""
+    panel = routes.on(routes.panel_route)
+    if panel.outcome != ACCEPTS or panel.account is None:
+        why = "refuses" if panel.outcome != UNREACHABLE else f"does not answer ({panel.note}) with"
+        raise CredentialsRefusedError(
+            f"the route the panel uses, {routes.panel_route.label}, {why} the password in .env; "
+            "nothing was changed"
+        )
+    accounts = routes.accounts()
+    foreign = [a for a in accounts if a.rpartition("@")[0] != user]
+    if foreign:
+        raise DatabaseError(
+            f"the password in .env logs {user} in as {', '.join(foreign)} "
+            f"({routes.describe()}): a password change would set that account's, not the panel's; "
+            "the engine rotates only the panel user's own accounts; nothing was changed"
+        )
+    read_only = [p.route.label for p in routes.probes if p.outcome == ACCEPTS and p.read_only]
+    if read_only:
+        raise DatabaseError(
+            f"the database server is read-only (seen on {', '.join(read_only)}): the accounts "
+            f"{', '.join(accounts)} cannot change their password; nothing was changed"
+        )
+    return panel.account
 
 
 # -- helpers shared by the run, the rollback and recover -------------------------------------
@@ -235,44 +269,81 @@ def _restart(ctx: Context, record: PasswordRecord) -> str:
     return f"{hooks.describe(command)} ok" + (f" · {said}" if said else "")
 
 
-def _accepts(settings: ConnectionSettings, password: str) -> bool:
-    """Whether the server lets the login in with ``password`` (refused: False;
-    unreachable: ``DatabaseError``, since then nothing can be decided)."""
-    try:
-        PanelDB(dataclasses.replace(settings, password=password)).close()
-    except CredentialsRefusedError:
-        return False
-    return True
+def _legacy_route(settings: ConnectionSettings) -> Route:
+    """The route an engine before twin-account handling used: PyMySQL's own choice."""
+    if settings.unix_socket:
+        return Route("socket", settings.unix_socket)
+    return Route("tcp", settings.host, settings.port)
 
 
-def accepted_password(settings: ConnectionSettings, record: PasswordRecord) -> str | None:
-    """``"new"``, ``"old"`` or ``None``: which of the journal's passwords the server takes."""
-    if _accepts(settings, record.new_password):
-        return "new"
-    if _accepts(settings, record.old_password):
-        return "old"
+def record_accounts(record: PasswordRecord, settings: ConnectionSettings) -> list[tuple[str, Route]]:
+    """(account, the route to log in to it) for every account the rotation changes."""
+    if record.accounts:
+        return [(str(a["account"]), Route.from_json(a["route"])) for a in record.accounts]
+    return [(f"{record.db_user}@{record.db_host}", _legacy_route(settings))]
+
+
+def _record_routes(record: PasswordRecord, settings: ConnectionSettings) -> list[tuple[Route, str, str | None]]:
+    """(route, outcome before the change, account it landed on) for every route tried."""
+    if record.routes:
+        return [
+            (Route.from_json(r["route"]), str(r["outcome"]), r.get("account"))
+            for r in record.routes
+        ]
+    return [(route, ACCEPTS, account) for account, route in record_accounts(record, settings)]
+
+
+def accepted_on(route: Route, settings: ConnectionSettings, record: PasswordRecord) -> str | None:
+    """``"new"``, ``"old"`` or ``None``: which of the journal's passwords ``route`` takes
+    (unreachable: ``DatabaseError``, since then nothing can be decided)."""
+    for name, password in (("new", record.new_password), ("old", record.old_password)):
+        seen = probe(route, settings, password)
+        if seen.outcome == UNREACHABLE:
+            raise DatabaseError(f"{route.label} does not answer ({seen.note}): nothing can be decided there")
+        if seen.outcome == ACCEPTS:
+            return name
     return None
 
 
+def accepted_password(settings: ConnectionSettings, record: PasswordRecord) -> str | None:
+    """``"new"``, ``"old"``, ``"mixed"`` or ``None``: which of the journal's passwords the
+    rotation's accounts take (``"mixed"``: some one, some the other)."""
+    seen = {accepted_on(route, settings, record) for _, route in record_accounts(record, settings)}
+    if len(seen) == 1:
+        return seen.pop()
+    return None if seen == {None} else "mixed"
+
+
 def _set_password(settings: ConnectionSettings, record: PasswordRecord, *, to: str) -> str:
-    """Make the server hold the ``to`` ("new"/"old") password; returns what was done."""
+    """Make every account of the rotation hold the ``to`` ("new"/"old") password, each
+    through its own route; returns what was done."""
     target = record.new_password if to == "new" else record.old_password
     other = record.old_password if to == "new" else record.new_password
-    now = accepted_password(settings, record)
-    if now == to:
-        return f"the server already takes the {to} password"
-    if now is None:
-        raise DatabaseError(
-            "the server takes neither the old nor the new password of this rotation; "
-            "set the login's password by hand and put it in .env"
-        )
-    db = PanelDB(dataclasses.replace(settings, password=other))
-    try:
-        method = db.set_own_password(target)
-    finally:
-        db.close()
-    record.method = record.method or method
-    return f"{method}: the server takes the {to} password"
+    done: list[str] = []
+    for n, (account, route) in enumerate(record_accounts(record, settings), start=1):
+        now = accepted_on(route, settings, record)
+        if now == to:
+            done.append(f"{account} already takes the {to} password")
+            continue
+        if now is None:
+            raise DatabaseError(
+                f"{account} ({route.label}) takes neither the old nor the new password of this rotation; "
+                "set its password by hand and put it in .env"
+            )
+        db = PanelDB(route.settings(settings, other))
+        try:
+            landed, _ = db.account()
+            if landed != account:
+                raise DatabaseError(
+                    f"{route.label} now logs in as {landed}, not {account}: its password was not changed"
+                )
+            method = db.set_own_password(target)
+        finally:
+            db.close()
+        record.method = record.method or method
+        done.append(f"{account}: {method}, takes the {to} password")
+        faults.checkpoint(f"db_account:{to}:{n}")
+    return " · ".join(done)
 
 
 def _env_to(ctx: Context, record: PasswordRecord, key: str, *, to: str, backup: bytes | None) -> bool:
@@ -294,11 +365,16 @@ def _env_to(ctx: Context, record: PasswordRecord, key: str, *, to: str, backup: 
 def _verify_step(ctx: Context, record: PasswordRecord, key: str) -> str:
     """The ``db_verify`` step: the new password works from ``.env``, the old one is refused;
     returns the panel check's result ("" when none is configured)."""
-    with ctx.step("db_verify", "a fresh login with the new password; the old one refused") as out:
+    with ctx.step("db_verify", "a fresh login with the new password; the old one refused on every route") as out:
         check = _verify(ctx, record, key, expect="new")
-        out.detail = "new password works from .env · old password refused" + (
-            f" · panel check {check}" if check else ""
+        _, settings, _ = settings_from_env(ctx)
+        accounts = [a for a, _ in record_accounts(record, settings)]
+        routes = [r.label for r, _, _ in _record_routes(record, settings)]
+        out.detail = (
+            f"new password works from .env for {', '.join(accounts)} · old password refused on "
+            f"{', '.join(routes)}" + (f" · panel check {check}" if check else "")
         )
+        out.data = {"accounts": accounts, "routes": _route_facts(record, settings, expect="new")}
     return check
 
 
@@ -313,25 +389,54 @@ def _backup_step(ctx: Context, record: PasswordRecord) -> None:
 
 
 def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> str:
-    """A fresh login with the password read back from ``.env`` works and is the ``expect``ed
-    one, the other password is refused, and the panel check passes."""
+    """On every route the old password opened before the change, a fresh login with the
+    password read back from ``.env`` works and lands on the same account; the other
+    password is refused on every route; the panel check passes (what that proves, per
+    route: ``_route_facts``)."""
     target = record.new_password if expect == "new" else record.old_password
+    other_name = "old" if expect == "new" else "new"
     other = record.old_password if expect == "new" else record.new_password
     _, settings, _ = settings_from_env(ctx)
     if settings.password != target:
         raise VerificationError(f"{ctx.profile.env_display} does not hold the {expect} password")
-    try:
-        PanelDB(settings).close()
-    except CredentialsRefusedError:
-        raise VerificationError(
-            f"a fresh connection with the {expect} password from .env is refused"
-        ) from None
-    if _accepts(settings, other):
-        raise VerificationError(
-            f"the {'old' if expect == 'new' else 'new'} password is still accepted by the server"
-        )
+    routes = _record_routes(record, settings)
+    for route, before, _account in routes:  # first the leak: the other password, on every route
+        leak = probe(route, settings, other)
+        if leak.outcome == ACCEPTS:
+            raise VerificationError(
+                f"the {other_name} password still logs in on {route.label} as {leak.account}"
+            )
+        if leak.outcome == UNREACHABLE and before == ACCEPTS:
+            raise VerificationError(
+                f"could not verify that the {other_name} password is refused on {route.label}: "
+                f"it no longer answers ({leak.note})"
+            )
+    for route, before, account in routes:
+        if before != ACCEPTS:
+            continue
+        seen = probe(route, settings, settings.password)
+        if seen.outcome == UNREACHABLE:
+            raise VerificationError(f"could not verify {account} on {route.label}: it no longer answers ({seen.note})")
+        if seen.outcome != ACCEPTS:
+            raise VerificationError(
+                f"a fresh login with the {expect} password from .env is refused on {route.label} ({account})"
+            )
+        if seen.account != account:
+            raise VerificationError(f"{route.label} now logs in as {seen.account}, not {account}: could not verify")
     check = panel_check(ctx)
     return _scrub(check, record) if check else ""
+
+
+def _route_facts(record: PasswordRecord, settings: ConnectionSettings, *, expect: str) -> list[dict[str, Any]]:
+    """What the verification proved, per route (after ``_verify`` passed)."""
+    other = "old" if expect == "new" else "new"
+    facts = []
+    for route, before, account in _record_routes(record, settings):
+        row: dict[str, Any] = {"route": route.label, other: "refused" if before != UNREACHABLE else "unreachable"}
+        if before == ACCEPTS:
+            row.update(account=account, **{expect: "works"})
+        facts.append(row)
+    return facts
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -341,8 +446,12 @@ class DbPasswordRotation:
     """``rotate-db-password``. ``run`` returns (documented for the bot and ``rotate-incident``)::
 
         rotation_id, state ("DONE", or "PREFLIGHT" on a dry run), panel, db_user, db_host,
+        accounts (every account the old password opened, each rotated), panel_route,
+        routes (per route: the account, "new": "works", "old": "refused"),
         old_fingerprint, new_fingerprint (absent on a dry run), method ("ALTER USER" or
         "SET PASSWORD"), panel_check, verified, duration_ms, engine_version
+
+    A dry run's ``accounts`` and ``routes`` are the plan's (``AccountMap.public``).
 
     A failure raises the ``EngineError`` with ``rolled_back=True`` and ``details`` holding
     the same fields with state "ROLLED_BACK" (or ``RollbackFailedError``: run recover).
@@ -380,7 +489,7 @@ class DbPasswordRotation:
             if self.expect is not None:
                 self.expect(pre)
             if self.dry_run:
-                return {**self._base(pre), "dry_run": True, "state": "PREFLIGHT"}
+                return {**self._base(pre), **pre.routes.public(), "dry_run": True, "state": "PREFLIGHT"}
             try:
                 return self._rotate(pre)
             except EngineError as failure:
@@ -401,6 +510,8 @@ class DbPasswordRotation:
             "panel": self.ctx.profile.name,
             "db_user": pre.settings.user,
             "db_host": pre.settings.host,
+            "accounts": list(pre.routes.accounts()),
+            "panel_route": pre.routes.panel_route.label,
             "old_fingerprint": pre.fingerprint,
             "engine_version": __version__,
         }
@@ -431,8 +542,17 @@ class DbPasswordRotation:
                 requested_by=self.requested_by,
                 approved_by=self.approved_by,
                 reason=self.reason,
+                accounts=[
+                    {"account": a, "route": rs[0].to_json(), "routes": [r.to_json() for r in rs]}
+                    for a, rs in pre.routes.accounts().items()
+                ],
+                routes=[
+                    {"route": p.route.to_json(), "outcome": p.outcome, "account": p.account}
+                    for p in pre.routes.probes
+                ],
+                panel_route=pre.routes.panel_route.to_json(),
             )
-            self.journal.save(record)
+            self.journal.save(record)  # every account, before any of them changes
             self.record = record
             escrow = "no escrow configured"
             if profile.db_password_escrow_command:
@@ -442,13 +562,10 @@ class DbPasswordRotation:
             out.data = {"new_fingerprint": record.new_fingerprint}
         faults.checkpoint("state:STAGED")
 
-        with ctx.step("db_change", f"{pre.settings.user} sets its own new password") as out:
-            db = PanelDB(pre.settings)
-            try:
-                record.method = db.set_own_password(password)
-            finally:
-                db.close()
-            out.detail = f"{record.method} through the panel's own login · the server takes the new password"
+        accounts = list(pre.routes.accounts())
+        with ctx.step("db_change", f"{', '.join(accounts)}: each sets its own new password") as out:
+            out.detail = _set_password(pre.settings, record, to="new") + " · through their own logins"
+            out.data = {"accounts": accounts}
         self._advance("DB_CHANGED")
 
         with ctx.step("db_write_env", f"writing {pre.password_key} in {profile.env_path.name}") as out:
@@ -479,6 +596,7 @@ class DbPasswordRotation:
             **self._base(pre),
             "state": "DONE",
             "verified": True,
+            "routes": _route_facts(record, pre.settings, expect="new"),
             "new_fingerprint": record.new_fingerprint,
             "method": record.method,
             "panel_check": check or None,
@@ -534,9 +652,10 @@ def roll_back(
             if restart_needed:
                 parts.append(_restart(ctx, record))
             out.detail = " · ".join(parts)
-        with ctx.step("db_verify_old", "a fresh login with the old password; the new one refused") as out:
+        verifying = "a fresh login with the old password; the new one refused on every route"
+        with ctx.step("db_verify_old", verifying) as out:
             check = _verify(ctx, record, key, expect="old")
-            out.detail = "old password works from .env · new password refused" + (
+            out.detail = "old password works from .env · new password refused on every route" + (
                 f" · panel check {check}" if check else ""
             )
     except EngineError as exc:
@@ -554,7 +673,7 @@ def roll_back(
 def roll_forward(ctx: Context, record: PasswordRecord, key: str) -> dict[str, Any]:
     """Finish a rotation whose new password already reached the server."""
     journal = PasswordJournal(ctx.profile.journal_dir)
-    with ctx.step("db_change", "making the server take the new password") as out:
+    with ctx.step("db_change", "making every account take the new password") as out:
         _, settings, _ = settings_from_env(ctx)
         out.detail = _set_password(settings, record, to="new")
     with ctx.step("db_write_env", "making .env hold the new password") as out:
@@ -611,6 +730,7 @@ def recover_password(ctx: Context, *, rollback: bool) -> dict[str, Any]:
             "panel": ctx.profile.name,
             "db_user": record.db_user,
             "db_host": record.db_host,
+            "accounts": [a for a, _ in record_accounts(record, settings)],
             "old_fingerprint": record.old_fingerprint,
             "new_fingerprint": record.new_fingerprint,
             "stopped_at": record.state,

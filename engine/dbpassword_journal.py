@@ -4,7 +4,9 @@ A record of its own (``db-password.json``), never mixed with the key journal
 (``rotation.json``): the two rotations hold different secrets and converge
 differently. It holds both passwords while the rotation is unfinished: the
 engine reads its own database login from ``.env``, and after a crash the
-journal is what tells ``recover`` which passwords to try. Same rules as the
+journal is what tells ``recover`` which passwords to try. It names every account the
+old password opened and the route to each (``engine/dbaccounts.py``), written before
+any of them changes, so ``recover`` converges each one. Same rules as the
 key journal: 0600 in the 0700 journal folder, fsynced, renamed into place;
 when the rotation ends the passwords are dropped and only fingerprints stay
 (``done/<id>.json``).
@@ -57,6 +59,12 @@ class PasswordRecord:
     reason: str | None = None
     restarted: bool = False
     trail: list[str] = field(default_factory=list)
+    #: every account the old password opened: {"account", "route" (the one to log in
+    #: through), "routes"}; empty in a journal written before twin accounts were handled
+    accounts: list[dict[str, Any]] = field(default_factory=list)
+    #: every route tried before the change: {"route", "outcome", "account"}
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    panel_route: dict[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
         """Everything but the passwords."""
