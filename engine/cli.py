@@ -196,12 +196,14 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
     elif op == "rotate-db-password":
         out.write(
             f"Done · {data['db_user']}@{data['db_host']} password {data['old_fingerprint']}… → "
-            f"{data['new_fingerprint']}… · {data['duration_ms'] / 1000:.1f} s · rotation {data['rotation_id']}\n"
+            f"{data['new_fingerprint']}… · accounts {', '.join(data.get('accounts') or ['?'])}, old password "
+            f"refused on every route · {data['duration_ms'] / 1000:.1f} s · rotation {data['rotation_id']}\n"
         )
     elif op == "plan" and "password_fingerprint" in data:
         out.write(
             f"Panel {data.get('panel', '')}: the database login {data['db_user']}@{data['db_host']} "
-            f"would get a new password (current {data['password_fingerprint']}…)\n"
+            f"would get a new password (current {data['password_fingerprint']}…) on every account it opens: "
+            + ", ".join(f"{a['account']} ({'; '.join(a['routes'])})" for a in data.get("accounts") or []) + "\n"
         )
     elif op == "rotate-agent":
         for agent in data.get("agents") or []:

@@ -37,6 +37,9 @@ DEFAULT_SOCKETS = (
     "/var/lib/mysql/mysql.sock",
 )
 ACCEPTS, REFUSED, UNREACHABLE = "accepts", "refused", "unreachable"
+#: Refusals besides 1045: 1130, no account for this client host at all; 1698, the
+#: account that matched authenticates another way (unix_socket, seen on a shared server).
+REFUSALS = (1130, 1698)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def probe(route: Route, base: ConnectionSettings, password: str) -> Probe:
     except CredentialsRefusedError:
         return Probe(route, REFUSED)
     except DatabaseError as exc:
-        if getattr(exc, "mysql_code", None) == 1130:  # no account of any name for this host
+        if getattr(exc, "mysql_code", None) in REFUSALS:
             return Probe(route, REFUSED)
         return Probe(route, UNREACHABLE, note=exc.message)
     try:

@@ -305,15 +305,6 @@ def accepted_on(route: Route, settings: ConnectionSettings, record: PasswordReco
     return None
 
 
-def accepted_password(settings: ConnectionSettings, record: PasswordRecord) -> str | None:
-    """``"new"``, ``"old"``, ``"mixed"`` or ``None``: which of the journal's passwords the
-    rotation's accounts take (``"mixed"``: some one, some the other)."""
-    seen = {accepted_on(route, settings, record) for _, route in record_accounts(record, settings)}
-    if len(seen) == 1:
-        return seen.pop()
-    return None if seen == {None} else "mixed"
-
-
 def _set_password(settings: ConnectionSettings, record: PasswordRecord, *, to: str) -> str:
     """Make every account of the rotation hold the ``to`` ("new"/"old") password, each
     through its own route; returns what was done."""
@@ -716,14 +707,16 @@ def recover_password(ctx: Context, *, rollback: bool) -> dict[str, Any]:
                     f".env names the login {settings.user}, the rotation changed {record.db_user}'s "
                     "password: put the login back in .env, then run recover again"
                 )
-            server = accepted_password(settings, record)
+            accounts = record_accounts(record, settings)
+            holds = {account: accepted_on(route, settings, record) for account, route in accounts}
+            values = set(holds.values())
+            server = values.pop() if len(values) == 1 else "mixed"
             on_disk = envfile.read_value(ctx.profile.env_path, key)
             env_holds = {record.new_password: "new", record.old_password: "old"}.get(on_disk, "another")
             direction = "finishing the rotation" if forward else "rolling back to the old password"
-            out.detail = (
-                f"the server takes the {server or 'neither'} password · .env holds the {env_holds} one · {direction}"
-            )
-            out.data = {"server": server, "env": env_holds}
+            takes = ", ".join(f"{a} takes the {v or 'neither'} password" for a, v in holds.items())
+            out.detail = f"{takes} · .env holds the {env_holds} one · {direction}"
+            out.data = {"server": server, "env": env_holds, "accounts": holds}
         base = {
             "rotation_id": record.rotation_id,
             "kind": "rotate-db-password",

@@ -86,7 +86,13 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
 
         pw = password_preflight(ctx, write_checks=True)  # the login works, may change its password
         db_user = pw.settings.user
-        db_facts = {"db_host": pw.settings.host, "account": pw.account, "password_fingerprint": pw.fingerprint}
+        db_facts = {
+            "db_host": pw.settings.host,
+            "account": pw.account,
+            "accounts": list(pw.routes.accounts()),  # every twin the password opens, each rotated
+            "panel_route": pw.routes.panel_route.label,
+            "password_fingerprint": pw.fingerprint,
+        }
     else:
         with ctx.step("preflight", "reading the panel's database user from .env") as out:
             db_user = resolve_settings(db, envfile.values(ctx.profile.env_path)).user
@@ -202,7 +208,8 @@ def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
         try:
             if name == "db_password":
                 data = OPERATIONS[DB_PASSWORD_OP](ctx, plain.replace(op=DB_PASSWORD_OP))
-                facts = _fingerprints(data, db_user=data.get("db_user"))
+                facts = _fingerprints(data, db_user=data.get("db_user"), accounts=data.get("accounts"),
+                                      routes=data.get("routes"))  # fmt: skip
                 ok = data.get("state", "DONE") == "DONE"
             elif name == "key":
                 data = _rotate_key(ctx, plain, plan["key_fingerprint"])
@@ -219,7 +226,8 @@ def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
             state = "rolled_back" if exc.rolled_back else "failed"
             if isinstance(exc, RollbackFailedError | UnfinishedRotationError) or exc.rolled_back is False:
                 state = "needs_recover"
-            facts = {"code": exc.code, "error": exc.message, **_fingerprints(exc.details)}
+            facts = {"code": exc.code, "error": exc.message,
+                     **_fingerprints(exc.details, accounts=exc.details.get("accounts"))}  # fmt: skip
             part.end(state, duration_ms=part_watch.ms, **facts)
             ctx.emitter.step("part", "failed", exc.message, part_watch.ms, title=PART_TITLES[name])
             stopped = {"part": name, "code": exc.code, "message": exc.message, "state": state}

@@ -24,6 +24,7 @@ PARTS: tuple[str, ...] = ("db_password", "key", "agents")
 TITLES = {"db_password": "database password", "key": "encryption key", "agents": "agent tokens"}
 MAX_AGENT_NAMES = 10
 MAX_MANUAL = 15
+MAX_ACCOUNTS = 8
 SECTION_LIMIT = 3000
 PREVIEW_LIMIT = 4000
 ICONS = {
@@ -79,7 +80,7 @@ def plan_lines(plan: PlanView) -> str:
     if db.get("available", True) and "env_key" in db and not db.get("env_key"):
         lines.append(f"1. the database password of user `{user}`: set in the profile, not `.env`; skipped")
     elif db.get("available", True):
-        lines.append(f"1. the database password of user `{user}` (from `.env`)")
+        lines.append(f"1. the database password of user `{user}` (from `.env`){_accounts_tail(db.get('accounts'))}")
     else:
         lines.append(f"1. the database password of user `{user}`: this engine can't yet, skipped")
     lines.append(
@@ -111,12 +112,24 @@ def db_plan_lines(plan: PlanView) -> str:
         f"• the database password of user `{user}`{where} gets a new one (`DB_PASSWORD` in `.env`)"
         f" · current password {m.short_fp(plan.password_fingerprint)}",
         "• the user sets its own password (no admin login); php-fpm restarts; the panel and a fresh "
-        "login must work with the new password, and the old one must be refused, or it goes back",
+        "login must work with the new password, and the old one must be refused on every route, or it goes back",
     ]
+    if plan.db_accounts:
+        accounts = ", ".join(f"`{m.esc(m.fit(a, 120))}`" for a in plan.db_accounts[:MAX_ACCOUNTS])
+        lines.insert(2, f"• every account the current password opens gets the new one: {accounts}")
     for warning in plan.warnings[:10]:
         lines.append(f"• :warning: {m.esc(warning)}")
     lines.append(m.plan_host_line(plan))
     return "\n".join(lines)
+
+
+def _accounts_tail(accounts: object) -> str:
+    """`` · accounts `u@localhost`, `u@127.0.0.1` ``: every twin the DB password opened."""
+    if not isinstance(accounts, list | tuple) or not accounts:
+        return ""
+    names = ", ".join(f"`{m.esc(m.fit(str(a), 100))}`" for a in accounts[:MAX_ACCOUNTS])
+    more = f" and {len(accounts) - MAX_ACCOUNTS} more" if len(accounts) > MAX_ACCOUNTS else ""
+    return f" · {m.plural(len(accounts), 'account')} {names}{more}"
 
 
 def _db_summary_text(request: RotationRequest) -> str:
@@ -124,14 +137,18 @@ def _db_summary_text(request: RotationRequest) -> str:
     approvers = [a.approver_label for a in request.approvals if a.person]
     user = m.esc(m.fit(str(outcome.get("db_user") or request.plan.db_user or "?"), 80))
     if request.state == State.DONE:
+        routes = [str(r.get("route")) for r in outcome.get("routes") or ()
+                  if isinstance(r, dict) and r.get("old") == "refused"]  # fmt: skip
+        everywhere = f" on {m.esc(m.fit(', '.join(routes), 300))}" if routes else ""
         head = (
             f":white_check_mark: Database password rotated on panel {m.esc(request.panel)} · user `{user}` · "
-            f"{m.short_fp(outcome.get('old_fingerprint'))} → {m.short_fp(outcome.get('new_fingerprint'))} · "
-            "the new password works, the old one is refused"
+            f"{m.short_fp(outcome.get('old_fingerprint'))} → {m.short_fp(outcome.get('new_fingerprint'))}"
+            f"{_accounts_tail(outcome.get('accounts'))} · the new password works, the old one is refused{everywhere}"
         )
     elif outcome.get("rolled_back") is True:
         head = (f":rotating_light: Database password rotation failed and was rolled back: the old password "
-                f"of `{user}` works again. What failed: {m.esc(outcome.get('message') or '?')}")  # fmt: skip
+                f"of `{user}` works again{_accounts_tail(outcome.get('accounts'))}. "
+                f"What failed: {m.esc(outcome.get('message') or '?')}")  # fmt: skip
     elif outcome.get("nothing_changed"):
         what = m.esc(outcome.get("message") or "?")
         head = f":no_entry_sign: Database password rotation failed before any change: {what}"
@@ -200,7 +217,7 @@ def timeline_lines(outcome: dict[str, Any]) -> list[str]:
         if part.get("new_fingerprint") and state == "done":
             line += f" · {m.short_fp(part.get('old_fingerprint'))} → {m.short_fp(part['new_fingerprint'])}"
         if part.get("db_user"):
-            line += f" · user `{m.esc(m.fit(str(part['db_user']), 80))}`"
+            line += f" · user `{m.esc(m.fit(str(part['db_user']), 80))}`" + _accounts_tail(part.get("accounts"))
         if part.get("part") == "agents" and state == "done":
             line += f" · {part.get('rotated', 0)} of {part.get('total', 0)} rotated"
         why = part.get("error") or (part.get("detail") if state == "skipped" else "")

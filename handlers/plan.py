@@ -75,6 +75,8 @@ class PlanView:
     db_user: str = ""
     db_host: str = ""
     password_fingerprint: str = ""
+    #: rotate-db-password: every account the current password opens, with its routes
+    db_accounts: tuple[str, ...] = ()
 
     @classmethod
     def from_engine(
@@ -115,6 +117,7 @@ class PlanView:
             db_user=str(result.get("db_user") or ""),
             db_host=str(result.get("db_host") or ""),
             password_fingerprint=str(result.get("password_fingerprint") or ""),
+            db_accounts=_db_accounts(result) if op == "rotate-db-password" else (),
         )
 
     def binding(self) -> dict[str, Any]:
@@ -168,9 +171,20 @@ class PlanView:
         values["warnings"] = tuple(values.get("warnings") or ())
         values["parts"] = tuple(dict(p) for p in values.get("parts") or ())
         values["manual"] = tuple(dict(i) for i in values.get("manual") or ())
+        values["db_accounts"] = tuple(str(a) for a in values.get("db_accounts") or ())
         values["columns"] = {str(k): int(v) for k, v in dict(values.get("columns") or {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _db_accounts(result: dict[str, Any]) -> tuple[str, ...]:
+    """``u@localhost (socket /run/mysqld/mysqld.sock)``, one per account the engine found."""
+    out = []
+    for item in result.get("accounts") or ():
+        if isinstance(item, dict):
+            routes = ", ".join(str(r) for r in item.get("routes") or ())
+            out.append(f"{item.get('account')} ({routes})" if routes else str(item.get("account")))
+    return tuple(out)
 
 
 def _warnings(result: dict[str, Any]) -> tuple[str, ...]:

@@ -12,70 +12,18 @@ keeps the old password is reported and rolled back, never "old password refused"
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-import pymysql
 import pytest
 
-from bot.fakes.panel.ctl import parse_env
 from tests.engine.runner import crash_at, run_engine
-from tests.support.mariadb import admin_connect
+from tests.support.db_accounts import SOCKET, drop_accounts, env_value, login, make_twins, php_login
 from tests.support.secrets_scan import register_secret
 
 TWIN_SHAPES = {"localhost+127.0.0.1": ("localhost", "127.0.0.1"), "localhost+%": ("localhost", "%")}
-
-
-def server_socket() -> str:
-    with admin_connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT @@socket")
-        return str(cur.fetchone()[0])
-
-
-SOCKET = server_socket()
-
-
-def login(user: str, password: str, *, route: str) -> str | None:
-    """``CURRENT_USER()`` for a login over ``route`` ("socket" or "tcp"), None if refused."""
-    where: dict[str, Any] = {"unix_socket": SOCKET} if route == "socket" else {"host": "127.0.0.1", "port": 3306}
-    try:
-        conn = pymysql.connect(user=user, password=password, connect_timeout=5, **where)
-    except pymysql.err.OperationalError as exc:
-        if exc.args[0] in (1045, 1130):
-            return None
-        raise
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT CURRENT_USER()")
-        return str(cur.fetchone()[0])
-
-
-def php_login(panel: Any, password: str) -> str:
-    """What real PHP (pdo_mysql) sees with ``.env``'s DB_HOST, the way the panel connects:
-    ``CURRENT_USER()`` or ``refused``. The password goes in the environment, not argv."""
-    code = (
-        '$e = getenv("T_HOST"); '
-        'try { $p = new PDO("mysql:host=" . $e . ";port=3306", getenv("T_USER"), getenv("T_PASSWORD")); '
-        'echo $p->query("SELECT CURRENT_USER()")->fetchColumn(); } '
-        'catch (PDOException $x) { echo $x->getCode() == 1045 ? "refused" : "error " . $x->getCode(); }'
-    )
-    env = {**os.environ, "T_HOST": env_value(panel, "DB_HOST"), "T_USER": panel.db.user, "T_PASSWORD": password}
-    proc = subprocess.run(["php", "-r", code], env=env, capture_output=True, text=True, timeout=30, check=True)
-    return proc.stdout.strip()
-
-
-def env_value(panel: Any, key: str) -> str:
-    return parse_env(panel.env_path.read_text(encoding="utf-8"))[key]
-
-
-def admin(*statements: tuple[str, tuple[Any, ...]]) -> None:
-    with admin_connect() as conn, conn.cursor() as cur:
-        cur.execute("SET SESSION lock_wait_timeout = 20")
-        for sql, args in statements:
-            cur.execute(sql, args or None)
 
 
 @pytest.fixture
@@ -83,29 +31,8 @@ def twin_panel(panel_factory) -> Iterator[Any]:
     """``make(hosts, db_host)``: a running panel whose login exists for exactly ``hosts``
     (same password, same rights) and whose ``.env`` says ``DB_HOST=db_host``."""
     made: list[tuple[str, str]] = []
-
-    def make(hosts: tuple[str, ...], db_host: str) -> Any:
-        panel = panel_factory(rows=2, server=True)
-        user, password, name = panel.db.user, panel.db.password, panel.db.name
-        statements: list[tuple[str, tuple[Any, ...]]] = []
-        for host in hosts:
-            made.append((user, host))
-            if host != "%":
-                statements.append((f"CREATE USER '{user}'@'{host}' IDENTIFIED BY %s", (password,)))
-                statements.append((f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{user}'@'{host}'", ()))
-        if "%" not in hosts:
-            statements.append((f"DROP USER '{user}'@'%'", ()))
-        admin(*statements)
-        text = panel.env_path.read_text(encoding="utf-8")
-        panel.env_path.write_text(text.replace("DB_HOST=127.0.0.1\n", f"DB_HOST={db_host}\n"), encoding="utf-8")
-        panel.restart_panel()
-        assert panel.health()[0] == 200
-        assert php_login(panel, password) == f"{user}@{hosts[0] if db_host == 'localhost' else hosts[-1]}"
-        return panel
-
-    yield make
-    for user, host in made:
-        admin((f"DROP USER IF EXISTS '{user}'@'{host}'", ()))
+    yield lambda hosts, db_host: make_twins(panel_factory(rows=2, server=True), hosts, db_host, made)
+    drop_accounts(made)
 
 
 def assert_rotated_everywhere(panel: Any, accounts: set[str], old: str, new: str) -> None:
@@ -158,7 +85,7 @@ def test_every_twin_account_gets_the_new_password_and_the_old_one_is_refused_on_
     assert new != old
     assert_rotated_everywhere(panel, accounts, old, new)
     human = run_engine(profile, "plan", "--db-password")
-    assert all(a in human.stdout for a in accounts), human.stdout
+    assert "on every account it opens: " in human.stdout and all(a in human.stdout for a in accounts), human.stdout
     assert run.leaks() == [] and plan.leaks() == [] and human.leaks() == []
 
 
@@ -175,7 +102,7 @@ def test_an_account_only_for_localhost_is_rotated_and_the_refused_tcp_route_is_n
     result = run.closing
     assert result["accounts"] == [f"{user}@localhost"]
     outcomes = {r["route"]: r.get("old") for r in result["routes"]}
-    assert outcomes["127.0.0.1:3306"] == "refused"  # tried, refused before and after: not a route
+    assert outcomes["127.0.0.1:3306"] == "refused", json.dumps(run.step("db_preflight"))  # not a route
     assert_rotated_everywhere(panel, {f"{user}@localhost"}, old, new)
     assert run.leaks() == []
 
@@ -283,3 +210,56 @@ def test_a_crash_between_twin_accounts_is_recovered_on_every_account(twin_panel,
     assert set(run.closing["accounts"]) == journaled
     assert not (panel.root / "journal" / "db-password.json").exists()
     assert run.leaks() == [] and crash.leaks() == []
+
+
+def test_rotate_incident_rotates_every_twin_before_the_key(twin_panel):
+    """rotate-incident inherits the accounts: its plan names both, its database part
+    rotates both and proves the old password refused on every route, then the key runs."""
+    from tests.engine.test_incident import serve, serve_raw
+
+    panel = twin_panel(("localhost", "127.0.0.1"), "localhost")
+    user, old = panel.db.user, panel.db.password
+    profile = panel.profile_path
+    plan = serve(profile, id="r-twin-plan", op="plan", incident=True)[-1]
+    planned = next(p for p in plan["parts"] if p["part"] == "db_password")
+
+    events, _ = serve_raw(profile, id="r-twin-inc", op="rotate-incident", plan_hash=plan["plan_hash"],
+                               key_fingerprint=plan["key_fingerprint"], agents=[], requested_by="U0ALICE",
+                               approved_by=["U0BOB"], reason="INC-7 .env leaked",
+                               password_fingerprint=plan["password_fingerprint"])  # fmt: skip
+    new = env_value(panel, "DB_PASSWORD")
+    register_secret(new, "new DB_PASSWORD")
+
+    accounts = {f"{user}@localhost", f"{user}@127.0.0.1"}
+    assert set(planned["accounts"]) == accounts and planned["panel_route"] == f"socket {SOCKET}"
+    result = events[-1]
+    assert (result["type"], result["state"]) == ("result", "DONE"), result
+    db = next(p for p in result["parts"] if p["part"] == "db_password")
+    assert db["state"] == "done" and set(db["accounts"]) == accounts
+    assert {r["route"] for r in db["routes"] if r.get("old") == "refused" and r.get("account")} == {
+        f"socket {SOCKET}", "127.0.0.1:3306"
+    }
+    assert_rotated_everywhere(panel, accounts, old, new)
+    assert next(p for p in result["parts"] if p["part"] == "key")["state"] == "done"
+    assert panel.php_check_all() == []
+
+
+def test_rotate_incident_stops_at_a_twin_that_keeps_the_old_password(twin_panel):
+    panel = twin_panel(("localhost", "127.0.0.1"), "localhost")
+    user, old = panel.db.user, panel.db.password
+    key_before = panel.env_key()
+    profile = panel.write_profile(restart_command=_resetting_restart(panel, "127.0.0.1", old))
+
+    run = run_engine(profile, "rotate-incident", "--yes", "--json", "--reason", "INC-8")
+
+    result = run.closing
+    assert run.returncode != 0 and result["state"] == "STOPPED"
+    db = next(p for p in result["parts"] if p["part"] == "db_password")
+    assert db["state"] == "rolled_back"
+    assert db["error"] == f"the old password still logs in on 127.0.0.1:3306 as {user}@127.0.0.1"
+    assert set(db["accounts"]) == {f"{user}@localhost", f"{user}@127.0.0.1"}
+    assert next(p for p in result["parts"] if p["part"] == "key")["state"] == "not_started"
+    assert panel.env_key() == key_before
+    for route in ("socket", "tcp"):
+        assert login(user, old, route=route) is not None
+    assert run.leaks() == []
