@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import string
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,49 @@ def test_every_changing_operation_outlives_its_connection_on_both_sides(op):
     request = Request(v=1, id="r-1", op=op)
     assert engine_side(request) and bot_side(request)
     assert not engine_side(request.replace(dry_run=True))
+
+
+def _settings(host: str, unix_socket: str | None = None) -> Any:
+    from engine.db import ConnectionSettings
+
+    return ConnectionSettings(host=host, port=3306, name="panel", user="panel", password="x",
+                              unix_socket=unix_socket, connect_timeout_s=5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("host", "unix_socket", "panel", "tcp"),
+    [
+        ("localhost", None, "socket ", ["127.0.0.1:3306", "[::1]:3306"]),
+        ("127.0.0.1", None, "127.0.0.1:3306", ["127.0.0.1:3306", "[::1]:3306"]),
+        ("localhost", "/srv/my.sock", "socket /srv/my.sock", ["127.0.0.1:3306", "[::1]:3306"]),
+        ("db.internal", None, "db.internal:3306", ["db.internal:3306"]),
+    ],
+)
+def test_the_routes_tried_are_the_panels_and_every_local_one(host, unix_socket, panel, tcp):
+    """DB_HOST=localhost is the socket for PHP (its path is asked of the server later); a
+    remote DB_HOST is the only route (another machine's socket and loopback are not ours)."""
+    from engine.dbaccounts import candidate_routes
+
+    panel_route, tcp_routes = candidate_routes(_settings(host, unix_socket))
+    assert panel_route.label == panel and [r.label for r in tcp_routes] == tcp
+
+
+def test_a_password_that_opens_another_users_account_is_refused_before_any_change():
+    """The anonymous ''@'localhost' shadows 'panel'@'%' on the socket: the panel's password
+    would change the wrong account. A shared test server can't carry an anonymous account
+    (it would shadow every other test's login), so this is checked on the decision itself."""
+    from engine.dbaccounts import ACCEPTS, AccountMap, Probe, Route
+    from engine.dbpassword import _rotatable
+    from engine.errors import DatabaseError
+
+    socket, tcp = Route("socket", "/run/mysqld/mysqld.sock"), Route("tcp", "127.0.0.1", 3306)
+    routes = AccountMap(panel_route=tcp, probes=[Probe(tcp, ACCEPTS, "panel@%"), Probe(socket, ACCEPTS, "@localhost")])
+    with pytest.raises(DatabaseError, match=r"logs panel in as @localhost .*nothing was changed"):
+        _rotatable(routes, "panel")
+    read_only = AccountMap(panel_route=tcp, probes=[Probe(tcp, ACCEPTS, "panel@%", read_only=True)])
+    with pytest.raises(DatabaseError, match=r"read-only .*nothing was changed"):
+        _rotatable(read_only, "panel")
+    twins = AccountMap(panel_route=socket, probes=[Probe(tcp, ACCEPTS, "panel@127.0.0.1"),
+                                                   Probe(socket, ACCEPTS, "panel@localhost")])  # fmt: skip
+    assert _rotatable(twins, "panel") == "panel@localhost"
+    assert list(twins.accounts()) == ["panel@localhost", "panel@127.0.0.1"]  # the panel's first
