@@ -309,7 +309,9 @@ def _fingerprints(data: dict[str, Any], **more: Any) -> dict[str, Any]:
 def _done_detail(name: str, facts: dict[str, Any]) -> str:
     if name == "agents":
         return f"{facts.get('rotated', 0)} of {facts.get('total', 0)} agents rotated and verified"
-    return f"{facts.get('old_fingerprint', '?')}… → {facts.get('new_fingerprint', '?')}… verified"
+    accounts = facts.get("accounts") or []
+    every = f" on {', '.join(accounts)}, the old one refused on every route" if accounts else ""
+    return f"{facts.get('old_fingerprint', '?')}… → {facts.get('new_fingerprint', '?')}… verified{every}"
 
 
 def _stopped_message(stopped: dict[str, Any], left: list[dict[str, Any]]) -> str:

@@ -149,22 +149,25 @@ def _resetting_restart(panel: Any, account_host: str, old: str) -> list[str]:
     return [str(wrapper)]
 
 
-def test_a_twin_that_still_takes_the_old_password_is_reported_and_rolled_back(twin_panel):
+@pytest.mark.parametrize("reset", ["127.0.0.1", "localhost"])
+def test_a_twin_that_still_takes_the_old_password_is_reported_and_rolled_back(twin_panel, reset):
     """Item 13: the "old password refused" check must be able to fire. After the change a
-    stand-in puts the old password back on 'u'@'127.0.0.1' (the twin, not the panel's
-    socket account). The engine must name that route and account, not claim success, and
-    roll every account back to the old password."""
+    stand-in (configuration management, during the restart) puts the old password back on
+    one twin: 'u'@'127.0.0.1' (TCP) or 'u'@'localhost' (the socket, the panel's own). The
+    engine must name that route and account, not claim success, and roll every account
+    back to the old password."""
     panel = twin_panel(("localhost", "127.0.0.1"), "localhost")
     user, old = panel.db.user, panel.db.password
     original = panel.env_path.read_bytes()
-    profile = panel.write_profile(restart_command=_resetting_restart(panel, "127.0.0.1", old))
+    profile = panel.write_profile(restart_command=_resetting_restart(panel, reset, old))
 
     run = run_engine(profile, "rotate-db-password", "--yes", "--json")
 
     assert run.returncode == 1, run.stderr
     error = run.closing
     assert error["type"] == "error" and error["code"] == "verification_failed"
-    assert error["message"] == f"the old password still logs in on 127.0.0.1:3306 as {user}@127.0.0.1"
+    route = "127.0.0.1:3306" if reset == "127.0.0.1" else f"socket {SOCKET}"
+    assert error["message"] == f"the old password still logs in on {route} as {user}@{reset}"
     assert error["rolled_back"] is True and error["state"] == "ROLLED_BACK"
     assert "db_verify" not in run.steps("ok") and "db_verify" in run.steps("failed")
     assert "old password refused" not in run.stdout
@@ -242,6 +245,9 @@ def test_rotate_incident_rotates_every_twin_before_the_key(twin_panel):
     assert_rotated_everywhere(panel, accounts, old, new)
     assert next(p for p in result["parts"] if p["part"] == "key")["state"] == "done"
     assert panel.php_check_all() == []
+    closed = next(e for e in events if e["type"] == "step" and e["name"] == "part" and e.get("part") == "db_password"
+                  and e["state"] == "ok")  # fmt: skip
+    assert f"verified on {user}@localhost, {user}@127.0.0.1, the old one refused on every route" in closed["detail"]
 
 
 def test_rotate_incident_stops_at_a_twin_that_keeps_the_old_password(twin_panel):
