@@ -12,7 +12,8 @@ PREFLIGHT -> STAGED -> DB_CHANGED -> ENV_WRITTEN -> RESTARTED -> VERIFIED
   the restart target exists. Otherwise a refusal naming the accounts, before any change.
 * stage: a new password from ``secrets``, in the journal and escrow before any change.
 * change: each account sets its own password through a route that lands on it
-  (``PanelDB.set_own_password``): no admin credentials. MariaDB keeps one password per account, so from here until the
+  (``PanelDB.set_own_password``): no admin credentials. MariaDB keeps one password
+  per account, so from here until the
   restart the panel's new connections are refused: the window is the ``.env``
   write plus the restart.
 * write_env: ``DB_PASSWORD`` rewritten atomically, every other byte as it was.
@@ -357,15 +358,15 @@ def _verify_step(ctx: Context, record: PasswordRecord, key: str) -> str:
     """The ``db_verify`` step: the new password works from ``.env``, the old one is refused;
     returns the panel check's result ("" when none is configured)."""
     with ctx.step("db_verify", "a fresh login with the new password; the old one refused on every route") as out:
-        check = _verify(ctx, record, key, expect="new")
-        _, settings, _ = settings_from_env(ctx)
-        accounts = [a for a, _ in record_accounts(record, settings)]
-        routes = [r.label for r, _, _ in _record_routes(record, settings)]
+        check, facts = _verify(ctx, record, key, expect="new")
+        accounts = list(dict.fromkeys(str(r["account"]) for r in facts if r.get("account")))
+        refused = [str(r["route"]) for r in facts if r.get("old") == "refused"]
         out.detail = (
             f"new password works from .env for {', '.join(accounts)} · old password refused on "
-            f"{', '.join(routes)}" + (f" · panel check {check}" if check else "")
+            f"{', '.join(refused)}" + (f" · panel check {check}" if check else "")
         )
-        out.data = {"accounts": accounts, "routes": _route_facts(record, settings, expect="new")}
+        out.data = {"accounts": accounts, "routes": facts}
+    record.proven = facts
     return check
 
 
@@ -379,11 +380,12 @@ def _backup_step(ctx: Context, record: PasswordRecord) -> None:
             out.skipped, out.detail = True, "no backup hook configured"
 
 
-def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> str:
+def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> tuple[str, list[dict[str, Any]]]:
     """On every route the old password opened before the change, a fresh login with the
     password read back from ``.env`` works and lands on the same account; the other
-    password is refused on every route; the panel check passes (what that proves, per
-    route: ``_route_facts``)."""
+    password is refused on every route; the panel check passes. Returns (the panel
+    check's result, per route what was seen: the account, ``expect`` "works", the other
+    "refused" or "unreachable")."""
     target = record.new_password if expect == "new" else record.old_password
     other_name = "old" if expect == "new" else "new"
     other = record.old_password if expect == "new" else record.new_password
@@ -391,6 +393,7 @@ def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> s
     if settings.password != target:
         raise VerificationError(f"{ctx.profile.env_display} does not hold the {expect} password")
     routes = _record_routes(record, settings)
+    facts: list[dict[str, Any]] = []
     for route, before, _account in routes:  # first the leak: the other password, on every route
         leak = probe(route, settings, other)
         if leak.outcome == ACCEPTS:
@@ -402,7 +405,8 @@ def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> s
                 f"could not verify that the {other_name} password is refused on {route.label}: "
                 f"it no longer answers ({leak.note})"
             )
-    for route, before, account in routes:
+        facts.append({"route": route.label, other_name: leak.outcome})
+    for row, (route, before, account) in zip(facts, routes, strict=True):
         if before != ACCEPTS:
             continue
         seen = probe(route, settings, settings.password)
@@ -414,20 +418,9 @@ def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> s
             )
         if seen.account != account:
             raise VerificationError(f"{route.label} now logs in as {seen.account}, not {account}: could not verify")
+        row.update(account=account, **{expect: "works"})
     check = panel_check(ctx)
-    return _scrub(check, record) if check else ""
-
-
-def _route_facts(record: PasswordRecord, settings: ConnectionSettings, *, expect: str) -> list[dict[str, Any]]:
-    """What the verification proved, per route (after ``_verify`` passed)."""
-    other = "old" if expect == "new" else "new"
-    facts = []
-    for route, before, account in _record_routes(record, settings):
-        row: dict[str, Any] = {"route": route.label, other: "refused" if before != UNREACHABLE else "unreachable"}
-        if before == ACCEPTS:
-            row.update(account=account, **{expect: "works"})
-        facts.append(row)
-    return facts
+    return (_scrub(check, record) if check else ""), facts
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -587,7 +580,7 @@ class DbPasswordRotation:
             **self._base(pre),
             "state": "DONE",
             "verified": True,
-            "routes": _route_facts(record, pre.settings, expect="new"),
+            "routes": record.proven,
             "new_fingerprint": record.new_fingerprint,
             "method": record.method,
             "panel_check": check or None,
@@ -645,7 +638,7 @@ def roll_back(
             out.detail = " · ".join(parts)
         verifying = "a fresh login with the old password; the new one refused on every route"
         with ctx.step("db_verify_old", verifying) as out:
-            check = _verify(ctx, record, key, expect="old")
+            check, _ = _verify(ctx, record, key, expect="old")
             out.detail = "old password works from .env · new password refused on every route" + (
                 f" · panel check {check}" if check else ""
             )
@@ -683,7 +676,7 @@ def roll_forward(ctx: Context, record: PasswordRecord, key: str) -> dict[str, An
     record.state = "DONE"
     journal.save(record)
     journal.finish(record)
-    return {"verified": True, "panel_check": check or None}
+    return {"verified": True, "panel_check": check or None, "routes": record.proven}
 
 
 def has_unfinished(ctx: Context) -> bool:

@@ -65,6 +65,8 @@ class PasswordRecord:
     #: every route tried before the change: {"route", "outcome", "account"}
     routes: list[dict[str, Any]] = field(default_factory=list)
     panel_route: dict[str, Any] | None = None
+    #: per route, what the last verification saw (no secret)
+    proven: list[dict[str, Any]] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         """Everything but the passwords."""
