@@ -13,6 +13,12 @@ ones to rotate; each is changed through a route that lands on it (a login may se
 only its own password). A route that refuses the password, or where nothing
 listens, is not a way in and needs nothing.
 
+A loopback port is not privileged: where the server listens on 127.0.0.1 only, any
+local user may listen on ``[::1]:3306``, and PyMySQL hands a password to whoever asks
+for it (``mysql_clear_password``). So a loopback route is tried only when its listener
+belongs to the database server's user (``/proc/net/tcp``, compared with the owner of
+the server's socket file); another's listener is reported and never sent a password.
+
 Limit: without admin rights nothing shows an account no route from here reaches
 (for example ``'u'@'%'`` shadowed by ``'u'@'127.0.0.1'`` but open to other hosts).
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -94,8 +101,81 @@ class Probe:
         return out
 
 
+def _proc_address(hex_addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as ``/proc/net/tcp{,6}`` writes it (32-bit words in host order)."""
+    raw = bytes.fromhex(hex_addr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.IPv4Address(words) if len(raw) == 4 else ipaddress.IPv6Address(words)
+
+
+def listener_uid(host: str, port: int) -> int | None:
+    """The uid owning the TCP socket that listens for ``host:port`` on this machine, None
+    when nothing does. ``OSError`` when the kernel's tables can't be read."""
+    target = ipaddress.ip_address(host)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            for line in list(rows)[1:]:
+                fields = line.split()
+                if len(fields) < 8 or fields[3] != "0A":  # 0A: LISTEN
+                    continue
+                addr_hex, _, port_hex = fields[1].partition(":")
+                if int(port_hex, 16) != port:
+                    continue
+                addr = _proc_address(addr_hex)
+                mapped = getattr(addr, "ipv4_mapped", None)
+                dual_stack = addr.version == 6 and addr.is_unspecified  # "::" takes IPv4 too, unless v6only
+                if addr == target or mapped == target or dual_stack or (
+                    addr.is_unspecified and addr.version == target.version
+                ):
+                    return int(fields[7])
+    return None
+
+
+def server_uid(base: ConnectionSettings) -> int | None:
+    """The database server's uid: the owner of its socket file (only the server creates
+    it, in a directory only it may write), else of the listener the panel is configured
+    for; None when neither can be told."""
+    for path in (base.unix_socket, *DEFAULT_SOCKETS):
+        try:
+            info = os.stat(path) if path else None
+        except OSError:
+            continue
+        if info is not None and stat.S_ISSOCK(info.st_mode):
+            return info.st_uid
+    if _loopback(base.host) and base.host != "localhost":
+        try:
+            return listener_uid(base.host, base.port)
+        except OSError:
+            return None
+    return None
+
+
+def _untrusted_listener(route: Route, base: ConnectionSettings) -> str | None:
+    """Why ``route`` must not be sent a password (a loopback port held by someone other
+    than the database server, or nothing listening), or None to go ahead."""
+    if route.kind != "tcp" or not _loopback(route.address) or route.address == "localhost":
+        return None
+    expected = server_uid(base)
+    try:
+        owner = listener_uid(route.address, route.port)
+    except OSError:
+        return None  # no /proc: the connection itself decides
+    if owner is None:
+        return "nothing listens there"
+    if expected is not None and owner != expected:
+        return (
+            f"not tried: the port is held by uid {owner}, the database server runs as uid {expected} "
+            "(another process listening there would be sent the password)"
+        )
+    return None
+
+
 def probe(route: Route, base: ConnectionSettings, password: str) -> Probe:
-    """Log in over ``route`` with ``password`` and ask which account that is."""
+    """Log in over ``route`` with ``password`` and ask which account that is; a loopback
+    port held by another user than the server's is reported and never sent it."""
+    untrusted = _untrusted_listener(route, base)
+    if untrusted is not None:
+        return Probe(route, UNREACHABLE, note=untrusted)
     try:
         db = PanelDB(route.settings(base, password))
     except CredentialsRefusedError:

@@ -269,3 +269,35 @@ def test_rotate_incident_stops_at_a_twin_that_keeps_the_old_password(twin_panel)
     for route in ("socket", "tcp"):
         assert login(user, old, route=route) is not None
     assert run.leaks() == []
+
+
+def test_a_loopback_port_held_by_another_user_is_never_sent_the_password(twin_panel):
+    """The server listens on 127.0.0.1 only, so anyone may listen on [::1]:3306 (and
+    PyMySQL would hand the password to a listener that asks for it in clear). Here the
+    test holds that port as another user than MariaDB's: the engine reports the route
+    as not tried and never connects to it, and the rotation still covers every account."""
+    import select
+    import socket
+
+    panel = twin_panel(("localhost", "127.0.0.1"), "localhost")
+    user, old = panel.db.user, panel.db.password
+    profile = panel.write_profile()
+    rogue = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        rogue.bind(("::1", 3306))
+        rogue.listen(8)
+        plan = run_engine(profile, "plan", "--db-password", "--json")
+        run = run_engine(profile, "rotate-db-password", "--yes", "--json")
+        knocked = select.select([rogue], [], [], 0)[0]
+    finally:
+        rogue.close()
+    new = env_value(panel, "DB_PASSWORD")
+    register_secret(new, "new DB_PASSWORD")
+
+    assert run.returncode == 0, run.stderr
+    assert knocked == [], "the engine connected to a listener that is not the database server"
+    ipv6 = next(r for r in plan.closing["routes"] if r["route"] == "[::1]:3306")
+    assert ipv6["outcome"] == "unreachable" and ipv6["note"].startswith("not tried: the port is held by uid 0,")
+    assert {r["route"]: r.get("old") for r in run.closing["routes"]}["[::1]:3306"] == "unreachable"
+    assert_rotated_everywhere(panel, {f"{user}@localhost", f"{user}@127.0.0.1"}, old, new)
+    assert run.leaks() == []
