@@ -37,6 +37,8 @@ exit status:
   2  bad usage or settings: the command line, the profile, or a file or user it
      names (a missing .env, an unknown env_owner, a bad column); nothing was changed
   3  a rotation is unfinished or its rollback failed: run recover
+     status: something is unfinished (a rotation, or a temporary file a killed run left);
+     a rotation running now is not unfinished: 0
   4  rotate-agent: no agent failed, but some could not be verified ("could not verify")"""
 MARKS = {"ok": "✔", "failed": "✖", "skipped": "–", "started": "▶"}
 
@@ -261,35 +263,7 @@ def print_summary(out: IO[str], op: str, data: dict[str, Any]) -> None:
                 if opened:
                     out.write(f"  candidate {scheme}: opens {opened:,}\n")
     elif op == "status":
-        unfinished, running = data.get("unfinished"), data.get("running")
-        if unfinished and running:
-            since = time.strftime("%H:%M:%S UTC", time.gmtime(unfinished["started_at"]))
-            out.write(
-                f"RUNNING rotation {unfinished['rotation_id']} (pid {running['pid']}), at "
-                f"{unfinished['state']}, since {since}: let it finish; do not run recover\n"
-            )
-        elif running:
-            out.write(f"RUNNING: an engine run (pid {running['pid']}) holds this panel's lock\n")
-        elif unfinished:
-            out.write(
-                f"UNFINISHED rotation {unfinished['rotation_id']} stopped at {unfinished['state']}: "
-                f"run {data.get('recover_command') or 'recover'}\n"
-            )
-        else:
-            out.write("No unfinished rotation.\n")
-        password = data.get("unfinished_db_password")
-        if password:
-            out.write(
-                f"UNFINISHED database password rotation {password['rotation_id']} stopped at "
-                f"{password['state']}: run recover\n"
-            )
-        for agent in data.get("unfinished_agents") or []:
-            out.write(
-                f"UNFINISHED agent rotation {agent['rotation_id']} of {agent['agent']} stopped at "
-                f"{agent['state']} (the agent holds the {agent.get('token', 'unknown')} token, install token "
-                f"{agent.get('install_token', 'unknown')}): run rotate-agent {agent['agent']} again to resume "
-                "it, or recover to close it\n"
-            )
+        _print_verdict(out, data.get("verdict") or {})
         for item in data.get("recent") or []:
             out.write(f"  {item['rotation_id']}: {item['state']} ({item['old_fingerprint']}… → "
                       f"{item['new_fingerprint']}…)\n")
@@ -321,6 +295,32 @@ def _needs_confirmation(args: argparse.Namespace) -> bool:
     return args.command in ("rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password") and not (
         args.yes or args.dry_run
     )
+
+
+def _clock(at: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if isinstance(at, int | float) else "?"
+
+
+def _print_verdict(out: IO[str], verdict: dict[str, Any]) -> None:
+    """``status``'s one answer: RUNNING, UNFINISHED (each item), or nothing unfinished."""
+    running = verdict.get("running")
+    if verdict.get("state") == "running" and running:
+        what = f"{running.get('op') or 'an engine run'} {running.get('rotation_id') or ''}".rstrip()
+        out.write(
+            f"RUNNING: {what} (pid {running['pid']}), step {running.get('step') or 'not known yet'}, "
+            f"since {_clock(running.get('since'))}. Let it finish; do not run recover.\n"
+        )
+    elif verdict.get("state") == "unfinished":
+        for item in verdict.get("unfinished") or []:
+            rotation = f" {item['rotation_id']}" if item.get("rotation_id") else ""
+            since = f", started {_clock(item['since'])}" if item.get("since") else ""
+            note = f" ({item['note']})" if item.get("note") else ""
+            out.write(
+                f"UNFINISHED {item['what']}{rotation}: stopped at {item['stopped_at']}{since}{note}. "
+                f"Run: {item['command']}\n"
+            )
+    else:
+        out.write("Nothing unfinished: no rotation is running or left unfinished.\n")
 
 
 def _ask(question: str, stdin: IO[str], out: IO[str]) -> bool:
@@ -387,6 +387,8 @@ def main(
             binding["agents"] = [str(a.get("name")) for a in plan.get("agents") or []]
             binding["all_agents"] = False
     status, data = _run(args, profile, op, binding, stdout, stderr)
+    if data is not None and op == "status" and (data.get("verdict") or {}).get("state") == "unfinished":
+        return EXIT_NEEDS_RECOVER  # so monitoring can alert on it
     if data is not None and op == "probe" and (data.get("problem") or not data.get("scheme")):
         return EXIT_FAILED  # the profile and the stored values do not agree: say so to scripts too
     if data is not None and op == "rotate-agent" and not data.get("ok", True):
@@ -407,7 +409,6 @@ def _run(
 ) -> tuple[int, dict[str, Any] | None]:
     """One operation with its events printed; (exit status, result or None on error)."""
     from engine.ops import new_rotation_id, run_operation
-    from engine.profile import engine_command
 
     rotation_id = new_rotation_id()
     printer = None if args.json else HumanPrinter(stdout, stderr)
@@ -441,7 +442,5 @@ def _run(
         return exit_status(exc), None
     emitter.emit(result_event(op, **data))
     if printer is not None:
-        if op == "status" and data.get("unfinished") and not data.get("running"):
-            data = {**data, "recover_command": engine_command(profile, "recover")}
         print_summary(stdout, op, data)
     return EXIT_OK, data

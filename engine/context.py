@@ -32,7 +32,7 @@ class Context:
 
     def __post_init__(self) -> None:
         self.profile = restart.resolved(self.profile)  # restart_command = "auto"
-        self.journal = Journal(self.profile.journal_dir)
+        self.journal = Journal(self.profile.journal_dir, self.profile.env_path)
 
     # -- database ----------------------------------------------------------------
     def connect(self) -> PanelDB:

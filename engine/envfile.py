@@ -19,6 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import faults
 from engine.cipher import validate_key_hex
 from engine.errors import EnvFileError
 
@@ -270,6 +271,36 @@ def check_writable(path: Path, ownership: Ownership) -> None:
         )
 
 
+#: The name ``create_exclusive`` gives a temporary file: only the engine makes such names.
+TEMP_NAME = re.compile(r"\A\.(?P<stem>.+)\.rotator-[0-9a-f]{16}\.tmp\Z")
+
+
+def remove_stale_temps(directory: Path, stem: str | None = None) -> list[str]:
+    """Remove the engine's own temporary files (``.<stem>.rotator-<hex>.tmp``) from ``directory``,
+    as a crash between their write and their rename leaves them: they may hold a key, a password
+    or a token. Only call it holding the panel's lock (no run of this engine is writing one).
+    ``stem``: only those of this file name (in a folder the engine shares, such as ``.env``'s).
+    Returns the names removed; symlinks are unlinked, never followed."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    removed = []
+    try:
+        for name in os.listdir(dir_fd):
+            found = TEMP_NAME.match(name)
+            if found is None or (stem is not None and found["stem"] != stem):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(name)
+        if removed:
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return removed
+
+
 def create_exclusive(dir_fd: int, stem: str, mode: int = 0o600) -> tuple[str, int]:
     """A new file under a random name in the folder ``dir_fd``: (name, fd).
 
@@ -311,6 +342,7 @@ def replace_in(dir_fd: int, final_name: str, data: bytes, mode: int, owner: tupl
             os.fsync(fd)
         finally:
             os.close(fd)
+        faults.checkpoint(f"write:{final_name}")  # a crash here leaves the temporary file
         os.rename(name, final_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         name = None
         os.fsync(dir_fd)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from engine.envfile import replace_in
+from engine.envfile import remove_stale_temps, replace_in
 from engine.errors import EngineError, LockedError
 
 STATES = (
@@ -181,8 +181,10 @@ class Journal(RecordFiles[JournalRecord]):
     record_type = JournalRecord
     holds = "the keys"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, env_path: Path | None = None) -> None:
         self.dir = directory
+        self.env_path = env_path
+        self.removed_temps: list[str] = []
         self.current = directory / "rotation.json"
         self.env_backup = directory / "env.backup"
         self.history_file = directory / "key-history.json"
@@ -222,6 +224,18 @@ class Journal(RecordFiles[JournalRecord]):
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        self.removed_temps = self.remove_stale_temps()
+
+    def remove_stale_temps(self) -> list[str]:
+        """The temporary files a killed run left between a write and its rename, removed: in
+        every journal folder (key, database password, agents) and, of ``.env`` only, beside it.
+        They may hold a new key, password or install token that nothing else would ever
+        remove. Called holding the lock, so no run of this engine is writing one now."""
+        folders = (self.dir, self.done_dir, self.dir / "agents", self.dir / "agents" / "done")
+        removed = [name for folder in folders for name in remove_stale_temps(folder)]
+        if self.env_path is not None:
+            removed += remove_stale_temps(self.env_path.parent, stem=self.env_path.name)
+        return removed
 
     def lock_holder(self) -> int | None:
         """The pid of the engine run holding this panel's lock now, or None (read-only)."""

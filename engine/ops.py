@@ -180,17 +180,25 @@ def _status(ctx: Context, request: Request) -> dict[str, Any]:
 
     unfinished = ctx.journal.load()
     unfinished_password = PasswordJournal(ctx.profile.journal_dir).load()
+    from engine.verdict import decide
+
     agents = agent_states(ctx)
     holder = ctx.journal.lock_holder()
+    key = unfinished.public() if unfinished else None
+    password = unfinished_password.public() if unfinished_password else None
+    runs = RunRecord(ctx.profile.journal_dir).recent(50)
+    verdict = decide(ctx.profile, holder=holder, key=key, db_password=password, agents=agents, runs=runs)
     return {
         "panel": ctx.profile.name,
-        "unfinished": unfinished.public() if unfinished else None,
+        # the one answer (running / unfinished / clear) the CLI and the bot render
+        "verdict": verdict.as_dict(),
+        "unfinished": key,
         # an engine holding the lock is working on it now: not a case for recover
         "running": {"pid": holder} if holder is not None else None,
         "unfinished_agents": agents,
-        "unfinished_db_password": unfinished_password.public() if unfinished_password else None,
+        "unfinished_db_password": password,
         "recent": ctx.journal.finished(),
-        "runs": RunRecord(ctx.profile.journal_dir).recent(10),
+        "runs": runs[-10:],
         "known_keys": len(ctx.journal.history()),
         "secret_ages": _secret_ages(ctx),
         "engine_version": __version__,

@@ -51,6 +51,7 @@ def _describe(record: AgentRecord) -> dict[str, Any]:
         "agent": record.agent_name,
         "agent_id": record.agent_id,
         "state": record.state,
+        "started_at": record.started_at,
         "old_fingerprint": record.old_fingerprint,
     }
 

@@ -200,8 +200,10 @@ def test_status_shows_the_unfinished_rotation(panel_factory):
 
     run = run_engine(panel.profile_path, "status")
 
-    assert run.returncode == 0
-    assert "UNFINISHED rotation" in run.stdout and "STAGED" in run.stdout
+    (line,) = [line for line in run.stdout.splitlines() if "UNFINISHED" in line or "Nothing unfinished" in line]
+    assert run.returncode == 3, "unfinished: monitoring can alert on the exit status"
+    assert line.startswith("UNFINISHED key rotation ") and "stopped at STAGED" in line
+    assert line.endswith(f"Run: python3 -I -m engine --profile {panel.profile_path} recover")
     assert run.leaks() == []
 
 
@@ -241,3 +243,56 @@ def test_recover_census_counts_values_still_under_the_old_key(panel_factory):
     assert run.returncode == 0, run.stderr
     assert panel.env_key() == old_key
     assert panel.php_check_all() == []
+
+
+def _temp_files(*folders):
+    return sorted(p for folder in folders if folder.exists() for p in folder.rglob("*.rotator-*.tmp"))
+
+
+def _secret_in_temp(path, panel, original_env):
+    """The new secret a killed write left in its temporary file."""
+    import json
+
+    text = path.read_text()
+    if path.name.startswith(f".{panel.env_path.name}."):
+        before = set(original_env.decode().splitlines())
+        (line,) = [line for line in text.splitlines() if line not in before]
+        return line.split("=", 1)[1].strip().strip("'\"")
+    record = json.loads(text)
+    return record.get("new_key") or record["new_password"]
+
+
+@pytest.mark.parametrize(
+    ("op", "written"),
+    [("rotate-key", "rotation.json"), ("rotate-key", ".env"),
+     ("rotate-db-password", "db-password.json"), ("rotate-db-password", ".env")],
+)  # fmt: skip
+def test_recover_removes_the_temporary_file_a_crash_mid_write_left(panel_factory, op, written):
+    """Killed between writing a journal (or .env) to its temporary file and renaming it: the
+    file holds the new key or password. `status` says so (exit 3), `recover` removes it, and no
+    file in the journal folder nor beside .env holds the secret afterwards (only .env itself
+    may, when recover finished the rotation)."""
+    panel = panel_factory(rows=2, server=True)
+    profile = panel.write_profile()
+    original_env = panel.env_path.read_bytes()
+    journal, config = panel.root / "journal", panel.env_path.parent
+    name = panel.env_path.name if written == ".env" else written
+
+    crash = crash_at(profile, f"write:{name}", op, "--yes", "--json")
+    (temp,) = _temp_files(journal, config)
+    secret = _secret_in_temp(temp, panel, original_env)
+    register_secret(secret, f"new secret of {op} (temporary file)")
+    status = run_engine(profile, "status")
+    recovered = run_engine(profile, "recover", "--json")
+
+    assert crash.returncode == -9
+    assert (status.returncode, "temporary file" in status.stdout) == (3, True), status.stdout
+    assert recovered.returncode == 0, recovered.stderr
+    assert _temp_files(journal, config) == []
+    holding = [
+        str(p) for folder in (journal, config) for p in sorted(folder.rglob("*"))
+        if p.is_file() and p != panel.env_path and secret.encode() in p.read_bytes()
+    ]  # fmt: skip
+    assert holding == []
+    assert run_engine(profile, "status").returncode == 0
+    assert recovered.leaks() == [] and status.leaks() == []
