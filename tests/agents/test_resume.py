@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from tests.agents.world import Agent, AgentWorld, serve
-from tests.engine.runner import REPO, EngineRun, crash_at, run_engine
+from tests.engine.runner import REPO, EngineRun, crash_at, finish, run_engine, start_paused
 from tests.support.plans import plan_fields
 
 ARGS = ("rotate-agent", "agent-1", "--yes", "--json")
@@ -193,3 +193,47 @@ def test_status_reports_and_recover_closes_an_interrupted_agent_rotation(
         "interrupted at TOKEN_ISSUED; closed by recover: the agent holds the old token, install token revoked"
     )
     assert world.leaks(crashed.stdout, status.stdout, recovered.stdout, world.everything_written()) == []
+
+
+def test_a_crash_mid_journal_write_leaves_no_token_after_recover(
+    agent_world: AgentWorld, installed_agent: Agent
+) -> None:
+    """Killed while the agent's journal is written (its temporary file holds the new install
+    token, not yet renamed into place): status says so (exit 3), recover removes the file, and
+    no file in the journal folder holds the token afterwards."""
+    world, agent = agent_world, installed_agent
+    profile = world.profile()
+    agents_dir = world.panel.root / "journal" / "agents"
+
+    crashed = crash_at(profile, f"write:agent-{agent.id}.json", *ARGS)
+    (temp,) = sorted(agents_dir.glob(f".agent-{agent.id}.json.rotator-*.tmp"))
+    token = json.loads(temp.read_text())["install_token"]
+    status = run_engine(profile, "status")
+    recovered = run_engine(profile, "recover", "--json")
+    status_after = run_engine(profile, "status")
+
+    assert crashed.returncode == -9 and token
+    assert status.returncode == 3 and "UNFINISHED 1 temporary file a killed run left" in status.stdout
+    assert recovered.returncode == 0, recovered.stderr
+    journal = world.panel.root / "journal"
+    holding = [str(p) for p in sorted(journal.rglob("*")) if p.is_file() and token.encode() in p.read_bytes()]
+    assert holding == [] and sorted(journal.rglob("*.tmp")) == []
+    assert status_after.returncode == 0
+    assert world.leaks(crashed.stdout, status.stdout, recovered.stdout, world.everything_written()) == []
+    assert token not in status.stdout + recovered.stdout
+
+
+def test_status_during_a_live_agent_rotation_says_running(agent_world: AgentWorld, installed_agent: Agent) -> None:
+    """Paused mid-rotation (the install token journaled): RUNNING with the pid, operation and
+    step, exit 0, no UNFINISHED agent line beside it."""
+    world = agent_world
+    profile = world.profile()
+    proc = start_paused(profile, "agent:token_issued", *ARGS)
+    try:
+        text = run_engine(profile, "status")
+    finally:
+        done = finish(proc)
+    assert text.returncode == 0
+    assert f"RUNNING: rotate-agent {done.events[0]['id']} (pid {proc.pid}), step " in text.stdout
+    assert "journaled at TOKEN_ISSUED" in text.stdout and "UNFINISHED" not in text.stdout
+    assert done.returncode == 0

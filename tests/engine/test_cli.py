@@ -3,16 +3,19 @@ exit statuses that follow one table, the plan before the question."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.protocol import fingerprint
 from tests.engine.runner import REPO, crash_at, engine_argv, finish, run_engine, start_paused
 from tests.support.php_crypto import php_encrypt
-from tests.support.secrets_scan import scan_text
+from tests.support.secrets_scan import register_secret, scan_text
 
 
 def test_help_prints_the_exit_status_table() -> None:
@@ -95,19 +98,59 @@ def test_recover_with_nothing_unfinished_names_a_value_that_does_not_open(panel_
     assert "saved_servers.ssh_credential_encrypted id 2" in run.stdout + run.stderr
 
 
-def test_status_during_a_live_rotation_says_running_not_recover(panel_factory) -> None:
-    """While an engine holds the lock, status says RUNNING with its pid and step, never "run recover"."""
+@pytest.mark.parametrize(
+    ("op", "state"), [("rotate-key", "STAGED"), ("rotate-db-password", "STAGED"), ("rotate-db-password", "ENV_WRITTEN")]
+)
+def test_status_during_a_live_rotation_says_running_not_recover(panel_factory, op, state) -> None:
+    """While an engine holds the lock, status gives one answer: RUNNING with its pid, operation,
+    step and since when, "do not run recover", exit 0; nothing UNFINISHED, whatever the kind."""
     panel = panel_factory(rows=3)
-    proc = start_paused(panel.profile_path, "state:STAGED", "rotate-key", "--yes", "--json")
+    proc = start_paused(panel.profile_path, f"state:{state}", op, "--yes", "--json")
     try:
         run = run_engine(panel.profile_path, "status")
+        data = run_engine(panel.profile_path, "status", "--json").closing["verdict"]
     finally:
         done = finish(proc)
+    lines = [line for line in run.stdout.splitlines() if not line.startswith(" ") and "Runs recorded" not in line]
     assert 0 == run.returncode
-    assert f"(pid {proc.pid}), at STAGED, since " in run.stdout, run.stdout
-    assert "let it finish; do not run recover" in run.stdout
-    assert "UNFINISHED" not in run.stdout and "stopped at" not in run.stdout
+    assert len(lines) == 1 and lines[0].startswith(f"RUNNING: {op} "), run.stdout
+    assert f"(pid {proc.pid}), step " in lines[0] and f"journaled at {state}, since 20" in lines[0]
+    assert lines[0].endswith("Let it finish; do not run recover.")
+    assert (data["state"], data["running"]["pid"], data["running"]["op"], data["unfinished"]) == (
+        "running", proc.pid, op, []
+    )
     assert 0 == done.returncode
+
+
+@pytest.mark.parametrize(("op", "state"), [("rotate-key", "REENCRYPTED"), ("rotate-db-password", "ENV_WRITTEN")])
+def test_status_after_an_interrupted_rotation_says_unfinished_only(panel_factory, op, state) -> None:
+    """Killed mid-rotation: one answer, UNFINISHED (what, where it stopped, the command), exit 3,
+    never "nothing unfinished" beside it."""
+    panel = panel_factory(rows=3)
+    crash_at(panel.profile_path, f"state:{state}", op, "--yes", "--json")
+    for secret_file, field in (("rotation.json", "new_key"), ("db-password.json", "new_password")):
+        path = panel.root / "journal" / secret_file
+        if path.exists():
+            register_secret(json.loads(path.read_text())[field], f"{op}'s new secret (journal)")
+
+    run = run_engine(panel.profile_path, "status")
+    data = run_engine(panel.profile_path, "status", "--json")
+
+    what = "key rotation" if op == "rotate-key" else "database password rotation"
+    lines = [line for line in run.stdout.splitlines() if not line.startswith(" ") and "Runs recorded" not in line]
+    assert 3 == run.returncode == data.returncode
+    assert len(lines) == 1 and lines[0].startswith(f"UNFINISHED {what} "), run.stdout
+    assert f"stopped at {state}, started 20" in lines[0]
+    assert lines[0].endswith(f"Run: python3 -I -m engine --profile {panel.profile_path} recover")
+    assert [i["kind"] for i in data.closing["verdict"]["unfinished"]] == [
+        "key" if op == "rotate-key" else "db_password"
+    ]
+    assert run.leaks() == [] and data.leaks() == []
+    run_engine(panel.profile_path, "recover")
+    clear = run_engine(panel.profile_path, "status")
+    assert (clear.returncode, clear.stdout.splitlines()[0]) == (
+        0, "Nothing unfinished: no rotation is running or left unfinished."
+    )
 
 
 def test_hints_name_the_real_profile_path(panel_factory) -> None:
