@@ -6,8 +6,10 @@ Slack tokens are not read). The audit key comes from ``ROTATOR_AUDIT_KEY_FILE``
 or ``ROTATOR_AUDIT_KEY``. Only ``verify --slack`` reads the Slack settings,
 to fetch the anchors from the request threads.
 
-Exit codes: 0 verified (or intact but not anchored: the output says so),
-1 NOT verified, 2 a usage or settings error.
+Exit codes (``EXIT_CODES``, also in ``--help`` and README's table): 0 verified against an
+anchor, 1 NOT verified (changed, reordered or cut), 2 a usage or settings error, 3 intact
+but NOT anchored: entries cut off the end can't be ruled out, so monitoring should alert
+as it does on an unfinished rotation (the engine's ``status`` exits 3 then too).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="jsonl (the whole log, default) or markdown (with --incident)",
     )  # fmt: skip
     verify = audit_sub.add_parser(
-        "verify", help="check the chain, its HMACs, and the anchors seen outside the store"
+        "verify", help="check the chain, its HMACs, and the anchors seen outside the store",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verify.add_argument("--file", default=None, help="verify an exported JSON Lines file instead")
     verify.add_argument(
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             raise BotError(f"--file: cannot read {args.file} ({exc.strerror})") from None
         report = verify_entries(exported.entries, key, anchors=anchors, export=exported)
         print(report.summary())
-        return 0 if report.ok else 1
+        return verify_exit(report)
     from bot.store import open_store
 
     store = open_store(store_url(args.store), audit_key=key)
@@ -153,9 +156,26 @@ def run(args: argparse.Namespace) -> int:
             return 0
         report = audit.verify(anchors)
         print(report.summary())
-        return 0 if report.ok else 1
+        return verify_exit(report)
     finally:
         store.close()
+
+
+EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_USAGE, EXIT_NOT_ANCHORED = 0, 1, 2, 3
+EXIT_CODES = """\
+exit status of verify:
+  0  verified: intact, and its head matches an anchor seen outside the store
+  1  NOT verified: an entry was changed, reordered or cut (the output names it)
+  2  bad usage or settings (a missing key, store or option)
+  3  intact but NOT anchored: give --anchor SEQ:DIGEST or --slack (entries cut off the
+     end can't be ruled out without one)"""
+
+
+def verify_exit(report: Any) -> int:
+    """The exit status of a verification, by what the operator must do next."""
+    if not report.ok:
+        return EXIT_NOT_VERIFIED
+    return EXIT_VERIFIED if report.anchors_checked else EXIT_NOT_ANCHORED
 
 
 def _export_incident(store: Any, args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ def test_verify_and_export_need_only_the_store_and_the_key(
 ) -> None:
     env, _ = operator
     verified = run(env, "audit", "verify")
-    assert (verified.returncode, verified.stderr) == (0, "")
+    assert (verified.returncode, verified.stderr) == (3, ""), "intact but not anchored: monitoring alerts"
     assert verified.stdout.startswith("audit log intact but NOT anchored: 5 entries, head #5 ")
     digest = verified.stdout.split("head #5 ", 1)[1][:16]
     anchored = run(env, "audit", "verify", "--anchor", f"5:{digest}")
@@ -68,6 +68,22 @@ def test_verify_and_export_need_only_the_store_and_the_key(
     from_file = run(env, "audit", "verify", "--file", str(out), "--anchor", f"5:{digest}")
     assert (exported.returncode, from_file.returncode) == (0, 0)
     assert from_file.stdout.startswith("audit log verified: 5 entries")
+
+
+def test_an_intact_but_unanchored_log_exits_3_from_the_store_and_from_a_file(
+    operator: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    """Intact but not anchored is not "verified": exit 3, as the engine's `status` does for an
+    unfinished rotation, so one monitoring rule alerts on both; `--help` says so."""
+    env, _ = operator
+    out = tmp_path / "audit.jsonl"
+    assert run(env, "audit", "export", "--output", str(out)).returncode == 0
+    from_store = run(env, "audit", "verify")
+    from_file = run(env, "audit", "verify", "--file", str(out))
+    shown = run(env, "audit", "verify", "--help")
+    assert (from_store.returncode, from_file.returncode) == (3, 3)
+    assert from_file.stdout.startswith("audit log intact but NOT anchored: 5 entries")
+    assert "  3  intact but NOT anchored" in shown.stdout
 
 
 def test_each_tampering_case_says_not_verified_and_exits_non_zero(
