@@ -69,9 +69,6 @@ class DatabaseSettings(Settings):
     connect_timeout_s: Seconds = 10.0
 
 
-#: Agent names the engine works with: letters, digits, and `` ._:@+-`` (no quote, no shell
-#: or Slack markup character), 1 to 100 characters.
-DEFAULT_AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:@+-]{0,99}$"
 
 
 def check_bootstrap_template(template: str, placeholders: tuple[str, ...]) -> str:
@@ -186,7 +183,7 @@ class AgentSettings(Settings):
     server_column: Ident = "server_id"
     last_seen_column: Ident = "last_seen"
     last_seen_utc: bool = True
-    agent_name_pattern: Regex = DEFAULT_AGENT_NAME_PATTERN
+    agent_name_pattern: Regex | None = None  # opt-in: refuse agents whose name does not match
     all_name_pattern: Regex | None = None
     all_filter_column: Ident | None = None
     all_filter_value: str | int | bool | None = None

@@ -701,7 +701,8 @@ def verification(outcome: dict[str, Any]) -> str:
 
 
 def agent_outcomes(agents: Sequence[Any]) -> str:
-    """``agent-7 rotated (old token refused); agent-9 failed at bootstrap: …``."""
+    """``agent-7 rotated (new token proven by re-registration, old token refused); agent-9
+    failed at bootstrap: …``."""
     out = []
     for item in agents:
         if not isinstance(item, dict):
@@ -715,7 +716,10 @@ def agent_outcomes(agents: Sequence[Any]) -> str:
             step, error = item.get("failed_step") or "?", item.get("error") or "error"
             text += f" at {esc(step)}: {esc(error)}"
         valid = item.get("old_token_valid")
-        if valid is False:
+        new, old = item.get("new_token"), item.get("old_token")
+        if new and new != "none":  # the engine says what it proved of each token
+            text += f" (new token {esc(new)}" + (f", old token {esc(old)})" if old != "not checked" else ")")
+        elif valid is False:
             text += " (old token refused)"
         elif valid is True:
             text += " (old token still valid)"

@@ -19,15 +19,23 @@ Per agent (``result["agents"][i]``, in the order asked, or by id for ``--all``):
     install_token    "used" | "revoked" | "expired" | "absent" | "not revocable"
                      | "revoke failed" | "not issued"
     old_token_valid  on failure: whether the agent's row still holds its old token; else None
+    new_token        what is proven of the new token: "proven by re-registration" (the agent
+                     works with it), "issued, not proven" (the panel holds one, the agent was
+                     not seen working with it) or "none"
+    old_token        what is proven of the old one: "refused", "could not verify", "still
+                     valid", or "not checked" (the run stopped before the check)
     resumed_from     the rotation id whose journal this run resumed, else None
     duration_ms
 
 The run's result (the closing ``result`` event, ``op = "rotate-agent"``):
 ``rotation_id, ok, dry_run, panel, agents, total, rotated, unverified, failed,
-message, duration_ms, engine_version``, plus ``code`` when ``ok`` is False:
+new_token_proven, old_token_refused, old_token_unverified, message, duration_ms,
+engine_version``, plus ``code`` when ``ok`` is False:
 ``agent_failed`` when an agent failed, else ``agent_unverified`` (some could not
 be verified; the CLI exits 4 then, 1 for a failure). ``ok`` is False as soon as
-one agent is not proven rotated; the others are reported as they ended.
+one agent is not proven rotated; the others are reported as they ended. ``message``
+counts in the terms of what is proven ("new token proven by re-registration", "old token
+refused / could not verify"): a run whose tokens changed never reads "0 rotated".
 """
 
 from __future__ import annotations
@@ -56,21 +64,57 @@ class AgentOutcome:
     resumed_from: str | None = None
     duration_ms: int = 0
 
+    @property
+    def new_token(self) -> str:
+        if self.state in _NEW_PROVEN:
+            return NEW_PROVEN
+        return "issued, not proven" if self.new_fingerprint else "none"
+
+    @property
+    def old_token(self) -> str:
+        if self.state in _OLD_REFUSED:
+            return "refused"
+        if self.outcome == "unverified":
+            return "could not verify"
+        return "still valid" if self.old_token_valid else "not checked"
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.outcome != "ready":
+            data.update(new_token=self.new_token, old_token=self.old_token)
+        return data
+
+
+NEW_PROVEN = "proven by re-registration"
+#: The states reached once the agent was proven working with its new token, and once the
+#: old one was proven refused.
+_NEW_PROVEN = frozenset({"REREGISTERED", "OLD_REVOKED", "DONE"})
+_OLD_REFUSED = frozenset({"OLD_REVOKED", "DONE"})
 
 
 def unknown_agent(name: str, valid: bool = True) -> AgentOutcome:
-    error = f"no agent named {name} on this panel" if valid else "not a valid agent name (see agent_name_pattern)"
+    error = f"no agent named {name} on this panel" if valid else "not a name the profile's agent_name_pattern accepts"
     return AgentOutcome(name, failed_step="preflight", error=error)
 
 
 def summary(outcomes: list[AgentOutcome], dry_run: bool) -> str:
-    good = sum(1 for o in outcomes if o.ok)
-    text = f"{good} of {len(outcomes)} agents {'ready' if dry_run else 'rotated'}"
-    unverified = [o for o in outcomes if o.outcome == "unverified"]
-    if unverified:
-        text += f", {len(unverified)} could not be verified"
+    """``4 of 4 agents rotated: …`` when every one is proven; else the counts of what is proven,
+    then each agent not proven rotated."""
+    total = len(outcomes)
+    if dry_run:
+        text = f"{sum(1 for o in outcomes if o.ok)} of {total} agents ready"
+    elif all(o.ok for o in outcomes):
+        text = f"{total} of {total} agents rotated: new token proven by re-registration, old token refused"
+    else:
+        proven = sum(1 for o in outcomes if o.new_token == NEW_PROVEN)
+        refused = sum(1 for o in outcomes if o.old_token == "refused")
+        unverified = sum(1 for o in outcomes if o.old_token == "could not verify")
+        text = f"{proven} of {total} agents have a new token proven by re-registration"
+        olds = [f"refused for {refused}"] if refused else []
+        olds += [f"could not verify for {unverified}"] if unverified else []
+        text += f"; old token: {', '.join(olds)}" if olds else ""
+        failed = sum(1 for o in outcomes if not o.ok and o.outcome != "unverified")
+        text += f"; {failed} failed" if failed else ""
     problems = [
         f"{o.name} {'unverified' if o.outcome == 'unverified' else 'failed'} at {o.failed_step}: {o.error}"
         for o in outcomes
@@ -93,6 +137,9 @@ def run_result(
         "rotated": sum(1 for o in outcomes if o.outcome == "rotated"),
         "unverified": sum(1 for o in outcomes if o.outcome == "unverified"),
         "failed": sum(1 for o in outcomes if not o.ok and o.outcome != "unverified"),
+        "new_token_proven": sum(1 for o in outcomes if not dry_run and o.new_token == NEW_PROVEN),
+        "old_token_refused": sum(1 for o in outcomes if not dry_run and o.old_token == "refused"),
+        "old_token_unverified": sum(1 for o in outcomes if not dry_run and o.old_token == "could not verify"),
         "message": summary(outcomes, dry_run),
         "duration_ms": duration_ms,
         "engine_version": __version__,

@@ -7,7 +7,8 @@ profile's inventory. Either way the host key must already be pinned in
 SSH agent or key search is used.
 
 The bootstrap command is the profile's template with every parameter
-shell-quoted; the install token is written to the command's stdin and never
+shell-quoted, after the same parameters exported as ``ROTATOR_*`` variables;
+the install token is written to the command's stdin and never
 appears on its command line. The command's output (stdout and stderr combined,
 read as it comes so the channel cannot fill up) is handed back whole; the
 caller reduces it with ``last_line`` once it knows every token to hide (the
@@ -102,10 +103,21 @@ def route_from_inventory(settings: AgentSettings, agent: AgentRow, server: Serve
     raise AgentError(f"no inventory entry for agent {agent.name} (looked for {', '.join(map(repr, keys))})")
 
 
+#: The environment the bootstrap finds its parameters in, whatever its template passes.
+BOOTSTRAP_ENV = {"panel_url": "ROTATOR_PANEL_URL", "agent_id": "ROTATOR_AGENT_ID", "agent_name": "ROTATOR_AGENT_NAME"}
+
+
 def render_bootstrap(template: str, *, panel_url: str, agent_id: int, agent_name: str) -> str:
-    """The bootstrap command line, every parameter shell-quoted."""
+    """The bootstrap command line: the parameters exported as ``ROTATOR_*`` variables, then the
+    template with each placeholder a shell-quoted word.
+
+    Every value is data, never shell text: a name with quotes, spaces, ``$(...)``, backticks,
+    semicolons, newlines or a leading dash reaches the bootstrap byte for byte (as one argument,
+    and in ``ROTATOR_AGENT_NAME``, which a bootstrap can read without parsing options). The
+    variables are set by the command itself: sshd's ``AcceptEnv`` would drop them otherwise."""
     values = {"panel_url": panel_url, "agent_id": str(agent_id), "agent_name": agent_name}
-    return template.format(**{k: shlex.quote(v) for k, v in values.items()})
+    exports = " ".join(f"{BOOTSTRAP_ENV[k]}={shlex.quote(v)}" for k, v in values.items())
+    return f"export {exports}; " + template.format(**{k: shlex.quote(v) for k, v in values.items()})
 
 
 def _load_key(text: str, password: str | None, label: str) -> paramiko.PKey:

@@ -489,7 +489,8 @@ def rotate_agents(ctx: Context, request: Request) -> dict[str, Any]:
             run.hide(agent.token)
         by_name: dict[str, AgentOutcome] = {}
         for name in missing:
-            by_name[name] = unknown_agent(name, valid=re.fullmatch(settings.agent_name_pattern, name) is not None)
+            pattern = settings.agent_name_pattern
+            by_name[name] = unknown_agent(name, valid=pattern is None or re.fullmatch(pattern, name) is not None)
             AgentSteps(run, name, None).emit("preflight", "failed", by_name[name].error or "")
         workers = max(1, min(settings.parallelism, len(agents)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent") as pool:

@@ -109,12 +109,20 @@ class AgentTable:
         return found, missing
 
     def bad_name(self, agent: AgentRow) -> str | None:
-        """Why the engine will not work with this agent's name (None: the name is fine)."""
-        if re.fullmatch(self.s.agent_name_pattern, agent.name):
+        """Why the engine will not work with this agent's name (None: the name is fine).
+
+        Any name the panel accepts is fine: it only ever travels as data (a shell-quoted word,
+        an environment variable, a SQL parameter). Two exceptions: a NUL byte, which no
+        command line or environment can carry, and, when the profile opts in, a name that
+        does not match ``agent_name_pattern``."""
+        if "\0" in agent.name:
+            return f"agent #{agent.id} has a NUL byte in its name, which no command can be given: rename it"
+        pattern = self.s.agent_name_pattern
+        if pattern is None or re.fullmatch(pattern, agent.name):
             return None
         return (
-            f"agent #{agent.id} has a name the engine refuses (it does not match agent_name_pattern): "
-            "rename it in the panel, or widen agent_name_pattern in the profile"
+            f"agent #{agent.id} has a name the profile's agent_name_pattern refuses: rename it in the "
+            "panel, or widen or remove agent_name_pattern in the profile"
         )
 
     def get(self, db: PanelDB, agent_id: int) -> AgentRow | None:

@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--scheme", choices=("reference", "nodes"), default="reference")
     parser.add_argument("--brick", action="store_true")
     parser.add_argument("--say-token", action="store_true")
+    parser.add_argument("--name", default=None, help="the agent's name (recorded, as received)")
     args = parser.parse_args()
     token = sys.stdin.readline().strip()
     if not token:
@@ -106,6 +107,9 @@ def main() -> int:
     agent = install(state_dir)
     with open(state_dir / "agent.log", "a") as log:  # what a bootstrap's argv holds (never the token)
         print(f"{time.strftime('%H:%M:%S')} bootstrap argv: {' '.join(sys.argv)}", file=log)
+    if args.name is not None:  # the name as it arrived: the argument, and ROTATOR_AGENT_NAME
+        received = {"argument": args.name, "environment": os.environ.get("ROTATOR_AGENT_NAME")}
+        (state_dir / "bootstrap-name.json").write_text(json.dumps(received))
     run_id = secrets.token_hex(8)
     pid = start_agent(agent, state_dir, args, token, run_id)
     del token

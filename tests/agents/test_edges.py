@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,19 +22,33 @@ from engine.profile import profile_from_dict
 SERVER = ServerRow(id=7, name="srv-7", host="10.0.0.7", port=2222, user="oscam", credential=None)
 
 
-def test_bootstrap_parameters_are_shell_quoted() -> None:
-    """A hostile agent name or URL stays one argument: the remote shell never interprets it."""
-    command = render_bootstrap(
-        "agent-bootstrap --panel {panel_url} --id {agent_id} --name {agent_name}",
-        panel_url="https://panel.example/x?a=1&b=2",
-        agent_id=7,
-        agent_name="x'; rm -rf ~; echo '",
-    )
+HOSTILE_NAMES = [
+    "o'hare edge (4)", 'say "hi" now', "$(touch /tmp/pwned-by-name)", "`id`", "x; rm -rf ~; echo '",
+    "ünïcødé 名前 ✓", "-rf", "--name", "a\nb", "back\\slash\\", "!bang !!", "*glob?[a]", "~tilde",
+    "$HOME ${PATH}", "%s {} {agent_id}", " leading and trailing ", "&& | > < #",
+]
+ECHO = [
+    sys.executable, "-c", "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ['ROTATOR_AGENT_NAME']]))"
+]
+SHELLS = [s for s in ("/bin/sh", "/bin/bash", "/bin/dash", "/usr/bin/zsh") if os.path.exists(s)]
 
-    assert shlex.split(command) == [
-        "agent-bootstrap", "--panel", "https://panel.example/x?a=1&b=2", "--id", "7",
-        "--name", "x'; rm -rf ~; echo '",
-    ]
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_bootstrap_parameters_reach_the_bootstrap_as_data(shell: str, tmp_path: Path) -> None:
+    """Any name the panel accepts (quotes, spaces, parentheses, $(...), backticks, semicolons,
+    unicode, a leading dash, a newline) reaches the bootstrap byte for byte, as its argument and
+    in ROTATOR_AGENT_NAME, through a real shell, as sshd runs the command (`$SHELL -c`); nothing
+    in it runs."""
+    args = " --panel {panel_url} --id={agent_id} --name={agent_name} {agent_name}"
+    template = " ".join(shlex.quote(a) for a in ECHO) + args
+    for name in HOSTILE_NAMES:
+        command = render_bootstrap(template, panel_url="https://panel.example/x?a=1&b=2", agent_id=7, agent_name=name)
+        done = subprocess.run([shell, "-c", command], capture_output=True, text=True, cwd=tmp_path, check=True,
+                              env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+        assert json.loads(done.stdout) == [
+            ["--panel", "https://panel.example/x?a=1&b=2", "--id=7", f"--name={name}", name], name
+        ], name
+    assert not os.path.exists("/tmp/pwned-by-name") and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -136,3 +154,27 @@ def test_a_token_the_run_knows_is_hidden_from_every_event_whatever_its_format() 
         (f"agent 1 registered, token {token}", [token]),
         ("agent 1 registered, token [token]", ["[token]"]),
     ]
+
+
+def test_the_counts_say_what_is_proven_never_0_rotated_when_tokens_changed() -> None:
+    """Four agents re-registered with new tokens (proven); the old-token check ran for one and
+    could not run for three (the heartbeat route answers 404): the message counts what is
+    proven, per agent and in total."""
+    from engine.agents.outcome import AgentOutcome, run_result
+
+    done = AgentOutcome("a-1", id=1, ok=True, outcome="rotated", state="DONE", new_fingerprint="n1")
+    unverified = [
+        AgentOutcome(f"a-{i}", id=i, outcome="unverified", state="REREGISTERED", new_fingerprint=f"n{i}",
+                     failed_step="old_revoked", error="could not verify: 404")
+        for i in (2, 3, 4)
+    ]
+    data = run_result("r-1", "prod", [done, *unverified], dry_run=False, duration_ms=1)
+
+    assert data["message"].startswith(
+        "4 of 4 agents have a new token proven by re-registration; old token: refused for 1, could not verify for 3; "
+    )
+    assert (data["new_token_proven"], data["old_token_refused"], data["old_token_unverified"]) == (4, 1, 3)
+    assert [(a["new_token"], a["old_token"]) for a in data["agents"]] == [
+        ("proven by re-registration", "refused"), *[("proven by re-registration", "could not verify")] * 3
+    ]
+    assert "0 of 4" not in data["message"] and "0 rotated" not in data["message"]

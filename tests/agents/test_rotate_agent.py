@@ -73,6 +73,8 @@ def test_one_agent_gets_a_new_token_and_the_old_one_is_refused(
         "install_token": "used",
         "old_token_valid": None,
         "resumed_from": None,
+        "new_token": "proven by re-registration",
+        "old_token": "refused",
     }
     assert (run.closing["total"], run.closing["rotated"], run.closing["failed"]) == (1, 1, 0)
     assert after.token != before.token and after.last_seen > before.last_seen
@@ -122,7 +124,8 @@ def test_several_agents_one_unreachable_the_others_rotate(agent_world: AgentWorl
         assert world.state(agent).fingerprint == result_of(run, agent.name)["new_fingerprint"]
         assert world.heartbeat(agent.id, before[agent.name].token)[0] == 401
     assert run.closing["message"] == (
-        "2 of 3 agents rotated; agent-3 failed at preflight: " + failed["error"]
+        "2 of 3 agents have a new token proven by re-registration; old token: refused for 2; 1 failed; "
+        "agent-3 failed at preflight: " + failed["error"]
     )
     bootstraps = [(e["agent"], e["state"]) for e in run.events if e["type"] == "step" and e["name"] == "bootstrap"]
     assert sorted(bootstraps[:2]) == [("agent-1", "started"), ("agent-2", "started")]  # they overlapped

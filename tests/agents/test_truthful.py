@@ -49,7 +49,10 @@ def test_a_bricked_agent_is_not_reported_as_rotated(agent_world: AgentWorld, ins
         f"the agent registered a new token ({after.fingerprint}) but is not working with it: "
         "no proof (a heartbeat signed with it) within 3 s"
     )
-    assert run.closing["message"].startswith("0 of 1 agents rotated; agent-1 failed at reregistered")
+    assert run.closing["message"].startswith(
+        "0 of 1 agents have a new token proven by re-registration; 1 failed; agent-1 failed at reregistered"
+    )
+    assert (result["new_token"], result["old_token"]) == ("issued, not proven", "not checked")
     assert world.leaks(run.stdout, run.stderr, world.everything_written()) == []
 
 
@@ -76,8 +79,14 @@ def test_a_check_that_cannot_tell_says_could_not_verify(agent_world: AgentWorld,
         f"{world.panel_url}/agents/heartbeat-v2 answered 404 no route POST /agents/heartbeat-v2), "
         "so a refusal of the old one would prove nothing"
     )
-    assert run.closing["message"] == "0 of 1 agents rotated, 1 could not be verified; agent-1 unverified at " \
-        f"old_revoked: {result['error']}"
+    assert run.closing["message"] == (
+        "1 of 1 agents have a new token proven by re-registration; old token: could not verify for 1; "
+        f"agent-1 unverified at old_revoked: {result['error']}"
+    ), "the token changed and the new one is proven: never \"0 rotated\""
+    assert (result["new_token"], result["old_token"]) == ("proven by re-registration", "could not verify")
+    assert (run.closing["new_token_proven"], run.closing["old_token_refused"], run.closing["old_token_unverified"]) == (
+        1, 0, 1
+    )
     assert world.heartbeat(agent.id, before.token)[0] == 401  # it did rotate: the engine just could not tell
     assert world.heartbeat(agent.id, world.state(agent).token or "")[0] == 200
     assert world.leaks(run.stdout, second.stdout, run.stderr, world.everything_written()) == []
@@ -149,23 +158,24 @@ def test_a_differently_named_panel_rotates_through_the_profile_alone(agent_world
     assert world.leaks(probe.stdout, run.stdout, run.stderr, world.everything_written()) == []
 
 
-def test_an_agent_whose_name_could_inject_shell_is_refused_before_any_change(agent_world: AgentWorld) -> None:
-    """9.11: a name from the panel's database that is not a plain name is refused at preflight;
-    no install token is issued and no bootstrap runs. The plan names the problem first, and
-    the profile's name pattern narrows --all."""
+def test_an_opt_in_name_pattern_refuses_other_names_before_any_change(agent_world: AgentWorld) -> None:
+    """9.11, now opt-in (issue 20.9): a profile that sets agent_name_pattern refuses a name that
+    does not match at preflight; no install token is issued and no bootstrap runs. The plan
+    names the problem first, and all_name_pattern narrows --all."""
     world = agent_world
     bad = world.add_agent("x$(touch /tmp/pwned)", None)
     world.add_agent("spare-1", None)
+    strict = {"agent_name_pattern": r"[A-Za-z0-9._-]+"}
 
-    plan = serve(world.profile(), op="plan", all_agents=True)[-1]
-    narrowed = serve(world.profile(all_name_pattern="spare-.*"), op="plan", all_agents=True)[-1]
-    run = rotate(world, "--all", all_name_pattern=r"x\$.*")
+    plan = serve(world.profile(**strict), op="plan", all_agents=True)[-1]
+    narrowed = serve(world.profile(all_name_pattern="spare-.*", **strict), op="plan", all_agents=True)[-1]
+    run = rotate(world, "--all", all_name_pattern=r"x\$.*", **strict)
 
     result = only(run)
     assert (run.returncode, result["outcome"], result["failed_step"]) == (1, "failed", "preflight")
     assert result["error"] == (
-        f"agent #{bad.id} has a name the engine refuses (it does not match agent_name_pattern): "
-        "rename it in the panel, or widen agent_name_pattern in the profile"
+        f"agent #{bad.id} has a name the profile's agent_name_pattern refuses: rename it in the "
+        "panel, or widen or remove agent_name_pattern in the profile"
     )
     assert world.install_tokens(bad) == []
     assert plan["problems"] == [result["error"]]
