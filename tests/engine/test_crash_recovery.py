@@ -296,3 +296,43 @@ def test_recover_removes_the_temporary_file_a_crash_mid_write_left(panel_factory
     assert holding == []
     assert run_engine(profile, "status").returncode == 0
     assert recovered.leaks() == [] and status.leaks() == []
+
+
+def test_a_rotations_own_rollback_keeps_a_third_key_and_stops_with_rollback_failed(panel_factory, tmp_path):
+    """The restart hook writes a key of neither side into .env, then fails: the rotation rolls
+    back, finds the third key, leaves it where it is (someone put it there) and stops with
+    rollback_failed (exit 3), keeping both keys in the journal; status says UNFINISHED, and
+    recover refuses to touch that .env either."""
+    import sys
+
+    panel = panel_factory(rows=4, server=True)
+    third = "c" * 64
+    hook = tmp_path / "restart.py"
+    hook.write_text(
+        f"#!{sys.executable}\n"
+        "import pathlib, re, sys\n"
+        f"env = pathlib.Path({str(panel.env_path)!r})\n"
+        f"marker = pathlib.Path({str(tmp_path / 'wrote-third')!r})\n"
+        "if marker.exists():\n    sys.exit(0)\n"
+        "marker.touch()\n"
+        f"env.write_text(re.sub(r'(?m)^(PANEL_ENCRYPTION_KEY=).*$', r'\\g<1>{third}', env.read_text()))\n"
+        "print('php-fpm: failed after a config change', file=sys.stderr)\n"
+        "sys.exit(1)\n"
+    )
+    hook.chmod(0o755)
+    profile = panel.write_profile(restart_command=[str(hook)])
+
+    run = run_engine(profile, "rotate-key", "--yes", "--json")
+    _journal_keys(panel)
+    status = run_engine(profile, "status")
+    recovered = run_engine(profile, "recover", "--json")
+
+    assert (tmp_path / "wrote-third").exists(), "the hook ran and wrote the third key"
+    assert (run.returncode, run.closing["code"], run.closing["rolled_back"]) == (3, "rollback_failed", False)
+    assert "belongs to neither side" in run.closing["message"]
+    assert panel.env_key() == third, "the third key is kept, not overwritten"
+    assert (panel.root / "journal" / "rotation.json").exists(), "both keys stay in the journal"
+    assert status.returncode == 3 and "UNFINISHED key rotation" in status.stdout
+    assert (recovered.returncode, recovered.closing["code"]) == (2, "bad_env_file")
+    assert panel.env_key() == third
+    assert run.leaks() == [] and status.leaks() == [] and recovered.leaks() == []
