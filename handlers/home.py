@@ -65,6 +65,8 @@ class PanelStatus:
     agents_listed: bool = False
     runs: tuple[dict[str, Any], ...] = ()
     error: str | None = None
+    unfinished: tuple[str, ...] = ()
+    """The engine's one answer to "is anything unfinished?" (its ``verdict``), as lines."""
 
     @classmethod
     def from_engine(cls, panel: str, result: dict[str, Any]) -> PanelStatus:
@@ -82,6 +84,7 @@ class PanelStatus:
             agents=agents,
             agents_listed=ages.get("agents_listed") is True,
             runs=runs,
+            unfinished=verdict_lines(result.get("verdict")),
         )
 
     def secrets(self) -> list[tuple[str, str, float | None]]:
@@ -89,6 +92,31 @@ class PanelStatus:
         out: list[tuple[str, str, float | None]] = [("key", "encryption key", self.key_rotated_at)]
         out += [(f"agent:{name}", f"agent {name}'s token", at) for name, at in self.agents]
         return out
+
+
+def verdict_lines(verdict: Any) -> tuple[str, ...]:
+    """The engine's ``status`` verdict as the CLI says it: RUNNING (do not run recover), or
+    each UNFINISHED item with the command to run; nothing when nothing is unfinished."""
+    if not isinstance(verdict, dict):
+        return ()
+    running = verdict.get("running")
+    if verdict.get("state") == "running" and isinstance(running, dict):
+        since = _number(running.get("since"))
+        return (
+            f":arrows_counterclockwise: Running: {m.esc(running.get('op') or 'an engine run')} "
+            f"(pid {m.esc(running.get('pid'))}), step {m.esc(running.get('step') or 'not known yet')}"
+            + (f", since {m.clock_time(since)}" if since else "")
+            + ". Let it finish; do not run recover.",
+        )
+    if verdict.get("state") != "unfinished":
+        return ()
+    return tuple(
+        f":sos: Unfinished {m.esc(item.get('what'))}"
+        + (f" `{m.esc(item['rotation_id'])}`" if item.get("rotation_id") else "")
+        + f": stopped at {m.esc(item.get('stopped_at'))}. On the panel host run `{m.esc(item.get('command'))}`"
+        for item in verdict.get("unfinished") or ()
+        if isinstance(item, dict)
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -190,7 +218,7 @@ def panel_blocks(
     if status.error:
         out.append(blocks._section(f":warning: The engine did not answer: {m.esc(status.error)}"))
     else:
-        lines = []
+        lines = list(status.unfinished)
         known = [(label, at) for _, label, at in status.secrets() if at is not None or label == "encryption key"]
         for label, at in known[: MAX_AGENTS_SHOWN + 1]:
             mark = ":warning:" if is_overdue(at, now, max_age_s) else ":key:"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.protocol import fingerprint
+from handlers.home import verdict_lines
 from tests.engine.runner import REPO, crash_at, engine_argv, finish, run_engine, start_paused
 from tests.support.php_crypto import php_encrypt
 from tests.support.secrets_scan import register_secret, scan_text
@@ -119,6 +120,8 @@ def test_status_during_a_live_rotation_says_running_not_recover(panel_factory, o
     assert (data["state"], data["running"]["pid"], data["running"]["op"], data["unfinished"]) == (
         "running", proc.pid, op, []
     )
+    (shown,) = verdict_lines(data)  # what the bot's Home tab shows from the protocol's status
+    assert f"Running: {op} (pid {proc.pid}), step " in shown and shown.endswith("do not run recover.")
     assert 0 == done.returncode
 
 
@@ -145,6 +148,13 @@ def test_status_after_an_interrupted_rotation_says_unfinished_only(panel_factory
     assert [i["kind"] for i in data.closing["verdict"]["unfinished"]] == [
         "key" if op == "rotate-key" else "db_password"
     ]
+    (shown,) = verdict_lines(data.closing["verdict"])  # the bot's Home tab, from the protocol's status
+    rotation_id = data.closing["verdict"]["unfinished"][0]["rotation_id"]
+    assert shown == (
+        f":sos: Unfinished {what} `{rotation_id}`: stopped at {state}. On the panel host run "
+        f"`python3 -I -m engine --profile {panel.profile_path} recover`"
+    )
+    assert f"UNFINISHED {what} {rotation_id}: stopped at {state}" in lines[0]
     assert run.leaks() == [] and data.leaks() == []
     run_engine(panel.profile_path, "recover")
     clear = run_engine(panel.profile_path, "status")
