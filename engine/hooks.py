@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -91,16 +92,42 @@ def run_command(
     return _last_line(out)
 
 
-def check_url(url: str, timeout_s: float) -> str:
-    """GET ``url``; a 2xx answer passes. Returns e.g. ``200 OK``."""
+#: Answers that say "not ready (yet)", from a proxy in front of a restarting panel.
+NOT_READY = frozenset({502, 503, 504})
+
+
+def check_url(url: str, timeout_s: float, patience_s: float = 0.0) -> str:
+    """GET ``url``; a 2xx answer passes. Returns e.g. ``200 OK``.
+
+    ``patience_s``: how long a panel that does not answer yet (a timeout, a refused
+    connection, 502/503/504) is asked again, with backoff. A panel just restarted on a loaded
+    host may take a while to answer its first request, and no answer is no proof that
+    anything is wrong; an answer (another status) is final."""
     if not url.startswith(("http://", "https://")):
         raise PanelCheckError(f"verify_url must be an http(s) URL, not {url.split(':')[0]!r}")
     request = urllib.request.Request(url, headers={"User-Agent": "myosicam-rotator"})  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            return f"{response.status} {response.reason}"
-    except urllib.error.HTTPError as exc:
-        raise PanelCheckError(f"panel check failed: GET {url} returned {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise PanelCheckError(f"panel check failed: GET {url} did not answer ({reason})") from None
+    deadline = time.monotonic() + patience_s
+    delay, tries = 0.25, 0
+    while True:
+        tries += 1
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+                after = f" (answered on try {tries})" if tries > 1 else ""
+                return f"{response.status} {response.reason}{after}"
+        except urllib.error.HTTPError as exc:
+            if exc.code not in NOT_READY or time.monotonic() >= deadline:
+                raise PanelCheckError(
+                    f"panel check failed: GET {url} returned {exc.code}{_tries(tries)}"
+                ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                reason = getattr(exc, "reason", exc)
+                raise PanelCheckError(
+                    f"panel check failed: GET {url} did not answer ({reason}){_tries(tries)}"
+                ) from None
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(delay * 2, 5.0)
+
+
+def _tries(tries: int) -> str:
+    return f" (asked {tries} times)" if tries > 1 else ""

@@ -100,11 +100,16 @@ def check_written(db: PanelDB, columns: list[ColumnSpec], rewrite: Rewrite) -> i
 
 
 def panel_check(ctx: Context) -> str | None:
-    """Ask the panel itself that credentials still show; ``None`` if not configured."""
+    """Ask the panel itself that credentials still show; ``None`` if not configured.
+
+    It is asked right after a restart: a panel that does not answer yet gets the restart's
+    own budget (``restart_timeout_s``) to answer, so a slow first answer on a loaded host
+    fails neither the rotation nor then its rollback (which left it unfinished, exit 3)."""
     profile = ctx.profile
     said: list[str] = []
     if profile.verify_url:
-        said.append(hooks.check_url(profile.verify_url, profile.verify_timeout_s))
+        patience = profile.restart_timeout_s
+        said.append(hooks.check_url(profile.verify_url, profile.verify_timeout_s, patience_s=patience))
     if profile.verify_command:
         out = hooks.run_command(
             "panel check",
