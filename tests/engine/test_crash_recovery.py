@@ -336,3 +336,25 @@ def test_a_rotations_own_rollback_keeps_a_third_key_and_stops_with_rollback_fail
     assert (recovered.returncode, recovered.closing["code"]) == (2, "bad_env_file")
     assert panel.env_key() == third
     assert run.leaks() == [] and status.leaks() == [] and recovered.leaks() == []
+
+
+def test_a_rerun_removes_the_temporary_file_a_crash_mid_write_left(panel_factory):
+    """The same command run again (no recover): once it holds the panel's lock it removes the
+    temporary file holding the killed run's new key, then rotates with a key of its own."""
+    panel = panel_factory(rows=2, server=True)
+    profile = panel.write_profile()
+    journal = panel.root / "journal"
+
+    crash_at(profile, "write:rotation.json", "rotate-key", "--yes", "--json")
+    (temp,) = _temp_files(journal, panel.env_path.parent)
+    killed_key = _secret_in_temp(temp, panel, b"")
+    register_secret(killed_key, "the killed run's new key (temporary file)")
+    again = run_engine(profile, "rotate-key", "--yes", "--json")
+    register_secret(panel.env_key(), "new PANEL_ENCRYPTION_KEY")
+
+    assert again.returncode == 0, again.stderr
+    assert _temp_files(journal, panel.env_path.parent) == []
+    holding = [str(p) for p in sorted(panel.root.rglob("*")) if p.is_file() and killed_key.encode() in p.read_bytes()]
+    assert holding == []
+    assert panel.env_key() != killed_key and panel.php_check_all() == []
+    assert again.leaks() == []
