@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 FAULT_ENV = "MYOSICAM_ENGINE_FAULT"
 
@@ -26,4 +27,7 @@ def checkpoint(point: str) -> None:
     for item in spec.split(","):
         action, _, where = item.partition("@")
         if where == point and action == "stop":
-            os.kill(os.getpid(), signal.SIGSTOP)
+            # To this thread: it stops before its next instruction. os.kill() to the process
+            # may be taken by another thread while this one runs on (agents rotate in threads),
+            # past the point: a crash "mid-write" then came after the rename.
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)

@@ -144,7 +144,7 @@ def test_status_after_an_interrupted_rotation_says_unfinished_only(panel_factory
     assert 3 == run.returncode == data.returncode
     assert len(lines) == 1 and lines[0].startswith(f"UNFINISHED {what} "), run.stdout
     assert f"stopped at {state}, started 20" in lines[0]
-    assert lines[0].endswith(f"Run: python3 -I -m engine --profile {panel.profile_path} recover")
+    assert lines[0].endswith(f"Run: sudo myosicam-rotator --profile {panel.profile_path} recover")
     assert [i["kind"] for i in data.closing["verdict"]["unfinished"]] == [
         "key" if op == "rotate-key" else "db_password"
     ]
@@ -152,7 +152,7 @@ def test_status_after_an_interrupted_rotation_says_unfinished_only(panel_factory
     rotation_id = data.closing["verdict"]["unfinished"][0]["rotation_id"]
     assert shown == (
         f":sos: Unfinished {what} `{rotation_id}`: stopped at {state}. On the panel host run "
-        f"`python3 -I -m engine --profile {panel.profile_path} recover`"
+        f"`sudo myosicam-rotator --profile {panel.profile_path} recover`"
     )
     assert f"UNFINISHED {what} {rotation_id}: stopped at {state}" in lines[0]
     assert run.leaks() == [] and data.leaks() == []

@@ -203,7 +203,7 @@ def test_status_shows_the_unfinished_rotation(panel_factory):
     (line,) = [line for line in run.stdout.splitlines() if "UNFINISHED" in line or "Nothing unfinished" in line]
     assert run.returncode == 3, "unfinished: monitoring can alert on the exit status"
     assert line.startswith("UNFINISHED key rotation ") and "stopped at STAGED" in line
-    assert line.endswith(f"Run: python3 -I -m engine --profile {panel.profile_path} recover")
+    assert line.endswith(f"Run: sudo myosicam-rotator --profile {panel.profile_path} recover")
     assert run.leaks() == []
 
 
