@@ -130,6 +130,7 @@ def write_config(
             fields["key_passphrase"] = entry.key_passphrase.get_secret_value()
         lines += ["", f'[panels."{name}"]', *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o640)  # as setup-bot-host.sh makes it: the bot refuses a store password others can read
     return path
 
 
