@@ -173,7 +173,10 @@ def roll_forward(ctx: Context, record: JournalRecord) -> dict[str, Any]:
         journal.save(record)
         with ctx.step("backup", "running the backup hook") as out:
             if profile.backup_command:
-                hooks.run_command("backup hook", profile.backup_command, timeout_s=profile.hook_timeout_s)
+                hooks.run_command(
+                    "backup hook", profile.backup_command, timeout_s=profile.hook_timeout_s,
+                    team_env=hooks.team_environment(profile),
+                )
                 out.detail = "backup updated"
             else:
                 out.skipped, out.detail = True, "no backup hook configured"

@@ -183,6 +183,7 @@ def password_preflight(ctx: Context, *, write_checks: bool) -> PasswordPreflight
         if write_checks:
             envfile.check_writable(profile.env_path, ctx.ownership())
             restart.check_target(profile)
+            hooks.team_environment(profile)  # a loose hook_env_file refuses here, not at escrow
         routes = discover(settings, settings.password)
         account = _rotatable(routes, settings.user)
         pre = PasswordPreflight(
@@ -243,7 +244,7 @@ def _scrub(text: str, record: PasswordRecord) -> str:
 
 
 def _hook(ctx: Context, what: str, argv: list[str], record: PasswordRecord, *, stdin: bytes | None = None,
-          timeout_s: float | None = None) -> str:
+          timeout_s: float | None = None, team: bool = True) -> str:
     """A hook with the documented environment; what it says is cleared of both passwords."""
     env = {
         "ROTATOR_PANEL": ctx.profile.name,
@@ -255,7 +256,8 @@ def _hook(ctx: Context, what: str, argv: list[str], record: PasswordRecord, *, s
     }
     try:
         said = hooks.run_command(
-            what, argv, timeout_s=timeout_s or ctx.profile.hook_timeout_s, stdin=stdin, env=env
+            what, argv, timeout_s=timeout_s or ctx.profile.hook_timeout_s, stdin=stdin, env=env,
+            team_env=hooks.team_environment(ctx.profile) if team else None,
         )
     except HookError as exc:
         exc.message = _scrub(exc.message, record)
@@ -266,7 +268,7 @@ def _hook(ctx: Context, what: str, argv: list[str], record: PasswordRecord, *, s
 
 def _restart(ctx: Context, record: PasswordRecord) -> str:
     command = ctx.profile.restart_command
-    said = _hook(ctx, "restart", command, record, timeout_s=ctx.profile.restart_timeout_s)
+    said = _hook(ctx, "restart", command, record, timeout_s=ctx.profile.restart_timeout_s, team=False)
     return f"{hooks.describe(command)} ok" + (f" · {said}" if said else "")
 
 
@@ -538,7 +540,7 @@ class DbPasswordRotation:
             )
             self.journal.save(record)  # every account, before any of them changes
             self.record = record
-            escrow = "no escrow configured"
+            escrow = 'no escrow (escrow = "none" in the profile)'
             if profile.db_password_escrow_command:
                 _hook(ctx, "escrow", profile.db_password_escrow_command, record, stdin=(password + "\n").encode())
                 escrow = f"escrowed ({profile.escrow_label})"

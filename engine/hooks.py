@@ -6,18 +6,30 @@ environment (``hook_environ``): whatever else the engine was started with
 for escrow) is only ever fed on stdin. What a command prints is reduced to its
 last line, with anything that looks like key material removed, before it
 reaches an event or an exception.
+
+A team's vault CLI needs more than the allow-list (``VAULT_ADDR``, a token, an AWS
+profile). The profile says what, and nothing else gets through (``team_environment``):
+``hook_environment`` names variables passed on from the engine's own environment (the
+break-glass CLI run with them set; ``sudo`` drops them unless told), and
+``hook_env_file`` is a ``NAME=value`` file readable by its owner only, owned by root or
+the engine's user, for the served engine that sudo starts with a clean environment.
+These go to the team's own hooks (escrow, backup, panel check), not to restart commands.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
 
-from engine.errors import HookError, PanelCheckError
+from engine.errors import HookError, PanelCheckError, ProfileError
 from engine.protocol import redact
 
 #: What a hook inherits from the engine's environment; everything else is dropped.
@@ -47,6 +59,68 @@ def hook_environ(
     return env
 
 
+_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+class _HookSettings(Protocol):
+    """What ``team_environment`` reads from a profile (engine.profile.Profile)."""
+
+    @property
+    def hook_environment(self) -> Sequence[str]: ...
+
+    @property
+    def hook_env_file(self) -> Path | None: ...
+
+
+def team_environment(profile: _HookSettings, *, source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables the profile hands to the team's hooks: ``hook_env_file``'s, then the
+    ``hook_environment`` names found in ``source`` (this process's environment)."""
+    env = read_hook_env_file(profile.hook_env_file) if profile.hook_env_file else {}
+    environ = os.environ if source is None else source
+    env.update({name: environ[name] for name in profile.hook_environment if name in environ})
+    return env
+
+
+def read_hook_env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines (``#`` comments, blank lines, optional ``export`` and quotes).
+
+    Refused unless only its owner can read it and that owner is root or the engine's
+    user: the file holds a vault token, and a group-readable copy is a leaked one.
+    The message names the file and the fix, never a value.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise ProfileError(f"hook_env_file {path} does not exist") from None
+    except OSError as exc:
+        raise ProfileError(f"cannot read hook_env_file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ProfileError(f"hook_env_file {path} is not a regular file")
+        if info.st_uid not in (0, os.geteuid()):
+            raise ProfileError(f"hook_env_file {path} must be owned by root (chown root:root {path})")
+        if info.st_mode & 0o077:
+            raise ProfileError(
+                f"hook_env_file {path} can be read by others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                f"chmod 600 {path}"
+            )
+        text = handle.read().decode("utf-8", errors="replace")
+    env: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _ENV_LINE.match(line)
+        if match is None:
+            raise ProfileError(f"hook_env_file {path} line {number} is not NAME=value")
+        name, value = match.group(1), match.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[name] = value
+    return env
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return redact(lines[-1])[:200] if lines else ""
@@ -65,10 +139,14 @@ def run_command(
     timeout_s: float,
     stdin: bytes | None = None,
     env: Mapping[str, str] | None = None,
+    team_env: Mapping[str, str] | None = None,
     error: type[HookError] = HookError,
 ) -> str:
-    """Run ``argv``; return its last output line (redacted) or raise ``error``."""
-    full_env = hook_environ(env)
+    """Run ``argv``; return its last output line (redacted) or raise ``error``.
+
+    ``team_env`` (``team_environment``) comes under ``env``: a ``ROTATOR_*`` variable is
+    always the engine's."""
+    full_env = hook_environ({**(team_env or {}), **(env or {})})
     try:
         proc = subprocess.run(
             argv,

@@ -72,6 +72,7 @@ def _key_plan(ctx: Context, pre: Preflight) -> dict[str, Any]:
     return {
         **pre.summary(),
         "panel": ctx.profile.name,
+        "escrow": ctx.profile.escrow_description,
         "plan_hash": protocol.plan_hash(_key_binding(ctx, pre)),
     }
 

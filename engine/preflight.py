@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import __version__, envfile, faults, restart
+from engine import __version__, envfile, faults, hooks, restart
 from engine.cipher import Codec, Scheme
 from engine.context import Context
 from engine.db import PanelDB
@@ -88,6 +88,7 @@ def run_preflight(
         if write_checks:
             envfile.check_writable(profile.env_path, ctx.ownership())
             restart.check_target(profile)
+            hooks.team_environment(profile)  # a loose hook_env_file refuses here, not at escrow
         db = ctx.connect()
         kept = False
         staged: Rewrite | None = None

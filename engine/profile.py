@@ -32,6 +32,7 @@ DEFAULT_COLUMNS: tuple[str, ...] = (
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 #: ``restart_command = "auto"`` as stored: resolved on the host (engine.restart).
 AUTO_RESTART = ["auto"]
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 Ident = Annotated[str, Match(_IDENT, "an SQL name: a letter or _, then letters, digits or _ (64 at most)")]
 Port = Annotated[int, Range(ge=1, le=65535)]
 Seconds = Annotated[float, Range(gt=0)]
@@ -298,6 +299,10 @@ class Profile(Settings):
     verify_url: str | None = None
     verify_command: list[str] | None = None
     verify_timeout_s: Seconds = 15.0
+    #: Where each new key goes before any row is written with it (DESIGN.md §4 rule 1): an
+    #: ``escrow_command``, or ``escrow = "none"`` said out loud. Saying nothing is a settings
+    #: error, so a rotation never runs without escrow by accident (issue 22).
+    escrow: Literal["command", "none"] | None = None
     escrow_command: list[str] | None = None
     escrow_label: str = "escrow"
     #: Escrow for rotate-db-password (the password on stdin, ROTATOR_SECRET=DB_PASSWORD). Its own
@@ -305,6 +310,13 @@ class Profile(Settings):
     db_password_escrow_command: list[str] | None = None
     backup_command: list[str] | None = None
     hook_timeout_s: Seconds = 300.0
+    #: What the team's hooks (escrow, backup, verify) need beyond the allow-list: names passed
+    #: through from the engine's own environment, and a root-only ``NAME=value`` file
+    #: (engine.hooks.team_environment); never the engine's other variables.
+    hook_environment: list[Annotated[str, Match(_ENV_NAME, "an environment variable name")]] = setting(
+        default_factory=list
+    )
+    hook_env_file: Path | None = None
     #: ``.env`` keeps its owner, group and mode; ``env_mode``/``env_group`` are the hygiene a
     #: looser file is tightened to; only root or ``env_owner`` may own ``.env`` and its folder.
     env_owner: str = "www-data"
@@ -318,10 +330,30 @@ class Profile(Settings):
         if (self.restart_stop_command is None) != (self.restart_start_command is None):
             missing = "restart_start_command" if self.restart_start_command is None else "restart_stop_command"
             yield missing, "restart_stop_command and restart_start_command go together: give both or neither"
+        yield from self._escrow_checks()
         labels = [c.label for c in self.columns]
         twice = sorted({label for label in labels if labels.count(label) > 1})
         if twice:
             yield "columns", f"lists the same table.column twice ({', '.join(twice)})"
+
+    def _escrow_checks(self) -> Iterator[tuple[str, str]]:
+        if self.escrow is None and not self.escrow_command:
+            yield "escrow", (
+                "say where each new key is escrowed before it is used: set escrow_command (recipes "
+                'for Vault, 1Password, Bitwarden, AWS and age/gpg in deploy/escrow/), or escrow = "none" '
+                "to rotate without escrow (the card and the summary then say so)"
+            )
+        elif self.escrow == "none" and self.escrow_command:
+            yield "escrow", 'escrow = "none" contradicts escrow_command: keep one of the two'
+        elif self.escrow == "command" and not self.escrow_command:
+            yield "escrow_command", 'escrow = "command" needs escrow_command'
+
+    @property
+    def escrow_description(self) -> str:
+        """How the new key is escrowed, as the card, the step and the summary say it."""
+        if self.escrow_command:
+            return f"escrowed ({self.escrow_label})"
+        return 'no escrow (escrow = "none" in the profile)'
 
     @property
     def env_path(self) -> Path:

@@ -166,7 +166,6 @@ class KeyRotation:
                 reason=self.reason,
             )
             journal.save(self.record)
-            escrow = "no escrow configured"
             if profile.escrow_command:
                 hooks.run_command(
                     "escrow",
@@ -174,9 +173,9 @@ class KeyRotation:
                     timeout_s=profile.hook_timeout_s,
                     stdin=(new_key + "\n").encode(),
                     env=self._hook_env(new_fp),
+                    team_env=hooks.team_environment(profile),
                 )
-                escrow = f"escrowed ({profile.escrow_label})"
-            out.detail = f"fingerprint {new_fp} · {escrow} · journal written"
+            out.detail = f"fingerprint {new_fp} · {profile.escrow_description} · journal written"
             out.data = {"new_fingerprint": new_fp}
         faults.checkpoint("state:STAGED")
 
@@ -249,6 +248,7 @@ class KeyRotation:
                     profile.backup_command,
                     timeout_s=profile.hook_timeout_s,
                     env=self._hook_env(new_fp),
+                    team_env=hooks.team_environment(profile),
                 )
                 out.detail = "backup updated"
             else:
@@ -272,6 +272,7 @@ class KeyRotation:
             "swept": swept.n_written,
             "panel_check": check_text,
             "scheme": pre.scheme.label,
+            "escrow": profile.escrow_description,
             "duration_ms": self.watch.ms,
             "engine_version": __version__,
         }

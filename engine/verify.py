@@ -115,6 +115,7 @@ def panel_check(ctx: Context) -> str | None:
             "panel check",
             profile.verify_command,
             timeout_s=profile.verify_timeout_s,
+            team_env=hooks.team_environment(profile),
             error=PanelCheckError,
         )
         said.append(out or "ok")

@@ -143,6 +143,8 @@ def plan_lines(plan: PlanView) -> str:
             lines.append(f"      … and {len(plan.skipped) - MAX_COLUMN_LINES} more not present")
         layout = m.esc(plan.scheme_description or plan.scheme or "not detected")
         lines.append(f"• layout: {layout} · current key {m.short_fp(plan.key_fingerprint)}")
+        if plan.escrow:
+            lines.append(f"• new key: {m.esc(plan.escrow)}")
     for warning in plan.warnings[:10]:
         lines.append(f"• :warning: {m.esc(warning)}")
     lines.append(m.plan_host_line(plan))

@@ -569,6 +569,8 @@ def final_done(
     if skipped:
         lines.append(f"   tables not present, skipped: {esc(', '.join(skipped))}")
     lines.append(f"   verification: {verification(outcome)}")
+    if outcome.get("escrow"):
+        lines.append(f"   new key {esc(outcome['escrow'])}")
     lines.append(
         f"   {duration(outcome.get('duration_ms')) or '?'} · rotation {esc(request_id)}"
         f"{audit_anchor(outcome)}"

@@ -61,6 +61,8 @@ class PlanView:
     key_fingerprint: str = ""
     scheme: str = ""
     scheme_description: str = ""
+    #: how the engine escrows the new key ("escrowed (vault)", or no escrow said out loud)
+    escrow: str = ""
     columns: dict[str, int] = field(default_factory=dict)
     skipped: tuple[str, ...] = ()
     total: int = 0
@@ -106,6 +108,7 @@ class PlanView:
             key_fingerprint=str(result.get("key_fingerprint") or ""),
             scheme=str(result.get("scheme") or ""),
             scheme_description=str(result.get("scheme_description") or result.get("scheme") or ""),
+            escrow=str(result.get("escrow") or ""),
             columns=columns,
             skipped=tuple(str(s) for s in result.get("skipped") or ()),
             total=int(result.get("total") or sum(columns.values())),

@@ -96,7 +96,7 @@ def test_bootstrap_output_is_reduced_to_its_last_line_without_tokens() -> None:
 )
 def test_bad_agent_settings_are_refused_when_the_profile_loads(agents: dict[str, object], problem: str) -> None:
     with pytest.raises(ProfileError) as caught:
-        profile_from_dict({"panel_root": "/srv/panel", "agents": agents})
+        profile_from_dict({"panel_root": "/srv/panel", "escrow": "none", "agents": agents})
 
     assert problem in caught.value.message
 
@@ -116,7 +116,7 @@ def test_a_template_that_quotes_a_placeholder_is_refused(template: str, problem:
     """9.11: inside the template's own quotes the shell-quoting of a value is undone, and an agent
     name from the database would run commands on the agent server."""
     with pytest.raises(ProfileError) as caught:
-        profile_from_dict({"panel_root": "/srv/panel", "agents": {"bootstrap_command": template}})
+        profile_from_dict({"panel_root": "/srv/panel", "escrow": "none", "agents": {"bootstrap_command": template}})
 
     assert "agents.bootstrap_command" in caught.value.message and problem in caught.value.message
 
@@ -126,7 +126,9 @@ def test_a_template_that_quotes_a_placeholder_is_refused(template: str, problem:
     ['boot --name={agent_name} "--x" {agent_id}', "echo 'a b' && boot {panel_url} --name {agent_name}"],
 )
 def test_a_template_with_bare_placeholders_is_accepted(template: str) -> None:
-    profile = profile_from_dict({"panel_root": "/srv/panel", "agents": {"bootstrap_command": template}})
+    profile = profile_from_dict(
+        {"panel_root": "/srv/panel", "escrow": "none", "agents": {"bootstrap_command": template}}
+    )
 
     assert profile.agents.bootstrap_command == template
 

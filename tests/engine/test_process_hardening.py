@@ -44,7 +44,7 @@ def planted_cwd():
 def _profile(tmp_path: Path) -> Path:
     (tmp_path / "panel" / "config").mkdir(parents=True)
     path = tmp_path / "profile.toml"
-    path.write_text(f'panel_root = "{tmp_path / "panel"}"\njournal_dir = "{tmp_path / "journal"}"\n')
+    path.write_text(f'panel_root = "{tmp_path / "panel"}"\njournal_dir = "{tmp_path / "journal"}"\nescrow = "none"\n')
     return path
 
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_match_the_operator_documentation():
-    profile = profile_from_dict({"panel_root": "/var/www/myosicam"})
+    profile = profile_from_dict({"panel_root": "/var/www/myosicam", "escrow": "none"})
     assert profile.env_path == Path("/var/www/myosicam/config/.env")
     assert [c.label for c in profile.columns] == list(DEFAULT_COLUMNS)
     assert {c.primary_key for c in profile.columns} == {"id"}
@@ -54,13 +54,13 @@ def test_uncommenting_the_example_columns_block_sets_the_columns(tmp_path):
     ("settings", "named"),
     [
         ({}, "panel_root"),
-        ({"panel_root": "/x", "ciphertext": "rot13"}, "ciphertext"),
-        ({"panel_root": "/x", "env_mode": "0666"}, "env_mode"),
-        ({"panel_root": "/x", "columns": ["no_dot"]}, "columns"),
-        ({"panel_root": "/x", "columns": ["t.c; DROP TABLE x"]}, "columns"),
-        ({"panel_root": "/x", "restart_command": "systemctl restart php"}, "restart_command"),
-        ({"panel_root": "/x", "database": {"port": 70000}}, "database.port"),
-        ({"panel_root": "/x", "unknown_setting": 1}, "unknown_setting"),
+        ({"panel_root": "/x", "escrow": "none", "ciphertext": "rot13"}, "ciphertext"),
+        ({"panel_root": "/x", "escrow": "none", "env_mode": "0666"}, "env_mode"),
+        ({"panel_root": "/x", "escrow": "none", "columns": ["no_dot"]}, "columns"),
+        ({"panel_root": "/x", "escrow": "none", "columns": ["t.c; DROP TABLE x"]}, "columns"),
+        ({"panel_root": "/x", "escrow": "none", "restart_command": "systemctl restart php"}, "restart_command"),
+        ({"panel_root": "/x", "escrow": "none", "database": {"port": 70000}}, "database.port"),
+        ({"panel_root": "/x", "escrow": "none", "unknown_setting": 1}, "unknown_setting"),
     ],
 )
 def test_a_bad_setting_is_named(settings, named):
@@ -72,7 +72,9 @@ def test_a_bad_setting_is_named(settings, named):
 
 def test_a_password_in_the_profile_is_never_echoed():
     with pytest.raises(ProfileError) as caught:
-        profile_from_dict({"panel_root": "/x", "database": {"password": "hunter2-secret", "port": "x"}})
+        profile_from_dict(
+            {"panel_root": "/x", "escrow": "none", "database": {"password": "hunter2-secret", "port": "x"}}
+        )
     assert "hunter2-secret" not in str(caught.value)
 
 
@@ -86,7 +88,7 @@ def test_invalid_toml_is_reported_with_the_file_name(tmp_path):
 def problems_of(settings: dict[str, object]) -> list[str]:
     """The problems a refused profile lists, in order."""
     with pytest.raises(ProfileError) as caught:
-        profile_from_dict({"panel_root": "/x", **settings}, source="panel.toml")
+        profile_from_dict({"panel_root": "/x", "escrow": "none", **settings}, source="panel.toml")
     prefix = "panel.toml has bad settings: "
     assert str(caught.value).startswith(prefix)
     return str(caught.value)[len(prefix):].split("; ")
@@ -157,7 +159,7 @@ def test_toml_numbers_are_taken_where_they_fit():
     """A whole number is fine where a number is expected; strings become paths."""
     agents = {"all_filter_column": "enabled", "all_filter_value": True,
               "inventory": {"web1": {"host": "h", "key_file": "/k"}}}
-    profile = profile_from_dict({"panel_root": "/x", "restart_timeout_s": 30, "agents": agents})
+    profile = profile_from_dict({"panel_root": "/x", "escrow": "none", "restart_timeout_s": 30, "agents": agents})
     assert (profile.restart_timeout_s, type(profile.restart_timeout_s)) == (30.0, float)
     assert profile.agents.all_filter_value is True
     assert profile.agents.inventory["web1"].key_file == Path("/k")
@@ -166,7 +168,7 @@ def test_toml_numbers_are_taken_where_they_fit():
 
 def test_a_profile_is_frozen_and_replace_makes_a_checked_copy(tmp_path):
     path = tmp_path / "panel.toml"
-    path.write_text('panel_root = "/x"\n')
+    path.write_text('panel_root = "/x"\nescrow = "none"\n')
     profile = load_profile(path)
 
     with pytest.raises(AttributeError, match="frozen"):
@@ -179,7 +181,9 @@ def test_a_profile_is_frozen_and_replace_makes_a_checked_copy(tmp_path):
 
     assert changed.restart_command == ["systemctl", "restart", "php8.2-fpm"]
     assert profile.restart_command == ["systemctl", "restart", "php8.3-fpm"]
-    assert (profile.fields_set, changed.fields_set) == ({"panel_root"}, {"panel_root", "restart_command"})
+    assert (profile.fields_set, changed.fields_set) == (
+        {"panel_root", "escrow"}, {"panel_root", "escrow", "restart_command"}
+    )
     assert engine_command(changed, "status") == engine_command(profile, "status") == (
         f"sudo myosicam-rotator --profile {path} status"
     )
@@ -187,12 +191,14 @@ def test_a_profile_is_frozen_and_replace_makes_a_checked_copy(tmp_path):
 
 def test_fields_set_tells_an_agents_section_from_the_defaults():
     """incident and probe ask whether ``[agents]`` was written, not what it holds."""
-    assert "agents" not in profile_from_dict({"panel_root": "/x"}).fields_set
-    assert "agents" in profile_from_dict({"panel_root": "/x", "agents": {}}).fields_set
+    assert "agents" not in profile_from_dict({"panel_root": "/x", "escrow": "none"}).fields_set
+    assert "agents" in profile_from_dict({"panel_root": "/x", "escrow": "none", "agents": {}}).fields_set
 
 
 def test_the_database_password_stays_out_of_repr():
-    profile = profile_from_dict({"panel_root": "/x", "database": {"password": "hunter2-secret", "user": "panel"}})
+    profile = profile_from_dict(
+        {"panel_root": "/x", "escrow": "none", "database": {"password": "hunter2-secret", "user": "panel"}}
+    )
     assert "hunter2-secret" not in repr(profile)
     assert "user='panel'" in repr(profile.database)
     assert profile.database.password == "hunter2-secret"

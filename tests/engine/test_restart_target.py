@@ -139,8 +139,9 @@ def test_only_auto_is_accepted_as_a_string(tmp_path: Path):
     from engine.profile import profile_from_dict
 
     with pytest.raises(ProfileError, match="restart_command"):
-        profile_from_dict({"panel_root": str(tmp_path), "restart_command": "systemctl restart php"})
-    assert profile_from_dict({"panel_root": str(tmp_path), "restart_command": "auto"}).restart_command == ["auto"]
+        profile_from_dict({"panel_root": str(tmp_path), "escrow": "none", "restart_command": "systemctl restart php"})
+    auto = profile_from_dict({"panel_root": str(tmp_path), "escrow": "none", "restart_command": "auto"})
+    assert auto.restart_command == ["auto"]
 
 
 def test_doctor_shows_a_missing_unit_through_probe(panel_factory):

@@ -373,7 +373,7 @@ def test_systemctl_restart_is_split_unless_told_otherwise(tmp_path):
     from engine.errors import ProfileError
     from engine.profile import profile_from_dict
 
-    base = {"panel_root": str(tmp_path), "restart_command": ["systemctl", "restart", "php8.3-fpm"]}
+    base = {"panel_root": str(tmp_path), "escrow": "none", "restart_command": ["systemctl", "restart", "php8.3-fpm"]}
 
     assert profile_from_dict(base).restart_halves == (
         ["systemctl", "stop", "php8.3-fpm"], ["systemctl", "start", "php8.3-fpm"])

@@ -31,7 +31,7 @@ def profile_path(tmp_path: Path) -> Path:
     (root / "config").mkdir(parents=True)
     (root / "config" / ".env").write_text("APP=1\n")
     path = tmp_path / "profile.toml"
-    path.write_text(f'panel_root = "{root}"\njournal_dir = "{tmp_path / "journal"}"\n')
+    path.write_text(f'panel_root = "{root}"\njournal_dir = "{tmp_path / "journal"}"\nescrow = "none"\n')
     return path
 
 
@@ -164,7 +164,7 @@ def fuzz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "config").mkdir()
     (root / "config" / ".env").write_text("PANEL_ENCRYPTION_KEY=" + "ab" * 32 + "\n")
     (root / "profile.toml").write_text(
-        f'panel_root = "{root}"\njournal_dir = "{root / "journal"}"\n'
+        f'panel_root = "{root}"\njournal_dir = "{root / "journal"}"\nescrow = "none"\n'
     )
     return root
 

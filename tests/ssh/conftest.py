@@ -30,7 +30,7 @@ def minimal_profile(tmp_path: Path) -> Path:
     root = tmp_path / "panel"
     (root / "config").mkdir(parents=True)
     path = tmp_path / "profile.toml"
-    path.write_text(f'panel_root = "{root}"\njournal_dir = "{tmp_path / "journal"}"\n')
+    path.write_text(f'panel_root = "{root}"\njournal_dir = "{tmp_path / "journal"}"\nescrow = "none"\n')
     return path
 
 

@@ -59,6 +59,7 @@ def plan_result(engine_version: str = "0.4.0", **overrides: Any) -> dict[str, An
         "key_fingerprint": OLD_FP,
         "engine_version": engine_version,
         "panel": "prod-eu",
+        "escrow": "escrowed (vault)",
     }
     data.update(overrides)
     return data
@@ -81,6 +82,7 @@ def successful_rotation() -> list[dict[str, Any]]:
             skipped=["email_configurations"],
             total=sum(COLUMNS.values()),
             panel_check="200 OK",
+            escrow="escrowed (vault)",
             duration_ms=6200,
             engine_version="0.4.0",
         )

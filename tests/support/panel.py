@@ -121,6 +121,8 @@ class PanelSandbox:
         """A new profile TOML: the sandbox's settings with ``overrides`` merged (None removes)."""
         self._profiles_written += 1
         path = self.root / f"profile-{self._profiles_written}.toml"
+        if overrides.get("escrow_command") and "escrow" not in overrides:
+            overrides["escrow"] = None  # an escrow command replaces the sandbox's escrow = "none"
         path.write_text(to_toml(deep_merge(self.profile_base, overrides)), encoding="utf-8")
         return path
 

@@ -69,6 +69,7 @@ def profile_settings(
         "env_group": grp.getgrgid(os.getegid()).gr_name,
         "env_mode": "0640",
         "journal_dir": str(journal_dir),
+        "escrow": "none",  # a sandbox has no vault; a test that escrows sets escrow_command
     }
     if server is not None:
         settings["verify_url"] = server.verify_url
