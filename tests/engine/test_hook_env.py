@@ -78,3 +78,20 @@ def test_the_local_panel_bot_does_not_hand_its_environment_to_the_engine(
         assert not [v for v in slack_secrets.values() if v in dump.read_text()]
     assert "PATH" in _names(engine_env)
 
+
+
+def test_a_hook_env_file_is_read_as_name_value_lines_and_a_bad_line_is_named(tmp_path):
+    """``hook_env_file``: comments, ``export``, quotes; a line that is not NAME=value is refused by
+    its number, never shown (it may hold a token)."""
+    from engine.errors import ProfileError
+    from engine.hooks import read_hook_env_file
+
+    path = tmp_path / "hook.env"
+    path.write_text('# vault\nexport VAULT_ADDR="https://v:8200"\n\nVAULT_TOKEN=\'hvs.abc\'\nEMPTY=\n')
+    path.chmod(0o600)
+    assert read_hook_env_file(path) == {"VAULT_ADDR": "https://v:8200", "VAULT_TOKEN": "hvs.abc", "EMPTY": ""}
+
+    path.write_text("VAULT_TOKEN hvs.secret-token\n")
+    with pytest.raises(ProfileError) as caught:
+        read_hook_env_file(path)
+    assert caught.value.message == f"hook_env_file {path} line 1 is not NAME=value"
