@@ -408,6 +408,7 @@ def _run(
     stderr: TextIO,
 ) -> tuple[int, dict[str, Any] | None]:
     """One operation with its events printed; (exit status, result or None on error)."""
+    from engine.operator import command_line_operator
     from engine.ops import new_rotation_id, run_operation
 
     rotation_id = new_rotation_id()
@@ -425,7 +426,7 @@ def _run(
     }
     if op == "plan":
         options.update(dry_run=False, reason=None)
-    request = Request(v=PROTOCOL_VERSION, id=rotation_id, op=op, requested_by="cli", **options)
+    request = Request(v=PROTOCOL_VERSION, id=rotation_id, op=op, requested_by=command_line_operator(), **options)
     try:
         data = run_operation(request, profile, emitter)
     except EngineError as exc:
