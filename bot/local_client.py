@@ -28,7 +28,15 @@ from bot.errors import (
     RemoteEngineError,
 )
 from engine.hooks import hook_environ
-from engine.protocol import CLOSING_TYPES, MUTATING_OPS, PROTOCOL_VERSION, Request, decode_event, redact
+from engine.protocol import (
+    CLOSING_TYPES,
+    MUTATING_OPS,
+    PROTOCOL_VERSION,
+    Request,
+    decode_event,
+    negotiate,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 stderr_log = logging.getLogger("bot.engine_stderr")
@@ -77,12 +85,10 @@ class EventStream:
             raise ProtocolMismatchError(
                 f"{self.source}: the engine did not start with hello (got {event.get('type')!r})"
             )
-        versions = event.get("protocol")
-        if not isinstance(versions, list) or PROTOCOL_VERSION not in versions:
-            raise ProtocolMismatchError(
-                f"{self.source}: engine {event.get('engine')} speaks protocol {versions}, "
-                f"this bot speaks {PROTOCOL_VERSION}"
-            )
+        try:
+            negotiate(event.get("protocol"), event.get("engine"), mine=PROTOCOL_VERSION)
+        except ValueError as exc:
+            raise ProtocolMismatchError(f"{self.source}: {exc}") from None
 
 
 def is_mutating(request: Request) -> bool:

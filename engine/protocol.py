@@ -472,6 +472,29 @@ def fingerprint(material: bytes | str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def negotiate(offered: object, engine_version: object = "?", *, mine: int | None = None) -> int:
+    """The version a client speaks with an engine whose ``hello`` offered ``offered``.
+
+    The engine answers every version in ``SUPPORTED_VERSIONS`` (the current one and, for a
+    release, the one before); a client speaks one (``PROTOCOL_VERSION``). So upgrade the
+    engines first, then the bot. Raises ``ValueError`` with the side to upgrade named.
+    """
+    mine = PROTOCOL_VERSION if mine is None else mine
+    versions = [v for v in offered if isinstance(v, int) and not isinstance(v, bool)] \
+        if isinstance(offered, list) else []
+    if mine in versions:
+        return mine
+    if not versions:
+        raise ValueError(f"engine {engine_version} did not say which protocol versions it speaks")
+    if max(versions) < mine:
+        advice = "upgrade the engine on this panel host (engines first, then the bot)"
+    else:
+        advice = "upgrade the bot: this engine no longer speaks the bot's version"
+    raise ValueError(
+        f"engine {engine_version} speaks protocol {versions}, this bot speaks {mine}: {advice}"
+    )
+
+
 def hello_event(engine_version: str) -> dict[str, Any]:
     return {"type": "hello", "engine": engine_version, "protocol": list(SUPPORTED_VERSIONS)}
 
