@@ -32,7 +32,7 @@ from bot.store.reminders import ReminderRows
 from bot.store.requests import RequestRows
 from bot.store.sql import Tx
 
-__all__ = ["DELIVERY_TTL_S", "Store", "Tx", "open_store"]
+__all__ = ["DELIVERY_TTL_S", "Store", "Tx", "open_backend", "open_store"]
 
 
 class Store(RequestRows, DeliveryRows, AuditRows, ReminderRows, EnrollmentRows, HomeViewerRows):
@@ -48,6 +48,11 @@ def open_store(
     ``audit_key`` (``bot.audit_key``) signs the audit log; a store opened without
     it reads everything but refuses to append (so it cannot write a request).
     """
+    return Store(open_backend(url), clock, audit_key).migrate()
+
+
+def open_backend(url: str) -> Backend:
+    """The backend for a store URL, not yet migrated (``open_store`` migrates)."""
     backend: Backend
     if url.startswith("sqlite://"):
         from bot.store.backends.sqlite import SQLiteBackend
@@ -62,4 +67,4 @@ def open_store(
         backend = MySQLBackend(url)
     else:
         raise StoreError("the store URL must start with sqlite:// or mysql://")
-    return Store(backend, clock, audit_key).migrate()
+    return backend

@@ -30,28 +30,56 @@ class Database:
         self.audit_key = audit_key
 
     def migrate(self) -> Self:
-        with self._translated("create the tables"):
+        """Apply, once each and in order, the migrations this database has not had
+        (``bot.store.migrations``); refuse a database migrated by a newer bot."""
+        from bot.store import migrations  # migrations -> schema -> audit_chain -> this module
+
+        todo = migrations.MIGRATIONS
+        migrations.check_order(todo)
+        mysql = self._backend.mysql
+        with self._translated("create the tables (apply its schema migrations)"), self._backend.migration_lock():
             conn = self._backend.connection()
             cursor = conn.cursor()
-            for statement in self._backend.schema:
-                cursor.execute(statement)
-            cursor.close()
-            self._add_missing_columns(conn)
+            try:
+                cursor.execute(migrations.VERSIONS_TABLE[mysql])
+                cursor.execute("SELECT version FROM schema_migrations")
+                applied = {int(row[0]) for row in cursor.fetchall()}
+                newest = migrations.latest(todo)
+                if applied and max(applied) > newest:
+                    raise StoreError(
+                        f"the state store ({self.describe()}) has schema version {max(applied)}, from a newer "
+                        f"bot; this bot knows up to {newest}: upgrade this bot (never downgrade a store)"
+                    )
+                mark = "%s" if mysql else "?"
+                for migration in todo:
+                    if migration.version in applied:
+                        continue
+                    for statement in migration.statements(mysql):
+                        cursor.execute(statement)
+                    self._add_missing_columns(conn, migration.add_columns)
+                    cursor.execute(
+                        f"INSERT INTO schema_migrations (version, name, applied_at) VALUES ({mark}, {mark}, {mark})",
+                        (migration.version, migration.name, self.clock()),
+                    )
+            finally:
+                cursor.close()
         return self
 
-    def _add_missing_columns(self, conn: Any) -> None:
-        """``schema.ADDED_COLUMNS`` that an older store lacks (two replicas may race: fine)."""
-        from bot.store.schema import ADDED_COLUMNS  # schema -> audit_chain -> this module
+    def schema_version(self) -> int:
+        """The newest migration applied to this database (0: none)."""
+        with self._translated("read its schema version"), self.transaction() as tx:
+            row = tx.one("SELECT MAX(version) FROM schema_migrations")
+        return int(row[0]) if row and row[0] is not None else 0
 
-        for table, column, definition in ADDED_COLUMNS:
+    def _add_missing_columns(self, conn: Any, columns: tuple[tuple[str, str, str], ...]) -> None:
+        """Columns a migration adds, each unless the table has it already: a store made between
+        the column's arrival and versioned migrations has it (same SQL on both dialects)."""
+        for table, column, definition in columns:
             if column in self._columns(conn, table):
                 continue
             cursor = conn.cursor()
             try:
                 cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-            except self._backend.errors:
-                if column not in self._columns(conn, table):  # not another replica's doing
-                    raise
             finally:
                 cursor.close()
 

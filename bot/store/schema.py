@@ -1,11 +1,10 @@
-"""The tables, once per dialect: requests, their transitions, Slack deliveries, the audit log,
-key-age reminders, TOTP enrollments.
+"""The tables of migration 1 (``bot.store.migrations``), once per dialect: requests, their
+transitions, Slack deliveries, the audit log, key-age reminders, TOTP enrollments, Home viewers.
 
-Every statement is idempotent (``IF NOT EXISTS``, ``INSERT ... IGNORE``): ``migrate()`` runs them
-all at each start, so a store from an older version gains the new tables (``key_reminders``,
-``totp_enrollments``, ``totp_failures``). The store keeps no version number, so columns added to an
-existing table later are listed in ``ADDED_COLUMNS``: ``migrate()`` adds each one it does not find
-(the same SQL on both dialects), with a default that describes the rows written before it.
+Every statement is idempotent (``IF NOT EXISTS``, ``INSERT ... IGNORE``): a store created before
+migrations were versioned adopts version 1 unchanged. ``ADDED_COLUMNS`` are migration 2's (each
+added unless the table has it). A schema change is a new migration appended in
+``bot.store.migrations``, not an edit here.
 """
 
 from __future__ import annotations

@@ -38,6 +38,11 @@ class Backend:
     def describe(self) -> str:
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """Held while migrations run, so that processes sharing the store migrate once."""
+        yield
+
     def connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -53,6 +55,24 @@ class MySQLBackend(Backend):
             self.discard(conn)
             conn = super().connection()
         return conn
+
+    @contextlib.contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """A named server lock (``GET_LOCK``): replicas starting together migrate one at a time.
+        MySQL commits each DDL statement by itself, so every migration must be safe to re-run."""
+        from bot.store.migrations import LOCK_NAME
+
+        conn = self.connection()
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 60)", (LOCK_NAME,))
+            row = cursor.fetchone()
+        if not row or row[0] != 1:
+            raise StoreError(f"the state store ({self.describe()}): another bot held the migration lock for 60 s")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(self._pymysql.Error), conn.cursor() as cursor:
+                cursor.execute("SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
 
     def _begin(self, conn: Any) -> None:
         conn.begin()

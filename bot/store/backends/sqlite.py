@@ -48,6 +48,21 @@ class SQLiteBackend(Backend):
         with self._one, super().transaction() as tx:
             yield tx
 
+    @contextlib.contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """One write transaction: another process opening the same file waits (SQLite's DDL is
+        transactional, so a migration that fails leaves nothing half done)."""
+        with self._one:
+            conn = self.connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                conn.rollback()
+                raise
+            else:
+                conn.commit()
+
     def close(self) -> None:
         with self._one:
             self._closed = True

@@ -1,0 +1,138 @@
+"""The state store schema as main had it at afd8ea6 (0.2.0 before versioned migrations), frozen.
+
+A store created by that bot has exactly these tables and no ``schema_migrations``; the
+migration tests start from it (issue 22, item 4). Never edit: it is the past.
+"""
+
+from __future__ import annotations
+
+from bot.store.audit_chain import GENESIS
+
+SQLITE = (
+    """CREATE TABLE IF NOT EXISTS rotation_requests (
+        id VARCHAR(64) PRIMARY KEY,
+        state VARCHAR(16) NOT NULL,
+        version INTEGER NOT NULL,
+        panel VARCHAR(64) NOT NULL,
+        requester VARCHAR(80) NOT NULL,
+        created_at DOUBLE NOT NULL,
+        expires_at DOUBLE NOT NULL,
+        updated_at DOUBLE NOT NULL,
+        body TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS rotation_requests_state ON rotation_requests (state, expires_at)",
+    """CREATE TABLE IF NOT EXISTS request_transitions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id VARCHAR(64) NOT NULL,
+        event VARCHAR(64) NOT NULL,
+        from_state VARCHAR(16),
+        to_state VARCHAR(16) NOT NULL,
+        version INTEGER NOT NULL,
+        actor VARCHAR(128) NOT NULL,
+        at DOUBLE NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS request_transitions_request ON request_transitions (request_id)",
+    """CREATE TABLE IF NOT EXISTS slack_deliveries (
+        delivery_key VARCHAR(191) PRIMARY KEY,
+        seen_at DOUBLE NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        seq BIGINT PRIMARY KEY,
+        ts_ms BIGINT NOT NULL,
+        kind VARCHAR(64) NOT NULL,
+        request_id VARCHAR(64) NOT NULL,
+        actor VARCHAR(128) NOT NULL,
+        data TEXT NOT NULL,
+        prev_hash CHAR(64) NOT NULL,
+        hash CHAR(64) NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        hash CHAR(64) NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS totp_enrollments (
+        user_id VARCHAR(32) PRIMARY KEY,
+        sealed_secret TEXT NOT NULL,
+        enrolled_at DOUBLE NOT NULL,
+        last_step BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS totp_failures (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id VARCHAR(32) NOT NULL,
+        at DOUBLE NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS totp_failures_user ON totp_failures (user_id, at)",
+    f"INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
+    """CREATE TABLE IF NOT EXISTS key_reminders (
+        panel VARCHAR(64) NOT NULL,
+        secret VARCHAR(128) NOT NULL,
+        sent_at DOUBLE NOT NULL,
+        PRIMARY KEY (panel, secret))""",
+    """CREATE TABLE IF NOT EXISTS home_viewers (
+        user_id VARCHAR(32) NOT NULL PRIMARY KEY,
+        team_id VARCHAR(32) NOT NULL,
+        seen_at DOUBLE NOT NULL)""",
+)
+
+MYSQL = (
+    """CREATE TABLE IF NOT EXISTS rotation_requests (
+        id VARCHAR(64) PRIMARY KEY,
+        state VARCHAR(16) NOT NULL,
+        version INT NOT NULL,
+        panel VARCHAR(64) NOT NULL,
+        requester VARCHAR(80) NOT NULL,
+        created_at DOUBLE NOT NULL,
+        expires_at DOUBLE NOT NULL,
+        updated_at DOUBLE NOT NULL,
+        body MEDIUMTEXT NOT NULL,
+        INDEX rotation_requests_state (state, expires_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS request_transitions (
+        id BIGINT AUTO_INCREMENT PRIMARY KEY,
+        request_id VARCHAR(64) NOT NULL,
+        event VARCHAR(64) NOT NULL,
+        from_state VARCHAR(16),
+        to_state VARCHAR(16) NOT NULL,
+        version INT NOT NULL,
+        actor VARCHAR(128) NOT NULL,
+        at DOUBLE NOT NULL,
+        INDEX request_transitions_request (request_id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS slack_deliveries (
+        delivery_key VARCHAR(191) PRIMARY KEY,
+        seen_at DOUBLE NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        seq BIGINT PRIMARY KEY,
+        ts_ms BIGINT NOT NULL,
+        kind VARCHAR(64) NOT NULL,
+        request_id VARCHAR(64) NOT NULL,
+        actor VARCHAR(128) NOT NULL,
+        data MEDIUMTEXT NOT NULL,
+        prev_hash CHAR(64) NOT NULL,
+        hash CHAR(64) NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS audit_head (
+        id INT PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        hash CHAR(64) NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS totp_enrollments (
+        user_id VARCHAR(32) PRIMARY KEY,
+        sealed_secret TEXT NOT NULL,
+        enrolled_at DOUBLE NOT NULL,
+        last_step BIGINT NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS totp_failures (
+        id BIGINT AUTO_INCREMENT PRIMARY KEY,
+        user_id VARCHAR(32) NOT NULL,
+        at DOUBLE NOT NULL,
+        INDEX totp_failures_user (user_id, at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    f"INSERT IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
+    """CREATE TABLE IF NOT EXISTS key_reminders (
+        panel VARCHAR(64) NOT NULL,
+        secret VARCHAR(128) NOT NULL,
+        sent_at DOUBLE NOT NULL,
+        PRIMARY KEY (panel, secret)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS home_viewers (
+        user_id VARCHAR(32) NOT NULL PRIMARY KEY,
+        team_id VARCHAR(32) NOT NULL,
+        seen_at DOUBLE NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+)
