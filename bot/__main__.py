@@ -136,6 +136,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=None, help="HTTP bind address (default from settings)")
     parser.add_argument("--debug", action="store_true", help="debug logging")
     parser.add_argument(
+        "--metrics", action="store_true",
+        help="serve Prometheus metrics at /metrics (HTTP mode: beside /slack/events; Socket Mode: on --port)",
+    )
+    parser.add_argument(
+        "--metrics-check-minutes", type=float, default=5.0,
+        help="with --metrics: how often to ask each panel's engine for its status (default 5)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=["text", "json"],
         default=os.environ.get("ROTATOR_LOG_FORMAT", "text"),
@@ -208,11 +216,14 @@ def _serve(args: argparse.Namespace) -> int:
         raise BotError(
             "SLACK_APP_TOKEN is not set: set it for Socket Mode, or run `python -m bot --http`"
         )
+    if args.metrics and not args.http and not args.port:
+        raise BotError("--metrics in Socket Mode needs --port P: /metrics is served on that port")
     store = _open_store(settings, audit_key)
     rotator = build_rotator(
         settings, store, default_engine_clients(settings), enrollment_key=enrollment_key
     )
     rotator.start()
+    metrics, checks = _metrics(args, rotator)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -228,6 +239,7 @@ def _serve(args: argparse.Namespace) -> int:
                 port,
                 rotator.gate.acknowledging,
                 limits=settings.http_limits,
+                metrics=metrics,
             ).start()
             log.info(
                 "serving Slack on %s/slack/events (store %s)",
@@ -257,6 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
                     args.port,
                     rotator.gate.acknowledging,
                     limits=settings.http_limits,
+                    metrics=metrics,
                 ).start()
                 log.info("health check on %s/healthz", health.url)
             try:
@@ -268,9 +281,24 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if checks is not None:
+            checks.stop()
         rotator.close(wait=False)
         store.close()
     return 0
+
+
+def _metrics(args: argparse.Namespace, rotator: Any) -> tuple[Any, Any]:
+    """With ``--metrics``: the ``/metrics`` app and the thread that checks the panels."""
+    if not args.metrics:
+        return None, None
+    from bot.metrics import PanelChecks, RotatorCollector, metrics_app
+
+    room = rotator.home
+    checks = PanelChecks(
+        room.engine_clients, room.panels, check_every_s=max(args.metrics_check_minutes, 0.1) * 60
+    ).start()
+    return metrics_app(RotatorCollector(rotator.store, checks, room.max_age_s)), checks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Serving the app over HTTP: ``/slack/events`` through Bolt's WSGI adapter, and ``/healthz``.
+"""Serving the app over HTTP: ``/slack/events`` through Bolt's WSGI adapter, ``/healthz``, and
+with ``--metrics`` Prometheus' ``/metrics`` (bot.metrics).
 
 The server is waitress, chosen over gunicorn and cheroot for what an
 unauthenticated client can do to it before any signature is checked:
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 MAX_BODY = 1024 * 1024
 
 
@@ -126,12 +128,16 @@ def wsgi_app(
     app: App,
     healthy: Callable[[], bool],
     acknowledging: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    metrics: Callable[..., Iterable[bytes]] | None = None,
 ) -> Callable[..., Iterable[bytes]]:
-    """``acknowledging`` wraps each Slack request (``bot.app.AckFirst.acknowledging``)."""
+    """``acknowledging`` wraps each Slack request (``bot.app.AckFirst.acknowledging``);
+    ``metrics``, a WSGI app (``bot.metrics.metrics_app``), answers ``GET /metrics``."""
     slack = SlackRequestHandler(app, path=EVENTS_PATH)
 
     def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if metrics is not None and path == METRICS_PATH and environ.get("REQUEST_METHOD") == "GET":
+            return metrics(environ, start_response)
         if path == HEALTH_PATH and environ.get("REQUEST_METHOD") == "GET":
             ok = healthy()
             body = json.dumps({"ok": ok}).encode()
@@ -179,6 +185,7 @@ class HttpServer:
         port: int = 0,
         acknowledging: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         limits: HttpLimits | None = None,
+        metrics: Callable[..., Iterable[bytes]] | None = None,
     ) -> None:
         self.limits = limits or HttpLimits()
         adjustments: dict[str, Any] = {
@@ -197,7 +204,7 @@ class HttpServer:
             "clear_untrusted_proxy_headers": True,
         }
         self.server = DeadlineServer(
-            wsgi_app(app, healthy, acknowledging), adj=Adjustments(**adjustments)
+            wsgi_app(app, healthy, acknowledging, metrics), adj=Adjustments(**adjustments)
         )
         self.server.limits = self.limits
         self._stopping = threading.Event()
