@@ -18,7 +18,7 @@ from tests.support.secrets_scan import SecretRegistry
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
