@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -381,7 +382,16 @@ def run_operation(request: Request, profile: Profile, emitter: Emitter) -> dict[
         )  # fmt: skip
         raise
     record.append({**_who(request), "event": "finished", **_outcome(data)})
+    _prune(ctx.profile)
     return data
+
+
+def _prune(profile: Profile) -> None:
+    """Housekeeping after a run; a failure here never fails the run it follows."""
+    from engine.journal_prune import prune_journal
+
+    with contextlib.suppress(OSError):
+        prune_journal(profile.journal_dir, profile.journal_keep_days)
 
 
 def _who(request: Request) -> dict[str, Any]:

@@ -323,6 +323,9 @@ class Profile(Settings):
     env_group: str = "www-data"
     env_mode: Annotated[str, Check(_octal_mode)] = "0640"
     journal_dir: Path = Path("/var/lib/myosicam-rotator")
+    #: per-run files (events/, done/, agents/done/) older than this are pruned after each run;
+    #: runs.jsonl and the key history are kept (engine.journal_prune)
+    journal_keep_days: Annotated[int, Range(ge=1, le=36500)] = 90
     batch_size: Annotated[int, Range(ge=1, le=100_000)] = 5000
     agents: AgentSettings = setting(default_factory=AgentSettings)
 

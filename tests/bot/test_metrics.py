@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from bot.wsgi import HttpServer
 from tests.bot.conftest import BOB, MakeBot
 from tests.engine.runner import crash_at
 from tests.support.secrets_scan import SecretRegistry
+
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-alerts.yml"
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -67,6 +70,9 @@ def test_rotations_durations_pending_and_each_panels_health_are_exposed(
     assert metrics[("myosicam_panel_unfinished_runs", eu)] == 0
     assert ("myosicam_panel_key_age_seconds", us) not in metrics
     assert not secret_registry.scan(str(metrics))
+    exposed = {name for name, _ in metrics}
+    referenced = set(re.findall(r"myosicam_[a-z_]+", ALERTS.read_text()))
+    assert referenced and referenced <= exposed, referenced - exposed  # the example alerts use real names
 
 
 def test_an_interrupted_rotation_shows_as_an_unfinished_run(panel_factory: Callable[..., object]) -> None:
@@ -93,3 +99,16 @@ class _EmptyStore:
         import contextlib
 
         return contextlib.nullcontext(self._Tx())
+
+
+def test_the_documented_json_log_line_is_what_the_formatter_writes() -> None:
+    """docs/operations.md shows a ``--log-format json`` line; it parses and has the formatter's fields."""
+    import json
+
+    from bot.__main__ import _parser
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    sample = next(line for line in guide.splitlines() if line.startswith('{"ts": '))
+    fields = json.loads(sample)
+    assert ["ts", "level", "logger", "message"] == list(fields)[:4]
+    assert _parser().parse_args(["--log-format", "json", "--metrics"]).log_format == "json"
