@@ -195,3 +195,24 @@ def test_restore_key_from_escrow_into_env_then_recover(panel_factory, vaults):
     assert recovered.closing["state"] == "DONE"
     assert panel.env_key() == escrowed
     assert panel.php_check_all() == []
+
+
+def test_the_vault_recipe_escrows_the_new_database_password_on_its_own_path(panel_factory, vaults):
+    """rotate-db-password through the same script: filed under DB_PASSWORD, never on argv."""
+    panel = panel_factory(rows=2, server=True)
+    password_re = r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]{32}(?![A-Za-z0-9_.-])"
+    with vaults.env_file.open("a") as env_file:
+        env_file.write(f"STANDIN_SECRET_RE={password_re}\n")
+    vaults.env["STANDIN_SECRET_RE"] = password_re
+    profile = _profile(panel, vaults, "vault.sh", db_password_escrow_command=[str(ESCROW / "vault.sh")])
+
+    run = run_engine(profile, "rotate-db-password", "--yes", "--json")
+    new = panel.env_path.read_text().split('DB_PASSWORD="', 1)[1].split('"', 1)[0]
+    register_secret(new, "new DB_PASSWORD")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    calls = vaults.calls()
+    assert [c["env"]["ROTATOR_SECRET"] for c in calls] == ["DB_PASSWORD"]
+    assert new not in " ".join(calls[0]["argv"]) and new not in json.dumps(calls[0]["env"])
+    restored = vaults.run(["vault", "kv", "get", "-mount=secret", "-field=value", "myosicam/sandbox/DB_PASSWORD"])
+    assert (restored.returncode, restored.stdout.strip()) == (0, new), restored.stderr
