@@ -126,7 +126,7 @@ def main() -> None:
         (root / "config").mkdir()
         (root / "config" / ".env").write_text("APP=1\n")
         profile = root / "profile.toml"
-        profile.write_text(f'panel_root = "{root}"\njournal_dir = "{root / "journal"}"\n')
+        profile.write_text(f'panel_root = "{root}"\njournal_dir = "{root / "journal"}"\nescrow = "none"\n')
         subjects: dict[str, Callable[[], tuple[float, float, float]]] = {
             "python -c pass": interpreter("pass"),
             "python -c 'import pydantic'": interpreter("import pydantic"),

@@ -246,6 +246,7 @@ def whole_rotation(key: str) -> float:
         profile = profile_from_dict(
             {
                 "panel_root": str(root),
+                "escrow": "none",
                 "restart_command": ["true"],
                 "env_owner": user,
                 "env_group": group,
