@@ -413,6 +413,7 @@ def test_the_sealed_secret_opens_only_for_its_owner_and_older_stores_get_the_tab
     with sqlite3.connect(path) as conn:  # a store made before enrollments existed
         conn.execute("DROP TABLE totp_enrollments")
         conn.execute("DROP TABLE totp_failures")
+        conn.execute("DROP TABLE schema_migrations")  # nor versioned migrations
     store = open_store(f"sqlite://{path}")
     assert store.enrollment(BOB) is None and store.failures_since(BOB, 0) == []
     store.close()
