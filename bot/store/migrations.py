@@ -9,8 +9,9 @@ something this one does not know.
 Version 1 is the schema every store had before migrations were versioned (0.1.0 and 0.2.0,
 all ``CREATE TABLE IF NOT EXISTS``): applied to such a store it changes nothing and records
 the version. Version 2 adds the enrollment columns (``schema.ADDED_COLUMNS``) a store may or
-may not have, depending on the commit that made it. To change the schema, **append** a ``Migration`` with the next version and its
-statements for both dialects; never edit one that has shipped.
+may not have, depending on the commit that made it. To change the schema, **append** a
+``Migration`` with the next version and its statements for both dialects; never edit one
+that has shipped.
 """
 
 from __future__ import annotations

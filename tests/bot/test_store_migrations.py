@@ -45,7 +45,9 @@ def test_a_previous_release_store_keeps_its_data_and_gains_the_schema_version(an
     request = a_request()
     old.create(request, actor=ALICE.key)
     assert old.claim_reminder("prod-eu", "PANEL_ENCRYPTION_KEY", 86400)
-    assert old.enroll("U0ALICE", "sealed-secret-text", actor=ALICE.key)
+    with old.transaction() as tx:  # as 0.1.0 wrote an enrollment: no status, no DM columns
+        tx.execute("INSERT INTO totp_enrollments (user_id, sealed_secret, enrolled_at, last_step) "
+                   "VALUES (?, ?, ?, ?)", ("U0ALICE", "sealed-secret-text", 1_700_000_000.0, 7))
     old.remember_home_viewer("T0TEAM", "U0ALICE")
     entries, head = old.audit_snapshot()
     assert "schema_migrations" not in tables(old)
@@ -57,7 +59,8 @@ def test_a_previous_release_store_keeps_its_data_and_gains_the_schema_version(an
     assert store.get(request.id) == request
     assert store.last_reminder("prod-eu", "PANEL_ENCRYPTION_KEY") is not None
     enrollment = store.enrollment("U0ALICE")
-    assert enrollment is not None and enrollment.sealed_secret == "sealed-secret-text"
+    assert enrollment is not None
+    assert (enrollment.sealed_secret, enrollment.last_step, enrollment.status) == ("sealed-secret-text", 7, "active")
     assert store.audit_snapshot() == (entries, head)
     store.close()
 
@@ -109,3 +112,20 @@ def test_the_frozen_previous_schema_is_what_version_1_creates(tmp_path: Path) ->
     """Version 1 is exactly the previous release's tables: adopting an old store changes nothing."""
     assert migrations.MIGRATIONS[0].sqlite == previous_store_schema.SQLITE
     assert migrations.MIGRATIONS[0].mysql == previous_store_schema.MYSQL
+
+
+def test_a_store_that_already_has_the_enrollment_columns_is_adopted(any_store_url: str) -> None:
+    """A store made between the enrollment columns (ADDED_COLUMNS) and versioning has them but no
+    ``schema_migrations``: migration 2 finds them and adds nothing."""
+    from bot.store import schema
+
+    old = previous_release_store(any_store_url)
+    with old.transaction() as tx:
+        for table, column, definition in schema.ADDED_COLUMNS:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    old.close()
+
+    store = open_store(any_store_url, audit_key=KEY)
+
+    assert store.schema_version() == migrations.latest()
+    store.close()
