@@ -112,3 +112,63 @@ def test_the_documented_json_log_line_is_what_the_formatter_writes() -> None:
     fields = json.loads(sample)
     assert ["ts", "level", "logger", "message"] == list(fields)[:4]
     assert _parser().parse_args(["--log-format", "json", "--metrics"]).log_format == "json"
+
+
+def _bot_env(tmp_path: Path, fake_slack, slack_secrets) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    import os
+
+    from tests.bot.conftest import AUDIT_KEY, write_config
+
+    config = write_config(tmp_path / "rotator.toml", store_url="sqlite://rotator.db")
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))},
+        "SLACK_BOT_TOKEN": slack_secrets.bot_token,
+        "SLACK_SIGNING_SECRET": slack_secrets.signing_secret,
+        "SLACK_API_URL": fake_slack.url,
+        "ROTATOR_CONFIG": str(config),
+        "ROTATOR_AUDIT_KEY": AUDIT_KEY.hex(),
+    }
+
+
+def test_python_m_bot_metrics_serves_them_beside_slack_and_logs_json(tmp_path, fake_slack, slack_secrets) -> None:
+    """``python -m bot --http --metrics --log-format json`` as the unit would start it."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.panel import free_port
+
+    port = free_port()
+    env = _bot_env(tmp_path, fake_slack, slack_secrets)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "--http", "--port", str(port), "--metrics", "--log-format", "json",
+         "--metrics-check-minutes", "0.01"],
+        cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        while ("myosicam_panel_up", (("panel", "prod-eu"),)) not in metrics:  # the first check is in
+            assert proc.poll() is None and time.monotonic() < deadline, "no panel check exposed"
+            try:
+                metrics = scrape(f"http://127.0.0.1:{port}")
+            except OSError:
+                time.sleep(0.1)
+        assert metrics[("myosicam_requests", (("state", "pending"),))] == 0
+        assert metrics[("myosicam_panel_up", (("panel", "prod-eu"),))] == 0  # no engine behind prod-eu here
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert any("serving Slack on" in line["message"] for line in lines)
+    assert slack_secrets.bot_token not in stderr
+
+
+def test_metrics_in_socket_mode_need_a_port(tmp_path, fake_slack, slack_secrets) -> None:
+    from tests.support.procs import run_bot
+
+    env = {**_bot_env(tmp_path, fake_slack, slack_secrets), "SLACK_APP_TOKEN": "xapp-1-test"}
+    result = run_bot(env, "--metrics")
+    assert result.returncode == 2
+    assert "--metrics in Socket Mode needs --port P" in result.stderr
