@@ -37,6 +37,7 @@ from bot.engine_client import EngineClient
 from bot.enrollment_key import EnrollmentKey, load_enrollment_key
 from bot.errors import BotError, RemoteEngineError, StoreError
 from bot.expiry import ExpiryWatcher
+from bot.fleet import FleetRunner, StoreOffboarding
 from bot.home import ControlRoom, ReminderWatcher
 from bot.runner import Runner
 from bot.settings import Settings
@@ -46,6 +47,7 @@ from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import actions, cards, commands, home
 from handlers import enroll as enroll_handlers
 from handlers import messages as m
+from handlers.ops import fleet
 from handlers.plan import PlanView
 from handlers.ports import (
     DirectoryUnavailable,
@@ -491,6 +493,7 @@ def build_rotator(
     runner_threads: int = 4,
     expiry_max_wait_s: float = 30.0,
     enrollment_key: EnrollmentKey | None = None,
+    fleet_update_interval_s: float = 3.0,
 ) -> Rotator:
     engine_clients_fn: EngineClients
     if isinstance(engine_clients, Mapping):
@@ -514,6 +517,25 @@ def build_rotator(
         clock=clock,
         threads=runner_threads,
     )
+
+    fleet_settings = fleet.FleetSettings(
+        tags=settings.panel_tags,
+        reach={user: tuple(panels) for user, panels in settings.config.offboard_reach.items()},
+        concurrency=settings.config.fleet_concurrency,
+        stop_on_failure=settings.config.stop_on_failure,
+        offboarding=StoreOffboarding(store),
+    )
+    fleet_runner = FleetRunner(
+        store=store,
+        audit=audit,
+        engine_clients=engine_clients_fn,
+        client=client,
+        policy=policy,
+        settings=fleet_settings,
+        clock=clock,
+        update_interval_s=fleet_update_interval_s,
+    )
+    runner.delegates[fleet.OP] = fleet_runner
 
     def on_expired(request: RotationRequest) -> None:
         cards.refresh_card(client, request, policy, clock())
@@ -567,6 +589,7 @@ def build_rotator(
         clock=clock,
         panel_hosts=hosts,
         step_up=totp,
+        ops_config={fleet.OP: fleet_settings},
     )
     app = App(
         client=client,
@@ -594,6 +617,7 @@ def build_rotator(
         clock=clock,
     )
     runner.on_finished = lambda request: room.refresh_all()
+    fleet_runner.on_finished = runner.on_finished
     reminders = ReminderWatcher(
         room,
         store,

@@ -8,6 +8,7 @@ The key's passphrase is a ``SecretStr``: it never shows in a repr or a log.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from bot.errors import SettingsError
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+
+
+def check_tags(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Tags are short lower-case words (``prod``, ``eu-west``), each once."""
+    for tag in value:
+        if not _TAG.match(tag):
+            raise ValueError("tags are lower-case letters, digits, dot, dash and underscore (at most 32)")
+    return tuple(dict.fromkeys(value))
 
 
 class PanelEntry(BaseModel):
@@ -39,6 +49,13 @@ class PanelEntry(BaseModel):
     reconnect_backoff_max_s: float = Field(default=30.0, ge=0)
     #: "totp": approving a rotation of this panel needs a TOTP code (None: the global step_up)
     step_up: Literal["none", "totp"] | None = None
+    #: labels for choosing several panels at once (``/rotate-key --tag prod``)
+    tags: tuple[str, ...] = ()
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_tags(value)
 
     @field_validator("host")
     @classmethod

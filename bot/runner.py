@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from slack_sdk import WebClient
 
@@ -52,6 +52,16 @@ EngineClients = Callable[[str], EngineClient]
 NOTHING_CHANGED_CODES = frozenset(
     {"unknown_rotation", "replan_failed", "bad_request", "plan_required", *MISMATCH_CODES}
 )
+
+
+class Delegate(Protocol):
+    """A registered operation's own runner (``bot.fleet.FleetRunner``)."""
+
+    def start(self, request_id: str) -> object: ...
+
+    def resume(self, requests: Iterable[RotationRequest]) -> object: ...
+
+    def close(self, wait: bool = True) -> None: ...
 
 
 class _Shutdown(Exception):
@@ -86,17 +96,27 @@ class Runner:
         self._active: set[str] = set()
         #: called after each run's final report (the bot refreshes its Home tabs)
         self.on_finished: Callable[[RotationRequest], None] | None = None
+        #: operations that run themselves (``handlers.ops``, e.g. the fleet), by op name
+        self.delegates: dict[str, Delegate] = {}
 
     # --- entry points ------------------------------------------------------------------
 
     def start(self, request_id: str) -> Future[None] | None:
         """Run an approved request in the background (once per process at a time)."""
+        if self.delegates:
+            request = self.store.get(request_id)
+            if request is not None and (delegate := self.delegates.get(request.op)) is not None:
+                delegate.start(request_id)
+                return None
         return self._submit(request_id, self._run)
 
     def resume(self) -> list[Future[None]]:
         """After a restart: run approved requests, re-attach running ones, finish reports."""
         futures = []
         for request in self.store.list_in_states([State.APPROVED, State.RUNNING]):
+            if (delegate := self.delegates.get(request.op)) is not None:
+                delegate.resume([request])
+                continue
             work = self._run if request.state == State.APPROVED else self._reattach
             future = self._submit(request.id, work)
             if future is not None:
@@ -111,6 +131,8 @@ class Runner:
     def close(self, wait: bool = True) -> None:
         """Stop following engines (their rotations go on) and wait for the threads."""
         self._stopping.set()
+        for delegate in set(self.delegates.values()):
+            delegate.close(wait=wait)
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
     def _submit(self, request_id: str, work: Callable[[str], None]) -> Future[None] | None:

@@ -33,11 +33,18 @@ Environment: ``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``
     reminder_interval_days = 7           # one reminder per panel and secret per interval
     reminder_check_minutes = 60          # how often the bot looks at the ages
 
+    fleet_concurrency = 4                # panels a fleet request runs at once
+    stop_on_failure = false              # a failed panel stops the fleet's queued panels
+
     [max_key_age_days_by_panel]          # per panel, instead of max_key_age_days
     prod-eu = 90
 
+    [offboard_reach]                     # /rotate-offboard: panels (or tag:NAME) a person
+    U0ERIN = ["tag:eu", "prod-us-1"]     # could reach; not listed: every panel
+
     [panels.prod-eu]                     # an engine reached over SSH (bot.inventory)
     host = "prod-eu.example.net"
+    tags = ["prod", "eu"]                # /rotate-key --tag prod
     user = "rotator"
     key_file = "/etc/myosicam-rotator-bot/id_ed25519"
     known_hosts = "/etc/myosicam-rotator-bot/known_hosts"
@@ -66,7 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import SettingsError
-from bot.inventory import Inventory
+from bot.inventory import Inventory, check_tags
 from bot.secret_files import refuse_loose_config
 from handlers.ports import AccessPolicy
 
@@ -131,6 +138,12 @@ class LocalPanel(BaseModel):
     profile: Path
     host: str = "localhost"
     step_up: Literal["none", "totp"] | None = None
+    tags: tuple[str, ...] = ()
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_tags(value)
 
 
 class RotatorConfig(BaseModel):
@@ -173,6 +186,23 @@ class RotatorConfig(BaseModel):
     step_up_window_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
     #: a new TOTP enrollment needs an enroll admin's approval (a second person) before it counts
     step_up_enrollment_approval: bool = True
+    fleet_concurrency: int = Field(default=4, ge=1, le=64)
+    stop_on_failure: bool = False
+    #: ``/rotate-offboard``: the panels (names, or ``tag:NAME``) each person could reach;
+    #: a person not listed could reach every panel
+    offboard_reach: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("offboard_reach")
+    @classmethod
+    def _reach(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        import re
+
+        for user, entries in value.items():
+            if not re.match(r"^[UW][A-Z0-9]{2,}$", user):
+                raise ValueError("keys are Slack user ids (U…/W…), not names")
+            if not entries:
+                raise ValueError("each person names at least one panel or tag:NAME")
+        return value
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -246,6 +276,15 @@ class Settings:
                 f"ROTATOR_CONFIG ({config_path}): max_key_age_days_by_panel names "
                 f"{sorted(unknown)[0]!r}, which is not a configured panel"
             )
+        for user, entries in config.offboard_reach.items():
+            for entry in entries:
+                tag = entry.removeprefix("tag:")
+                known = tag in self.known_tags if entry.startswith("tag:") else entry in self.panel_names
+                if not known:
+                    raise SettingsError(
+                        f"ROTATOR_CONFIG ({config_path}): offboard_reach.{user} names {entry!r}, "
+                        "which is not a configured panel or tag:NAME"
+                    )
         if not self.panel_names:
             raise SettingsError(
                 f"ROTATOR_CONFIG ({config_path}): no panels; add a [panels.<name>] "
@@ -310,6 +349,17 @@ class Settings:
             return self.config.panels.get(name).host
         local = self.config.local_panels.get(name)
         return local.host if local else name
+
+    @property
+    def panel_tags(self) -> dict[str, tuple[str, ...]]:
+        """Panel name -> its tags (``[panels.NAME] tags = [...]``)."""
+        tags = {name: local.tags for name, local in self.config.local_panels.items()}
+        tags.update({name: entry.tags for name, entry in self.config.panels.panels.items()})
+        return tags
+
+    @property
+    def known_tags(self) -> set[str]:
+        return {tag for tags in self.panel_tags.values() for tag in tags}
 
     def max_key_age_s(self, panel: str) -> float:
         """How old ``panel``'s key and agent tokens may get before the bot reminds."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from handlers import blocks, cards, step_up
+from handlers import blocks, cards, ops, step_up
 from handlers import messages as m
 from handlers.ports import (
     Decision,
@@ -90,8 +90,10 @@ def approve(
             return ClickOutcome(answer=m.self_approval(others))
         if not deps.policy.may_approve(person, deps.directory):
             return ClickOutcome(answer=m.not_an_approver(approvers))
+        if refusal := ops.approval_refusal(deps, person):
+            return ClickOutcome(answer=refusal)
         detail: dict[str, Any] = {}
-        if deps.step_up is not None and deps.step_up.required(request.panel):
+        if deps.step_up is not None and any(map(deps.step_up.required, ops.panels_of(request))):
             if stepped_up != step_up.APPROVED_WITH:
                 return ClickOutcome(needs_code=request)
             detail["approved_with"] = stepped_up

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from handlers import messages as m
+from handlers import ops
 from handlers.plan import PlanView
 from handlers.ports import RotationRequest, State, Transition
 
@@ -93,6 +94,8 @@ def _title_state(request: RotationRequest) -> tuple[str, str]:
         if outcome.get("rolled_back") is False:
             return ":sos:", "failed, NOT rolled back"
         return ":sos:", "outcome unknown"
+    if state == State.VOIDED and outcome.get("voided_because"):
+        return ":warning:", "voided"
     return _TITLES.get(state, (pending_icon, "requested"))
 
 
@@ -208,6 +211,8 @@ def status_lines(
     if state == State.CANCELLED:
         return [m.cancelled_line(who, at, decision.reason if decision else "")]
     if state == State.VOIDED:
+        if because := request.outcome.get("voided_because"):  # not a plan change (offboarding)
+            return [f":warning: Voided: {because}"]
         return [approved, m.voided_line(request.outcome.get("differences") or [])]
     return [str(state)]
 
@@ -309,6 +314,14 @@ def request_card(
     name_requester: bool = True,
 ) -> Message:
     """The request card: who, why, the plan, the state and, while pending, the buttons."""
+    if (operation := ops.lookup(request.op)) is not None:
+        return operation.card(
+            request,
+            approvers=approvers,
+            approvals_required=approvals_required,
+            now=now,
+            name_requester=name_requester,
+        )
     status = status_lines(
         request,
         approvers=approvers,

@@ -22,7 +22,7 @@ from typing import Any
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from handlers import blocks, cards, enroll
+from handlers import blocks, cards, enroll, ops
 from handlers import messages as m
 from handlers.ports import (
     ACTIVE_STATES,
@@ -420,7 +420,7 @@ def register(app: App, deps: HandlerDeps) -> None:
 
         return rotation_command
 
-    app.command("/rotate-key")(_rotation_command(parse_rotate_key))
+    app.command("/rotate-key")(ops.route("/rotate-key", deps, _rotation_command(parse_rotate_key)))
     app.command("/rotate-agent")(_rotation_command(parse_rotate_agent))
     app.command("/rotate-incident")(_rotation_command(parse_rotate_incident))
     app.command("/rotate-db-password")(_rotation_command(parse_rotate_db_password))
@@ -483,8 +483,10 @@ def register(app: App, deps: HandlerDeps) -> None:
                 deps.policy.approvals_required,
                 deps.policy.expiry_s / 60,
                 step_up=deps.step_up is not None,
+                extra=ops.help_lines(),
             )
         )
 
     app.command("/rotate-help")(rotate_help)
     enroll.register(app, deps)
+    ops.register(app, deps)

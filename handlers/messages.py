@@ -758,7 +758,9 @@ def help_text(
     approvals_required: int,
     expiry_min: float,
     step_up: bool = False,
+    extra: Sequence[str] = (),
 ) -> str:
+    """``extra``: the registered operations' own lines (``handlers.ops.help_lines``)."""
     known = esc(", ".join(panels)) or "none configured"
     enroll = [
         esc(
@@ -787,6 +789,7 @@ def help_text(
                 "• `/rotate-db-password [panel] <reason>`: give the panel's database user a new "
                 "password (`DB_PASSWORD` in `.env`); the old one stops working."
             ),
+            *extra,
             "• `/rotate-status [id]`: pending and running requests, or one request's history.",
             esc("• `/rotate-cancel <id>`: withdraw your own pending request."),
             *(enroll if step_up else []),

@@ -79,6 +79,9 @@ class PlanView:
     password_fingerprint: str = ""
     #: rotate-db-password: every account the current password opens, with its routes
     db_accounts: tuple[str, ...] = ()
+    #: a fleet request (``handlers.ops.fleet``): who or what was chosen, and each panel's
+    #: plans (``members``), bound by their hashes
+    fleet: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_engine(
@@ -124,10 +127,18 @@ class PlanView:
         )
 
     def binding(self) -> dict[str, Any]:
-        return {
+        out = {
             name: list(value) if isinstance(value := getattr(self, name), tuple) else value
             for name in BINDING_FIELDS
         }
+        if self.fleet:  # every panel's plan hash (a one-panel plan binds as before)
+            out["fleet"] = {
+                **{k: v for k, v in self.fleet.items() if k != "members"},
+                "members": [
+                    [m.get("panel"), m.get("plan_hashes"), m.get("host_key")] for m in self.fleet["members"]
+                ],
+            }
+        return out
 
     @property
     def hash(self) -> str:
@@ -150,6 +161,8 @@ class PlanView:
         """What changed from ``self`` (approved) to ``other`` (now), in card words."""
         mine, theirs = self.binding(), other.binding()
         out = []
+        if mine.get("fleet") != theirs.get("fleet"):
+            out.append("the panels' plans changed")
         for name in BINDING_FIELDS:
             if mine[name] != theirs[name]:
                 out.append(f"{_LABELS[name]} {_show(mine[name])} -> {_show(theirs[name])}")
@@ -175,6 +188,7 @@ class PlanView:
         values["parts"] = tuple(dict(p) for p in values.get("parts") or ())
         values["manual"] = tuple(dict(i) for i in values.get("manual") or ())
         values["db_accounts"] = tuple(str(a) for a in values.get("db_accounts") or ())
+        values["fleet"] = dict(values.get("fleet") or {})
         values["columns"] = {str(k): int(v) for k, v in dict(values.get("columns") or {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})

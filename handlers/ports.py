@@ -489,6 +489,8 @@ class HandlerDeps:
     panel_hosts: dict[str, str] = field(default_factory=dict)
     #: the second factor asked before an approval counts (None: step-up is off everywhere)
     step_up: StepUp | None = None
+    #: each registered operation's own settings and ports (``handlers.ops``), by its name
+    ops_config: dict[str, Any] = field(default_factory=dict)
 
     def after_ack(
         self, body: dict[str, Any], work: Callable[[], None], *, lane: Lane = Lane.CLICK

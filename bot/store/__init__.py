@@ -8,6 +8,7 @@
     bot.store.deliveries   Slack deliveries seen (durable retry dedupe)
     bot.store.reminders    key-age reminders sent (not repeated within their interval)
     bot.store.home_viewers who opened the App Home tab (refreshed after each run, any replica)
+    bot.store.fleets       fleet runs (a row per panel) and the people offboarded
     bot.store.enrollments  approvers' TOTP enrollments (sealed secrets), used steps, failures
     bot.store.audit_chain  the audit log's hash chain as stored (verify/export: ``bot.audit``)
 
@@ -27,6 +28,7 @@ from bot.store.audit_chain import AuditRows
 from bot.store.backends import Backend
 from bot.store.deliveries import DELIVERY_TTL_S, DeliveryRows
 from bot.store.enrollments import EnrollmentRows
+from bot.store.fleets import FleetRows
 from bot.store.home_viewers import HomeViewerRows
 from bot.store.reminders import ReminderRows
 from bot.store.requests import RequestRows
@@ -35,9 +37,11 @@ from bot.store.sql import Tx
 __all__ = ["DELIVERY_TTL_S", "Store", "Tx", "open_backend", "open_store"]
 
 
-class Store(RequestRows, DeliveryRows, AuditRows, ReminderRows, EnrollmentRows, HomeViewerRows):
+class Store(
+    RequestRows, DeliveryRows, AuditRows, ReminderRows, EnrollmentRows, HomeViewerRows, FleetRows
+):
     """The bot's state: requests, their transitions, Slack deliveries seen, the audit log,
-    reminders sent, TOTP enrollments, Home tab viewers."""
+    reminders sent, TOTP enrollments, Home tab viewers, fleet runs, offboarded people."""
 
 
 def open_store(

@@ -40,6 +40,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables of 0.1.0 and 0.2.0", schema.SQLITE, schema.MYSQL),
     Migration(2, "TOTP enrollments: status, confirmation, DM and approver columns", (), (),
               add_columns=schema.ADDED_COLUMNS),
+    Migration(3, "fleet runs (a row per panel) and offboarded people", schema.FLEETS_SQLITE, schema.FLEETS_MYSQL),
 )
 
 LOCK_NAME = "myosicam_rotator_store_migrations"

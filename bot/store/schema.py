@@ -151,3 +151,60 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("totp_enrollments", "dm_file", "VARCHAR(32) NOT NULL DEFAULT ''"),
     ("totp_enrollments", "approved_by", "VARCHAR(128) NOT NULL DEFAULT ''"),
 )
+
+
+#: Migration 3's tables: a fleet's runs, one row per panel (``bot.store.fleets``), and the
+#: people offboarded (their approvals no longer count).
+FLEETS_SQLITE = (
+    """CREATE TABLE IF NOT EXISTS fleet_panels (
+        fleet_id VARCHAR(64) NOT NULL,
+        panel VARCHAR(64) NOT NULL,
+        position INTEGER NOT NULL,
+        state VARCHAR(16) NOT NULL,
+        leg INTEGER NOT NULL,
+        run_id VARCHAR(64) NOT NULL,
+        last_seq BIGINT NOT NULL,
+        step VARCHAR(64) NOT NULL,
+        old_fp VARCHAR(32) NOT NULL,
+        new_fp VARCHAR(32) NOT NULL,
+        vals BIGINT NOT NULL,
+        code VARCHAR(64) NOT NULL,
+        message TEXT NOT NULL,
+        started_at DOUBLE,
+        finished_at DOUBLE,
+        updated_at DOUBLE NOT NULL,
+        PRIMARY KEY (fleet_id, panel))""",
+    """CREATE TABLE IF NOT EXISTS offboarded_people (
+        user_id VARCHAR(32) NOT NULL PRIMARY KEY,
+        request_id VARCHAR(64) NOT NULL,
+        actor VARCHAR(128) NOT NULL,
+        at DOUBLE NOT NULL)""",
+)
+
+FLEETS_MYSQL = (
+    """CREATE TABLE IF NOT EXISTS fleet_panels (
+        fleet_id VARCHAR(64) NOT NULL,
+        panel VARCHAR(64) NOT NULL,
+        position INT NOT NULL,
+        state VARCHAR(16) NOT NULL,
+        leg INT NOT NULL,
+        run_id VARCHAR(64) NOT NULL,
+        last_seq BIGINT NOT NULL,
+        step VARCHAR(64) NOT NULL,
+        old_fp VARCHAR(32) NOT NULL,
+        new_fp VARCHAR(32) NOT NULL,
+        vals BIGINT NOT NULL,
+        code VARCHAR(64) NOT NULL,
+        message TEXT NOT NULL,
+        started_at DOUBLE NULL,
+        finished_at DOUBLE NULL,
+        updated_at DOUBLE NOT NULL,
+        PRIMARY KEY (fleet_id, panel)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    """CREATE TABLE IF NOT EXISTS offboarded_people (
+        user_id VARCHAR(32) NOT NULL PRIMARY KEY,
+        request_id VARCHAR(64) NOT NULL,
+        actor VARCHAR(128) NOT NULL,
+        at DOUBLE NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+)

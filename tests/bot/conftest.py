@@ -101,6 +101,7 @@ def write_config(
     extra: Mapping[str, Any] | None = None,
     profiles: dict[str, Path] | None = None,
     ssh_panels: Mapping[str, PanelEntry] | None = None,
+    tags: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Path:
     """The bot's TOML: ``panels`` run a local engine, ``ssh_panels`` are ``[panels.X]`` entries."""
 
@@ -123,11 +124,14 @@ def write_config(
             f'[local_panels."{name}"]',
             f'profile = "{profile}"',
             f'host = "{name}.example.net"',
+            *([f"tags = {toml_list(tuple((tags or {})[name]))}"] if (tags or {}).get(name) else []),
         ]
     for name, entry in (ssh_panels or {}).items():
         fields = entry.model_dump(mode="json", exclude={"name", "key_passphrase"}, exclude_none=True)
         if entry.key_passphrase is not None:
             fields["key_passphrase"] = entry.key_passphrase.get_secret_value()
+        if (tags or {}).get(name):
+            fields["tags"] = list((tags or {})[name])
         lines += ["", f'[panels."{name}"]', *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path.chmod(0o640)  # as setup-bot-host.sh makes it: the bot refuses a store password others can read
@@ -254,6 +258,7 @@ def make_bot(
         clock: Callable[[], float] | None = None,
         expiry_max_wait_s: float = 30.0,
         limits: HttpLimits | None = None,
+        fleet_update_interval_s: float = 0.2,
         **config: Any,
     ) -> BotUnderTest:
         n = next(counter)
@@ -280,7 +285,10 @@ def make_bot(
             engine = engine or FakeEngineHost()
             hosts.append(engine)
             engine_clients = {name: engine.client() for name in settings.panel_names}
-        options: dict[str, Any] = {"expiry_max_wait_s": expiry_max_wait_s}
+        options: dict[str, Any] = {
+            "expiry_max_wait_s": expiry_max_wait_s,
+            "fleet_update_interval_s": fleet_update_interval_s,
+        }
         if clock:
             options["clock"] = clock
         rotator = build_rotator(settings, the_store, engine_clients, **options)

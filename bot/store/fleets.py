@@ -1,0 +1,113 @@
+"""Fleet runs, one row per panel, and the people offboarded.
+
+A fleet request (``handlers.ops.fleet``) is one ``rotation_requests`` row; its panels'
+runs are rows here, so that panels running in parallel never contend for the request's
+compare-and-swap, and a restarted bot knows which panels were not started (``queued``),
+which to re-attach (``running``, with the run id and the last event's ``seq``) and which
+are done. A panel's final state is written with its audit record in one transaction:
+one record per panel, tied to the fleet request (``fleet.panel``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bot.store.audit_chain import append_in
+from bot.store.database import Database
+from handlers.ops.fleet import PanelRun
+
+_COLUMNS = (
+    "fleet_id, panel, position, state, leg, run_id, last_seq, step, old_fp, new_fp, vals, "
+    "code, message, started_at, finished_at"
+)
+
+
+def _run(row: tuple[Any, ...]) -> PanelRun:
+    return PanelRun(
+        fleet_id=str(row[0]),
+        panel=str(row[1]),
+        position=int(row[2]),
+        state=str(row[3]),
+        leg=int(row[4]),
+        run_id=str(row[5]),
+        last_seq=int(row[6]),
+        step=str(row[7]),
+        old_fingerprint=str(row[8]),
+        new_fingerprint=str(row[9]),
+        values=int(row[10]),
+        code=str(row[11]),
+        message=str(row[12]),
+        started_at=None if row[13] is None else float(row[13]),
+        finished_at=None if row[14] is None else float(row[14]),
+    )
+
+
+class FleetRows(Database):
+    def add_fleet_panels(self, fleet_id: str, panels: Iterable[tuple[str, int, int]]) -> None:
+        """``(panel, position, values)`` of a fleet, queued; panels already there are kept."""
+        now = self.clock()
+        with self.transaction() as tx:
+            for panel, position, values in panels:
+                tx.execute(
+                    f"{self._backend.insert_ignore} INTO fleet_panels ({_COLUMNS}, updated_at) "
+                    "VALUES (?, ?, ?, 'queued', 0, '', 0, '', '', '', ?, '', '', NULL, NULL, ?)",
+                    (fleet_id, panel, position, values, now),
+                )
+
+    def fleet_panels(self, fleet_id: str) -> list[PanelRun]:
+        with self.transaction() as tx:
+            rows = tx.all(
+                f"SELECT {_COLUMNS} FROM fleet_panels WHERE fleet_id = ? ORDER BY position",
+                (fleet_id,),
+            )
+        return [_run(row) for row in rows]
+
+    def save_panel_run(self, run: PanelRun, *, audit: dict[str, Any] | None = None) -> None:
+        """Write ``run``; with ``audit``, its ``fleet.panel`` record in the same transaction."""
+        now = self.clock()
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE fleet_panels SET state = ?, leg = ?, run_id = ?, last_seq = ?, step = ?, "
+                "old_fp = ?, new_fp = ?, vals = ?, code = ?, message = ?, started_at = ?, "
+                "finished_at = ?, updated_at = ? WHERE fleet_id = ? AND panel = ?",
+                (
+                    run.state, run.leg, run.run_id, run.last_seq, run.step[:64],
+                    run.old_fingerprint[:32], run.new_fingerprint[:32], run.values, run.code[:64],
+                    run.message[:2000], run.started_at, run.finished_at, now, run.fleet_id, run.panel,
+                ),
+            )  # fmt: skip
+            if audit is not None:
+                append_in(
+                    tx,
+                    self.audit_key,
+                    kind="fleet.panel",
+                    request_id=run.fleet_id,
+                    actor="engine",
+                    data=audit,
+                    ts_ms=int(now * 1000),
+                )
+
+    def mark_offboarded(self, user_id: str, *, request_id: str, actor: str) -> bool:
+        """Record that ``user_id`` left (audited); False if they were already recorded."""
+        now = self.clock()
+        with self.transaction() as tx:
+            added = tx.execute(
+                f"{self._backend.insert_ignore} INTO offboarded_people (user_id, request_id, actor, at) "
+                "VALUES (?, ?, ?, ?)",
+                (user_id[:32], request_id, actor[:128], now),
+            )
+            append_in(
+                tx,
+                self.audit_key,
+                kind="person.offboarded",
+                request_id=request_id,
+                actor=actor,
+                data={"user": user_id, "approvals": "revoked", "first_time": added == 1},
+                ts_ms=int(now * 1000),
+            )
+        return added == 1
+
+    def is_offboarded(self, user_id: str) -> bool:
+        with self.transaction() as tx:
+            return tx.one("SELECT 1 FROM offboarded_people WHERE user_id = ?", (user_id[:32],)) is not None

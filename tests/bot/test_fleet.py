@@ -1,0 +1,227 @@
+"""Fleets against the scripted engine: one approval rotates many panels, the run's Slack
+messages stay within Slack's limits, and an offboarding revokes the person's approvals.
+
+The bot is the real Bolt app over signed HTTP (tests/bot/conftest.py); each panel is its
+own ``FakeEngineHost`` (the scripted engine, which checks requests as the engine does).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from bot.fakes.slack_api import Call
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    CAROL,
+    CHANNEL,
+    BotUnderTest,
+    MakeBot,
+    answers_to,
+    card_request_id,
+    is_card,
+    wait_until,
+)
+from tests.support.fake_engine import FakeEngineHost, rolled_back_rotation
+
+ERIN = "U0ERIN"
+
+
+@dataclass
+class Fleet:
+    bot: BotUnderTest
+    hosts: dict[str, FakeEngineHost]
+
+    def request(self, command: str, text: str, user: str = ALICE) -> tuple[str, str]:
+        before = len(self.bot.cards())
+        sent = self.bot.command(command, text, user)
+        assert sent.status == 200 and not sent.answer, sent.answer
+        card = self.bot.fake.wait_for("chat.postMessage", is_card, count=before + 1, timeout=60)[-1]
+        request_id, ts = card_request_id(card), str(card.response["ts"])
+        wait_until(lambda: self.bot.state(request_id, "message_ts") == ts)
+        return request_id, ts
+
+    def finished(self, request_id: str, timeout: float = 60) -> None:
+        wait_until(lambda: self.bot.state(request_id) in ("done", "failed"), timeout=timeout, what="the fleet finished")
+        wait_until(lambda: bool(self.uploads(request_id, "panels")), what="the table was uploaded")
+
+    def uploads(self, request_id: str, kind: str) -> list[dict[str, object]]:
+        return [u for u in self.bot.fake.uploads() if str(u.get("filename")) == f"{request_id}-{kind}.csv"]
+
+    def table(self, request_id: str) -> list[dict[str, str]]:
+        data = self.uploads(request_id, "panels")[-1]["data"]
+        assert isinstance(data, bytes)
+        return list(csv.DictReader(io.StringIO(data.decode())))
+
+
+def make_fleet(make_bot: MakeBot, n: int, tags: dict[str, tuple[str, ...]] | None = None, **config: object) -> Fleet:
+    names = tuple(f"panel-{i:03d}" for i in range(n))
+    hosts = {}
+    for name in names:
+        host = FakeEngineHost()
+        host.plan_result["panel"] = name
+        hosts[name] = host
+    bot = make_bot(
+        panels=names,
+        engine_clients={name: hosts[name].client() for name in names},
+        tags=tags or {},
+        **config,
+    )
+    return Fleet(bot, hosts)
+
+
+def thread_calls(bot: BotUnderTest, ts: str) -> list[Call]:
+    return [c for c in bot.fake.calls_to("chat.postMessage") if c.params.get("thread_ts") == ts]
+
+
+def test_one_approval_rotates_every_tagged_panel_and_only_those(make_bot: MakeBot) -> None:
+    """``/rotate-key --tag prod``: one card lists every prod panel's plan; Bob's one approval
+    runs each panel's own engine run, bound to that panel's plan; the staging panel is untouched."""
+    tags = {f"panel-{i:03d}": ("prod",) for i in range(5)} | {"panel-005": ("staging",)}
+    fleet = make_fleet(make_bot, 6, tags)
+    request_id, ts = fleet.request("/rotate-key", "--tag prod quarterly review")
+    card = fleet.bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert "Fleet key rotation requested: tag prod (5 panels)" in card
+    assert "panel-000 1,204" in card and "panel-005" not in card
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.finished(request_id)
+    assert fleet.bot.state(request_id) == "done"
+    for name, host in fleet.hosts.items():
+        runs = host.ops("rotate-key")
+        assert len(runs) == (1 if name != "panel-005" else 0), name
+        assert host.refusals == []
+    rows = fleet.table(request_id)
+    assert [(r["panel"], r["outcome"]) for r in rows] == [(f"panel-{i:03d}", "verified") for i in range(5)]
+    summary = [c.text for c in thread_calls(fleet.bot, ts) if "finished:" in c.text]
+    assert summary and "5/5 panels verified" in summary[-1]
+    records = [e for e in fleet.bot.rotator.audit.store.audit_entries() if e["kind"] == "fleet.panel"]
+    assert sorted(json.loads(e["data"])["panel"] for e in records if e["request_id"] == request_id) == sorted(
+        f"panel-{i:03d}" for i in range(5)
+    )
+
+
+def test_a_failed_panel_rolls_back_and_the_others_finish(make_bot: MakeBot) -> None:
+    """One panel's engine rolls back: it gets the run's only failure reply; the rest verify."""
+    fleet = make_fleet(make_bot, 4)
+    fleet.hosts["panel-002"].rotation_script = rolled_back_rotation
+    request_id, ts = fleet.request("/rotate-key", "--all-panels quarterly review")
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.finished(request_id)
+    assert fleet.bot.state(request_id) == "failed"
+    outcomes = {r["panel"]: r["outcome"] for r in fleet.table(request_id)}
+    assert outcomes == {
+        "panel-000": "verified",
+        "panel-001": "verified",
+        "panel-002": "rolled back",
+        "panel-003": "verified",
+    }
+    replies = [c.text for c in thread_calls(fleet.bot, ts) if c.text.startswith(("↩", ":sos:", "⊘"))]
+    assert len(replies) == 1 and replies[0].startswith("↩ panel-002") and "Rolled back" in replies[0]
+
+
+def test_bad_input_gets_a_clear_answer(make_bot: MakeBot) -> None:
+    fleet = make_fleet(make_bot, 3, {"panel-000": ("prod",)})
+    answers = {
+        "--panels panel-000,panel-09 why not": "Unknown panel `panel-09`",
+        "--tag nope review": "Unknown tag `nope`. Known tags: `prod`",
+        "--tag prod --all-panels review": "Choose panels one way",
+        "--all-panels --with keys review": "`--with` takes `db-password`, `agents` or both",
+        "--all-panels": "Say why",
+        "--panels": "--panels needs a value",
+    }
+    for text, expected in answers.items():
+        sent = fleet.bot.command("/rotate-key", text)
+        assert expected in sent.answer, (text, sent.answer)
+    assert "Name the person with an @-mention" in fleet.bot.command("/rotate-offboard", "@erin left").answer
+    assert "cannot offboard yourself" in fleet.bot.command("/rotate-offboard", f"<@{ALICE}|alice> left").answer
+    assert fleet.bot.cards() == []
+
+
+def test_offboarding_voids_the_departing_persons_requests_and_approvals(make_bot: MakeBot) -> None:
+    """Erin's pending request, and a request Erin approved (of two needed), are voided when
+    her offboarding is filed; her later approval does not count; the card says what was done."""
+    fleet = make_fleet(make_bot, 3, approvals_required=2, approvers=("S0ONCALL",))
+    fleet.bot.fake.groups["S0ONCALL"] = [BOB, CAROL, ALICE, ERIN]
+    fleet.bot.fake.groups["S0SECOPS"] = [ALICE, BOB, CAROL, ERIN]
+    fleet.bot.fake.users = (fleet.bot.fake.users or set()) | {ERIN}
+    hers, _ = fleet.bot.request_key("panel-000 routine", user=ERIN)
+    approved, approved_ts = fleet.bot.request_key("panel-001 routine", user=ALICE)
+    fleet.bot.approve(approved, approved_ts, ERIN)
+    wait_until(lambda: len(fleet.bot.store.get(approved).approvals) == 1)  # type: ignore[union-attr]
+    request_id, ts = fleet.request("/rotate-offboard", f"<@{ERIN}|erin> left the ops team, HR-2211")
+    assert fleet.bot.state(hers) == "voided" and fleet.bot.state(approved) == "voided"
+    voided_card = fleet.bot.fake.latest_card(CHANNEL, approved_ts).all_text()
+    assert (
+        f":warning: Voided: <@{ERIN}> was offboarded by request `{request_id}`: their approval no longer counts"
+        in voided_card
+    )
+    card = fleet.bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert f"Offboarding <@{ERIN}> requested: rotate every panel they could reach (3 panels)" in card
+    assert "Reach: every panel" in card
+    assert f"Done at request time: <@{ERIN}>'s approvals revoked; 2 pending requests voided" in card
+    assert "A person must still: remove" in card
+    fleet.bot.approve(request_id, ts, ERIN)
+    answer = answers_to(fleet.bot.fake, ERIN, count=2)[-1].text
+    assert "You were offboarded" in answer
+    assert fleet.bot.state(request_id) == "pending"
+
+
+def test_a_restart_mid_run_resumes_queued_and_reattaches_running_panels(make_bot: MakeBot) -> None:
+    """The bot stops while two panels run and two wait; the next bot re-attaches the running
+    ones, starts the queued ones, and each panel ran exactly once."""
+    fleet = make_fleet(make_bot, 4, fleet_concurrency=2)
+    gates = [host.pause_before("restart") for host in fleet.hosts.values()]
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.hosts["panel-000"].wait_reached("restart")
+    fleet.hosts["panel-001"].wait_reached("restart")
+    states = {r.panel: r.state for r in fleet.bot.store.fleet_panels(request_id)}
+    assert states == {"panel-000": "running", "panel-001": "running", "panel-002": "queued", "panel-003": "queued"}
+    fleet.bot.close()  # the bot goes away mid-run; the engines go on
+    for gate in gates:
+        gate.set()
+    second = make_bot(
+        panels=tuple(fleet.hosts),
+        engine_clients={name: host.client() for name, host in fleet.hosts.items()},
+        fleet_concurrency=2,
+    )
+    fleet.bot = second
+    fleet.finished(request_id)
+    assert second.state(request_id) == "done"
+    for name, host in fleet.hosts.items():
+        assert len(host.ops("rotate-key")) == 1, name
+        assert [r.rotation_id for r in host.ops("attach")] == (
+            [r.id for r in host.ops("rotate-key")] if name in ("panel-000", "panel-001") else []
+        )
+
+
+@pytest.mark.slow
+def test_500_panels_stay_within_slacks_limits_and_429s_are_retried(make_bot: MakeBot) -> None:
+    """500 panels: every message the bot sends is one Slack accepts (the fake checks the block
+    limits), the checklist is one message updated in place, and rate-limited calls succeed
+    on retry."""
+    fleet = make_fleet(make_bot, 500, fleet_concurrency=16)
+    request_id, ts = fleet.request(
+        "/rotate-key",
+        "--all-panels review",
+    )
+    fleet.bot.fake.rate_limit(3, retry_after=1, methods=["chat.update"], times=3)
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.finished(request_id, timeout=120)
+    assert fleet.bot.state(request_id) == "done"
+    calls = fleet.bot.fake.calls
+    assert [c for c in calls if c.status != 200 and c.status != 429] == []
+    assert all(c.ok for c in calls if c.status == 200 and c.method.startswith("chat.")), [
+        c.response for c in calls if not c.ok
+    ][:3]
+    assert len([c for c in calls if c.status == 429]) == 3
+    checklists = [c for c in thread_calls(fleet.bot, ts) if c.text.startswith("Fleet run")]
+    assert len(checklists) == 1
+    updates = [c for c in fleet.bot.fake.calls_to("chat.update") if c.params.get("ts") == checklists[0].response["ts"]]
+    assert updates and "500 verified" in updates[-1].text
+    assert len(fleet.table(request_id)) == 500
