@@ -30,7 +30,9 @@ It refuses what Slack refuses, so a green test means the card would appear:
   (``issue_trigger_id``, which ``SlackSender`` calls for every user action),
   once (``exchanged_trigger_id``) and within 3 s (``expired_trigger_id``);
 * ``rate_limit(every=N)`` answers every Nth call with HTTP 429, ``Retry-After``
-  and ``ratelimited``, as Slack does under load;
+  and ``ratelimited``, as Slack does under load; ``enforce_limits()`` (or
+  ``limits=``) applies Slack's own rate limits per method and workspace
+  (``chat.postMessage`` per channel), ``bot.fakes.slack_limits``, or tighter ones;
 * files (the v2 upload, three steps): ``files.getUploadURLExternal`` needs a
   ``filename`` and a positive ``length`` (``invalid_arguments``) and answers a
   ``file_id`` and an ``upload_url`` on this server; the bytes POSTed there are kept
@@ -70,6 +72,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from bot.fakes.slack_blocks import MAX_MESSAGE_TEXT, block_errors, view_errors
+from bot.fakes.slack_limits import SLACK_LIMITS, Limiter, RateLimits
 
 JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
 TRIGGER_TTL_S = 3.0  # Slack: "trigger_ids expire three seconds after they're issued"
@@ -93,6 +96,8 @@ class Call:
     at: float = field(default_factory=time.monotonic)
     response: dict[str, Any] = field(default_factory=dict)
     status: int = 200
+    #: a 429's ``Retry-After`` (seconds), when Slack's rate limits (``enforce_limits``) refused it
+    retry_after: int = 0
 
     @property
     def ok(self) -> bool:
@@ -134,6 +139,7 @@ class FakeSlack:
         users: Iterable[str] | None = None,
         trigger_ttl_s: float = TRIGGER_TTL_S,
         members: dict[str, Iterable[str]] | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         """``channels``/``users``: the ids that exist (None: any id of Slack's shape);
         ``members``: channel id -> the user ids in it (see the module's docstring)."""
@@ -165,6 +171,8 @@ class FakeSlack:
         self._deleted_ts: set[str] = set()  # messages removed by chat.delete
         self._deleted_files: set[str] = set()  # files removed by files.delete
         self._foreign: dict[str, dict[str, Any]] = {}  # ts -> a message a person posted
+        #: Slack's rate limits per method (``enforce_limits``); None: unlimited
+        self.limiter: Limiter | None = Limiter(limits) if limits else None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -195,7 +203,7 @@ class FakeSlack:
                 body = json.dumps(call.response).encode()
                 self.send_response(call.status)
                 if call.status == 429:
-                    self.send_header("Retry-After", str(fake._rate_retry_after))
+                    self.send_header("Retry-After", str(call.retry_after or fake._rate_retry_after))
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -296,6 +304,12 @@ class FakeSlack:
             self._rate_seen = 0
             self._rate_left = times
 
+    def enforce_limits(self, limits: RateLimits | None = SLACK_LIMITS) -> None:
+        """Refuse calls over Slack's rate limits (``bot.fakes.slack_limits``; tighter ones
+        for a test) with HTTP 429 and ``Retry-After``, as Slack does; None: no limits."""
+        with self._cond:
+            self.limiter = Limiter(limits) if limits else None
+
     def issue_trigger_id(self, *, age_s: float = 0.0) -> str:
         """A trigger id as Slack issues one with a user action; ``age_s`` back-dates it."""
         trigger = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}"
@@ -324,6 +338,8 @@ class FakeSlack:
         status = 200
         with self._cond:
             limited = self._rate_limited(method)
+            retry_after = 0 if limited or self.limiter is None else self.limiter.take(method, params)
+            limited = limited or retry_after > 0
             failures = None if limited else self._failures.get(method)
             error = failures.pop(0) if failures else None
         answer: dict[str, Any] | None = None
@@ -347,6 +363,7 @@ class FakeSlack:
                 raw_body=raw,
                 response=answer,
                 status=status,
+                retry_after=retry_after,
             )
             self._calls.append(call)
             self._cond.notify_all()

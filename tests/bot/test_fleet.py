@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from bot.fakes.slack_api import Call
+from bot.fakes.slack_limits import SLACK_LIMITS
 from tests.bot.conftest import (
     ALICE,
     BOB,
@@ -202,26 +203,25 @@ def test_a_restart_mid_run_resumes_queued_and_reattaches_running_panels(make_bot
 
 @pytest.mark.slow
 def test_500_panels_stay_within_slacks_limits_and_429s_are_retried(make_bot: MakeBot) -> None:
-    """500 panels: every message the bot sends is one Slack accepts (the fake checks the block
-    limits), the checklist is one message updated in place, and rate-limited calls succeed
-    on retry."""
+    """500 panels under Slack's own rate limits: every message is one Slack accepts (the fake
+    checks the block limits), the checklist is one message updated in place, coalesced, and
+    the calls Slack refused with 429 went through after their ``Retry-After``."""
     fleet = make_fleet(make_bot, 500, fleet_concurrency=16)
-    request_id, ts = fleet.request(
-        "/rotate-key",
-        "--all-panels review",
-    )
-    fleet.bot.fake.rate_limit(3, retry_after=1, methods=["chat.update"], times=3)
+    fleet.bot.fake.enforce_limits(SLACK_LIMITS)
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
     fleet.bot.approve(request_id, ts, BOB)
     fleet.finished(request_id, timeout=120)
     assert fleet.bot.state(request_id) == "done"
     calls = fleet.bot.fake.calls
-    assert [c for c in calls if c.status != 200 and c.status != 429] == []
-    assert all(c.ok for c in calls if c.status == 200 and c.method.startswith("chat.")), [
-        c.response for c in calls if not c.ok
-    ][:3]
-    assert len([c for c in calls if c.status == 429]) == 3
+    assert [c.response for c in calls if c.status == 200 and not c.ok] == []
+    limited = [c for c in calls if c.status == 429]
+    assert limited, "the run never met Slack's rate limits: the test proves nothing"
     checklists = [c for c in thread_calls(fleet.bot, ts) if c.text.startswith("Fleet run")]
     assert len(checklists) == 1
-    updates = [c for c in fleet.bot.fake.calls_to("chat.update") if c.params.get("ts") == checklists[0].response["ts"]]
-    assert updates and "500 verified" in updates[-1].text
+    checklist_ts = checklists[0].response["ts"]
+    updates = [c for c in fleet.bot.fake.calls_to("chat.update") if c.params.get("ts") == checklist_ts]
+    assert updates[-1].ok and "✔ 500 verified" in updates[-1].text
+    assert len(updates) < 100  # coalesced: far fewer updates than panel events
+    card = fleet.bot.fake.latest_card(CHANNEL, ts)
+    assert card.ok and "500/500" not in card.text and "✔ 500 verified" in card.all_text()
     assert len(fleet.table(request_id)) == 500
