@@ -48,8 +48,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="write the postmortem appendix of this request (rotation id) instead of the whole log",
     )  # fmt: skip
     export.add_argument(
+        "--fleet", default=None, metavar="ID",
+        help="write the record of this fleet request (one row per panel) instead of the whole log",
+    )  # fmt: skip
+    export.add_argument(
         "--format", default=None, choices=("jsonl", "markdown"),
-        help="jsonl (the whole log, default) or markdown (with --incident)",
+        help="jsonl (the whole log, default) or markdown (with --incident or --fleet)",
     )  # fmt: skip
     verify = audit_sub.add_parser(
         "verify", help="check the chain, its HMACs, and the anchors seen outside the store",
@@ -144,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(store_url(args.store), audit_key=key)
     try:
         audit = AuditLog(store)
+        if args.audit_command == "export" and args.fleet:
+            return _export_fleet(store, args)
         if args.audit_command == "export" and (args.incident or args.format == "markdown"):
             return _export_incident(store, args)
         if args.audit_command == "export":
@@ -198,6 +204,27 @@ def _export_incident(store: Any, args: argparse.Namespace) -> int:
         with open(args.output, "w", encoding="utf-8") as out:
             out.write(text)
         print(f"wrote the appendix of {request.id} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _export_fleet(store: Any, args: argparse.Namespace) -> int:
+    """``export --fleet ID --format markdown``: one row per panel, from the audit log."""
+    from bot.fleet_report import markdown
+
+    if args.incident:
+        raise BotError("--fleet and --incident each write one request: give one of them")
+    if args.format == "jsonl":
+        raise BotError("--fleet writes Markdown: use --format markdown")
+    request = store.get(args.fleet)
+    if request is None or not request.plan.fleet:
+        raise BotError(f"--fleet: no fleet request {args.fleet!r} in the store")
+    text = markdown(request, store.history(request.id), store.audit_entries())
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"wrote the record of fleet {request.id} to {args.output}", file=sys.stderr)
     return 0
 
 

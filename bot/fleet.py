@@ -289,6 +289,8 @@ class FleetRunner:
             return replace(run, new_fingerprint=new or run.new_fingerprint, old_fingerprint=old, step="")
         code = str(closing.get("code") or "engine_error")
         message = str(closing.get("message") or code)
+        if closing.get("new_fingerprint"):  # the key that was tried (and rolled back)
+            run = replace(run, new_fingerprint=str(closing["new_fingerprint"]))
         if closing.get("type") == "result":  # ok False: some parts or agents failed
             return replace(run, state="failed", code=code or "partial", message=message, finished_at=now)
         if closing.get("rolled_back") is True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +19,7 @@ from bot.fakes.slack_api import Call
 from bot.fakes.slack_limits import SLACK_LIMITS
 from tests.bot.conftest import (
     ALICE,
+    AUDIT_KEY,
     BOB,
     CAROL,
     CHANNEL,
@@ -28,7 +30,8 @@ from tests.bot.conftest import (
     is_card,
     wait_until,
 )
-from tests.support.fake_engine import FakeEngineHost, rolled_back_rotation
+from tests.support.fake_engine import NEW_FP, OLD_FP, FakeEngineHost, rolled_back_rotation
+from tests.support.procs import run_bot
 
 ERIN = "U0ERIN"
 
@@ -123,6 +126,30 @@ def test_a_failed_panel_rolls_back_and_the_others_finish(make_bot: MakeBot) -> N
     }
     replies = [c.text for c in thread_calls(fleet.bot, ts) if c.text.startswith(("↩", ":sos:", "⊘"))]
     assert len(replies) == 1 and replies[0].startswith("↩ panel-002") and "Rolled back" in replies[0]
+
+
+def test_audit_export_of_a_fleet_has_one_row_per_panel(make_bot: MakeBot) -> None:
+    """``audit export --fleet ID --format markdown`` (the operator's CLI: the store and the
+    audit key, no Slack) lists each panel's outcome from its audit record."""
+    fleet = make_fleet(make_bot, 3)
+    fleet.hosts["panel-001"].rotation_script = rolled_back_rotation
+    request_id, ts = fleet.request("/rotate-key", "--panels panel-000,panel-001,panel-002 review")
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.finished(request_id)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROTATOR_"))}
+    env |= {"ROTATOR_STORE": fleet.bot.settings.store_url, "ROTATOR_AUDIT_KEY": AUDIT_KEY.hex()}
+    exported = run_bot(env, "audit", "export", "--fleet", request_id, "--format", "markdown")
+    assert exported.returncode == 0, exported.stderr
+    rows = [line.split(" | ")[:4] for line in exported.stdout.splitlines() if line.startswith("| panel-")]
+    assert rows == [
+        ["| panel-000", "verified", OLD_FP, NEW_FP],
+        ["| panel-001", "rolled_back", OLD_FP, NEW_FP],
+        ["| panel-002", "verified", OLD_FP, NEW_FP],
+    ]
+    assert exported.stdout.startswith(f"# Fleet {request_id}: key rotation of panels panel-000, panel-001, panel-002")
+    assert "- audit anchor: `" in exported.stdout
+    unknown = run_bot(env, "audit", "export", "--fleet", "r-nope", "--format", "markdown")
+    assert (unknown.returncode, unknown.stderr.strip()) == (2, "error: --fleet: no fleet request 'r-nope' in the store")
 
 
 def test_bad_input_gets_a_clear_answer(make_bot: MakeBot) -> None:

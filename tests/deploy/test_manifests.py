@@ -107,7 +107,7 @@ def test_the_code_calls_what_the_scope_table_knows() -> None:
     assert registered_events() == {"app_home_opened"}
     assert registered_commands() == {
         "/rotate-key", "/rotate-agent", "/rotate-incident", "/rotate-db-password", "/rotate-cancel",
-        "/rotate-status", "/rotate-help", "/rotate-enroll",
+        "/rotate-status", "/rotate-help", "/rotate-enroll", "/rotate-offboard",
     }
 
 
