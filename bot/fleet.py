@@ -45,6 +45,9 @@ from handlers.ports import AccessPolicy, Person, RotationRequest, State
 log = logging.getLogger(__name__)
 
 EngineClients = Callable[[str], EngineClient]
+#: a run saved as started that its host does not know: asked again this often, this far apart
+UNKNOWN_RUN_RETRIES = 2
+UNKNOWN_RUN_WAIT_S = 1.0
 
 
 class StoreOffboarding:
@@ -203,6 +206,8 @@ class FleetRunner:
         except _Stopping:
             raise
         except Exception as exc:  # one panel's surprise must not stop the others
+            if self._stopping.is_set():
+                raise _Stopping from exc
             log.exception("panel %s of fleet %s failed in the bot", run.panel, fleet.id)
             message = f"the bot failed following it ({type(exc).__name__})"
             run = replace(run, state="failed", code="bot_error", message=message, finished_at=self.clock())
@@ -210,10 +215,18 @@ class FleetRunner:
         if run.state != "verified" and self.settings.stop_on_failure:
             stop.set()
 
-    def _leg(self, fleet: RotationRequest, run: f.PanelRun, plan: Any, reporter: _Reporter) -> f.PanelRun:
-        """One engine run of one panel (a new one, or re-attached after a restart)."""
+    def _leg(
+        self, fleet: RotationRequest, run: f.PanelRun, plan: Any, reporter: _Reporter, attempt: int = 0
+    ) -> f.PanelRun:
+        """One engine run of one panel (a new one, or re-attached after a restart).
+
+        A run the bot saved as started but its host never heard of (the bot stopped between
+        saving and sending) is asked for again a few times, then started afresh: the engine
+        re-checks the approved plan, so a run that did start meanwhile makes this one a
+        refusal (nothing changed), never a second rotation."""
         client = self.engine_clients(run.panel)
-        if run.state == "running" and run.run_id:
+        attaching = run.state == "running" and bool(run.run_id)
+        if attaching:
             request = Request(
                 v=PROTOCOL_VERSION, id=run.run_id, op="attach", rotation_id=run.run_id, after_seq=run.last_seq
             )
@@ -276,6 +289,12 @@ class FleetRunner:
                 "message": "the engine's event stream ended without a result",
                 "rolled_back": None,
             }
+        if attaching and closing.get("code") == "unknown_rotation" and not self._stopping.is_set():
+            if attempt < UNKNOWN_RUN_RETRIES:
+                self._stopping.wait(UNKNOWN_RUN_WAIT_S)
+                return self._leg(fleet, run, plan, reporter, attempt + 1)
+            log.info("%s never reached %s; starting it afresh", run.run_id, run.panel)
+            return self._leg(fleet, replace(run, state="queued", run_id="", last_seq=0), plan, reporter)
         return self._leg_end(run, closing, highest)
 
     def _leg_end(self, run: f.PanelRun, closing: dict[str, Any], highest: int) -> f.PanelRun:
