@@ -260,6 +260,12 @@ def panel_blocks(
     return out
 
 
+def key_age_order(status: PanelStatus) -> tuple[bool, float, str]:
+    """Oldest key first: a key never rotated here (age unknown) before any known age."""
+    known = status.key_rotated_at is not None
+    return known, status.key_rotated_at or 0.0, status.panel
+
+
 def home_view(
     statuses: Sequence[PanelStatus],
     pending: Sequence[RotationRequest],
@@ -269,7 +275,8 @@ def home_view(
     may_decide: Callable[[RotationRequest], bool],
     may_request: bool = True,
 ) -> dict[str, Any]:
-    """The whole Home tab (at most 100 blocks: panels past that are summarised)."""
+    """The whole Home tab, panels by key age, oldest first (at most 100 blocks: panels past
+    that are summarised)."""
     body: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": "Rotation control room"}}
     ]
@@ -283,7 +290,7 @@ def home_view(
         )
     body.append(blocks._context(f"Updated {m.clock_time(now)}"))
     left_out = 0
-    for status in statuses:
+    for status in sorted(statuses, key=key_age_order):
         part = panel_blocks(
             status,
             [r for r in pending if r.panel == status.panel],

@@ -11,12 +11,14 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import pytest
 
 from bot.fakes.slack_api import Call
 from bot.fakes.slack_limits import SLACK_LIMITS
+from bot.store import open_store
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,
@@ -30,6 +32,7 @@ from tests.bot.conftest import (
     is_card,
     wait_until,
 )
+from tests.bot.test_home import ages, open_home, texts
 from tests.support.fake_engine import NEW_FP, OLD_FP, FakeEngineHost, rolled_back_rotation
 from tests.support.procs import run_bot
 
@@ -177,6 +180,7 @@ def test_offboarding_voids_the_departing_persons_requests_and_approvals(make_bot
     fleet.bot.fake.groups["S0ONCALL"] = [BOB, CAROL, ALICE, ERIN]
     fleet.bot.fake.groups["S0SECOPS"] = [ALICE, BOB, CAROL, ERIN]
     fleet.bot.fake.users = (fleet.bot.fake.users or set()) | {ERIN}
+    assert fleet.bot.store.enroll(ERIN, "sealed-totp-secret", actor="T0TEAM/U0ERIN")
     hers, _ = fleet.bot.request_key("panel-000 routine", user=ERIN)
     approved, approved_ts = fleet.bot.request_key("panel-001 routine", user=ALICE)
     fleet.bot.approve(approved, approved_ts, ERIN)
@@ -191,7 +195,10 @@ def test_offboarding_voids_the_departing_persons_requests_and_approvals(make_bot
     card = fleet.bot.fake.latest_card(CHANNEL, ts).all_text()
     assert f"Offboarding <@{ERIN}> requested: rotate every panel they could reach (3 panels)" in card
     assert "Reach: every panel" in card
-    assert f"Done at request time: <@{ERIN}>'s approvals revoked; 2 pending requests voided" in card
+    assert f"Done at request time: <@{ERIN}>'s approvals and TOTP enrollment revoked; 2 pending requests voided" in card
+    assert fleet.bot.store.enrollment(ERIN) is None
+    kinds = [(e["kind"], e["request_id"]) for e in fleet.bot.store.audit_entries()]
+    assert ("person.offboarded", request_id) in kinds and ("step_up.reset", "") in kinds
     assert "A person must still: remove" in card
     fleet.bot.approve(request_id, ts, ERIN)
     answer = answers_to(fleet.bot.fake, ERIN, count=2)[-1].text
@@ -252,3 +259,44 @@ def test_500_panels_stay_within_slacks_limits_and_429s_are_retried(make_bot: Mak
     card = fleet.bot.fake.latest_card(CHANNEL, ts)
     assert card.ok and "500/500" not in card.text and "✔ 500 verified" in card.all_text()
     assert len(fleet.table(request_id)) == 500
+
+
+def test_fleet_rows_and_offboarded_people_on_both_backends(any_store_url: str) -> None:
+    """The fleet's per-panel rows survive a reopen (a restart) on SQLite and MariaDB; a
+    panel's end is written with its audit record; an offboarded person is remembered."""
+    store = open_store(any_store_url, audit_key=AUDIT_KEY)
+    store.add_fleet_panels("r-1", [("b", 1, 10), ("a", 0, 20)])
+    store.add_fleet_panels("r-1", [("a", 0, 20)])  # again after a restart: kept as it is
+    first = store.fleet_panels("r-1")[0]
+    store.save_panel_run(replace(first, state="running", run_id="r-1.p0000.0", last_seq=7, started_at=1.5))
+    assert store.mark_offboarded(ERIN, request_id="r-1", actor="T0TEAM/U0ALICE")
+    assert not store.mark_offboarded(ERIN, request_id="r-1", actor="T0TEAM/U0ALICE")
+    store.close()
+    again = open_store(any_store_url, audit_key=AUDIT_KEY)
+    try:
+        runs = again.fleet_panels("r-1")
+        assert [(r.panel, r.position, r.state, r.run_id, r.last_seq, r.values) for r in runs] == [
+            ("a", 0, "running", "r-1.p0000.0", 7, 20),
+            ("b", 1, "queued", "", 0, 10),
+        ]
+        again.save_panel_run(
+            replace(runs[0], state="verified", finished_at=3.0), audit={"panel": "a", "outcome": "verified"}
+        )
+        assert again.fleet_panels("r-1")[0].state == "verified"
+        records = [json.loads(e["data"]) for e in again.audit_entries() if e["kind"] == "fleet.panel"]
+        assert records == [{"panel": "a", "outcome": "verified"}]
+        assert again.is_offboarded(ERIN) and not again.is_offboarded(BOB)
+    finally:
+        again.close()
+
+
+def test_the_home_tab_lists_panels_by_key_age_oldest_first(make_bot: MakeBot) -> None:
+    """Before an offboarding, the team looks for the oldest keys: a key of unknown age (never
+    rotated here) comes first, then the oldest known, whatever the names."""
+    now = time.time()
+    hosts = {name: FakeEngineHost() for name in ("alpha", "beta", "gamma", "delta")}
+    for name, days in {"alpha": 10, "beta": None, "gamma": 300, "delta": 40}.items():
+        hosts[name].status_result["secret_ages"] = ages(days, now)
+    bot = make_bot(panels=tuple(hosts), engine_clients={n: h.client() for n, h in hosts.items()})
+    shown = texts(open_home(bot, ALICE))
+    assert [t for t in shown if t.startswith("Panel ")] == ["Panel beta", "Panel gamma", "Panel delta", "Panel alpha"]
