@@ -164,10 +164,21 @@ class FleetRunner:
             todo = [run for run in runs.values() if not run.final]
             todo.sort(key=lambda r: (r.state != "running", r.position))  # re-attach first
             members = {mem["panel"]: mem for mem in planned}
+            queue = iter(todo)
+            take = threading.Lock()
+
+            def worker() -> None:  # ``concurrency`` workers take the next panel: no task per panel
+                while not self._stopping.is_set():
+                    with take:
+                        run = next(queue, None)
+                    if run is None:
+                        return
+                    self._panel(request, members[run.panel], run, reporter, stop)
+
             with ThreadPoolExecutor(
                 max_workers=self.settings.concurrency, thread_name_prefix=f"panel-{request.id}"
             ) as pool:
-                futures = [pool.submit(self._panel, request, members[run.panel], run, reporter, stop) for run in todo]
+                futures = [pool.submit(worker) for _ in range(min(self.settings.concurrency, len(todo)))]
                 wait(futures)
                 for future in futures:
                     if isinstance(future.exception(), _Stopping):
@@ -482,6 +493,5 @@ class _Reporter:
                 actor="bot",
                 record=False,
             )
-            if stored is not None:
-                self.request = stored
+            if stored is not None:  # ``self.request`` stays: the same plan, no second copy
                 return

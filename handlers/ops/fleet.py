@@ -327,13 +327,26 @@ def plan_member(
         "panel": panel,
         "tags": list(tags),
         "plan_hashes": [p.hash for p in plans],
-        "legs": [p.to_dict() for p in plans],
+        "legs": [compact_leg(p) for p in plans],
         "values": max((p.total for p in plans), default=0),
         "key_fingerprint": key.key_fingerprint,
         "db_password": any(p.password_fingerprint for p in plans),
         "agents": sorted({a for p in plans for a in p.agents}),
         "host": key.panel_host or panel,
     }
+
+
+#: What a panel's run needs of each leg's plan (the run request names it; the engine re-checks
+#: the rest): kept per panel with the fleet request, the rest of the plan is not.
+LEG_FIELDS = (
+    "panel", "op", "engine_version", "host_key_fingerprint", "agents", "all_agents", "panel_host",
+    "key_fingerprint", "scheme", "total", "engine_plan_hash", "password_fingerprint",
+)  # fmt: skip
+
+
+def compact_leg(plan: PlanView) -> dict[str, Any]:
+    data = plan.to_dict()
+    return {name: data[name] for name in LEG_FIELDS if data.get(name) not in (None, "", [], 0, False)}
 
 
 def plan_fleet(deps: HandlerDeps, parsed: FleetParsed, request_id: str) -> PlanView:
