@@ -306,21 +306,20 @@ class FleetRunner:
                 return self._leg(fleet, run, plan, reporter, attempt + 1)
             log.info("%s never reached %s; starting it afresh", run.run_id, run.panel)
             return self._leg(fleet, replace(run, state="queued", run_id="", last_seq=0), plan, reporter)
-        return self._leg_end(run, closing, highest)
+        return self._leg_end(run, plan.op, closing, highest)
 
-    def _leg_end(self, run: f.PanelRun, closing: dict[str, Any], highest: int) -> f.PanelRun:
+    def _leg_end(self, run: f.PanelRun, op: str, closing: dict[str, Any], highest: int) -> f.PanelRun:
         now = self.clock()
+        key = _key_fingerprints(op, closing)
         if closing.get("type") == "result" and closing.get("ok") is not False:
-            new = str(closing.get("new_fingerprint") or closing.get("key_new_fingerprint") or "")
-            found = closing.get("key")
-            key: dict[str, Any] = found if isinstance(found, dict) else {}
-            new = new or str(key.get("new_fingerprint") or "")
-            old = str(closing.get("old_fingerprint") or key.get("old_fingerprint") or run.old_fingerprint)
-            return replace(run, new_fingerprint=new or run.new_fingerprint, old_fingerprint=old, step="")
+            old = key.get("old_fingerprint") or run.old_fingerprint
+            return replace(
+                run, new_fingerprint=key.get("new_fingerprint") or run.new_fingerprint, old_fingerprint=old, step=""
+            )
         code = str(closing.get("code") or "engine_error")
         message = str(closing.get("message") or code)
-        if closing.get("new_fingerprint"):  # the key that was tried (and rolled back)
-            run = replace(run, new_fingerprint=str(closing["new_fingerprint"]))
+        if key.get("new_fingerprint"):  # the key that was tried (and rolled back)
+            run = replace(run, new_fingerprint=key["new_fingerprint"])
         if closing.get("type") == "result":  # ok False: some parts or agents failed
             return replace(run, state="failed", code=code or "partial", message=message, finished_at=now)
         if closing.get("rolled_back") is True:
@@ -394,6 +393,19 @@ class FleetRunner:
                 self.on_finished(final)
             except Exception:
                 log.exception("could not refresh the Home tabs after %s", final.id)
+
+
+def _key_fingerprints(op: str, closing: dict[str, Any]) -> dict[str, str]:
+    """The key's old and new fingerprints in a leg's closing event: a key rotation's own, or
+    the key part's of an incident rotation (a DB password or agent leg has none)."""
+    if op == "rotate-key":
+        source: dict[str, Any] = closing
+    elif op == "rotate-incident":
+        parts = [p for p in closing.get("parts") or () if isinstance(p, dict) and p.get("part") == "key"]
+        source = parts[0] if parts else {}
+    else:
+        return {}
+    return {k: str(source[k]) for k in ("old_fingerprint", "new_fingerprint") if source.get(k)}
 
 
 class _Reporter:

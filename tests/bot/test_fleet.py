@@ -33,7 +33,18 @@ from tests.bot.conftest import (
     wait_until,
 )
 from tests.bot.test_home import ages, open_home, texts
-from tests.support.fake_engine import NEW_FP, OLD_FP, FakeEngineHost, rolled_back_rotation
+from tests.support.fake_engine import (
+    NEW_FP,
+    OLD_FP,
+    FakeEngineHost,
+    db_password_plan_result,
+    db_password_rotation,
+    incident_plan_result,
+    incident_rotation,
+    plan_result,
+    rolled_back_rotation,
+    successful_rotation,
+)
 from tests.support.procs import run_bot
 
 ERIN = "U0ERIN"
@@ -300,3 +311,62 @@ def test_the_home_tab_lists_panels_by_key_age_oldest_first(make_bot: MakeBot) ->
     bot = make_bot(panels=tuple(hosts), engine_clients={n: h.client() for n, h in hosts.items()})
     shown = texts(open_home(bot, ALICE))
     assert [t for t in shown if t.startswith("Panel ")] == ["Panel beta", "Panel gamma", "Panel delta", "Panel alpha"]
+
+
+def test_with_db_password_and_agents_runs_each_panels_incident_rotation(make_bot: MakeBot) -> None:
+    """``--with db-password,agents``: each panel is one engine ``rotate-incident`` (database
+    password, key, agents, in that order), bound to that panel's incident plan."""
+    fleet = make_fleet(make_bot, 2)
+    for name, host in fleet.hosts.items():
+        host.plan_result = {**incident_plan_result(), "panel": name}
+        host.rotation_script = incident_rotation
+    request_id, ts = fleet.request("/rotate-key", "--all-panels --with db-password,agents leaked .env, INC-9")
+    card = fleet.bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert "key on all; DB password on 2; agents: 4 agents" in card
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.finished(request_id)
+    assert fleet.bot.state(request_id) == "done"
+    for host in fleet.hosts.values():
+        assert [r.op for r in host.requests if r.op != "plan"] == ["rotate-incident"]
+        assert host.refusals == []
+    assert {(r["panel"], r["outcome"], r["new_key"]) for r in fleet.table(request_id)} == {
+        ("panel-000", "verified", NEW_FP),
+        ("panel-001", "verified", NEW_FP),
+    }
+
+
+def test_with_db_password_alone_runs_the_password_then_the_key(make_bot: MakeBot) -> None:
+    fleet = make_fleet(make_bot, 1)
+    host = fleet.hosts["panel-000"]
+    host.plan_result = {**plan_result(), **db_password_plan_result(), "panel": "panel-000"}
+    scripts = iter([db_password_rotation, successful_rotation])
+    host.rotation_script = lambda: next(scripts)()
+    request_id, ts = fleet.request("/rotate-key", "--panels panel-000 --with db-password yearly review")
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.finished(request_id)
+    assert [r.op for r in host.requests if r.op != "plan"] == ["rotate-db-password", "rotate-key"]
+    assert host.refusals == []
+    assert [(r["outcome"], r["old_key"], r["new_key"]) for r in fleet.table(request_id)] == [
+        ("verified", OLD_FP, NEW_FP)
+    ]
+
+
+def test_stop_on_failure_leaves_the_panels_not_yet_started(make_bot: MakeBot) -> None:
+    fleet = make_fleet(make_bot, 3, fleet_concurrency=1, stop_on_failure=True)
+    fleet.hosts["panel-000"].rotation_script = rolled_back_rotation
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.finished(request_id)
+    assert [(r["panel"], r["outcome"]) for r in fleet.table(request_id)] == [
+        ("panel-000", "rolled back"),
+        ("panel-001", "not started"),
+        ("panel-002", "not started"),
+    ]
+    assert fleet.hosts["panel-001"].ops("rotate-key") == [] and fleet.hosts["panel-002"].ops("rotate-key") == []
+
+
+def test_help_names_the_fleet_commands(make_bot: MakeBot) -> None:
+    fleet = make_fleet(make_bot, 2)
+    answer = fleet.bot.command("/rotate-help", "").answer
+    assert "/rotate-offboard @person [--with db-password,agents] &lt;reason&gt;" in answer
+    assert "/rotate-key --panels a,b | --tag prod | --all-panels" in answer
