@@ -102,6 +102,7 @@ def write_config(
     profiles: dict[str, Path] | None = None,
     ssh_panels: Mapping[str, PanelEntry] | None = None,
     tags: Mapping[str, tuple[str, ...]] | None = None,
+    panel_step_up: Mapping[str, str] | None = None,
 ) -> Path:
     """The bot's TOML: ``panels`` run a local engine, ``ssh_panels`` are ``[panels.X]`` entries."""
 
@@ -125,6 +126,7 @@ def write_config(
             f'profile = "{profile}"',
             f'host = "{name}.example.net"',
             *([f"tags = {toml_list(tuple((tags or {})[name]))}"] if (tags or {}).get(name) else []),
+            *([f'step_up = "{(panel_step_up or {})[name]}"'] if (panel_step_up or {}).get(name) else []),
         ]
     for name, entry in (ssh_panels or {}).items():
         fields = entry.model_dump(mode="json", exclude={"name", "key_passphrase"}, exclude_none=True)

@@ -33,6 +33,7 @@ from tests.bot.conftest import (
     wait_until,
 )
 from tests.bot.test_home import ages, open_home, texts
+from tests.bot.test_step_up import approve_with_code, enroll, step_up_bot
 from tests.support.fake_engine import (
     NEW_FP,
     OLD_FP,
@@ -46,6 +47,7 @@ from tests.support.fake_engine import (
     successful_rotation,
 )
 from tests.support.procs import run_bot
+from tests.support.secrets_scan import SecretRegistry
 
 ERIN = "U0ERIN"
 
@@ -370,3 +372,28 @@ def test_help_names_the_fleet_commands(make_bot: MakeBot) -> None:
     answer = fleet.bot.command("/rotate-help", "").answer
     assert "/rotate-offboard @person [--with db-password,agents] &lt;reason&gt;" in answer
     assert "/rotate-key --panels a,b | --tag prod | --all-panels" in answer
+
+
+def test_a_fleet_with_one_step_up_panel_asks_the_approver_for_a_code(
+    step_up_bot: MakeBot, secret_registry: SecretRegistry
+) -> None:
+    """Step-up is on for one panel only: approving a fleet that holds it needs a TOTP code,
+    and the fleet runs once the code is right."""
+    names = ("panel-000", "panel-001")
+    hosts = {name: FakeEngineHost() for name in names}
+    bot = step_up_bot(
+        step_up="none",
+        panels=names,
+        engine_clients={n: h.client() for n, h in hosts.items()},
+        panel_step_up={"panel-001": "totp"},
+    )
+    fleet = Fleet(bot, hosts)
+    totp = enroll(bot, BOB, secret_registry)
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
+    approve_with_code(bot, request_id, ts, BOB, totp.now())
+    fleet.finished(request_id)
+    assert bot.state(request_id) == "done"
+    assert bot.store.get(request_id).approvals[0].factor == "TOTP"  # type: ignore[union-attr]
+
+
+__all__ = ["step_up_bot"]  # the fixture, used above
