@@ -19,6 +19,7 @@ import pytest
 from bot.fakes.slack_api import Call
 from bot.fakes.slack_limits import SLACK_LIMITS
 from bot.store import open_store
+from engine import protocol
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,
@@ -394,6 +395,25 @@ def test_a_fleet_with_one_step_up_panel_asks_the_approver_for_a_code(
     fleet.finished(request_id)
     assert bot.state(request_id) == "done"
     assert bot.store.get(request_id).approvals[0].factor == "TOTP"  # type: ignore[union-attr]
+
+
+def test_a_panel_that_cannot_be_planned_is_named_and_left_out(make_bot: MakeBot) -> None:
+    fleet = make_fleet(make_bot, 3)
+    fleet.hosts["panel-001"].plan_error = protocol.error_event(
+        "host_unreachable", "the panel host did not answer over SSH (timeout after 10 s)"
+    )
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
+    card = fleet.bot.fake.latest_card(CHANNEL, ts).all_text()
+    assert "Fleet key rotation requested: all panels (2 panels)" in card
+    assert (
+        "cannot plan: panel-001 (the panel host did not answer over SSH (timeout after 10 s)): "
+        "it is left out of this request" in card
+    )
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.finished(request_id)
+    assert fleet.bot.state(request_id) == "done"
+    assert fleet.hosts["panel-001"].ops("rotate-key") == []
+    assert [r["panel"] for r in fleet.table(request_id) if r["outcome"] == "verified"] == ["panel-000", "panel-002"]
 
 
 __all__ = ["step_up_bot"]  # the fixture, used above
