@@ -59,7 +59,8 @@ class StoreOffboarding:
 
     def revoke(self, user_id: str, *, by: Person, request_id: str) -> bool:
         self.store.mark_offboarded(user_id, request_id=request_id, actor=by.key)
-        return self.store.reset_enrollment(user_id, actor=by.key)
+        removed = self.store.reset_enrollment(user_id, actor=by.key, detail={"offboarded_by": request_id})
+        return removed is not None
 
     def is_offboarded(self, user_id: str) -> bool:
         return self.store.is_offboarded(user_id)

@@ -63,6 +63,11 @@ def expire_if_due(
     return store.update(expired, expected_version=request.version, event="expired", actor="expiry")
 
 
+def needs_step_up(deps: HandlerDeps, request: RotationRequest) -> bool:
+    """Approving needs a second factor if any panel the request touches asks for one."""
+    return deps.step_up is not None and any(map(deps.step_up.required, ops.panels_of(request)))
+
+
 def approve(
     deps: HandlerDeps, request_id: str, person: Person, *, stepped_up: str = ""
 ) -> ClickOutcome:
@@ -93,7 +98,7 @@ def approve(
         if refusal := ops.approval_refusal(deps, person):
             return ClickOutcome(answer=refusal)
         detail: dict[str, Any] = {}
-        if deps.step_up is not None and any(map(deps.step_up.required, ops.panels_of(request))):
+        if needs_step_up(deps, request):
             if stepped_up != step_up.APPROVED_WITH:
                 return ClickOutcome(needs_code=request)
             detail["approved_with"] = stepped_up
@@ -131,7 +136,7 @@ def approve_with_code(
     request = deps.store.get(request_id)
     if deps.step_up is None or request is None:
         return m.unknown_request(request_id), None
-    if not deps.step_up.required(request.panel):
+    if not needs_step_up(deps, request):
         return m.unknown_request(request_id), None
     rules = approve(deps, request_id, person)  # without a factor: counts nothing on this panel
     if rules.needs_code is None:

@@ -333,6 +333,7 @@ def plan_member(
         "db_password": any(p.password_fingerprint for p in plans),
         "agents": sorted({a for p in plans for a in p.agents}),
         "host": key.panel_host or panel,
+        "host_key": key.host_key_fingerprint,
     }
 
 

@@ -391,7 +391,7 @@ def test_a_fleet_with_one_step_up_panel_asks_the_approver_for_a_code(
     fleet = Fleet(bot, hosts)
     totp = enroll(bot, BOB, secret_registry)
     request_id, ts = fleet.request("/rotate-key", "--all-panels review")
-    approve_with_code(bot, request_id, ts, BOB, totp.now())
+    assert approve_with_code(bot, request_id, ts, BOB, totp.now()) is None  # the modal closed: accepted
     fleet.finished(request_id)
     assert bot.state(request_id) == "done"
     assert bot.store.get(request_id).approvals[0].factor == "TOTP"  # type: ignore[union-attr]
