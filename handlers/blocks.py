@@ -72,6 +72,8 @@ def _target(request: RotationRequest, shown: int = m.LISTED_NAMES) -> str:
 def _headline(request: RotationRequest) -> str:
     """``:key: Key rotation requested: panel prod-eu``; once decided or finished, the icon
     and the word say how it ended (``:rotating_light: Key rotation rolled back: …``)."""
+    if (operation := ops.lookup(request.op)) is not None:
+        return operation.headline(request)
     icon, word = _title_state(request)
     return f"{icon} {m.op_title(request.op)} {word}: {_target(request)}"
 

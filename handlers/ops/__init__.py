@@ -42,6 +42,8 @@ class Operation:
     #: the card and its text fallback: ``card(request, approvers=, approvals_required=,
     #: now=, name_requester=)``, as ``handlers.blocks.request_card``
     card: Callable[..., dict[str, Any]]
+    #: the request's headline (``:key: … requested: …``), for its modal, history and card
+    headline: Callable[[RotationRequest], str]
     #: the panels a request of this operation touches (for step-up and the Home tab)
     panels: Callable[[RotationRequest], tuple[str, ...]]
     #: its commands' lines in ``/rotate-help``

@@ -925,6 +925,7 @@ OPERATION = Operation(
     name=OP,
     commands=(OFFBOARD,),
     card=request_card,
+    headline=_headline,
     panels=panels_of,
     help_lines=HELP_LINES,
     register=register,

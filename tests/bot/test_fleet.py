@@ -120,6 +120,11 @@ def test_one_approval_rotates_every_tagged_panel_and_only_those(make_bot: MakeBo
     assert [(r["panel"], r["outcome"]) for r in rows] == [(f"panel-{i:03d}", "verified") for i in range(5)]
     summary = [c.text for c in thread_calls(fleet.bot, ts) if "finished:" in c.text]
     assert summary and "5/5 panels verified" in summary[-1]
+    status = fleet.bot.command("/rotate-status", request_id)
+    history = fleet.bot.fake.wait_text("chat.postEphemeral", request_id).text
+    assert status.status == 200 and history.startswith(
+        "*:white_check_mark: Fleet key rotation done: tag prod (5 panels)*"
+    )
     records = [e for e in fleet.bot.rotator.audit.store.audit_entries() if e["kind"] == "fleet.panel"]
     assert sorted(json.loads(e["data"])["panel"] for e in records if e["request_id"] == request_id) == sorted(
         f"panel-{i:03d}" for i in range(5)
