@@ -116,7 +116,7 @@ def write_config(
         f"approvals_required = {approvals_required}",
         f"expiry_minutes = {expiry_minutes}",
         f'store = "{store_url}"',
-        *(f"{k} = {json.dumps(v)}" for k, v in (extra or {}).items()),
+        *(f"{k} = {_toml_value(v)}" for k, v in (extra or {}).items()),
     ]
     for name in panels:
         profile = (profiles or {}).get(name, path.parent / f"{name}.profile.toml")
@@ -138,6 +138,13 @@ def write_config(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path.chmod(0o640)  # as setup-bot-host.sh makes it: the bot refuses a store password others can read
     return path
+
+
+def _toml_value(value: Any) -> str:
+    """JSON is TOML for strings, numbers and lists; a table is written inline."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
 
 
 # make_bot(**config): these go to write_config; any other key is written as a TOML setting

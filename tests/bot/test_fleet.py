@@ -11,15 +11,19 @@ import csv
 import io
 import json
 import os
+import secrets
 import time
 from dataclasses import dataclass, replace
 
 import pytest
 
-from bot.fakes.slack_api import Call
+from bot import socket_mode
+from bot.fakes.slack_api import Call, FakeSlack
 from bot.fakes.slack_limits import SLACK_LIMITS
+from bot.fakes.socket_mode import FakeSocketMode
 from bot.store import open_store
 from engine import protocol
+from handlers.blocks import APPROVE_ACTION
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,
@@ -422,3 +426,30 @@ def test_a_panel_that_cannot_be_planned_is_named_and_left_out(make_bot: MakeBot)
 
 
 __all__ = ["step_up_bot"]  # the fixture, used above
+
+
+def test_offboarding_over_socket_mode(
+    make_bot: MakeBot, fake_slack: FakeSlack, secret_registry: SecretRegistry
+) -> None:
+    """The same commands over Socket Mode: a bad mention is answered in the acknowledgement;
+    ``/rotate-offboard`` with an escaped mention files the fleet; a click approves and runs it."""
+    app_token = f"xapp-1-A0ROTATOR-{secrets.randbelow(10**12)}-{secrets.token_hex(16)}"
+    secret_registry.register(app_token, "SLACK_APP_TOKEN")
+    stand_in = FakeSocketMode(app_token).start().attach(fake_slack)
+    fleet = make_fleet(make_bot, 2, offboard_reach={ERIN: ["panel-001"]})
+    handler = socket_mode.connect(fleet.bot.rotator.app, app_token, fleet.bot.rotator.gate.acknowledging)
+    try:
+        refused = stand_in.command("/rotate-offboard", "erin left", ALICE)
+        assert "Name the person with an @-mention" in str((refused.payload or {}).get("text"))
+        stand_in.command("/rotate-offboard", f"<@{ERIN}|erin> left the ops team, HR-2211", ALICE)
+        card = fake_slack.wait_for("chat.postMessage", is_card, timeout=30)[-1]
+        request_id, ts = card_request_id(card), str(card.response["ts"])
+        assert "Reach: the panels the settings list for this person" in card.all_text()
+        wait_until(lambda: fleet.bot.state(request_id, "message_ts") == ts)
+        stand_in.click(APPROVE_ACTION, request_id, BOB, ts)
+        fleet.finished(request_id)
+        assert fleet.bot.state(request_id) == "done"
+        assert [len(h.ops("rotate-key")) for h in fleet.hosts.values()] == [0, 1]
+    finally:
+        handler.close()  # type: ignore[no-untyped-call]
+        stand_in.stop()
