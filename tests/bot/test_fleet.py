@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from bot import socket_mode
+from bot.errors import SettingsError
 from bot.fakes.slack_api import Call, FakeSlack
 from bot.fakes.slack_limits import SLACK_LIMITS
 from bot.fakes.socket_mode import FakeSocketMode
@@ -453,3 +454,14 @@ def test_offboarding_over_socket_mode(
     finally:
         handler.close()  # type: ignore[no-untyped-call]
         stand_in.stop()
+
+
+def test_fleet_settings_are_checked_with_a_clear_error(make_bot: MakeBot) -> None:
+    with pytest.raises(
+        SettingsError, match=r"offboard_reach.U0ERIN names 'tag:nope', which is not a configured panel or tag:NAME"
+    ):
+        make_bot(panels=("prod-eu",), offboard_reach={ERIN: ["tag:nope"]})
+    with pytest.raises(SettingsError, match=r"tags are lower-case letters"):
+        make_bot(panels=("prod-eu",), tags={"prod-eu": ("Prod EU",)})
+    with pytest.raises(SettingsError, match=r"fleet_concurrency: Input should be greater than or equal to 1"):
+        make_bot(panels=("prod-eu",), fleet_concurrency=0)
