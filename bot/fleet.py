@@ -206,6 +206,11 @@ class FleetRunner:
                 replace(run, state="skipped", message="not started: an earlier panel failed (stop_on_failure)"),
             )
             return
+        if run.state == "queued":  # claim it: another runner (a replica resuming too) may race
+            if not self.store.claim_panel_run(run.fleet_id, run.panel):
+                log.info("panel %s of fleet %s was started by another runner", run.panel, fleet.id)
+                return
+            run = replace(run, state="running")
         legs = f.leg_plans(member)
         try:
             while run.leg < len(legs):
@@ -344,6 +349,11 @@ class FleetRunner:
     # --- the end -----------------------------------------------------------------------
 
     def _close(self, request_id: str, runs: list[f.PanelRun]) -> None:
+        stored = self.store.fleet_panels(request_id)
+        if any(not run.final for run in stored):  # another runner still has some: it closes
+            log.info("fleet %s has panels another runner follows; it will close it", request_id)
+            return
+        runs = stored
         counts = f.count_runs(runs)
         verified = counts.get("verified", 0)
         request = self.store.get(request_id)

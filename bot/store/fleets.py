@@ -63,6 +63,16 @@ class FleetRows(Database):
             )
         return [_run(row) for row in rows]
 
+    def claim_panel_run(self, fleet_id: str, panel: str) -> bool:
+        """``queued -> running`` for one runner only (compare-and-swap on the state)."""
+        with self.transaction() as tx:
+            changed = tx.execute(
+                "UPDATE fleet_panels SET state = 'running', updated_at = ? "
+                "WHERE fleet_id = ? AND panel = ? AND state = 'queued'",
+                (self.clock(), fleet_id, panel),
+            )
+        return changed == 1
+
     def save_panel_run(self, run: PanelRun, *, audit: dict[str, Any] | None = None) -> None:
         """Write ``run``; with ``audit``, its ``fleet.panel`` record in the same transaction."""
         now = self.clock()

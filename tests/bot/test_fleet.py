@@ -292,6 +292,7 @@ def test_fleet_rows_and_offboarded_people_on_both_backends(any_store_url: str) -
     store.add_fleet_panels("r-1", [("b", 1, 10), ("a", 0, 20)])
     store.add_fleet_panels("r-1", [("a", 0, 20)])  # again after a restart: kept as it is
     first = store.fleet_panels("r-1")[0]
+    assert store.claim_panel_run("r-1", "a") and not store.claim_panel_run("r-1", "a")  # one runner wins
     store.save_panel_run(replace(first, state="running", run_id="r-1.p0000.0", last_seq=7, started_at=1.5))
     assert store.mark_offboarded(ERIN, request_id="r-1", actor="T0TEAM/U0ALICE")
     assert not store.mark_offboarded(ERIN, request_id="r-1", actor="T0TEAM/U0ALICE")
