@@ -63,7 +63,7 @@ PANEL_ICONS = {
     "queued": "⏳",
     "running": "▶",
     "verified": "✔",
-    "rolled_back": "↩",
+    "rolled_back": "✖",
     "failed": ":sos:",
     "refused": "⊘",
     "skipped": "⏭",
@@ -683,7 +683,7 @@ def failure_reply(request: RotationRequest, run: PanelRun) -> str:
     what = m.esc(m.fit(run.message or run.code or "failed", 500))
     if run.state == "rolled_back":
         return (
-            f"↩ {m.esc(run.panel)}: {what}. Rolled back: the panel is as it was (old key verified). "
+            f"✖ {m.esc(run.panel)}: {what}. ↩ Rolled back: the panel is as it was (old key verified). "
             f"Next: look at {m.esc(run.panel)}'s logs, then request that panel again. The other panels go on."
         )
     if run.state == "refused":

@@ -151,8 +151,13 @@ def test_a_failed_panel_rolls_back_and_the_others_finish(make_bot: MakeBot) -> N
         "panel-002": "rolled back",
         "panel-003": "verified",
     }
-    replies = [c.text for c in thread_calls(fleet.bot, ts) if c.text.startswith(("↩", ":sos:", "⊘"))]
-    assert len(replies) == 1 and replies[0].startswith("↩ panel-002") and "Rolled back" in replies[0]
+    replies = [c.text for c in thread_calls(fleet.bot, ts) if c.text.startswith(("✖", ":sos:", "⊘"))]
+    assert len(replies) == 1 and replies[0].startswith("✖ panel-002: ") and "↩ Rolled back" in replies[0]
+    checklist = [c for c in thread_calls(fleet.bot, ts) if c.text.startswith("Fleet run")]
+    assert len(checklist) == 1  # one message, updated in place
+    final = fleet.bot.fake.latest_card(CHANNEL, str(checklist[0].response["ts"])).all_text()
+    assert f"Fleet run* `{request_id}` · ✔ 3 verified · ✖ 1 rolled back (panel-002)" in final
+    assert "✖ panel-002 · rolled back · `3a9c41d2…`" in final
 
 
 def test_audit_export_of_a_fleet_has_one_row_per_panel(make_bot: MakeBot) -> None:

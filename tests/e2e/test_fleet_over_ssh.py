@@ -92,7 +92,7 @@ def test_twenty_panels_one_approval_one_rollback_a_restart_and_php_verifies_each
         else:
             assert key != sandbox.initial_key, f"{name} still has its old key"
         assert sandbox.php_check_all() == [], name
-    replies = [t for t in second.fake.thread(CHANNEL, ts) if t.startswith(("↩", ":sos:", "⊘"))]
-    assert len(replies) == 1 and replies[0].startswith(f"↩ {FAILING}: ")
+    replies = [t for t in second.fake.thread(CHANNEL, ts) if t.startswith(("✖", ":sos:", "⊘"))]
+    assert len(replies) == 1 and replies[0].startswith(f"✖ {FAILING}: ")
     summary = [t for t in second.fake.thread(CHANNEL, ts) if "finished:" in t]
     assert summary and "19/20 panels verified" in summary[-1]
