@@ -47,6 +47,7 @@ from bot.fakes.slack_api import FakeSlack
 from bot.fleet import FleetRunner
 from bot.store import Store, open_store
 from handlers.ops import fleet as f
+from handlers.ops import fleet_model as fm
 from handlers.ports import AccessPolicy, Decision, HandlerDeps, Person, RotationRequest, State
 
 TOKEN = "xoxb-0-bench"
@@ -79,18 +80,18 @@ def run_fleet(
         panels=names,
         start_rotation=lambda request_id: None,
         client=client,
-        ops_config={f.OP: settings},
+        ops_config={fm.OP: settings},
     )
     now = time.time()
     request_id = f"r-bench-{int(now * 1000) % 10**9}-c{concurrency}"
     parsed = f.FleetParsed(tuple(names), "bench", "all panels")
     plan = f.plan_fleet(deps, parsed, request_id)
-    bad = [m for m in f.members(plan) if m.get("error")]
+    bad = [m for m in fm.members(plan) if m.get("error")]
     if bad:
         raise SystemExit(f"could not plan: {bad[:3]}")
     ts = client.chat_postMessage(channel=CHANNEL, text="bench card")["ts"]
     request = RotationRequest(
-        id=request_id, op=f.OP, panel=plan.panel, reason="bench", requester=ALICE, channel_id=CHANNEL,
+        id=request_id, op=fm.OP, panel=plan.panel, reason="bench", requester=ALICE, channel_id=CHANNEL,
         plan=plan, created_at=now, expires_at=now + 3600, state=State.APPROVED, message_ts=str(ts),
         approvals=(Decision(person=BOB, at=now),),
     )  # fmt: skip

@@ -535,7 +535,7 @@ def build_rotator(
         clock=clock,
         update_interval_s=fleet_update_interval_s,
     )
-    runner.delegates[fleet.OP] = fleet_runner
+    runner.delegates[fleet.OPERATION.name] = fleet_runner
 
     def on_expired(request: RotationRequest) -> None:
         cards.refresh_card(client, request, policy, clock())
@@ -589,7 +589,7 @@ def build_rotator(
         clock=clock,
         panel_hosts=hosts,
         step_up=totp,
-        ops_config={fleet.OP: fleet_settings},
+        ops_config={fleet.OPERATION.name: fleet_settings},
     )
     app = App(
         client=client,

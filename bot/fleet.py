@@ -40,6 +40,8 @@ from bot.store import Store
 from engine.protocol import CLOSING_TYPES, MISMATCH_CODES, PROTOCOL_VERSION, Request, RequestError
 from handlers import cards
 from handlers.ops import fleet as f
+from handlers.ops import fleet_model as fm
+from handlers.ops import fleet_views as fv
 from handlers.ports import AccessPolicy, Person, RotationRequest, State
 
 log = logging.getLogger(__name__)
@@ -154,7 +156,7 @@ class FleetRunner:
             if running is None:
                 return
             request = running
-        planned = f.runnable(request.plan)
+        planned = fm.runnable(request.plan)
         self.store.add_fleet_panels(
             request.id, [(mem["panel"], n, int(mem.get("values") or 0)) for n, mem in enumerate(planned)]
         )
@@ -194,7 +196,7 @@ class FleetRunner:
         self,
         fleet: RotationRequest,
         member: dict[str, Any],
-        run: f.PanelRun,
+        run: fm.PanelRun,
         reporter: _Reporter,
         stop: threading.Event,
     ) -> None:
@@ -211,7 +213,7 @@ class FleetRunner:
                 log.info("panel %s of fleet %s was started by another runner", run.panel, fleet.id)
                 return
             run = replace(run, state="running")
-        legs = f.leg_plans(member)
+        legs = fm.leg_plans(member)
         try:
             while run.leg < len(legs):
                 run = self._leg(fleet, run, legs[run.leg], reporter)
@@ -233,8 +235,8 @@ class FleetRunner:
             stop.set()
 
     def _leg(
-        self, fleet: RotationRequest, run: f.PanelRun, plan: Any, reporter: _Reporter, attempt: int = 0
-    ) -> f.PanelRun:
+        self, fleet: RotationRequest, run: fm.PanelRun, plan: Any, reporter: _Reporter, attempt: int = 0
+    ) -> fm.PanelRun:
         """One engine run of one panel (a new one, or re-attached after a restart).
 
         A run the bot saved as started but its host never heard of (the bot stopped between
@@ -314,7 +316,7 @@ class FleetRunner:
             return self._leg(fleet, replace(run, state="queued", run_id="", last_seq=0), plan, reporter)
         return self._leg_end(run, plan.op, closing, highest)
 
-    def _leg_end(self, run: f.PanelRun, op: str, closing: dict[str, Any], highest: int) -> f.PanelRun:
+    def _leg_end(self, run: fm.PanelRun, op: str, closing: dict[str, Any], highest: int) -> fm.PanelRun:
         now = self.clock()
         key = _key_fingerprints(op, closing)
         if closing.get("type") == "result" and closing.get("ok") is not False:
@@ -335,7 +337,7 @@ class FleetRunner:
         )
         return replace(run, state="refused" if nothing else "failed", code=code, message=message, finished_at=now)
 
-    def _end(self, reporter: _Reporter, run: f.PanelRun) -> None:
+    def _end(self, reporter: _Reporter, run: fm.PanelRun) -> None:
         record = {
             "panel": run.panel, "outcome": run.state, "run_id": run.run_id, "code": run.code,
             "old_fingerprint": run.old_fingerprint, "new_fingerprint": run.new_fingerprint,
@@ -344,17 +346,17 @@ class FleetRunner:
         self.store.save_panel_run(run, audit=record)
         reporter.changed(run)
         if run.state in ("rolled_back", "failed", "refused"):  # a thread reply only for a failure
-            reporter.reply(f.failure_reply(reporter.request, run))
+            reporter.reply(fv.failure_reply(reporter.request, run))
 
     # --- the end -----------------------------------------------------------------------
 
-    def _close(self, request_id: str, runs: list[f.PanelRun]) -> None:
+    def _close(self, request_id: str, runs: list[fm.PanelRun]) -> None:
         stored = self.store.fleet_panels(request_id)
         if any(not run.final for run in stored):  # another runner still has some: it closes
             log.info("fleet %s has panels another runner follows; it will close it", request_id)
             return
         runs = stored
-        counts = f.count_runs(runs)
+        counts = fm.count_runs(runs)
         verified = counts.get("verified", 0)
         request = self.store.get(request_id)
         if request is None or request.state != State.RUNNING:
@@ -392,8 +394,10 @@ class FleetRunner:
         if final is None:
             return
         cards.refresh_card(self.client, final, self.policy, self.clock())
-        cards.post_thread(self.client, final, f.summary_message(final, runs, took))
-        f.upload_table(self.client, final, f.table_csv(final, runs), f"{final.id}-panels.csv", f"Panels of {final.id}")
+        cards.post_thread(self.client, final, fv.summary_message(final, runs, took))
+        fv.upload_table(
+            self.client, final, fv.table_csv(final, runs), f"{final.id}-panels.csv", f"Panels of {final.id}"
+        )
         cards.direct_message(
             self.client,
             final.requester.user_id,
@@ -423,7 +427,7 @@ class _Reporter:
     """One fleet's Slack updates on their own thread: failure replies in order, and the
     checklist message and the card, coalesced to one update per ``update_interval_s``."""
 
-    def __init__(self, runner: FleetRunner, request: RotationRequest, runs: dict[str, f.PanelRun]) -> None:
+    def __init__(self, runner: FleetRunner, request: RotationRequest, runs: dict[str, fm.PanelRun]) -> None:
         self.runner = runner
         self.request = request
         self._runs = dict(runs)
@@ -437,7 +441,7 @@ class _Reporter:
         self._thread = threading.Thread(target=self._loop, name=f"fleet-report-{request.id}", daemon=True)
         self._thread.start()
 
-    def changed(self, run: f.PanelRun) -> None:
+    def changed(self, run: fm.PanelRun) -> None:
         with self._lock:
             self._runs[run.panel] = run
             self._dirty = True
@@ -448,7 +452,7 @@ class _Reporter:
             self._replies.append(text)
             self._wake.notify()
 
-    def snapshot(self) -> list[f.PanelRun]:
+    def snapshot(self) -> list[fm.PanelRun]:
         with self._lock:
             return sorted(self._runs.values(), key=lambda r: r.position)
 
@@ -487,16 +491,16 @@ class _Reporter:
                     if not self._replies and not self._dirty:
                         return
 
-    def _show(self, runs: list[f.PanelRun]) -> None:
+    def _show(self, runs: list[fm.PanelRun]) -> None:
         try:
-            message = f.checklist_message(self.request, runs)
+            message = fv.checklist_message(self.request, runs)
             if self._checklist_ts is None:
                 self._checklist_ts = cards.post_thread(self.runner.client, self.request, message)
                 if self._checklist_ts:
                     self._save_checklist_ts(self._checklist_ts)
             else:
                 self.runner.client.chat_update(channel=self.request.channel_id, ts=self._checklist_ts, **message)
-            counts = f.count_runs(runs)
+            counts = fm.count_runs(runs)
             shown = self.request.evolve(progress={**self.request.progress, "counts": counts})
             cards.refresh_card(self.runner.client, shown, self.runner.policy, self.runner.clock())
         except Exception:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from handlers.ops import fleet as f
+from handlers.ops import fleet_model as fm
+from handlers.ops import fleet_views as fv
 from handlers.ports import RotationRequest, Transition
 
 
@@ -51,17 +52,17 @@ def markdown(request: RotationRequest, history: Iterable[Transition], entries: I
         "",
         f"- requested by {request.requester.user_id}, reason: {_cell(request.reason)}",
         f"- approved by {approvers}; state {request.state.value}",
-        f"- plan {request.plan_hash[:16]} over {len(f.runnable(request.plan))} panels; "
+        f"- plan {request.plan_hash[:16]} over {len(fm.runnable(request.plan))} panels; "
         f"parts: {', '.join(fleet.get('parts') or ['key'])}",
     ]
-    bad = [m for m in f.members(request.plan) if m.get("error")]
+    bad = [m for m in fm.members(request.plan) if m.get("error")]
     if bad:
         lines.append(
             "- left out (could not be planned): " + "; ".join(f"{m['panel']} ({_cell(m['error'])})" for m in bad)
         )
     counts = request.outcome.get("counts") or {}
     if counts:
-        lines.append(f"- outcome: {f.counts_line(counts)}")
+        lines.append(f"- outcome: {fv.counts_line(counts)}")
     audit = request.outcome.get("audit") or {}
     if audit.get("seq"):
         anchor = f"{audit['seq']}:{audit['digest']}"
@@ -89,7 +90,7 @@ def markdown(request: RotationRequest, history: Iterable[Transition], entries: I
             "",
             f"- [ ] remove {person}'s SSH keys and panel accounts on each host:",
         ]
-        lines += [f"  - [ ] {m['panel']} ({m.get('host', '')})" for m in f.runnable(request.plan)]
+        lines += [f"  - [ ] {m['panel']} ({m.get('host', '')})" for m in fm.runnable(request.plan)]
     lines += ["", "## History", ""]
     for t in history:
         lines.append(f"- {_when(t.at * 1000)} {t.event}: {t.from_state or ''} -> {t.to_state} ({t.actor})")

@@ -15,7 +15,7 @@ from typing import Any
 
 from bot.store.audit_chain import append_in
 from bot.store.database import Database
-from handlers.ops.fleet import PanelRun
+from handlers.ops.fleet_model import PanelRun
 
 _COLUMNS = (
     "fleet_id, panel, position, state, leg, run_id, last_seq, step, old_fp, new_fp, vals, "
