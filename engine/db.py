@@ -2,8 +2,9 @@
 
 PyMySQL's exceptions are translated here, once, into ``DatabaseError``.
 Writes are batched: each column's new ciphertexts go into a temporary table
-by multi-row INSERTs (PyMySQL's ``executemany`` batches only INSERT), then one
-``UPDATE ... JOIN`` applies them to the rows locked by the reads.
+by multi-row INSERTs (PyMySQL's ``executemany`` batches only INSERT), with the
+MD5 of the value each was sealed from; then one ``UPDATE ... JOIN`` applies them,
+under its own row locks, to the rows that still hold what was read.
 Reads are keyset-paginated so memory stays flat however many rows there are.
 
 TLS: over a Unix socket or loopback the connection is plain. PyMySQL 2 otherwise
@@ -15,6 +16,7 @@ leaves the host. A remote database keeps PyMySQL's default.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import zlib
 from collections.abc import Iterator
@@ -59,14 +61,25 @@ def row_checksum(pk: Any, value: str) -> int:
     return zlib.crc32(f"{pk}:{value}".encode())
 
 
-def staging_statements(head: str, rows: list[tuple[Any, str]], literal: Literal) -> list[str]:
-    """Multi-row INSERTs of (key, new value) pairs after ``head``. New values are base64
-    (no quote, no backslash), so they are quoted as they are. Pure: no I/O."""
+def value_digest(stored: Any) -> str:
+    """MD5 (hex) of a stored value's bytes, as the server's ``MD5(column)`` computes it on
+    a utf8mb4 column. It only tells "the row still holds what was read" from "someone
+    wrote it since"; a collision would have to be crafted by someone who can already
+    write the database."""
+    data = stored.encode() if isinstance(stored, str) else bytes(stored)
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def staging_statements(head: str, rows: list[tuple[Any, str, str]], literal: Literal) -> list[str]:
+    """Multi-row INSERTs of (key, new value, MD5 of the value read) after ``head``. New
+    values are base64 and digests hex (no quote, no backslash), so they are quoted as
+    they are. Pure: no I/O."""
     statements: list[str] = []
     parts: list[str] = []
     size = 0
-    for pk, new in rows:
-        part = f"({pk},'{new}')" if type(pk) is int else f"({literal(pk)},'{new}')"
+    for pk, new, digest in rows:
+        key = pk if type(pk) is int else literal(pk)
+        part = f"({key},'{new}',X'{digest}')"
         parts.append(part)
         size += len(part)
         if size >= STATEMENT_BYTES:
@@ -189,6 +202,17 @@ class PanelDB:
             self._conn.begin()
         except pymysql.MySQLError as exc:
             raise _translate(exc, "starting a transaction") from exc
+
+    def begin_repeatable(self, snapshot: bool = False) -> None:
+        """A REPEATABLE READ transaction, whatever the server's default isolation: its
+        locking reads lock gaps too, so no row is inserted where it scanned. With
+        ``snapshot``, every plain read of it sees the database as it was here, with no
+        row lock taken (InnoDB's consistent read)."""
+        self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", doing="starting a transaction")
+        self.execute(
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT" if snapshot else "START TRANSACTION",
+            doing="starting a transaction",
+        )
 
     def commit(self) -> None:
         try:
@@ -317,7 +341,7 @@ class PanelDB:
         name = self._temp_name(spec)
         self.execute(f"DROP TEMPORARY TABLE IF EXISTS `{name}`", doing="preparing staging")
         self.execute(
-            f"CREATE TEMPORARY TABLE `{name}` (PRIMARY KEY (k)) "
+            f"CREATE TEMPORARY TABLE `{name}` (PRIMARY KEY (k), read_md5 BINARY(16)) "
             f"SELECT `{spec.primary_key}` AS k, `{spec.column}` AS new_v "
             f"FROM `{spec.table}` LIMIT 0",
             doing=f"preparing staging for {spec.label}",
@@ -326,7 +350,7 @@ class PanelDB:
 
     def staging_head(self, spec: ColumnSpec) -> str:
         """The start of the multi-row INSERT that ``staging_statements`` completes."""
-        return f"INSERT INTO `{self._temp_name(spec)}` (k, new_v) VALUES "
+        return f"INSERT INTO `{self._temp_name(spec)}` (k, new_v, read_md5) VALUES "
 
     def literal(self) -> Literal:
         """SQL literals as this connection quotes them; picklable, so a worker process can use it."""
@@ -343,9 +367,10 @@ class PanelDB:
             raise _translate(exc, f"staging new values for {spec.label}") from exc
 
     def apply_staged(self, spec: ColumnSpec) -> int:
-        """One UPDATE ... JOIN. The rows were read ``FOR UPDATE`` in this transaction,
-        so none changed since. The staging rows are kept: ``changed_since_staged``
-        compares against them.
+        """One UPDATE ... JOIN, where the row still holds the value the pass read (its
+        MD5 as staged); returns the rows written. Its scan locks every row of the table
+        (and, in REPEATABLE READ, the gaps) until the commit. The staging rows are kept:
+        ``changed_since_staged`` compares against them.
 
         ``STRAIGHT_JOIN`` keeps the panel's table first in the join. Left to itself,
         MariaDB 10.11 drives the join from the staging table whenever the column
@@ -355,35 +380,63 @@ class PanelDB:
         name = self._temp_name(spec)
         return self.execute(
             f"UPDATE `{spec.table}` AS t STRAIGHT_JOIN `{name}` AS s ON t.`{spec.primary_key}` = s.k "
-            f"SET t.`{spec.column}` = s.new_v",
+            f"SET t.`{spec.column}` = s.new_v WHERE UNHEX(MD5(t.`{spec.column}`)) = s.read_md5",
             doing=f"writing new values to {spec.label}",
         )
 
-    def fingerprint(self, spec: ColumnSpec) -> tuple[int, int, int]:
+    def vanished_since_staged(self, spec: ColumnSpec) -> list[Row]:
+        """(key, staged value) of staged rows that are gone or hold no value any more."""
+        t, c, pk, name = spec.table, spec.column, spec.primary_key, self._temp_name(spec)
+        rows = self.query(
+            f"SELECT s.k, s.new_v FROM `{name}` AS s LEFT JOIN `{t}` AS t ON t.`{pk}` = s.k "
+            f"WHERE t.`{pk}` IS NULL OR t.`{c}` IS NULL OR t.`{c}` = '' FOR UPDATE",
+            doing=f"reading {spec.label}",
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def write_locked(self, spec: ColumnSpec, pk: Any, new: str) -> None:
+        """Write one row this transaction holds locked, and keep its staging row in step."""
+        self.execute(
+            f"UPDATE `{spec.table}` SET `{spec.column}` = %s WHERE `{spec.primary_key}` = %s",
+            (new, pk), doing=f"writing new values to {spec.label}",
+        )  # fmt: skip
+        self.execute(
+            f"REPLACE INTO `{self._temp_name(spec)}` (k, new_v, read_md5) VALUES (%s, %s, NULL)",
+            (pk, new), doing=f"staging new values for {spec.label}",
+        )  # fmt: skip
+
+    def unstage(self, spec: ColumnSpec, pk: Any) -> None:
+        self.execute(
+            f"DELETE FROM `{self._temp_name(spec)}` WHERE k = %s", (pk,), doing=f"staging {spec.label}"
+        )
+
+    def fingerprint(self, spec: ColumnSpec, *, locked: bool = False) -> tuple[int, int, int]:
         """(count, total bytes, sum of CRC32 of "key:value") of the column's non-empty
         values, computed by the server: what it stores, row by row, without sending it.
-        ``row_checksum`` is the same for one row on this side."""
+        ``row_checksum`` is the same for one row on this side. ``locked``: a locking
+        read, which sees the latest rows (not the transaction's snapshot) and keeps them."""
         c, pk = spec.column, spec.primary_key
         rows = self.query(
             f"SELECT COUNT(*), COALESCE(SUM(LENGTH(`{c}`)), 0), "
             f"COALESCE(SUM(CRC32(CONCAT(`{pk}`, ':', `{c}`))), 0) "
-            f"FROM `{spec.table}` WHERE `{c}` IS NOT NULL AND `{c}` <> ''",
+            f"FROM `{spec.table}` WHERE `{c}` IS NOT NULL AND `{c}` <> ''" + (" FOR UPDATE" if locked else ""),
             doing=f"checking {spec.label}",
         )
         count, size, crc = rows[0]
         return int(count), int(size), int(crc)
 
-    def changed_since_staged(self, spec: ColumnSpec) -> list[Row]:
-        """Rows whose value is not the one we staged for them (written by someone
-        else since), and rows we never staged (inserted since). Locked for update."""
+    def changed_since_staged(self, spec: ColumnSpec) -> list[tuple[Any, Any, str | None]]:
+        """(key, stored value, staged value or None) of rows whose value is not the one
+        we staged for them (written by someone else since), and of rows we never staged
+        (given a value since). Locked for update."""
         t, c, pk, name = spec.table, spec.column, spec.primary_key, self._temp_name(spec)
         rows = self.query(
-            f"SELECT t.`{pk}`, t.`{c}` FROM `{t}` AS t LEFT JOIN `{name}` AS s ON t.`{pk}` = s.k "
+            f"SELECT t.`{pk}`, t.`{c}`, s.new_v FROM `{t}` AS t LEFT JOIN `{name}` AS s ON t.`{pk}` = s.k "
             f"WHERE t.`{c}` IS NOT NULL AND t.`{c}` <> '' "
             f"AND (s.k IS NULL OR CAST(t.`{c}` AS BINARY) <> CAST(s.new_v AS BINARY)) FOR UPDATE",
             doing=f"sweeping {spec.label}",
         )
-        return [(r[0], r[1]) for r in rows]
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def compare_and_swap(self, spec: ColumnSpec, pk: Any, old: Any, new: str) -> bool:
         changed = self.execute(

@@ -4,12 +4,13 @@ It is also the whole of ``plan``: the read-only answer the bot shows on the
 request card before anyone approves.
 
 A rotation's preflight is also its one pass over the values
-(``sealed_under``): each value is read locked, opened with the current key and,
-in the same breath, sealed under the new key and staged in a temporary table of
-the connection. That stages nothing on the panel's rows: the new key is not yet
+(``sealed_under``): each value is read from one consistent snapshot, without a
+row lock (the panel stays writable), opened with the current key and, in the same
+breath, sealed under the new key and staged in a temporary table of the
+connection. That stages nothing on the panel's rows: the new key is not yet
 journaled nor escrowed, so not one row may hold it (docs/architecture.md §4 rule 1),
-and a refusal (a value the current key does not open, a plan that changed) rolls
-the transaction back with nothing changed. A second pass over every value, and
+and a refusal (a value the current key does not open, a plan that changed) leaves
+nothing changed. A second pass over every value, and
 half the crypto, are saved: measured, the census alone was 0.6 s of a 100k-value
 rotation.
 """
@@ -78,8 +79,9 @@ def run_preflight(
     sealed_under: str | None = None,
 ) -> Preflight:
     """Read-only unless ``sealed_under`` (a new key, hex) is given: then every value
-    is also sealed under it and staged, in a transaction left open on ``Preflight.db``
-    for the rotation to apply and commit (one connection per run: each costs a login).
+    is also sealed under it and staged in temporary tables of the connection left open
+    on ``Preflight.db``, for the rotation to apply (one connection per run: each costs
+    a login). No row lock is held when this returns.
     On any refusal the transaction is rolled back and the connection closed."""
     profile = ctx.profile
     with ctx.step("preflight", "checking .env, the database and every stored value") as out:

@@ -10,19 +10,29 @@ single restart command (``restart_split = false``, or a command that cannot be
 split) the commit follows the moment the new workers are up, and the blank
 window is as short as a commit.
 
+The panel stays writable: a user saving a credential waits at most for the bulk
+apply and the php-fpm stop, never for the pass over the values or the escrow.
+The pass reads a consistent snapshot without row locks; the key is journaled and
+escrowed outside any lock; the locks are taken by the apply (the online
+schema-change tools' short cut-over), which re-seals, under them, the few rows
+the panel wrote since the pass.
+
 What each pass over the values proves:
 
-* preflight, the one pass over the values (each read locked, opened with the key
-  in ``.env``, sealed under the new key, opened again, staged in a temporary
-  table): every value opens with the current key, else it refuses, naming table,
-  column and id, with nothing changed; every value staged opens under the new key
-  to the very plaintext its row held (the round trip); no row can change under us
-  until the commit. The new key exists only in memory until ``stage`` journals and
-  escrows it; no panel row holds it before then. The row locks are held from
-  here to the commit, escrow included: a panel user saving a credential meanwhile
-  waits for it (an escrow command is bounded by ``hook_timeout_s``).
-* reencrypt (the staged values applied to the locked rows, one UPDATE per column):
-  every staged row was written; none changed under the lock.
+* preflight, the one pass over the values (each read from one snapshot, unlocked,
+  opened with the key in ``.env``, sealed under the new key, opened again, staged
+  in a temporary table with the MD5 of the value read): every value opens with the
+  current key, else it refuses, naming table, column and id, with nothing changed;
+  every value staged opens under the new key to the very plaintext its row held
+  (the round trip). The new key exists only in memory until ``stage`` journals and
+  escrows it; no panel row holds it before then, and no row is locked meanwhile.
+* reencrypt (one UPDATE ... JOIN per column, in the transaction that locks the
+  rows until the commit): every row that still holds the value the pass read gets
+  the value staged for it; where the column's server fingerprint then differs from
+  what was sealed, the rows the panel wrote since the pass are read under the lock,
+  re-sealed (round trip included) and written, and rows it cleared are dropped
+  from what was sealed. A value written since that the current key does not open
+  stops the rotation, which rolls back.
 * verify_db (no read: the server sums count, length and CRC32("key:value")):
   the rows store exactly the bytes sealed for them, before the commit.
 * sweep (the server's fingerprint of each column; where it changed, a join of
@@ -48,9 +58,9 @@ from engine.converge import RollbackPlan, roll_back
 from engine.db import PanelDB
 from engine.dbpassword import refuse_if_unfinished
 from engine.errors import (
-    DatabaseError,
     EngineError,
     KeyReuseError,
+    UndecryptableError,
     UnfinishedRotationError,
     VerificationError,
 )
@@ -61,7 +71,7 @@ from engine.profile import engine_command
 from engine.protocol import fingerprint
 from engine.scan import apply_staged, sweep
 from engine.verify import check_written, panel_check, verify_from_disk
-from engine.words import plural
+from engine.words import plural, verb
 
 
 class KeyRotation:
@@ -77,7 +87,7 @@ class KeyRotation:
         expect: Callable[[Preflight], None] | None = None,
     ) -> None:
         self.ctx = ctx
-        #: called under the lock right after the preflight: refuses a run whose plan changed
+        #: called right after the preflight, nothing written yet: refuses a run whose plan changed
         self.expect = expect
         self.profile = ctx.profile
         self.rotation_id = rotation_id
@@ -107,6 +117,7 @@ class KeyRotation:
             new_key = new_key_hex()
             pre = run_preflight(self.ctx, lock_note="lock held", sealed_under=None if self.dry_run else new_key)
             self.db = pre.db
+            faults.checkpoint("pass:done")  # sealed and staged, unlocked; nothing journaled
             if self.expect is not None:
                 self.expect(pre)
             self.env_before = pre.env_bytes
@@ -183,11 +194,20 @@ class KeyRotation:
         new_codec = Codec(pre.scheme, new_key)
 
         with ctx.step("reencrypt", f"writing {plural(rewrite.n_staged, 'value')} sealed under the new key") as out:
-            apply_staged(db, columns, rewrite, before_column=lambda label: faults.checkpoint(f"apply:{label}"))
-            if rewrite.lost_race:
-                raise DatabaseError(f"{rewrite.lost_race} rows changed under the row lock; not writing")
+            apply_staged(db, columns, rewrite, old_codec, new_codec,
+                         before_column=lambda label: faults.checkpoint(f"apply:{label}"))
+            faults.checkpoint("apply:done")
+            if rewrite.neither:
+                n = sum(rewrite.neither.values())
+                raise UndecryptableError(
+                    f"{plural(n, 'value')} written by the panel during the rotation "
+                    f"{verb(n, 'does', 'do')} not decrypt with the current key: {', '.join(rewrite.neither_at)}",
+                    rewrite.neither_at,
+                )
             out.detail = f"re-encrypted {plural(rewrite.n_written, 'value')} in one transaction"
-            out.data = {"columns": rewrite.written, "count": rewrite.n_written}
+            if rewrite.n_resealed:
+                out.detail += f" · {plural(rewrite.n_resealed, 'value')} saved by the panel meanwhile, re-sealed"
+            out.data = {"columns": rewrite.written, "count": rewrite.n_written, "resealed": rewrite.n_resealed}
         self._advance("REENCRYPTED")
 
         with ctx.step("verify_db", "checking the stored values inside the transaction") as out:

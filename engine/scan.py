@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.cipher import Codec
-from engine.db import Literal, PanelDB, Row, row_checksum, staging_statements
+from engine.db import Literal, PanelDB, Row, row_checksum, staging_statements, value_digest
 from engine.offload import Offload
 from engine.profile import ColumnSpec
 
@@ -134,6 +134,16 @@ class Written:
         self.size += other.size
         self.crc += other.crc
 
+    def add_row(self, pk: Any, sealed: str) -> None:
+        self.count += 1
+        self.size += len(sealed)
+        self.crc += row_checksum(pk, sealed)
+
+    def drop_row(self, pk: Any, sealed: str) -> None:
+        self.count -= 1
+        self.size -= len(sealed)
+        self.crc -= row_checksum(pk, sealed)
+
     def as_tuple(self) -> tuple[int, int, int]:
         return self.count, self.size, self.crc
 
@@ -146,7 +156,10 @@ class Rewrite:
     kept: dict[str, int] = field(default_factory=dict)
     neither: dict[str, int] = field(default_factory=dict)
     neither_at: list[str] = field(default_factory=list)
-    lost_race: int = 0
+    #: rows written by the panel between the unlocked pass and the locked apply, re-sealed under the lock
+    resealed: dict[str, int] = field(default_factory=dict)
+    #: staged rows deleted or cleared by the panel in that time
+    vanished: dict[str, int] = field(default_factory=dict)
     roundtrip_failed: int = 0
     sealed: dict[str, Written] = field(default_factory=dict)
     #: values staged per column, before ``apply_staged`` writes them
@@ -159,6 +172,15 @@ class Rewrite:
     @property
     def n_staged(self) -> int:
         return sum(self.staged.values())
+
+    @property
+    def n_resealed(self) -> int:
+        return sum(self.resealed.values())
+
+    def note_neither(self, label: str, pk: Any) -> None:
+        self.neither[label] = self.neither.get(label, 0) + 1
+        if len(self.neither_at) < MAX_LISTED:
+            self.neither_at.append(f"{label} id {pk}")
 
 
 @dataclass
@@ -179,12 +201,13 @@ def _seal_batch(
 ) -> _Sealed:
     """Open with the source key, seal with the destination key, open the new value
     again and compare (the round trip proves each value we write opens under the new
-    key to the very plaintext), and build the staging INSERTs."""
+    key to the very plaintext), and build the staging INSERTs, with the MD5 of the
+    value read (the apply writes only where the row still holds it)."""
     source, dest = codecs
     written = Written()
     neither_at: list[str] = []
     n_neither = kept = failed = 0
-    out: list[tuple[Any, str]] = []
+    out: list[tuple[Any, str, str]] = []
     for pk, stored in rows:
         plain = source.open(stored)
         if plain is None:
@@ -198,10 +221,8 @@ def _seal_batch(
         sealed = dest.seal(plain)
         if dest.open(sealed) != plain:
             failed += 1
-        written.count += 1
-        written.size += len(sealed)
-        written.crc += row_checksum(pk, sealed)
-        out.append((pk, sealed))
+        written.add_row(pk, sealed)
+        out.append((pk, sealed, value_digest(stored)))
     statements = staging_statements(head, out, literal)
     return _Sealed(statements, len(out), kept, neither_at, n_neither, written, failed)
 
@@ -216,21 +237,25 @@ def seal_and_stage(
     progress: Progress | None = None,
     after_batch: Callable[[int], None] | None = None,
 ) -> Rewrite:
-    """The one pass over every value, inside a transaction begun here: each value
-    ``source`` opens is sealed under ``dest`` and staged in the column's temporary
-    table; values ``dest`` already opens are kept; values neither opens are counted
-    and never touched. No row of the panel is written: ``apply_staged`` does that,
-    and the caller commits.
+    """The one pass over every value, without a row lock: each value ``source`` opens
+    is sealed under ``dest`` and staged in the column's temporary table, with the MD5 of
+    the value read; values ``dest`` already opens are kept; values neither opens are
+    counted and never touched. No row of the panel is written: ``apply_staged`` does
+    that, in a locked transaction of its own.
 
-    Rows are read ``FOR UPDATE``, so a panel write to a row waits for our commit
-    instead of racing us. The worker process (``engine.offload``) opens, seals
-    and builds the SQL of batch n while this process sends batch n-1 and reads
+    The reads are plain (consistent) reads of one REPEATABLE READ snapshot, so a panel
+    user saving a credential meanwhile never waits for this pass (nor for the escrow
+    that follows it); what they change is found and re-sealed by ``apply_staged``. The
+    staging rows are committed at the end (they are the connection's own temporary
+    tables; no panel row is touched). The worker process (``engine.offload``) opens,
+    seals and builds the SQL of batch n while this process sends batch n-1 and reads
     batch n+1: MySQL's time, the driver's and the crypto's overlap.
     """
     result = Rewrite()
     for spec in columns:
         db.prepare_staging(spec)
-    db.begin()
+    db.rollback()  # the schema reads' implicit transaction: the snapshot starts here
+    db.begin_repeatable(snapshot=True)
     done = [0]
     batches = 0
     literal = db.literal()
@@ -239,7 +264,7 @@ def seal_and_stage(
             label, head = spec.label, db.staging_head(spec)
             sealed = result.sealed.setdefault(label, Written())
             result.staged[label] = 0
-            reads = _read(db, spec, batch, True, progress, done)
+            reads = _read(db, spec, batch, False, progress, done)
             for part in offload.map(_seal_batch, ((label, head, literal, rows) for rows in reads)):
                 db.stage(spec, part.statements)
                 result.staged[label] += part.staged
@@ -254,20 +279,58 @@ def seal_and_stage(
                 batches += 1
                 if after_batch:
                     after_batch(batches)
+    db.commit()
     return result
 
 
-def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite,
+def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec, dest: Codec,
                  before_column: Callable[[str], None] | None = None) -> Rewrite:
-    """Write what ``seal_and_stage`` staged to the panel's rows (still uncommitted)."""
+    """Write what ``seal_and_stage`` staged, in a locked transaction begun here that the
+    caller commits: one UPDATE ... JOIN per column writes every row that still holds
+    the value the pass read, and locks the table's rows. Where the server's
+    fingerprint of the column then differs from what was sealed, the panel wrote
+    rows since the pass: those few are read under the lock, opened with ``source``,
+    sealed under ``dest``, opened again and written; staged rows deleted or cleared
+    since are dropped from what was sealed. A value written since that ``source``
+    does not open is counted in ``neither`` and not touched (the caller refuses)."""
+    db.begin_repeatable()
     for spec in columns:
-        staged = result.staged.get(spec.label, 0)
+        label = spec.label
         if before_column:
-            before_column(spec.label)
-        changed = db.apply_staged(spec) if staged else 0
-        result.lost_race += staged - changed
-        result.written[spec.label] = changed
+            before_column(label)
+        result.written[label] = db.apply_staged(spec) if result.staged.get(label, 0) else 0
+        sealed = result.sealed.setdefault(label, Written())
+        if db.fingerprint(spec, locked=True) != sealed.as_tuple():
+            _reseal_changed(db, spec, result, source, dest)
     return result
+
+
+def _reseal_changed(db: PanelDB, spec: ColumnSpec, result: Rewrite, source: Codec, dest: Codec) -> None:
+    label = spec.label
+    sealed = result.sealed[label]
+    resealed = vanished = 0
+    for pk, stored, staged in db.changed_since_staged(spec):
+        if staged is not None:
+            sealed.drop_row(pk, staged)
+        plain = source.open(stored)
+        if plain is None:
+            result.note_neither(label, pk)
+            if staged is not None:
+                db.unstage(spec, pk)
+            continue
+        new = dest.seal(plain)
+        if dest.open(new) != plain:
+            result.roundtrip_failed += 1
+        db.write_locked(spec, pk, new)
+        sealed.add_row(pk, new)
+        resealed += 1
+    for pk, staged in db.vanished_since_staged(spec):
+        sealed.drop_row(pk, staged)
+        db.unstage(spec, pk)
+        vanished += 1
+    result.written[label] = result.written.get(label, 0) + resealed
+    result.resealed[label] = resealed
+    result.vanished[label] = vanished
 
 
 def reencrypt(
@@ -280,9 +343,9 @@ def reencrypt(
     progress: Progress | None = None,
     after_batch: Callable[[int], None] | None = None,
 ) -> Rewrite:
-    """``seal_and_stage`` then ``apply_staged``, in one transaction the caller commits."""
+    """``seal_and_stage`` then ``apply_staged``, whose transaction the caller commits."""
     staged = seal_and_stage(db, columns, source, dest, batch, progress=progress, after_batch=after_batch)
-    return apply_staged(db, columns, staged)
+    return apply_staged(db, columns, staged, source, dest)
 
 
 def sweep(
@@ -300,13 +363,11 @@ def sweep(
             result.written[spec.label] = 0
             continue
         written = 0
-        for pk, stored in db.changed_since_staged(spec):
+        for pk, stored, _ in db.changed_since_staged(spec):
             plain = old.open(stored)
             if plain is None:
                 if new.open(stored) is None:
-                    result.neither[spec.label] = result.neither.get(spec.label, 0) + 1
-                    if len(result.neither_at) < MAX_LISTED:
-                        result.neither_at.append(f"{spec.label} id {pk}")
+                    result.note_neither(spec.label, pk)
                 continue
             written += db.compare_and_swap(spec, pk, stored, new.seal(plain))
         result.written[spec.label] = written

@@ -87,7 +87,7 @@ def check_written(db: PanelDB, columns: list[ColumnSpec], rewrite: Rewrite) -> i
     checked = 0
     for spec in columns:
         sealed = rewrite.sealed.get(spec.label)
-        stored = db.fingerprint(spec)
+        stored = db.fingerprint(spec, locked=True)
         expected = sealed.as_tuple() if sealed else (0, 0, 0)
         if stored != expected:
             raise VerificationError(

@@ -15,9 +15,10 @@ from tests.support.secrets_scan import register_secret
 
 #: Crash point -> the key `recover` (without --rollback) should converge to.
 CRASH_POINTS = {
-    "state:STAGED": "old",
+    "state:STAGED": "old",  # journaled and escrowed after the unlocked pass; no row locked nor written
     "apply:oscam_installs.webif_password": "old",
     "apply:email_settings.mailgun_api_key": "old",
+    "apply:done": "old",  # every column applied and re-sealed under the lock, nothing committed
     "state:REENCRYPTED": "old",
     "state:DB_VERIFIED": "old",
     "state:ENV_WRITTEN": "new",
@@ -41,11 +42,11 @@ def _journal_keys(panel):
     return record["old_key"], record["new_key"]
 
 
-@pytest.mark.parametrize("point", ["reencrypt:batch:1", "reencrypt:batch:3"])
+@pytest.mark.parametrize("point", ["reencrypt:batch:1", "reencrypt:batch:3", "pass:done"])
 def test_a_crash_during_the_pass_before_the_key_is_journaled_changes_nothing(panel_factory, point):
-    """Killed while it reads, seals and stages (the new key only in memory): no row,
-    no journal, no escrow holds the new key; `recover` finds nothing to do and
-    verifies every value under the old key."""
+    """Killed while it reads, seals and stages without row locks, or between that pass and
+    the journal (the new key only in memory): no row, no journal, no escrow holds the new
+    key; `recover` finds nothing to do and verifies every value under the old key."""
     panel = panel_factory(rows=8, server=True)
     old_key, rows = panel.env_key(), panel.stored_values()
     profile = panel.write_profile(batch_size=4)
