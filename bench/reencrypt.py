@@ -2,15 +2,21 @@
 
     python bench/reencrypt.py [--values 100000] [--memory-scale 10] [--naive] [--rounds 3]
 
+The panel is seeded in the seed's shape (tests/support/panel.py ``seed_shape``): the
+six encrypted columns in their four tables, about 10 % NULL and 10 % empty, about a
+tenth of the values 2-4 KB SSH private keys, the rest short passwords.
+
 Prints, from one run on the same data:
-  * the engine's re-encryption (the very function a rotation runs: locked keyset
-    reads, open + seal + round trip in a forked worker process pipelined with the
-    reads and writes, staged multi-row INSERTs, one UPDATE ... JOIN, commit) in
-    values/s, and a whole ``rotate-key`` (preflight to DONE);
-  * the physical limit of what a rotation must do: a bare locked read of every
-    value (the same keyset SELECT ... FOR UPDATE, nothing else) plus the bare bulk
-    write of precomputed ciphertexts (temporary table, the same UPDATE ... STRAIGHT_JOIN, commit);
-    the two times add up, no overlap;
+  * the engine's re-encryption (the very functions a rotation runs: the unlocked
+    snapshot pass of keyset reads, open + seal + round trip in a forked worker process
+    pipelined with the reads and writes, staged multi-row INSERTs; then the locked
+    UPDATE ... JOIN per column where the row still holds what was read, the server's
+    fingerprint of each column, commit) in values/s and MB/s, and a whole
+    ``rotate-key`` (preflight to DONE);
+  * the physical limit of what a rotation must do: a bare read of every value (the
+    same keyset SELECTs, nothing else) plus the bare bulk write of precomputed
+    ciphertexts (temporary table, the same UPDATE ... STRAIGHT_JOIN, commit), per
+    column; the two times add up, no overlap;
   * with ``--naive``, a naive baseline: one SELECT, then decrypt, encrypt and
     UPDATE row by row;
   * pure AES-GCM decrypt + encrypt in memory, one core;
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import secrets
 import statistics
@@ -42,14 +49,17 @@ import pymysql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bot.fakes.panel import PANEL_COLUMNS
+from bot.fakes.panel.database import schema_statements
 from engine import envfile
 from engine.cipher import Codec, Scheme
 from engine.context import Context
 from engine.db import ConnectionSettings, PanelDB
 from engine.events import Emitter
-from engine.profile import profile_from_dict
+from engine.profile import ColumnSpec, profile_from_dict
 from engine.rotation import KeyRotation
 from engine.scan import reencrypt
+from tests.support.panel import SHAPE_TABLES, Shape, seed_shape, shape_value
 
 SCHEME = Scheme.parse("iv12_tag_ct/hex")
 DB = f"rotator_bench_{os.getpid()}"
@@ -60,43 +70,30 @@ def admin() -> pymysql.connections.Connection:
     return pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
 
 
-def fill(n: int, key: str) -> None:
-    """``n`` values among NULL and empty rows, interleaved as on the reference panel
-    (every tenth row NULL, every tenth empty): the gaps change MariaDB's join order."""
-    codec = Codec(SCHEME, key)
+SHAPE: list[Shape] = []
+
+
+def fill(n: int, key: str) -> Shape:
+    """About ``n`` values in the seed's shape (tests/support/panel.py ``seed_shape``)."""
     with admin() as conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {DB}")
         cur.execute(f"CREATE DATABASE {DB}")
-        cur.execute(
-            f"CREATE TABLE {DB}.oscam_installs (id INT AUTO_INCREMENT PRIMARY KEY, "
-            "name VARCHAR(100), webif_password TEXT NULL) ENGINE=InnoDB "
-            "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
-        )
-        made, row = 0, 0
-        while made < n:
-            rows = []
-            while made < n and len(rows) < 20_000:
-                row += 1
-                if row % 10 == 3:
-                    rows.append((f"install-{row}", None))
-                elif row % 10 == 6:
-                    rows.append((f"install-{row}", ""))
-                else:
-                    rows.append((f"install-{row}", codec.seal(f"webif-pw-{row}-{secrets.token_hex(6)}".encode())))
-                    made += 1
-            cur.executemany(
-                f"INSERT INTO {DB}.oscam_installs (name, webif_password) VALUES (%s, %s)", rows
-            )
+        cur.execute(f"USE {DB}")
+        statements = schema_statements()
+        for table in SHAPE_TABLES:
+            cur.execute(statements[table])
+    shape = seed_shape(lambda: pymysql.connect(host="127.0.0.1", user="root", database=DB, autocommit=False),
+                       key, SCHEME.label, n)
+    SHAPE[:] = [shape]
+    return shape
 
 
 def panel_db() -> PanelDB:
     return PanelDB(ConnectionSettings("127.0.0.1", 3306, DB, "root", "", None, 10.0))
 
 
-def column_spec():  # type: ignore[no-untyped-def]
-    from engine.profile import ColumnSpec
-
-    return [ColumnSpec(table="oscam_installs", column="webif_password")]
+def column_spec() -> list[ColumnSpec]:
+    return [ColumnSpec(table=t, column=c) for t, c in PANEL_COLUMNS]
 
 
 def engine_reencrypt(old: str, new: str) -> tuple[float, int]:
@@ -109,44 +106,51 @@ def engine_reencrypt(old: str, new: str) -> tuple[float, int]:
     return took, result.n_written
 
 
+def _where(column: str) -> str:
+    return f"`{column}` IS NOT NULL AND `{column}` <> ''"
+
+
 def naive(old: str, new: str) -> tuple[float, int]:
     src, dst = Codec(SCHEME, old), Codec(SCHEME, new)
     conn = pymysql.connect(host="127.0.0.1", user="root", database=DB, autocommit=False)
     start = time.perf_counter()
+    count = 0
     with conn.cursor() as cur:
-        cur.execute("SELECT id, webif_password FROM oscam_installs "
-                    "WHERE webif_password IS NOT NULL AND webif_password <> ''")
-        rows = cur.fetchall()
-        for pk, stored in rows:
-            plain = src.open(stored)
-            assert plain is not None
-            cur.execute("UPDATE oscam_installs SET webif_password = %s WHERE id = %s", (dst.seal(plain), pk))
+        for table, column in PANEL_COLUMNS:
+            cur.execute(f"SELECT id, `{column}` FROM `{table}` WHERE {_where(column)}")
+            rows = cur.fetchall()
+            for pk, stored in rows:
+                plain = src.open(stored)
+                assert plain is not None
+                cur.execute(f"UPDATE `{table}` SET `{column}` = %s WHERE id = %s", (dst.seal(plain), pk))
+            count += len(rows)
     conn.commit()
     took = time.perf_counter() - start
     conn.close()
-    return took, len(rows)
+    return took, count
 
 
-def bare_locked_read() -> tuple[float, int]:
-    """Every value read as the engine reads it (keyset pages, FOR UPDATE), nothing done with it."""
+def bare_read() -> tuple[float, int]:
+    """Every value read as the engine's pass reads it (keyset pages of each column, a
+    consistent snapshot), nothing done with it."""
     conn = pymysql.connect(host="127.0.0.1", user="root", database=DB, autocommit=False)
-    where = "webif_password IS NOT NULL AND webif_password <> ''"
     seen = 0
     start = time.perf_counter()
     with conn.cursor() as cur:
-        conn.begin()
-        cur.execute(f"SELECT id, webif_password FROM oscam_installs WHERE {where} ORDER BY id LIMIT %s FOR UPDATE",
-                    (BATCH,))
-        rows = cur.fetchall()
-        while rows:
-            seen += len(rows)
-            if len(rows) < BATCH:
-                break
-            cur.execute(
-                f"SELECT id, webif_password FROM oscam_installs WHERE id > %s AND {where} "
-                "ORDER BY id LIMIT %s FOR UPDATE", (rows[-1][0], BATCH),
-            )
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        for table, column in PANEL_COLUMNS:
+            cur.execute(f"SELECT id, `{column}` FROM `{table}` WHERE {_where(column)} ORDER BY id LIMIT %s",
+                        (BATCH,))
             rows = cur.fetchall()
+            while rows:
+                seen += len(rows)
+                if len(rows) < BATCH:
+                    break
+                cur.execute(
+                    f"SELECT id, `{column}` FROM `{table}` WHERE id > %s AND {_where(column)} "
+                    "ORDER BY id LIMIT %s", (rows[-1][0], BATCH),
+                )
+                rows = cur.fetchall()
     took = time.perf_counter() - start
     conn.rollback()
     conn.close()
@@ -157,39 +161,45 @@ def bare_bulk_write(old: str, new: str) -> tuple[float, int]:
     """Bulk write only: ciphertexts and statements computed before the clock starts."""
     src, dst = Codec(SCHEME, old), Codec(SCHEME, new)
     conn = pymysql.connect(host="127.0.0.1", user="root", database=DB, autocommit=False)
+    statements: dict[tuple[str, str], list[str]] = {}
+    count = 0
     with conn.cursor() as cur:
-        cur.execute("SELECT id, webif_password FROM oscam_installs "
-                    "WHERE webif_password IS NOT NULL AND webif_password <> ''")
-        rows = [(pk, dst.seal(src.open(v) or b"")) for pk, v in cur.fetchall()]
+        for table, column in PANEL_COLUMNS:
+            cur.execute(f"SELECT id, `{column}` FROM `{table}` WHERE {_where(column)}")
+            rows = [(pk, dst.seal(src.open(v) or b"")) for pk, v in cur.fetchall()]
+            count += len(rows)
+            statements[table, column] = [
+                f"INSERT INTO `staging_{table}_{column}` (k, new_v) VALUES "
+                + ",".join(f"({pk},'{ct}')" for pk, ct in rows[i : i + BATCH])
+                for i in range(0, len(rows), BATCH)
+            ]
     conn.commit()
-    statements = []
-    for i in range(0, len(rows), BATCH):
-        statements.append(
-            "INSERT INTO staging (k, new_v) VALUES "
-            + ",".join(f"({pk},'{ct}')" for pk, ct in rows[i : i + BATCH])
-        )
     start = time.perf_counter()
     with conn.cursor() as cur:
-        cur.execute(
-            "CREATE TEMPORARY TABLE staging (PRIMARY KEY (k)) "
-            "SELECT id AS k, webif_password AS new_v FROM oscam_installs LIMIT 0"
-        )
+        for table, column in PANEL_COLUMNS:
+            cur.execute(
+                f"CREATE TEMPORARY TABLE `staging_{table}_{column}` (PRIMARY KEY (k)) "
+                f"SELECT id AS k, `{column}` AS new_v FROM `{table}` LIMIT 0"
+            )
         conn.begin()
-        for sql in statements:
-            cur.execute(sql)
-        cur.execute(
-            "UPDATE oscam_installs t STRAIGHT_JOIN staging s ON t.id = s.k SET t.webif_password = s.new_v"
-        )
+        for (table, column), sqls in statements.items():
+            for sql in sqls:
+                cur.execute(sql)
+            cur.execute(
+                f"UPDATE `{table}` t STRAIGHT_JOIN `staging_{table}_{column}` s ON t.id = s.k "
+                f"SET t.`{column}` = s.new_v"
+            )
     conn.commit()
     took = time.perf_counter() - start
     conn.close()
-    return took, len(rows)
+    return took, count
 
 
 def pure_crypto(n: int) -> float:
     src_key, dst_key = secrets.token_hex(32), secrets.token_hex(32)
     src, dst = Codec(SCHEME, src_key), Codec(SCHEME, dst_key)
-    values = [src.seal(f"webif-pw-{i}".encode()) for i in range(n)]
+    rnd = random.Random(1)
+    values = [src.seal(shape_value(i, rnd) or b"") for i in range(n)]  # type: ignore[arg-type]
     start = time.perf_counter()
     for v in values:
         dst.seal(src.open(v) or b"")
@@ -284,14 +294,15 @@ def main() -> None:
     n = args.values
     try:
         keys = [secrets.token_hex(32)]
-        print(f"values: {n:,} in MariaDB (one TEXT column, base64 AES-256-GCM), batches of {BATCH:,}")
-        fill(n, keys[-1])
+        shape = fill(n, keys[-1])
+        n = shape.total
+        print(f"seed's shape: {shape.describe()} (base64 AES-256-GCM), batches of {BATCH:,}")
         rounds: list[dict[str, float]] = []
         for i in range(args.rounds):
             keys.append(secrets.token_hex(32))
             took, written = engine_reencrypt(keys[-2], keys[-1])
             assert written == n, (written, n)
-            t_read = bare_locked_read()[0]
+            t_read = bare_read()[0]
             keys.append(secrets.token_hex(32))
             t_write = bare_bulk_write(keys[-2], keys[-1])[0]
             t_whole = whole_rotation(keys[-1])
@@ -308,8 +319,10 @@ def main() -> None:
             t_naive, _ = naive(keys[-2], keys[-1])
         t_crypto = pure_crypto(n)
 
+        megabytes = shape.stored_bytes / 1e6
+
         def rate(t: float) -> str:
-            return f"{n / t:>10,.0f} values/s  ({t:6.2f} s)"
+            return f"{n / t:>10,.0f} values/s {megabytes / t:6.1f} MB/s ({t:6.2f} s)"
 
         def median(key: str) -> float:
             return statistics.median(r[key] for r in rounds)
@@ -317,12 +330,12 @@ def main() -> None:
         print(f"medians of {len(rounds)} rounds (each round measures everything back to back):")
         print(f"engine re-encryption         {rate(median('engine'))}")
         print(f"engine whole rotate-key      {rate(median('whole'))}  preflight..DONE")
-        print(f"bare locked read             {rate(median('read'))}")
+        print(f"bare read                    {rate(median('read'))}  the same keyset SELECTs, snapshot")
         print(f"bare bulk write              {rate(median('write'))}  precomputed ciphertexts")
         print(f"read + write limit           {rate(median('limit'))}  the two above, back to back")
         if t_naive is not None:
             print(f"naive row-by-row baseline    {rate(t_naive)}")
-        print(f"pure AES-GCM open+seal       {rate(t_crypto)}  one core, in memory")
+        print(f"pure AES-GCM open+seal       {n / t_crypto:>10,.0f} values/s  one core, in memory, same shape")
         limit_ratio = statistics.median(r["limit"] / r["engine"] for r in rounds)
         whole_ratio = statistics.median(r["engine"] / r["whole"] for r in rounds)
         print(f"engine / read+write limit    {limit_ratio:5.0%}    (median of per-round ratios; aim >= 80%)")

@@ -12,15 +12,21 @@ Fixture values per column, by row id (1-based): id % 10 == 3 is NULL, == 6 an
 encrypted empty string, == 8 a stored '' (no value, as a panel keeps a
 cleared field); id 2 is non-ASCII, id 4 about 10 KB; the rest ``pw-<hex>``.
 Values without a secret (NULL, '') must stay exactly as they are.
+
+``seed_shape`` fills a database the way the seed's panel is shaped, for benchmarks:
+all six columns in their four tables, about 10 % NULL, 10 % stored '', and about
+a tenth of the values several kilobytes (an SSH private key), the rest short.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import random
 import re
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,3 +368,96 @@ def build_panel(
         db.drop()
         raise
     return sandbox
+
+
+# --- the seed's shape, for benchmarks ---------------------------------------------------------
+
+#: Encrypted values per row of the four tables together (1 + 1 + 2 + 2 columns, 80 % hold a value).
+VALUES_PER_ROW = 6 * 0.8
+SHAPE_TABLES = ("oscam_installs", "saved_servers", "email_settings", "email_configurations")
+
+
+def shape_value(row_id: int, rnd: random.Random) -> bytes | str | None:
+    """The plaintext of a row in the seed's shape: id % 10 == 3 NULL, == 8 a stored '',
+    == 4 an SSH private key of 2-4 KB (1 in 8 of the values), else a short password."""
+    kind = row_id % 10
+    if kind == 3:
+        return None
+    if kind == 8:
+        return ""
+    if kind == 4:
+        body = base64.encodebytes(rnd.randbytes(rnd.randint(1500, 3000))).decode()
+        return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}-----END OPENSSH PRIVATE KEY-----\n".encode()
+    return f"pw-{rnd.getrandbits(64):016x}".encode()
+
+
+@dataclass
+class Shape:
+    """What ``seed_shape`` stored."""
+
+    rows: int
+    values: dict[str, int]
+    stored_bytes: int
+    long_values: int
+    null_cells: int
+    empty_cells: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.values.values())
+
+    def describe(self) -> str:
+        cells = self.rows * 6
+        return (
+            f"{self.total:,} values in 6 columns of 4 tables ({self.rows:,} rows each): "
+            f"{self.null_cells / cells:.0%} NULL, {self.empty_cells / cells:.0%} empty, "
+            f"{self.long_values / self.total:.0%} of the values 2-4 KB; "
+            f"{self.stored_bytes / 1e6:,.1f} MB stored"
+        )
+
+
+def seed_shape(connect: Callable[[], Any], key_hex: str, scheme: str, values: int, seed: int = 25) -> Shape:
+    """Fill the four tables (already created, empty) with about ``values`` encrypted values in
+    the seed's shape, sealed under ``key_hex`` by the engine's codec (fast; PHP opens the
+    same layout, as tests/engine/test_cipher.py proves). ``connect`` gives a PyMySQL
+    connection to the database."""
+    from bot.fakes.panel import PANEL_COLUMNS
+    from engine.cipher import Codec
+
+    codec = Codec(Scheme.parse(scheme), key_hex)
+    rnd = random.Random(seed)
+    rows = max(1, round(values / VALUES_PER_ROW))
+    columns_of: dict[str, list[str]] = {}
+    for table, column in PANEL_COLUMNS:
+        columns_of.setdefault(table, []).append(column)
+    shape = Shape(rows, {}, 0, 0, 0, 0)
+    with contextlib.closing(connect()) as conn:
+        for table in SHAPE_TABLES:
+            columns = columns_of[table]
+            names = ", ".join(f"`{c}`" for c in ("id", *PLAIN_FIELDS[table], *columns))
+            marks = ", ".join(["%s"] * (1 + len(PLAIN_FIELDS[table]) + len(columns)))
+            sql = f"INSERT INTO `{table}` ({names}) VALUES ({marks})"
+            for start in range(1, rows + 1, 2000):
+                batch = []
+                for row_id in range(start, min(rows, start + 1999) + 1):
+                    cells: list[Any] = []
+                    for column in columns:
+                        plain = shape_value(row_id, rnd)
+                        if plain is None:
+                            shape.null_cells += 1
+                            cells.append(None)
+                        elif plain == "":
+                            shape.empty_cells += 1
+                            cells.append("")
+                        else:
+                            sealed = codec.seal(plain)  # type: ignore[arg-type]
+                            label_ = f"{table}.{column}"
+                            shape.values[label_] = shape.values.get(label_, 0) + 1
+                            shape.stored_bytes += len(sealed)
+                            shape.long_values += len(plain) > 1000
+                            cells.append(sealed)
+                    batch.append([row_id, *plain_values(table, row_id), *cells])
+                with conn.cursor() as cur:
+                    cur.executemany(sql, batch)
+                conn.commit()
+    return shape
