@@ -384,15 +384,32 @@ class PanelDB:
             doing=f"writing new values to {spec.label}",
         )
 
-    def vanished_since_staged(self, spec: ColumnSpec) -> list[Row]:
+    def vanished_since_staged(self, spec: ColumnSpec, *, locked: bool) -> list[Row]:
         """(key, staged value) of staged rows that are gone or hold no value any more."""
         t, c, pk, name = spec.table, spec.column, spec.primary_key, self._temp_name(spec)
         rows = self.query(
             f"SELECT s.k, s.new_v FROM `{name}` AS s LEFT JOIN `{t}` AS t ON t.`{pk}` = s.k "
-            f"WHERE t.`{pk}` IS NULL OR t.`{c}` IS NULL OR t.`{c}` = '' FOR UPDATE",
+            f"WHERE t.`{pk}` IS NULL OR t.`{c}` IS NULL OR t.`{c}` = ''" + (" FOR UPDATE" if locked else ""),
             doing=f"reading {spec.label}",
         )
         return [(r[0], r[1]) for r in rows]
+
+    def changed_since_read(self, spec: ColumnSpec) -> list[tuple[Any, Any, str | None]]:
+        """(key, stored value, staged value or None) of rows that no longer hold the value
+        the pass read (its MD5 as staged), or that hold a value and were never staged.
+        A plain read: nothing is locked, nothing has been applied yet."""
+        t, c, pk, name = spec.table, spec.column, spec.primary_key, self._temp_name(spec)
+        rows = self.query(
+            f"SELECT t.`{pk}`, t.`{c}`, s.new_v FROM `{t}` AS t LEFT JOIN `{name}` AS s ON t.`{pk}` = s.k "
+            f"WHERE t.`{c}` IS NOT NULL AND t.`{c}` <> '' "
+            f"AND (s.k IS NULL OR s.read_md5 IS NULL OR UNHEX(MD5(t.`{c}`)) <> s.read_md5)",
+            doing=f"reading {spec.label}",
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def restage_head(self, spec: ColumnSpec) -> str:
+        """Like ``staging_head``, replacing what a key had staged."""
+        return f"REPLACE INTO `{self._temp_name(spec)}` (k, new_v, read_md5) VALUES "
 
     def write_locked(self, spec: ColumnSpec, pk: Any, new: str) -> None:
         """Write one row this transaction holds locked, and keep its staging row in step."""

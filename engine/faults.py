@@ -5,7 +5,8 @@ stops itself (SIGSTOP) when it reaches ``<point>``; the test then SIGKILLs it
 (a crash), or cuts its SSH session and lets it continue (SIGCONT). Points are
 ``state:<STATE>`` right after a state is journaled, ``reencrypt:batch:<n>``
 after the n-th batch of the unlocked pass is staged, ``pass:done`` (the pass
-over, nothing journaled, no row locked), ``apply:<table.column>`` before a
+over, nothing journaled, no row locked), ``apply:caught-up`` (the panel's saves
+since the pass re-staged, still unlocked), ``apply:<table.column>`` before a
 column's locked apply, ``apply:done`` (every column applied and re-sealed under
 the lock, nothing committed), ``commit:before``
 (one restart command: the panel restarted, the commit next), and, with the

@@ -69,7 +69,7 @@ from engine.journal import JournalRecord
 from engine.preflight import Preflight, run_preflight
 from engine.profile import engine_command
 from engine.protocol import fingerprint
-from engine.scan import apply_staged, sweep
+from engine.scan import apply_staged, catch_up, sweep
 from engine.verify import check_written, panel_check, verify_from_disk
 from engine.words import plural, verb
 
@@ -194,6 +194,8 @@ class KeyRotation:
         new_codec = Codec(pre.scheme, new_key)
 
         with ctx.step("reencrypt", f"writing {plural(rewrite.n_staged, 'value')} sealed under the new key") as out:
+            caught_up = catch_up(db, columns, rewrite, old_codec, new_codec)
+            faults.checkpoint("apply:caught-up")
             apply_staged(db, columns, rewrite, old_codec, new_codec,
                          before_column=lambda label: faults.checkpoint(f"apply:{label}"))
             faults.checkpoint("apply:done")
@@ -207,7 +209,8 @@ class KeyRotation:
             out.detail = f"re-encrypted {plural(rewrite.n_written, 'value')} in one transaction"
             if rewrite.n_resealed:
                 out.detail += f" · {plural(rewrite.n_resealed, 'value')} saved by the panel meanwhile, re-sealed"
-            out.data = {"columns": rewrite.written, "count": rewrite.n_written, "resealed": rewrite.n_resealed}
+            out.data = {"columns": rewrite.written, "count": rewrite.n_written, "resealed": rewrite.n_resealed,
+                        "caught_up": caught_up}
         self._advance("REENCRYPTED")
 
         with ctx.step("verify_db", "checking the stored values inside the transaction") as out:

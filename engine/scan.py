@@ -283,22 +283,77 @@ def seal_and_stage(
     return result
 
 
+def catch_up(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec, dest: Codec,
+             rounds: int = 3, enough: int = 100) -> int:
+    """Before the locks: re-seal and re-stage, without a row lock, what the panel wrote
+    since the pass (the escrow may have taken seconds). Repeated while a round still
+    finds more than ``enough`` rows, at most ``rounds`` times, so that the locked apply
+    has only the last few to re-seal. Returns the rows re-staged. Values ``source``
+    does not open are unstaged and left to the locked apply, which refuses them."""
+    total = 0
+    for _ in range(rounds):
+        db.rollback()
+        db.begin_repeatable(snapshot=True)
+        found = sum(_restage_changed(db, spec, result, source, dest) for spec in columns)
+        db.commit()
+        total += found
+        if found <= enough:
+            break
+    return total
+
+
+def _restage_changed(db: PanelDB, spec: ColumnSpec, result: Rewrite, source: Codec, dest: Codec) -> int:
+    label = spec.label
+    sealed = result.sealed.setdefault(label, Written())
+    changed = db.changed_since_read(spec)
+    vanished = db.vanished_since_staged(spec, locked=False)
+    rows: list[tuple[Any, str, str]] = []
+    gone: list[Any] = []
+    for pk, stored, staged in changed:
+        if staged is not None:
+            sealed.drop_row(pk, staged)
+            result.staged[label] -= 1
+        plain = source.open(stored)
+        if plain is None:
+            gone.append(pk)
+            continue
+        new = dest.seal(plain)
+        if dest.open(new) != plain:
+            result.roundtrip_failed += 1
+        sealed.add_row(pk, new)
+        result.staged[label] = result.staged.get(label, 0) + 1
+        rows.append((pk, new, value_digest(stored)))
+    for pk, staged in vanished:
+        sealed.drop_row(pk, staged)
+        result.staged[label] -= 1
+        gone.append(pk)
+    db.stage(spec, staging_statements(db.restage_head(spec), rows, db.literal()))
+    for pk in gone:
+        db.unstage(spec, pk)
+    result.vanished[label] = result.vanished.get(label, 0) + len(vanished)
+    result.resealed[label] = result.resealed.get(label, 0) + len(rows)
+    return len(changed) + len(vanished)
+
+
 def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec, dest: Codec,
                  before_column: Callable[[str], None] | None = None) -> Rewrite:
     """Write what ``seal_and_stage`` staged, in a locked transaction begun here that the
     caller commits: one UPDATE ... JOIN per column writes every row that still holds
     the value the pass read, and locks the table's rows. Where the server's
     fingerprint of the column then differs from what was sealed, the panel wrote
-    rows since the pass: those few are read under the lock, opened with ``source``,
-    sealed under ``dest``, opened again and written; staged rows deleted or cleared
-    since are dropped from what was sealed. A value written since that ``source``
-    does not open is counted in ``neither`` and not touched (the caller refuses)."""
+    rows since (``catch_up`` took most of them before the locks): those few are read
+    under the lock, opened with ``source``, sealed under ``dest``, opened again and
+    written; staged rows deleted or cleared since are dropped from what was sealed.
+    A value written since that ``source`` does not open is counted in ``neither`` and
+    not touched (the caller refuses)."""
+    db.rollback()
     db.begin_repeatable()
     for spec in columns:
         label = spec.label
         if before_column:
             before_column(label)
-        result.written[label] = db.apply_staged(spec) if result.staged.get(label, 0) else 0
+        applied = db.apply_staged(spec) if result.staged.get(label, 0) else 0
+        result.written[label] = applied
         sealed = result.sealed.setdefault(label, Written())
         if db.fingerprint(spec, locked=True) != sealed.as_tuple():
             _reseal_changed(db, spec, result, source, dest)
@@ -308,7 +363,7 @@ def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source
 def _reseal_changed(db: PanelDB, spec: ColumnSpec, result: Rewrite, source: Codec, dest: Codec) -> None:
     label = spec.label
     sealed = result.sealed[label]
-    resealed = vanished = 0
+    resealed = 0
     for pk, stored, staged in db.changed_since_staged(spec):
         if staged is not None:
             sealed.drop_row(pk, staged)
@@ -324,13 +379,13 @@ def _reseal_changed(db: PanelDB, spec: ColumnSpec, result: Rewrite, source: Code
         db.write_locked(spec, pk, new)
         sealed.add_row(pk, new)
         resealed += 1
-    for pk, staged in db.vanished_since_staged(spec):
+    vanished = db.vanished_since_staged(spec, locked=True)
+    for pk, staged in vanished:
         sealed.drop_row(pk, staged)
         db.unstage(spec, pk)
-        vanished += 1
     result.written[label] = result.written.get(label, 0) + resealed
-    result.resealed[label] = resealed
-    result.vanished[label] = vanished
+    result.resealed[label] = result.resealed.get(label, 0) + resealed
+    result.vanished[label] = result.vanished.get(label, 0) + len(vanished)
 
 
 def reencrypt(

@@ -16,6 +16,7 @@ from tests.support.secrets_scan import register_secret
 #: Crash point -> the key `recover` (without --rollback) should converge to.
 CRASH_POINTS = {
     "state:STAGED": "old",  # journaled and escrowed after the unlocked pass; no row locked nor written
+    "apply:caught-up": "old",  # the panel's saves since the pass re-staged, no row locked yet
     "apply:oscam_installs.webif_password": "old",
     "apply:email_settings.mailgun_api_key": "old",
     "apply:done": "old",  # every column applied and re-sealed under the lock, nothing committed
