@@ -164,6 +164,9 @@ class Rewrite:
     sealed: dict[str, Written] = field(default_factory=dict)
     #: values staged per column, before ``apply_staged`` writes them
     staged: dict[str, int] = field(default_factory=dict)
+    #: per column, the server's fingerprint of what the staging reflects (the pass's reads,
+    #: then ``catch_up``'s): equal to the column's fingerprint now, nothing changed since
+    read: dict[str, Written] = field(default_factory=dict)
 
     @property
     def n_written(self) -> int:
@@ -187,6 +190,7 @@ class Rewrite:
 class _Sealed:
     """One batch of ``reencrypt``, done in the worker: SQL ready to send."""
 
+    label: str
     statements: list[str]
     staged: int
     kept: int
@@ -194,6 +198,7 @@ class _Sealed:
     n_neither: int
     written: Written
     roundtrip_failed: int
+    read: Written
 
 
 def _seal_batch(
@@ -204,11 +209,12 @@ def _seal_batch(
     key to the very plaintext), and build the staging INSERTs, with the MD5 of the
     value read (the apply writes only where the row still holds it)."""
     source, dest = codecs
-    written = Written()
+    written, read = Written(), Written()
     neither_at: list[str] = []
     n_neither = kept = failed = 0
-    out: list[tuple[Any, str, str]] = []
+    out: list[tuple[Any, str | None, str | None]] = []
     for pk, stored in rows:
+        read.add_row(pk, stored)
         plain = source.open(stored)
         if plain is None:
             if dest.open(stored) is not None:
@@ -224,7 +230,7 @@ def _seal_batch(
         written.add_row(pk, sealed)
         out.append((pk, sealed, value_digest(stored)))
     statements = staging_statements(head, out, literal)
-    return _Sealed(statements, len(out), kept, neither_at, n_neither, written, failed)
+    return _Sealed(label, statements, len(out), kept, neither_at, n_neither, written, failed, read)
 
 
 def seal_and_stage(
@@ -240,16 +246,18 @@ def seal_and_stage(
     """The one pass over every value, without a row lock: each value ``source`` opens
     is sealed under ``dest`` and staged in the column's temporary table, with the MD5 of
     the value read; values ``dest`` already opens are kept; values neither opens are
-    counted and never touched. No row of the panel is written: ``apply_staged`` does
-    that, in a locked transaction of its own.
+    counted and never touched. Rows that hold no value are staged as they are (NULL or
+    ''), so that a value saved there later is noticed. No row of the panel is written:
+    ``apply_staged`` does that, in a locked transaction of its own.
 
     The reads are plain (consistent) reads of one REPEATABLE READ snapshot, so a panel
     user saving a credential meanwhile never waits for this pass (nor for the escrow
-    that follows it); what they change is found and re-sealed by ``apply_staged``. The
-    staging rows are committed at the end (they are the connection's own temporary
-    tables; no panel row is touched). The worker process (``engine.offload``) opens,
-    seals and builds the SQL of batch n while this process sends batch n-1 and reads
-    batch n+1: MySQL's time, the driver's and the crypto's overlap.
+    that follows it); what they change is found and re-sealed by ``catch_up`` and
+    ``apply_staged``. The staging rows are committed at the end (they are the
+    connection's own temporary tables; no panel row is touched). One worker process
+    (``engine.offload``) opens, seals and builds the SQL of batch n while this process
+    sends batch n-1 and reads batch n+1, every column in one stream: MySQL's time, the
+    driver's and the crypto's overlap, and the pipeline never drains between columns.
     """
     result = Rewrite()
     for spec in columns:
@@ -259,133 +267,150 @@ def seal_and_stage(
     done = [0]
     batches = 0
     literal = db.literal()
-    with Offload(source, dest) as offload:
+    by_label = {spec.label: spec for spec in columns}
+    for spec in columns:
+        result.sealed[spec.label] = Written()
+        result.read[spec.label] = Written()
+        result.staged[spec.label] = 0
+        empty = [(pk, value, value_digest(value)) for pk, value in db.empty_rows(spec)]
+        db.stage(spec, staging_statements(db.staging_head(spec), empty, literal))
+
+    def reads() -> Iterator[tuple[str, str, Literal, list[Row]]]:
         for spec in columns:
-            label, head = spec.label, db.staging_head(spec)
-            sealed = result.sealed.setdefault(label, Written())
-            result.staged[label] = 0
-            reads = _read(db, spec, batch, False, progress, done)
-            for part in offload.map(_seal_batch, ((label, head, literal, rows) for rows in reads)):
-                db.stage(spec, part.statements)
-                result.staged[label] += part.staged
-                sealed.add(part.written)
-                result.roundtrip_failed += part.roundtrip_failed
-                result.kept[label] = result.kept.get(label, 0) + part.kept
-                if part.n_neither:
-                    result.neither[label] = result.neither.get(label, 0) + part.n_neither
-                for where in part.neither_at:
-                    if len(result.neither_at) < MAX_LISTED:
-                        result.neither_at.append(where)
-                batches += 1
-                if after_batch:
-                    after_batch(batches)
+            head = db.staging_head(spec)
+            for rows in _read(db, spec, batch, False, progress, done):
+                yield spec.label, head, literal, rows
+
+    with Offload(source, dest) as offload:
+        for part in offload.map(_seal_batch, reads()):
+            label = part.label
+            db.stage(by_label[label], part.statements)
+            result.staged[label] += part.staged
+            result.sealed[label].add(part.written)
+            result.read[label].add(part.read)
+            result.roundtrip_failed += part.roundtrip_failed
+            result.kept[label] = result.kept.get(label, 0) + part.kept
+            if part.n_neither:
+                result.neither[label] = result.neither.get(label, 0) + part.n_neither
+            for where in part.neither_at:
+                if len(result.neither_at) < MAX_LISTED:
+                    result.neither_at.append(where)
+            batches += 1
+            if after_batch:
+                after_batch(batches)
     db.commit()
     return result
 
 
-def catch_up(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec, dest: Codec,
-             rounds: int = 3, enough: int = 100) -> int:
-    """Before the locks: re-seal and re-stage, without a row lock, what the panel wrote
-    since the pass (the escrow may have taken seconds). Repeated while a round still
-    finds more than ``enough`` rows, at most ``rounds`` times, so that the locked apply
-    has only the last few to re-seal. Returns the rows re-staged. Values ``source``
-    does not open are unstaged and left to the locked apply, which refuses them."""
-    total = 0
-    for _ in range(rounds):
-        db.rollback()
-        db.begin_repeatable(snapshot=True)
-        found = sum(_restage_changed(db, spec, result, source, dest) for spec in columns)
-        db.commit()
-        total += found
-        if found <= enough:
-            break
-    return total
+Change = tuple[Any, Any, Any, bool]
+"""(key, value stored now, value staged for the row, whether the row exists)."""
 
 
-def _restage_changed(db: PanelDB, spec: ColumnSpec, result: Rewrite, source: Codec, dest: Codec) -> int:
+def _restage(db: PanelDB, spec: ColumnSpec, result: Rewrite, changes: list[Change], source: Codec,
+             dest: Codec) -> None:
+    """Re-stage rows the panel changed since they were staged: a new value is opened with
+    ``source`` and sealed under ``dest`` (round trip included), a cleared one staged as it
+    is, a deleted row unstaged; what was sealed follows. A value ``source`` does not open
+    is counted in ``neither``, unstaged and never written."""
     label = spec.label
-    sealed = result.sealed.setdefault(label, Written())
-    changed = db.changed_since_read(spec)
-    vanished = db.vanished_since_staged(spec, locked=False)
-    rows: list[tuple[Any, str, str]] = []
+    sealed = result.sealed[label]
+    rows: list[tuple[Any, str | None, str | None]] = []
     gone: list[Any] = []
-    for pk, stored, staged in changed:
-        if staged is not None:
+    for pk, stored, staged, exists in changes:
+        if staged:  # a value we had sealed for the row
             sealed.drop_row(pk, staged)
             result.staged[label] -= 1
+        if not exists:
+            gone.append(pk)
+            result.vanished[label] = result.vanished.get(label, 0) + 1
+            continue
+        if stored is None or stored == "":
+            rows.append((pk, stored, value_digest(stored)))
+            if staged:
+                result.vanished[label] = result.vanished.get(label, 0) + 1
+            continue
         plain = source.open(stored)
         if plain is None:
+            result.note_neither(label, pk)
             gone.append(pk)
             continue
         new = dest.seal(plain)
         if dest.open(new) != plain:
             result.roundtrip_failed += 1
         sealed.add_row(pk, new)
-        result.staged[label] = result.staged.get(label, 0) + 1
+        result.staged[label] += 1
+        result.resealed[label] = result.resealed.get(label, 0) + 1
         rows.append((pk, new, value_digest(stored)))
-    for pk, staged in vanished:
-        sealed.drop_row(pk, staged)
-        result.staged[label] -= 1
-        gone.append(pk)
-    db.stage(spec, staging_statements(db.restage_head(spec), rows, db.literal()))
-    for pk in gone:
-        db.unstage(spec, pk)
-    result.vanished[label] = result.vanished.get(label, 0) + len(vanished)
-    result.resealed[label] = result.resealed.get(label, 0) + len(rows)
-    return len(changed) + len(vanished)
+    db.stage(spec, staging_statements(db.staging_head(spec, replace=True), rows, db.literal()))
+    db.unstage(spec, gone)
+
+
+def catch_up(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec, dest: Codec) -> int:
+    """Before the locks: re-seal and re-stage, without a row lock, what the panel wrote
+    since the pass (the escrow may have taken seconds), so that the locked apply has
+    only what it writes after this. A column whose server fingerprint still equals that
+    of what was read is skipped without a join. Returns the rows re-staged."""
+    db.rollback()
+    db.begin_repeatable(snapshot=True)
+    found = 0
+    for spec in columns:
+        now = db.fingerprint(spec)
+        if now == result.read[spec.label].as_tuple():
+            continue
+        changes = db.changed_since_read(spec)
+        _restage(db, spec, result, changes, source, dest)
+        result.read[spec.label] = Written(*now)
+        found += len(changes)
+    db.commit()
+    return found
 
 
 def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec, dest: Codec,
                  before_column: Callable[[str], None] | None = None) -> Rewrite:
-    """Write what ``seal_and_stage`` staged, in a locked transaction begun here that the
-    caller commits: one UPDATE ... JOIN per column writes every row that still holds
-    the value the pass read, and locks the table's rows. Where the server's
-    fingerprint of the column then differs from what was sealed, the panel wrote
-    rows since (``catch_up`` took most of them before the locks): those few are read
-    under the lock, opened with ``source``, sealed under ``dest``, opened again and
-    written; staged rows deleted or cleared since are dropped from what was sealed.
-    A value written since that ``source`` does not open is counted in ``neither`` and
-    not touched (the caller refuses)."""
+    """Write what was staged, in a locked transaction begun here that the caller commits.
+    Per column: one UPDATE ... JOIN writes every row that still holds the value the pass
+    (or ``catch_up``) read, and locks the table's rows; the rows it did not write (the
+    panel saved them since) are read under the lock, re-staged (``_restage``) and
+    written by key. If the column's server fingerprint still differs from what was
+    sealed, rows were inserted since: those are found by a join and re-sealed. A value
+    written since that ``source`` does not open is counted in ``neither`` and not
+    touched (the caller refuses)."""
     db.rollback()
     db.begin_repeatable()
     for spec in columns:
         label = spec.label
         if before_column:
             before_column(label)
-        applied = db.apply_staged(spec) if result.staged.get(label, 0) else 0
-        result.written[label] = applied
-        sealed = result.sealed.setdefault(label, Written())
-        if db.fingerprint(spec, locked=True) != sealed.as_tuple():
+        db.apply_staged(spec)
+        late = db.unapplied(spec)
+        if late:
+            _restage(db, spec, result, late, source, dest)
+            db.apply_staged(spec, unapplied_only=True)
+        if label in result.neither:
+            continue  # the caller refuses: nothing of this column is looked at further
+        if db.fingerprint(spec, locked=True) != result.sealed[label].as_tuple():
             _reseal_changed(db, spec, result, source, dest)
+        result.written[label] = db.count_applied(spec)
     return result
 
 
 def _reseal_changed(db: PanelDB, spec: ColumnSpec, result: Rewrite, source: Codec, dest: Codec) -> None:
+    """Under the lock, row by row: values in rows that were never staged (inserted since)."""
     label = spec.label
     sealed = result.sealed[label]
-    resealed = 0
     for pk, stored, staged in db.changed_since_staged(spec):
-        if staged is not None:
+        if staged:
             sealed.drop_row(pk, staged)
         plain = source.open(stored)
         if plain is None:
             result.note_neither(label, pk)
-            if staged is not None:
-                db.unstage(spec, pk)
             continue
         new = dest.seal(plain)
         if dest.open(new) != plain:
             result.roundtrip_failed += 1
         db.write_locked(spec, pk, new)
         sealed.add_row(pk, new)
-        resealed += 1
-    vanished = db.vanished_since_staged(spec, locked=True)
-    for pk, staged in vanished:
-        sealed.drop_row(pk, staged)
-        db.unstage(spec, pk)
-    result.written[label] = result.written.get(label, 0) + resealed
-    result.resealed[label] = result.resealed.get(label, 0) + resealed
-    result.vanished[label] = result.vanished.get(label, 0) + len(vanished)
+        result.resealed[label] = result.resealed.get(label, 0) + 1
 
 
 def reencrypt(
