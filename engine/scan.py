@@ -368,49 +368,32 @@ def catch_up(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Co
 def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec, dest: Codec,
                  before_column: Callable[[str], None] | None = None) -> Rewrite:
     """Write what was staged, in a locked transaction begun here that the caller commits.
-    Per column: one UPDATE ... JOIN writes every row that still holds the value the pass
-    (or ``catch_up``) read, and locks the table's rows; the rows it did not write (the
-    panel saved them since) are read under the lock, re-staged (``_restage``) and
-    written by key. If the column's server fingerprint still differs from what was
-    sealed, rows were inserted since: those are found by a join and re-sealed. A value
-    written since that ``source`` does not open is counted in ``neither`` and not
-    touched (the caller refuses)."""
+    Per table: one UPDATE ... JOIN writes every value that is still the one the pass (or
+    ``catch_up``) read, and locks the table's rows. Where a column's server fingerprint
+    then differs from what was sealed, the panel saved rows since: those are read under
+    the lock, re-staged (``_restage``: re-sealed with the round trip, or dropped) and
+    written by key. A value saved since that ``source`` does not open is counted in
+    ``neither`` and not touched (the caller refuses)."""
     db.rollback()
     db.begin_repeatable()
+    tables: dict[str, list[ColumnSpec]] = {}
     for spec in columns:
-        label = spec.label
-        if before_column:
-            before_column(label)
-        db.apply_staged(spec)
-        late = db.unapplied(spec)
-        if late:
-            _restage(db, spec, result, late, source, dest)
-            db.apply_staged(spec, unapplied_only=True)
-        if label in result.neither:
-            continue  # the caller refuses: nothing of this column is looked at further
-        if db.fingerprint(spec, locked=True) != result.sealed[label].as_tuple():
-            _reseal_changed(db, spec, result, source, dest)
-        result.written[label] = db.count_applied(spec)
+        tables.setdefault(spec.table, []).append(spec)
+    for specs in tables.values():
+        for spec in specs:
+            if before_column:
+                before_column(spec.label)
+        db.apply_staged(specs)
+        for spec in specs:
+            label = spec.label
+            if label in result.neither:
+                continue  # the caller refuses: nothing of this column is looked at further
+            if db.fingerprint(spec, locked=True) != result.sealed[label].as_tuple():
+                late = db.late_rows(spec)
+                _restage(db, spec, result, late, source, dest)
+                db.apply_keys(spec, [pk for pk, _, _, exists in late if exists])
+            result.written[label] = result.sealed[label].count
     return result
-
-
-def _reseal_changed(db: PanelDB, spec: ColumnSpec, result: Rewrite, source: Codec, dest: Codec) -> None:
-    """Under the lock, row by row: values in rows that were never staged (inserted since)."""
-    label = spec.label
-    sealed = result.sealed[label]
-    for pk, stored, staged in db.changed_since_staged(spec):
-        if staged:
-            sealed.drop_row(pk, staged)
-        plain = source.open(stored)
-        if plain is None:
-            result.note_neither(label, pk)
-            continue
-        new = dest.seal(plain)
-        if dest.open(new) != plain:
-            result.roundtrip_failed += 1
-        db.write_locked(spec, pk, new)
-        sealed.add_row(pk, new)
-        result.resealed[label] = result.resealed.get(label, 0) + 1
 
 
 def reencrypt(

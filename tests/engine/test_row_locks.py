@@ -119,3 +119,28 @@ def test_a_value_saved_meanwhile_that_the_key_does_not_open_stops_the_rotation(p
     assert panel.env_key() == old_key
     assert panel.stored_values()["email_configurations.mailgun_api_key#2"] == foreign
     assert panel.php_check_all() == ["email_configurations.mailgun_api_key#2: does not decrypt with the key"]
+
+
+def test_saves_after_the_catch_up_are_resealed_under_the_lock(panel_factory):
+    """Paused after the unlocked catch-up, right before the locks: a value saved, one
+    cleared, one set where there was none and a row inserted all end as the user left
+    them, the values under the new key: the locked apply re-seals what it finds changed."""
+    panel = panel_factory(rows={"oscam_installs": 10, "email_settings": 10})
+    old_key = panel.env_key()
+    engine = start_paused(panel.profile_path, "apply:caught-up", "rotate-key", "--yes", "--json")
+    try:
+        _saved(panel, "oscam_installs.webif_password#1", b"saved right before the apply", old_key)
+        _saved(panel, "oscam_installs.webif_password#2", None, old_key)
+        _saved(panel, "email_settings.mailgun_api_key#3", b"set where there was none", old_key)
+        inserted = php_encrypt(panel.scheme, old_key, [b"a new install"])[0]
+        with panel.db.connect() as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO oscam_installs (id, name, webif_password) VALUES (100, 'new', %s)", (inserted,))
+            conn.commit()
+        panel.plaintexts["oscam_installs.webif_password#100"] = b"a new install"
+    finally:
+        run = finish(engine)
+    assert run.returncode == 0, run.stdout[-800:]
+    register_secret(panel.env_key(), "new PANEL_ENCRYPTION_KEY")
+    assert run.step("reencrypt")["resealed"] == 3
+    assert panel.env_key() != old_key
+    assert panel.php_check_all() == []
