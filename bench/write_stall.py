@@ -75,23 +75,30 @@ def fill(n: int, key: str) -> Shape:
 
 @dataclass
 class Panel:
-    """The writers' view of the panel: the key its workers hold, and whether it is up."""
+    """The writers' view of the panel: the key its workers hold, and whether it is up.
+
+    Workers read the key from ``.env`` when they start; the stop ends them (a save
+    already sent to MySQL still lands, as one from a killed php-fpm worker does), and
+    the start command writes a new epoch, so the workers of the new master read
+    ``.env`` again."""
 
     env: Path
     down: Path
+    epoch_file: Path
     rows: int
     key: str = ""
+    epoch: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def worker_key(self) -> str | None:
         """The key a worker serving a request now holds; None while the panel is stopped."""
         if self.down.exists():
-            with self.lock:
-                self.key = ""
             return None
+        epoch = self.epoch_file.read_text() if self.epoch_file.exists() else ""
         with self.lock:
-            if not self.key:  # a worker started after the restart reads .env
+            if not self.key or epoch != self.epoch:
                 self.key = parse_env(self.env.read_text())["PANEL_ENCRYPTION_KEY"]
+                self.epoch = epoch
             return self.key
 
 
@@ -158,7 +165,7 @@ def with_writers(panel: Panel, n: int, during: callable) -> tuple[Saves, object]
     return saves, result
 
 
-def profile(root: Path, key: str, escrow_s: float, stop_s: float, down: Path) -> Path:
+def profile(root: Path, key: str, escrow_s: float, stop_s: float, down: Path, epoch: Path) -> Path:
     import grp
     import pwd
 
@@ -176,7 +183,7 @@ def profile(root: Path, key: str, escrow_s: float, stop_s: float, down: Path) ->
         "ciphertext": SCHEME.label,
         "restart_command": ["true"],
         "restart_stop_command": ["sh", "-c", f'touch "{down}"; sleep {stop_s}'],
-        "restart_start_command": ["rm", "-f", str(down)],
+        "restart_start_command": ["sh", "-c", f'date +%s.%N > "{epoch}"; rm -f "{down}"'],
         "escrow_command": ["sh", "-c", f"cat > /dev/null; sleep {escrow_s}"],
         "escrow_label": "a slow vault",
         "hook_timeout_s": 600,
@@ -198,14 +205,18 @@ def rotate(profile_path: Path) -> tuple[float, dict[str, float], dict[str, objec
     took = time.perf_counter() - started
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not events or events[-1].get("state") != "DONE":
-        raise SystemExit(f"the rotation failed (exit {proc.returncode}): {events[-1] if events else proc.stderr[-800:]}")
+        said = events[-1] if events else proc.stderr[-800:]
+        raise SystemExit(f"the rotation failed (exit {proc.returncode}): {said}")
     steps = {
         str(e["name"]): e.get("elapsed_ms", 0) / 1000
         for e in events if e.get("type") == "step" and e.get("state") == "ok"
     }  # fmt: skip
-    restart = next((e for e in events if e.get("type") == "step" and e.get("name") == "restart"
-                    and e.get("state") == "ok"), {})
-    return took, steps, restart
+    def ok(name: str) -> dict[str, object]:
+        return next((e for e in events if e.get("type") == "step" and e.get("name") == name
+                     and e.get("state") == "ok"), {})
+
+    print(f"reencrypt: {ok('reencrypt').get('detail')}; sweep: {ok('sweep').get('detail')}")
+    return took, steps, ok("restart")
 
 
 def php_opens_everything(key: str) -> tuple[int, int]:
@@ -238,9 +249,9 @@ def main() -> int:
             root = Path(tmp)
             shape = fill(args.values, key)
             print(f"seed's shape: {shape.describe()}", flush=True)
-            down = root / "panel-down"
-            prof = profile(root, key, args.escrow_s, args.stop_s, down)
-            panel = Panel(root / "panel" / "config" / ".env", down, shape.rows)
+            down, epoch = root / "panel-down", root / "panel-epoch"
+            prof = profile(root, key, args.escrow_s, args.stop_s, down, epoch)
+            panel = Panel(root / "panel" / "config" / ".env", down, epoch, shape.rows)
             print(f"{args.writers} writers, each saving a random encrypted value every {PERIOD_S * 1000:.0f} ms; "
                   f"escrow {args.escrow_s:.1f} s, php-fpm stop {args.stop_s:.1f} s", flush=True)
             base, _ = with_writers(panel, args.writers, lambda: time.sleep(args.baseline_s))
