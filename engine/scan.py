@@ -167,6 +167,9 @@ class Rewrite:
     #: per column, the server's fingerprint of what the staging reflects (the pass's reads,
     #: then ``catch_up``'s): equal to the column's fingerprint now, nothing changed since
     read: dict[str, Written] = field(default_factory=dict)
+    #: per column, the server's fingerprint the apply took under the lock after its last
+    #: write, when it equalled what was sealed; ``check_written`` uses it once
+    proven: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def n_written(self) -> int:
@@ -353,8 +356,9 @@ def catch_up(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Co
     db.rollback()
     db.begin_repeatable(snapshot=True)
     found = 0
+    fingerprints = db.fingerprints(columns)
     for spec in columns:
-        now = db.fingerprint(spec)
+        now = fingerprints[spec.label]
         if now == result.read[spec.label].as_tuple():
             continue
         changes = db.changed_since_read(spec)
@@ -368,7 +372,7 @@ def catch_up(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Co
 def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec, dest: Codec,
                  before_column: Callable[[str], None] | None = None) -> Rewrite:
     """Write what was staged, in a locked transaction begun here that the caller commits.
-    Per table: one UPDATE ... JOIN writes every value that is still the one the pass (or
+    Per column: one UPDATE ... JOIN writes every value that is still the one the pass (or
     ``catch_up``) read, and locks the table's rows. Where a column's server fingerprint
     then differs from what was sealed, the panel saved rows since: those are read under
     the lock, re-staged (``_restage``: re-sealed with the round trip, or dropped) and
@@ -383,15 +387,19 @@ def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source
         for spec in specs:
             if before_column:
                 before_column(spec.label)
-        db.apply_staged(specs)
+            db.apply_staged(spec)
+        stored = db.fingerprints(specs, locked=True)
         for spec in specs:
             label = spec.label
+            result.written[label] = result.sealed[label].count
             if label in result.neither:
                 continue  # the caller refuses: nothing of this column is looked at further
-            if db.fingerprint(spec, locked=True) != result.sealed[label].as_tuple():
-                late = db.late_rows(spec)
-                _restage(db, spec, result, late, source, dest)
-                db.apply_keys(spec, [pk for pk, _, _, exists in late if exists])
+            if stored[label] == result.sealed[label].as_tuple():
+                result.proven[label] = stored[label]
+                continue
+            late = db.late_rows(spec)
+            _restage(db, spec, result, late, source, dest)
+            db.apply_keys(spec, [pk for pk, _, _, exists in late if exists])
             result.written[label] = result.sealed[label].count
     return result
 
@@ -420,9 +428,10 @@ def sweep(
     the join for a column whose server fingerprint still equals what was ``sealed``."""
     result = Rewrite()
     db.begin()
+    fingerprints = db.fingerprints(columns)
     for spec in columns:
         done = sealed.sealed.get(spec.label) if sealed else None
-        if done is not None and db.fingerprint(spec) == done.as_tuple():
+        if done is not None and fingerprints[spec.label] == done.as_tuple():
             result.written[spec.label] = 0
             continue
         written = 0

@@ -60,9 +60,10 @@ def verify_from_disk(
 
 
 def _unchanged(db: PanelDB, columns: list[ColumnSpec], written: Rewrite) -> bool:
+    stored = db.fingerprints(columns)
     for spec in columns:
         sealed = written.sealed.get(spec.label)
-        if db.fingerprint(spec) != (sealed.as_tuple() if sealed else (0, 0, 0)):
+        if stored[spec.label] != (sealed.as_tuple() if sealed else (0, 0, 0)):
             return False
     return True
 
@@ -77,7 +78,9 @@ def check_written(db: PanelDB, columns: list[ColumnSpec], rewrite: Rewrite) -> i
     bytes: the column's count of non-empty values, their total length and the sum of
     CRC32("key:value") over its rows equal those of what we sealed. So no value was
     left unwritten or under the old key, none landed on another row, and neither the
-    column nor the staging table cut or re-encoded one. Returns the count.
+    column nor the staging table cut or re-encoded one. Returns the count. A column's
+    fingerprint the apply already took under the lock, after its last write, counts
+    (``Rewrite.proven``, used once): the same proof, not taken twice.
     """
     if rewrite.roundtrip_failed:
         raise VerificationError(
@@ -85,9 +88,11 @@ def check_written(db: PanelDB, columns: list[ColumnSpec], rewrite: Rewrite) -> i
             "nothing was committed"
         )
     checked = 0
+    unproven = [spec for spec in columns if spec.label not in rewrite.proven]
+    fingerprints = db.fingerprints(unproven, locked=True) if unproven else {}
     for spec in columns:
         sealed = rewrite.sealed.get(spec.label)
-        stored = db.fingerprint(spec, locked=True)
+        stored = rewrite.proven.pop(spec.label, None) or fingerprints[spec.label]
         expected = sealed.as_tuple() if sealed else (0, 0, 0)
         if stored != expected:
             raise VerificationError(

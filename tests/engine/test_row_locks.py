@@ -80,16 +80,18 @@ def test_a_panel_write_during_the_pass_does_not_wait_and_is_resealed(panel_facto
 
 
 def test_rows_are_locked_from_the_apply_to_the_commit(panel_factory):
-    """Between the apply and the commit the rows are the rotation's: a save waits (here it
-    gives up after 1 s) rather than land between the apply and the switch unseen."""
+    """Between the apply and the commit the rows are the rotation's, those without a value
+    too: a save waits (here it gives up after 1 s) rather than land between the apply
+    and the switch unseen."""
     panel = panel_factory(rows=6)
     old_key = panel.env_key()
     engine = start_paused(panel.profile_path, "apply:done", "rotate-key", "--yes", "--json")
     try:
         sealed = php_encrypt(panel.scheme, old_key, [b"saved while the rows are locked"])[0]
-        with pytest.raises(pymysql.err.OperationalError) as waited:
-            _save(panel, "saved_servers", "ssh_credential_encrypted", 1, sealed)
-        assert waited.value.args[0] == 1205  # lock wait timeout
+        for row_id in (1, 3):  # a row with a value, and a row without one (NULL)
+            with pytest.raises(pymysql.err.OperationalError) as waited:
+                _save(panel, "saved_servers", "ssh_credential_encrypted", row_id, sealed)
+            assert waited.value.args[0] == 1205  # lock wait timeout
     finally:
         run = finish(engine)
     assert run.returncode == 0, run.stderr
