@@ -3,7 +3,9 @@
     python bench/end_to_end.py [--sizes 1000,10000,100000]
 
 For each size N: a reference panel (php-fpm behind nginx, as production serves
-it) with N credentials encrypted by PHP in MariaDB; a panel host as
+it) with about N credentials encrypted by PHP in MariaDB, in the seed's shape (the six
+columns in their four tables, 10 % NULL, 10 % empty, a tenth of the values multi-KB
+SSH keys: tests/support/panel.py ``shape_value``); a panel host as
 deploy/setup-panel-host.sh makes it (its own user with the login shell /bin/sh,
 the engine pip-installed from this checkout into its own virtualenv, ``sudo -n`` to
 the engine wrapper) behind an OpenSSH sshd with Debian's stock
@@ -53,7 +55,7 @@ from bot.engine_client import EngineClient
 from bot.fakes.slack_api import Call
 from engine.protocol import Request
 from handlers.ports import State
-from tests.support.panel import build_panel
+from tests.support.panel import VALUES_PER_ROW, build_panel
 from tests.support.panel_host import PanelHost, start_stock_sshd
 from tests.support.secrets_scan import SecretRegistry
 from tests.support.sshd import SSHServer, engine_command
@@ -163,9 +165,13 @@ def measure(values: int, workdir: Path, lab: bool = False) -> Measurement:
     with contextlib.ExitStack() as stack:
         started = time.monotonic()
         panel = build_panel(
-            workdir / "panel", rows={"oscam_installs": values}, server=True, fpm=True,
-            blanks=False, registry=SecretRegistry(),
+            workdir / "panel", rows=max(1, round(values / VALUES_PER_ROW)), server=True, fpm=True,
+            shape=True, registry=SecretRegistry(),
         )  # fmt: skip
+        held = [p for p in panel.plaintexts.values() if p is not None]
+        stored_mb = sum(len(v or "") for v in panel.stored_values().values()) / 1e6
+        print(f"  seed's shape: {len(held):,} values in {len(panel.columns)} columns, "
+              f"{sum(len(p) > 1000 for p in held) / len(held):.0%} multi-KB, {stored_mb:.1f} MB stored", flush=True)
         stack.callback(panel.close)
         entry = (lab_sshd_entry if lab else panel_host_entry)(stack, workdir, panel.profile_path)
         tap = Tapped()

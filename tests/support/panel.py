@@ -264,6 +264,7 @@ def _fill_tables(
     key_hex: str,
     rows: Mapping[str, int],
     blanks: bool,
+    shape: bool = False,
 ) -> tuple[dict[str, bytes | None], dict[str, str | None]]:
     """Insert the fixture rows; values are encrypted by PHP in one batch."""
     columns_of: dict[str, list[str]] = {}
@@ -271,10 +272,13 @@ def _fill_tables(
         if table in db.tables:
             columns_of.setdefault(table, []).append(column)
     wanted: dict[str, bytes | str | None] = {}
+    rnd = random.Random(25)
     for table, columns in columns_of.items():
         for row_id in range(1, rows.get(table, 0) + 1):
             for column in columns:
-                wanted[label(table, column, row_id)] = fixture_value(row_id, blanks)
+                wanted[label(table, column, row_id)] = (
+                    shape_value(row_id, rnd) if shape else fixture_value(row_id, blanks)
+                )
     to_encrypt = [lbl for lbl, v in wanted.items() if isinstance(v, bytes)]
     encrypted = php_encrypt(scheme, key_hex, [wanted[lbl] for lbl in to_encrypt])  # type: ignore[misc]
     sealed = dict(zip(to_encrypt, encrypted, strict=True))
@@ -302,6 +306,7 @@ def build_panel(
     server: bool = False,
     fpm: bool = False,
     blanks: bool = True,
+    shape: bool = False,
     key_hex: str | None = None,
     registry: SecretRegistry = REGISTRY,
     worker_user: str | None = None,
@@ -310,7 +315,8 @@ def build_panel(
 
     ``rows``: rows per table (an int for all four, or ``{table: n}``; tables
     left out get none). ``missing_tables``: tables that do not exist at all.
-    ``server``: run the reference panel (``fpm``: php-fpm behind nginx, else
+    ``shape``: values in the seed's shape (``shape_value``: NULL, '', a tenth multi-KB
+    keys) instead of the fixture values. ``server``: run the reference panel (``fpm``: php-fpm behind nginx, else
     ``php -S``; ``worker_user``: php-fpm's workers run as that user, as production's
     run as ``www-data``). Every secret made here is registered with ``registry``.
     """
@@ -325,7 +331,7 @@ def build_panel(
     db = create_database(exclude_tables=missing_tables, own_user=True)
     try:
         registry.register(db.password, "DB_PASSWORD")
-        plaintexts, no_value = _fill_tables(db, scheme, key, per_table, blanks)
+        plaintexts, no_value = _fill_tables(db, scheme, key, per_table, blanks, shape)
         registry.register_many((p, f"fixture plaintext {lbl}") for lbl, p in plaintexts.items())
         port = free_port() if server else None
         panel_root = root / "panel"
