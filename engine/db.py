@@ -375,14 +375,24 @@ class PanelDB:
         except pymysql.MySQLError as exc:
             raise _translate(exc, f"staging new values for {spec.label}") from exc
 
-    def empty_rows(self, spec: ColumnSpec) -> list[tuple[Any, str | None]]:
-        """(key, NULL or '') of the rows that hold no value: staged as they are, so that
-        the apply notices a value saved there since."""
+    def empty_rows(self, spec: ColumnSpec, batch: int) -> Iterator[list[tuple[Any, str | None]]]:
+        """(key, NULL or '') of the rows that hold no value, ``batch`` at a time: staged as
+        they are, so that the apply notices a value saved there since."""
         t, c, pk = spec.table, spec.column, spec.primary_key
-        rows = self.query(
-            f"SELECT `{pk}`, `{c}` FROM `{t}` WHERE `{c}` IS NULL OR `{c}` = ''", doing=f"reading {spec.label}"
-        )
-        return [(r[0], None if r[1] is None else "") for r in rows]
+        last: Any = None
+        while True:
+            after = "" if last is None else f"`{pk}` > %s AND "
+            args: tuple[Any, ...] = (batch,) if last is None else (last, batch)
+            rows = self.query(
+                f"SELECT `{pk}`, `{c}` FROM `{t}` WHERE {after}(`{c}` IS NULL OR `{c}` = '') "
+                f"ORDER BY `{pk}` LIMIT %s", args, doing=f"reading {spec.label}",
+            )  # fmt: skip
+            if not rows:
+                return
+            yield [(r[0], None if r[1] is None else "") for r in rows]
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
 
     def apply_staged(self, spec: ColumnSpec) -> None:
         """One UPDATE ... JOIN: each staged value is written where the row still holds

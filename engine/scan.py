@@ -275,8 +275,9 @@ def seal_and_stage(
         result.sealed[spec.label] = Written()
         result.read[spec.label] = Written()
         result.staged[spec.label] = 0
-        empty = [(pk, value, value_digest(value)) for pk, value in db.empty_rows(spec)]
-        db.stage(spec, staging_statements(db.staging_head(spec), empty, literal))
+        for rows in db.empty_rows(spec, batch):
+            empty = [(pk, value, value_digest(value)) for pk, value in rows]
+            db.stage(spec, staging_statements(db.staging_head(spec), empty, literal))
 
     def reads() -> Iterator[tuple[str, str, Literal, list[Row]]]:
         for spec in columns:
