@@ -345,11 +345,12 @@ class PanelDB:
 
         One row per row of the panel's table: ``new_v`` the value to write (for a row
         that held no value, that very NULL or ''), ``read_md5`` the MD5 of the value
-        the pass read (NULL for NULL)."""
+        the pass read (NULL for NULL), ``applied`` set by the apply that wrote it."""
         name = self._temp_name(spec)
         self.execute(f"DROP TEMPORARY TABLE IF EXISTS `{name}`", doing="preparing staging")
         self.execute(
-            f"CREATE TEMPORARY TABLE `{name}` (PRIMARY KEY (k), read_md5 BINARY(16)) "
+            f"CREATE TEMPORARY TABLE `{name}` (PRIMARY KEY (k), read_md5 BINARY(16), "
+            f"applied TINYINT NOT NULL DEFAULT 0) "
             f"SELECT `{spec.primary_key}` AS k, `{spec.column}` AS new_v "
             f"FROM `{spec.table}` LIMIT 0",
             doing=f"preparing staging for {spec.label}",
@@ -411,8 +412,8 @@ class PanelDB:
         values of the seed's shape, measured here, same run)."""
         t, c, pk, name = spec.table, spec.column, spec.primary_key, self._temp_name(spec)
         self.execute(
-            f"UPDATE `{t}` AS t STRAIGHT_JOIN `{name}` AS s ON t.`{pk}` = s.k SET t.`{c}` = s.new_v "
-            f"WHERE s.new_v IS NOT NULL AND s.new_v <> '' AND UNHEX(MD5(t.`{c}`)) = s.read_md5",
+            f"UPDATE `{t}` AS t STRAIGHT_JOIN `{name}` AS s ON t.`{pk}` = s.k SET t.`{c}` = s.new_v, s.applied = 1 "
+            f"WHERE s.new_v <> '' AND UNHEX(MD5(t.`{c}`)) = s.read_md5",
             doing=f"writing new values to {spec.label}",
         )
 
@@ -426,6 +427,24 @@ class PanelDB:
                 f"WHERE s.k IN ({', '.join(['%s'] * len(part))}) AND UNHEX(MD5(t.`{c}`)) <=> s.read_md5",
                 part, doing=f"writing new values to {spec.label}",
             )  # fmt: skip
+
+    def not_applied(self, spec: ColumnSpec) -> list[tuple[Any, Any, Any, bool]]:
+        """(key, value stored now, staged value, row exists) of the staged values the apply
+        did not write (the panel changed the row since), and of rows staged without a
+        value that hold one now. Cheaper than ``late_rows``: the panel's table is read by
+        key for those rows only. Locked for update."""
+        t, c, pk, name = spec.table, spec.column, spec.primary_key, self._temp_name(spec)
+        values = self.query(
+            f"SELECT s.k, t.`{c}`, s.new_v, t.`{pk}` IS NOT NULL FROM `{name}` AS s "
+            f"LEFT JOIN `{t}` AS t ON t.`{pk}` = s.k WHERE s.applied = 0 AND s.new_v <> '' FOR UPDATE",
+            doing=f"reading {spec.label}",
+        )
+        filled = self.query(
+            f"SELECT s.k, t.`{c}`, s.new_v FROM `{name}` AS s STRAIGHT_JOIN `{t}` AS t ON t.`{pk}` = s.k "
+            f"WHERE (s.new_v IS NULL OR s.new_v = '') AND t.`{c}` IS NOT NULL AND t.`{c}` <> '' FOR UPDATE",
+            doing=f"reading {spec.label}",
+        )
+        return [(r[0], r[1], r[2], bool(r[3])) for r in values] + [(r[0], r[1], r[2], True) for r in filled]
 
     def late_rows(self, spec: ColumnSpec) -> list[tuple[Any, Any, Any, bool]]:
         """(key, value stored now, staged value, row exists) of the rows that do not hold

@@ -374,11 +374,14 @@ def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source
                  before_column: Callable[[str], None] | None = None) -> Rewrite:
     """Write what was staged, in a locked transaction begun here that the caller commits.
     Per column: one UPDATE ... JOIN writes every value that is still the one the pass (or
-    ``catch_up``) read, and locks the table's rows. Where a column's server fingerprint
-    then differs from what was sealed, the panel saved rows since: those are read under
-    the lock, re-staged (``_restage``: re-sealed with the round trip, or dropped) and
-    written by key. A value saved since that ``source`` does not open is counted in
-    ``neither`` and not touched (the caller refuses)."""
+    ``catch_up``) read, marks it applied, and locks the table's rows. Where a column's
+    server fingerprint then differs from what was sealed, the panel saved rows since:
+    the staged values not applied and the rows staged empty that hold a value now are
+    read under the lock (by key, not a join of the whole table), re-staged
+    (``_restage``: re-sealed with the round trip, or dropped) and written by key; if
+    the fingerprint still differs, rows were inserted since, found by a join. A value
+    saved since that ``source`` does not open is counted in ``neither`` and not touched
+    (the caller refuses)."""
     db.rollback()
     db.begin_repeatable()
     tables: dict[str, list[ColumnSpec]] = {}
@@ -398,9 +401,13 @@ def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source
             if stored[label] == result.sealed[label].as_tuple():
                 result.proven[label] = stored[label]
                 continue
-            late = db.late_rows(spec)
+            late = db.not_applied(spec)
             _restage(db, spec, result, late, source, dest)
             db.apply_keys(spec, [pk for pk, _, _, exists in late if exists])
+            if label not in result.neither and db.fingerprint(spec, locked=True) != result.sealed[label].as_tuple():
+                late = db.late_rows(spec)  # rows inserted since: the whole table, joined
+                _restage(db, spec, result, late, source, dest)
+                db.apply_keys(spec, [pk for pk, _, _, exists in late if exists])
             result.written[label] = result.sealed[label].count
     return result
 
