@@ -404,7 +404,10 @@ def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source
             late = db.not_applied(spec)
             _restage(db, spec, result, late, source, dest)
             db.apply_keys(spec, [pk for pk, _, _, exists in late if exists])
-            if label not in result.neither and db.fingerprint(spec, locked=True) != result.sealed[label].as_tuple():
+            now = db.fingerprint(spec, locked=True) if label not in result.neither else None
+            if now == result.sealed[label].as_tuple():
+                result.proven[label] = now
+            elif now is not None:
                 late = db.late_rows(spec)  # rows inserted since: the whole table, joined
                 _restage(db, spec, result, late, source, dest)
                 db.apply_keys(spec, [pk for pk, _, _, exists in late if exists])
