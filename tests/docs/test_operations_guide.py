@@ -336,9 +336,14 @@ def test_the_install_guide_works_as_written_up_to_a_verified_rotation(
         assert escrowed_key != new_key
         calls = [json.loads(line) for line in machine.path("vault.jsonl").read_text().splitlines()]
         assert [c["argv"][:2] for c in calls] == [["kv", "put"]], calls  # the stand-in checked: stdin only
+        (escrowed_fp,) = [a.split("=", 1)[1] for a in calls[0]["argv"] if a.startswith("fingerprint=")]
+        assert re.fullmatch(r"[0-9a-f]{16}", escrowed_fp) and escrowed_fp in machine.outputs[-1]  # the new key's
 
         # the restore: .env replaced by the older copy, then key from escrow -> .env -> recover
         sandbox.env_path.write_bytes(env_before)
+        lost = subprocess.run(["bash", "-c", machine.localize("myosicam-rotator probe")], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert lost.returncode != 0, lost.stdout  # the guide: probe finds no value opening
         machine.substitutions += [
             ("vault kv get", "env " + " ".join(f"{k}={v}" for k, v in standin.items()) + " vault kv get"),
             ("myosicam/prod-eu/", f"myosicam/{tomllib.loads(panel_toml.read_text())['name']}/"),
