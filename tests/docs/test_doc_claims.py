@@ -75,3 +75,18 @@ def test_the_metrics_table_lists_what_the_bot_exposes() -> None:
         for kind, name in re.findall(r'(Counter|Gauge|Histogram)MetricFamily\(\s*"(myosicam_\w+)"', code)
     }
     assert len(families) == 9 and table == families
+
+
+def test_probe_after_an_upgrade_names_a_missing_escrow_line(panel_factory) -> None:  # type: ignore[no-untyped-def]
+    """docs/operations.md, Upgrades: "`myosicam-rotator probe` on each panel host also tells
+    you whether its profile needs the new `escrow` line" (a 0.1.0 profile has none)."""
+    from tests.engine.runner import run_engine
+
+    guide = _words(_text(REPO / "docs" / "operations.md"))
+    assert "myosicam-rotator probe on each panel host also tells you whether its profile needs the new escrow line" \
+        in guide
+    panel = panel_factory(rows=2)
+    probe = run_engine(panel.write_profile(escrow=None), "probe")
+
+    assert probe.returncode == 2, probe.stdout + probe.stderr
+    assert 'escrow = "none"' in probe.stdout + probe.stderr and "escrow_command" in probe.stdout + probe.stderr
