@@ -1,31 +1,48 @@
-"""docs/operations.md, followed as written: the install is a test.
+"""docs/operations.md, followed as written: the guide is a test.
 
 Every fenced block after a ``<!-- guide-test -->`` marker runs here, line by line, in the
 guide's order, with bash, as root, with a fresh Debian root's PATH (``/usr/bin/python3``
 makes the virtualenvs): the bot host, the panel host, adding the panel, doctor, and after
-the first rotation the panel host's checks. Between them the test does what the guide
-asks a person to do: copy the bot's public key to the panel host, fill in ``bot.env`` and
-``rotator.toml``, start what the unit starts, and request and approve a rotation in
-Slack. Slack's Web API is the stand-in (bot/fakes/slack_api.py); the bot is the real one,
-run from the unit's own ExecStart as the unit's user, over Slack-signed HTTP; the panel
-host is reached through Debian's stock sshd; the rotated panel is checked with its PHP.
+the first rotation the panel host's checks; then day two (sections 6 to 10): the escrow
+recipes installed, the Vault recipe configured from the guide's own ``panel.toml`` and
+``hook.env`` lines (``<!-- guide-test: panel.toml -->``, ``<!-- guide-test: hook.env -->``),
+a break-glass rotation escrowing its key, the restore from escrow into ``.env`` and
+``recover``, who ran it in ``status``, the panel host's upgrade (a re-run as at install),
+the bot's ``/metrics``, and the uninstall of both hosts. Between them the test does what
+the guide asks a person to do: copy the bot's public key to the panel host, fill in
+``bot.env`` and ``rotator.toml``, start what the unit starts (with ``--metrics``, as
+section 9 says to add), request and approve a rotation in Slack, and stop the bot before
+the uninstall. Slack's Web API is the stand-in (bot/fakes/slack_api.py); the bot is the
+real one, run from the unit's own ExecStart as the unit's user, over Slack-signed HTTP; the
+panel host is reached through Debian's stock sshd; the rotated panel is checked with its PHP.
 
-What differs on a test machine is swapped, and only that (``_machine``): user names and
-folders of its own for the defaults (so that a run cannot touch a real install), a
-loopback sshd's port and host key for the panel host's port 22, the test panel's profile.
+What differs on a test machine is swapped, and only that (``Machine.localize``): user names
+and folders of its own for the defaults (so that a run cannot touch a real install), a
+loopback sshd's port and host key for the panel host's port 22, the test panel's profile
+and name, and the vault's CLI: ``vault`` is tests/engine/escrow_standin.py, which fails if
+the key reaches it anywhere but on stdin (``hook.env`` gets its PATH and log lines).
+
+Not run here, each for a reason: ``systemctl`` (no systemd on a test machine: the unit's
+ExecStart is run as its user instead), the bot host's upgrade block (``systemctl stop``
+around a re-run of setup-bot-host.sh, whose re-run tests/deploy/test_install_order.py
+covers), a real vault (the recipes' CLIs are stood in, as in tests/engine/test_escrow_recipes.py),
+the Slack API ``curl`` for user groups (it needs slack.com), the container (tests/deploy).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +62,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "operations.md"
 MARKER = re.compile(r"<!-- guide-test -->\n```sh\n(.*?)\n```", re.S)
+#: a file's lines the guide gives (``<!-- guide-test: panel.toml -->``), which the test writes
+FILE_MARKER = re.compile(r"<!-- guide-test: ([\w.]+) -->\n```\w*\n(.*?)\n```", re.S)
+STANDIN = REPO / "tests" / "engine" / "escrow_standin.py"
 #: a fresh Debian root's PATH: /usr/bin/python3 (with venv) makes the virtualenvs
 FRESH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -56,6 +76,11 @@ def guide_blocks() -> list[list[str]]:
         commands = [c.strip() for c in body.replace("\\\n", " ").splitlines()]
         blocks.append([c for c in commands if c and not c.startswith("#")])
     return blocks
+
+
+def guide_files() -> dict[str, str]:
+    """The file contents the guide gives, by name (``panel.toml``, ``hook.env``)."""
+    return {name: body + "\n" for name, body in FILE_MARKER.findall(GUIDE.read_text(encoding="utf-8"))}
 
 
 @dataclass
@@ -88,6 +113,9 @@ class Machine:
             ("/opt/myosicam-rotator-bot", str(self.path("bot-opt"))),
             ("/etc/myosicam-rotator-bot", str(self.path("bot-etc"))),
             ("/var/lib/myosicam-rotator-bot", str(self.path("bot-state"))),
+            ("/opt/myosicam-rotator", str(self.path("panel-opt"))),
+            ("/etc/myosicam-rotator", str(self.path("panel-etc"))),
+            ("/var/lib/myosicam-rotator", str(self.path("panel-state"))),
         ]:
             command = command.replace(default, here)
         command = re.sub(r"(?<=-u )rotator-bot\b", self.bot_user, command)
@@ -191,8 +219,11 @@ def test_the_install_guide_works_as_written_up_to_a_verified_rotation(
     slack_secrets: SlackSecrets,
 ) -> None:
     blocks = guide_blocks()
-    assert len(blocks) == 5, f"the guide's marked blocks changed: {blocks}"
-    bot_host, panel_host, add_panel, doctor, after = blocks
+    assert len(blocks) == 12, f"the guide's marked blocks changed: {blocks}"
+    bot_host, panel_host, add_panel, doctor, after = blocks[:5]
+    escrow_install, escrowed_rotation, restore, who_ran, panel_upgrade, metrics, uninstall = blocks[5:]
+    files = guide_files()
+    assert set(files) == {"panel.toml", "hook.env"}, files
     sandbox: PanelSandbox = panel_factory(rows=6)
     sshd: StockSSHD = start_stock_sshd(machine.path("sshd"), machine.panel_user)
     machine.substitutions += [
@@ -253,7 +284,7 @@ def test_the_install_guide_works_as_written_up_to_a_verified_rotation(
         port = free_port()
         bot_process = subprocess.Popen(
             ["sudo", "-u", unit["User"], "sh", "-c",
-             f'set -a; . {unit["EnvironmentFile"]}; exec {unit["ExecStart"]} --http --port {port}'],
+             f'set -a; . {unit["EnvironmentFile"]}; exec {unit["ExecStart"]} --http --port {port} --metrics'],
             cwd=unit["WorkingDirectory"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env={"PATH": FRESH_PATH},
         )  # fmt: skip
@@ -277,11 +308,88 @@ def test_the_install_guide_works_as_written_up_to_a_verified_rotation(
         for command in after:
             machine.run(command, cwd=machine.path("panel-home"))
         status = machine.outputs[-2]
-        assert status.startswith("No unfinished rotation."), status
+        assert status.startswith("Nothing unfinished"), status
         assert f"rotate-key: ok · requested by {ALICE} · approved by {BOB}" in status, status
+
+        # 6. escrow into a vault: the recipes installed, the profile and hook.env as the guide gives them
+        for command in escrow_install:
+            machine.run(command, cwd=REPO)
+        panel_toml, hook_env = machine.path("panel-etc") / "panel.toml", machine.path("panel-etc") / "hook.env"
+        assert (hook_env.stat().st_uid, stat.S_IMODE(hook_env.stat().st_mode)) == (0, 0o600)
+        assert os.access(machine.path("panel-opt") / "escrow" / "vault.sh", os.X_OK)
+        profile_text = panel_toml.read_text()
+        assert 'escrow = "none"\n' in profile_text, profile_text
+        panel_toml.write_text(profile_text.replace('escrow = "none"\n', machine.localize(files["panel.toml"])))
+        vault_bin, vault_store = machine.path("vault-bin"), machine.path("vault-store")
+        vault_bin.mkdir()
+        vault_store.mkdir()
+        (vault_bin / "vault").symlink_to(STANDIN)
+        STANDIN.chmod(0o755)
+        standin = {"PATH": f"{vault_bin}:{FRESH_PATH}", "STANDIN_LOG": str(machine.path("vault.jsonl")),
+                   "STANDIN_STORE": str(vault_store)}  # fmt: skip
+        hook_env.write_text(files["hook.env"] + "".join(f"{k}={v}\n" for k, v in standin.items()))
+        env_before = sandbox.env_path.read_bytes()  # .env as a backup taken before the next rotation holds it
+        for command in escrowed_rotation:
+            machine.run(command, cwd=machine.path("panel-home"))
+        assert "escrowed (vault)" in machine.outputs[-1], machine.outputs[-1]
+        escrowed_key = sandbox.env_key()
+        assert escrowed_key != new_key
+        calls = [json.loads(line) for line in machine.path("vault.jsonl").read_text().splitlines()]
+        assert [c["argv"][:2] for c in calls] == [["kv", "put"]], calls  # the stand-in checked: stdin only
+        (escrowed_fp,) = [a.split("=", 1)[1] for a in calls[0]["argv"] if a.startswith("fingerprint=")]
+        assert re.fullmatch(r"[0-9a-f]{16}", escrowed_fp) and escrowed_fp in machine.outputs[-1]  # the new key's
+
+        # the restore: .env replaced by the older copy, then key from escrow -> .env -> recover
+        sandbox.env_path.write_bytes(env_before)
+        lost = subprocess.run(["bash", "-c", machine.localize("myosicam-rotator probe")], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert lost.returncode != 0, lost.stdout  # the guide: probe finds no value opening
+        machine.substitutions += [
+            ("vault kv get", "env " + " ".join(f"{k}={v}" for k, v in standin.items()) + " vault kv get"),
+            ("myosicam/prod-eu/", f"myosicam/{tomllib.loads(panel_toml.read_text())['name']}/"),
+        ]
+        for command in restore:
+            machine.run(command, cwd=machine.path("panel-home"))
+        assert sandbox.env_key() == escrowed_key
+        assert sandbox.php_check_all() == []
+
+        # 7. who ran the break-glass rotation
+        for command in who_ran:
+            machine.run(command, cwd=machine.path("panel-home"))
+        assert "rotate-key: ok · requested by cli:root ·" in machine.outputs[-1], machine.outputs[-1]
+
+        # 8. the panel host's upgrade: a re-run as at install keeps panel.toml (its escrow lines)
+        for command in panel_upgrade:
+            machine.run(command, cwd=machine.path("panel-home"))
+        assert "kept as it is" in machine.outputs[-2] and "vault.sh" in panel_toml.read_text()
+
+        # 9. the bot's metrics (started with --metrics above)
+        machine.substitutions.append(("127.0.0.1:3000", f"127.0.0.1:{port}"))
+        for command in metrics:
+            machine.run(command, cwd=REPO)
+        exposed = machine.outputs[-1]
+        assert 'myosicam_rotations_total{op="rotate-key",outcome="done"} 1.0' in exposed, exposed
+        assert f'myosicam_panel_up{{panel="{PANEL}"}} 1.0' in exposed, exposed
+
+        # 10. uninstall (the bot stopped first, as the guide says)
+        bot_process.terminate()
+        bot_process.communicate(timeout=20)
+        bot_process = None
+        for command in uninstall:
+            machine.run(command, cwd=REPO)
+        for user in (machine.bot_user, machine.panel_user):
+            assert subprocess.run(["id", user], capture_output=True).returncode != 0, f"{user} is still there"
+        assert not machine.sudoers.exists() and not (machine.path("bin") / "myosicam-rotator").exists()
+        assert not (machine.path("units") / "myosicam-rotator-bot.service").exists()
+        journal = Path(tomllib.loads(panel_toml.read_text())["journal_dir"])  # the test panel's profile's
+        kept = [bot_etc / "id_ed25519", bot_etc / "audit.key", env_file, toml, panel_toml,
+                journal / "runs.jsonl"]  # fmt: skip
+        assert [p for p in kept if not p.exists()] == []
+        assert any(machine.path("bot-state").iterdir()), "the store (the audit log) is kept"
+
         everything = "\n".join(machine.outputs)
         assert slack_secrets.bot_token not in everything and slack_secrets.signing_secret not in everything
-        assert new_key not in everything and old_key not in everything
+        assert new_key not in everything and old_key not in everything and escrowed_key not in everything
     finally:
         if bot_process is not None:
             bot_process.terminate()
