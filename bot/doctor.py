@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from bot.engine_client import EngineClient
 from bot.errors import BotError, EngineClientError, ProtocolMismatchError
 from engine.protocol import PROTOCOL_VERSION, Request
+from engine.protocol.codes import CODES, Code
 
 
 @dataclass(frozen=True)
@@ -181,26 +182,13 @@ def _not_the_engine(subject: str, exc: ProtocolMismatchError, user: str) -> Chec
     )
 
 
-_FIXES = {
-    "host_unreachable": "check host/port in [panels] and that sshd runs on the panel host",
-    "connection_lost": "check host/port in [panels] and the network path",
-    "auth_refused": "add the bot's public key with the forced command (deploy/setup-panel-host.sh)",
-    "host_key_mismatch": "if the host key changed on purpose, update known_hosts; otherwise stop",
-    "protocol_mismatch": "upgrade the engine on the panel host to match the bot",
-    "engine_crashed": "run the engine by hand on the panel host and read its error",
-    "engine_timeout": "the engine stopped answering: check the panel host (load, disk, database)",
-    "client_key": "check key_file and key_passphrase in [panels]",
-    # the engine's own refusals (its error codes)
-    "bad_profile": "fix the panel profile on the panel host (the message names the setting)",
-    "bad_env_file": "check config/.env on the panel host: present, readable by the engine, well formed",
-    "bad_key": "PANEL_ENCRYPTION_KEY in config/.env must be 64 hex characters",
-    "database": "check the database settings in config/.env and that the panel's database is up",
-    "not_transactional": "convert the tables named to a transactional engine (InnoDB)",
-    "layout": "set ciphertext in the panel profile to the layout the stored values use",
-    "undecryptable": "restore or clear the values named: they do not open with the key in config/.env",
-    "locked": "another engine run holds the panel's lock: wait for it, then run doctor again",
-    "unfinished_rotation": "run `sudo myosicam-rotator recover` on the panel host",
-}
+def _fix(code: Code) -> str:
+    """A code's advice from the protocol's table; its last step, for doctor, is doctor again."""
+    return f"{code.advice}, then run doctor again" if code.then else code.advice
+
+
+#: The fix for each code doctor may meet: the engine's refusals and the transport's failures.
+_FIXES = {name: _fix(code) for name, code in CODES.items()}
 
 
 def _fix_for(code: str) -> str:

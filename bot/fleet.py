@@ -35,9 +35,16 @@ from slack_sdk import WebClient
 from bot.audit import AuditLog
 from bot.engine_client import EngineClient
 from bot.errors import BotError, RemoteEngineError
-from bot.runner import NOTHING_CHANGED_CODES, run_request
+from bot.runner import run_request
 from bot.store import Store
-from engine.protocol import CLOSING_TYPES, MISMATCH_CODES, PROTOCOL_VERSION, Request, RequestError
+from engine.protocol import (
+    CLOSING_TYPES,
+    MISMATCH_CODES,
+    NOTHING_CHANGED_CODES,
+    PROTOCOL_VERSION,
+    Request,
+    RequestError,
+)
 from handlers import cards
 from handlers.ops import fleet as f
 from handlers.ops import fleet_model as fm

@@ -38,7 +38,14 @@ from bot.audit import AuditLog
 from bot.engine_client import EngineClient
 from bot.errors import BotError, EngineClientError, RemoteEngineError
 from bot.store import Store
-from engine.protocol import CLOSING_TYPES, MISMATCH_CODES, PROTOCOL_VERSION, Request, RequestError
+from engine.protocol import (
+    CLOSING_TYPES,
+    MISMATCH_CODES,
+    NOTHING_CHANGED_CODES,
+    PROTOCOL_VERSION,
+    Request,
+    RequestError,
+)
 from handlers import blocks, cards
 from handlers import messages as m
 from handlers.incident import Checklist
@@ -48,10 +55,6 @@ from handlers.ports import AccessPolicy, Planner, RotationRequest, State
 log = logging.getLogger(__name__)
 
 EngineClients = Callable[[str], EngineClient]
-#: Engine error codes that mean the panel was left exactly as it was.
-NOTHING_CHANGED_CODES = frozenset(
-    {"unknown_rotation", "replan_failed", "bad_request", "plan_required", *MISMATCH_CODES}
-)
 
 
 class Delegate(Protocol):

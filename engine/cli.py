@@ -15,19 +15,14 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from engine import __version__
-from engine.errors import (
-    EngineError,
-    EnvFileError,
-    ProfileError,
-    RestartTargetError,
-    RollbackFailedError,
-    UnfinishedRotationError,
-)
+from engine.errors import EngineError, ProfileError
 from engine.events import Emitter, json_sink
-from engine.protocol import PROTOCOL_VERSION, Request, error_event, result_event
-from engine.words import plural
+from engine.protocol import PROTOCOL_VERSION, Request, error_event_of, result_event
+from engine.protocol.codes import EXIT_FAILED, EXIT_NEEDS_RECOVER, EXIT_OK, EXIT_UNVERIFIED, EXIT_USAGE
+from engine.protocol.outcome import Outcome
+from engine.protocol.words import plural
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_RECOVER, EXIT_UNVERIFIED = 0, 1, 2, 3, 4
+__all__ = ["EXIT_FAILED", "EXIT_NEEDS_RECOVER", "EXIT_OK", "EXIT_STATUS", "EXIT_UNVERIFIED", "EXIT_USAGE", "main"]
 EXIT_STATUS = """\
 exit status:
   0  done and verified; --dry-run: it would succeed; recover: nothing is unfinished
@@ -329,17 +324,6 @@ def _ask(question: str, stdin: IO[str], out: IO[str]) -> bool:
     return stdin.readline().strip().lower() == "yes"
 
 
-def exit_status(exc: EngineError) -> int:
-    """``EXIT_STATUS`` for an error: by what the operator must do next, not by where it arose."""
-    if isinstance(exc, RollbackFailedError | UnfinishedRotationError):
-        return EXIT_NEEDS_RECOVER
-    if isinstance(exc, ProfileError | RestartTargetError):
-        return EXIT_USAGE
-    if isinstance(exc, EnvFileError) and exc.rolled_back is None:
-        return EXIT_USAGE  # the profile names a file or user that isn't right; nothing changed
-    return EXIT_FAILED
-
-
 def main(
     argv: list[str] | None = None,
     stdin: TextIO = sys.stdin,
@@ -386,16 +370,7 @@ def main(
         else:
             binding["agents"] = [str(a.get("name")) for a in plan.get("agents") or []]
             binding["all_agents"] = False
-    status, data = _run(args, profile, op, binding, stdout, stderr)
-    if data is not None and op == "status" and (data.get("verdict") or {}).get("state") == "unfinished":
-        return EXIT_NEEDS_RECOVER  # so monitoring can alert on it
-    if data is not None and op == "probe" and (data.get("problem") or not data.get("scheme")):
-        return EXIT_FAILED  # the profile and the stored values do not agree: say so to scripts too
-    if data is not None and op == "rotate-agent" and not data.get("ok", True):
-        return EXIT_UNVERIFIED if data.get("code") == "agent_unverified" else EXIT_FAILED
-    if data is not None and op == "rotate-incident" and not data.get("ok", True):
-        stopped = data.get("stopped") or {}
-        return EXIT_NEEDS_RECOVER if stopped.get("state") == "needs_recover" else EXIT_FAILED
+    status, _ = _run(args, profile, op, binding, stdout, stderr)
     return status
 
 
@@ -430,18 +405,14 @@ def _run(
     try:
         data = run_operation(request, profile, emitter)
     except EngineError as exc:
-        emitter.emit(
-            error_event(
-                exc.code, exc.message, retryable=exc.retryable, rolled_back=exc.rolled_back, **exc.details
-            )
-        )
+        outcome = Outcome.of(emitter.emit(error_event_of(exc)), op)
         if printer is not None:
             if exc.message not in printer.failures:
                 stderr.write(f"✖ {exc.message}\n")
             if exc.rolled_back:
                 stderr.write("↩ Rolled back: the panel is as it was, verified under the old key.\n")
-        return exit_status(exc), None
-    emitter.emit(result_event(op, **data))
+        return outcome.exit_status, None
+    outcome = Outcome.of(emitter.emit(result_event(op, **data)))
     if printer is not None:
         print_summary(stdout, op, data)
-    return EXIT_OK, data
+    return outcome.exit_status, data

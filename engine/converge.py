@@ -24,9 +24,9 @@ from engine.errors import (
 )
 from engine.journal import FORWARD_STATES, JournalRecord
 from engine.profile import engine_command
+from engine.protocol.words import plural, verb
 from engine.scan import census, reencrypt
 from engine.verify import panel_check, verify_from_disk
-from engine.words import plural, verb
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Each error carries a stable ``code`` (sent in the protocol's ``error`` event and
 used by the bot to choose its words), a user ``message`` that is safe to show
 anywhere (it never contains key material or a credential), and whether the
-operation may simply be ``retryable``.
+operation may simply be ``retryable``. The root (``EngineError``) and the protocol's
+refusals live in the shared contract, ``engine.protocol.errors``; a code's meaning,
+advice, ``retryable`` and exit status are its row in ``engine.protocol.codes``.
 
 Tree::
 
@@ -35,22 +37,11 @@ Tree::
 
 from __future__ import annotations
 
-
-class EngineError(Exception):
-    """Base of all engine errors. ``str(err)`` is the user message."""
-
-    code = "engine_error"
-    retryable = False
-
-    def __init__(self, message: str, *, rolled_back: bool | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.rolled_back = rolled_back
-        #: extra, non-secret facts for the closing ``error`` event
-        self.details: dict[str, object] = {}
-
-    def __str__(self) -> str:
-        return self.message
+from engine.protocol.codes import EXIT_FAILED, EXIT_USAGE
+from engine.protocol.errors import EngineError as EngineError
+from engine.protocol.errors import PlanMismatchError as PlanMismatchError
+from engine.protocol.errors import ProtocolError as ProtocolError
+from engine.protocol.errors import RequestError as RequestError
 
 
 class ProfileError(EngineError):
@@ -60,6 +51,12 @@ class ProfileError(EngineError):
 class EnvFileError(EngineError):
     code = "bad_env_file"
 
+    @property
+    def exit_status(self) -> int:
+        # the profile names a file or user that isn't right (nothing changed: a usage error),
+        # or writing it failed during a rotation that was then rolled back (or not)
+        return EXIT_USAGE if self.rolled_back is None else EXIT_FAILED
+
 
 class BadKeyError(EnvFileError):
     code = "bad_key"
@@ -67,7 +64,6 @@ class BadKeyError(EnvFileError):
 
 class DatabaseError(EngineError):
     code = "database"
-    retryable = True
 
 
 class CredentialsRefusedError(DatabaseError):
@@ -78,7 +74,6 @@ class CredentialsRefusedError(DatabaseError):
 
 class NotTransactionalError(DatabaseError):
     code = "not_transactional"
-    retryable = False
 
 
 class LayoutError(EngineError):
@@ -97,7 +92,6 @@ class UndecryptableError(EngineError):
 
 class LockedError(EngineError):
     code = "locked"
-    retryable = True
 
 
 class UnfinishedRotationError(EngineError):
@@ -110,7 +104,6 @@ class NothingToRecoverError(EngineError):
 
 class KeyReuseError(EngineError):
     code = "key_reuse"
-    retryable = True
 
 
 class HookError(EngineError):
@@ -120,6 +113,10 @@ class HookError(EngineError):
 class RestartTargetError(HookError):
     """The profile's restart command cannot run on this host (no such program or unit, no
     systemd to ask): a settings problem, found before anything changed (exit status 2)."""
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_USAGE
 
 
 class PanelCheckError(HookError):
@@ -142,34 +139,3 @@ class AgentUnverifiedError(AgentError):
     """Not a failure and not a success: the check that would prove the outcome could not tell."""
 
     code = "agent_unverified"
-
-
-class ProtocolError(EngineError):
-    code = "bad_request"
-
-
-class RequestError(ProtocolError, ValueError):
-    """A request the engine refuses; ``code`` goes into the closing error event.
-
-    Messages name fields, never the values sent (a refused request may hold anything).
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class PlanMismatchError(EngineError):
-    """The run request's plan hash, key fingerprint or agent list is not the host's now.
-
-    ``details`` carries what changed (``differences``) and, once the engine adds it, the
-    plan as it is now (``plan``), so the bot can void the approvals and say why.
-    """
-
-    code = "plan_mismatch"
-
-    def __init__(self, code: str, message: str, differences: list[str]) -> None:
-        super().__init__(message, rolled_back=None)
-        self.code = code
-        self.differences = differences
-        self.details = {"differences": differences}

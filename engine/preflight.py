@@ -28,8 +28,8 @@ from engine.errors import UndecryptableError
 from engine.probe import require_transactions
 from engine.profile import ColumnSpec
 from engine.protocol import fingerprint
+from engine.protocol.words import plural, verb
 from engine.scan import Rewrite, census, seal_and_stage, total_values
-from engine.words import plural, verb
 
 
 @dataclass

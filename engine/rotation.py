@@ -69,9 +69,9 @@ from engine.journal import JournalRecord
 from engine.preflight import Preflight, run_preflight
 from engine.profile import engine_command
 from engine.protocol import fingerprint
+from engine.protocol.words import plural, verb
 from engine.scan import apply_staged, catch_up, sweep
 from engine.verify import check_written, panel_check, verify_from_disk
-from engine.words import plural, verb
 
 
 class KeyRotation:

@@ -241,14 +241,6 @@ def dispatch(
     return emitter.emit(protocol.result_event(request.op, **data))
 
 
-def _details(exc: EngineError) -> dict[str, Any]:
-    """The error's extra, non-secret facts, minus anything that would shadow a field."""
-    details: dict[str, Any] = dict(getattr(exc, "details", None) or {})
-    for reserved in ("type", "code", "message", "retryable", "rolled_back", "id", "seq", "ts"):
-        details.pop(reserved, None)
-    return details
-
-
 def serve(profile_path: Path, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     """Answer one request; return the exit status (0 result, 1 error)."""
     original = os.environ.get("SSH_ORIGINAL_COMMAND")
@@ -275,15 +267,7 @@ def serve(profile_path: Path, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> 
     except BadRequest as exc:
         closing = emitter.emit(protocol.error_event(exc.code, exc.message))
     except EngineError as exc:
-        closing = emitter.emit(
-            protocol.error_event(
-                exc.code,
-                exc.message,
-                retryable=exc.retryable,
-                rolled_back=exc.rolled_back,
-                **_details(exc),
-            )
-        )
+        closing = emitter.emit(protocol.error_event_of(exc))
     except Exception as exc:
         import traceback
 

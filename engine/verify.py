@@ -8,8 +8,8 @@ from engine.context import Context
 from engine.db import PanelDB
 from engine.errors import PanelCheckError, VerificationError
 from engine.profile import ColumnSpec
+from engine.protocol.words import plural, verb
 from engine.scan import Rewrite, census
-from engine.words import plural, verb
 
 #: Values per column a fingerprint-proven verification still opens with the key from disk.
 SAMPLE = 100

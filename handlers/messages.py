@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.protocol import AGENT_STEPS, KEY_STEPS
-from engine.words import plural as plural  # one way to count, in the engine and in Slack
+from engine.protocol.codes import CODES, UNKNOWN
+from engine.protocol.words import plural as plural  # one way to count, in the engine and in Slack
 
 if TYPE_CHECKING:
     from handlers.plan import PlanView
@@ -440,60 +441,9 @@ def column_counts(columns: dict[str, int], shown: int = 20) -> str:
     return f"{text} · and {plural(rest, 'more column')}" if rest > 0 else text
 
 
-NEXT_STEPS: dict[str, str] = {
-    "panel_check_failed": "look at the panel's error log, then request again.",
-    "hook_failed": (
-        "run the command named under what failed by hand on the panel host, fix it, "
-        "then request again."
-    ),
-    "undecryptable": (
-        "restore those values from a backup, or clear them in the panel so that their owners "
-        "enter them again (they do not open with the current key); then request again."
-    ),
-    "locked": "another engine run holds the panel's lock; wait for it, then request again.",
-    "unfinished_rotation": (
-        "an earlier rotation is unfinished: run recover on the panel host first."
-    ),
-    "database": "check that the panel's database is up and reachable, then request again.",
-    "not_transactional": (
-        "the tables named under what failed need a transactional engine (InnoDB): convert them, "
-        "then request again."
-    ),
-    "verification_failed": "check the panel now; then run status on the panel host.",
-    "key_reuse": "request again; the engine will pick a fresh key.",
-    "layout": "run `sudo myosicam-rotator probe` on the panel host and fix the profile's ciphertext.",
-    "bad_env_file": "check config/.env on the panel host (present, readable, well formed).",
-    "bad_key": "PANEL_ENCRYPTION_KEY in config/.env is not 64 hex characters: fix it first.",
-    "bad_profile": "fix the panel profile on the panel host (the message names the setting).",
-    "host_unreachable": (
-        "check that the panel host is up and that its sshd answers on the host and port in the "
-        "bot's [panels] settings, then request again."
-    ),
-    "connection_lost": (
-        "check the network path to the panel host and that its sshd answers, then request again."
-    ),
-    "engine_timeout": (
-        "the engine stopped answering: check the panel host (load, disk, the database), "
-        "then request again."
-    ),
-    "auth_refused": (
-        "the panel host refused the bot's SSH key: install it with its forced command "
-        "(deploy/setup-panel-host.sh), then request again."
-    ),
-    "host_key_mismatch": (
-        "the panel host's SSH host key is not the pinned one: stop and find out why before "
-        "anything else; update known_hosts only if the key changed on purpose."
-    ),
-    "plan_mismatch": "the panel changed since the plan was approved: request again to approve the new plan.",
-    "key_mismatch": "the key in config/.env changed since the plan was approved: request again.",
-    "agents_mismatch": "the agents changed since the plan was approved: request again.",
-    "agent_failed": "see each agent listed here; request again for the agents that failed.",
-    "agent_unverified": (
-        "the agents work with new tokens, but the engine could not tell whether the panel still "
-        "takes the old ones: check by hand, or set old_token_check for this panel (docs/agents-contract.md)."
-    ),
-}
-DEFAULT_NEXT_STEP = "fix what the engine reports under what failed, then request again."
+#: What to do next, by error code: the advice of the protocol's codes table, as one sentence.
+NEXT_STEPS: dict[str, str] = {name: code.next_step() for name, code in CODES.items()}
+DEFAULT_NEXT_STEP = UNKNOWN.next_step()
 
 
 def _recover(panel: str) -> str:

@@ -80,7 +80,7 @@ def test_the_approvers_named_on_a_card_leave_the_requester_out() -> None:
 
 def test_the_verb_agrees_with_the_count_too() -> None:
     """The engine's step details say "1 value opens" and "2 values open"."""
-    from engine.words import plural, verb
+    from engine.protocol.words import plural, verb
 
     assert [f"{plural(n, 'value')} {verb(n, 'opens', 'open')}" for n in (0, 1, 2)] == [
         "0 values open",

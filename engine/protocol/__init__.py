@@ -1,7 +1,11 @@
 """The bot <-> engine protocol: versions, the operation list, requests, event shapes.
 
-This module is the one piece of ``engine`` that ``handlers`` and ``bot`` import.
-It holds no I/O and imports nothing heavy (no pydantic): ``serve`` must answer
+This package is the one piece of ``engine`` that ``handlers`` and ``bot`` import, and it
+imports nothing else of the engine (the shared contract): the operations' names
+(``OPERATIONS``, the one list), the requests, the events, the codes table with each
+code's meaning and advice (``codes``), the errors' root and the protocol's refusals
+(``errors``), the typed ``Outcome`` of a closing event (``outcome``) and how counts are
+said (``words``). It holds no I/O and imports nothing heavy (no pydantic): ``serve`` must answer
 ``hello`` before any third-party import. One request line goes in on stdin,
 JSON Lines come out: ``hello`` first, then ``step`` / ``progress`` events, then
 exactly one closing ``result`` or ``error``. Every event carries the rotation
@@ -22,14 +26,17 @@ import json
 import re
 import time
 
-# the protocol's errors live with every other engine error; re-exported for the bot
-from engine.errors import PlanMismatchError as PlanMismatchError
-from engine.errors import RequestError as RequestError
+from engine.protocol.codes import MISMATCH_CODES as MISMATCH_CODES
+from engine.protocol.codes import NOTHING_CHANGED_CODES as NOTHING_CHANGED_CODES
+from engine.protocol.errors import PlanMismatchError as PlanMismatchError
+from engine.protocol.errors import RequestError as RequestError
 
 TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: serve's hello must not import typing
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any, Literal
+
+    from engine.protocol.errors import EngineError
 
     StepState = Literal["started", "ok", "failed", "skipped"]
 else:
@@ -39,23 +46,65 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 MAX_REQUEST_BYTES = 16 * 1024
 
-OPERATIONS: tuple[str, ...] = (
-    "hello",
-    "probe",
-    "plan",
-    "rotate-key",
-    "rotate-agent",
-    "rotate-incident",
-    "rotate-db-password",
-    "status",
-    "recover",
-    "attach",
+
+class Operation:
+    """What the protocol knows of one operation: its name and how a request of it behaves.
+
+    The engine maps each name to its implementation (``engine.ops.REGISTRY``); the bot
+    maps it to its Slack side (``handlers.ops``). A test ties both to this list.
+    """
+
+    __slots__ = ("doc", "mutating", "name", "plannable", "runs_plan")
+
+    def __init__(
+        self, name: str, doc: str, *, mutating: bool = False, runs_plan: bool = False, plannable: bool = False
+    ) -> None:
+        self.name = name
+        #: one line for ``--help`` and the docs
+        self.doc = doc
+        #: it changes the panel: it outlives its connection (serve, the bot's clients, the host's run record)
+        self.mutating = mutating
+        #: it runs an approved plan, and so must name it (``require_plan``)
+        self.runs_plan = runs_plan
+        #: ``plan`` can plan for it (``plan_for``)
+        self.plannable = plannable
+
+    def __repr__(self) -> str:
+        return f"Operation({self.name!r})"
+
+
+#: The operations, in the order the docs list them: the one list (house rule 9).
+REGISTRY: tuple[Operation, ...] = (
+    Operation("hello", "the engine's version and protocol versions"),
+    Operation("probe", "detect the ciphertext layout and count stored values (read-only)"),
+    Operation("plan", "what a rotation would do (read-only); plan_for names which"),
+    Operation("rotate-key", "rotate PANEL_ENCRYPTION_KEY", mutating=True, runs_plan=True, plannable=True),
+    Operation(
+        "rotate-agent", "rotate agent tokens by re-running the bootstrap", mutating=True, runs_plan=True,
+        plannable=True,
+    ),
+    Operation(
+        "rotate-incident",
+        "after a leaked .env: rotate the database password, the key and every agent token, in that order",
+        mutating=True, runs_plan=True, plannable=True,
+    ),
+    Operation(
+        "rotate-db-password", "rotate the panel's database password (DB_PASSWORD)", mutating=True,
+        runs_plan=True, plannable=True,
+    ),
+    Operation("status", "the unfinished rotation, if any, and recent ones"),
+    Operation("recover", "converge after an interrupted rotation", mutating=True),
+    Operation("attach", "follow a running rotation's events again (after a lost connection)"),
 )
+BY_NAME: dict[str, Operation] = {op.name: op for op in REGISTRY}
+OPERATIONS: tuple[str, ...] = tuple(BY_NAME)
 #: Operations that change the panel: they outlive their connection (serve, the bot's clients,
-#: the host's run record). The one list; engine.serve, engine.ops and bot.local_client use it.
-MUTATING_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password", "recover"})
+#: the host's run record). engine.serve, engine.ops and bot.local_client use it.
+MUTATING_OPS = frozenset(op.name for op in REGISTRY if op.mutating)
 #: Operations that run an approved plan, and so must name it.
-RUN_OPS = frozenset({"rotate-key", "rotate-agent", "rotate-incident", "rotate-db-password"})
+RUN_OPS = frozenset(op.name for op in REGISTRY if op.runs_plan)
+#: What ``plan`` can plan for (``plan_for``).
+PLANNABLE_OPS = tuple(op.name for op in REGISTRY if op.plannable)
 
 #: The parts of ``rotate-incident``, in the order they run (each verified before the next).
 INCIDENT_PARTS: tuple[str, ...] = ("db_password", "key", "agents")
@@ -101,10 +150,6 @@ _FINGERPRINT = r"^[0-9a-f]{16}$"
 _AGENT_NAME_MAX = 128
 _PERSON_MAX = 64
 
-#: Codes of a run request refused because it no longer matches the host.
-MISMATCH_CODES = frozenset({"plan_mismatch", "key_mismatch", "agents_mismatch", "password_mismatch"})
-
-
 _DEFAULTS: dict[str, Any] = {
     "dry_run": False,
     "requested_by": None,
@@ -120,6 +165,7 @@ _DEFAULTS: dict[str, Any] = {
     "incident": False,
     "db_password": False,
     "password_fingerprint": None,
+    "plan_for": None,
 }
 FIELDS: tuple[str, ...] = ("v", "id", "op", *_DEFAULTS)
 
@@ -150,6 +196,7 @@ class Request:
     incident: bool
     db_password: bool
     password_fingerprint: str | None
+    plan_for: str | None
 
     def __init__(
         self,
@@ -171,6 +218,7 @@ class Request:
         incident: bool = False,
         db_password: bool = False,
         password_fingerprint: str | None = None,
+        plan_for: str | None = None,
     ) -> None:
         values = dict(locals())
         del values["self"]
@@ -309,6 +357,46 @@ def _validate(r: Request) -> None:
     _check_str("plan_hash", r.plan_hash, max_len=64, pattern=_PLAN_HASH)
     _check_str("key_fingerprint", r.key_fingerprint, max_len=16, pattern=_FINGERPRINT)
     _check_str("password_fingerprint", r.password_fingerprint, max_len=16, pattern=_FINGERPRINT)
+    if r.plan_for is not None:
+        _check_plan_for(r)
+
+
+def _check_plan_for(r: Request) -> None:
+    """``plan_for`` names a plannable operation, on a ``plan``, and agrees with the old flags."""
+    if r.plan_for not in PLANNABLE_OPS:
+        raise _bad("plan_for", f"must be one of {', '.join(PLANNABLE_OPS)}")
+    if r.op != "plan":
+        raise _bad("plan_for", "only a plan names what it plans for")
+    if _planned_by_flags(r) not in (r.plan_for, "rotate-key"):
+        raise _bad("plan_for", "disagrees with the incident, db_password or agents fields")
+    if r.plan_for == "rotate-agent" and not (r.agents or r.all_agents):
+        raise _bad("plan_for", "rotate-agent needs agents or all_agents")
+
+
+def _planned_by_flags(r: Request) -> str:
+    """What a plan request plans for, by the fields older bots send (before ``plan_for``)."""
+    if r.db_password:
+        return "rotate-db-password"
+    if r.incident:
+        return "rotate-incident"
+    if r.agents or r.all_agents:
+        return "rotate-agent"
+    return "rotate-key"
+
+
+def planned_op(r: Request) -> str:
+    """The operation a ``plan`` request plans for: ``plan_for``, else what the old flags say
+    (``incident``, ``db_password``, ``agents``/``all_agents``; none: ``rotate-key``)."""
+    return r.plan_for if r.plan_for is not None else _planned_by_flags(r)
+
+
+#: What a run request must name of its approved plan, besides its hash.
+_PLAN_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "rotate-key": (("key_fingerprint", "key_fingerprint"),),
+    "rotate-incident": (("key_fingerprint", "key_fingerprint"),),
+    "rotate-db-password": (("password_fingerprint", "password_fingerprint"),),
+    "rotate-agent": (("agents", "agents (the exact approved list)"),),
+}
 
 
 def require_plan(r: Request) -> None:
@@ -319,12 +407,9 @@ def require_plan(r: Request) -> None:
     missing = []
     if r.plan_hash is None:
         missing.append("plan_hash")
-    if r.op in ("rotate-key", "rotate-incident") and r.key_fingerprint is None:
-        missing.append("key_fingerprint")
-    if r.op == "rotate-db-password" and r.password_fingerprint is None:
-        missing.append("password_fingerprint")
-    if r.op == "rotate-agent" and not r.agents:
-        missing.append("agents (the exact approved list)")
+    for name, label in _PLAN_NAMES.get(r.op, ()):
+        if not getattr(r, name):
+            missing.append(label)
     if missing:
         raise RequestError(
             "plan_required",
@@ -541,6 +626,17 @@ def error_event(
         "rolled_back": rolled_back,
         **data,
     }
+
+
+def error_event_of(exc: EngineError) -> dict[str, Any]:
+    """The closing ``error`` event of an engine error: its fields, then its details."""
+    fields = exc.event_fields()
+    details = {k: v for k, v in exc.details.items() if k not in _RESERVED}
+    return {"type": "error", **fields, **details}
+
+
+#: Event fields an error's details may not shadow.
+_RESERVED = frozenset({"type", "code", "message", "retryable", "rolled_back", "exit_status", "id", "seq", "ts"})
 
 
 def encode_event(event: dict[str, Any]) -> str:
