@@ -34,20 +34,27 @@ def _hello(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _plan(ctx: Context, request: Request) -> dict[str, Any]:
+    """``plan``: what the operation it plans for (``protocol.planned_op``) would do, read-only."""
+    return _PLANS[protocol.planned_op(request)](ctx, request)
+
+
+def _incident_plan(ctx: Context, request: Request) -> dict[str, Any]:
+    from engine.incident import plan_incident
+
+    return plan_incident(ctx, request)
+
+
+def _agent_plan(ctx: Context, request: Request) -> dict[str, Any]:
+    from engine.agents.plan import plan_agents
+
+    data = plan_agents(ctx, request)
+    names = [str(row["name"]) for row in data.get("agents") or ()]
+    return {**data, "plan_hash": protocol.plan_hash(_agent_binding(ctx, names))}
+
+
+def _key_plan_result(ctx: Context, request: Request) -> dict[str, Any]:
     from engine.preflight import run_preflight
 
-    if request.db_password:
-        return _db_password_plan(ctx)
-    if request.incident:
-        from engine.incident import plan_incident
-
-        return plan_incident(ctx, request)
-    if request.agents or request.all_agents:
-        from engine.agents.plan import plan_agents
-
-        data = plan_agents(ctx, request)
-        names = [str(row["name"]) for row in data.get("agents") or ()]
-        return {**data, "plan_hash": protocol.plan_hash(_agent_binding(ctx, names))}
     unfinished = ctx.journal.load()
     pre = run_preflight(ctx, lock_note="read-only", write_checks=True)
     return {
@@ -92,7 +99,7 @@ def _db_password_summary(ctx: Context, pre: PasswordPreflight) -> dict[str, Any]
     return {**pre.summary(ctx.profile.name), "plan_hash": protocol.plan_hash(_db_password_binding(ctx, pre))}
 
 
-def _db_password_plan(ctx: Context) -> dict[str, Any]:
+def _db_password_plan(ctx: Context, request: Request | None = None) -> dict[str, Any]:
     """``plan --db-password``: the login whose password would change, read-only."""
     from engine.dbpassword import password_preflight
     from engine.dbpassword_journal import PasswordJournal
@@ -336,6 +343,14 @@ def _rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
 def _attach(ctx: Context, request: Request) -> dict[str, Any]:
     raise ProtocolError("attach is served by `serve`, not as a one-shot operation")
 
+
+#: What ``plan`` runs for each operation it can plan for (``protocol.PLANNABLE_OPS``).
+_PLANS: dict[str, Callable[[Context, Request], dict[str, Any]]] = {
+    "rotate-key": _key_plan_result,
+    "rotate-agent": _agent_plan,
+    "rotate-incident": _incident_plan,
+    "rotate-db-password": _db_password_plan,
+}
 
 OPERATIONS: dict[str, Callable[[Context, Request], dict[str, Any]]] = {
     "hello": _hello,

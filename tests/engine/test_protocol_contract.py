@@ -213,3 +213,18 @@ def _json(fields: dict) -> str:
     import json
 
     return json.dumps(fields)[1:-1]
+
+
+def test_serve_plans_for_the_named_operation_as_the_old_flags_did(panel_factory) -> None:
+    """``plan_for`` over the real engine: the same plan (hash included) the old flags give."""
+    from tests.engine.test_run_binding import serve
+
+    panel = panel_factory(rows=1)
+    profile = panel.write_profile()
+    by_flag = serve(profile, id="p1", op="plan", db_password=True)[-1]
+    by_name = serve(profile, id="p2", op="plan", plan_for="rotate-db-password")[-1]
+    key = serve(profile, id="p3", op="plan", plan_for="rotate-key")[-1]
+    assert by_flag["type"] == by_name["type"] == key["type"] == "result", (by_flag, by_name, key)
+    assert by_name["plan_hash"] == by_flag["plan_hash"]
+    assert by_name["password_fingerprint"] == by_flag["password_fingerprint"]
+    assert "password_fingerprint" not in key and key["key_fingerprint"]
