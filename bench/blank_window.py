@@ -42,8 +42,8 @@ from engine import envfile
 from engine.cipher import Codec, Scheme, new_key_hex
 from engine.context import Context
 from engine.events import Emitter
+from engine.ops.key.scan import reencrypt
 from engine.profile import load_profile
-from engine.scan import reencrypt
 from tests.support.panel import PanelSandbox, build_panel
 
 REPO = Path(__file__).resolve().parent.parent

@@ -42,12 +42,12 @@ class Mutant:
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "the rotation's one pass stages values the current key does not open",
-        (("engine/preflight.py", "    if bad:\n        shown", "    if False:\n        shown"),),
+        (("engine/ops/key/preflight.py", "    if bad:\n        shown", "    if False:\n        shown"),),
         ("tests/engine/test_failures.py::test_undecryptable_value_is_named_and_nothing_changes",),
     ),
     Mutant(
         "the round trip of each sealed value is skipped",
-        (("engine/scan.py", "        if dest.open(sealed) != plain:\n", "        if False:\n"),),
+        (("engine/ops/key/scan.py", "        if dest.open(sealed) != plain:\n", "        if False:\n"),),
         ("tests/engine/test_seal_pass.py",),
     ),
     Mutant(
@@ -270,7 +270,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "the engine runs a plan other than the approved one",
         (
             (
-                "engine/protocol.py",
+                "engine/protocol/__init__.py",
                 "    if request.plan_hash is not None and request.plan_hash != plan_hash(binding):",
                 "    if False:",
             ),
@@ -290,7 +290,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "free text from the engine is not redacted",
         (
             (
-                "engine/protocol.py",
+                "engine/protocol/__init__.py",
                 '    """Hide anything that looks like key material or a credential."""\n',
                 '    """Hide anything that looks like key material or a credential."""\n'
                 "    return text\n",

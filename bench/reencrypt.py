@@ -57,9 +57,9 @@ from engine.cipher import Codec, Scheme
 from engine.context import Context
 from engine.db import ConnectionSettings, PanelDB
 from engine.events import Emitter
+from engine.ops.key.rotation import KeyRotation
+from engine.ops.key.scan import reencrypt
 from engine.profile import ColumnSpec, profile_from_dict
-from engine.rotation import KeyRotation
-from engine.scan import reencrypt
 from tests.support.panel import SHAPE_TABLES, Shape, seed_shape, shape_value
 
 SCHEME = Scheme.parse("iv12_tag_ct/hex")

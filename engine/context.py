@@ -13,7 +13,7 @@ from engine.db import PanelDB, resolve_settings
 from engine.errors import EngineError, LayoutError
 from engine.events import Emitter, Stopwatch
 from engine.journal import Journal
-from engine.probe import detect
+from engine.layouts import detect
 from engine.profile import ColumnSpec, Profile
 
 

@@ -149,7 +149,7 @@ def _translate(exc: Exception, doing: str) -> DatabaseError:
         return CredentialsRefusedError(f"the database refused the panel's credentials while {doing}")
     detail = f"MySQL error {code}" if code else type(exc).__name__
     error = DatabaseError(f"database error while {doing} ({detail})")
-    error.mysql_code = code  # type: ignore[attr-defined]  # engine/dbaccounts.py tells 1130 apart
+    error.mysql_code = code  # type: ignore[attr-defined]  # engine/ops/db_password/accounts.py tells 1130 apart
     return error
 
 

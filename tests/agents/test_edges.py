@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.agents.remote import last_line, render_bootstrap, route_from_panel
-from engine.agents.rows import ServerRow
-from engine.agents.run import AgentSteps, Run
 from engine.errors import AgentError, ProfileError
 from engine.events import Emitter
+from engine.ops.agents.remote import last_line, render_bootstrap, route_from_panel
+from engine.ops.agents.rows import ServerRow
+from engine.ops.agents.run import AgentSteps, Run
 from engine.profile import profile_from_dict
 
 SERVER = ServerRow(id=7, name="srv-7", host="10.0.0.7", port=2222, user="oscam", credential=None)
@@ -162,7 +162,7 @@ def test_the_counts_say_what_is_proven_never_0_rotated_when_tokens_changed() -> 
     """Four agents re-registered with new tokens (proven); the old-token check ran for one and
     could not run for three (the heartbeat route answers 404): the message counts what is
     proven, per agent and in total."""
-    from engine.agents.outcome import AgentOutcome, run_result
+    from engine.ops.agents.outcome import AgentOutcome, run_result
 
     done = AgentOutcome("a-1", id=1, ok=True, outcome="rotated", state="DONE", new_fingerprint="n1")
     unverified = [

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from engine.dbpassword import new_password, password_fingerprint, rewrite_env
 from engine.errors import EnvFileError
+from engine.ops.db_password.rotation import new_password, password_fingerprint, rewrite_env
 from tests.engine.runner import run_engine
 from tests.engine.test_db_password import accepts
 
@@ -128,7 +128,7 @@ def _settings(host: str, unix_socket: str | None = None) -> Any:
 def test_the_routes_tried_are_the_panels_and_every_local_one(host, unix_socket, panel, tcp):
     """DB_HOST=localhost is the socket for PHP (its path is asked of the server later); a
     remote DB_HOST is the only route (another machine's socket and loopback are not ours)."""
-    from engine.dbaccounts import candidate_routes
+    from engine.ops.db_password.accounts import candidate_routes
 
     panel_route, tcp_routes = candidate_routes(_settings(host, unix_socket))
     assert panel_route.label == panel and [r.label for r in tcp_routes] == tcp
@@ -138,9 +138,9 @@ def test_a_password_that_opens_another_users_account_is_refused_before_any_chang
     """The anonymous ''@'localhost' shadows 'panel'@'%' on the socket: the panel's password
     would change the wrong account. A shared test server can't carry an anonymous account
     (it would shadow every other test's login), so this is checked on the decision itself."""
-    from engine.dbaccounts import ACCEPTS, AccountMap, Probe, Route
-    from engine.dbpassword import _rotatable
     from engine.errors import DatabaseError
+    from engine.ops.db_password.accounts import ACCEPTS, AccountMap, Probe, Route
+    from engine.ops.db_password.rotation import _rotatable
 
     socket, tcp = Route("socket", "/run/mysqld/mysqld.sock"), Route("tcp", "127.0.0.1", 3306)
     routes = AccountMap(panel_route=tcp, probes=[Probe(tcp, ACCEPTS, "panel@%"), Probe(socket, ACCEPTS, "@localhost")])

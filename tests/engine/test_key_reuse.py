@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine import rotation
 from engine.context import Context
 from engine.errors import KeyReuseError
 from engine.events import Emitter
+from engine.ops.key import rotation
 from engine.profile import load_profile
 from tests.engine.runner import rotate
 from tests.support.secrets_scan import register_secret

@@ -306,9 +306,9 @@ def test_database_check_catches_a_value_not_sealed_for_its_row(panel_factory):
     from engine.context import Context
     from engine.errors import VerificationError
     from engine.events import Emitter
+    from engine.ops.key.scan import reencrypt
+    from engine.ops.key.verify import check_written
     from engine.profile import load_profile
-    from engine.scan import reencrypt
-    from engine.verify import check_written
 
     panel = panel_factory(rows={"oscam_installs": 6})
     ctx = Context(load_profile(panel.profile_path), Emitter("check"))

@@ -9,8 +9,8 @@ import pytest
 from engine.cipher import Codec, Scheme
 from engine.db import Literal
 from engine.errors import VerificationError
-from engine.scan import Rewrite, Written, _seal_batch
-from engine.verify import check_written
+from engine.ops.key.scan import Rewrite, Written, _seal_batch
+from engine.ops.key.verify import check_written
 
 SCHEME = Scheme.parse("iv12_tag_ct/hex")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from engine.agents.journal import AgentJournal, AgentRecord
 from engine.errors import EngineError
 from engine.journal import Journal, JournalRecord
 from engine.ops import _secret_ages
+from engine.ops.agents.journal import AgentJournal, AgentRecord
 
 
 def _key_record(rotation_id: str, state: str, started_at: float) -> JournalRecord:

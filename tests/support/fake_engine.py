@@ -341,7 +341,7 @@ class FakeEngineHost:
             protocol.parse_request_line(line)
             if request.op in protocol.RUN_OPS and not request.dry_run:
                 binding = self.binding(request)
-                if request.op == "rotate-incident" and request.agents is None:  # as engine.incident
+                if request.op == "rotate-incident" and request.agents is None:  # as engine.ops.incident.rotation
                     request = request.replace(agents=binding["agents"])
                 protocol.check_run(request, binding)
         except protocol.RequestError as exc:

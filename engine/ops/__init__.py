@@ -13,14 +13,14 @@ from engine import __version__, protocol
 from engine.context import Context
 from engine.errors import EngineError, PlanMismatchError, ProtocolError
 from engine.events import Emitter, EventLog
-from engine.probe import probe
+from engine.layouts import probe
 from engine.profile import Profile
 from engine.protocol import SUPPORTED_VERSIONS, Request
 from engine.runs import RunRecord
 
 if TYPE_CHECKING:
-    from engine.dbpassword import PasswordPreflight
-    from engine.preflight import Preflight
+    from engine.ops.db_password.rotation import PasswordPreflight
+    from engine.ops.key.preflight import Preflight
 
 MUTATING = protocol.MUTATING_OPS
 
@@ -39,13 +39,13 @@ def _plan(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _incident_plan(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.incident import plan_incident
+    from engine.ops.incident.rotation import plan_incident
 
     return plan_incident(ctx, request)
 
 
 def _agent_plan(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.agents.plan import plan_agents
+    from engine.ops.agents.plan import plan_agents
 
     data = plan_agents(ctx, request)
     names = [str(row["name"]) for row in data.get("agents") or ()]
@@ -53,7 +53,7 @@ def _agent_plan(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _key_plan_result(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.preflight import run_preflight
+    from engine.ops.key.preflight import run_preflight
 
     unfinished = ctx.journal.load()
     pre = run_preflight(ctx, lock_note="read-only", write_checks=True)
@@ -101,8 +101,8 @@ def _db_password_summary(ctx: Context, pre: PasswordPreflight) -> dict[str, Any]
 
 def _db_password_plan(ctx: Context, request: Request | None = None) -> dict[str, Any]:
     """``plan --db-password``: the login whose password would change, read-only."""
-    from engine.dbpassword import password_preflight
-    from engine.dbpassword_journal import PasswordJournal
+    from engine.ops.db_password.journal import PasswordJournal
+    from engine.ops.db_password.rotation import password_preflight
 
     unfinished = PasswordJournal(ctx.profile.journal_dir).load()
     pre = password_preflight(ctx, write_checks=True)
@@ -110,7 +110,7 @@ def _db_password_plan(ctx: Context, request: Request | None = None) -> dict[str,
 
 
 def _rotate_db_password(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.dbpassword import DbPasswordRotation
+    from engine.ops.db_password.rotation import DbPasswordRotation
 
     def matches_the_approved_plan(pre: PasswordPreflight) -> None:
         if _names_a_plan(request):
@@ -178,14 +178,14 @@ def _probe(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _probe_agents(ctx: Context, db: Any) -> dict[str, Any]:
-    from engine.agents.probe import probe_agents
+    from engine.ops.agents.probe import probe_agents
 
     return probe_agents(ctx, db)
 
 
 def _status(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.agents.recovery import agent_states
-    from engine.dbpassword_journal import PasswordJournal
+    from engine.ops.agents.recovery import agent_states
+    from engine.ops.db_password.journal import PasswordJournal
 
     unfinished = ctx.journal.load()
     unfinished_password = PasswordJournal(ctx.profile.journal_dir).load()
@@ -223,7 +223,7 @@ def _secret_ages(ctx: Context) -> dict[str, Any]:
     when the panel's database cannot be read, ``agents_listed`` is False and only
     the agents the journal knows are listed.
     """
-    from engine.agents.journal import AgentJournal
+    from engine.ops.agents.journal import AgentJournal
 
     key_done = [
         float(r["started_at"])
@@ -250,7 +250,7 @@ def _secret_ages(ctx: Context) -> dict[str, Any]:
 
 def _agent_names(ctx: Context) -> list[str] | None:
     """The names of the panel's agents (read-only), or None when the database can't say."""
-    from engine.agents.rows import AgentTable
+    from engine.ops.agents.rows import AgentTable
 
     try:
         db = ctx.connect()
@@ -266,7 +266,7 @@ def _agent_names(ctx: Context) -> list[str] | None:
 
 
 def _rotate_key(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.rotation import KeyRotation
+    from engine.ops.key.rotation import KeyRotation
 
     def matches_the_approved_plan(pre: Preflight) -> None:
         """Runs under the panel's lock, right after the preflight (the re-plan)."""
@@ -283,9 +283,9 @@ def _recover(ctx: Context, request: Request) -> dict[str, Any]:
     agent) is unfinished, the answer is the read-only preflight's: every stored value
     opens with the key in ``.env`` (exit 0), or the rows that don't are named (exit 1).
     """
-    from engine.agents.recovery import recover_all
     from engine.errors import NothingToRecoverError
-    from engine.preflight import run_preflight
+    from engine.ops.agents.recovery import recover_all
+    from engine.ops.key.preflight import run_preflight
 
     try:
         return recover_all(ctx, rollback=request.rollback)
@@ -303,7 +303,7 @@ def _recover(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _rotate_agent(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.agents.rotation import rotate_agents
+    from engine.ops.agents.rotation import rotate_agents
 
     if _names_a_plan(request):
         exact = _resolve_agents(ctx, request)
@@ -322,7 +322,7 @@ def _rotate_agent(ctx: Context, request: Request) -> dict[str, Any]:
 
 def _resolve_agents(ctx: Context, request: Request) -> list[str]:
     """The agent names the request's selection means on the panel now (read-only)."""
-    from engine.agents.rows import AgentTable
+    from engine.ops.agents.rows import AgentTable
 
     table = AgentTable(ctx.profile.agents)
     db = ctx.connect()
@@ -335,7 +335,7 @@ def _resolve_agents(ctx: Context, request: Request) -> list[str]:
 
 
 def _rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.incident import rotate_incident
+    from engine.ops.incident.rotation import rotate_incident
 
     return rotate_incident(ctx, request)
 

@@ -5,7 +5,7 @@ A record of its own (``db-password.json``), never mixed with the key journal
 differently. It holds both passwords while the rotation is unfinished: the
 engine reads its own database login from ``.env``, and after a crash the
 journal is what tells ``recover`` which passwords to try. It names every account the
-old password opened and the route to each (``engine/dbaccounts.py``), written before
+old password opened and the route to each (``engine/ops/db_password/accounts.py``), written before
 any of them changes, so ``recover`` converges each one. Same rules as the
 key journal: 0600 in the 0700 journal folder, fsynced, renamed into place;
 when the rotation ends the passwords are dropped and only fingerprints stay

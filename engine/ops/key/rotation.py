@@ -54,9 +54,7 @@ from typing import Any
 from engine import __version__, envfile, faults, hooks
 from engine.cipher import Codec, new_key_hex
 from engine.context import Context
-from engine.converge import RollbackPlan, roll_back
 from engine.db import PanelDB
-from engine.dbpassword import refuse_if_unfinished
 from engine.errors import (
     EngineError,
     KeyReuseError,
@@ -66,12 +64,14 @@ from engine.errors import (
 )
 from engine.events import Stopwatch
 from engine.journal import JournalRecord
-from engine.preflight import Preflight, run_preflight
+from engine.ops.db_password.rotation import refuse_if_unfinished
+from engine.ops.key.converge import RollbackPlan, roll_back
+from engine.ops.key.preflight import Preflight, run_preflight
+from engine.ops.key.scan import apply_staged, catch_up, sweep
+from engine.ops.key.verify import check_written, panel_check, verify_from_disk
 from engine.profile import engine_command
 from engine.protocol import fingerprint
 from engine.protocol.words import plural, verb
-from engine.scan import apply_staged, catch_up, sweep
-from engine.verify import check_written, panel_check, verify_from_disk
 
 
 class KeyRotation:

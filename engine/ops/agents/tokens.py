@@ -23,10 +23,10 @@ import re
 import secrets
 from typing import Literal, Protocol
 
-from engine.agents import commands
-from engine.agents.rows import AgentRow
 from engine.db import PanelDB
 from engine.errors import AgentError
+from engine.ops.agents import commands
+from engine.ops.agents.rows import AgentRow
 from engine.profile import AgentSettings
 
 #: ``usable`` (stored, unused, unexpired), ``used``, ``expired``, ``absent`` (not stored),

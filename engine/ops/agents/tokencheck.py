@@ -15,7 +15,7 @@ accepted            cannot tell         could not verify
 ==================  ==================  ======================================
 
 Two ways to ask, chosen by ``old_token_check``: ``heartbeat`` (a heartbeat in
-the reference panel's scheme, engine.agents.signing) and ``command`` (the
+the reference panel's scheme, engine.ops.agents.signing) and ``command`` (the
 profile's ``old_token_check_command``, the token on its stdin: exit 0 the panel
 accepts it, 1 it refuses it, anything else it cannot tell).
 """
@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from engine.agents import commands
-from engine.agents.rows import AgentRow
 from engine.errors import AgentError, AgentUnverifiedError
+from engine.ops.agents import commands
+from engine.ops.agents.rows import AgentRow
 from engine.profile import AgentSettings
 
 Verdict = Literal["accepted", "refused", "unknown"]
@@ -54,7 +54,7 @@ def ask_command(settings: AgentSettings, agent: AgentRow, token: str) -> Answer:
 
 
 def ask(settings: AgentSettings, agent: AgentRow, token: str) -> Answer:
-    from engine.agents import signing
+    from engine.ops.agents import signing
 
     if settings.old_token_check == "command":
         return ask_command(settings, agent, token)

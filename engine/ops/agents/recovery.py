@@ -14,14 +14,14 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from engine.agents.journal import AgentJournal, AgentRecord
-from engine.agents.rows import AgentTable, iso
-from engine.agents.tokens import InstallTokens, provider
 from engine.context import Context
-from engine.converge import recover
 from engine.db import PanelDB
-from engine.dbpassword import has_unfinished, recover_password
 from engine.errors import EngineError
+from engine.ops.agents.journal import AgentJournal, AgentRecord
+from engine.ops.agents.rows import AgentTable, iso
+from engine.ops.agents.tokens import InstallTokens, provider
+from engine.ops.db_password.rotation import has_unfinished, recover_password
+from engine.ops.key.converge import recover
 
 
 def _token_now(table: AgentTable, db: PanelDB, record: AgentRecord) -> dict[str, Any]:

@@ -7,9 +7,9 @@ from engine.cipher import Codec, Scheme
 from engine.context import Context
 from engine.db import PanelDB
 from engine.errors import PanelCheckError, VerificationError
+from engine.ops.key.scan import Rewrite, census
 from engine.profile import ColumnSpec
 from engine.protocol.words import plural, verb
-from engine.scan import Rewrite, census
 
 #: Values per column a fingerprint-proven verification still opens with the key from disk.
 SAMPLE = 100

@@ -31,8 +31,8 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from engine.agents.rows import AgentRow, ServerRow
 from engine.errors import AgentError
+from engine.ops.agents.rows import AgentRow, ServerRow
 from engine.profile import AgentSettings
 from engine.protocol import redact
 

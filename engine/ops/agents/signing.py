@@ -8,7 +8,7 @@ HMAC-SHA256 keyed with the agent token, hex, in ``X-Signature``, with
 ``X-Agent-Id``, ``X-Timestamp`` and ``X-Nonce``. A panel that signs another way
 answers this with a refusal whatever the token: that is why a refusal counts
 only next to an acceptance of the same request signed with the new token
-(``engine.agents.tokencheck``). For such a panel, use ``old_token_check =
+(``engine.ops.agents.tokencheck``). For such a panel, use ``old_token_check =
 "command"``.
 """
 
@@ -23,7 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from engine.agents.tokencheck import Answer
+from engine.ops.agents.tokencheck import Answer
 
 
 def canonical(path: str, agent_id: str, timestamp: str, nonce: str, body: bytes) -> bytes:

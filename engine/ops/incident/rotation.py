@@ -74,7 +74,7 @@ def _db_password_available() -> bool:
 
 def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
     """The read-only plan: what will be rotated, what can't be, and the hash a run must name."""
-    from engine.preflight import run_preflight
+    from engine.ops.key.preflight import run_preflight
 
     names = _env_names(ctx)
     db = ctx.profile.database
@@ -82,7 +82,7 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
     ctx.emitter.part = "db_password"
     db_facts: dict[str, Any] = {}
     if password_key is not None and _db_password_available():
-        from engine.dbpassword import password_preflight
+        from engine.ops.db_password.rotation import password_preflight
 
         pw = password_preflight(ctx, write_checks=True)  # the login works, may change its password
         db_user = pw.settings.user
@@ -102,7 +102,7 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
     agents: list[dict[str, Any]] = []
     agent_problems: list[str] = []
     if _agents_configured(ctx):
-        from engine.agents.plan import plan_agents
+        from engine.ops.agents.plan import plan_agents
 
         ctx.emitter.part = "agents"
         data = plan_agents(ctx, request.replace(agents=None, all_agents=True))
@@ -269,7 +269,7 @@ def _rotate_key(ctx: Context, request: Request, approved_fp: str) -> dict[str, A
     """rotate-key, refusing (under its lock, after its preflight) a key that is not the planned one."""
     from engine.errors import PlanMismatchError
     from engine.ops import run_options
-    from engine.rotation import KeyRotation
+    from engine.ops.key.rotation import KeyRotation
 
     def same_key(pre: Any) -> None:
         if pre.key_fingerprint != approved_fp:

@@ -25,11 +25,11 @@ from engine.cipher import Codec, Scheme
 from engine.context import Context
 from engine.db import PanelDB
 from engine.errors import UndecryptableError
-from engine.probe import require_transactions
+from engine.layouts import require_transactions
+from engine.ops.key.scan import Rewrite, census, seal_and_stage, total_values
 from engine.profile import ColumnSpec
 from engine.protocol import fingerprint
 from engine.protocol.words import plural, verb
-from engine.scan import Rewrite, census, seal_and_stage, total_values
 
 
 @dataclass

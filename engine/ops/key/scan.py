@@ -6,7 +6,7 @@ the values under the other key to the target key with compare-and-swap
 writes, and never touches a value that neither key opens.
 
 Every pass streams keyset pages, so memory stays flat for a million rows,
-and hands the crypto to a worker process (``engine.offload``) so that it
+and hands the crypto to a worker process (``engine.ops.key.offload``) so that it
 overlaps the database's time.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.cipher import Codec
 from engine.db import Literal, PanelDB, Row, row_checksum, staging_statements, value_digest
-from engine.offload import Offload
+from engine.ops.key.offload import Offload
 from engine.profile import ColumnSpec
 
 MAX_LISTED = 20
@@ -258,7 +258,7 @@ def seal_and_stage(
     that follows it); what they change is found and re-sealed by ``catch_up`` and
     ``apply_staged``. The staging rows are committed at the end (they are the
     connection's own temporary tables; no panel row is touched). One worker process
-    (``engine.offload``) opens, seals and builds the SQL of batch n while this process
+    (``engine.ops.key.offload``) opens, seals and builds the SQL of batch n while this process
     sends batch n-1 and reads batch n+1, every column in one stream: MySQL's time, the
     driver's and the crypto's overlap, and the pipeline never drains between columns.
     """

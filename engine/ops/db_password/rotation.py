@@ -2,10 +2,10 @@
 
 PREFLIGHT -> STAGED -> DB_CHANGED -> ENV_WRITTEN -> RESTARTED -> VERIFIED
 -> BACKED_UP -> DONE, or ROLLING_BACK -> ROLLED_BACK; its own journal
-(engine/dbpassword_journal.py), the panel's one lock.
+(engine/ops/db_password/journal.py), the panel's one lock.
 
 * preflight: the password in ``.env`` is tried on every route to the server (the Unix
-  socket, 127.0.0.1, ::1, the configured host: ``engine/dbaccounts.py``); it must work
+  socket, 127.0.0.1, ::1, the configured host: ``engine/ops/db_password/accounts.py``); it must work
   on the route the panel uses (``DB_HOST=localhost`` is the socket, as for PHP), every
   account it opens must be the panel's user (twins such as ``u@localhost`` and
   ``u@127.0.0.1`` are all rotated), the server is not read-only, ``.env`` is writable,
@@ -45,8 +45,6 @@ from typing import Any
 from engine import __version__, envfile, faults, hooks, restart
 from engine.context import Context
 from engine.db import ConnectionSettings, PanelDB, resolve_settings
-from engine.dbaccounts import ACCEPTS, UNREACHABLE, AccountMap, Route, discover, probe
-from engine.dbpassword_journal import FORWARD_STATES, PasswordJournal, PasswordRecord
 from engine.errors import (
     CredentialsRefusedError,
     DatabaseError,
@@ -60,8 +58,10 @@ from engine.errors import (
     VerificationError,
 )
 from engine.events import Stopwatch
+from engine.ops.db_password.accounts import ACCEPTS, UNREACHABLE, AccountMap, Route, discover, probe
+from engine.ops.db_password.journal import FORWARD_STATES, PasswordJournal, PasswordRecord
+from engine.ops.key.verify import panel_check
 from engine.profile import engine_command
-from engine.verify import panel_check
 
 #: Characters of a new password: safe unquoted or quoted in any dotenv dialect and in SQL.
 _ALPHABET = string.ascii_letters + string.digits

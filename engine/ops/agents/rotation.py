@@ -14,7 +14,7 @@ PREFLIGHT -> TOKEN_ISSUED -> BOOTSTRAPPED -> REREGISTERED -> OLD_REVOKED -> DONE
   one (polled with backoff up to ``reregister_timeout_s``).
 * OLD_REVOKED: no row holds the old token, and the panel refuses a request
   signed with it while it accepts the same request signed with the new one
-  (engine.agents.tokencheck). When that cannot be told, the agent's outcome is
+  (engine.ops.agents.tokencheck). When that cannot be told, the agent's outcome is
   "unverified" (could not verify), not "rotated" and not "failed".
 
 Tokens (old, install, new) are hidden by their exact value from every event,
@@ -49,17 +49,17 @@ from pathlib import Path
 from typing import Any
 
 from engine import envfile, faults
-from engine.agents import commands, remote, tokencheck
-from engine.agents.journal import AgentJournal, AgentRecord
-from engine.agents.outcome import AgentOutcome, run_result, unknown_agent
-from engine.agents.rows import AgentRow, AgentTable, ServerRow, iso_exact
-from engine.agents.run import AgentSteps, Run
-from engine.agents.tokens import provider
 from engine.cipher import Codec
 from engine.context import Context
 from engine.db import PanelDB
 from engine.errors import AgentError, AgentUnverifiedError, EngineError, UnfinishedRotationError
 from engine.events import Stopwatch
+from engine.ops.agents import commands, remote, tokencheck
+from engine.ops.agents.journal import AgentJournal, AgentRecord
+from engine.ops.agents.outcome import AgentOutcome, run_result, unknown_agent
+from engine.ops.agents.rows import AgentRow, AgentTable, ServerRow, iso_exact
+from engine.ops.agents.run import AgentSteps, Run
+from engine.ops.agents.tokens import provider
 from engine.profile import engine_command
 from engine.protocol import Request, fingerprint
 

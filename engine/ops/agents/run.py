@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.agents.journal import AgentJournal
-from engine.agents.rows import AgentTable
-from engine.agents.tokens import InstallTokens
 from engine.cipher import Codec
 from engine.context import Context, StepOutcome
 from engine.errors import EngineError
 from engine.events import Stopwatch
+from engine.ops.agents.journal import AgentJournal
+from engine.ops.agents.rows import AgentTable
+from engine.ops.agents.tokens import InstallTokens
 from engine.profile import AgentSettings
 from engine.protocol import AGENT_STEPS, Request, StepState
 

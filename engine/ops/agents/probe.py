@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.agents.journal import AgentJournal
 from engine.context import Context
 from engine.db import PanelDB
+from engine.ops.agents.journal import AgentJournal
 
 
 def _schema(db: PanelDB) -> dict[str, set[str]]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from engine import __version__
-from engine.agents.journal import AgentJournal
-from engine.agents.rows import AgentRow, AgentTable, ServerRow, iso
 from engine.context import Context
 from engine.errors import AgentError
+from engine.ops.agents.journal import AgentJournal
+from engine.ops.agents.rows import AgentRow, AgentTable, ServerRow, iso
 from engine.profile import AgentSettings
 from engine.protocol import Request
 

@@ -23,10 +23,10 @@ from engine.errors import (
     RollbackFailedError,
 )
 from engine.journal import FORWARD_STATES, JournalRecord
+from engine.ops.key.scan import census, reencrypt
+from engine.ops.key.verify import panel_check, verify_from_disk
 from engine.profile import engine_command
 from engine.protocol.words import plural, verb
-from engine.scan import census, reencrypt
-from engine.verify import panel_check, verify_from_disk
 
 
 @dataclass(frozen=True)
