@@ -219,18 +219,36 @@ def _engine_core() -> RunOperation:
     return run
 
 
+def _hello(request: protocol.Request, profile_path: Path, stdout: TextIO, emitter: Emitter) -> dict[str, Any]:
+    """Answered before the profile is read: which engine, which protocol versions."""
+    data = {"engine": __version__, "protocol": list(protocol.SUPPORTED_VERSIONS)}
+    return emitter.emit(protocol.result_event(request.op, **data))
+
+
+def _attach(request: protocol.Request, profile_path: Path, stdout: TextIO, emitter: Emitter) -> dict[str, Any]:
+    from engine.profile import load_profile
+
+    return attach(request, load_profile(profile_path), stdout, emitter)
+
+
+#: The operations ``serve`` answers itself (the rest are ``engine.ops``'s): ``hello`` before
+#: anything heavy is imported, ``attach`` by following another run's event log.
+ANSWERED_HERE: dict[str, Callable[[protocol.Request, Path, TextIO, Emitter], dict[str, Any]]] = {
+    "hello": _hello,
+    "attach": _attach,
+}
+
+
 def dispatch(
     request: protocol.Request, profile_path: Path, stdout: TextIO, emitter: Emitter
 ) -> dict[str, Any]:
     """Run one validated request; return the closing event it produced."""
-    if request.op == "hello":
-        data = {"engine": __version__, "protocol": list(protocol.SUPPORTED_VERSIONS)}
-        return emitter.emit(protocol.result_event("hello", **data))
+    own = ANSWERED_HERE.get(request.op)
+    if own is not None:
+        return own(request, profile_path, stdout, emitter)
     from engine.profile import load_profile  # only once an operation needs it
 
     profile = load_profile(profile_path)
-    if request.op == "attach":
-        return attach(request, profile, stdout, emitter)
     run_operation = _engine_core()
     if is_mutating(request):
         detach_from_session()

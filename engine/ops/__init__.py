@@ -1,369 +1,169 @@
-"""The engine's operations, by name: the one dispatch table for CLI and ``serve``."""
+"""The engine's operations by name: the one map from the protocol's list to the code.
+
+``engine.protocol.REGISTRY`` names the operations (the bot needs the names); this module
+says where each one's code is (``IMPLEMENTATIONS``), and its command line (help, options,
+whether it asks before it runs). ``serve`` and the CLI dispatch through it, the way borg's
+``RepositoryServer`` keeps one ``rpc_methods`` list; a test ties it to the protocol, the
+CLI's subcommands and the docs.
+
+An operation kind (``key``, ``db_password``, ``agents``, ``incident``) is a package of the
+same shape: ``plan``, ``run``, ``recover``, and for the CLI ``approved`` (what a run
+confirmed at the terminal names of the plan it was shown), ``print_plan`` and
+``print_summary``. The read-only operations on the whole panel are in ``panel``, ``recover``
+across the kinds in ``recovery``, ``plan`` in ``planning``. Modules are imported on first
+use: ``serve`` answers ``hello`` before any of them loads.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-import secrets
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import IO, Any
 
-from engine import __version__, protocol
+from engine import protocol
 from engine.context import Context
-from engine.errors import EngineError, PlanMismatchError, ProtocolError
+from engine.errors import EngineError, ProtocolError
 from engine.events import Emitter, EventLog
-from engine.layouts import probe
 from engine.profile import Profile
-from engine.protocol import SUPPORTED_VERSIONS, Request
+from engine.protocol import Request
 from engine.runs import RunRecord
 
-if TYPE_CHECKING:
-    from engine.ops.db_password.rotation import PasswordPreflight
-    from engine.ops.key.preflight import Preflight
+Handler = Callable[[Context, Request], dict[str, Any]]
+Printer = Callable[[IO[str], Request, dict[str, Any], Profile], None]
 
-MUTATING = protocol.MUTATING_OPS
-
-
-def new_rotation_id() -> str:
-    return f"r-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
-
-
-def _hello(ctx: Context, request: Request) -> dict[str, Any]:
-    return {"engine_version": __version__, "protocol": list(SUPPORTED_VERSIONS), "panel": ctx.profile.name}
-
-
-def _plan(ctx: Context, request: Request) -> dict[str, Any]:
-    """``plan``: what the operation it plans for (``protocol.planned_op``) would do, read-only."""
-    return _PLANS[protocol.planned_op(request)](ctx, request)
+# Command-line options, by what they mean (argparse's flags and keywords).
+JSON = (("--json",), {"action": "store_true", "help": "print JSON Lines events"})
+YES = (("--yes",), {"action": "store_true", "help": "do not ask for confirmation"})
+REASON = (("--reason",), {"help": "why (kept in the journal)"})
+DRY_RUN = (("--dry-run",), {"action": "store_true", "help": "run the preflight only; change nothing"})
+ROLLBACK = (("--rollback",), {"action": "store_true", "help": "always go back to the old key"})
+AGENTS = (("agents",), {"nargs": "*", "help": "agent names (or --all)"})
+ALL_AGENTS = (("--all",), {"action": "store_true", "dest": "all_agents", "help": "every agent"})
+Option = tuple[tuple[str, ...], dict[str, Any]]
 
 
-def _incident_plan(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.incident.rotation import plan_incident
+class Implementation:
+    """Where one operation's code is, and its command line.
 
-    return plan_incident(ctx, request)
-
-
-def _agent_plan(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.agents.plan import plan_agents
-
-    data = plan_agents(ctx, request)
-    names = [str(row["name"]) for row in data.get("agents") or ()]
-    return {**data, "plan_hash": protocol.plan_hash(_agent_binding(ctx, names))}
-
-
-def _key_plan_result(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.key.preflight import run_preflight
-
-    unfinished = ctx.journal.load()
-    pre = run_preflight(ctx, lock_note="read-only", write_checks=True)
-    return {
-        **_key_plan(ctx, pre),
-        "unfinished": unfinished.public() if unfinished else None,
-    }
-
-
-# -- what a run must match: the plan as the engine computes it now --------------------------
-
-
-def _key_binding(ctx: Context, pre: Preflight) -> dict[str, Any]:
-    return protocol.key_binding(
-        panel=ctx.profile.name,
-        engine_version=__version__,
-        key_fingerprint=pre.key_fingerprint,
-        scheme=pre.scheme.label,
-    )
-
-
-def _key_plan(ctx: Context, pre: Preflight) -> dict[str, Any]:
-    """The ``plan`` result for rotate-key: the preflight's facts and the plan's hash."""
-    return {
-        **pre.summary(),
-        "panel": ctx.profile.name,
-        "escrow": ctx.profile.escrow_description,
-        "plan_hash": protocol.plan_hash(_key_binding(ctx, pre)),
-    }
-
-
-def _db_password_binding(ctx: Context, pre: PasswordPreflight) -> dict[str, Any]:
-    return protocol.db_password_binding(
-        panel=ctx.profile.name,
-        engine_version=__version__,
-        db_user=pre.settings.user,
-        db_host=pre.settings.host,
-        password_fingerprint=pre.fingerprint,
-    )
-
-
-def _db_password_summary(ctx: Context, pre: PasswordPreflight) -> dict[str, Any]:
-    return {**pre.summary(ctx.profile.name), "plan_hash": protocol.plan_hash(_db_password_binding(ctx, pre))}
-
-
-def _db_password_plan(ctx: Context, request: Request | None = None) -> dict[str, Any]:
-    """``plan --db-password``: the login whose password would change, read-only."""
-    from engine.ops.db_password.journal import PasswordJournal
-    from engine.ops.db_password.rotation import password_preflight
-
-    unfinished = PasswordJournal(ctx.profile.journal_dir).load()
-    pre = password_preflight(ctx, write_checks=True)
-    return {**_db_password_summary(ctx, pre), "unfinished": unfinished.public() if unfinished else None}
-
-
-def _rotate_db_password(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.db_password.rotation import DbPasswordRotation
-
-    def matches_the_approved_plan(pre: PasswordPreflight) -> None:
-        if _names_a_plan(request):
-            _refuse_mismatch(request, _db_password_binding(ctx, pre), _db_password_summary(ctx, pre))
-
-    return DbPasswordRotation(ctx, **run_options(request), expect=matches_the_approved_plan).run()
-
-
-def run_options(request: Request) -> dict[str, Any]:
-    """What every rotation takes from its request: id, dry run, who asked, who approved, why."""
-    return {
-        "rotation_id": request.id,
-        "dry_run": request.dry_run,
-        "requested_by": request.requested_by,
-        "approved_by": list(request.approved_by),
-        "reason": request.reason,
-    }
-
-
-def _agent_binding(ctx: Context, names: list[str]) -> dict[str, Any]:
-    return protocol.agent_binding(panel=ctx.profile.name, engine_version=__version__, agents=names)
-
-
-def _refuse_mismatch(request: Request, binding: dict[str, Any], plan: dict[str, Any]) -> None:
-    """Raise ``PlanMismatchError`` unless the request names exactly this plan."""
-    try:
-        protocol.check_run(request, binding)
-    except PlanMismatchError as exc:
-        exc.details["plan"] = plan
-        raise
-
-
-def _names_a_plan(request: Request) -> bool:
-    return (
-        request.plan_hash is not None
-        or request.key_fingerprint is not None
-        or request.password_fingerprint is not None
-    )
-
-
-def _probe(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine import envfile, restart
-
-    profile = ctx.profile
-    with ctx.step("probe", "trying every known layout on every stored value") as out:
-        restart.check_target(profile)  # a missing php-fpm unit shows here, before any run
-        key_hex = envfile.read_key(profile.env_path, profile.key_name)
-        db = ctx.connect()
-        try:
-            columns, missing = ctx.columns(db)
-            report = probe(db, columns, key_hex, profile.batch_size)
-            agents = _probe_agents(ctx, db)
-        finally:
-            db.close()
-        out.detail = f"layout {report.chosen.label}" if report.chosen else "no layout opens every value"
-    data: dict[str, Any] = {**report.as_dict(), "skipped": missing, "panel": profile.name}
-    if report.chosen and profile.scheme and profile.scheme != report.chosen:
-        data["problem"] = (
-            f"the profile says ciphertext = {profile.scheme.label} but the stored values are "
-            f"{report.chosen.label}"
-        )
-    data["agents"] = agents
-    data["engine_version"] = __version__
-    return data
-
-
-def _probe_agents(ctx: Context, db: Any) -> dict[str, Any]:
-    from engine.ops.agents.probe import probe_agents
-
-    return probe_agents(ctx, db)
-
-
-def _status(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.agents.recovery import agent_states
-    from engine.ops.db_password.journal import PasswordJournal
-
-    unfinished = ctx.journal.load()
-    unfinished_password = PasswordJournal(ctx.profile.journal_dir).load()
-    from engine.verdict import decide
-
-    agents = agent_states(ctx)
-    holder = ctx.journal.lock_holder()
-    key = unfinished.public() if unfinished else None
-    password = unfinished_password.public() if unfinished_password else None
-    runs = RunRecord(ctx.profile.journal_dir).recent(50)
-    verdict = decide(ctx.profile, holder=holder, key=key, db_password=password, agents=agents, runs=runs)
-    return {
-        "panel": ctx.profile.name,
-        # the one answer (running / unfinished / clear) the CLI and the bot render
-        "verdict": verdict.as_dict(),
-        "unfinished": key,
-        # an engine holding the lock is working on it now: not a case for recover
-        "running": {"pid": holder} if holder is not None else None,
-        "unfinished_agents": agents,
-        "unfinished_db_password": password,
-        "recent": ctx.journal.finished(),
-        "runs": runs[-10:],
-        "known_keys": len(ctx.journal.history()),
-        "secret_ages": _secret_ages(ctx),
-        "engine_version": __version__,
-    }
-
-
-def _secret_ages(ctx: Context) -> dict[str, Any]:
-    """When the key and each agent's token were last rotated to DONE, from the journals.
-
-    Read-only. ``key_rotated_at`` is None when no finished key rotation is on
-    record (the key predates the engine's history: its age is unknown). Every
-    agent of the panel is listed, ``rotated_at`` None for one never rotated here;
-    when the panel's database cannot be read, ``agents_listed`` is False and only
-    the agents the journal knows are listed.
+    ``target`` is ``"module:function"`` (imported on first use), None for ``attach``,
+    which ``serve`` answers itself. ``kind`` is the operation kind's package, for the
+    operations ``plan`` can plan for. ``printer`` prints a result for a person.
     """
-    from engine.ops.agents.journal import AgentJournal
 
-    key_done = [
-        float(r["started_at"])
-        for r in ctx.journal.finished(limit=50)
-        if r.get("state") == "DONE" and isinstance(r.get("started_at"), int | float)
-    ]
-    agents: dict[str, dict[str, Any]] = {}
-    for record in AgentJournal(ctx.profile.journal_dir).finished(limit=500):
-        at = record.get("started_at")
-        if record.get("state") != "DONE" or not isinstance(at, int | float):
-            continue
-        name = str(record.get("agent_name") or record.get("agent_id"))
-        if name not in agents or agents[name]["rotated_at"] < at:
-            agents[name] = {"agent": name, "rotated_at": float(at)}
-    names = _agent_names(ctx)
-    for name in names or ():
-        agents.setdefault(name, {"agent": name, "rotated_at": None})
-    return {
-        "key_rotated_at": max(key_done) if key_done else None,
-        "agents": sorted(agents.values(), key=lambda a: str(a["agent"])),
-        "agents_listed": names is not None,
-    }
+    __slots__ = ("confirm", "help", "kind", "name", "options", "printer", "target")
 
+    def __init__(
+        self,
+        name: str,
+        target: str | None,
+        *,
+        kind: str | None = None,
+        printer: str | None = None,
+        help: str | None = None,
+        options: tuple[Option, ...] = (JSON,),
+        confirm: bool = False,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.kind = kind
+        self.printer = printer
+        #: the CLI subcommand's help; None: not a CLI subcommand
+        self.help = help
+        self.options = options
+        #: the CLI shows the plan and asks before it runs (unless --yes or --dry-run)
+        self.confirm = confirm
 
-def _agent_names(ctx: Context) -> list[str] | None:
-    """The names of the panel's agents (read-only), or None when the database can't say."""
-    from engine.ops.agents.rows import AgentTable
+    def function(self) -> Handler:
+        assert self.target is not None
+        handler: Handler = _load(self.target)
+        return handler
 
-    try:
-        db = ctx.connect()
-    except EngineError:
-        return None
-    try:
-        rows, _ = AgentTable(ctx.profile.agents).select(db, None)
-    except EngineError:
-        return None
-    finally:
-        db.close()
-    return [row.name for row in rows]
+    def kind_module(self) -> Any:
+        assert self.kind is not None
+        return importlib.import_module(self.kind)
 
+    def print_result(self, out: IO[str], request: Request, data: dict[str, Any], profile: Profile) -> None:
+        """The result for a person at a terminal (``--json`` prints the events instead)."""
+        if self.printer is not None:
+            printer: Printer = _load(self.printer)
+            printer(out, request, data, profile)
 
-def _rotate_key(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.key.rotation import KeyRotation
-
-    def matches_the_approved_plan(pre: Preflight) -> None:
-        """Runs under the panel's lock, right after the preflight (the re-plan)."""
-        if _names_a_plan(request):
-            _refuse_mismatch(request, _key_binding(ctx, pre), _key_plan(ctx, pre))
-
-    return KeyRotation(ctx, **run_options(request), expect=matches_the_approved_plan).run()
+    def __repr__(self) -> str:
+        return f"Implementation({self.name!r}, {self.target!r})"
 
 
-def _recover(ctx: Context, request: Request) -> dict[str, Any]:
-    """Converge an unfinished rotation; with none, prove the panel needs nothing.
-
-    Operators (and scripts) run ``recover`` after any crash. When no rotation (key or
-    agent) is unfinished, the answer is the read-only preflight's: every stored value
-    opens with the key in ``.env`` (exit 0), or the rows that don't are named (exit 1).
-    """
-    from engine.errors import NothingToRecoverError
-    from engine.ops.agents.recovery import recover_all
-    from engine.ops.key.preflight import run_preflight
-
-    try:
-        return recover_all(ctx, rollback=request.rollback)
-    except NothingToRecoverError:
-        pre = run_preflight(ctx, lock_note="read-only", write_checks=False)
-        summary = pre.summary()
-        return {
-            "state": "NOTHING_TO_RECOVER",
-            "direction": "none",
-            "panel": ctx.profile.name,
-            "verified": summary.get("total", 0),
-            "columns": summary.get("columns", {}),
-            "key_fingerprint": pre.key_fingerprint,
-        }
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _rotate_agent(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.agents.rotation import rotate_agents
-
-    if _names_a_plan(request):
-        exact = _resolve_agents(ctx, request)
-        binding = _agent_binding(ctx, exact)
-        plan = {
-            "panel": ctx.profile.name,
-            "agents": [{"name": name} for name in binding["agents"]],
-            "engine_version": __version__,
-            "plan_hash": protocol.plan_hash(binding),
-        }
-        _refuse_mismatch(request, binding, plan)
-        # run exactly the approved agents, never a fresh ``--all``
-        request = request.replace(agents=tuple(request.agents or ()), all_agents=False)
-    return rotate_agents(ctx, request)
+def _kind(name: str, package: str, help: str, options: tuple[Option, ...]) -> Implementation:
+    """A rotation: its package's ``run``, printed by its ``print_summary``, confirmed first."""
+    return Implementation(
+        name, f"{package}:run", kind=package, printer="engine.ops.planning:print_run",
+        help=help, options=options, confirm=True,
+    )  # fmt: skip
 
 
-def _resolve_agents(ctx: Context, request: Request) -> list[str]:
-    """The agent names the request's selection means on the panel now (read-only)."""
-    from engine.ops.agents.rows import AgentTable
+#: Every operation of ``protocol.REGISTRY``, in the CLI's order: the one map to the code.
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    impl.name: impl
+    for impl in (
+        Implementation("hello", "engine.ops.panel:hello"),
+        Implementation(
+            "probe", "engine.ops.panel:probe", printer="engine.ops.panel:print_probe",
+            help="detect the ciphertext layout and count stored values (read-only)",
+        ),
+        Implementation(
+            "plan", "engine.ops.planning:plan", printer="engine.ops.planning:print_plan",
+            help="what rotate-key (or, with agents, rotate-agent; or --for OPERATION) would do (read-only)",
+            options=(
+                (("agents",), {"nargs": "*", "help": "plan rotate-agent for these agents (or --all)"}),
+                (("--all",), {"action": "store_true", "dest": "all_agents",
+                              "help": "plan rotate-agent for every agent"}),
+                (("--for",), {"dest": "plan_for", "choices": protocol.PLANNABLE_OPS, "metavar": "OPERATION",
+                              "help": "the operation to plan: " + ", ".join(protocol.PLANNABLE_OPS)}),
+                (("--incident",), {"action": "store_true",
+                                   "help": "plan rotate-incident (everything a leaked .env exposed)"}),
+                (("--db-password",), {"action": "store_true", "help": "plan rotate-db-password"}),
+                JSON,
+            ),
+        ),
+        _kind("rotate-key", "engine.ops.key", "rotate PANEL_ENCRYPTION_KEY", (DRY_RUN, YES, JSON, REASON)),
+        _kind(
+            "rotate-db-password", "engine.ops.db_password",
+            "rotate the panel's database password (DB_PASSWORD)", (DRY_RUN, YES, JSON, REASON),
+        ),
+        Implementation(
+            "recover", "engine.ops.recovery:recover", printer="engine.ops.recovery:print_recover",
+            help="converge after an interrupted rotation", options=(ROLLBACK, JSON),
+        ),
+        Implementation(
+            "status", "engine.ops.panel:status", printer="engine.ops.panel:print_status",
+            help="the unfinished rotation, if any, and recent ones",
+        ),
+        _kind(
+            "rotate-agent", "engine.ops.agents", "rotate agent tokens by re-running the bootstrap",
+            (AGENTS, ALL_AGENTS,
+             (("--dry-run",), {"action": "store_true", "help": "check every agent is reachable; change nothing"}),
+             YES, JSON),
+        ),
+        _kind(
+            "rotate-incident", "engine.ops.incident",
+            "after a leaked .env: rotate the database password, the key and every agent token, in that order",
+            ((("--dry-run",), {"action": "store_true", "help": "show the plan only; change nothing"}),
+             YES, JSON, REASON),
+        ),
+        Implementation("attach", None),
+    )
+}  # fmt: skip
 
-    table = AgentTable(ctx.profile.agents)
-    db = ctx.connect()
-    try:
-        names = None if request.all_agents else list(request.agents or ())
-        agents, _missing = table.select(db, names)
-    finally:
-        db.close()
-    return [agent.name for agent in agents]
 
-
-def _rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.incident.rotation import rotate_incident
-
-    return rotate_incident(ctx, request)
-
-
-def _attach(ctx: Context, request: Request) -> dict[str, Any]:
-    raise ProtocolError("attach is served by `serve`, not as a one-shot operation")
-
-
-#: What ``plan`` runs for each operation it can plan for (``protocol.PLANNABLE_OPS``).
-_PLANS: dict[str, Callable[[Context, Request], dict[str, Any]]] = {
-    "rotate-key": _key_plan_result,
-    "rotate-agent": _agent_plan,
-    "rotate-incident": _incident_plan,
-    "rotate-db-password": _db_password_plan,
-}
-
-OPERATIONS: dict[str, Callable[[Context, Request], dict[str, Any]]] = {
-    "hello": _hello,
-    "plan": _plan,
-    "probe": _probe,
-    "status": _status,
-    "rotate-key": _rotate_key,
-    "recover": _recover,
-    "rotate-agent": _rotate_agent,
-    "rotate-incident": _rotate_incident,
-    "rotate-db-password": _rotate_db_password,
-    "attach": _attach,
-}
+def run(name: str, ctx: Context, request: Request) -> dict[str, Any]:
+    """Run operation ``name`` in this process (``rotate-incident`` runs its parts so)."""
+    return IMPLEMENTATIONS[name].function()(ctx, request)
 
 
 def run_operation(request: Request, profile: Profile, emitter: Emitter) -> dict[str, Any]:
@@ -372,11 +172,13 @@ def run_operation(request: Request, profile: Profile, emitter: Emitter) -> dict[
     Mutating operations also log every event on disk so a client whose
     connection dropped can ``attach`` and replay them.
     """
-    handler = OPERATIONS.get(request.op)
-    if handler is None:
-        raise ProtocolError(f"unknown operation {request.op!r}")
+    implementation = IMPLEMENTATIONS.get(request.op)
+    if implementation is None or implementation.target is None:
+        raise ProtocolError(f"{request.op} is served by `serve`, not as a one-shot operation"
+                            if implementation else f"unknown operation {request.op!r}")  # fmt: skip
+    handler = implementation.function()
     ctx = Context(profile, emitter)
-    if request.op not in MUTATING or request.dry_run:
+    if request.op not in protocol.MUTATING_OPS or request.dry_run:
         return handler(ctx, request)
     ctx.journal.ensure_dir()
     emitter.add_sink(EventLog(ctx.journal.events_dir, request.id).sink())

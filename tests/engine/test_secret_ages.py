@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 from engine.errors import EngineError
 from engine.journal import Journal, JournalRecord
-from engine.ops import _secret_ages
 from engine.ops.agents.journal import AgentJournal, AgentRecord
+from engine.ops.panel import _secret_ages
 
 
 def _key_record(rotation_id: str, state: str, started_at: float) -> JournalRecord:

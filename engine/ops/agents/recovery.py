@@ -1,4 +1,5 @@
-"""Unfinished agent rotations, for ``status`` (read-only) and ``recover`` (closes them).
+"""Unfinished agent rotations, for ``status`` (read-only) and ``recover`` (closes them;
+``engine.ops.recovery`` runs every kind's recover in order).
 
 A crash, a killed engine or a lost host can leave an agent's journal behind,
 holding an install token that may still be usable. ``status`` reports each
@@ -20,8 +21,6 @@ from engine.errors import EngineError
 from engine.ops.agents.journal import AgentJournal, AgentRecord
 from engine.ops.agents.rows import AgentTable, iso
 from engine.ops.agents.tokens import InstallTokens, provider
-from engine.ops.db_password.rotation import has_unfinished, recover_password
-from engine.ops.key.converge import recover
 
 
 def _token_now(table: AgentTable, db: PanelDB, record: AgentRecord) -> dict[str, Any]:
@@ -118,31 +117,3 @@ def close_agents(ctx: Context) -> list[dict[str, Any]]:
             for c in closed
         )
     return closed
-
-
-def recover_all(ctx: Context, *, rollback: bool) -> dict[str, Any]:
-    """``recover``: an unfinished database password rotation first (every other part logs
-    in with the password in ``.env``), then an unfinished key rotation, then agent rotations.
-    With a password rotation alone, its result is the result; with more, it is under
-    ``db_password``."""
-    password: dict[str, Any] | None = None
-    if has_unfinished(ctx):
-        password = recover_password(ctx, rollback=rollback)
-    pending_agents = AgentJournal(ctx.profile.journal_dir).unfinished()
-    key_unfinished = ctx.journal.load() is not None
-    if password is not None and not key_unfinished and not pending_agents:
-        return password
-    if not pending_agents:
-        data = recover(ctx, rollback=rollback)
-        return {**data, "db_password": password} if password is not None else data
-    data = dict(password) if password is not None else {}
-    if key_unfinished:
-        data = recover(ctx, rollback=rollback)
-        if password is not None:
-            data["db_password"] = password
-    ctx.journal.acquire_lock()
-    try:
-        data["agents"] = close_agents(ctx)
-    finally:
-        ctx.journal.release_lock()
-    return data

@@ -69,7 +69,7 @@ def _agents_configured(ctx: Context) -> bool:
 def _db_password_available() -> bool:
     from engine import ops
 
-    return DB_PASSWORD_OP in protocol.OPERATIONS and DB_PASSWORD_OP in ops.OPERATIONS
+    return DB_PASSWORD_OP in protocol.OPERATIONS and DB_PASSWORD_OP in ops.IMPLEMENTATIONS
 
 
 def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class _Part:
 
 def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
     """Run the approved plan's parts in order; stop at the first that does not verify."""
-    from engine.ops import OPERATIONS
+    from engine import ops
 
     watch = Stopwatch()
     plan = plan_incident(ctx, request.replace(dry_run=True))
@@ -207,7 +207,7 @@ def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
         part_watch = Stopwatch()
         try:
             if name == "db_password":
-                data = OPERATIONS[DB_PASSWORD_OP](ctx, plain.replace(op=DB_PASSWORD_OP))
+                data = ops.run(DB_PASSWORD_OP, ctx, plain.replace(op=DB_PASSWORD_OP))
                 facts = _fingerprints(data, db_user=data.get("db_user"), accounts=data.get("accounts"),
                                       routes=data.get("routes"))  # fmt: skip
                 ok = data.get("state", "DONE") == "DONE"
@@ -217,7 +217,7 @@ def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
                 ok = data.get("state") == "DONE"
             else:
                 names = list(plan["agents"])
-                data = OPERATIONS["rotate-agent"](ctx, plain.replace(op="rotate-agent", agents=names))
+                data = ops.run("rotate-agent", ctx, plain.replace(op="rotate-agent", agents=names))
                 facts = {"agents": data.get("agents"), "rotated": data.get("rotated"), "total": data.get("total")}
                 ok = bool(data.get("ok", True))
                 if not ok:
@@ -268,7 +268,7 @@ def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
 def _rotate_key(ctx: Context, request: Request, approved_fp: str) -> dict[str, Any]:
     """rotate-key, refusing (under its lock, after its preflight) a key that is not the planned one."""
     from engine.errors import PlanMismatchError
-    from engine.ops import run_options
+    from engine.ops.approval import run_options
     from engine.ops.key.rotation import KeyRotation
 
     def same_key(pre: Any) -> None:
