@@ -87,6 +87,19 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def archived(done_dir: Path, limit: int) -> list[dict[str, Any]]:
+    """The latest ``limit`` finished rotations in ``done_dir`` (secrets dropped), newest first:
+    every journal's ``finished()``."""
+    if not done_dir.exists():
+        return []
+    files = sorted(done_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    out = []
+    for path in files[:limit]:
+        with contextlib.suppress(ValueError, OSError):
+            out.append(json.loads(path.read_bytes()))
+    return out
+
+
 @dataclass
 class JournalRecord:
     rotation_id: str
@@ -286,11 +299,4 @@ class Journal(RecordFiles[JournalRecord]):
         write_private(self.history_file, json.dumps(known).encode())
 
     def finished(self, limit: int = 5) -> list[dict[str, Any]]:
-        if not self.done_dir.exists():
-            return []
-        files = sorted(self.done_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        out = []
-        for path in files[:limit]:
-            with contextlib.suppress(ValueError, OSError):
-                out.append(json.loads(path.read_bytes()))
-        return out
+        return archived(self.done_dir, limit)

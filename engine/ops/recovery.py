@@ -14,6 +14,7 @@ from engine.context import Context
 from engine.errors import NothingToRecoverError
 from engine.ops import agents, db_password, key
 from engine.ops.agents.journal import AgentJournal
+from engine.ops.journaled import panel_lock
 from engine.profile import Profile
 from engine.protocol import Request
 from engine.protocol.words import plural
@@ -54,11 +55,8 @@ def recover_all(ctx: Context, *, rollback: bool) -> dict[str, Any]:
         data = key.recover(ctx, rollback=rollback)
         if password is not None:
             data["db_password"] = password
-    ctx.journal.acquire_lock()
-    try:
+    with panel_lock(ctx):
         data["agents"] = agents.recover(ctx, rollback=rollback)
-    finally:
-        ctx.journal.release_lock()
     return data
 
 

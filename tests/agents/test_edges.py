@@ -14,9 +14,9 @@ import pytest
 
 from engine.errors import AgentError, ProfileError
 from engine.events import Emitter
+from engine.ops.agents.batch import AgentSteps, Run
 from engine.ops.agents.remote import last_line, render_bootstrap, route_from_panel
 from engine.ops.agents.rows import ServerRow
-from engine.ops.agents.run import AgentSteps, Run
 from engine.profile import profile_from_dict
 
 SERVER = ServerRow(id=7, name="srv-7", host="10.0.0.7", port=2222, user="oscam", credential=None)

@@ -5,6 +5,7 @@ docs say the same list. Adding an operation means adding it here, and nowhere a 
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 from pathlib import Path
 
@@ -42,12 +43,15 @@ def test_every_operation_kind_has_the_same_face(kind: str) -> None:
     """plan, run (and recover, but for the incident, whose parts recover by their kinds), and
     for the CLI what a confirmed run names of its plan and how its plan and result print."""
     import importlib
+    import inspect
+    import pkgutil
 
     module = importlib.import_module(kind)
-    for name in ("plan", "run", "approved", "print_plan", "print_summary"):
-        assert callable(getattr(module, name, None)), f"{kind}.{name}"
-    if kind != "engine.ops.incident":
-        assert callable(getattr(module, "recover", None)), f"{kind}.recover"
+    for sub in pkgutil.iter_modules(module.__path__):  # a submodule named like a function hides it
+        importlib.import_module(f"{kind}.{sub.name}")
+    face = ["plan", "run", "approved", "print_plan", "print_summary"]
+    face += ["recover"] if kind != "engine.ops.incident" else []
+    assert [name for name in face if not inspect.isfunction(getattr(module, name, None))] == []
 
 
 def test_plan_can_plan_for_every_rotation_and_each_rotation_has_its_kind() -> None:
@@ -93,3 +97,19 @@ def test_no_engine_module_outside_the_registry_branches_on_an_operation_s_name()
         if branch.search(line)
     ]
     assert found == []
+
+
+def test_the_journaled_rotations_share_one_skeleton() -> None:
+    """Constructor, run under the lock, advance, recover's move: written once (engine.ops.journaled)."""
+    import inspect
+
+    from engine.ops.db_password.rotation import DbPasswordRotation
+    from engine.ops.journaled import JournaledRotation
+    from engine.ops.key.rotation import KeyRotation
+
+    for rotation in (KeyRotation, DbPasswordRotation):
+        assert issubclass(rotation, JournaledRotation)
+        assert "run" not in vars(rotation) and "advance" not in vars(rotation)
+    for module in ("engine.ops.key.converge", "engine.ops.db_password.rotation"):
+        source = inspect.getsource(importlib.import_module(module))
+        assert "converge(" in source and "acquire_lock()" not in source, module

@@ -18,10 +18,13 @@ Modules, from the edge inwards:
 * ``signing``   a heartbeat signed with a token, in the reference panel's scheme;
 * ``tokencheck`` is the old token dead? asked with the new token first (a positive control);
 * ``journal``   one journal file per agent under ``journal_dir/agents/``;
+* ``batch``     one run over several agents: what they share, each agent's step events;
 * ``rotation``  the state machine, several agents with bounded parallelism;
 * ``outcome``   what a run reports per agent: rotated, unverified ("could not verify"), failed;
 * ``recovery``  ``status`` and ``recover`` for agent rotations a crash left unfinished;
-* ``plan``, ``probe``  read-only: what a rotation would touch; does the profile fit the panel.
+* ``preflight``, ``probe``  read-only: what a rotation would touch; does the profile fit the panel.
+
+(No module is named ``plan`` or ``run``: those are the kind's functions below.)
 
 What the panel must do for all this is written in docs/agents-contract.md.
 
@@ -47,7 +50,7 @@ def binding(ctx: Context, names: list[str]) -> dict[str, Any]:
 
 
 def plan(ctx: Context, request: Request) -> dict[str, Any]:
-    from engine.ops.agents.plan import plan_agents
+    from engine.ops.agents.preflight import plan_agents
 
     data = plan_agents(ctx, request)
     names = [str(row["name"]) for row in data.get("agents") or ()]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import AgentError
-from engine.journal import write_private
+from engine.journal import archived, write_private
 
 STATES: tuple[str, ...] = (
     "PREFLIGHT",
@@ -124,11 +124,4 @@ class AgentJournal:
         self._path(record.agent_id).unlink(missing_ok=True)
 
     def finished(self, limit: int = 20) -> list[dict[str, Any]]:
-        if not self.done_dir.exists():
-            return []
-        files = sorted(self.done_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        out = []
-        for path in files[:limit]:
-            with contextlib.suppress(ValueError, OSError):
-                out.append(json.loads(path.read_bytes()))
-        return out
+        return archived(self.done_dir, limit)

@@ -55,11 +55,12 @@ from engine.db import PanelDB
 from engine.errors import AgentError, AgentUnverifiedError, EngineError, UnfinishedRotationError
 from engine.events import Stopwatch
 from engine.ops.agents import commands, remote, tokencheck
+from engine.ops.agents.batch import AgentSteps, Run
 from engine.ops.agents.journal import AgentJournal, AgentRecord
 from engine.ops.agents.outcome import AgentOutcome, run_result, unknown_agent
 from engine.ops.agents.rows import AgentRow, AgentTable, ServerRow, iso_exact
-from engine.ops.agents.run import AgentSteps, Run
 from engine.ops.agents.tokens import provider
+from engine.ops.journaled import panel_lock
 from engine.profile import engine_command
 from engine.protocol import Request, fingerprint
 
@@ -468,8 +469,7 @@ def rotate_agents(ctx: Context, request: Request) -> dict[str, Any]:
         raise AgentError("name the agents to rotate, or ask for all of them (--all)")
     watch = Stopwatch()
     journal = ctx.journal
-    journal.acquire_lock()
-    try:
+    with panel_lock(ctx):
         unfinished = journal.load()
         if unfinished is not None:
             raise UnfinishedRotationError(
@@ -497,8 +497,6 @@ def rotate_agents(ctx: Context, request: Request) -> dict[str, Any]:
             done = pool.map(lambda agent: AgentRotation(run, agent).run_one(), agents)
             for agent, outcome in zip(agents, done, strict=True):
                 by_name[agent.name] = outcome
-    finally:
-        journal.release_lock()
     order = names if names is not None else [a.name for a in agents]
     outcomes = [by_name[n] for n in dict.fromkeys(order)]
     return run_result(request.id, ctx.profile.name, outcomes, dry_run=request.dry_run, duration_ms=watch.ms)

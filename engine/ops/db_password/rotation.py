@@ -38,9 +38,8 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from engine import __version__, envfile, faults, hooks, restart
 from engine.context import Context
@@ -51,15 +50,14 @@ from engine.errors import (
     EngineError,
     EnvFileError,
     HookError,
-    NothingToRecoverError,
     ProfileError,
     RollbackFailedError,
     UnfinishedRotationError,
     VerificationError,
 )
-from engine.events import Stopwatch
 from engine.ops.db_password.accounts import ACCEPTS, UNREACHABLE, AccountMap, Route, discover, probe
 from engine.ops.db_password.journal import FORWARD_STATES, PasswordJournal, PasswordRecord
+from engine.ops.journaled import JournaledRotation, converge, panel_lock, unfinished
 from engine.ops.key.verify import panel_check
 from engine.profile import engine_command
 
@@ -428,7 +426,7 @@ def _verify(ctx: Context, record: PasswordRecord, key: str, *, expect: str) -> t
 # -- the run ----------------------------------------------------------------------------
 
 
-class DbPasswordRotation:
+class DbPasswordRotation(JournaledRotation[PasswordPreflight, PasswordRecord]):
     """``rotate-db-password``. ``run`` returns (documented for the bot and ``rotate-incident``)::
 
         rotation_id, state ("DONE", or "PREFLIGHT" on a dry run), panel, db_user, db_host,
@@ -443,52 +441,20 @@ class DbPasswordRotation:
     the same fields with state "ROLLED_BACK" (or ``RollbackFailedError``: run recover).
     """
 
-    def __init__(
-        self,
-        ctx: Context,
-        *,
-        rotation_id: str,
-        dry_run: bool = False,
-        requested_by: str | None = None,
-        approved_by: list[str] | None = None,
-        reason: str | None = None,
-        expect: Callable[[PasswordPreflight], None] | None = None,
-    ) -> None:
-        self.ctx = ctx
-        self.journal = PasswordJournal(ctx.profile.journal_dir)
-        self.rotation_id = rotation_id
-        self.dry_run = dry_run
-        self.requested_by = requested_by
-        self.approved_by = approved_by or []
-        self.reason = reason
-        self.expect = expect
-        self.record: PasswordRecord | None = None
-        self.restart_attempted = False
-        self.watch = Stopwatch()
+    def __init__(self, ctx: Context, **options: Any) -> None:
+        super().__init__(ctx, PasswordJournal(ctx.profile.journal_dir), **options)
+        self.journal: PasswordJournal
 
-    def run(self) -> dict[str, Any]:
-        ctx = self.ctx
-        ctx.journal.acquire_lock()
-        try:
-            refuse_if_unfinished(ctx)
-            pre = password_preflight(ctx, write_checks=True)
-            if self.expect is not None:
-                self.expect(pre)
-            if self.dry_run:
-                return {**self._base(pre), **pre.routes.public(), "dry_run": True, "state": "PREFLIGHT"}
-            try:
-                return self._rotate(pre)
-            except EngineError as failure:
-                if self.record is None:
-                    raise
-                self._fail(pre, failure)
-            except Exception as failure:
-                if self.record is None:
-                    raise
-                self._fail(pre, EngineError(f"unexpected error: {type(failure).__name__}"))
-            raise AssertionError("unreachable")  # pragma: no cover
-        finally:
-            ctx.journal.release_lock()
+    # -- what JournaledRotation.run asks of a password rotation ------------------------
+    def preflight(self) -> PasswordPreflight:
+        refuse_if_unfinished(self.ctx)
+        return password_preflight(self.ctx, write_checks=True)
+
+    def dry_run_result(self, pre: PasswordPreflight) -> dict[str, Any]:
+        return {**self._base(pre), **pre.routes.public(), "dry_run": True, "state": "PREFLIGHT"}
+
+    def rotate(self, pre: PasswordPreflight) -> dict[str, Any]:
+        return self._rotate(pre)
 
     def _base(self, pre: PasswordPreflight) -> dict[str, Any]:
         return {
@@ -501,12 +467,6 @@ class DbPasswordRotation:
             "old_fingerprint": pre.fingerprint,
             "engine_version": __version__,
         }
-
-    def _advance(self, state: str) -> None:
-        assert self.record is not None
-        self.record.state = state
-        self.journal.save(self.record)
-        faults.checkpoint(f"state:{state}")
 
     def _rotate(self, pre: PasswordPreflight) -> dict[str, Any]:
         ctx, profile = self.ctx, self.ctx.profile
@@ -552,7 +512,7 @@ class DbPasswordRotation:
         with ctx.step("db_change", f"{', '.join(accounts)}: each sets its own new password") as out:
             out.detail = _set_password(pre.settings, record, to="new") + " · through their own logins"
             out.data = {"accounts": accounts}
-        self._advance("DB_CHANGED")
+        self.advance("DB_CHANGED")
 
         with ctx.step("db_write_env", f"writing {pre.password_key} in {profile.env_path.name}") as out:
             ownership = ctx.ownership()
@@ -561,19 +521,19 @@ class DbPasswordRotation:
             if envfile.read_value(profile.env_path, pre.password_key) != password:
                 raise VerificationError(".env does not read back with the new password")
             out.detail = f"{profile.env_display} updated atomically · {ownership.describe()} · previous kept until done"
-        self._advance("ENV_WRITTEN")
+        self.advance("ENV_WRITTEN")
 
         with ctx.step("db_restart", "restarting the panel") as out:
             self.restart_attempted = True
             out.detail = _restart(ctx, record)
             record.restarted = True
-        self._advance("RESTARTED")
+        self.advance("RESTARTED")
 
         check = _verify_step(ctx, record, pre.password_key)
-        self._advance("VERIFIED")
+        self.advance("VERIFIED")
 
         _backup_step(ctx, record)
-        self._advance("BACKED_UP")
+        self.advance("BACKED_UP")
 
         record.state = "DONE"
         self.journal.save(record)
@@ -589,7 +549,7 @@ class DbPasswordRotation:
             "duration_ms": self.watch.ms,
         }
 
-    def _fail(self, pre: PasswordPreflight, failure: EngineError) -> None:
+    def fail(self, pre: PasswordPreflight, failure: EngineError) -> NoReturn:
         assert self.record is not None
         outcome = roll_back(
             self.ctx, self.record, pre.password_key, restart_needed=self.restart_attempted,
@@ -688,11 +648,10 @@ def has_unfinished(ctx: Context) -> bool:
 def recover_password(ctx: Context, *, rollback: bool) -> dict[str, Any]:
     """Converge an unfinished database password rotation (under the panel's lock)."""
     journal = PasswordJournal(ctx.profile.journal_dir)
-    ctx.journal.acquire_lock()
-    try:
-        record = journal.load()
-        if record is None:
-            raise NothingToRecoverError("there is no unfinished database password rotation: nothing to do")
+    with panel_lock(ctx):
+        record: PasswordRecord = unfinished(
+            journal, "there is no unfinished database password rotation: nothing to do"
+        )
         key = _password_key(ctx)
         forward = not rollback and record.state in FORWARD_STATES
         with ctx.step("db_classify", f"rotation {record.rotation_id} stopped at {record.state}") as out:
@@ -723,17 +682,10 @@ def recover_password(ctx: Context, *, rollback: bool) -> dict[str, Any]:
             "new_fingerprint": record.new_fingerprint,
             "stopped_at": record.state,
         }
-        if forward:
-            try:
-                done = roll_forward(ctx, record, key)
-                return {**base, "state": "DONE", "direction": "forward", **done}
-            except EngineError as exc:
-                roll_back(ctx, record, key, restart_needed=True, cause=exc.message)
-                exc.message = _scrub(exc.message, record)
-                exc.rolled_back = True
-                exc.details = {**base, "state": "ROLLED_BACK"}
-                raise
-        done = roll_back(ctx, record, key, restart_needed=True, cause="recover")
-        return {**base, "state": "ROLLED_BACK", "direction": "rollback", **done}
-    finally:
-        ctx.journal.release_lock()
+        return converge(
+            base,
+            forward=forward,
+            roll_forward=lambda: roll_forward(ctx, record, key),
+            roll_back=lambda cause: roll_back(ctx, record, key, restart_needed=True, cause=cause),
+            scrub=lambda text: _scrub(text, record),
+        )

@@ -102,7 +102,7 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
     agents: list[dict[str, Any]] = []
     agent_problems: list[str] = []
     if _agents_configured(ctx):
-        from engine.ops.agents.plan import plan_agents
+        from engine.ops.agents.preflight import plan_agents
 
         ctx.emitter.part = "agents"
         data = plan_agents(ctx, request.replace(agents=None, all_agents=True))

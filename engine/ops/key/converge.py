@@ -19,10 +19,10 @@ from engine.db import PanelDB
 from engine.errors import (
     EngineError,
     EnvFileError,
-    NothingToRecoverError,
     RollbackFailedError,
 )
 from engine.journal import FORWARD_STATES, JournalRecord
+from engine.ops.journaled import converge, panel_lock, unfinished
 from engine.ops.key.scan import census, reencrypt
 from engine.ops.key.verify import panel_check, verify_from_disk
 from engine.profile import engine_command
@@ -189,12 +189,8 @@ def roll_forward(ctx: Context, record: JournalRecord) -> dict[str, Any]:
 
 
 def recover(ctx: Context, *, rollback: bool) -> dict[str, Any]:
-    journal = ctx.journal
-    journal.acquire_lock()
-    try:
-        record = journal.load()
-        if record is None:
-            raise NothingToRecoverError("there is no unfinished rotation on this panel: nothing to do")
+    with panel_lock(ctx):
+        record: JournalRecord = unfinished(ctx.journal, "there is no unfinished rotation on this panel: nothing to do")
         _refuse_a_third_key(ctx, record)
         forward = not rollback and record.state in FORWARD_STATES
         with ctx.step("classify", f"rotation {record.rotation_id} stopped at {record.state}") as out:
@@ -220,17 +216,9 @@ def recover(ctx: Context, *, rollback: bool) -> dict[str, Any]:
             "new_fingerprint": record.new_fingerprint,
             "stopped_at": record.state,
         }
-        if forward:
-            try:
-                done = roll_forward(ctx, record)
-                return {**base, "state": "DONE", "direction": "forward", **done}
-            except EngineError as exc:
-                plan = RollbackPlan(restart_needed=True)
-                roll_back(ctx, record, plan, cause=exc.message)
-                exc.rolled_back = True
-                exc.details = {**base, "state": "ROLLED_BACK"}
-                raise
-        done = roll_back(ctx, record, RollbackPlan(restart_needed=True), cause="recover")
-        return {**base, "state": "ROLLED_BACK", "direction": "rollback", **done}
-    finally:
-        journal.release_lock()
+        return converge(
+            base,
+            forward=forward,
+            roll_forward=lambda: roll_forward(ctx, record),
+            roll_back=lambda cause: roll_back(ctx, record, RollbackPlan(restart_needed=True), cause=cause),
+        )

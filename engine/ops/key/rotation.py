@@ -48,8 +48,7 @@ What each pass over the values proves:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from engine import __version__, envfile, faults, hooks
 from engine.cipher import Codec, new_key_hex
@@ -65,6 +64,7 @@ from engine.errors import (
 from engine.events import Stopwatch
 from engine.journal import JournalRecord
 from engine.ops.db_password.rotation import refuse_if_unfinished
+from engine.ops.journaled import JournaledRotation
 from engine.ops.key.converge import RollbackPlan, roll_back
 from engine.ops.key.preflight import Preflight, run_preflight
 from engine.ops.key.scan import apply_staged, catch_up, sweep
@@ -74,71 +74,37 @@ from engine.protocol import fingerprint
 from engine.protocol.words import plural, verb
 
 
-class KeyRotation:
-    def __init__(
-        self,
-        ctx: Context,
-        *,
-        rotation_id: str,
-        dry_run: bool = False,
-        requested_by: str | None = None,
-        approved_by: list[str] | None = None,
-        reason: str | None = None,
-        expect: Callable[[Preflight], None] | None = None,
-    ) -> None:
-        self.ctx = ctx
-        #: called right after the preflight, nothing written yet: refuses a run whose plan changed
-        self.expect = expect
-        self.profile = ctx.profile
-        self.rotation_id = rotation_id
-        self.dry_run = dry_run
-        self.requested_by = requested_by
-        self.approved_by = approved_by or []
-        self.reason = reason
-        self.record: JournalRecord | None = None
+class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
+    def __init__(self, ctx: Context, **options: Any) -> None:
+        super().__init__(ctx, ctx.journal, **options)
         self.db: PanelDB | None = None
         self.env_before: bytes | None = None
         self.env_written = False
-        self.restart_attempted = False
-        self.watch = Stopwatch()
+        self.new_key = ""
 
-    # -- entry point ---------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    # -- what JournaledRotation.run asks of a key rotation -----------------------------
+    def preflight(self) -> Preflight:
+        """Under the lock; the plan check (``expect``) follows it, nothing written yet."""
         journal = self.ctx.journal
-        journal.acquire_lock()
-        try:
-            unfinished = journal.load()
-            if unfinished is not None:
-                raise UnfinishedRotationError(
-                    f"rotation {unfinished.rotation_id} stopped at {unfinished.state} and is "
-                    f"unfinished: run `{engine_command(self.ctx.profile, 'recover')}` first"
-                )
-            refuse_if_unfinished(self.ctx)  # a database password rotation, too
-            new_key = new_key_hex()
-            pre = run_preflight(self.ctx, lock_note="lock held", sealed_under=None if self.dry_run else new_key)
-            self.db = pre.db
-            faults.checkpoint("pass:done")  # sealed and staged, unlocked; nothing journaled
-            if self.expect is not None:
-                self.expect(pre)
-            self.env_before = pre.env_bytes
-            if self.dry_run:
-                return self._dry_run_result(pre)
-            try:
-                return self._rotate(pre, new_key)
-            except EngineError as failure:
-                if self.record is None:
-                    raise
-                return self._fail(failure)
-            except Exception as failure:
-                if self.record is None:
-                    raise
-                return self._fail(EngineError(f"unexpected error: {type(failure).__name__}"))
-        finally:
-            if self.db is not None:
-                self.db.close()
-            journal.release_lock()
+        unfinished = journal.load()
+        if unfinished is not None:
+            raise UnfinishedRotationError(
+                f"rotation {unfinished.rotation_id} stopped at {unfinished.state} and is "
+                f"unfinished: run `{engine_command(self.ctx.profile, 'recover')}` first"
+            )
+        refuse_if_unfinished(self.ctx)  # a database password rotation, too
+        self.new_key = new_key_hex()
+        pre = run_preflight(self.ctx, lock_note="lock held", sealed_under=None if self.dry_run else self.new_key)
+        self.db = pre.db
+        faults.checkpoint("pass:done")  # sealed and staged, unlocked; nothing journaled
+        self.env_before = pre.env_bytes
+        return pre
 
-    def _dry_run_result(self, pre: Preflight) -> dict[str, Any]:
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+    def dry_run_result(self, pre: Preflight) -> dict[str, Any]:
         return {
             "rotation_id": self.rotation_id,
             "dry_run": True,
@@ -146,6 +112,9 @@ class KeyRotation:
             "would_reencrypt": pre.total,
             **pre.summary(),
         }
+
+    def rotate(self, pre: Preflight) -> dict[str, Any]:
+        return self._rotate(pre, self.new_key)
 
     # -- the forward path ------------------------------------------------------------
     def _rotate(self, pre: Preflight, new_key: str) -> dict[str, Any]:
@@ -211,7 +180,7 @@ class KeyRotation:
                 out.detail += f" · {plural(rewrite.n_resealed, 'value')} saved by the panel meanwhile, re-sealed"
             out.data = {"columns": rewrite.written, "count": rewrite.n_written, "resealed": rewrite.n_resealed,
                         "caught_up": caught_up}
-        self._advance("REENCRYPTED")
+        self.advance("REENCRYPTED")
 
         with ctx.step("verify_db", "checking the stored values inside the transaction") as out:
             checked = check_written(db, columns, rewrite)
@@ -220,7 +189,7 @@ class KeyRotation:
                 "under the new key"
             )
             out.data = {"count": checked}
-        self._advance("DB_VERIFIED")
+        self.advance("DB_VERIFIED")
 
         with ctx.step("write_env", f"writing {profile.env_path.name}") as out:
             ownership = ctx.ownership()
@@ -233,7 +202,7 @@ class KeyRotation:
                 f"{profile.env_display} updated atomically · {ownership.describe()} · "
                 "previous kept until done"
             )
-        self._advance("ENV_WRITTEN")
+        self.advance("ENV_WRITTEN")
 
         halves = profile.restart_halves
         started = "stopping the panel, committing, starting it" if halves else "restarting the panel, then committing"
@@ -246,14 +215,14 @@ class KeyRotation:
             assert self.record is not None
             self.record.committed = True
             self.record.restarted = True
-        self._advance("RESTARTED")
+        self.advance("RESTARTED")
 
         with ctx.step("sweep", "looking for values written under the old key") as out:
             swept = sweep(db, columns, old_codec, new_codec, sealed=rewrite)
             db.commit()
             out.detail = f"{plural(swept.n_written, 'value')} written under the old key during the switch"
             out.data = {"count": swept.n_written}
-        self._advance("SWEPT")
+        self.advance("SWEPT")
 
         with ctx.step("verify", "decrypting every value with the key read from disk") as out:
             verified = verify_from_disk(ctx, db, columns, pre.scheme, expect_key=new_key, written=rewrite)
@@ -262,7 +231,7 @@ class KeyRotation:
                 f" · panel check {check_text}" if check_text else ""
             )
             out.data = {"count": verified, "panel_check": check_text}
-        self._advance("VERIFIED")
+        self.advance("VERIFIED")
 
         with ctx.step("backup", "running the backup hook") as out:
             if profile.backup_command:
@@ -277,7 +246,7 @@ class KeyRotation:
             else:
                 out.skipped = True
                 out.detail = "no backup hook configured"
-        self._advance("BACKED_UP")
+        self.advance("BACKED_UP")
 
         self.record.state = "DONE"
         journal.save(self.record)
@@ -342,12 +311,6 @@ class KeyRotation:
         )
         return detail, {"restart_ms": restart_ms, "blank_window_ms": blank_ms, "split": False}
 
-    def _advance(self, state: str) -> None:
-        assert self.record is not None
-        self.record.state = state
-        self.ctx.journal.save(self.record)
-        faults.checkpoint(f"state:{state}")
-
     def _hook_env(self, new_fp: str) -> dict[str, str]:
         return {
             "ROTATOR_PANEL": self.profile.name,
@@ -357,7 +320,7 @@ class KeyRotation:
         }
 
     # -- failure: roll back by itself ---------------------------------------------------
-    def _fail(self, failure: EngineError) -> dict[str, Any]:
+    def fail(self, pre: Preflight, failure: EngineError) -> NoReturn:
         assert self.record is not None and self.env_before is not None
         if self.db is not None:
             self.db.rollback()
