@@ -228,3 +228,19 @@ def test_serve_plans_for_the_named_operation_as_the_old_flags_did(panel_factory)
     assert by_name["plan_hash"] == by_flag["plan_hash"]
     assert by_name["password_fingerprint"] == by_flag["password_fingerprint"]
     assert "password_fingerprint" not in key and key["key_fingerprint"]
+
+
+def test_the_cli_plans_for_the_operation_named_by_for(panel_factory) -> None:
+    """``plan --for rotate-db-password`` is ``plan --db-password``; a confirmation plans with it."""
+    from tests.engine.runner import run_engine
+
+    panel = panel_factory(rows=1)
+    profile = panel.write_profile()
+    by_name = run_engine(profile, "plan", "--for", "rotate-db-password", "--json")
+    by_flag = run_engine(profile, "plan", "--db-password", "--json")
+    human = run_engine(profile, "plan", "--for", "rotate-db-password")
+    assert (by_name.returncode, by_flag.returncode, human.returncode) == (0, 0, 0), by_name.stderr
+    assert by_name.closing["plan_hash"] == by_flag.closing["plan_hash"]
+    assert f"the database login {panel.db.user}@" in human.stdout
+    refused = run_engine(profile, "plan", "--for", "rotate-agent", "--json")
+    assert (refused.returncode, refused.closing["code"]) == (1, "bad_request")
