@@ -44,7 +44,7 @@ from bot.settings import Settings
 from bot.step_up import TotpStepUp, quiet_client
 from bot.store import Store
 from engine.protocol import PROTOCOL_VERSION, Request
-from handlers import actions, cards, commands, home
+from handlers import actions, cards, commands, home, ops
 from handlers import enroll as enroll_handlers
 from handlers import messages as m
 from handlers.ops import fleet
@@ -91,10 +91,7 @@ class EnginePlanner:
             v=PROTOCOL_VERSION,
             id=f"{request_id}.plan",
             op="plan",
-            agents=list(agents) if op == "rotate-agent" and agents else None,
-            all_agents=all_agents if op == "rotate-agent" else False,
-            incident=op == "rotate-incident",
-            db_password=op == "rotate-db-password",
+            **ops.get(op).plan_fields(agents, all_agents),
         )
         closing: dict[str, Any] | None = None
         try:

@@ -45,7 +45,7 @@ from engine.protocol import (
     Request,
     RequestError,
 )
-from handlers import cards
+from handlers import cards, ops
 from handlers.ops import fleet as f
 from handlers.ops import fleet_model as fm
 from handlers.ops import fleet_views as fv
@@ -420,14 +420,7 @@ class FleetRunner:
 def _key_fingerprints(op: str, closing: dict[str, Any]) -> dict[str, str]:
     """The key's old and new fingerprints in a leg's closing event: a key rotation's own, or
     the key part's of an incident rotation (a DB password or agent leg has none)."""
-    if op == "rotate-key":
-        source: dict[str, Any] = closing
-    elif op == "rotate-incident":
-        parts = [p for p in closing.get("parts") or () if isinstance(p, dict) and p.get("part") == "key"]
-        source = parts[0] if parts else {}
-    else:
-        return {}
-    return {k: str(source[k]) for k in ("old_fingerprint", "new_fingerprint") if source.get(k)}
+    return ops.get(op).key_fingerprints(closing)
 
 
 class _Reporter:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from handlers.incident import TITLES, WORDS
+from handlers.ops.incident import TITLES, WORDS
 from handlers.ports import RotationRequest, Transition
 
 MAX_STEPS = 500

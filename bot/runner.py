@@ -46,9 +46,8 @@ from engine.protocol import (
     Request,
     RequestError,
 )
-from handlers import blocks, cards
+from handlers import blocks, cards, ops
 from handlers import messages as m
-from handlers.incident import Checklist
 from handlers.plan import PlanView
 from handlers.ports import AccessPolicy, Planner, RotationRequest, State
 
@@ -274,7 +273,7 @@ class Runner:
         ``reporter``'s thread, so a slow or rate-limited Slack never stalls the engine."""
         current = request
         closing: dict[str, Any] | None = None
-        checklist = Checklist(request.plan) if request.op == "rotate-incident" else None
+        checklist = ops.get(request.op).progress(request.plan)  # a message kept up to date, or None
         try:
             for event in _events(events):
                 if self._stopping.is_set():
@@ -453,26 +452,7 @@ def run_request(request: RotationRequest) -> Request:
         "reason": request.reason,
         "plan_hash": plan.engine_plan_hash or None,
     }
-    if request.op == "rotate-db-password":  # the login's current password, by fingerprint
-        return Request(**common, password_fingerprint=plan.password_fingerprint or None)
-    if request.op == "rotate-incident":  # the key and the exact agents, both bound
-        return Request(
-            **common,
-            key_fingerprint=plan.key_fingerprint or None,
-            agents=_inline_agents(plan.agents),
-            password_fingerprint=plan.password_fingerprint or None,
-        )
-    if request.op == "rotate-key":
-        return Request(**common, key_fingerprint=plan.key_fingerprint or None)
-    return Request(**common, agents=list(plan.agents), all_agents=request.all_agents)
-
-#: Agent names a rotate-incident request lists; more would not fit the engine's 16 KiB request
-#: line, and the plan hash binds the exact list anyway (the engine then says plan_mismatch).
-INLINE_AGENTS_MAX_CHARS = 8000
-
-
-def _inline_agents(agents: tuple[str, ...]) -> list[str] | None:
-    return list(agents) if sum(len(a) + 3 for a in agents) <= INLINE_AGENTS_MAX_CHARS else None
+    return Request(**common, **ops.get(request.op).run_fields(request))
 
 
 def _events(make: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[dict[str, Any]]:

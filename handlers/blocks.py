@@ -66,29 +66,31 @@ def _context(*texts: str) -> dict[str, Any]:
 
 
 def _target(request: RotationRequest, shown: int = m.LISTED_NAMES) -> str:
-    return m.target(request.op, request.panel, request.agents, request.all_agents, shown)
+    return ops.get(request.op).target(request.panel, request.agents, request.all_agents, shown)
+
+
+def panel_target(panel: str, agents: Sequence[str], all_agents: bool, shown: int) -> str:
+    """What a one-panel request targets: ``panel prod-eu``."""
+    return f"panel {m.esc(panel)}"
 
 
 def _headline(request: RotationRequest) -> str:
+    return ops.get(request.op).headline(request)
+
+
+def headline(request: RotationRequest) -> str:
     """``:key: Key rotation requested: panel prod-eu``; once decided or finished, the icon
     and the word say how it ended (``:rotating_light: Key rotation rolled back: …``)."""
-    if (operation := ops.lookup(request.op)) is not None:
-        return operation.headline(request)
     icon, word = _title_state(request)
-    return f"{icon} {m.op_title(request.op)} {word}: {_target(request)}"
+    return f"{icon} {ops.get(request.op).title} {word}: {_target(request)}"
 
 
 def _title_state(request: RotationRequest) -> tuple[str, str]:
     state, outcome = request.state, request.outcome
-    icons = {"rotate-agent": ":robot_face:", "rotate-incident": ":fire_engine:", "rotate-db-password": ":lock:"}
-    pending_icon = icons.get(request.op, ":key:")
+    operation = ops.get(request.op)
     if state == State.FAILED:
         if outcome.get("partial"):
-            if request.op == "rotate-incident":
-                return ":warning:", "stopped"
-            if outcome.get("code") == "agent_unverified":
-                return ":grey_question:", "finished, not verified"
-            return ":warning:", "finished with failures"
+            return operation.stopped(request)
         if outcome.get("rolled_back") is True:
             return ":rotating_light:", "rolled back"
         if outcome.get("nothing_changed"):
@@ -98,7 +100,7 @@ def _title_state(request: RotationRequest) -> tuple[str, str]:
         return ":sos:", "outcome unknown"
     if state == State.VOIDED and outcome.get("voided_because"):
         return ":warning:", "voided"
-    return _TITLES.get(state, (pending_icon, "requested"))
+    return _TITLES.get(state, (operation.icon, "requested"))
 
 
 _TITLES: dict[State, tuple[str, str]] = {
@@ -114,46 +116,12 @@ _TITLES: dict[State, tuple[str, str]] = {
 
 def plan_lines(plan: PlanView) -> str:
     """The plan as the card shows it: what will change, how it was read, where it runs."""
-    if plan.op in ("rotate-incident", "rotate-db-password"):
-        from handlers import incident
+    return ops.get(plan.op).plan_lines(plan)
 
-        return incident.plan_lines(plan) if plan.op == "rotate-incident" else incident.db_plan_lines(plan)
-    lines = [f"*Plan* `{plan.short_hash}`"]
-    if plan.op == "rotate-agent":
-        rows = list(plan.agent_rows)
-        lines.append(f"• {m.plural(len(plan.agents), 'agent')} will get a new token")
-        for row in rows[:MAX_LISTED_AGENTS]:
-            name = row.get("name") or row.get("agent") or row.get("id")
-            server = row.get("server") or row.get("server_name") or row.get("host") or "?"
-            seen = row.get("last_seen") or "never"
-            lines.append(
-                f"      {m.esc(m.fit(str(name), 80))} on {m.esc(m.fit(str(server), 80))}"
-                f" · last seen {m.esc(m.fit(str(seen), 40))}"
-            )
-        if len(rows) > MAX_LISTED_AGENTS:
-            lines.append(f"      … and {len(rows) - MAX_LISTED_AGENTS} more")
-        if not rows and plan.agents:
-            lines.append(f"      {m.some_names(plan.agents, MAX_LISTED_AGENTS)}")
-    else:
-        n_columns = len(plan.columns)
-        lines.append(
-            f"• {m.plural(plan.total, 'stored credential')} in {m.plural(n_columns, 'column')} "
-            "will be re-encrypted"
-        )
-        if plan.columns:
-            lines.append(f"      {m.column_counts(plan.columns)}")
-        for table in plan.skipped[:MAX_COLUMN_LINES]:
-            lines.append(f"      {m.esc(table)}: table not present, skipped")
-        if len(plan.skipped) > MAX_COLUMN_LINES:
-            lines.append(f"      … and {len(plan.skipped) - MAX_COLUMN_LINES} more not present")
-        layout = m.esc(plan.scheme_description or plan.scheme or "not detected")
-        lines.append(f"• layout: {layout} · current key {m.short_fp(plan.key_fingerprint)}")
-        if plan.escrow:
-            lines.append(f"• new key: {m.esc(plan.escrow)}")
-    for warning in plan.warnings[:10]:
-        lines.append(f"• :warning: {m.esc(warning)}")
-    lines.append(m.plan_host_line(plan))
-    return "\n".join(lines)
+
+def plan_tail(plan: PlanView) -> list[str]:
+    """The plan's last lines, for every operation: the engine's warnings, where it runs."""
+    return [*(f"• :warning: {m.esc(warning)}" for warning in plan.warnings[:10]), m.plan_host_line(plan)]
 
 
 def _approver_names(request: RotationRequest) -> str:
@@ -238,10 +206,11 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
 
     ``on_card``: the card's own lines say who asked, why, who approved and how it ended, and
     carry the request id, so there the summary adds the next step and the facts only."""
-    if request.op in ("rotate-incident", "rotate-db-password"):
-        from handlers import incident
+    return ops.get(request.op).summary_blocks(request, on_card=on_card)
 
-        return incident.summary_blocks(request, on_card=on_card)
+
+def engine_summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[dict[str, Any]]:
+    """The closing summary of a key or agent rotation (``summary_blocks``)."""
     outcome = request.outcome
     approvers = [a.approver_label for a in request.approvals if a.person]
     head, next_step, facts, details = m.summary_parts(
@@ -284,10 +253,11 @@ def summary_message(request: RotationRequest) -> Message:
 
 def summary_text(request: RotationRequest) -> str:
     """The closing summary, shared by the card and the final thread reply."""
-    if request.op in ("rotate-incident", "rotate-db-password"):
-        from handlers import incident
+    return ops.get(request.op).summary_text(request)
 
-        return incident.summary_text(request)
+
+def engine_summary_text(request: RotationRequest) -> str:
+    """The closing summary of a key or agent rotation, as text (``summary_text``)."""
     approvers = [a.approver_label for a in request.approvals if a.person]
     if request.state == State.DONE:
         return m.final_done(
@@ -316,14 +286,24 @@ def request_card(
     name_requester: bool = True,
 ) -> Message:
     """The request card: who, why, the plan, the state and, while pending, the buttons."""
-    if (operation := ops.lookup(request.op)) is not None:
-        return operation.card(
-            request,
-            approvers=approvers,
-            approvals_required=approvals_required,
-            now=now,
-            name_requester=name_requester,
-        )
+    return ops.get(request.op).card(
+        request,
+        approvers=approvers,
+        approvals_required=approvals_required,
+        now=now,
+        name_requester=name_requester,
+    )
+
+
+def one_panel_card(
+    request: RotationRequest,
+    *,
+    approvers: str,
+    approvals_required: int,
+    now: float,
+    name_requester: bool = True,
+) -> Message:
+    """The card of a one-panel request (``request_card``)."""
     status = status_lines(
         request,
         approvers=approvers,
@@ -432,10 +412,7 @@ def status_report(
     """``/rotate-status``: pending and running requests, then the last finished ones."""
     lines = []
     for request in active:
-        what = f"{m.esc(request.op)} {m.esc(request.panel)}"
-        if request.op == "rotate-agent":
-            agents = "all agents" if request.all_agents else m.plural(len(request.agents), "agent")
-            what += f" ({agents})"
+        what = f"{m.esc(request.op)} {m.esc(request.panel)}{ops.get(request.op).status_detail(request)}"
         state = request.state.value.capitalize()
         row = f"*{state}*  `{m.esc(request.id)}`  {what}  by {request.requester.mention}"
         if request.state == State.PENDING:

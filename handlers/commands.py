@@ -1,5 +1,6 @@
-"""The slash commands: /rotate-key, /rotate-agent, /rotate-incident, /rotate-db-password,
-/rotate-cancel, /rotate-status, /rotate-help, /rotate-enroll (``handlers.enroll``).
+"""The slash commands: each operation's own (``handlers.ops``: /rotate-key, /rotate-agent,
+/rotate-incident, /rotate-db-password, /rotate-offboard), /rotate-cancel, /rotate-status,
+/rotate-help, /rotate-enroll (``handlers.enroll``).
 
 Each command is acknowledged at once. The acknowledgement answers what needs
 no I/O (usage, a missing reason, an unknown panel, the wrong channel, help, and
@@ -10,13 +11,10 @@ the engine or Slack's API runs after the acknowledgement (``deps.after_ack``).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
-import re
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from slack_bolt import Ack, App
@@ -24,6 +22,7 @@ from slack_sdk import WebClient
 
 from handlers import blocks, cards, enroll, ops
 from handlers import messages as m
+from handlers.parsing import Parsed, not_rotated_here
 from handlers.ports import (
     ACTIVE_STATES,
     NO_CHANNEL,
@@ -38,134 +37,6 @@ from handlers.ports import (
 )
 
 log = logging.getLogger(__name__)
-
-MAX_REASON = 500
-MAX_AGENTS = 500
-MIN_REASON = 3
-_AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_ADMIN_WORDS = frozenset(
-    {"admin", "admin-password", "admin_password", "operator", "operator-password", "password"}
-)
-_LICENCE_WORDS = frozenset(
-    {
-        "licence",
-        "license",
-        "licence-key",
-        "license-key",
-        "licence_key",
-        "license_key",
-        "panel_license_key",
-    }
-)
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """A well-formed rotation request, before anyone checked who asked."""
-
-    op: str
-    panel: str
-    reason: str
-    agents: tuple[str, ...] = ()
-    all_agents: bool = False
-
-
-def not_rotated_here(words: Sequence[str]) -> str | None:
-    """The operator documentation's answer for the secrets this product does not rotate."""
-    for word in words[:2]:
-        lowered = word.lower().strip("`'\".,:")
-        if lowered in _ADMIN_WORDS:
-            return m.ADMIN_PASSWORD
-        if lowered in _LICENCE_WORDS:
-            return m.LICENCE_KEY
-    return None
-
-
-def _take_panel(words: list[str], panels: Sequence[str], usage: str) -> str:
-    """Pop the panel name off ``words``; with one panel configured it may be left out.
-
-    ``usage`` is the command as it would read with a panel, for the "which panel?" answer.
-    """
-    if words and words[0] in panels:
-        return words.pop(0)
-    if len(panels) == 1:
-        if words and difflib.get_close_matches(words[0], panels, n=1, cutoff=0.75):
-            raise _Refusal(m.unknown_panel(words[0], panels))
-        return panels[0]
-    if not words:
-        raise _Refusal(m.which_panel(usage, panels))
-    raise _Refusal(m.unknown_panel(words[0], panels))
-
-
-class _Refusal(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def _reason(words: list[str], command: str, example: str) -> str:
-    reason = " ".join(words).strip()
-    if len(reason) < MIN_REASON:
-        raise _Refusal(m.needs_reason(command, example))
-    if len(reason) > MAX_REASON:
-        raise _Refusal(m.reason_too_long(MAX_REASON))
-    return reason
-
-
-def parse_rotate_key(text: str, panels: Sequence[str], op: str = "rotate-key") -> Parsed | str:
-    """``/rotate-key [panel] <reason>`` -> ``Parsed``, or the sentence that says what to fix.
-    (``/rotate-incident`` reads the same way, with ``op="rotate-incident"``.)"""
-    words = text.split()
-    # "password" in a /rotate-db-password reason is about the DB password, not the admin's
-    special = not_rotated_here(words) if op != "rotate-db-password" else None
-    if special:
-        return special
-    example = f"{panels[0]} suspected .env disclosure" if panels else "suspected .env disclosure"
-    try:
-        panel = _take_panel(words, panels, f"/{op} {panels[0]} <reason>")
-        special = not_rotated_here(words) if op != "rotate-db-password" else None
-        if special:
-            return special
-        return Parsed(op=op, panel=panel, reason=_reason(words, f"/{op}", example))
-    except _Refusal as refusal:
-        return refusal.message
-
-
-def parse_rotate_db_password(text: str, panels: Sequence[str]) -> Parsed | str:
-    """``/rotate-db-password [panel] <reason>``: the panel's database login."""
-    return parse_rotate_key(text, panels, op="rotate-db-password")
-
-
-def parse_rotate_incident(text: str, panels: Sequence[str]) -> Parsed | str:
-    """``/rotate-incident [panel] <reason>``: everything a leaked ``.env`` exposed."""
-    return parse_rotate_key(text, panels, op="rotate-incident")
-
-
-def parse_rotate_agent(text: str, panels: Sequence[str]) -> Parsed | str:
-    """``/rotate-agent <agent>[,<agent>...]|--all [panel] <reason>``."""
-    words = text.split()
-    if not words or (words[0] in panels and len(words) == 1):
-        return m.needs_agents("/rotate-agent")
-    spec = words.pop(0)
-    all_agents = spec in ("--all", "all", "*")
-    agents: tuple[str, ...] = ()
-    if not all_agents:
-        names = [n for n in spec.split(",") if n]
-        bad = [n for n in names if not _AGENT.match(n)]
-        if not names or bad:
-            return m.needs_agents("/rotate-agent")
-        agents = tuple(dict.fromkeys(names))
-        if len(agents) > MAX_AGENTS:
-            return f"At most {MAX_AGENTS} agents per request; use `--all` for every agent."
-    try:
-        panel = _take_panel(words, panels, f"/rotate-agent {spec} {panels[0]} <reason>")
-        reason = _reason(words, "/rotate-agent", f"{spec} lost laptop")
-    except _Refusal as refusal:
-        return refusal.message
-    return Parsed(
-        op="rotate-agent", panel=panel, reason=reason, agents=agents, all_agents=all_agents
-    )
-
 
 def person_from_command(body: dict[str, Any]) -> Person:
     return Person(team_id=str(body.get("team_id", "")), user_id=str(body["user_id"]))
@@ -275,7 +146,7 @@ def _plan_and_store(
         plan=plan,
         created_at=now,
         expires_at=now + deps.policy.expiry_s,
-        agents=plan.agents if parsed.op == "rotate-agent" else (),
+        agents=plan.agents if ops.get(parsed.op).takes_agents else (),
         all_agents=parsed.all_agents,
     )
     for _ in range(20):  # two requests in one second may draw the same id
@@ -420,10 +291,10 @@ def register(app: App, deps: HandlerDeps) -> None:
 
         return rotation_command
 
-    app.command("/rotate-key")(ops.route("/rotate-key", deps, _rotation_command(parse_rotate_key)))
-    app.command("/rotate-agent")(_rotation_command(parse_rotate_agent))
-    app.command("/rotate-incident")(_rotation_command(parse_rotate_incident))
-    app.command("/rotate-db-password")(_rotation_command(parse_rotate_db_password))
+    for operation in ops.operations().values():
+        if operation.parse is not None:  # the shared request flow; the others register themselves
+            command = operation.commands[0]
+            app.command(command)(ops.route(command, deps, _rotation_command(operation.parse)))
 
     def rotate_cancel(body: dict[str, Any], ack: Ack) -> None:
         words = str(body.get("text", "")).split()

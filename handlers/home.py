@@ -18,17 +18,10 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from handlers import blocks, cards
+from handlers import blocks, cards, ops
 from handlers import messages as m
-from handlers.commands import (
-    _AGENT,
-    MAX_REASON,
-    MIN_REASON,
-    Parsed,
-    PlanningNow,
-    open_request,
-    request_refusal,
-)
+from handlers.commands import PlanningNow, open_request, request_refusal
+from handlers.parsing import AGENT, MAX_REASON, MIN_REASON, Parsed
 from handlers.ports import (
     NO_CHANNEL,
     AccessPolicy,
@@ -49,7 +42,6 @@ PANEL_BLOCK, PANEL_INPUT = "request_panel", "panel"
 KIND_BLOCK, KIND_INPUT = "request_kind", "kind"
 AGENTS_BLOCK, AGENTS_INPUT = "request_agents", "agents"
 REASON_BLOCK, REASON_INPUT = "request_reason", "reason"
-KINDS = {"rotate-key": "Panel encryption key", "rotate-agent": "Agent tokens"}
 MAX_RUNS_SHOWN = 5
 MAX_AGENTS_SHOWN = 10
 DAY = 86400.0
@@ -148,8 +140,8 @@ class Prefill:
             data = {}
         return cls(
             panel=str(data["panel"]) if data.get("panel") else None,
-            op=str(data["op"]) if data.get("op") in KINDS else None,
-            agents=tuple(str(a) for a in data.get("agents") or () if _AGENT.match(str(a))),
+            op=str(data["op"]) if data.get("op") in ops.modal_kinds() else None,
+            agents=tuple(str(a) for a in data.get("agents") or () if AGENT.match(str(a))),
             reason=str(data.get("reason") or "")[:MAX_REASON],
         )
 
@@ -368,11 +360,12 @@ def request_modal(panels: Sequence[str], prefill: Prefill) -> dict[str, Any]:
     }
     if prefill.panel in panels:
         panel_select["initial_option"] = _option(prefill.panel or "", prefill.panel or "")
+    kinds = ops.modal_kinds()
     kind: dict[str, Any] = {
         "type": "static_select",
         "action_id": KIND_INPUT,
-        "options": [_option(k, t) for k, t in KINDS.items()],
-        "initial_option": _option(prefill.op or "rotate-key", KINDS[prefill.op or "rotate-key"]),
+        "options": [_option(k, t) for k, t in kinds.items()],
+        "initial_option": _option(prefill.op or "rotate-key", kinds[prefill.op or "rotate-key"]),
     }
     agents: dict[str, Any] = {"type": "plain_text_input", "action_id": AGENTS_INPUT, "max_length": 2000}
     if prefill.agents:
@@ -413,18 +406,19 @@ def parse_submission(values: dict[str, Any], panels: Sequence[str]) -> Parsed | 
     reason, agents_text = read(REASON_BLOCK, REASON_INPUT), read(AGENTS_BLOCK, AGENTS_INPUT)
     if panel not in panels:
         errors[PANEL_BLOCK] = "Pick one of the panels."
-    if op not in KINDS:
+    if op not in ops.modal_kinds():
         errors[KIND_BLOCK] = "Pick what to rotate."
     if len(reason) < MIN_REASON:
         errors[REASON_BLOCK] = "Say why, e.g. \"key older than a year\"."
     elif len(reason) > MAX_REASON:
         errors[REASON_BLOCK] = m.reason_too_long(MAX_REASON)
     names = tuple(dict.fromkeys(n.strip() for n in agents_text.split(",") if n.strip()))
-    if op == "rotate-agent" and any(not _AGENT.match(n) for n in names):
+    takes_agents = op in ops.modal_kinds() and ops.get(op).takes_agents
+    if takes_agents and any(not AGENT.match(n) for n in names):
         errors[AGENTS_BLOCK] = "Agent names are letters, digits, dot, dash, underscore, colon."
     if errors:
         return errors
-    if op == "rotate-key":
+    if not takes_agents:
         return Parsed(op=op, panel=panel, reason=reason)
     return Parsed(op=op, panel=panel, reason=reason, agents=names, all_agents=not names)
 

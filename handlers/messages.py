@@ -92,25 +92,6 @@ def quote(reason: str) -> str:
     return f"“{esc(reason)}”"
 
 
-def op_title(op: str) -> str:
-    return {
-        "rotate-agent": "Agent token rotation",
-        "rotate-incident": "Incident rotation (DB password, key, agent tokens)",
-        "rotate-db-password": "Database password rotation",
-    }.get(op, "Key rotation")
-
-
-def target(
-    op: str, panel: str, agents: Sequence[str], all_agents: bool, shown: int = LISTED_NAMES
-) -> str:
-    """``3 agents on panel prod-eu (a, b, c)``; at most ``shown`` names, then "and N more"."""
-    if op != "rotate-agent":
-        return f"panel {esc(panel)}"
-    if all_agents:
-        return f"all agents on panel {esc(panel)}"
-    return f"{plural(len(agents), 'agent')} on panel {esc(panel)} ({some_names(agents, shown)})"
-
-
 def approve_confirm(short_hash: str, what: str) -> str:
     """The Approve button's "are you sure?" text, within Slack's 300 characters."""
     tail = " It starts as soon as the approvals are complete."
@@ -710,7 +691,7 @@ def help_text(
     step_up: bool = False,
     extra: Sequence[str] = (),
 ) -> str:
-    """``extra``: the registered operations' own lines (``handlers.ops.help_lines``)."""
+    """``extra``: the operations' own lines, in the registry's order (``handlers.ops.help_lines``)."""
     known = esc(", ".join(panels)) or "none configured"
     enroll = [
         esc(
@@ -721,24 +702,6 @@ def help_text(
     return "\n".join(
         [
             "*MyOsicam Rotator* rotates panel secrets with a second person's approval.",
-            esc(
-                "• `/rotate-key [panel] <reason>`: re-encrypt every stored credential under a new "
-                "`PANEL_ENCRYPTION_KEY`."
-            ),
-            esc(
-                "• `/rotate-agent <agent>[,<agent>…]|--all [panel] <reason>`: give agents new "
-                "tokens by re-running their bootstrap; the old tokens stop working."
-            ),
-            esc(
-                "• `/rotate-incident [panel] <reason>`: after a leaked `.env`, rotate the database "
-                "password, the key and every agent token, in that order, each verified before the "
-                "next; the card lists what a person must rotate elsewhere (`PANEL_LICENSE_KEY`, "
-                "other keys at their issuers)."
-            ),
-            esc(
-                "• `/rotate-db-password [panel] <reason>`: give the panel's database user a new "
-                "password (`DB_PASSWORD` in `.env`); the old one stops working."
-            ),
             *extra,
             "• `/rotate-status [id]`: pending and running requests, or one request's history.",
             esc("• `/rotate-cancel <id>`: withdraw your own pending request."),

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
+from handlers import ops
+
 SHORT_HASH_DIGITS = 12
 BINDING_FIELDS: tuple[str, ...] = (
     "panel",
@@ -98,9 +100,7 @@ class PlanView:
         columns = {str(k): int(v) for k, v in dict(result.get("columns") or {}).items()}
         rows = tuple(dict(row) for row in result.get("agents") or () if isinstance(row, dict))
         resolved = tuple(sorted(_agent_name(row) for row in rows)) if rows else tuple(agents)
-        if op == "rotate-incident":  # the engine names the agents the run will rotate
-            resolved = tuple(sorted(str(a) for a in result.get("agents") or () if isinstance(a, str)))
-        return cls(
+        fields: dict[str, Any] = dict(
             panel=panel,
             op=op,
             engine_version=str(result.get("engine_version") or result.get("engine") or ""),
@@ -123,8 +123,9 @@ class PlanView:
             db_user=str(result.get("db_user") or ""),
             db_host=str(result.get("db_host") or ""),
             password_fingerprint=str(result.get("password_fingerprint") or ""),
-            db_accounts=_db_accounts(result) if op == "rotate-db-password" else (),
         )
+        fields.update(ops.get(op).plan_extras(result))  # what only this operation's plan says
+        return cls(**fields)
 
     def binding(self) -> dict[str, Any]:
         out = {
@@ -192,16 +193,6 @@ class PlanView:
         values["columns"] = {str(k): int(v) for k, v in dict(values.get("columns") or {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})
-
-
-def _db_accounts(result: dict[str, Any]) -> tuple[str, ...]:
-    """``u@localhost (socket /run/mysqld/mysqld.sock)``, one per account the engine found."""
-    out = []
-    for item in result.get("accounts") or ():
-        if isinstance(item, dict):
-            routes = ", ".join(str(r) for r in item.get("routes") or ())
-            out.append(f"{item.get('account')} ({routes})" if routes else str(item.get("account")))
-    return tuple(out)
 
 
 def _warnings(result: dict[str, Any]) -> tuple[str, ...]:

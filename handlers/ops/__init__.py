@@ -6,29 +6,49 @@ card and summary read, which panels a request of it touches and what it adds to 
 help. The rest of the code asks the registry (``lookup``, ``route``, ``panels_of``,
 ``approval_refusal``) instead of branching on an operation's name.
 
-The fleet (``handlers.ops.fleet``) is the first operation written this way; the four
-older ones still live in ``handlers.commands``, ``blocks``, ``incident`` and
-``bot.runner`` until they move here (issue 23). Modules are imported on first use,
-so that ``handlers.blocks`` may import this module and an operation module may import
+Each operation has one module here: ``key``, ``agents``, ``incident``, ``db_password``
+and ``fleet``. An operation that uses the shared request flow (``handlers.commands``:
+parse, plan, card, approvals, one engine run) gives its ``parse``, the fields of its
+plan and run requests, its card's plan lines and its summary; the fleet registers its
+own commands and draws its own card. Modules are imported on first use, so that
+``handlers.blocks`` may import this module and an operation module may import
 ``handlers.blocks``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from handlers.messages import esc
 
 if TYPE_CHECKING:
     from slack_bolt import App
 
+    from handlers.parsing import Parsed
+    from handlers.plan import PlanView
     from handlers.ports import HandlerDeps, Person, RotationRequest
 
 #: The operation modules, in the order their commands and help lines appear.
-MODULES: tuple[str, ...] = ("handlers.ops.fleet",)
+MODULES: tuple[str, ...] = (
+    "handlers.ops.key",
+    "handlers.ops.agents",
+    "handlers.ops.incident",
+    "handlers.ops.db_password",
+    "handlers.ops.fleet",
+)
 
 Listener = Callable[..., None]
+
+
+def _nothing(*args: Any) -> dict[str, Any]:
+    return {}
+
+
+def _no_commands(app: App, deps: HandlerDeps) -> None:
+    """An operation of the shared request flow: ``handlers.commands`` registers its command."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +68,48 @@ class Operation:
     panels: Callable[[RotationRequest], tuple[str, ...]]
     #: its commands' lines in ``/rotate-help``
     help_lines: tuple[str, ...]
-    #: attach its own commands to the app
-    register: Callable[[App, HandlerDeps], None]
+    #: attach its own commands to the app (the shared request flow's are ``handlers.commands``')
+    register: Callable[[App, HandlerDeps], None] = _no_commands
     #: shared commands: command -> (does this text belong to me?, my listener factory)
     shares: Mapping[str, tuple[Callable[[str], bool], Callable[[HandlerDeps], Listener]]] = field(default_factory=dict)
     #: a reason ``person`` may not approve now (e.g. they were offboarded), or None
     approval_refusal: Callable[[HandlerDeps, Person], str | None] = lambda deps, person: None
+
+    # --- the shared request flow (``handlers.commands``, ``blocks``, ``bot.runner``) ------
+    #: its command's parser: (text, panels) -> ``Parsed``, or the sentence that says what to
+    #: fix; None: the operation registers its own commands (``register``)
+    parse: Callable[[str, Sequence[str]], Parsed | str] | None = None
+    #: its name on the card ("Key rotation") and its icon while pending
+    title: str = ""
+    icon: str = ":key:"
+    #: what a request of it targets, as the card says it: (panel, agents, all agents, names
+    #: shown) -> ``panel prod-eu``
+    target: Callable[[str, Sequence[str], bool, int], str] = lambda panel, agents, every, shown: f"panel {esc(panel)}"
+    #: a request names agents (the Home modal's agent field, ``RotationRequest.agents``)
+    takes_agents: bool = False
+    #: offered in the Home tab's request modal under this label (None: not offered)
+    modal_label: str | None = None
+    #: the engine ``plan`` request's fields for it: (agents, all agents) -> fields
+    plan_fields: Callable[[Sequence[str], bool], dict[str, Any]] = _nothing
+    #: what it reads of the engine's plan beyond the common fields: result -> ``PlanView`` fields
+    plan_extras: Callable[[dict[str, Any]], dict[str, Any]] = _nothing
+    #: the run request's fields beyond the common ones (what binds the approved plan)
+    run_fields: Callable[[RotationRequest], dict[str, Any]] = _nothing
+    #: the card's plan lines
+    plan_lines: Callable[[PlanView], str] = lambda plan: ""
+    #: the closing summary: its blocks (``on_card``: the card's own lines say who and why)
+    #: and its text
+    summary_blocks: Callable[..., list[dict[str, Any]]] = lambda request, on_card=False: []
+    summary_text: Callable[[RotationRequest], str] = lambda request: ""
+    #: the card's (icon, word) when the engine finished but not everything succeeded
+    stopped: Callable[[RotationRequest], tuple[str, str]] = lambda request: (":warning:", "finished with failures")
+    #: ``/rotate-status``'s few words after the panel (``(3 agents)``)
+    status_detail: Callable[[RotationRequest], str] = lambda request: ""
+    #: a thread message kept up to date while it runs (``update(event)``, ``message(panel)``),
+    #: or None
+    progress: Callable[[PlanView], Any] = lambda plan: None
+    #: the encryption key's old and new fingerprints in a closing event (a fleet's legs)
+    key_fingerprints: Callable[[dict[str, Any]], dict[str, str]] = _nothing
 
 
 _REGISTRY: dict[str, Operation] | None = None
@@ -72,8 +128,16 @@ def operations() -> dict[str, Operation]:
 
 
 def lookup(name: str) -> Operation | None:
-    """The operation that owns requests of ``name``, or None (an operation not moved yet)."""
+    """The operation that owns requests of ``name``, or None (no such operation)."""
     return operations().get(name)
+
+
+def get(name: str) -> Operation:
+    """The operation that owns requests of ``name`` (every stored request has one)."""
+    operation = operations().get(name)
+    if operation is None:
+        raise LookupError(f"no operation {name!r} is registered")
+    return operation
 
 
 def register(app: App, deps: HandlerDeps) -> None:
@@ -106,9 +170,13 @@ def route(command: str, deps: HandlerDeps, fallback: Listener) -> Listener:
 
 
 def panels_of(request: RotationRequest) -> tuple[str, ...]:
-    """The panels ``request`` touches: its operation's answer, else its one panel."""
-    operation = lookup(request.op)
-    return operation.panels(request) if operation else (request.panel,)
+    """The panels ``request`` touches: its operation's answer."""
+    return get(request.op).panels(request)
+
+
+def one_panel(request: RotationRequest) -> tuple[str, ...]:
+    """A request of the shared flow touches its one panel."""
+    return (request.panel,)
 
 
 def approval_refusal(deps: HandlerDeps, person: Person) -> str | None:
@@ -118,6 +186,11 @@ def approval_refusal(deps: HandlerDeps, person: Person) -> str | None:
         if refusal:
             return refusal
     return None
+
+
+def modal_kinds() -> dict[str, str]:
+    """The operations the Home tab's request modal offers: name -> label."""
+    return {o.name: o.modal_label for o in operations().values() if o.modal_label}
 
 
 def help_lines() -> list[str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from handlers import messages as m
-from handlers.commands import Parsed, parse_rotate_agent, parse_rotate_key
+from handlers.ops.agents import parse as parse_rotate_agent
+from handlers.ops.key import parse as parse_rotate_key
+from handlers.parsing import Parsed
 
 PANELS = ["prod-eu", "prod-us"]
 

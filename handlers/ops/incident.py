@@ -1,8 +1,9 @@
-"""What an incident rotation (``/rotate-incident``) looks like in Slack: pure builders.
+"""``/rotate-incident``: after a leaked ``.env``, rotate the DB password, the key and the
+agent tokens, in that order, each verified before the next.
 
-(The database password's own card and summary, ``/rotate-db-password``, live here too.)
-
-Three messages: the card's plan (the parts in the order they run, with counts, and
+Everything the Slack side knows of an incident rotation: its command, its plan and run
+requests (the run binds the key, the exact agents and the DB password), and three
+messages: the card's plan (the parts in the order they run, with counts, and
 what this tool can't rotate with what to do about each), the thread's checklist
 (one message, updated in place as parts finish) and the closing summary (a
 timeline: each part's start and end, fingerprints, who asked and approved, and
@@ -12,14 +13,29 @@ what is left for a human). Data in, dict out; no clock, no Slack call.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from handlers import blocks
 from handlers import messages as m
+from handlers.ops import Operation, one_panel
+from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan import PlanView
 from handlers.ports import RotationRequest, State
 
 OP = "rotate-incident"
+COMMAND = "/rotate-incident"
+#: Agent names a rotate-incident request lists; more would not fit the engine's 16 KiB request
+#: line, and the plan hash binds the exact list anyway (the engine then says plan_mismatch).
+INLINE_AGENTS_MAX_CHARS = 8000
+HELP_LINES = (
+    m.esc(
+        "• `/rotate-incident [panel] <reason>`: after a leaked `.env`, rotate the database "
+        "password, the key and every agent token, in that order, each verified before the "
+        "next; the card lists what a person must rotate elsewhere (`PANEL_LICENSE_KEY`, "
+        "other keys at their issuers)."
+    ),
+)
 PARTS: tuple[str, ...] = ("db_password", "key", "agents")
 TITLES = {"db_password": "database password", "key": "encryption key", "agents": "agent tokens"}
 MAX_AGENT_NAMES = 10
@@ -80,7 +96,7 @@ def plan_lines(plan: PlanView) -> str:
     if db.get("available", True) and "env_key" in db and not db.get("env_key"):
         lines.append(f"1. the database password of user `{user}`: set in the profile, not `.env`; skipped")
     elif db.get("available", True):
-        lines.append(f"1. the database password of user `{user}` (from `.env`){_accounts_tail(db.get('accounts'))}")
+        lines.append(f"1. the database password of user `{user}` (from `.env`){accounts_tail(db.get('accounts'))}")
     else:
         lines.append(f"1. the database password of user `{user}`: this engine can't yet, skipped")
     lines.append(
@@ -103,65 +119,13 @@ def plan_lines(plan: PlanView) -> str:
     return "\n".join(lines)
 
 
-def db_plan_lines(plan: PlanView) -> str:
-    """The card's plan for ``/rotate-db-password``: which login, and how it is proven."""
-    user = m.esc(m.fit(plan.db_user or "?", 80))
-    where = f" on {m.esc(m.fit(plan.db_host, 80))}" if plan.db_host else ""
-    lines = [
-        f"*Plan* `{plan.short_hash}`",
-        f"• the database password of user `{user}`{where} gets a new one (`DB_PASSWORD` in `.env`)"
-        f" · current password {m.short_fp(plan.password_fingerprint)}",
-        "• the user sets its own password (no admin login); php-fpm restarts; the panel and a fresh "
-        "login must work with the new password, and the old one must be refused on every route, or it goes back",
-    ]
-    if plan.db_accounts:
-        accounts = ", ".join(f"`{m.esc(m.fit(a, 120))}`" for a in plan.db_accounts[:MAX_ACCOUNTS])
-        lines.insert(2, f"• every account the current password opens gets the new one: {accounts}")
-    for warning in plan.warnings[:10]:
-        lines.append(f"• :warning: {m.esc(warning)}")
-    lines.append(m.plan_host_line(plan))
-    return "\n".join(lines)
-
-
-def _accounts_tail(accounts: object) -> str:
+def accounts_tail(accounts: object) -> str:
     """`` · accounts `u@localhost`, `u@127.0.0.1` ``: every twin the DB password opened."""
     if not isinstance(accounts, list | tuple) or not accounts:
         return ""
     names = ", ".join(f"`{m.esc(m.fit(str(a), 100))}`" for a in accounts[:MAX_ACCOUNTS])
     more = f" and {len(accounts) - MAX_ACCOUNTS} more" if len(accounts) > MAX_ACCOUNTS else ""
     return f" · {m.plural(len(accounts), 'account')} {names}{more}"
-
-
-def _db_summary_text(request: RotationRequest) -> str:
-    outcome = request.outcome
-    approvers = [a.approver_label for a in request.approvals if a.person]
-    user = m.esc(m.fit(str(outcome.get("db_user") or request.plan.db_user or "?"), 80))
-    if request.state == State.DONE:
-        routes = [str(r.get("route")) for r in outcome.get("routes") or ()
-                  if isinstance(r, dict) and r.get("old") == "refused"]  # fmt: skip
-        everywhere = f" on {m.esc(m.fit(', '.join(routes), 300))}" if routes else ""
-        head = (
-            f":white_check_mark: Database password rotated on panel {m.esc(request.panel)} · user `{user}` · "
-            f"{m.short_fp(outcome.get('old_fingerprint'))} → {m.short_fp(outcome.get('new_fingerprint'))}"
-            f"{_accounts_tail(outcome.get('accounts'))} · the new password works, the old one is refused{everywhere}"
-        )
-    elif outcome.get("rolled_back") is True:
-        head = (f":rotating_light: Database password rotation failed and was rolled back: the old password "
-                f"of `{user}` works again{_accounts_tail(outcome.get('accounts'))}. "
-                f"What failed: {m.esc(outcome.get('message') or '?')}")  # fmt: skip
-    elif outcome.get("nothing_changed"):
-        what = m.esc(outcome.get("message") or "?")
-        head = f":no_entry_sign: Database password rotation failed before any change: {what}"
-    else:
-        head = (f":sos: Database password rotation failed and was NOT rolled back: run recover on "
-                f"{m.esc(request.panel)}. What failed: {m.esc(outcome.get('message') or '?')}")  # fmt: skip
-    took = m.duration(outcome.get("duration_ms"))
-    return "\n".join([
-        head,
-        f"Requested by {request.requester.mention} · approved by {m.people(approvers)} · "
-        f"reason {m.quote(request.reason)}",
-        f"Rotation `{m.esc(request.id)}`" + (f" · {took}" if took else "") + m.audit_anchor(outcome),
-    ])  # fmt: skip
 
 
 class Checklist:
@@ -217,7 +181,7 @@ def timeline_lines(outcome: dict[str, Any]) -> list[str]:
         if part.get("new_fingerprint") and state == "done":
             line += f" · {m.short_fp(part.get('old_fingerprint'))} → {m.short_fp(part['new_fingerprint'])}"
         if part.get("db_user"):
-            line += f" · user `{m.esc(m.fit(str(part['db_user']), 80))}`" + _accounts_tail(part.get("accounts"))
+            line += f" · user `{m.esc(m.fit(str(part['db_user']), 80))}`" + accounts_tail(part.get("accounts"))
         if part.get("part") == "agents" and state == "done":
             line += f" · {part.get('rotated', 0)} of {part.get('total', 0)} rotated"
         why = part.get("error") or (part.get("detail") if state == "skipped" else "")
@@ -240,8 +204,7 @@ def left_lines(outcome: dict[str, Any], panel: str) -> list[str]:
 
 
 def summary_text(request: RotationRequest) -> str:
-    if request.op == "rotate-db-password":
-        return _db_summary_text(request)
+    """The timeline of the parts, then what is left for a human."""
     outcome = request.outcome
     approvers = [a.approver_label for a in request.approvals if a.person]
     if request.state == State.DONE:
@@ -264,20 +227,90 @@ def summary_text(request: RotationRequest) -> str:
     return "\n".join(lines)
 
 
-def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[dict[str, Any]]:
-    text = summary_text(request)
+def text_sections(text: str) -> list[dict[str, Any]]:
+    """A summary's text as at most six sections of whole lines."""
     chunks: list[str] = []
     for line in text.split("\n"):
         if chunks and len(chunks[-1]) + 1 + len(line) <= SECTION_LIMIT:
             chunks[-1] += "\n" + line
         else:
             chunks.append(m.fit(line, SECTION_LIMIT))
-    out = [_section(c) for c in chunks[:6]]
+    return [_section(c) for c in chunks[:6]]
+
+
+def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[dict[str, Any]]:
+    """The summary's sections; in the thread, the message for MyOsicam support to copy."""
+    out = text_sections(summary_text(request))
     message = support_message(request.outcome.get("manual") or request.plan.manual)
-    if message and not on_card and request.op == OP:
+    if message and not on_card:
         out.append(_section(f"*Message for MyOsicam support* (copy it):\n>{m.esc(m.fit(message, 2000))}"))
     return out
 
 
 def summary_message(request: RotationRequest) -> dict[str, Any]:
     return {"text": m.fit(summary_text(request), PREVIEW_LIMIT), "blocks": summary_blocks(request)}
+
+
+# --- the request flow ------------------------------------------------------------------------
+
+
+def parse(text: str, panels: Sequence[str]) -> Parsed | str:
+    """``/rotate-incident [panel] <reason>``: everything a leaked ``.env`` exposed."""
+    return parse_panel_reason(text, panels, OP)
+
+
+def plan_fields(agents: Sequence[str], all_agents: bool) -> dict[str, Any]:
+    return {"incident": True}
+
+
+def plan_extras(result: dict[str, Any]) -> dict[str, Any]:
+    """The engine names the agents the run will rotate."""
+    return {"agents": tuple(sorted(str(a) for a in result.get("agents") or () if isinstance(a, str)))}
+
+
+def run_fields(request: RotationRequest) -> dict[str, Any]:
+    """The run binds the key and the exact agents, and the DB password by fingerprint."""
+    plan = request.plan
+    return {
+        "key_fingerprint": plan.key_fingerprint or None,
+        "agents": _inline_agents(plan.agents),
+        "password_fingerprint": plan.password_fingerprint or None,
+    }
+
+
+def _inline_agents(agents: tuple[str, ...]) -> list[str] | None:
+    return list(agents) if sum(len(a) + 3 for a in agents) <= INLINE_AGENTS_MAX_CHARS else None
+
+
+def stopped(request: RotationRequest) -> tuple[str, str]:
+    return ":warning:", "stopped"
+
+
+def key_fingerprints(closing: dict[str, Any]) -> dict[str, str]:
+    """The key part's old and new fingerprints."""
+    parts = [p for p in closing.get("parts") or () if isinstance(p, dict) and p.get("part") == "key"]
+    source = parts[0] if parts else {}
+    return {k: str(source[k]) for k in ("old_fingerprint", "new_fingerprint") if source.get(k)}
+
+
+OPERATION = Operation(
+    name=OP,
+    commands=(COMMAND,),
+    card=blocks.one_panel_card,
+    headline=blocks.headline,
+    panels=one_panel,
+    help_lines=HELP_LINES,
+    parse=parse,
+    title="Incident rotation (DB password, key, agent tokens)",
+    icon=":fire_engine:",
+    target=blocks.panel_target,
+    plan_fields=plan_fields,
+    plan_extras=plan_extras,
+    run_fields=run_fields,
+    plan_lines=plan_lines,
+    summary_blocks=summary_blocks,
+    summary_text=summary_text,
+    stopped=stopped,
+    progress=Checklist,
+    key_fingerprints=key_fingerprints,
+)

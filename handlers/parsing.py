@@ -1,0 +1,110 @@
+"""Reading a rotation command's text: the panel, the reason, the agents.
+
+The shared pieces every operation's parser uses (``handlers.ops.<op>.parse``): a
+``Parsed`` request, the panel (left out when only one is configured), the reason
+(3 to 500 characters) and the secrets this product does not rotate. No I/O.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from handlers import messages as m
+
+MAX_REASON = 500
+MAX_AGENTS = 500
+MIN_REASON = 3
+AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_ADMIN_WORDS = frozenset(
+    {"admin", "admin-password", "admin_password", "operator", "operator-password", "password"}
+)
+_LICENCE_WORDS = frozenset(
+    {
+        "licence",
+        "license",
+        "licence-key",
+        "license-key",
+        "licence_key",
+        "license_key",
+        "panel_license_key",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A well-formed rotation request, before anyone checked who asked."""
+
+    op: str
+    panel: str
+    reason: str
+    agents: tuple[str, ...] = ()
+    all_agents: bool = False
+
+
+def not_rotated_here(words: Sequence[str]) -> str | None:
+    """The operator documentation's answer for the secrets this product does not rotate."""
+    for word in words[:2]:
+        lowered = word.lower().strip("`'\".,:")
+        if lowered in _ADMIN_WORDS:
+            return m.ADMIN_PASSWORD
+        if lowered in _LICENCE_WORDS:
+            return m.LICENCE_KEY
+    return None
+
+
+def take_panel(words: list[str], panels: Sequence[str], usage: str) -> str:
+    """Pop the panel name off ``words``; with one panel configured it may be left out.
+
+    ``usage`` is the command as it would read with a panel, for the "which panel?" answer.
+    """
+    if words and words[0] in panels:
+        return words.pop(0)
+    if len(panels) == 1:
+        if words and difflib.get_close_matches(words[0], panels, n=1, cutoff=0.75):
+            raise Refusal(m.unknown_panel(words[0], panels))
+        return panels[0]
+    if not words:
+        raise Refusal(m.which_panel(usage, panels))
+    raise Refusal(m.unknown_panel(words[0], panels))
+
+
+class Refusal(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def reason_of(words: list[str], command: str, example: str) -> str:
+    reason = " ".join(words).strip()
+    if len(reason) < MIN_REASON:
+        raise Refusal(m.needs_reason(command, example))
+    if len(reason) > MAX_REASON:
+        raise Refusal(m.reason_too_long(MAX_REASON))
+    return reason
+
+
+
+
+def parse_panel_reason(text: str, panels: Sequence[str], op: str, *, screen_special: bool = True) -> Parsed | str:
+    """``/<op> [panel] <reason>`` -> ``Parsed``, or the sentence that says what to fix.
+
+    ``screen_special``: answer for the secrets this product does not rotate (the admin
+    password, the licence key) when the text names one ("password" in a
+    ``/rotate-db-password`` reason is about the DB password, so that one does not)."""
+    words = text.split()
+    special = not_rotated_here(words) if screen_special else None
+    if special:
+        return special
+    example = f"{panels[0]} suspected .env disclosure" if panels else "suspected .env disclosure"
+    try:
+        panel = take_panel(words, panels, f"/{op} {panels[0]} <reason>")
+        special = not_rotated_here(words) if screen_special else None
+        if special:
+            return special
+        return Parsed(op=op, panel=panel, reason=reason_of(words, f"/{op}", example))
+    except Refusal as refusal:
+        return refusal.message
