@@ -292,9 +292,9 @@ def register(app: App, deps: HandlerDeps) -> None:
         return rotation_command
 
     for operation in ops.operations().values():
-        if operation.parse is not None:  # the shared request flow; the others register themselves
+        if operation.parse is not None and operation.attach is not None:  # the shared request flow
             command = operation.commands[0]
-            app.command(command)(ops.route(command, deps, _rotation_command(operation.parse)))
+            operation.attach(app, ops.route(command, deps, _rotation_command(operation.parse)))
 
     def rotate_cancel(body: dict[str, Any], ack: Ack) -> None:
         words = str(body.get("text", "")).split()

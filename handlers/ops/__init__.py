@@ -79,6 +79,9 @@ class Operation:
     #: its command's parser: (text, panels) -> ``Parsed``, or the sentence that says what to
     #: fix; None: the operation registers its own commands (``register``)
     parse: Callable[[str, Sequence[str]], Parsed | str] | None = None
+    #: attach the shared flow's listener to its command: ``app.command("/rotate-key")(listener)``,
+    #: the command written out (``tests/deploy/test_manifests.py`` reads the literals)
+    attach: Callable[[App, Listener], None] | None = None
     #: its name on the card ("Key rotation") and its icon while pending
     title: str = ""
     icon: str = ":key:"

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from slack_bolt import App
+
 from handlers import blocks
 from handlers import messages as m
-from handlers.ops import Operation, one_panel
+from handlers.ops import Listener, Operation, one_panel
 from handlers.parsing import AGENT, MAX_AGENTS, Parsed, Refusal, reason_of, take_panel
 from handlers.plan import PlanView
 from handlers.ports import RotationRequest
@@ -99,6 +101,10 @@ def status_detail(request: RotationRequest) -> str:
     return f" ({agents})"
 
 
+def attach(app: App, listener: Listener) -> None:
+    app.command("/rotate-agent")(listener)
+
+
 OPERATION = Operation(
     name=OP,
     commands=(COMMAND,),
@@ -107,6 +113,7 @@ OPERATION = Operation(
     panels=one_panel,
     help_lines=HELP_LINES,
     parse=parse,
+    attach=attach,
     title="Agent token rotation",
     icon=":robot_face:",
     target=target,

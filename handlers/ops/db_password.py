@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from slack_bolt import App
+
 from handlers import blocks
 from handlers import messages as m
-from handlers.ops import Operation, one_panel
+from handlers.ops import Listener, Operation, one_panel
 from handlers.ops.incident import MAX_ACCOUNTS, accounts_tail, text_sections
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan import PlanView
@@ -113,6 +115,10 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
     return text_sections(summary_text(request))
 
 
+def attach(app: App, listener: Listener) -> None:
+    app.command("/rotate-db-password")(listener)
+
+
 OPERATION = Operation(
     name=OP,
     commands=(COMMAND,),
@@ -121,6 +127,7 @@ OPERATION = Operation(
     panels=one_panel,
     help_lines=HELP_LINES,
     parse=parse,
+    attach=attach,
     title="Database password rotation",
     icon=":lock:",
     target=blocks.panel_target,

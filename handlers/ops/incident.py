@@ -16,9 +16,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from slack_bolt import App
+
 from handlers import blocks
 from handlers import messages as m
-from handlers.ops import Operation, one_panel
+from handlers.ops import Listener, Operation, one_panel
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan import PlanView
 from handlers.ports import RotationRequest, State
@@ -293,6 +295,10 @@ def key_fingerprints(closing: dict[str, Any]) -> dict[str, str]:
     return {k: str(source[k]) for k in ("old_fingerprint", "new_fingerprint") if source.get(k)}
 
 
+def attach(app: App, listener: Listener) -> None:
+    app.command("/rotate-incident")(listener)
+
+
 OPERATION = Operation(
     name=OP,
     commands=(COMMAND,),
@@ -301,6 +307,7 @@ OPERATION = Operation(
     panels=one_panel,
     help_lines=HELP_LINES,
     parse=parse,
+    attach=attach,
     title="Incident rotation (DB password, key, agent tokens)",
     icon=":fire_engine:",
     target=blocks.panel_target,

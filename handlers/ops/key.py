@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from slack_bolt import App
+
 from handlers import blocks
 from handlers import messages as m
-from handlers.ops import Operation, one_panel
+from handlers.ops import Listener, Operation, one_panel
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan import PlanView
 from handlers.ports import RotationRequest
@@ -62,6 +64,10 @@ def key_fingerprints(closing: dict[str, Any]) -> dict[str, str]:
     return {k: str(closing[k]) for k in ("old_fingerprint", "new_fingerprint") if closing.get(k)}
 
 
+def attach(app: App, listener: Listener) -> None:
+    app.command("/rotate-key")(listener)
+
+
 OPERATION = Operation(
     name=OP,
     commands=(COMMAND,),
@@ -70,6 +76,7 @@ OPERATION = Operation(
     panels=one_panel,
     help_lines=HELP_LINES,
     parse=parse,
+    attach=attach,
     title="Key rotation",
     icon=":key:",
     target=blocks.panel_target,
