@@ -7,7 +7,7 @@ Speed: ``--panels`` reference panels, each with its own MariaDB database (``--va
 credentials encrypted by PHP), ``.env`` and profile, each engine behind one OpenSSH sshd
 (the test fixture's, on a loopback port; needs root) with its own key and forced command.
 The bot's real parts run the fleet: the planner asks each engine for its plan over SSH,
-the fleet runner (``bot.fleet``) runs every panel as its own engine run, the store is
+the fleet runner (``bot.fleet_runner``) runs every panel as its own engine run, the store is
 SQLite, Slack's Web API is the recording fake. The restart command sleeps ``--restart-s``
 (php-fpm's stop took 2.0 s here, docs: TESTING-FACTS): a fleet mostly waits on restarts,
 SSH and MariaDB, which is what concurrency overlaps. Timed: from the run's start to the
@@ -44,7 +44,7 @@ from bot.audit import AuditLog
 from bot.audit_key import AuditKey
 from bot.engine_client import EngineClient
 from bot.fakes.slack_api import FakeSlack
-from bot.fleet import FleetRunner
+from bot.fleet_runner import FleetRunner
 from bot.store import Store, open_store
 from handlers.ops import fleet as f
 from handlers.ops import fleet_model as fm

@@ -300,14 +300,14 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "the TOTP window widened to two steps",
-        (("bot/step_up.py", "VALID_WINDOW = 1  #", "VALID_WINDOW = 2  #"),),
+        (("bot/totp.py", "VALID_WINDOW = 1  #", "VALID_WINDOW = 2  #"),),
         ("tests/bot/test_step_up.py", "-k", "two_steps_away"),
     ),
     Mutant(
         "the step-up try counted after the code is checked",
         (
             (
-                "bot/step_up.py",
+                "bot/totp.py",
                 "        taken, refused = self._take_try(user_id, now)\n"
                 "        if taken is None:\n"
                 "            return refused or StepUpVerdict(StepUpCheck.NOT_ENROLLED)\n"
@@ -335,7 +335,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "a confirmed enrollment approves without an enroll admin",
         (
             (
-                "bot/step_up.py",
+                "bot/totp.py",
                 "        if enrollment.status == AWAITING_APPROVAL:\n"
                 "            return StepUpVerdict(StepUpCheck.AWAITING_APPROVAL)\n"
                 "        return None",

@@ -37,18 +37,18 @@ from bot.engine_client import EngineClient
 from bot.enrollment_key import EnrollmentKey, load_enrollment_key
 from bot.errors import BotError, RemoteEngineError, StoreError
 from bot.expiry import ExpiryWatcher
-from bot.fleet import FleetRunner, StoreOffboarding
-from bot.home import ControlRoom, ReminderWatcher
+from bot.fleet_runner import FleetRunner, StoreOffboarding
+from bot.home_publisher import ControlRoom, ReminderWatcher
 from bot.runner import Runner
 from bot.settings import Settings
-from bot.step_up import TotpStepUp, quiet_client
 from bot.store import Store
+from bot.totp import TotpStepUp, quiet_client
 from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import actions, cards, commands, home, ops
 from handlers import enroll as enroll_handlers
 from handlers import messages as m
 from handlers.ops import fleet
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import (
     DirectoryUnavailable,
     HandlerDeps,

@@ -48,7 +48,7 @@ from engine.protocol import (
 )
 from handlers import blocks, cards, ops
 from handlers import messages as m
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import AccessPolicy, Planner, RotationRequest, State
 
 log = logging.getLogger(__name__)

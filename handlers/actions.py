@@ -8,7 +8,7 @@ expired, and only if the compare-and-swap on the stored request wins. A click
 that loses a race re-reads and decides again, so two clicks at once can never
 approve twice or start two runs.
 
-On a panel with step-up (``handlers.step_up``) a click alone does not count:
+On a panel with step-up (``handlers.step_up_modal``) a click alone does not count:
 ``approve`` answers ``needs_code`` and the click opens the TOTP modal; the
 approval counts only from ``approve(..., step_up=APPROVED_WITH)`` after the code
 was verified.
@@ -22,7 +22,7 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from handlers import blocks, cards, ops, step_up
+from handlers import blocks, cards, ops, step_up_modal
 from handlers import messages as m
 from handlers.ports import (
     Decision,
@@ -73,7 +73,7 @@ def approve(
 ) -> ClickOutcome:
     """Count ``person``'s approval on ``request_id`` if the rules allow it.
 
-    ``stepped_up`` names the verified second factor (``step_up.APPROVED_WITH``); on a
+    ``stepped_up`` names the verified second factor (``step_up_modal.APPROVED_WITH``); on a
     panel that requires one, nothing counts without it."""
     approvers = deps.policy.approver_mentions
     for _ in range(MAX_RACE_RETRIES):
@@ -99,7 +99,7 @@ def approve(
             return ClickOutcome(answer=refusal)
         detail: dict[str, Any] = {}
         if needs_step_up(deps, request):
-            if stepped_up != step_up.APPROVED_WITH:
+            if stepped_up != step_up_modal.APPROVED_WITH:
                 return ClickOutcome(needs_code=request)
             detail["approved_with"] = stepped_up
         factor = str(detail.get("approved_with", ""))
@@ -143,8 +143,8 @@ def approve_with_code(
         return rules.answer or m.unknown_request(request_id), rules
     verdict = deps.step_up.verify(person.user_id, code)
     if verdict.check != StepUpCheck.OK:
-        return step_up.answer(verdict, mention_list(deps.step_up.admins)), None
-    outcome = approve(deps, request_id, person, stepped_up=step_up.APPROVED_WITH)
+        return step_up_modal.answer(verdict, mention_list(deps.step_up.admins)), None
+    outcome = approve(deps, request_id, person, stepped_up=step_up_modal.APPROVED_WITH)
     if outcome.changed is None or not outcome.changed.approved_by(person):
         return outcome.answer or m.unknown_request(request_id), outcome
     return None, outcome
@@ -231,7 +231,7 @@ def register(app: App, deps: HandlerDeps) -> None:
             with cards.reporting_errors(client, channel, person.user_id, f"approve {request_id}"):
                 outcome = approve(deps, request_id, person)
                 if outcome.needs_code is not None:
-                    step_up.ask_for_code(
+                    step_up_modal.ask_for_code(
                         deps, client, body["trigger_id"], outcome.needs_code, person, clicked_in
                     )
                     return
@@ -254,20 +254,20 @@ def register(app: App, deps: HandlerDeps) -> None:
 
     def code_submission(body: dict[str, Any], ack: Ack) -> None:
         """Checked before the acknowledgement, so a refusal stays in the open modal."""
-        code = step_up.code_from_view(body)
+        code = step_up_modal.code_from_view(body)
         if code is None:
-            ack(**step_up.modal_error(step_up.CODE_BLOCK, m.step_up_code_format()))
+            ack(**step_up_modal.modal_error(step_up_modal.CODE_BLOCK, m.step_up_code_format()))
             return
         person = person_from_interaction(body)
         request_id = str(body["view"].get("private_metadata", ""))
-        checked = step_up.checked(
+        checked = step_up_modal.checked(
             ack, f"approve {request_id}", lambda: approve_with_code(deps, request_id, person, code)
         )
         if checked is None:  # it failed, and the modal said so
             return
         refusal, outcome = checked
         if refusal is not None or outcome is None:
-            ack(**step_up.modal_error(step_up.CODE_BLOCK, refusal or m.unknown_request(request_id)))
+            ack(**step_up_modal.modal_error(step_up_modal.CODE_BLOCK, refusal or m.unknown_request(request_id)))
             if outcome is not None and outcome.changed is not None:  # it expired meanwhile
                 changed = outcome.changed
 
@@ -288,7 +288,7 @@ def register(app: App, deps: HandlerDeps) -> None:
 
         deps.defer(announce, Lane.CLICK)
 
-    app.view(step_up.TOTP_MODAL)(code_submission)
+    app.view(step_up_modal.TOTP_MODAL)(code_submission)
 
     def deny_rotation(body: dict[str, Any], ack: Ack) -> None:
         ack()

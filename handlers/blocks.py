@@ -21,7 +21,7 @@ from typing import Any
 
 from handlers import messages as m
 from handlers import ops
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import RotationRequest, State, Transition
 
 APPROVE_ACTION = "approve_rotation"

@@ -1,7 +1,7 @@
 """``/rotate-enroll``: an approver enrolls an authenticator; ``/rotate-enroll reset @user``: an admin
 removes a lost one.
 
-Enrolling stores a new TOTP secret (sealed, ``bot.step_up``), pending, and sends
+Enrolling stores a new TOTP secret (sealed, ``bot.totp``), pending, and sends
 it to its owner alone, in a direct message: the ``otpauth://`` link and the same
 link as a QR code (a PNG made with ``qrcode``, uploaded with Slack's files v2
 upload), through ``StepUp.secret_client``, whose request log is off. A person
@@ -32,7 +32,7 @@ from qrcode.image.pure import PyPNGImage
 from slack_bolt import Ack, App
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from handlers import cards, step_up
+from handlers import cards, step_up_modal
 from handlers import messages as m
 from handlers.actions import person_from_interaction
 from handlers.ports import (
@@ -107,11 +107,11 @@ def confirm_modal(origin: str) -> dict[str, Any]:
         "blocks": [
             {
                 "type": "input",
-                "block_id": step_up.CODE_BLOCK,
+                "block_id": step_up_modal.CODE_BLOCK,
                 "label": {"type": "plain_text", "text": "6-digit code your authenticator shows now"},
                 "element": {
                     "type": "plain_text_input",
-                    "action_id": step_up.CODE_INPUT,
+                    "action_id": step_up_modal.CODE_INPUT,
                     "min_length": 6,
                     "max_length": 6,
                     "placeholder": {"type": "plain_text", "text": "123456"},
@@ -274,7 +274,7 @@ def reset(deps: HandlerDeps, person: Person, channel: str, user_id: str, code: s
             step_up_.refuse(user_id, person, f"self-reset without a valid code ({why})")
             text = m.enroll_self_reset_refused(admins)
             if verdict is not None:
-                text = f"{step_up.answer(verdict, admins)}\n{text}"
+                text = f"{step_up_modal.answer(verdict, admins)}\n{text}"
             cards.tell(client, channel, person.user_id, text)
             return
         detail = {"self": True, "with_code": True}
@@ -345,18 +345,18 @@ def register(app: App, deps: HandlerDeps) -> None:
     def first_code_submission(body: dict[str, Any], ack: Ack) -> None:
         """Checked before the acknowledgement: a refusal stays in the open modal."""
         step_up_ = deps.step_up
-        code = step_up.code_from_view(body)
+        code = step_up_modal.code_from_view(body)
         if step_up_ is None or code is None:
-            ack(**step_up.modal_error(step_up.CODE_BLOCK, m.step_up_code_format()))
+            ack(**step_up_modal.modal_error(step_up_modal.CODE_BLOCK, m.step_up_code_format()))
             return
         person = person_from_interaction(body)
         origin = str(body["view"].get("private_metadata", ""))
-        verdict = step_up.checked(ack, "enrollment", lambda: step_up_.confirm(person, code))
+        verdict = step_up_modal.checked(ack, "enrollment", lambda: step_up_.confirm(person, code))
         if verdict is None:  # it failed, and the modal said so
             return
         if verdict.check != StepUpCheck.OK:
             admins = mention_list(step_up_.admins)
-            ack(**step_up.modal_error(step_up.CODE_BLOCK, step_up.answer(verdict, admins)))
+            ack(**step_up_modal.modal_error(step_up_modal.CODE_BLOCK, step_up_modal.answer(verdict, admins)))
             if verdict.check == StepUpCheck.EXPIRED:
                 deps.defer(lambda: delete_secret(step_up_, person.user_id, "expiry"), Lane.CLICK)
             return

@@ -3,7 +3,7 @@
 Pure Block Kit builders (data in, dict out) and the listeners: ``app_home_opened``
 publishes the viewer's Home tab; the "Request a rotation" button (on the Home tab and
 on a reminder) opens the modal; submitting it creates the request exactly as the
-slash command does (``commands.open_request``). The bot side (``bot.home``) asks
+slash command does (``commands.open_request``). The bot side (``bot.home_publisher``) asks
 the engines for their ``status`` and publishes.
 """
 

@@ -22,7 +22,7 @@ from engine.protocol.codes import CODES, UNKNOWN
 from engine.protocol.words import plural as plural  # one way to count, in the engine and in Slack
 
 if TYPE_CHECKING:
-    from handlers.plan import PlanView
+    from handlers.plan_view import PlanView
 
 # --- small formatters -------------------------------------------------------------------
 

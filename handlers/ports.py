@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from slack_sdk import WebClient
 
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 
 
 class State(enum.StrEnum):
@@ -398,7 +398,7 @@ class SecretMessages:
 
 
 class StepUp(Protocol):
-    """A second factor asked at approval time (``bot.step_up`` implements TOTP).
+    """A second factor asked at approval time (``bot.totp`` implements TOTP).
 
     ``secret_client`` sends the enrollment's direct message: its request log is
     off, since that message is the one that carries a secret (to its owner).

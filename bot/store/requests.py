@@ -18,7 +18,7 @@ from bot.errors import StoreError
 from bot.store.audit_chain import append_in
 from bot.store.database import Database
 from bot.store.sql import Tx
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import (
     FINAL_STATES,
     Decision,

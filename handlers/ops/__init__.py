@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from slack_bolt import App
 
     from handlers.parsing import Parsed
-    from handlers.plan import PlanView
+    from handlers.plan_view import PlanView
     from handlers.ports import HandlerDeps, Person, RotationRequest
 
 #: The operation modules, in the order their commands and help lines appear.

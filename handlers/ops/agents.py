@@ -16,7 +16,7 @@ from handlers import blocks
 from handlers import messages as m
 from handlers.ops import Listener, Operation, one_panel
 from handlers.parsing import AGENT, MAX_AGENTS, Parsed, Refusal, reason_of, take_panel
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import RotationRequest
 
 OP = "rotate-agent"

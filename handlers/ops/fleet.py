@@ -6,7 +6,7 @@ planning every panel with its own engine ``plan`` in parallel, the offboarding d
 filing time: the person's approvals and TOTP enrollment revoked, their pending requests
 voided; the listeners), ``fleet_views`` (the card, the checklist message while it runs,
 the summary, the per-panel CSV table) and ``fleet_model`` (what is kept of each panel's
-plan, a panel's run). ``bot.fleet`` runs an approved fleet: each panel is its own engine
+plan, a panel's run). ``bot.fleet_runner`` runs an approved fleet: each panel is its own engine
 run over its own SSH session.
 
 A fleet request is a ``RotationRequest`` of op ``rotate-fleet``, so approvals, expiry,
@@ -33,7 +33,7 @@ from handlers import messages as m
 from handlers.ops import Operation
 from handlers.ops.fleet_model import OP, compact_leg, fleet_label, members, panels_of, runnable
 from handlers.ops.fleet_views import headline, manual_checklist, request_card, table_csv, upload_table
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import (
     HandlerDeps,
     Lane,
@@ -60,7 +60,7 @@ MAX_SECTIONS_OF_LINES = 6
 
 
 class Offboarding(Protocol):
-    """What the bot does for an offboarding, outside the request store (``bot.fleet``)."""
+    """What the bot does for an offboarding, outside the request store (``bot.fleet_runner``)."""
 
     def revoke(self, user_id: str, *, by: Person, request_id: str) -> bool:
         """Mark ``user_id`` offboarded and remove their TOTP enrollment (both audited);

@@ -1,7 +1,7 @@
 """The fleet's data: what a fleet request keeps of each panel's plan, and a panel's run.
 
 ``handlers.ops.fleet`` files and plans a fleet, ``handlers.ops.fleet_views`` shows it,
-``bot.fleet`` runs it and ``bot.store.fleets`` keeps each panel's run.
+``bot.fleet_runner`` runs it and ``bot.store.fleets`` keeps each panel's run.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers import messages as m
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import RotationRequest
 
 OP = "rotate-fleet"

@@ -27,7 +27,7 @@ from handlers.ops.fleet_model import (
     members,
     runnable,
 )
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import RotationRequest, State
 
 log = logging.getLogger(__name__)

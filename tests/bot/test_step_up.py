@@ -21,10 +21,10 @@ from bot.errors import SettingsError
 from bot.fakes.slack_api import UPLOAD_METHOD, Call
 from bot.fakes.slack_signing import Sent
 from bot.settings import load_settings
-from bot.step_up import STEP_S
 from bot.store import open_store
+from bot.totp import STEP_S
 from handlers.enroll import APPROVE_ENROLLMENT_ACTION, CONFIRM_ACTION, CONFIRM_MODAL, qr_png
-from handlers.step_up import CODE_BLOCK, CODE_INPUT, TOTP_MODAL
+from handlers.step_up_modal import CODE_BLOCK, CODE_INPUT, TOTP_MODAL
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,

@@ -30,10 +30,10 @@ from bot import doctor, socket_mode
 from bot.enrollment_key import KEY_ENV, EnrollmentKey
 from bot.fakes.slack_api import FakeSlack
 from bot.fakes.socket_mode import FakeSocketMode
-from bot.step_up import STEP_S
+from bot.totp import STEP_S
 from bot.wsgi import HttpLimits
 from handlers.blocks import APPROVE_ACTION
-from handlers.step_up import CODE_BLOCK, CODE_INPUT, TOTP_MODAL
+from handlers.step_up_modal import CODE_BLOCK, CODE_INPUT, TOTP_MODAL
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,

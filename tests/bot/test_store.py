@@ -13,7 +13,7 @@ from bot.audit import AuditLog
 from bot.audit_key import AuditKey
 from bot.errors import StoreError
 from bot.store import open_store
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import Decision, Person, RotationRequest, State
 
 KEY = AuditKey.generate()

@@ -17,7 +17,7 @@ import pytest
 from bot.fakes.slack_blocks import MAX_MESSAGE_TEXT, block_errors, view_errors
 from handlers import blocks
 from handlers import messages as m
-from handlers.plan import PlanView
+from handlers.plan_view import PlanView
 from handlers.ports import Decision, Person, RotationRequest, State, Transition
 
 T0 = 1_795_000_000.0

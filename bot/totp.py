@@ -45,7 +45,7 @@ PENDING_S = 10 * 60.0  # an enrollment not confirmed with a first code by then a
 
 def quiet_client(client: WebClient) -> WebClient:
     """A client like ``client`` whose request log is off (slack_sdk logs request bodies at DEBUG)."""
-    logger = logging.getLogger("bot.step_up.secret_client")
+    logger = logging.getLogger("bot.totp.secret_client")
     logger.setLevel(logging.WARNING)  # its failures still reach the bot's log; its bodies never
     quiet = WebClient(
         token=client.token, base_url=client.base_url, timeout=client.timeout, logger=logger
