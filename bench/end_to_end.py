@@ -54,7 +54,7 @@ from bot.demo.rehearsal import ALICE, BOB, Rehearsal
 from bot.engine_client import EngineClient
 from bot.fakes.slack_api import Call
 from engine.protocol import Request
-from handlers.ports import State
+from handlers.rotation_request import State
 from tests.support.panel import VALUES_PER_ROW, build_panel
 from tests.support.panel_host import PanelHost, start_stock_sshd
 from tests.support.secrets_scan import SecretRegistry

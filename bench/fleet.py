@@ -46,9 +46,11 @@ from bot.engine_client import EngineClient
 from bot.fakes.slack_api import FakeSlack
 from bot.fleet_runner import FleetRunner
 from bot.store import Store, open_store
+from handlers.access import AccessPolicy
 from handlers.ops import fleet as f
 from handlers.ops import fleet_model as fm
-from handlers.ports import AccessPolicy, Decision, HandlerDeps, Person, RotationRequest, State
+from handlers.ports import HandlerDeps
+from handlers.rotation_request import Decision, Person, RotationRequest, State
 
 TOKEN = "xoxb-0-bench"
 CHANNEL = "C0BENCH"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from handlers.ports import RotationRequest
+from handlers.rotation_request import RotationRequest
 
 log = logging.getLogger("bot.activity")
 

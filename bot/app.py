@@ -47,17 +47,13 @@ from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import actions, cards, commands, home, ops
 from handlers import enroll as enroll_handlers
 from handlers import messages as m
+from handlers.access import mention
+from handlers.errors import DirectoryUnavailable, PlanError, new_reference
+from handlers.lanes import Lane
 from handlers.ops import fleet
 from handlers.plan_view import PlanView
-from handlers.ports import (
-    DirectoryUnavailable,
-    HandlerDeps,
-    Lane,
-    PlanError,
-    RotationRequest,
-    mention,
-    new_reference,
-)
+from handlers.ports import HandlerDeps
+from handlers.rotation_request import RotationRequest
 
 log = logging.getLogger(__name__)
 

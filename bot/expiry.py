@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from bot.store import Store
 from handlers.actions import expire_if_due
-from handlers.ports import RotationRequest
+from handlers.rotation_request import RotationRequest
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from handlers.ops import fleet_model as fm
 from handlers.ops import fleet_views as fv
-from handlers.ports import RotationRequest, Transition
+from handlers.rotation_request import RotationRequest, Transition
 
 
 def _when(ts_ms: int | float | None) -> str:

@@ -46,10 +46,11 @@ from engine.protocol import (
     RequestError,
 )
 from handlers import cards, ops
+from handlers.access import AccessPolicy
 from handlers.ops import fleet as f
 from handlers.ops import fleet_model as fm
 from handlers.ops import fleet_views as fv
-from handlers.ports import AccessPolicy, Person, RotationRequest, State
+from handlers.rotation_request import Person, RotationRequest, State
 
 log = logging.getLogger(__name__)
 

@@ -28,15 +28,9 @@ from bot.errors import BotError, StoreError
 from bot.store import Store
 from engine.protocol import PROTOCOL_VERSION, Request
 from handlers import home
-from handlers.ports import (
-    NO_CHANNEL,
-    AccessPolicy,
-    Directory,
-    DirectoryUnavailable,
-    Person,
-    RotationRequest,
-    State,
-)
+from handlers.access import NO_CHANNEL, AccessPolicy, Directory
+from handlers.errors import DirectoryUnavailable
+from handlers.rotation_request import Person, RotationRequest, State
 
 log = logging.getLogger(__name__)
 

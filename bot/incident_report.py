@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from handlers.ops.incident import TITLES, WORDS
-from handlers.ports import RotationRequest, Transition
+from handlers.rotation_request import RotationRequest, Transition
 
 MAX_STEPS = 500
 

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 from bot.engine_client import EngineClient
 from bot.errors import BotError
 from engine.protocol import PROTOCOL_VERSION, Request
-from handlers.ports import ACTIVE_STATES, FINAL_STATES
+from handlers.rotation_request import ACTIVE_STATES, FINAL_STATES
 
 log = logging.getLogger(__name__)
 

@@ -48,8 +48,10 @@ from engine.protocol import (
 )
 from handlers import blocks, cards, ops
 from handlers import messages as m
+from handlers.access import AccessPolicy
 from handlers.plan_view import PlanView
-from handlers.ports import AccessPolicy, Planner, RotationRequest, State
+from handlers.ports import Planner
+from handlers.rotation_request import RotationRequest, State
 
 log = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.errors import SettingsError
 from bot.inventory import Inventory, check_tags
 from bot.secret_files import refuse_loose_config
-from handlers.ports import AccessPolicy
+from handlers.access import AccessPolicy
 
 if TYPE_CHECKING:
     from bot.wsgi import HttpLimits

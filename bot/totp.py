@@ -33,7 +33,8 @@ from bot.enrollment_key import EnrollmentKey
 from bot.errors import StoreError
 from bot.store import Store
 from bot.store.enrollments import ACTIVE, AWAITING_APPROVAL, PENDING, Enrollment, Try
-from handlers.ports import Person, SecretMessages, StepUpCheck, StepUpVerdict
+from handlers.rotation_request import Person
+from handlers.second_factor import SecretMessages, StepUpCheck, StepUpVerdict
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def quiet_client(client: WebClient) -> WebClient:
 
 
 class TotpStepUp:
-    """``handlers.ports.StepUp`` over the store, the enrollment key and a clock."""
+    """``handlers.second_factor.StepUp`` over the store, the enrollment key and a clock."""
 
     def __init__(
         self,

@@ -24,17 +24,11 @@ from slack_bolt import Ack, App
 
 from handlers import blocks, cards, ops, step_up_modal
 from handlers import messages as m
-from handlers.ports import (
-    Decision,
-    HandlerDeps,
-    Lane,
-    Person,
-    RequestStore,
-    RotationRequest,
-    State,
-    StepUpCheck,
-    mention_list,
-)
+from handlers.access import mention_list
+from handlers.lanes import Lane
+from handlers.ports import HandlerDeps, RequestStore
+from handlers.rotation_request import Decision, Person, RotationRequest, State
+from handlers.second_factor import StepUpCheck
 
 log = logging.getLogger(__name__)
 MAX_RACE_RETRIES = 50

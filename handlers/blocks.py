@@ -22,7 +22,7 @@ from typing import Any
 from handlers import messages as m
 from handlers import ops
 from handlers.plan_view import PlanView
-from handlers.ports import RotationRequest, State, Transition
+from handlers.rotation_request import RotationRequest, State, Transition
 
 APPROVE_ACTION = "approve_rotation"
 DENY_ACTION = "deny_rotation"

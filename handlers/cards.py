@@ -17,7 +17,9 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from handlers import blocks
 from handlers import messages as m
-from handlers.ports import AccessPolicy, RotationRequest, State, UserFacingError, new_reference
+from handlers.access import AccessPolicy
+from handlers.errors import UserFacingError, new_reference
+from handlers.rotation_request import RotationRequest, State
 
 log = logging.getLogger(__name__)
 

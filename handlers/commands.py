@@ -22,19 +22,12 @@ from slack_sdk import WebClient
 
 from handlers import blocks, cards, enroll, ops
 from handlers import messages as m
+from handlers.access import NO_CHANNEL
+from handlers.errors import PlanError, new_reference
+from handlers.lanes import Lane
 from handlers.parsing import Parsed, not_rotated_here
-from handlers.ports import (
-    ACTIVE_STATES,
-    NO_CHANNEL,
-    Decision,
-    HandlerDeps,
-    Lane,
-    Person,
-    PlanError,
-    RotationRequest,
-    State,
-    new_reference,
-)
+from handlers.ports import HandlerDeps
+from handlers.rotation_request import ACTIVE_STATES, Decision, Person, RotationRequest, State
 
 log = logging.getLogger(__name__)
 

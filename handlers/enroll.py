@@ -34,19 +34,13 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from handlers import cards, step_up_modal
 from handlers import messages as m
+from handlers.access import is_listed, mention, mention_list
 from handlers.actions import person_from_interaction
-from handlers.ports import (
-    HandlerDeps,
-    Lane,
-    Person,
-    SecretMessages,
-    StepUp,
-    StepUpCheck,
-    is_listed,
-    mention,
-    mention_list,
-    new_reference,
-)
+from handlers.errors import new_reference
+from handlers.lanes import Lane
+from handlers.ports import HandlerDeps
+from handlers.rotation_request import Person
+from handlers.second_factor import SecretMessages, StepUp, StepUpCheck
 
 log = logging.getLogger(__name__)
 

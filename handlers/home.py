@@ -20,18 +20,13 @@ from slack_bolt import Ack, App
 
 from handlers import blocks, cards, ops
 from handlers import messages as m
+from handlers.access import NO_CHANNEL, AccessPolicy, Directory
 from handlers.commands import PlanningNow, open_request, request_refusal
+from handlers.errors import UserFacingError
+from handlers.lanes import Lane
 from handlers.parsing import AGENT, MAX_REASON, MIN_REASON, Parsed
-from handlers.ports import (
-    NO_CHANNEL,
-    AccessPolicy,
-    Directory,
-    HandlerDeps,
-    Lane,
-    Person,
-    RotationRequest,
-    UserFacingError,
-)
+from handlers.ports import HandlerDeps
+from handlers.rotation_request import Person, RotationRequest
 
 log = logging.getLogger(__name__)
 

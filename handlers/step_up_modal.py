@@ -23,16 +23,11 @@ from slack_sdk import WebClient
 
 from handlers import blocks, cards
 from handlers import messages as m
-from handlers.ports import (
-    HandlerDeps,
-    Person,
-    RotationRequest,
-    StepUpCheck,
-    StepUpVerdict,
-    UserFacingError,
-    mention_list,
-    new_reference,
-)
+from handlers.access import mention_list
+from handlers.errors import UserFacingError, new_reference
+from handlers.ports import HandlerDeps
+from handlers.rotation_request import Person, RotationRequest
+from handlers.second_factor import StepUpCheck, StepUpVerdict
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from bot.demo.rehearsal import ALICE, BOB, NAMES, Rehearsal
 from bot.demo.sandbox import DemoPanel
 from bot.errors import DemoUnavailableError
 from bot.fakes.panel.database import admin_connect
-from handlers.ports import RotationRequest, State
+from handlers.rotation_request import RotationRequest, State
 
 WIDTH = 78
 PANEL = "demo"

@@ -30,7 +30,7 @@ from bot.settings import Settings, load_settings
 from bot.store import Store, open_store
 from bot.wsgi import HttpServer
 from handlers.blocks import APPROVE_ACTION, DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
-from handlers.ports import FINAL_STATES, RotationRequest, State
+from handlers.rotation_request import FINAL_STATES, RotationRequest, State
 
 T = TypeVar("T")
 

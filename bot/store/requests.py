@@ -19,14 +19,7 @@ from bot.store.audit_chain import append_in
 from bot.store.database import Database
 from bot.store.sql import Tx
 from handlers.plan_view import PlanView
-from handlers.ports import (
-    FINAL_STATES,
-    Decision,
-    Person,
-    RotationRequest,
-    State,
-    Transition,
-)
+from handlers.rotation_request import FINAL_STATES, Decision, Person, RotationRequest, State, Transition
 
 
 def request_to_body(request: RotationRequest) -> str:

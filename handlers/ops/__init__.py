@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
     from handlers.parsing import Parsed
     from handlers.plan_view import PlanView
-    from handlers.ports import HandlerDeps, Person, RotationRequest
+    from handlers.ports import HandlerDeps
+    from handlers.rotation_request import Person, RotationRequest
 
 #: The operation modules, in the order their commands and help lines appear.
 MODULES: tuple[str, ...] = (

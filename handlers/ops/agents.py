@@ -17,7 +17,7 @@ from handlers import messages as m
 from handlers.ops import Listener, Operation, one_panel
 from handlers.parsing import AGENT, MAX_AGENTS, Parsed, Refusal, reason_of, take_panel
 from handlers.plan_view import PlanView
-from handlers.ports import RotationRequest
+from handlers.rotation_request import RotationRequest
 
 OP = "rotate-agent"
 COMMAND = "/rotate-agent"

@@ -18,7 +18,7 @@ from handlers.ops import Listener, Operation, one_panel
 from handlers.ops.incident import MAX_ACCOUNTS, accounts_tail, text_sections
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan_view import PlanView
-from handlers.ports import RotationRequest, State
+from handlers.rotation_request import RotationRequest, State
 
 OP = "rotate-db-password"
 COMMAND = "/rotate-db-password"

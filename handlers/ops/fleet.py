@@ -30,19 +30,14 @@ from slack_sdk import WebClient
 
 from handlers import cards
 from handlers import messages as m
+from handlers.errors import PlanError, new_reference
+from handlers.lanes import Lane
 from handlers.ops import Operation
 from handlers.ops.fleet_model import OP, compact_leg, fleet_label, members, panels_of, runnable
 from handlers.ops.fleet_views import headline, manual_checklist, request_card, table_csv, upload_table
 from handlers.plan_view import PlanView
-from handlers.ports import (
-    HandlerDeps,
-    Lane,
-    Person,
-    PlanError,
-    RotationRequest,
-    State,
-    new_reference,
-)
+from handlers.ports import HandlerDeps
+from handlers.rotation_request import Person, RotationRequest, State
 
 log = logging.getLogger(__name__)
 

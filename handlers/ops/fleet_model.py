@@ -14,7 +14,7 @@ from typing import Any
 
 from handlers import messages as m
 from handlers.plan_view import PlanView
-from handlers.ports import RotationRequest
+from handlers.rotation_request import RotationRequest
 
 OP = "rotate-fleet"
 

@@ -28,7 +28,7 @@ from handlers.ops.fleet_model import (
     runnable,
 )
 from handlers.plan_view import PlanView
-from handlers.ports import RotationRequest, State
+from handlers.rotation_request import RotationRequest, State
 
 log = logging.getLogger(__name__)
 

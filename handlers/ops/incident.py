@@ -23,7 +23,7 @@ from handlers import messages as m
 from handlers.ops import Listener, Operation, one_panel
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan_view import PlanView
-from handlers.ports import RotationRequest, State
+from handlers.rotation_request import RotationRequest, State
 
 OP = "rotate-incident"
 COMMAND = "/rotate-incident"

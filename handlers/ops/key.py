@@ -17,7 +17,7 @@ from handlers import messages as m
 from handlers.ops import Listener, Operation, one_panel
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan_view import PlanView
-from handlers.ports import RotationRequest
+from handlers.rotation_request import RotationRequest
 
 OP = "rotate-key"
 COMMAND = "/rotate-key"

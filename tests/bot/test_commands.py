@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.fakes.slack_api import has_buttons
-from handlers.ports import State
+from handlers.rotation_request import State
 from tests.bot.conftest import (
     ALICE,
     BOB,

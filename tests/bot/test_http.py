@@ -14,7 +14,7 @@ import pytest
 from bot.fakes.slack_signing import signature, signed_headers
 from bot.wsgi import HttpLimits
 from handlers.blocks import APPROVE_ACTION, DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
-from handlers.ports import State
+from handlers.rotation_request import State
 from tests.bot.conftest import ALICE, BOB, DAVE, PANEL, BotUnderTest, MakeBot
 
 

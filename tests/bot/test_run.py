@@ -10,7 +10,7 @@ from bot.errors import EngineCrashedError
 from bot.fakes.slack_api import Call, has_buttons
 from engine import protocol
 from engine.protocol import KEY_STEPS, Request
-from handlers.ports import Decision, Person, State
+from handlers.rotation_request import Decision, Person, State
 from tests.bot.conftest import ALICE, BOB, CHANNEL, MakeBot, card_request_id, wait_until
 from tests.support.fake_engine import NEW_FP, OLD_FP, FakeEngineHost, rolled_back_rotation
 

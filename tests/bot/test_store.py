@@ -14,7 +14,7 @@ from bot.audit_key import AuditKey
 from bot.errors import StoreError
 from bot.store import open_store
 from handlers.plan_view import PlanView
-from handlers.ports import Decision, Person, RotationRequest, State
+from handlers.rotation_request import Decision, Person, RotationRequest, State
 
 KEY = AuditKey.generate()
 ALICE = Person("T0TEAM", "U0ALICE")

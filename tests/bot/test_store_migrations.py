@@ -11,7 +11,7 @@ import pytest
 from bot.audit_key import AuditKey
 from bot.errors import StoreError
 from bot.store import Store, migrations, open_backend, open_store
-from handlers.ports import Person
+from handlers.rotation_request import Person
 from tests.bot import previous_store_schema
 from tests.bot.test_store import a_request
 

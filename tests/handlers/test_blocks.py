@@ -8,7 +8,7 @@ from dataclasses import replace
 from handlers import blocks
 from handlers import messages as m
 from handlers.plan_view import PlanView
-from handlers.ports import Decision, Person, RotationRequest, State
+from handlers.rotation_request import Decision, Person, RotationRequest, State
 
 T0 = 1_795_000_000.0  # a fixed moment, so times on the card are known
 ALICE, BOB = Person("T0", "U0ALICE"), Person("T0", "U0BOB")

@@ -18,7 +18,7 @@ from bot.fakes.slack_blocks import MAX_MESSAGE_TEXT, block_errors, view_errors
 from handlers import blocks
 from handlers import messages as m
 from handlers.plan_view import PlanView
-from handlers.ports import Decision, Person, RotationRequest, State, Transition
+from handlers.rotation_request import Decision, Person, RotationRequest, State, Transition
 
 T0 = 1_795_000_000.0
 ALICE, BOB = Person("T0", "U0ALICE"), Person("T0", "U0BOB")

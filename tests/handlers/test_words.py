@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from handlers import messages as m
-from handlers.ports import AccessPolicy, Person
+from handlers.access import AccessPolicy
+from handlers.rotation_request import Person
 
 
 @pytest.mark.parametrize(
