@@ -209,39 +209,6 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
     return ops.get(request.op).summary_blocks(request, on_card=on_card)
 
 
-def engine_summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[dict[str, Any]]:
-    """The closing summary of a key or agent rotation (``summary_blocks``)."""
-    outcome = request.outcome
-    approvers = [a.approver_label for a in request.approvals if a.person]
-    head, next_step, facts, details = m.summary_parts(
-        panel=request.panel,
-        done=request.state == State.DONE,
-        outcome=outcome,
-    )
-    next_line = f"*Next:* {next_step}" if next_step else ""
-    if on_card:  # the card's own lines say who, why and how it ended; it adds what to do
-        out = _sections(next_line, most=2) if next_line else []
-        out += _fields(facts)
-    else:
-        people = [
-            ("Requested by", request.requester.mention),
-            ("Approved by", m.people(approvers)),
-            ("Reason", m.quote(request.reason)),
-        ]
-        out = [*_sections("\n".join(filter(None, [head, next_line])), most=2)]
-        out += _fields([*facts, *people])
-    if details:
-        out += _sections(details, most=3)
-    took = m.duration(outcome.get("duration_ms"))
-    parts = [] if on_card else [f"Rotation `{m.esc(request.id)}`, plan `{request.plan.short_hash}`"]
-    parts += [took] if took else []
-    anchor = m.audit_anchor(outcome).removeprefix(" · ")
-    parts += [anchor] if anchor else []
-    if parts:
-        out.append(_context(" · ".join(parts)))
-    return out
-
-
 def summary_message(request: RotationRequest) -> Message:
     """The closing summary as its own thread reply: blocks, with the whole summary as the
     notification's text."""
@@ -254,27 +221,6 @@ def summary_message(request: RotationRequest) -> Message:
 def summary_text(request: RotationRequest) -> str:
     """The closing summary, shared by the card and the final thread reply."""
     return ops.get(request.op).summary_text(request)
-
-
-def engine_summary_text(request: RotationRequest) -> str:
-    """The closing summary of a key or agent rotation, as text (``summary_text``)."""
-    approvers = [a.approver_label for a in request.approvals if a.person]
-    if request.state == State.DONE:
-        return m.final_done(
-            request_id=request.id,
-            requester=request.requester.mention,
-            approvers=approvers,
-            reason=request.reason,
-            outcome=request.outcome,
-        )
-    return m.final_failed(
-        request_id=request.id,
-        panel=request.panel,
-        requester=request.requester.mention,
-        approvers=approvers,
-        reason=request.reason,
-        outcome=request.outcome,
-    )
 
 
 def request_card(

@@ -14,7 +14,7 @@ from slack_bolt import App
 
 from handlers import blocks
 from handlers import messages as m
-from handlers.ops import Listener, Operation, one_panel
+from handlers.ops import Listener, Operation, one_panel, run_summary
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan_view import PlanView
 from handlers.rotation_request import RotationRequest
@@ -83,7 +83,7 @@ OPERATION = Operation(
     modal_label="Panel encryption key",
     run_fields=run_fields,
     plan_lines=plan_lines,
-    summary_blocks=blocks.engine_summary_blocks,
-    summary_text=blocks.engine_summary_text,
+    summary_blocks=run_summary.summary_blocks,
+    summary_text=run_summary.summary_text,
     key_fingerprints=key_fingerprints,
 )

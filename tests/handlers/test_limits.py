@@ -17,6 +17,7 @@ import pytest
 from bot.fakes.slack_blocks import MAX_MESSAGE_TEXT, block_errors, view_errors
 from handlers import blocks
 from handlers import messages as m
+from handlers.ops import run_summary
 from handlers.plan_view import PlanView
 from handlers.rotation_request import Decision, Person, RotationRequest, State, Transition
 
@@ -189,8 +190,8 @@ def test_command_output_in_engine_events_is_not_forwarded_to_slack() -> None:
     agent = {"name": "agent-7", "ok": False, "failed_step": "bootstrap", "error": "exit 1", **output}
     said = [
         m.step_reply(step),
-        m.agent_outcomes([agent]),
-        m.final_failed(
+        run_summary.agent_outcomes([agent]),
+        run_summary.final_failed(
             request_id="r-1",
             panel="prod-eu",
             requester="<@U0ALICE>",
