@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from handlers.messages import failed_line, final_failed
+from handlers.messages import failed_line
+from handlers.ops.run_summary import final_failed
 
 UNVERIFIED = {
     "partial": True,
