@@ -21,6 +21,7 @@ from typing import Any
 
 from handlers import messages as m
 from handlers import ops
+from handlers.ending import Ending
 from handlers.plan_view import PlanView
 from handlers.rotation_request import RotationRequest, State, Transition
 
@@ -86,19 +87,19 @@ def headline(request: RotationRequest) -> str:
 
 
 def _title_state(request: RotationRequest) -> tuple[str, str]:
-    state, outcome = request.state, request.outcome
+    state, ending = request.state, Ending.of(request.outcome)
     operation = ops.get(request.op)
     if state == State.FAILED:
-        if outcome.get("partial"):
+        if ending.partial:
             return operation.stopped(request)
-        if outcome.get("rolled_back") is True:
+        if ending.rolled_back is True:
             return ":rotating_light:", "rolled back"
-        if outcome.get("nothing_changed"):
+        if ending.nothing_changed:
             return ":no_entry_sign:", "failed, nothing changed"
-        if outcome.get("rolled_back") is False:
+        if ending.rolled_back is False:
             return ":sos:", "failed, NOT rolled back"
         return ":sos:", "outcome unknown"
-    if state == State.VOIDED and outcome.get("voided_because"):
+    if state == State.VOIDED and ending.voided_because:
         return ":warning:", "voided"
     return _TITLES.get(state, (operation.icon, "requested"))
 
@@ -168,7 +169,7 @@ def status_lines(
     if state == State.RUNNING:
         return [f"{approved} · {m.running_line(request.progress)}"]
     if state == State.DONE:
-        return [approved, m.done_line(request.outcome.get("duration_ms"))]
+        return [approved, m.done_line(Ending.of(request.outcome).duration_ms)]
     if state == State.FAILED:
         return [approved, m.failed_line(request.outcome, request.panel)]
     decision = request.decision
@@ -181,9 +182,10 @@ def status_lines(
     if state == State.CANCELLED:
         return [m.cancelled_line(who, at, decision.reason if decision else "")]
     if state == State.VOIDED:
-        if because := request.outcome.get("voided_because"):  # not a plan change (offboarding)
-            return [f":warning: Voided: {because}"]
-        return [approved, m.voided_line(request.outcome.get("differences") or [])]
+        ending = Ending.of(request.outcome)
+        if ending.voided_because:  # not a plan change (offboarding)
+            return [f":warning: Voided: {ending.voided_because}"]
+        return [approved, m.voided_line(ending.differences)]
     return [str(state)]
 
 
@@ -381,7 +383,7 @@ def _final_word(request: RotationRequest) -> str:
     if request.state == State.DONE:
         return "verified"
     if request.state == State.FAILED:
-        return "rolled back" if request.outcome.get("rolled_back") else "failed"
+        return "rolled back" if Ending.of(request.outcome).rolled_back else "failed"
     return request.state.value
 
 

@@ -14,12 +14,13 @@ escaped again.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.protocol import AGENT_STEPS, KEY_STEPS
 from engine.protocol.codes import CODES, UNKNOWN
 from engine.protocol.words import plural as plural  # one way to count, in the engine and in Slack
+from handlers.ending import Ending
 
 if TYPE_CHECKING:
     from handlers.plan_view import PlanView
@@ -303,19 +304,18 @@ def done_line(duration_ms: int | None) -> str:
     )
 
 
-def failed_line(outcome: dict[str, Any], panel: str) -> str:
-    if outcome.get("partial"):
-        if outcome.get("code") == "agent_unverified":
-            return f":grey_question: Finished, could not verify: {esc(outcome.get('message') or 'see thread')}"
-        return f":warning: Finished with failures: {esc(outcome.get('message') or 'see thread')}"
-    rolled_back = outcome.get("rolled_back")
-    if rolled_back is True:
-        verified = outcome.get("verified_old")
-        tail = ", old key verified" if verified in (True, None) else ", old key NOT verified"
+def failed_line(outcome: Ending | Mapping[str, Any], panel: str) -> str:
+    ending = Ending.read(outcome)
+    if ending.partial:
+        if ending.code == "agent_unverified":
+            return f":grey_question: Finished, could not verify: {esc(ending.message or 'see thread')}"
+        return f":warning: Finished with failures: {esc(ending.message or 'see thread')}"
+    if ending.rolled_back is True:
+        tail = ", old key verified" if ending.verified_old in (True, None) else ", old key NOT verified"
         return f":rotating_light: Failed, rolled back{tail}"
-    if outcome.get("nothing_changed"):
-        return f":no_entry_sign: Failed before any change: {esc(outcome.get('message', ''))}"
-    if rolled_back is False:
+    if ending.nothing_changed:
+        return f":no_entry_sign: Failed before any change: {esc(ending.message or '')}"
+    if ending.rolled_back is False:
         return f":sos: Failed and NOT rolled back: run recover on {esc(panel)} (see thread)"
     return (
         f":sos: Outcome unknown: lost track of the engine. Check status on {esc(panel)} (see thread)"
@@ -439,7 +439,7 @@ def next_step(
     panel: str,
     rolled_back: bool | None,
     nothing_changed: bool,
-    outcome: dict[str, Any] | None = None,
+    outcome: Ending | Mapping[str, Any] | None = None,
 ) -> str:
     """The one thing to do next, for this kind of failure; never "the step above", which a
     failure before the first step does not have."""
@@ -449,7 +449,7 @@ def next_step(
     if rolled_back is None and not nothing_changed:
         return _recover(panel)
     if code == "undecryptable":
-        locations = [str(x) for x in (outcome or {}).get("locations") or [] if x]
+        locations = [str(x) for x in Ending.read(outcome or {}).locations if x]
         if locations:
             they = "it" if len(locations) == 1 else "them"
             return (
@@ -466,13 +466,11 @@ def people(persons: Sequence[str]) -> str:
     return ", ".join(persons) if persons else "nobody"
 
 
-def audit_anchor(outcome: dict[str, Any]) -> str:
+def audit_anchor(outcome: Ending | Mapping[str, Any]) -> str:
     """` · audit #57 3f9a0c1d2e4b5a6f`: the audit chain's position when the run closed, kept in
     Slack so that `python -m bot audit verify --slack` can tell a cut or rewritten log."""
-    anchor = outcome.get("audit") or {}
-    if not anchor.get("seq") or not anchor.get("digest"):
-        return ""
-    return f" · audit #{int(anchor['seq'])} {anchor['digest']}"
+    anchor = Ending.read(outcome).audit
+    return f" · audit #{anchor[0]} {anchor[1]}" if anchor else ""
 
 
 def voided_reply(differences: Sequence[str]) -> str:

@@ -7,23 +7,24 @@ failed run's headline and the one thing to do next (``messages.next_step``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from handlers import blocks
 from handlers import messages as m
+from handlers.ending import Ending
 from handlers.rotation_request import RotationRequest, State
 
 
 def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[dict[str, Any]]:
     """The closing summary as Block Kit: the outcome and, for a failure, the next step;
     then the facts as fields; then the rotation id and its audit anchor."""
-    outcome = request.outcome
+    ending = Ending.of(request.outcome)
     approvers = [a.approver_label for a in request.approvals if a.person]
     head, next_step, facts, details = summary_parts(
         panel=request.panel,
         done=request.state == State.DONE,
-        outcome=outcome,
+        outcome=ending,
     )
     next_line = f"*Next:* {next_step}" if next_step else ""
     if on_card:  # the card's own lines say who, why and how it ended; it adds what to do
@@ -39,10 +40,10 @@ def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[d
         out += blocks._fields([*facts, *people])
     if details:
         out += blocks._sections(details, most=3)
-    took = m.duration(outcome.get("duration_ms"))
+    took = m.duration(ending.duration_ms)
     parts = [] if on_card else [f"Rotation `{m.esc(request.id)}`, plan `{request.plan.short_hash}`"]
     parts += [took] if took else []
-    anchor = m.audit_anchor(outcome).removeprefix(" · ")
+    anchor = m.audit_anchor(ending).removeprefix(" · ")
     parts += [anchor] if anchor else []
     if parts:
         out.append(blocks._context(" · ".join(parts)))
@@ -76,55 +77,54 @@ def final_done(
     requester: str,
     approvers: Sequence[str],
     reason: str,
-    outcome: dict[str, Any],
+    outcome: Ending | Mapping[str, Any],
 ) -> str:
+    ending = Ending.read(outcome)
     lines = [
         f":white_check_mark: Done · requested by {requester} · approved by {m.people(approvers)}"
         f" · reason {m.quote(reason)}"
     ]
-    if outcome.get("agents"):
-        lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
-        lines.append(f"   {m.esc(outcome.get('message') or '')}".rstrip())
+    if ending.agents:
+        lines.append(f"   agents: {agent_outcomes(ending.agents)}")
+        lines.append(f"   {m.esc(ending.message or '')}".rstrip())
         lines.append(
-            f"   {m.duration(outcome.get('duration_ms')) or '?'} · rotation {m.esc(request_id)}"
-            f"{m.audit_anchor(outcome)}"
+            f"   {m.duration(ending.duration_ms) or '?'} · rotation {m.esc(request_id)}"
+            f"{m.audit_anchor(ending)}"
         )
         return "\n".join(line for line in lines if line.strip())
     lines.append(
-        f"   old key {m.short_fp(outcome.get('old_fingerprint'))} → new key "
-        f"{m.short_fp(outcome.get('new_fingerprint'))}"
+        f"   old key {m.short_fp(ending.old_fingerprint)} → new key "
+        f"{m.short_fp(ending.new_fingerprint)}"
     )
-    columns = outcome.get("columns") or {}
+    columns = ending.columns
     if columns:
         lines.append(
-            f"   re-encrypted {m.plural(outcome.get('total') or sum(columns.values()), 'value')}: "
+            f"   re-encrypted {m.plural(ending.total or sum(columns.values()), 'value')}: "
             f"{m.column_counts(columns)}"
         )
-    skipped = outcome.get("skipped") or []
-    if skipped:
-        lines.append(f"   tables not present, skipped: {m.esc(', '.join(skipped))}")
-    lines.append(f"   verification: {verification(outcome)}")
-    if outcome.get("escrow"):
-        lines.append(f"   new key {m.esc(outcome['escrow'])}")
+    if ending.skipped:
+        lines.append(f"   tables not present, skipped: {m.esc(', '.join(ending.skipped))}")
+    lines.append(f"   verification: {verification(ending)}")
+    if ending.escrow:
+        lines.append(f"   new key {m.esc(ending.escrow)}")
     lines.append(
-        f"   {m.duration(outcome.get('duration_ms')) or '?'} · rotation {m.esc(request_id)}"
-        f"{m.audit_anchor(outcome)}"
+        f"   {m.duration(ending.duration_ms) or '?'} · rotation {m.esc(request_id)}"
+        f"{m.audit_anchor(ending)}"
     )
     return "\n".join(lines)
 
 
-def _failure_head(outcome: dict[str, Any], panel: str) -> tuple[str, str, str]:
+def _failure_head(ending: Ending, panel: str) -> tuple[str, str, str]:
     """(icon, what happened, next step) of a failed request's summary."""
-    rolled_back = outcome.get("rolled_back")
-    nothing_changed = bool(outcome.get("nothing_changed"))
-    step = m.next_step(str(outcome.get("code", "")), panel, rolled_back, nothing_changed, outcome)
-    if outcome.get("partial") and outcome.get("code") == "agent_unverified":
+    rolled_back = ending.rolled_back
+    step = m.next_step(ending.code or "", panel, rolled_back, ending.nothing_changed, ending)
+    if ending.partial and ending.code == "agent_unverified":
         return ":grey_question:", "Finished, but could not verify every agent.", m.NEXT_STEPS["agent_unverified"]
-    if outcome.get("partial"):
+    if ending.partial:
         return ":warning:", "Finished with failures.", m.NEXT_STEPS["agent_failed"]
     if rolled_back is True:
         return ":rotating_light:", "Rolled back. The panel is as it was.", step
-    if nothing_changed:
+    if ending.nothing_changed:
         return ":no_entry_sign:", "Failed before any change. Nothing was changed.", step
     if rolled_back is False:
         return ":sos:", "Failed and NOT rolled back.", step
@@ -132,53 +132,57 @@ def _failure_head(outcome: dict[str, Any], panel: str) -> tuple[str, str, str]:
 
 
 def summary_parts(
-    *, panel: str, done: bool, outcome: dict[str, Any]
+    *, panel: str, done: bool, outcome: Ending | Mapping[str, Any]
 ) -> tuple[str, str, list[tuple[str, str]], str]:
     """The closing summary in four parts for Block Kit: the headline, the next step (after
     a failure), the facts as (label, value) fields, and longer details (columns, agents)."""
+    ending = Ending.read(outcome)
     next_text = ""
     facts: list[tuple[str, str]] = []
     details: list[str] = []
-    agents = outcome.get("agents")
+    agents = ending.agents
     if done:
-        took = m.duration(outcome.get("duration_ms"))
+        took = m.duration(ending.duration_ms)
         head = ":white_check_mark: *Done.* " + (f"Verified in {took}." if took else "Verified.")
         if agents:
-            head += f" {m.esc(outcome.get('message') or '')}".rstrip()
+            head += f" {m.esc(ending.message or '')}".rstrip()
     else:
-        icon, what, step = _failure_head(outcome, panel)
+        icon, what, step = _failure_head(ending, panel)
         head = f"{icon} *{what}*"
         next_text = step
-        facts.append(("What failed", m.esc(outcome.get("message", "unknown error"))))
+        facts.append(("What failed", m.esc(_what_failed(ending))))
     if agents:
         details.append(f"*Agents:* {agent_outcomes(agents)}")
     elif done:
         facts.append(
             (
                 "Key",
-                f"old {m.short_fp(outcome.get('old_fingerprint'))} → "
-                f"new {m.short_fp(outcome.get('new_fingerprint'))}",
+                f"old {m.short_fp(ending.old_fingerprint)} → "
+                f"new {m.short_fp(ending.new_fingerprint)}",
             )
         )
-        columns = outcome.get("columns") or {}
-        total = outcome.get("total") or sum(columns.values())
+        columns = ending.columns
+        total = ending.total or sum(columns.values())
         if columns or total:
             facts.append(("Re-encrypted", m.plural(int(total), "value")))
-        facts.append(("Verification", verification(outcome)))
+        facts.append(("Verification", verification(ending)))
         if columns:
             details.append(f"*Columns:* {m.column_counts(columns)}")
-        skipped = outcome.get("skipped") or []
-        if skipped:
-            details.append(f"*Tables not present, skipped:* {m.esc(', '.join(skipped))}")
-    if not done and (outcome.get("old_fingerprint") or outcome.get("new_fingerprint")):
+        if ending.skipped:
+            details.append(f"*Tables not present, skipped:* {m.esc(', '.join(ending.skipped))}")
+    if not done and (ending.old_fingerprint or ending.new_fingerprint):
         facts.append(
             (
                 "Key in use",
-                f"{m.short_fp(outcome.get('old_fingerprint'))} (old)"
-                + (" · new key discarded" if outcome.get("rolled_back") else ""),
+                f"{m.short_fp(ending.old_fingerprint)} (old)"
+                + (" · new key discarded" if ending.rolled_back else ""),
             )
         )
     return head, next_text, facts, "\n".join(details)
+
+
+def _what_failed(ending: Ending) -> str:
+    return "unknown error" if ending.message is None else ending.message
 
 
 def final_failed(
@@ -188,31 +192,31 @@ def final_failed(
     requester: str,
     approvers: Sequence[str],
     reason: str,
-    outcome: dict[str, Any],
+    outcome: Ending | Mapping[str, Any],
 ) -> str:
-    rolled_back = outcome.get("rolled_back")
-    icon, what, step = _failure_head(outcome, panel)
-    lines = [f"{icon} {what} Next: {step}", f"   what failed: {m.esc(outcome.get('message', 'unknown error'))}"]
-    if outcome.get("agents"):
-        lines.append(f"   agents: {agent_outcomes(outcome['agents'])}")
-    if outcome.get("old_fingerprint") or outcome.get("new_fingerprint"):
+    ending = Ending.read(outcome)
+    icon, what, step = _failure_head(ending, panel)
+    lines = [f"{icon} {what} Next: {step}", f"   what failed: {m.esc(_what_failed(ending))}"]
+    if ending.agents:
+        lines.append(f"   agents: {agent_outcomes(ending.agents)}")
+    if ending.old_fingerprint or ending.new_fingerprint:
         lines.append(
-            f"   key in use: {m.short_fp(outcome.get('old_fingerprint'))} (old)"
-            + (" · new key discarded" if rolled_back else "")
+            f"   key in use: {m.short_fp(ending.old_fingerprint)} (old)"
+            + (" · new key discarded" if ending.rolled_back else "")
         )
     lines.append(
         f"   requested by {requester} · approved by {m.people(approvers)} · reason {m.quote(reason)}"
     )
-    took = m.duration(outcome.get("duration_ms"))
+    took = m.duration(ending.duration_ms)
     lines.append(
-        f"   {took + ' · ' if took else ''}rotation {m.esc(request_id)}{m.audit_anchor(outcome)}"
+        f"   {took + ' · ' if took else ''}rotation {m.esc(request_id)}{m.audit_anchor(ending)}"
     )
     return "\n".join(lines)
 
 
-def verification(outcome: dict[str, Any]) -> str:
-    verified = outcome.get("verified")
-    total = outcome.get("total")
+def verification(outcome: Ending | Mapping[str, Any]) -> str:
+    ending = Ending.read(outcome)
+    verified, total = ending.verified, ending.total
     parts = []
     if verified is True:
         parts.append(f"{m.count(total)}/{m.count(total)} open with the new key" if total else "passed")
@@ -222,9 +226,8 @@ def verification(outcome: dict[str, Any]) -> str:
         parts.append("NOT verified" if verified is False else "not reported")
     else:
         parts.append(m.esc(verified))
-    check = outcome.get("panel_check")
-    if check:
-        parts.append(f"panel check {m.esc(check)}")
+    if ending.panel_check:
+        parts.append(f"panel check {m.esc(ending.panel_check)}")
     return " · ".join(parts)
 
 

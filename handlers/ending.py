@@ -1,0 +1,116 @@
+"""``Ending``: how a finished request ended, read once from the outcome the store keeps.
+
+The runner keeps a finished request's outcome as the engine's closing event plus what
+the bot knows of it (how long it ran, whether nothing changed, the audit anchor). Every
+renderer (the card, the thread's summary, the incident report, the Home tab) reads it
+through ``Ending.of(request.outcome)``, here and only here, never by its keys: this module
+is the one place that turns the stored keys into attributes (DESIGN.md section 9,
+rule 10), so the switch to the protocol's typed ``Outcome`` is made here.
+
+A finished engine run's lists (each agent, each incident part, what is left, the manual
+list, the DB routes and accounts) are kept as the engine sent them, one mapping each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Item = Mapping[str, Any]
+
+
+def _items(value: object) -> tuple[Item, ...]:
+    return tuple(v for v in value if isinstance(v, Mapping)) if isinstance(value, list | tuple) else ()
+
+
+def _list(value: object) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list | tuple) else ()
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What a finished request's outcome says, as attributes."""
+
+    #: the engine finished, but not everything succeeded (some agents, an incident part)
+    partial: bool = False
+    #: the error code (the engine's, or the bot's when it lost the engine), None when done
+    code: str | None = None
+    #: what happened, in the engine's or the bot's words (None: it said nothing)
+    message: str | None = None
+    #: True: rolled back; False: NOT rolled back (recover); None: not said
+    rolled_back: bool | None = None
+    #: the panel is known to be exactly as it was
+    nothing_changed: bool = False
+    #: after a roll-back: whether the old key was verified (None: not said)
+    verified_old: Any = None
+    duration_ms: int | None = None
+    #: the audit chain's position when the run closed: (seq, digest)
+    audit: tuple[int, str] | None = None
+    #: the summary was posted (False: the runner posts it after a restart)
+    reported: bool | None = None
+    #: why a request was voided without a plan change (an offboarding), and the plan's changes
+    voided_because: str | None = None
+    differences: tuple[str, ...] = ()
+    # --- the key ---------------------------------------------------------------------------
+    old_fingerprint: str | None = None
+    new_fingerprint: str | None = None
+    total: int | None = None
+    columns: dict[str, int] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    escrow: str | None = None
+    #: True, False, a count of verified values, or None (not reported)
+    verified: Any = None
+    panel_check: str | None = None
+    #: ``undecryptable``: where the values the current key does not open are
+    locations: tuple[Any, ...] = ()
+    # --- agents, the incident's parts, the DB password ------------------------------------
+    agents: tuple[Any, ...] = ()
+    parts: tuple[Item, ...] = ()
+    left: tuple[Item, ...] = ()
+    manual: tuple[Item, ...] = ()
+    db_user: str | None = None
+    routes: tuple[Item, ...] = ()
+    accounts: tuple[Any, ...] | None = None
+
+    @classmethod
+    def of(cls, outcome: Mapping[str, Any]) -> Ending:
+        """Read a stored outcome (the closing event's fields plus the bot's own)."""
+        get = outcome.get
+        anchor = get("audit") or {}
+        audit = (int(anchor["seq"]), str(anchor["digest"])) if anchor.get("seq") and anchor.get("digest") else None
+        accounts = get("accounts")
+        return cls(
+            partial=bool(get("partial")),
+            code=None if get("code") is None else str(get("code")),
+            message=None if get("message") is None else str(get("message")),
+            rolled_back=get("rolled_back"),
+            nothing_changed=bool(get("nothing_changed")),
+            verified_old=get("verified_old"),
+            duration_ms=get("duration_ms"),
+            audit=audit,
+            reported=get("reported"),
+            voided_because=get("voided_because") or None,
+            differences=tuple(str(d) for d in get("differences") or ()),
+            old_fingerprint=get("old_fingerprint"),
+            new_fingerprint=get("new_fingerprint"),
+            total=get("total"),
+            columns=dict(get("columns") or {}),
+            skipped=tuple(get("skipped") or ()),
+            escrow=get("escrow") or None,
+            verified=get("verified"),
+            panel_check=get("panel_check") or None,
+            locations=_list(get("locations")),
+            agents=_list(get("agents")),
+            parts=_items(get("parts")),
+            left=_items(get("left")),
+            manual=_items(get("manual")),
+            db_user=get("db_user"),
+            routes=_items(get("routes")),
+            accounts=tuple(accounts) if isinstance(accounts, list | tuple) else None,
+        )
+
+    @classmethod
+    def read(cls, outcome: Ending | Mapping[str, Any]) -> Ending:
+        """``outcome`` as an ``Ending`` (read once, if it is still the stored mapping)."""
+        return outcome if isinstance(outcome, Ending) else cls.of(outcome)
