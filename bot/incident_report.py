@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from handlers.ending import Ending
 from handlers.ops.incident import TITLES, WORDS
 from handlers.rotation_request import RotationRequest, Transition
 
@@ -45,7 +46,7 @@ def markdown(
     entries: Iterable[dict[str, Any]],
     anchor: str | None = None,
 ) -> str:
-    outcome = request.outcome
+    ending = Ending.of(request.outcome)
     approvals = [a for a in request.approvals if a.person]
     lines = [
         f"## Appendix: incident rotation `{request.id}` on panel {request.panel}",
@@ -60,14 +61,14 @@ def markdown(
         _row("Plan hash", request.plan.engine_plan_hash or request.plan_hash),
         _row("Started", _utc(request.started_at)),
         _row("Finished", _utc(request.finished_at)),
-        _row("Outcome", f"{request.state.value}" + (f": {outcome['message']}" if outcome.get("message") else "")),
+        _row("Outcome", f"{request.state.value}" + (f": {ending.message}" if ending.message else "")),
         "",
         "### Timeline",
         "",
         _row("Part", "State", "Started", "Finished", "Old fingerprint", "New fingerprint", "Notes"),
         _row("---", "---", "---", "---", "---", "---", "---"),
     ]
-    for part in outcome.get("parts") or []:
+    for part in ending.parts:
         state = str(part.get("state") or "not_started")
         notes = part.get("error") or part.get("detail") or ""
         if part.get("db_user"):
@@ -80,11 +81,11 @@ def markdown(
             part.get("old_fingerprint"), part.get("new_fingerprint"), notes,
         ))  # fmt: skip
     lines += ["", "### Left for a human", ""]
-    for part in outcome.get("left") or []:
+    for part in ending.left:
         title = TITLES.get(str(part.get("part")), part.get("part"))
         lines.append(f"- [ ] {title}: {WORDS.get(str(part.get('state')), part.get('state'))}; rotate it again")
     message = ""
-    for item in outcome.get("manual") or request.plan.manual:
+    for item in ending.manual or request.plan.manual:
         lines.append(f"- [ ] `{item.get('name')}`: {item.get('action')}")
         message = message or str(item.get("message") or "")
     if message:

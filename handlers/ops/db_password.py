@@ -14,6 +14,7 @@ from slack_bolt import App
 
 from handlers import blocks
 from handlers import messages as m
+from handlers.ending import Ending
 from handlers.ops import Listener, Operation, one_panel
 from handlers.ops.incident import MAX_ACCOUNTS, accounts_tail, text_sections
 from handlers.parsing import Parsed, parse_panel_reason
@@ -80,34 +81,33 @@ def plan_lines(plan: PlanView) -> str:
 
 def summary_text(request: RotationRequest) -> str:
     """What happened to the login's password, who asked and approved, the audit anchor."""
-    outcome = request.outcome
+    ending = Ending.of(request.outcome)
     approvers = [a.approver_label for a in request.approvals if a.person]
-    user = m.esc(m.fit(str(outcome.get("db_user") or request.plan.db_user or "?"), 80))
+    user = m.esc(m.fit(str(ending.db_user or request.plan.db_user or "?"), 80))
     if request.state == State.DONE:
-        routes = [str(r.get("route")) for r in outcome.get("routes") or ()
-                  if isinstance(r, dict) and r.get("old") == "refused"]  # fmt: skip
+        routes = [str(r.get("route")) for r in ending.routes if r.get("old") == "refused"]
         everywhere = f" on {m.esc(m.fit(', '.join(routes), 300))}" if routes else ""
         head = (
             f":white_check_mark: Database password rotated on panel {m.esc(request.panel)} · user `{user}` · "
-            f"{m.short_fp(outcome.get('old_fingerprint'))} → {m.short_fp(outcome.get('new_fingerprint'))}"
-            f"{accounts_tail(outcome.get('accounts'))} · the new password works, the old one is refused{everywhere}"
+            f"{m.short_fp(ending.old_fingerprint)} → {m.short_fp(ending.new_fingerprint)}"
+            f"{accounts_tail(ending.accounts)} · the new password works, the old one is refused{everywhere}"
         )
-    elif outcome.get("rolled_back") is True:
+    elif ending.rolled_back is True:
         head = (f":rotating_light: Database password rotation failed and was rolled back: the old password "
-                f"of `{user}` works again{accounts_tail(outcome.get('accounts'))}. "
-                f"What failed: {m.esc(outcome.get('message') or '?')}")  # fmt: skip
-    elif outcome.get("nothing_changed"):
-        what = m.esc(outcome.get("message") or "?")
+                f"of `{user}` works again{accounts_tail(ending.accounts)}. "
+                f"What failed: {m.esc(ending.message or '?')}")  # fmt: skip
+    elif ending.nothing_changed:
+        what = m.esc(ending.message or "?")
         head = f":no_entry_sign: Database password rotation failed before any change: {what}"
     else:
         head = (f":sos: Database password rotation failed and was NOT rolled back: run recover on "
-                f"{m.esc(request.panel)}. What failed: {m.esc(outcome.get('message') or '?')}")  # fmt: skip
-    took = m.duration(outcome.get("duration_ms"))
+                f"{m.esc(request.panel)}. What failed: {m.esc(ending.message or '?')}")  # fmt: skip
+    took = m.duration(ending.duration_ms)
     return "\n".join([
         head,
         f"Requested by {request.requester.mention} · approved by {m.people(approvers)} · "
         f"reason {m.quote(request.reason)}",
-        f"Rotation `{m.esc(request.id)}`" + (f" · {took}" if took else "") + m.audit_anchor(outcome),
+        f"Rotation `{m.esc(request.id)}`" + (f" · {took}" if took else "") + m.audit_anchor(ending),
     ])  # fmt: skip
 
 

@@ -13,13 +13,14 @@ what is left for a human). Data in, dict out; no clock, no Slack call.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from slack_bolt import App
 
 from handlers import blocks
 from handlers import messages as m
+from handlers.ending import Ending
 from handlers.ops import Listener, Operation, one_panel
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan_view import PlanView
@@ -75,7 +76,7 @@ def _part(parts: Iterable[dict[str, Any]], name: str) -> dict[str, Any]:
     return next((p for p in parts if p.get("part") == name), {})
 
 
-def manual_lines(manual: Iterable[dict[str, Any]]) -> list[str]:
+def manual_lines(manual: Iterable[Mapping[str, Any]]) -> list[str]:
     """``PANEL_LICENSE_KEY``: what to do; the other secret-looking keys: their issuer."""
     items = list(manual)
     lines = [f"• `{m.esc(i.get('name'))}`: {m.esc(i.get('action'))}" for i in items[:MAX_MANUAL]]
@@ -84,7 +85,7 @@ def manual_lines(manual: Iterable[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def support_message(manual: Iterable[dict[str, Any]]) -> str:
+def support_message(manual: Iterable[Mapping[str, Any]]) -> str:
     licence = next((i for i in manual if i.get("message")), None)
     return str(licence["message"]) if licence else ""
 
@@ -171,10 +172,10 @@ def _hms(ms: object) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ms / 1000))
 
 
-def timeline_lines(outcome: dict[str, Any]) -> list[str]:
+def timeline_lines(outcome: Ending | Mapping[str, Any]) -> list[str]:
     """One line per part: icon, title, start → end (UTC), fingerprints or what went wrong."""
     lines = []
-    for part in outcome.get("parts") or []:
+    for part in Ending.read(outcome).parts:
         state = str(part.get("state") or "not_started")
         title = TITLES.get(str(part.get("part")), str(part.get("part")))
         line = f"{ICONS.get(state, '•')} {title}: {WORDS.get(state, m.esc(state))}"
@@ -193,39 +194,40 @@ def timeline_lines(outcome: dict[str, Any]) -> list[str]:
     return lines
 
 
-def left_lines(outcome: dict[str, Any], panel: str) -> list[str]:
+def left_lines(outcome: Ending | Mapping[str, Any], panel: str) -> list[str]:
     """What a person must still do: unfinished parts, then the manual list."""
+    ending = Ending.read(outcome)
     lines = []
-    for part in outcome.get("left") or []:
+    for part in ending.left:
         title = TITLES.get(str(part.get("part")), str(part.get("part")))
         if part.get("state") == "needs_recover":
             lines.append(f"• {title}: run recover on {m.esc(panel)}, then request again")
         else:
             lines.append(f"• {title}: not rotated; fix the cause above, then `/rotate-incident` again")
-    return lines + manual_lines(outcome.get("manual") or [])
+    return lines + manual_lines(ending.manual)
 
 
 def summary_text(request: RotationRequest) -> str:
     """The timeline of the parts, then what is left for a human."""
-    outcome = request.outcome
+    ending = Ending.of(request.outcome)
     approvers = [a.approver_label for a in request.approvals if a.person]
     if request.state == State.DONE:
         head = f":white_check_mark: Incident rotation done on panel {m.esc(request.panel)}"
-    elif outcome.get("parts"):
-        head = f":warning: Incident rotation stopped: {m.esc(outcome.get('message') or 'see the thread')}"
+    elif ending.parts:
+        head = f":warning: Incident rotation stopped: {m.esc(ending.message or 'see the thread')}"
     else:
-        head = f":no_entry_sign: Incident rotation failed: {m.esc(outcome.get('message') or 'see the thread')}"
+        head = f":no_entry_sign: Incident rotation failed: {m.esc(ending.message or 'see the thread')}"
     lines = [
         head,
         f"Requested by {request.requester.mention} · approved by {m.people(approvers)} · "
         f"reason {m.quote(request.reason)}",
         "*Timeline*",
-        *timeline_lines(outcome),
+        *timeline_lines(ending),
         "*Left for a human*",
-        *left_lines(outcome, request.panel),
+        *left_lines(ending, request.panel),
     ]
-    took = m.duration(outcome.get("duration_ms"))
-    lines.append(f"Rotation `{m.esc(request.id)}`" + (f" · {took}" if took else "") + m.audit_anchor(outcome))
+    took = m.duration(ending.duration_ms)
+    lines.append(f"Rotation `{m.esc(request.id)}`" + (f" · {took}" if took else "") + m.audit_anchor(ending))
     return "\n".join(lines)
 
 
@@ -243,7 +245,7 @@ def text_sections(text: str) -> list[dict[str, Any]]:
 def summary_blocks(request: RotationRequest, *, on_card: bool = False) -> list[dict[str, Any]]:
     """The summary's sections; in the thread, the message for MyOsicam support to copy."""
     out = text_sections(summary_text(request))
-    message = support_message(request.outcome.get("manual") or request.plan.manual)
+    message = support_message(Ending.of(request.outcome).manual or request.plan.manual)
     if message and not on_card:
         out.append(_section(f"*Message for MyOsicam support* (copy it):\n>{m.esc(m.fit(message, 2000))}"))
     return out
