@@ -49,6 +49,7 @@ from engine.protocol import (
 from handlers import blocks, cards, ops
 from handlers import messages as m
 from handlers.access import AccessPolicy
+from handlers.ending import Ending, kept_outcome
 from handlers.plan_view import PlanView
 from handlers.ports import Planner
 from handlers.rotation_request import RotationRequest, State
@@ -126,7 +127,7 @@ class Runner:
             if future is not None:
                 futures.append(future)
         for request in self.store.recent_final(limit=20):
-            if request.outcome.get("reported") is False:
+            if Ending.of(request.outcome).reported is False:
                 future = self._submit(request.id, self._report_again)
                 if future is not None:
                     futures.append(future)
@@ -346,30 +347,18 @@ class Runner:
         )
 
     def _close(self, request: RotationRequest, closing: dict[str, Any]) -> None:
-        data = {k: v for k, v in closing.items() if k not in ("type", "id", "seq", "ts")}
-        if closing.get("type") == "result" and data.get("ok") is False:
-            # rotate-agent: some agents rotated, some failed (each is reported in the thread)
-            # (or no agent failed, but some could not be verified: code agent_unverified)
-            outcome = {**data, "partial": True, "code": data.get("code") or "agent_failed", "rolled_back": None}
-            self._finish(request, State.FAILED, outcome)
-            return
-        if closing.get("type") == "result":
-            outcome = {**data, "ok": True}
-            if "duration_ms" not in outcome and request.started_at:
-                outcome["duration_ms"] = int((self.clock() - request.started_at) * 1000)
-            self._finish(request, State.DONE, outcome)
-            return
-        code = str(data.get("code", "engine_error"))
-        if code in MISMATCH_CODES:
+        outcome = kept_outcome(
+            closing,
+            highest_step=int(request.progress.get("highest", 0)),
+            nothing_changed_codes=NOTHING_CHANGED_CODES,
+        )
+        ending = Ending.of(outcome)
+        if not ending.ok and not ending.partial and ending.code in MISMATCH_CODES:
             self._void_from_refusal(request, closing)
             return
-        nothing_changed = data.get("rolled_back") is None and (
-            code in NOTHING_CHANGED_CODES or int(request.progress.get("highest", 0)) <= 1
-        )
-        outcome = {**data, "ok": False, "code": code, "nothing_changed": nothing_changed}
-        if "duration_ms" not in outcome and request.started_at:
+        if not ending.partial and "duration_ms" not in outcome and request.started_at:
             outcome["duration_ms"] = int((self.clock() - request.started_at) * 1000)
-        self._finish(request, State.FAILED, outcome)
+        self._finish(request, State.DONE if ending.ok else State.FAILED, outcome)
 
     def _finish(self, request: RotationRequest, state: State, outcome: dict[str, Any]) -> None:
         final = self.store.update(
@@ -392,7 +381,7 @@ class Runner:
 
         The summary carries the audit chain's head (``audit #SEQ DIGEST``): an anchor
         outside the store that ``audit verify --slack`` checks the log against."""
-        if not final.outcome.get("audit"):
+        if Ending.of(final.outcome).audit is None:
             try:
                 anchor = self.audit.anchor()
                 final = final.evolve(
@@ -428,7 +417,7 @@ class Runner:
 
     def _report_again(self, request_id: str) -> None:
         request = self.store.get(request_id)
-        if request is not None and request.outcome.get("reported") is False:
+        if request is not None and Ending.of(request.outcome).reported is False:
             self._report(request)
 
     # --- Slack -------------------------------------------------------------------------

@@ -7,13 +7,16 @@ through ``Ending.of(request.outcome)``, here and only here, never by its keys: t
 is the one place that turns the stored keys into attributes (DESIGN.md section 9,
 rule 10), so the switch to the protocol's typed ``Outcome`` is made here.
 
+``kept_outcome`` is what the runner keeps of an engine's closing event: its fields, and
+what they say of the request (done, partial, failed and whether nothing changed).
+
 A finished engine run's lists (each agent, each incident part, what is left, the manual
 list, the DB routes and accounts) are kept as the engine sent them, one mapping each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +35,8 @@ def _list(value: object) -> tuple[Any, ...]:
 class Ending:
     """What a finished request's outcome says, as attributes."""
 
+    #: the request did what it was asked, and it was verified
+    ok: bool = False
     #: the engine finished, but not everything succeeded (some agents, an incident part)
     partial: bool = False
     #: the error code (the engine's, or the bot's when it lost the engine), None when done
@@ -81,6 +86,7 @@ class Ending:
         audit = (int(anchor["seq"]), str(anchor["digest"])) if anchor.get("seq") and anchor.get("digest") else None
         accounts = get("accounts")
         return cls(
+            ok=get("ok") is True,
             partial=bool(get("partial")),
             code=None if get("code") is None else str(get("code")),
             message=None if get("message") is None else str(get("message")),
@@ -114,3 +120,23 @@ class Ending:
     def read(cls, outcome: Ending | Mapping[str, Any]) -> Ending:
         """``outcome`` as an ``Ending`` (read once, if it is still the stored mapping)."""
         return outcome if isinstance(outcome, Ending) else cls.of(outcome)
+
+
+def kept_outcome(
+    closing: Mapping[str, Any], *, highest_step: int, nothing_changed_codes: Collection[str]
+) -> dict[str, Any]:
+    """What the store keeps of an engine's closing ``result`` or ``error`` event.
+
+    A result that is not ``ok`` is partial: the engine finished, some agents (or the
+    incident's later parts) were not rotated or not proven, each reported in the thread.
+    An error changed nothing when the engine says so by its code, or stopped before its
+    second step (``highest_step``: the highest step index the run reported).
+    """
+    data = {k: v for k, v in closing.items() if k not in ("type", "id", "seq", "ts")}
+    if closing.get("type") == "result" and data.get("ok") is False:
+        return {**data, "partial": True, "code": data.get("code") or "agent_failed", "rolled_back": None}
+    if closing.get("type") == "result":
+        return {**data, "ok": True}
+    code = str(data.get("code", "engine_error"))
+    nothing_changed = data.get("rolled_back") is None and (code in nothing_changed_codes or highest_step <= 1)
+    return {**data, "ok": False, "code": code, "nothing_changed": nothing_changed}
