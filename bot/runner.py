@@ -41,7 +41,6 @@ from bot.store import Store
 from engine.protocol import (
     CLOSING_TYPES,
     MISMATCH_CODES,
-    NOTHING_CHANGED_CODES,
     PROTOCOL_VERSION,
     Request,
     RequestError,
@@ -347,11 +346,7 @@ class Runner:
         )
 
     def _close(self, request: RotationRequest, closing: dict[str, Any]) -> None:
-        outcome = kept_outcome(
-            closing,
-            highest_step=int(request.progress.get("highest", 0)),
-            nothing_changed_codes=NOTHING_CHANGED_CODES,
-        )
+        outcome = kept_outcome(closing, highest_step=int(request.progress.get("highest", 0)))
         ending = Ending.of(outcome)
         if not ending.ok and not ending.partial and ending.code in MISMATCH_CODES:
             self._void_from_refusal(request, closing)

@@ -8,7 +8,8 @@ is the one place that turns the stored keys into attributes (DESIGN.md section 9
 rule 10), so the switch to the protocol's typed ``Outcome`` is made here.
 
 ``kept_outcome`` is what the runner keeps of an engine's closing event: its fields, and
-what they say of the request (done, partial, failed and whether nothing changed).
+what the protocol's typed ``Outcome`` of it says (done, partial, failed, whether nothing
+changed).
 
 A finished engine run's lists (each agent, each incident part, what is left, the manual
 list, the DB routes and accounts) are kept as the engine sent them, one mapping each.
@@ -16,9 +17,11 @@ list, the DB routes and accounts) are kept as the engine sent them, one mapping 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from engine.protocol.outcome import Outcome
 
 Item = Mapping[str, Any]
 
@@ -122,21 +125,21 @@ class Ending:
         return outcome if isinstance(outcome, Ending) else cls.of(outcome)
 
 
-def kept_outcome(
-    closing: Mapping[str, Any], *, highest_step: int, nothing_changed_codes: Collection[str]
-) -> dict[str, Any]:
-    """What the store keeps of an engine's closing ``result`` or ``error`` event.
+def kept_outcome(closing: Mapping[str, Any], *, highest_step: int) -> dict[str, Any]:
+    """What the store keeps of an engine's closing ``result`` or ``error`` event: its fields,
+    and what the protocol's ``Outcome`` of it says of the request.
 
     A result that is not ``ok`` is partial: the engine finished, some agents (or the
     incident's later parts) were not rotated or not proven, each reported in the thread.
-    An error changed nothing when the engine says so by its code, or stopped before its
-    second step (``highest_step``: the highest step index the run reported).
+    An error changed nothing when its code says so (the protocol's codes table), or when
+    the run stopped before its second step (``highest_step``: the highest step index the
+    run reported) and the engine did not say whether it rolled back.
     """
+    engine = Outcome.of(dict(closing))
     data = {k: v for k, v in closing.items() if k not in ("type", "id", "seq", "ts")}
-    if closing.get("type") == "result" and data.get("ok") is False:
-        return {**data, "partial": True, "code": data.get("code") or "agent_failed", "rolled_back": None}
-    if closing.get("type") == "result":
+    if engine.ok:
         return {**data, "ok": True}
-    code = str(data.get("code", "engine_error"))
-    nothing_changed = data.get("rolled_back") is None and (code in nothing_changed_codes or highest_step <= 1)
-    return {**data, "ok": False, "code": code, "nothing_changed": nothing_changed}
+    if closing.get("type") == "result":
+        return {**data, "partial": True, "code": engine.code or "agent_failed", "rolled_back": None}
+    nothing_changed = engine.rolled_back is None and (engine.nothing_changed or highest_step <= 1)
+    return {**data, "ok": False, "code": engine.code, "nothing_changed": nothing_changed}
