@@ -59,7 +59,7 @@ EngineClients = Callable[[str], EngineClient]
 
 
 class Delegate(Protocol):
-    """A registered operation's own runner (``bot.fleet.FleetRunner``)."""
+    """A registered operation's own runner (``bot.fleet_runner.FleetRunner``)."""
 
     def start(self, request_id: str) -> object: ...
 
