@@ -129,3 +129,28 @@ def test_a_store_that_already_has_the_enrollment_columns_is_adopted(any_store_ur
 
     assert store.schema_version() == migrations.latest()
     store.close()
+
+
+def test_doctor_reads_a_previous_release_store_without_migrating_it(
+    any_store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """doctor changes nothing: on a store the bot has not migrated yet it says so, and the
+    store keeps its old schema (the bot migrates it when it starts)."""
+    from types import SimpleNamespace
+
+    from bot import doctor
+    from bot.enrollment_key import KEY_ENV, EnrollmentKey
+
+    previous_release_store(any_store_url).close()
+    monkeypatch.setenv(KEY_ENV, EnrollmentKey.generate().hex())
+    settings = SimpleNamespace(step_up_anywhere=True, store_url=any_store_url)
+
+    (check,) = doctor.enrollment_checks(settings)
+
+    assert check.ok and f"schema version 0 of {migrations.latest()}" in check.finding
+    backend = open_backend(any_store_url)
+    assert "schema_migrations" not in tables(Store(backend, time.time, KEY))
+    backend_store = open_store(any_store_url, audit_key=KEY)  # the bot's start migrates it
+    assert backend_store.schema_version() == migrations.latest()
+    (after,) = doctor.enrollment_checks(settings)
+    assert after.ok and "opens all 0 stored TOTP secret" in after.finding
