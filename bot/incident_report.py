@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from handlers.ending import Ending
+from handlers.ending import Ending, ManualItem
 from handlers.ops.incident import TITLES, WORDS
 from handlers.rotation_request import RotationRequest, Transition
 
@@ -69,25 +69,25 @@ def markdown(
         _row("---", "---", "---", "---", "---", "---", "---"),
     ]
     for part in ending.parts:
-        state = str(part.get("state") or "not_started")
-        notes = part.get("error") or part.get("detail") or ""
-        if part.get("db_user"):
-            notes = f"user {part['db_user']}" + (f"; {notes}" if notes else "")
-        if part.get("part") == "agents" and part.get("total") is not None:
-            notes = f"{part.get('rotated', 0)} of {part.get('total')} agents rotated" + (f"; {notes}" if notes else "")
+        state = part.state or "not_started"
+        notes = part.error or part.detail or ""
+        if part.db_user:
+            notes = f"user {part.db_user}" + (f"; {notes}" if notes else "")
+        if part.part == "agents" and part.total is not None:
+            notes = f"{part.rotated or 0} of {part.total} agents rotated" + (f"; {notes}" if notes else "")
         lines.append(_row(
-            TITLES.get(str(part.get("part")), part.get("part")), WORDS.get(state, state),
-            _utc(_seconds(part.get("started_at"))), _utc(_seconds(part.get("finished_at"))),
-            part.get("old_fingerprint"), part.get("new_fingerprint"), notes,
+            TITLES.get(part.part, part.part), WORDS.get(state, state),
+            _utc(_seconds(part.started_at)), _utc(_seconds(part.finished_at)),
+            part.old_fingerprint, part.new_fingerprint, notes,
         ))  # fmt: skip
     lines += ["", "### Left for a human", ""]
     for part in ending.left:
-        title = TITLES.get(str(part.get("part")), part.get("part"))
-        lines.append(f"- [ ] {title}: {WORDS.get(str(part.get('state')), part.get('state'))}; rotate it again")
+        title = TITLES.get(part.part, part.part)
+        lines.append(f"- [ ] {title}: {WORDS.get(str(part.state), part.state)}; rotate it again")
     message = ""
-    for item in ending.manual or request.plan.manual:
-        lines.append(f"- [ ] `{item.get('name')}`: {item.get('action')}")
-        message = message or str(item.get("message") or "")
+    for item in map(ManualItem.read, ending.manual or request.plan.manual):
+        lines.append(f"- [ ] `{item.name}`: {item.action}")
+        message = message or (item.message or "")
     if message:
         lines += ["", "Message for MyOsicam support:", "", f"> {' '.join(message.split())}"]
     lines += ["", "### Engine steps", "", _row("Time", "Part", "Step", "State", "Detail"),

@@ -11,8 +11,9 @@ rule 10), so the switch to the protocol's typed ``Outcome`` is made here.
 what the protocol's typed ``Outcome`` of it says (done, partial, failed, whether nothing
 changed).
 
-A finished engine run's lists (each agent, each incident part, what is left, the manual
-list, the DB routes and accounts) are kept as the engine sent them, one mapping each.
+A finished engine run's lists are read into the protocol's types: each incident part and
+what is left (``PartResult``), the manual list (``ManualItem``), the DB password's routes
+(``RouteResult``) and accounts. Each agent is kept as the engine sent it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.protocol.outcome import Outcome
+from engine.protocol.outcome import ManualItem, Outcome, PartResult, RouteResult
 
 Item = Mapping[str, Any]
+__all__ = ["Ending", "ManualItem", "PartResult", "RouteResult", "kept_outcome"]
 
 
 def _items(value: object) -> tuple[Item, ...]:
@@ -74,12 +76,14 @@ class Ending:
     locations: tuple[Any, ...] = ()
     # --- agents, the incident's parts, the DB password ------------------------------------
     agents: tuple[Any, ...] = ()
-    parts: tuple[Item, ...] = ()
-    left: tuple[Item, ...] = ()
-    manual: tuple[Item, ...] = ()
+    parts: tuple[PartResult, ...] = ()
+    #: the incident's parts not done nor skipped
+    left: tuple[PartResult, ...] = ()
+    manual: tuple[ManualItem, ...] = ()
     db_user: str | None = None
-    routes: tuple[Item, ...] = ()
-    accounts: tuple[Any, ...] | None = None
+    routes: tuple[RouteResult, ...] = ()
+    #: every account the DB password opens (as text)
+    accounts: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, outcome: Mapping[str, Any]) -> Ending:
@@ -87,7 +91,6 @@ class Ending:
         get = outcome.get
         anchor = get("audit") or {}
         audit = (int(anchor["seq"]), str(anchor["digest"])) if anchor.get("seq") and anchor.get("digest") else None
-        accounts = get("accounts")
         return cls(
             ok=get("ok") is True,
             partial=bool(get("partial")),
@@ -111,12 +114,12 @@ class Ending:
             panel_check=get("panel_check") or None,
             locations=_list(get("locations")),
             agents=_list(get("agents")),
-            parts=_items(get("parts")),
-            left=_items(get("left")),
-            manual=_items(get("manual")),
+            parts=tuple(PartResult(dict(p)) for p in _items(get("parts"))),
+            left=tuple(PartResult(dict(p)) for p in _items(get("left"))),
+            manual=tuple(ManualItem(i) for i in _items(get("manual"))),
             db_user=get("db_user"),
-            routes=_items(get("routes")),
-            accounts=tuple(accounts) if isinstance(accounts, list | tuple) else None,
+            routes=tuple(RouteResult(dict(r)) for r in _items(get("routes"))),
+            accounts=tuple(str(a) for a in _list(get("accounts"))),
         )
 
     @classmethod

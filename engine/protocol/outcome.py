@@ -8,9 +8,12 @@ report and the Home tab render an ``Outcome``; none of them reads the event's ke
 Per operation, what the result says (``engine.ops.<kind>`` builds it):
 
 * ``rotate-key``: the key's fingerprints, how many stored values, verified.
-* ``rotate-db-password``: the login, the password's fingerprints, verified.
+* ``rotate-db-password``: the login, the password's fingerprints, verified, the accounts
+  it opens and the routes (``RouteResult``) the old password was refused on.
 * ``rotate-agent``: one ``AgentResult`` per agent; ``ok`` False once one is not proven.
-* ``rotate-incident``: one ``PartResult`` per part, in order; where it stopped.
+* ``rotate-incident``: one ``PartResult`` per part, in order (when it ran, its
+  fingerprints, the DB login, the agents rotated); the parts left unfinished; the
+  ``ManualItem`` list a person must rotate elsewhere.
 * ``recover``: the direction it converged (forward, back, none).
 
 Plain classes with ``__slots__``, no dataclasses: this module is part of the contract
@@ -23,6 +26,7 @@ from engine.protocol import codes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 
@@ -32,6 +36,20 @@ def _str(value: object) -> str | None:
 
 def _int(value: object) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _number(value: object) -> int | float | None:
+    """A count or a time in ms as the engine sent it; None when it sent none."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _dicts(value: object) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list | tuple) else []
+
+
+def _strs(value: object) -> tuple[str, ...]:
+    """A list of names as text (an account of an older engine may be a mapping: shown as sent)."""
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
 
 
 class _Record:
@@ -55,21 +73,28 @@ class AgentResult(_Record):
     """One agent of a ``rotate-agent`` run (``engine.ops.agents.outcome`` writes it)."""
 
     __slots__ = (
+        "duration_ms",
         "error",
         "failed_step",
+        "id",
         "install_token",
         "name",
         "new_fingerprint",
+        "new_token",
         "ok",
         "old_fingerprint",
+        "old_token",
         "old_token_valid",
         "outcome",
+        "resumed_from",
         "server",
         "state",
     )  # fmt: skip
 
     def __init__(self, raw: dict[str, Any]) -> None:
-        self.name = str(raw.get("name", ""))
+        #: an older engine named an agent ``agent`` or only by its ``id``
+        self.name = str(raw.get("name") or raw.get("agent") or raw.get("id") or "")
+        self.id = _number(raw.get("id"))
         self.ok = raw.get("ok") is True
         #: "rotated" | "unverified" | "failed" | "ready" (dry run)
         self.outcome = str(raw.get("outcome") or ("rotated" if self.ok else "failed"))
@@ -81,16 +106,79 @@ class AgentResult(_Record):
         self.install_token = _str(raw.get("install_token"))
         self.old_token_valid: bool | None = raw.get("old_token_valid")
         self.server = _str(raw.get("server"))
+        #: what was proven of each token: "proven by re-registration" | "issued, not proven" |
+        #: "none"; "refused" | "could not verify" | "still valid" | "not checked" (None: not said)
+        self.new_token = _str(raw.get("new_token"))
+        self.old_token = _str(raw.get("old_token"))
+        self.resumed_from = _str(raw.get("resumed_from"))
+        self.duration_ms = _number(raw.get("duration_ms"))
 
     @property
     def unverified(self) -> bool:
         return self.outcome == "unverified"
 
 
-class PartResult(_Record):
-    """One part of a ``rotate-incident`` run, or of its plan."""
+class RouteResult(_Record):
+    """One route the DB password was proven on: which account, and how the old password fared."""
 
-    __slots__ = ("detail", "error", "new_fingerprint", "old_fingerprint", "part", "state", "title")
+    __slots__ = ("account", "new", "old", "route")
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.account = _str(raw.get("account"))
+        self.route = str(raw.get("route"))
+        #: "refused" once the old password is proven dead on this route
+        self.old = _str(raw.get("old"))
+        self.new = _str(raw.get("new"))
+
+
+class ManualItem(_Record):
+    """A secret this tool can't rotate, and what a person must do (``rotate-incident``)."""
+
+    __slots__ = ("action", "message", "name")
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self.name = str(raw.get("name"))
+        self.action = str(raw.get("action"))
+        #: the text to send the secret's issuer (``PANEL_LICENSE_KEY``: MyOsicam support)
+        self.message = _str(raw.get("message"))
+
+    @classmethod
+    def read(cls, item: ManualItem | Mapping[str, Any]) -> ManualItem:
+        """``item`` typed (a plan's list is still the mappings the engine sent)."""
+        return item if isinstance(item, ManualItem) else cls(item)
+
+
+class PartResult(_Record):
+    """One part of a ``rotate-incident`` run, or of its plan.
+
+    A run's part says when it ran and what its rotation reported (fingerprints; the DB
+    password's login, accounts and routes; the key's counts; the agents'); a plan's part
+    has no ``state`` and says what would be rotated.
+    """
+
+    __slots__ = (
+        "accounts",
+        "agents",
+        "available",
+        "code",
+        "columns",
+        "configured",
+        "db_user",
+        "detail",
+        "duration_ms",
+        "error",
+        "finished_at",
+        "new_fingerprint",
+        "old_fingerprint",
+        "part",
+        "password_in_env",
+        "rotated",
+        "routes",
+        "started_at",
+        "state",
+        "title",
+        "total",
+    )  # fmt: skip
 
     def __init__(self, raw: dict[str, Any]) -> None:
         self.part = str(raw.get("part", ""))
@@ -100,22 +188,45 @@ class PartResult(_Record):
         self.state = _str(raw.get("state"))
         self.detail = _str(raw.get("detail"))
         self.error = _str(raw.get("error"))
+        self.code = _str(raw.get("code"))
         self.old_fingerprint = _str(raw.get("old_fingerprint"))
         self.new_fingerprint = _str(raw.get("new_fingerprint"))
+        #: when the part ran, epoch ms (None: it did not start)
+        self.started_at = _number(raw.get("started_at"))
+        self.finished_at = _number(raw.get("finished_at"))
+        self.duration_ms = _number(raw.get("duration_ms"))
+        # the DB password: its login, every account it opened, the routes it was proven on
+        self.db_user = _str(raw.get("db_user"))
+        self.accounts = _strs(raw.get("accounts"))
+        self.routes = tuple(RouteResult(r) for r in _dicts(raw.get("routes")))
+        #: a plan's: the password is in ``.env`` (True), set in the profile (False), not said (None)
+        self.password_in_env: bool | None = bool(raw["env_key"]) if "env_key" in raw else None
+        #: a plan's: this engine can rotate the DB password; the profile has an ``[agents]`` section
+        self.available = raw.get("available", True) is not False
+        self.configured = raw.get("configured", True) is not False
+        # the key: stored values by column; the agents: how many of how many were rotated
+        self.total = _number(raw.get("total"))
+        self.columns = {str(k): v for k, v in raw["columns"].items()} if isinstance(raw.get("columns"), dict) else {}
+        self.rotated = _number(raw.get("rotated"))
+        self.agents = tuple(AgentResult(a) for a in _dicts(raw.get("agents")))
 
 
 class Outcome(_Record):
     """How one operation ended. Build it with ``Outcome.of(closing_event)``."""
 
     __slots__ = (
+        "accounts",
         "agents",
         "code",
+        "db_host",
+        "db_user",
         "details",
         "done",
         "dry_run",
         "duration_ms",
         "exit_status",
         "left",
+        "manual",
         "message",
         "new_fingerprint",
         "nothing_changed",
@@ -128,8 +239,10 @@ class Outcome(_Record):
         "retryable",
         "rolled_back",
         "rotation_id",
+        "routes",
         "state",
         "total",
+        "unfinished",
     )  # fmt: skip
 
     op: str
@@ -157,6 +270,14 @@ class Outcome(_Record):
     duration_ms: int
     agents: tuple[AgentResult, ...]
     parts: tuple[PartResult, ...]
+    #: an incident's parts that did not finish (``left``), and what a person must rotate elsewhere
+    unfinished: tuple[PartResult, ...]
+    manual: tuple[ManualItem, ...]
+    #: the DB password's login, the accounts it opens, the routes the old one was refused on
+    db_user: str | None
+    db_host: str | None
+    accounts: tuple[str, ...]
+    routes: tuple[RouteResult, ...]
     #: the error's extra facts (``locations``, ``differences``, ``plan``), for renderers
     details: dict[str, Any]
 
@@ -203,14 +324,14 @@ def _of_error(event: dict[str, Any], op: str) -> Outcome:
         state=None, rolled_back=rolled_back, retryable=bool(event.get("retryable", row.retryable)),
         nothing_changed=row.nothing_changed, exit_status=status, done=done, proven=proven, left=left,
         rotation_id=_str(event.get("id")), panel=None, old_fingerprint=None, new_fingerprint=None,
-        total=0, duration_ms=0, agents=(), parts=(),
+        total=0, duration_ms=0, agents=(), parts=(), unfinished=(), manual=(), **_login(event), routes=(),
         details={k: v for k, v in event.items() if k not in reserved},
     )  # fmt: skip
 
 
 def _of_result(event: dict[str, Any], op: str) -> Outcome:
-    agents = tuple(AgentResult(a) for a in event.get("agents") or () if isinstance(a, dict))
-    parts = tuple(PartResult(p) for p in event.get("parts") or () if isinstance(p, dict))
+    agents = tuple(AgentResult(a) for a in _dicts(event.get("agents")))
+    parts = tuple(PartResult(p) for p in _dicts(event.get("parts")))
     ok = event.get("ok", True) is not False
     code = _str(event.get("code")) if not ok else None
     dry_run = event.get("dry_run") is True
@@ -223,8 +344,16 @@ def _of_result(event: dict[str, Any], op: str) -> Outcome:
         rotation_id=_str(event.get("rotation_id")), panel=_str(event.get("panel")),
         old_fingerprint=_str(event.get("old_fingerprint")), new_fingerprint=_str(event.get("new_fingerprint")),
         total=_int(event.get("total")), duration_ms=_int(event.get("duration_ms")), agents=agents,
-        parts=parts, details={},
+        parts=parts, unfinished=tuple(PartResult(p) for p in _dicts(event.get("left"))),
+        manual=tuple(ManualItem(i) for i in _dicts(event.get("manual"))), **_login(event),
+        routes=tuple(RouteResult(r) for r in _dicts(event.get("routes"))), details={},
     )  # fmt: skip
+
+
+def _login(event: dict[str, Any]) -> dict[str, Any]:
+    """The DB password's login and accounts (a result's, or an error's details)."""
+    return {"db_user": _str(event.get("db_user")), "db_host": _str(event.get("db_host")),
+            "accounts": _strs(event.get("accounts"))}  # fmt: skip
 
 
 def _result_exit_status(op: str, event: dict[str, Any], ok: bool, code: str | None) -> int:

@@ -14,6 +14,7 @@ from slack_bolt import App
 
 from handlers import blocks
 from handlers import messages as m
+from handlers.ending import Ending
 from handlers.ops import Listener, Operation, one_panel, run_summary
 from handlers.parsing import AGENT, MAX_AGENTS, Parsed, Refusal, reason_of, take_panel
 from handlers.plan_view import PlanView
@@ -91,7 +92,7 @@ def plan_lines(plan: PlanView) -> str:
 
 def stopped(request: RotationRequest) -> tuple[str, str]:
     """The card's words when some agents were not rotated, or not proven."""
-    if request.outcome.get("code") == "agent_unverified":
+    if Ending.of(request.outcome).code == "agent_unverified":
         return ":grey_question:", "finished, not verified"
     return ":warning:", "finished with failures"
 

@@ -85,7 +85,7 @@ def summary_text(request: RotationRequest) -> str:
     approvers = [a.approver_label for a in request.approvals if a.person]
     user = m.esc(m.fit(str(ending.db_user or request.plan.db_user or "?"), 80))
     if request.state == State.DONE:
-        routes = [str(r.get("route")) for r in ending.routes if r.get("old") == "refused"]
+        routes = [r.route for r in ending.routes if r.old == "refused"]
         everywhere = f" on {m.esc(m.fit(', '.join(routes), 300))}" if routes else ""
         head = (
             f":white_check_mark: Database password rotated on panel {m.esc(request.panel)} · user `{user}` · "

@@ -18,6 +18,7 @@ from typing import Any
 
 from slack_bolt import App
 
+from engine.protocol.outcome import ManualItem, Outcome, PartResult
 from handlers import blocks
 from handlers import messages as m
 from handlers.ending import Ending
@@ -72,34 +73,38 @@ def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": m.fit(text, SECTION_LIMIT)}}
 
 
-def _part(parts: Iterable[dict[str, Any]], name: str) -> dict[str, Any]:
-    return next((p for p in parts if p.get("part") == name), {})
+def _part(parts: Iterable[Mapping[str, Any]], name: str) -> PartResult | None:
+    """The plan's part ``name``, typed (None: the plan has no such part)."""
+    return next((p for p in (PartResult(dict(raw)) for raw in parts) if p.part == name), None)
 
 
-def manual_lines(manual: Iterable[Mapping[str, Any]]) -> list[str]:
+Manual = Iterable[ManualItem | Mapping[str, Any]]
+
+
+def manual_lines(manual: Manual) -> list[str]:
     """``PANEL_LICENSE_KEY``: what to do; the other secret-looking keys: their issuer."""
-    items = list(manual)
-    lines = [f"• `{m.esc(i.get('name'))}`: {m.esc(i.get('action'))}" for i in items[:MAX_MANUAL]]
+    items = [ManualItem.read(i) for i in manual]
+    lines = [f"• `{m.esc(i.name)}`: {m.esc(i.action)}" for i in items[:MAX_MANUAL]]
     if len(items) > MAX_MANUAL:
         lines.append(f"• … and {len(items) - MAX_MANUAL} more keys: rotate at their issuers")
     return lines
 
 
-def support_message(manual: Iterable[Mapping[str, Any]]) -> str:
-    licence = next((i for i in manual if i.get("message")), None)
-    return str(licence["message"]) if licence else ""
+def support_message(manual: Manual) -> str:
+    licence = next((i for i in map(ManualItem.read, manual) if i.message), None)
+    return str(licence.message) if licence else ""
 
 
 def plan_lines(plan: PlanView) -> str:
     """The card's plan: what will be rotated, in order, and what must be rotated elsewhere."""
     parts = plan.parts
-    db = _part(parts, "db_password")
+    db = _part(parts, "db_password") or PartResult({})
     lines = [f"*Plan* `{plan.short_hash}` · in this order, each verified before the next:"]
-    user = m.esc(m.fit(str(db.get("db_user") or "?"), 80))
-    if db.get("available", True) and "env_key" in db and not db.get("env_key"):
+    user = m.esc(m.fit(db.db_user or "?", 80))
+    if db.available and db.password_in_env is False:
         lines.append(f"1. the database password of user `{user}`: set in the profile, not `.env`; skipped")
-    elif db.get("available", True):
-        lines.append(f"1. the database password of user `{user}` (from `.env`){accounts_tail(db.get('accounts'))}")
+    elif db.available:
+        lines.append(f"1. the database password of user `{user}` (from `.env`){accounts_tail(db.accounts)}")
     else:
         lines.append(f"1. the database password of user `{user}`: this engine can't yet, skipped")
     lines.append(
@@ -109,7 +114,7 @@ def plan_lines(plan: PlanView) -> str:
     if plan.columns:
         lines.append(f"      {m.column_counts(plan.columns)}")
     agents = _part(parts, "agents")
-    if agents and not agents.get("configured", True):
+    if agents and not agents.configured:
         lines.append("3. agent tokens: no `[agents]` section in the profile, skipped")
     else:
         names = m.some_names(plan.agents, MAX_AGENT_NAMES) if plan.agents else "none on this panel"
@@ -122,9 +127,9 @@ def plan_lines(plan: PlanView) -> str:
     return "\n".join(lines)
 
 
-def accounts_tail(accounts: object) -> str:
+def accounts_tail(accounts: Sequence[str]) -> str:
     """`` · accounts `u@localhost`, `u@127.0.0.1` ``: every twin the DB password opened."""
-    if not isinstance(accounts, list | tuple) or not accounts:
+    if not accounts:
         return ""
     names = ", ".join(f"`{m.esc(m.fit(str(a), 100))}`" for a in accounts[:MAX_ACCOUNTS])
     more = f" and {len(accounts) - MAX_ACCOUNTS} more" if len(accounts) > MAX_ACCOUNTS else ""
@@ -138,7 +143,7 @@ class Checklist:
         self.states: dict[str, str] = dict.fromkeys(PARTS, "waiting")
         self.details: dict[str, str] = {}
         db = _part(plan.parts, "db_password")
-        self.db_user = str(db.get("db_user") or "")
+        self.db_user = db.db_user or "" if db else ""
 
     def update(self, event: dict[str, Any]) -> bool:
         """Take one engine event; True when it changed the checklist."""
@@ -176,18 +181,18 @@ def timeline_lines(outcome: Ending | Mapping[str, Any]) -> list[str]:
     """One line per part: icon, title, start → end (UTC), fingerprints or what went wrong."""
     lines = []
     for part in Ending.read(outcome).parts:
-        state = str(part.get("state") or "not_started")
-        title = TITLES.get(str(part.get("part")), str(part.get("part")))
+        state = part.state or "not_started"
+        title = TITLES.get(part.part, part.part)
         line = f"{ICONS.get(state, '•')} {title}: {WORDS.get(state, m.esc(state))}"
-        if part.get("started_at"):
-            line += f" · {_hms(part.get('started_at'))} → {_hms(part.get('finished_at'))} UTC"
-        if part.get("new_fingerprint") and state == "done":
-            line += f" · {m.short_fp(part.get('old_fingerprint'))} → {m.short_fp(part['new_fingerprint'])}"
-        if part.get("db_user"):
-            line += f" · user `{m.esc(m.fit(str(part['db_user']), 80))}`" + accounts_tail(part.get("accounts"))
-        if part.get("part") == "agents" and state == "done":
-            line += f" · {part.get('rotated', 0)} of {part.get('total', 0)} rotated"
-        why = part.get("error") or (part.get("detail") if state == "skipped" else "")
+        if part.started_at:
+            line += f" · {_hms(part.started_at)} → {_hms(part.finished_at)} UTC"
+        if part.new_fingerprint and state == "done":
+            line += f" · {m.short_fp(part.old_fingerprint)} → {m.short_fp(part.new_fingerprint)}"
+        if part.db_user:
+            line += f" · user `{m.esc(m.fit(part.db_user, 80))}`" + accounts_tail(part.accounts)
+        if part.part == "agents" and state == "done":
+            line += f" · {part.rotated or 0} of {part.total or 0} rotated"
+        why = part.error or (part.detail if state == "skipped" else "")
         if why:
             line += f" · {m.esc(m.fit(str(why), 300))}"
         lines.append(line)
@@ -199,8 +204,8 @@ def left_lines(outcome: Ending | Mapping[str, Any], panel: str) -> list[str]:
     ending = Ending.read(outcome)
     lines = []
     for part in ending.left:
-        title = TITLES.get(str(part.get("part")), str(part.get("part")))
-        if part.get("state") == "needs_recover":
+        title = TITLES.get(part.part, part.part)
+        if part.state == "needs_recover":
             lines.append(f"• {title}: run recover on {m.esc(panel)}, then request again")
         else:
             lines.append(f"• {title}: not rotated; fix the cause above, then `/rotate-incident` again")
@@ -292,9 +297,13 @@ def stopped(request: RotationRequest) -> tuple[str, str]:
 
 def key_fingerprints(closing: dict[str, Any]) -> dict[str, str]:
     """The key part's old and new fingerprints."""
-    parts = [p for p in closing.get("parts") or () if isinstance(p, dict) and p.get("part") == "key"]
-    source = parts[0] if parts else {}
-    return {k: str(source[k]) for k in ("old_fingerprint", "new_fingerprint") if source.get(k)}
+    try:
+        key = next((p for p in Outcome.of(closing, OP).parts if p.part == "key"), None)
+    except ValueError:  # not a closing event: no part to read
+        key = None
+    if key is None:
+        return {}
+    return {k: v for k, v in (("old_fingerprint", key.old_fingerprint), ("new_fingerprint", key.new_fingerprint)) if v}
 
 
 def attach(app: App, listener: Listener) -> None:

@@ -115,7 +115,8 @@ def print_plan(out: IO[str], data: dict[str, Any]) -> None:
 def print_summary(out: IO[str], data: dict[str, Any]) -> None:
     from engine.protocol.outcome import Outcome
 
-    for agent in Outcome.of(protocol.result_event("rotate-agent", **data)).agents:
+    read = Outcome.of(protocol.result_event("rotate-agent", **data))
+    for agent in read.agents:
         mark = "✔" if agent.ok else ("?" if agent.unverified else "✖")
         detail = agent.outcome
         if agent.ok and agent.new_fingerprint:
@@ -125,4 +126,4 @@ def print_summary(out: IO[str], data: dict[str, Any]) -> None:
             if agent.old_token_valid:
                 detail += " (its old token still works)"
         out.write(f"{mark} {agent.name}: {detail}\n")
-    out.write(f"{data.get('message', '')}\n")
+    out.write(f"{read.message}\n")

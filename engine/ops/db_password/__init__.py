@@ -77,11 +77,16 @@ def print_plan(out: IO[str], data: dict[str, Any]) -> None:
 
 
 def print_summary(out: IO[str], data: dict[str, Any]) -> None:
-    if data.get("dry_run"):
-        out.write(f"Dry run: {data['db_user']}@{data['db_host']} can get a new password. Nothing was changed.\n")
+    from engine import protocol
+    from engine.protocol.outcome import Outcome
+
+    done = Outcome.of(protocol.result_event("rotate-db-password", **data))
+    login = f"{done.db_user}@{done.db_host}"
+    if done.dry_run:
+        out.write(f"Dry run: {login} can get a new password. Nothing was changed.\n")
         return
     out.write(
-        f"Done · {data['db_user']}@{data['db_host']} password {data['old_fingerprint']}… → "
-        f"{data['new_fingerprint']}… · accounts {', '.join(data.get('accounts') or ['?'])}, old password "
-        f"refused on every route · {data['duration_ms'] / 1000:.1f} s · rotation {data['rotation_id']}\n"
+        f"Done · {login} password {done.old_fingerprint}… → "
+        f"{done.new_fingerprint}… · accounts {', '.join(done.accounts or ('?',))}, old password "
+        f"refused on every route · {done.duration_ms / 1000:.1f} s · rotation {done.rotation_id}\n"
     )

@@ -44,31 +44,35 @@ _MARKS = {"done": "✔", "skipped": "–", "not_started": "·", "rolled_back": "
 
 def print_plan(out: IO[str], data: dict[str, Any]) -> None:
     """The incident plan or result: each part, then what a person must rotate elsewhere."""
-    out.write(f"Panel {data.get('panel', '')}: incident rotation\n")
-    for part in data.get("parts") or []:
-        state = part.get("state")
-        head = f"{_MARKS.get(state, '•')} {part.get('title')}" + (f": {state.replace('_', ' ')}" if state else "")
-        if part.get("part") == "db_password" and "db_user" in part:
-            head += f" (database user {part['db_user']})"
-        if part.get("part") == "key" and "total" in part and "state" not in part:
-            head += f": {plural(part['total'], 'stored value')} in {plural(len(part.get('columns') or {}), 'column')}"
-        if part.get("part") == "agents" and "state" not in part:
-            head += f": {plural(part.get('total', 0), 'agent')}"
-        if part.get("new_fingerprint"):
-            head += f" · {part.get('old_fingerprint')}… → {part['new_fingerprint']}…"
-        if part.get("detail") or part.get("error"):
-            head += f" · {part.get('error') or part.get('detail')}"
+    from engine import protocol
+    from engine.protocol.outcome import Outcome
+
+    read = Outcome.of(protocol.result_event("rotate-incident", **data))
+    out.write(f"Panel {read.panel or ''}: incident rotation\n")
+    for part in read.parts:
+        state = part.state
+        head = f"{_MARKS.get(state or '', '•')} {part.title}" + (f": {state.replace('_', ' ')}" if state else "")
+        if part.part == "db_password" and part.db_user is not None:
+            head += f" (database user {part.db_user})"
+        if part.part == "key" and part.total is not None and state is None:
+            head += f": {plural(part.total, 'stored value')} in {plural(len(part.columns), 'column')}"
+        if part.part == "agents" and state is None:
+            head += f": {plural(part.total or 0, 'agent')}"
+        if part.new_fingerprint:
+            head += f" · {part.old_fingerprint}… → {part.new_fingerprint}…"
+        if part.detail or part.error:
+            head += f" · {part.error or part.detail}"
         out.write(head + "\n")
-        if "state" not in part:
-            for label, count in (part.get("columns") or {}).items():
+        if state is None:
+            for label, count in part.columns.items():
                 out.write(f"    {label}: {count:,}\n")
     out.write("Not rotated by this tool:\n")
-    for item in data.get("manual") or []:
-        out.write(f"  {item['name']}: {item['action']}\n")
-        if item.get("message"):
-            out.write(f"    message: {item['message']}\n")
-    if data.get("message"):
-        out.write(f"{data['message']}\n")
+    for item in read.manual:
+        out.write(f"  {item.name}: {item.action}\n")
+        if item.message:
+            out.write(f"    message: {item.message}\n")
+    if read.message:
+        out.write(f"{read.message}\n")
 
 
 print_summary = print_plan
