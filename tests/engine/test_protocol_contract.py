@@ -244,3 +244,69 @@ def test_the_cli_plans_for_the_operation_named_by_for(panel_factory) -> None:
     assert f"the database login {panel.db.user}@" in human.stdout
     refused = run_engine(profile, "plan", "--for", "rotate-agent", "--json")
     assert (refused.returncode, refused.closing["code"]) == (1, "bad_request")
+
+
+# -- Outcome of real closing events: the per-part and per-agent fields renderers read ---------
+
+
+def test_the_outcome_of_a_real_incident_run_types_each_part_and_the_manual_list(panel_factory) -> None:
+    """A rotate-incident run against a real panel (MariaDB, PHP): each part's times, login,
+    accounts, routes, counts and fingerprints are typed fields, as Slack and the report read them."""
+    from tests.engine.test_incident import serve
+
+    panel = panel_factory(rows=3, server=True)
+    profile = panel.profile_path
+    plan = serve(profile, id="r-oplan", op="plan", incident=True)[-1]
+    closing = serve(profile, id="r-oinc", op="rotate-incident", plan_hash=plan["plan_hash"],
+                    key_fingerprint=plan["key_fingerprint"], agents=[], requested_by="U0ALICE",
+                    approved_by=["U0BOB"], reason="INC-7 .env leaked",
+                    password_fingerprint=plan["password_fingerprint"])[-1]  # fmt: skip
+
+    outcome = Outcome.of(closing)
+    assert (outcome.op, outcome.ok, outcome.exit_status, outcome.unfinished) == ("rotate-incident", True, 0, ())
+    db, key, agents = outcome.parts
+    assert (db.part, db.state, db.db_user) == ("db_password", "done", panel.db.user)
+    assert db.accounts and all(a.startswith(f"{panel.db.user}@") for a in db.accounts)
+    assert "refused" in {r.old for r in db.routes} <= {"refused", "unreachable"}  # ::1 may not listen
+    assert all(r.route and r.account in db.accounts for r in db.routes if r.old == "refused")
+    assert isinstance(db.started_at, int) and isinstance(db.finished_at, int)
+    assert db.started_at <= db.finished_at <= (key.started_at or 0) <= (key.finished_at or 0)
+    assert db.old_fingerprint and db.new_fingerprint and db.old_fingerprint != db.new_fingerprint
+    assert (key.state, key.old_fingerprint) == ("done", plan["key_fingerprint"])
+    assert key.new_fingerprint == protocol.fingerprint(panel.env_key())
+    assert key.total and key.total == sum(key.columns.values()) == closing["parts"][1]["total"]
+    assert (agents.state, agents.started_at, agents.detail) == ("skipped", None, "no [agents] section in the profile")
+    names = [item.name for item in outcome.manual]
+    assert names[0] == "PANEL_LICENSE_KEY" and outcome.manual[0].message and outcome.manual[0].action
+    assert outcome.done[0].startswith("database password: ")
+
+
+def test_the_outcome_of_a_real_db_password_run_types_the_login_accounts_and_routes(panel_factory) -> None:
+    """A rotate-db-password run against real MariaDB: the login, each account the password
+    opens and each route the old password was refused on are typed fields of its Outcome."""
+    from tests.engine.runner import run_engine
+
+    panel = panel_factory(rows=2, server=True)
+    run = run_engine(panel.profile_path, "rotate-db-password", "--yes", "--json")
+    assert run.returncode == 0, run.stderr
+
+    outcome = Outcome.of(run.closing)
+    assert (outcome.op, outcome.ok, outcome.state, outcome.exit_status) == ("rotate-db-password", True, "DONE", 0)
+    assert (outcome.db_user, outcome.db_host) == (panel.db.user, run.closing["db_host"])
+    assert outcome.accounts and all(a.startswith(f"{panel.db.user}@") for a in outcome.accounts)
+    refused = [r for r in outcome.routes if r.old == "refused"]
+    assert refused and all(r.account in outcome.accounts and r.new == "works" for r in refused)
+    assert {r.old for r in outcome.routes} <= {"refused", "unreachable"}  # ::1 may not listen
+    assert outcome.old_fingerprint and outcome.new_fingerprint and outcome.old_fingerprint != outcome.new_fingerprint
+    assert outcome.duration_ms > 0 and outcome.proven == ("the panel's database login works with the new password",)
+    assert (outcome.parts, outcome.unfinished, outcome.manual) == ((), (), ())
+
+
+def test_typed_parts_and_agents_read_what_an_older_engine_left_out_as_none() -> None:
+    """A part or an agent without the newer fields: None or empty, never a made-up value."""
+    part = Outcome.of(protocol.result_event("rotate-incident", parts=[{"part": "key", "state": "done"}])).parts[0]
+    assert (part.started_at, part.db_user, part.accounts, part.routes, part.rotated, part.total) == (
+        None, None, (), (), None, None)  # fmt: skip
+    assert (part.password_in_env, part.available, part.configured, part.columns) == (None, True, True, {})
+    agent = Outcome.of(protocol.result_event("rotate-agent", agents=[{"id": 7, "ok": True}])).agents[0]
+    assert (agent.name, agent.id, agent.new_token, agent.old_token, agent.outcome) == ("7", 7, None, None, "rotated")
