@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.protocol.outcome import ManualItem, Outcome, PartResult, RouteResult
+from engine.protocol.outcome import AgentResult, ManualItem, Outcome, PartResult, RouteResult
 
 Item = Mapping[str, Any]
-__all__ = ["Ending", "ManualItem", "PartResult", "RouteResult", "kept_outcome"]
+__all__ = ["AgentResult", "Ending", "ManualItem", "PartResult", "RouteResult", "kept_outcome"]
 
 
 def _items(value: object) -> tuple[Item, ...]:

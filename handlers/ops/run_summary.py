@@ -12,7 +12,7 @@ from typing import Any
 
 from handlers import blocks
 from handlers import messages as m
-from handlers.ending import Ending
+from handlers.ending import AgentResult, Ending
 from handlers.rotation_request import RotationRequest, State
 
 
@@ -239,20 +239,16 @@ def agent_outcomes(agents: Sequence[Any]) -> str:
         if not isinstance(item, dict):
             out.append(m.esc(item))
             continue
-        name = item.get("name") or item.get("agent") or item.get("id")
-        ok = bool(item.get("ok"))
-        word = str(item.get("outcome") or ("rotated" if ok else "failed"))
-        text = f"{m.esc(name)} {m.esc(word)}"
-        if not ok and (item.get("failed_step") or item.get("error")):
-            step, error = item.get("failed_step") or "?", item.get("error") or "error"
-            text += f" at {m.esc(step)}: {m.esc(error)}"
-        valid = item.get("old_token_valid")
-        new, old = item.get("new_token"), item.get("old_token")
+        agent = AgentResult(item)
+        text = f"{m.esc(agent.name)} {m.esc(agent.outcome)}"
+        if not agent.ok and (agent.failed_step or agent.error):
+            text += f" at {m.esc(agent.failed_step or '?')}: {m.esc(agent.error or 'error')}"
+        new, old = agent.new_token, agent.old_token
         if new and new != "none":  # the engine says what it proved of each token
             text += f" (new token {m.esc(new)}" + (f", old token {m.esc(old)})" if old != "not checked" else ")")
-        elif valid is False:
+        elif agent.old_token_valid is False:
             text += " (old token refused)"
-        elif valid is True:
+        elif agent.old_token_valid is True:
             text += " (old token still valid)"
         out.append(text)
     return "; ".join(out)
