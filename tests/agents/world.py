@@ -473,7 +473,7 @@ class AgentWorld:
             "known_hosts": str(self.known_hosts),
             "reregister_timeout_s": 30,
             "bootstrap_timeout_s": 30,
-            "ssh_timeout_s": 5,
+            "ssh_timeout_s": 10,  # the product's default: 5 s was tight for a handshake on a loaded CI host
             **agents,
         }
         return self.panel.write_profile(agents=settings)
