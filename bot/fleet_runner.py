@@ -75,6 +75,10 @@ class StoreOffboarding:
     def is_offboarded(self, user_id: str) -> bool:
         return self.store.is_offboarded(user_id)
 
+    def refused(self, person: Person, act: str) -> None:
+        data = {"user": person.user_id, "act": act, "why": "offboarded"}
+        AuditLog(self.store).append("person.refused", "", person.key, data)
+
 
 class _Stopping(Exception):
     """The bot is stopping: the panel stays ``running`` for the next start to re-attach."""

@@ -24,7 +24,8 @@ from bot.fakes.slack_limits import SLACK_LIMITS
 from bot.fakes.socket_mode import FakeSocketMode
 from bot.store import open_store
 from engine import protocol
-from handlers.blocks import APPROVE_ACTION
+from handlers import home
+from handlers.blocks import APPROVE_ACTION, DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,
@@ -233,6 +234,80 @@ def test_offboarding_voids_the_departing_persons_requests_and_approvals(make_bot
     answer = answers_to(fleet.bot.fake, ERIN, count=2)[-1].text
     assert "You were offboarded" in answer
     assert fleet.bot.state(request_id) == "pending"
+
+
+def test_an_offboarded_person_is_refused_on_every_surface_even_after_a_denial(make_bot: MakeBot) -> None:
+    """From the moment Erin's offboarding is filed she can neither file nor decide: every slash
+    command (one panel, ``--panels``, ``--all-panels``, ``/rotate-offboard``), the Home tab's
+    request button and a signed submission of its form, Approve and Deny (click and form) are
+    refused with a clear answer, each refusal audited, nothing filed or counted. Denying the
+    offboarding request does not restore her (docs/operations.md)."""
+    fleet = make_fleet(make_bot, 2, approvals_required=1, approvers=("S0ONCALL",))
+    fleet.bot.fake.groups["S0ONCALL"] = [BOB, CAROL, ALICE, ERIN]
+    fleet.bot.fake.groups["S0SECOPS"] = [ALICE, BOB, CAROL, ERIN]
+    fleet.bot.fake.users = (fleet.bot.fake.users or set()) | {ERIN}
+    other, other_ts = fleet.bot.request_key("panel-000 routine", user=ALICE)
+    offboard_id, offboard_ts = fleet.request("/rotate-offboard", f"<@{ERIN}|erin> left the ops team, HR-2211")
+    assert fleet.bot.state(other) == "pending"  # neither hers nor approved by her
+
+    def refused_to_erin(before: int) -> str:
+        answers = answers_to(fleet.bot.fake, ERIN, count=before + 1)
+        return answers[-1].text
+
+    told = 0
+    for command, text in [
+        ("/rotate-key", "panel-001 I still have access"),
+        ("/rotate-key", "--panels panel-000,panel-001 tidy up"),
+        ("/rotate-key", "--all-panels tidy up"),
+        ("/rotate-offboard", f"<@{BOB}|bob> revenge"),
+        ("/rotate-db-password", "panel-001 tidy up"),
+    ]:
+        sent = fleet.bot.command(command, text, ERIN)
+        assert sent.status == 200 and not sent.answer, (command, sent.answer)
+        answer = refused_to_erin(told)
+        told += 1
+        assert "You were offboarded: you can no longer request rotations" in answer, (command, answer)
+    assert fleet.bot.store.pending_of(ERIN, limit=5) == []
+
+    assert fleet.bot.slack.click_in_home(home.REQUEST_ROTATION_ACTION, "", ERIN).status == 200
+    opened = fleet.bot.fake.wait_for("views.open")[-1].params["view"]
+    opened = json.loads(opened) if isinstance(opened, str) else opened
+    assert opened["callback_id"] == home.REQUEST_REFUSED_MODAL and "submit" not in opened
+    assert "You were offboarded" in json.dumps(opened)
+    select = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
+    submitted = fleet.bot.slack.submit_view(
+        home.REQUEST_MODAL, "",
+        {home.PANEL_BLOCK: {home.PANEL_INPUT: select("panel-001")},
+         home.KIND_BLOCK: {home.KIND_INPUT: select("rotate-key")}, home.AGENTS_BLOCK: {home.AGENTS_INPUT: ""},
+         home.REASON_BLOCK: {home.REASON_INPUT: "forged form"}},
+        ERIN,
+    )  # fmt: skip
+    assert submitted.json().get("response_action") == "errors"
+    assert "You were offboarded" in submitted.json()["errors"][home.PANEL_BLOCK]
+
+    fleet.bot.approve(other, other_ts, ERIN)
+    assert "You were offboarded: your approvals no longer count" in refused_to_erin(told)
+    told += 1
+    fleet.bot.click(DENY_ACTION, offboard_id, offboard_ts, ERIN)
+    assert "You were offboarded: you can no longer deny requests" in refused_to_erin(told)
+    told += 1
+    fleet.bot.slack.submit_view(DENY_MODAL, offboard_id, {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "I stay"}}, ERIN)
+    assert "You were offboarded: you can no longer deny requests" in refused_to_erin(told)
+    told += 1
+    assert fleet.bot.state(offboard_id) == "pending" and fleet.bot.store.get(other).approvals == ()  # type: ignore[union-attr]
+    assert [c for c in fleet.bot.cards() if c.params.get("user") == ERIN] == []
+    refusals = [json.loads(e["data"])["act"] for e in fleet.bot.store.audit_entries() if e["kind"] == "person.refused"]
+    assert refusals.count("request") >= 7 and refusals.count("approve") == 1 and refusals.count("deny") >= 2
+
+    # the team chooses not to rotate: Erin still left, and stays refused
+    fleet.bot.click(DENY_ACTION, offboard_id, offboard_ts, BOB)
+    denial = {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "rotated by hand"}}
+    fleet.bot.slack.submit_view(DENY_MODAL, offboard_id, denial, BOB)
+    wait_until(lambda: fleet.bot.state(offboard_id) == "denied", what="the offboarding denied")
+    assert fleet.bot.store.is_offboarded(ERIN)
+    fleet.bot.command("/rotate-key", "panel-001 now that it was denied", ERIN)
+    assert "You were offboarded: you can no longer request rotations" in refused_to_erin(told)
+    assert fleet.bot.store.pending_of(ERIN, limit=5) == []
 
 
 def test_a_restart_mid_run_resumes_queued_and_reattaches_running_panels(make_bot: MakeBot) -> None:
