@@ -32,6 +32,7 @@ from tests.bot.conftest import (
     BOB,
     CAROL,
     CHANNEL,
+    OSCAR,
     BotUnderTest,
     MakeBot,
     answers_to,
@@ -39,7 +40,7 @@ from tests.bot.conftest import (
     is_card,
     wait_until,
 )
-from tests.bot.test_home import ages, open_home, texts
+from tests.bot.test_home import ages, buttons, open_home, texts
 from tests.bot.test_step_up import approve_with_code, enroll, step_up_bot
 from tests.support.fake_engine import (
     NEW_FP,
@@ -405,6 +406,28 @@ def test_the_home_tab_lists_panels_by_key_age_oldest_first(make_bot: MakeBot) ->
     bot = make_bot(panels=tuple(hosts), engine_clients={n: h.client() for n, h in hosts.items()})
     shown = texts(open_home(bot, ALICE))
     assert [t for t in shown if t.startswith("Panel ")] == ["Panel beta", "Panel gamma", "Panel delta", "Panel alpha"]
+
+
+def test_a_pending_fleet_request_shows_on_the_home_tab_under_each_of_its_panels(make_bot: MakeBot) -> None:
+    """A pending ``--tag prod`` fleet is on the Home tab under each panel it touches (with its
+    panel count and, for an approver, Approve/Deny), not under the panel it leaves out, and
+    not at all for someone the access rule does not let see pending requests."""
+    fleet = make_fleet(make_bot, 3, tags={"panel-000": ("prod",), "panel-002": ("prod",)})
+    request_id, _ = fleet.request("/rotate-key", "--tag prod quarterly review")
+    bob = open_home(fleet.bot, BOB)
+    shown = texts(bob)
+    panels = [t for t in shown if t.startswith("Panel ") or f"Pending `{request_id}`" in t]
+    line = f"Pending `{request_id}` rotate-fleet · 2 panels by <@{ALICE}>"
+    assert [p if p.startswith("Panel ") else "pending" for p in panels] == [
+        "Panel panel-000", "pending", "Panel panel-001", "Panel panel-002", "pending"]  # fmt: skip
+    assert all(line in p for p in panels if not p.startswith("Panel "))
+    assert [b for b in buttons(bob) if b == (APPROVE_ACTION, request_id)] == [(APPROVE_ACTION, request_id)] * 2
+    oscar = _all(open_home(fleet.bot, OSCAR))
+    assert request_id not in oscar and "quarterly review" not in oscar
+
+
+def _all(view: dict[str, object]) -> str:
+    return "\n".join(texts(view))
 
 
 def test_with_db_password_and_agents_runs_each_panels_incident_rotation(make_bot: MakeBot) -> None:
