@@ -8,6 +8,7 @@ own ``FakeEngineHost`` (the scripted engine, which checks requests as the engine
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import os
@@ -26,6 +27,7 @@ from bot.store import open_store
 from engine import protocol
 from handlers import home
 from handlers.blocks import APPROVE_ACTION, DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
+from handlers.rotation_request import RotationRequest
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,
@@ -341,6 +343,34 @@ def test_a_restart_mid_run_resumes_queued_and_reattaches_running_panels(make_bot
 
 
 @pytest.mark.slow
+def test_a_running_fleet_keeps_each_panels_plan_in_the_store_not_in_memory(make_bot: MakeBot) -> None:
+    """While a fleet runs, no copy of the request in the bot's memory holds every panel's
+    plan (that was ~4 KB per panel, bench/fleet.py): each panel's bound plan is in its
+    ``fleet_panels`` row, read when a worker takes the panel; the card keeps its plan hash."""
+    fleet = make_fleet(make_bot, 6, fleet_concurrency=2)
+    gates = [fleet.hosts[name].pause_before("restart") for name in ("panel-000", "panel-001")]
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
+    approved = fleet.bot.store.get(request_id)
+    assert approved is not None
+    planned = {mem["panel"]: mem["legs"] for mem in approved.plan.fleet["members"]}
+    plan_hash = approved.plan_hash
+    del approved
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.hosts["panel-000"].wait_reached("restart")
+    fleet.hosts["panel-001"].wait_reached("restart")
+    gc.collect()
+    held = [o for o in gc.get_objects() if isinstance(o, RotationRequest) and o.id == request_id]
+    assert held, "the runner holds its request"
+    assert [o for o in held if "members" in o.plan.fleet] == []
+    assert {o.plan_hash for o in held} == {plan_hash}
+    assert {name: fleet.bot.store.panel_plan(request_id, name) for name in planned} == planned
+    for gate in gates:
+        gate.set()
+    fleet.finished(request_id)
+    assert fleet.bot.state(request_id) == "done"
+    assert fleet.bot.fake.latest_card(CHANNEL, ts).all_text().count(plan_hash[:12]) >= 1
+
+
 def test_500_panels_stay_within_slacks_limits_and_429s_are_retried(make_bot: MakeBot) -> None:
     """500 panels under Slack's own rate limits: every message is one Slack accepts (the fake
     checks the block limits), the checklist is one message updated in place, coalesced, and
@@ -370,8 +400,8 @@ def test_fleet_rows_and_offboarded_people_on_both_backends(any_store_url: str) -
     """The fleet's per-panel rows survive a reopen (a restart) on SQLite and MariaDB; a
     panel's end is written with its audit record; an offboarded person is remembered."""
     store = open_store(any_store_url, audit_key=AUDIT_KEY)
-    store.add_fleet_panels("r-1", [("b", 1, 10), ("a", 0, 20)])
-    store.add_fleet_panels("r-1", [("a", 0, 20)])  # again after a restart: kept as it is
+    store.add_fleet_panels("r-1", [("b", 1, 10, [{"op": "rotate-key"}]), ("a", 0, 20, [])])
+    store.add_fleet_panels("r-1", [("a", 0, 20, [{"op": "x"}])])  # again after a restart: kept as it is
     first = store.fleet_panels("r-1")[0]
     assert store.claim_panel_run("r-1", "a") and not store.claim_panel_run("r-1", "a")  # one runner wins
     store.save_panel_run(replace(first, state="running", run_id="r-1.p0000.0", last_seq=7, started_at=1.5))
