@@ -371,6 +371,25 @@ def test_a_running_fleet_keeps_each_panels_plan_in_the_store_not_in_memory(make_
     assert fleet.bot.fake.latest_card(CHANNEL, ts).all_text().count(plan_hash[:12]) >= 1
 
 
+def test_rows_from_before_plans_were_kept_in_them_run_from_the_requests_plan(make_bot: MakeBot) -> None:
+    """A fleet resumed from rows an older bot wrote (no plan in them) runs each panel from the
+    approved request's plan; a panel whose plan is found nowhere is refused, nothing changed."""
+    fleet = make_fleet(make_bot, 4, fleet_concurrency=1)
+    gate = fleet.hosts["panel-000"].pause_before("restart")
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.hosts["panel-000"].wait_reached("restart")
+    with fleet.bot.store.transaction() as tx:  # as an older bot left them
+        tx.execute("UPDATE fleet_panels SET plan = NULL WHERE fleet_id = ? AND panel <> 'panel-003'", (request_id,))
+        tx.execute("UPDATE fleet_panels SET plan = '[]' WHERE fleet_id = ? AND panel = 'panel-003'", (request_id,))
+    gate.set()
+    fleet.finished(request_id)
+    outcome = {r.panel: (r.state, r.code) for r in fleet.bot.store.fleet_panels(request_id)}
+    assert outcome == {"panel-000": ("verified", ""), "panel-001": ("verified", ""), "panel-002": ("verified", ""),
+                       "panel-003": ("refused", "plan_missing")}  # fmt: skip
+    assert [r.op for r in fleet.hosts["panel-003"].requests if r.op != "plan"] == []
+
+
 def test_500_panels_stay_within_slacks_limits_and_429s_are_retried(make_bot: MakeBot) -> None:
     """500 panels under Slack's own rate limits: every message is one Slack accepts (the fake
     checks the block limits), the checklist is one message updated in place, coalesced, and
