@@ -98,6 +98,7 @@ def run_fleet(
         approvals=(Decision(person=BOB, at=now),),
     )  # fmt: skip
     store.create(request, actor=ALICE.key)
+    del plan, request  # the bot lets go of them once the request is filed (its filing thread ends)
     runner = FleetRunner(
         store=store,
         audit=AuditLog(store),

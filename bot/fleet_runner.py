@@ -75,6 +75,10 @@ class StoreOffboarding:
     def is_offboarded(self, user_id: str) -> bool:
         return self.store.is_offboarded(user_id)
 
+    def refused(self, person: Person, act: str) -> None:
+        data = {"user": person.user_id, "act": act, "why": "offboarded"}
+        AuditLog(self.store).append("person.refused", "", person.key, data)
+
 
 class _Stopping(Exception):
     """The bot is stopping: the panel stays ``running`` for the next start to re-attach."""
@@ -155,26 +159,31 @@ class FleetRunner:
         if request is None or request.state not in (State.APPROVED, State.RUNNING):
             return
         if request.state == State.APPROVED:
-            running = self.store.update(
+            started = self.store.update(
                 request.evolve(state=State.RUNNING, started_at=self.clock()),
                 expected_version=request.version,
                 event="started",
                 actor="bot",
             )
-            if running is None:
+            if started is None:
                 return
-            request = running
-        planned = fm.runnable(request.plan)
+            request, started = started, None  # one reference, let go below
         self.store.add_fleet_panels(
-            request.id, [(mem["panel"], n, int(mem.get("values") or 0)) for n, mem in enumerate(planned)]
+            request.id,
+            [
+                (mem["panel"], n, int(mem.get("values") or 0), mem.get("legs") or [])
+                for n, mem in enumerate(fm.runnable(request.plan))
+            ],
         )
+        # from here on, memory holds the card's lines, not every panel's plan: a worker reads
+        # its panel's plan from the store when it takes the panel
+        request = fv.running_copy(request)
         runs = {run.panel: run for run in self.store.fleet_panels(request.id)}
         reporter = _Reporter(self, request, runs)
         stop = threading.Event()
         try:
             todo = [run for run in runs.values() if not run.final]
             todo.sort(key=lambda r: (r.state != "running", r.position))  # re-attach first
-            members = {mem["panel"]: mem for mem in planned}
             queue = iter(todo)
             take = threading.Lock()
 
@@ -184,7 +193,7 @@ class FleetRunner:
                         run = next(queue, None)
                     if run is None:
                         return
-                    self._panel(request, members[run.panel], run, reporter, stop)
+                    self._panel(request, run, reporter, stop)
 
             with ThreadPoolExecutor(
                 max_workers=self.settings.concurrency, thread_name_prefix=f"panel-{request.id}"
@@ -203,7 +212,6 @@ class FleetRunner:
     def _panel(
         self,
         fleet: RotationRequest,
-        member: dict[str, Any],
         run: fm.PanelRun,
         reporter: _Reporter,
         stop: threading.Event,
@@ -221,7 +229,12 @@ class FleetRunner:
                 log.info("panel %s of fleet %s was started by another runner", run.panel, fleet.id)
                 return
             run = replace(run, state="running")
-        legs = fm.leg_plans(member)
+        legs = self._legs(fleet.id, run.panel)
+        if not legs:  # never run a panel whose approved plan is not found
+            missing = "its approved plan was not found: nothing was changed; request it again"
+            self._end(reporter, replace(run, state="refused", code="plan_missing", message=missing,
+                                        finished_at=self.clock()))  # fmt: skip
+            return
         try:
             while run.leg < len(legs):
                 run = self._leg(fleet, run, legs[run.leg], reporter)
@@ -241,6 +254,16 @@ class FleetRunner:
         self._end(reporter, run)
         if run.state != "verified" and self.settings.stop_on_failure:
             stop.set()
+
+    def _legs(self, fleet_id: str, panel: str) -> list[Any]:
+        """The panel's bound plan, from its row (a row written by an older bot has none: then
+        from the stored request, read for this panel and let go)."""
+        legs = self.store.panel_plan(fleet_id, panel)
+        if legs is None:
+            stored = self.store.get(fleet_id)
+            found = [mem for mem in fm.runnable(stored.plan) if mem["panel"] == panel] if stored else []
+            legs = list(found[0].get("legs") or []) if found else []
+        return fm.leg_plans(legs)
 
     def _leg(
         self, fleet: RotationRequest, run: fm.PanelRun, plan: Any, reporter: _Reporter, attempt: int = 0

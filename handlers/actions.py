@@ -89,7 +89,7 @@ def approve(
             return ClickOutcome(answer=m.self_approval(others))
         if not deps.policy.may_approve(person, deps.directory):
             return ClickOutcome(answer=m.not_an_approver(approvers))
-        if refusal := ops.approval_refusal(deps, person):
+        if refusal := ops.refusal(deps, person, "approve"):
             return ClickOutcome(answer=refusal)
         detail: dict[str, Any] = {}
         if needs_step_up(deps, request):
@@ -157,6 +157,8 @@ def may_deny(
         return m.use_cancel(request_id), None
     if not deps.policy.may_approve(person, deps.directory):
         return m.not_an_approver(deps.policy.approver_mentions, verb="deny"), None
+    if refusal := ops.refusal(deps, person, "deny"):
+        return refusal, None
     return None, request
 
 

@@ -221,7 +221,7 @@ def request_refusal(deps: HandlerDeps, person: Person, where: str | None) -> str
     """Why ``person`` may not request a rotation from ``where`` (None: they may)."""
     policy = deps.policy
     if policy.may_request(person, deps.directory, where):
-        return None
+        return ops.refusal(deps, person, "request")
     if not policy.in_scope(person, deps.directory, where):
         return m.outside_channels(policy.channels)
     return m.not_a_requester(policy.requester_mentions)

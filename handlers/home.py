@@ -222,14 +222,18 @@ def panel_blocks(
             lines.append("The panel's agents could not be listed: other agent tokens' ages are unknown")
         out += blocks._sections("\n".join(lines), most=2)
     for request in pending[:5]:
+        touches = ops.panels_of(request)
+        several = f" · {len(touches)} panels" if len(touches) > 1 else ""
         out.append(
             blocks._section(
-                f":hourglass: Pending `{m.esc(request.id)}` {m.esc(request.op)} "
+                f":hourglass: Pending `{m.esc(request.id)}` {m.esc(request.op)}{several} "
                 f"by {request.requester.mention} · \"{m.esc(request.reason)}\""
             )
         )
         if may_decide(request):
-            out.append({**blocks._buttons(request), "block_id": f"decide-{request.id}"})
+            # unique in the view: a fleet's buttons are under each of its panels
+            block_id = f"decide-{request.id}" + (f"-{status.panel}" if several else "")
+            out.append({**blocks._buttons(request), "block_id": block_id[:255]})
     finished = [r for r in status.runs if r.get("event") == "finished"][-MAX_RUNS_SHOWN:]
     if finished:
         out.append(blocks._context("*Last runs*\n" + "\n".join(_run_line(r) for r in finished[::-1])))
@@ -277,10 +281,12 @@ def home_view(
         )
     body.append(blocks._context(f"Updated {m.clock_time(now)}"))
     left_out = 0
+    # a request is shown under each panel it touches: a fleet's under every one of its panels
+    touched = [(r, frozenset(ops.panels_of(r))) for r in pending]
     for status in sorted(statuses, key=key_age_order):
         part = panel_blocks(
             status,
-            [r for r in pending if r.panel == status.panel],
+            [r for r, panels in touched if status.panel in panels],
             now=now,
             max_age_s=max_age_s(status.panel),
             may_decide=may_decide,

@@ -4,13 +4,16 @@ A fleet request (``handlers.ops.fleet``) is one ``rotation_requests`` row; its p
 runs are rows here, so that panels running in parallel never contend for the request's
 compare-and-swap, and a restarted bot knows which panels were not started (``queued``),
 which to re-attach (``running``, with the run id and the last event's ``seq``) and which
-are done. A panel's final state is written with its audit record in one transaction:
-one record per panel, tied to the fleet request (``fleet.panel``).
+are done. Each row also keeps the panel's bound plan (its legs), read when a worker takes
+the panel, so that a running fleet does not hold every panel's plan. A panel's final
+state is written with its audit record in one transaction: one record per panel, tied to
+the fleet request (``fleet.panel``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bot.store.audit_chain import append_in
@@ -44,16 +47,29 @@ def _run(row: tuple[Any, ...]) -> PanelRun:
 
 
 class FleetRows(Database):
-    def add_fleet_panels(self, fleet_id: str, panels: Iterable[tuple[str, int, int]]) -> None:
-        """``(panel, position, values)`` of a fleet, queued; panels already there are kept."""
+    def add_fleet_panels(
+        self, fleet_id: str, panels: Iterable[tuple[str, int, int, Sequence[dict[str, Any]]]]
+    ) -> None:
+        """``(panel, position, values, legs)`` of a fleet, queued, each with its bound plan
+        (``legs``: the compact plan of each engine run); panels already there are kept."""
         now = self.clock()
         with self.transaction() as tx:
-            for panel, position, values in panels:
+            for panel, position, values, legs in panels:
                 tx.execute(
-                    f"{self._backend.insert_ignore} INTO fleet_panels ({_COLUMNS}, updated_at) "
-                    "VALUES (?, ?, ?, 'queued', 0, '', 0, '', '', '', ?, '', '', NULL, NULL, ?)",
-                    (fleet_id, panel, position, values, now),
+                    f"{self._backend.insert_ignore} INTO fleet_panels ({_COLUMNS}, plan, updated_at) "
+                    "VALUES (?, ?, ?, 'queued', 0, '', 0, '', '', '', ?, '', '', NULL, NULL, ?, ?)",
+                    (fleet_id, panel, position, values, json.dumps(list(legs), separators=(",", ":")), now),
                 )
+
+    def panel_plan(self, fleet_id: str, panel: str) -> list[dict[str, Any]] | None:
+        """The bound plan (legs) kept with one panel's row; None: a row written before the
+        plans were kept there (the request's own plan has it)."""
+        with self.transaction() as tx:
+            row = tx.one("SELECT plan FROM fleet_panels WHERE fleet_id = ? AND panel = ?", (fleet_id, panel))
+        if row is None or not row[0]:
+            return None
+        legs = json.loads(str(row[0]))
+        return legs if isinstance(legs, list) else None
 
     def fleet_panels(self, fleet_id: str) -> list[PanelRun]:
         with self.transaction() as tx:

@@ -41,6 +41,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "TOTP enrollments: status, confirmation, DM and approver columns", (), (),
               add_columns=schema.ADDED_COLUMNS),
     Migration(3, "fleet runs (a row per panel) and offboarded people", schema.FLEETS_SQLITE, schema.FLEETS_MYSQL),
+    Migration(4, "a fleet panel's bound plan in its row", (), (), add_columns=schema.FLEET_PLAN_COLUMNS),
 )
 
 LOCK_NAME = "myosicam_rotator_store_migrations"

@@ -208,3 +208,8 @@ FLEETS_MYSQL = (
         at DOUBLE NOT NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
 )
+
+
+#: Migration 4: each fleet panel's bound plan (its legs, JSON) in its row, so that a running
+#: fleet keeps in memory only the panels being run (``bot.fleet_runner``), not every plan.
+FLEET_PLAN_COLUMNS = (("fleet_panels", "plan", "TEXT"),)

@@ -4,7 +4,7 @@ An ``Operation`` says which request ``op`` it owns, which slash commands it answ
 (and which it shares with an older operation, e.g. ``/rotate-key --panels``), how its
 card and summary read, which panels a request of it touches and what it adds to the
 help. The rest of the code asks the registry (``lookup``, ``route``, ``panels_of``,
-``approval_refusal``) instead of branching on an operation's name.
+``refusal``) instead of branching on an operation's name.
 
 Each operation has one module here: ``key``, ``agents``, ``incident``, ``db_password``
 and ``fleet``. An operation that uses the shared request flow (``handlers.commands``:
@@ -73,8 +73,9 @@ class Operation:
     register: Callable[[App, HandlerDeps], None] = _no_commands
     #: shared commands: command -> (does this text belong to me?, my listener factory)
     shares: Mapping[str, tuple[Callable[[str], bool], Callable[[HandlerDeps], Listener]]] = field(default_factory=dict)
-    #: a reason ``person`` may not approve now (e.g. they were offboarded), or None
-    approval_refusal: Callable[[HandlerDeps, Person], str | None] = lambda deps, person: None
+    #: a reason ``person`` may not ``act`` now (``ACTS``: request, approve, deny; e.g. they
+    #: were offboarded), or None; the operation audits a refusal it gives
+    refusal: Callable[[HandlerDeps, Person, str], str | None] = lambda deps, person, act: None
 
     # --- the shared request flow (``handlers.commands``, ``blocks``, ``bot.runner``) ------
     #: its command's parser: (text, panels) -> ``Parsed``, or the sentence that says what to
@@ -183,12 +184,19 @@ def one_panel(request: RotationRequest) -> tuple[str, ...]:
     return (request.panel,)
 
 
-def approval_refusal(deps: HandlerDeps, person: Person) -> str | None:
-    """Why ``person``'s approval may not count, if any operation says so."""
+#: what a person does that an operation may refuse: file a request (a command, the Home
+#: tab's button and modal), approve one (a click, the code form), deny one
+ACTS = ("request", "approve", "deny")
+
+
+def refusal(deps: HandlerDeps, person: Person, act: str) -> str | None:
+    """Why ``person`` may not ``act`` (one of ``ACTS``), if any operation says so: the one
+    rule every surface asks after ``AccessPolicy`` (``handlers.commands.request_refusal``,
+    ``handlers.actions``)."""
     for operation in operations().values():
-        refusal = operation.approval_refusal(deps, person)
-        if refusal:
-            return refusal
+        found = operation.refusal(deps, person, act)
+        if found:
+            return found
     return None
 
 

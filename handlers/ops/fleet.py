@@ -64,6 +64,10 @@ class Offboarding(Protocol):
 
     def is_offboarded(self, user_id: str) -> bool: ...
 
+    def refused(self, person: Person, act: str) -> None:
+        """Audit that an offboarded ``person`` tried to ``act`` and was refused."""
+        ...
+
 
 @dataclass(frozen=True)
 class FleetSettings:
@@ -392,11 +396,24 @@ def _void(deps: HandlerDeps, request: RotationRequest, why: str, by: RotationReq
     return None
 
 
-def approval_refusal(deps: HandlerDeps, person: Person) -> str | None:
+#: what an offboarded person is told, per act (``handlers.ops.ACTS``)
+OFFBOARDED_ANSWERS = {
+    "request": "You were offboarded: you can no longer request rotations.",
+    "approve": "You were offboarded: your approvals no longer count. Ask a colleague to approve.",
+    "deny": "You were offboarded: you can no longer deny requests. Ask a colleague to decide.",
+}
+RESTORE_HINT = " If this is a mistake, an admin can restore you (docs/operations.md, offboarding)."
+
+
+def refusal(deps: HandlerDeps, person: Person, act: str) -> str | None:
+    """The offboarding rule: from the moment an offboarding is filed, the departing person
+    may not request, approve or deny on any surface (audited: ``person.refused``). A denied
+    or expired offboarding request does not restore them (docs/operations.md)."""
     offboarding = settings_of(deps).offboarding
-    if offboarding is not None and offboarding.is_offboarded(person.user_id):
-        return "You were offboarded: your approvals no longer count. Ask a colleague to approve."
-    return None
+    if offboarding is None or not offboarding.is_offboarded(person.user_id):
+        return None
+    offboarding.refused(person, act)
+    return OFFBOARDED_ANSWERS.get(act, OFFBOARDED_ANSWERS["request"]) + RESTORE_HINT
 
 
 # --- the commands ----------------------------------------------------------------------------
@@ -406,10 +423,11 @@ def open_fleet_request(
     deps: HandlerDeps, client: WebClient, parsed: FleetParsed, person: Person, channel: str
 ) -> RotationRequest | None:
     """Check who asks, plan every panel, store the request, revoke (offboarding), post."""
-    from handlers.commands import _post  # the card's posting and its ts, shared
+    from handlers.commands import _post, request_refusal  # the card's posting, the one access rule
 
-    if not deps.policy.may_request(person, deps.directory):
-        cards.tell(client, channel, person.user_id, m.not_a_requester(deps.policy.requester_mentions))
+    refused = request_refusal(deps, person, channel)
+    if refused:
+        cards.tell(client, channel, person.user_id, refused)
         return None
     pending = deps.store.pending_of(person.user_id, limit=deps.policy.max_pending_per_user)
     if len(pending) >= deps.policy.max_pending_per_user:
@@ -537,5 +555,5 @@ OPERATION = Operation(
     help_lines=HELP_LINES,
     register=register,
     shares={"/rotate-key": (claims_rotate_key, rotate_key_listener)},
-    approval_refusal=approval_refusal,
+    refusal=refusal,
 )

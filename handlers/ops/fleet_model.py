@@ -40,7 +40,8 @@ FINAL_PANEL_STATES = frozenset({"verified", "rolled_back", "failed", "refused", 
 
 
 #: What a panel's run needs of each leg's plan (the run request names it; the engine re-checks
-#: the rest): kept per panel with the fleet request, the rest of the plan is not.
+#: the rest): kept per panel with the fleet request, and in the panel's ``fleet_panels`` row
+#: once it runs; the rest of the plan is not kept.
 LEG_FIELDS = (
     "panel", "op", "engine_version", "host_key_fingerprint", "agents", "all_agents", "panel_host",
     "key_fingerprint", "scheme", "total", "engine_plan_hash", "password_fingerprint",
@@ -65,8 +66,9 @@ def runnable(plan: PlanView) -> list[dict[str, Any]]:
     return [mem for mem in members(plan) if not mem.get("error")]
 
 
-def leg_plans(member: Mapping[str, Any]) -> list[PlanView]:
-    return [PlanView.from_dict(leg) for leg in member.get("legs") or ()]
+def leg_plans(legs: Sequence[Mapping[str, Any]]) -> list[PlanView]:
+    """A panel's bound plan, one ``PlanView`` per engine run (``compact_leg``'s fields)."""
+    return [PlanView.from_dict(dict(leg)) for leg in legs]
 
 
 def panels_of(request: RotationRequest) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from slack_sdk import WebClient
@@ -42,7 +43,8 @@ MAX_SECTIONS_OF_LINES = 6
 
 def headline(request: RotationRequest) -> str:
     fleet = request.plan.fleet
-    n = len(runnable(request.plan))
+    card = fleet.get("card")
+    n = int(card["panels"]) if isinstance(card, dict) else len(runnable(request.plan))
     icon, word = _title(request)
     if fleet.get("kind") == "offboard":
         who = f"<@{m.esc(fleet.get('person'))}>"
@@ -81,6 +83,9 @@ def _parts_line(plan: PlanView) -> str:
 
 def plan_lines(plan: PlanView, most: int = MAX_PANEL_LINES) -> str:
     """The fleet's plan: totals, the panels by their first tag, those that cannot be planned."""
+    card = plan.fleet.get("card")
+    if isinstance(card, dict) and "members" not in plan.fleet:  # a running fleet's (``running_copy``)
+        return str(card["lines"])
     ok = runnable(plan)
     values = sum(int(mem.get("values") or 0) for mem in ok)
     lines = [
@@ -124,6 +129,17 @@ def plan_lines(plan: PlanView, most: int = MAX_PANEL_LINES) -> str:
     if len(bad) > 20:
         lines.append(f"  :no_entry_sign: … and {len(bad) - 20} more cannot be planned (see the file)")
     return "\n".join(lines)
+
+
+def running_copy(request: RotationRequest) -> RotationRequest:
+    """The request as a running fleet holds it in memory (``bot.fleet_runner``): its card's
+    plan lines and panel count, worked out once, in place of every panel's plan (each stays
+    in its ``fleet_panels`` row, read when a worker takes the panel). The plan hash is the
+    approved one. Only for showing: the runner never stores this copy."""
+    plan = request.plan
+    fleet = {k: v for k, v in plan.fleet.items() if k != "members"}
+    fleet["card"] = {"lines": plan_lines(plan), "panels": len(runnable(plan))}
+    return request.evolve(plan=replace(plan, fleet=fleet, engine_plan_hash=plan.hash))
 
 
 def _offboard_lines(request: RotationRequest) -> list[str]:

@@ -8,6 +8,7 @@ own ``FakeEngineHost`` (the scripted engine, which checks requests as the engine
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import os
@@ -24,13 +25,16 @@ from bot.fakes.slack_limits import SLACK_LIMITS
 from bot.fakes.socket_mode import FakeSocketMode
 from bot.store import open_store
 from engine import protocol
-from handlers.blocks import APPROVE_ACTION
+from handlers import home
+from handlers.blocks import APPROVE_ACTION, DENY_ACTION, DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
+from handlers.rotation_request import RotationRequest
 from tests.bot.conftest import (
     ALICE,
     AUDIT_KEY,
     BOB,
     CAROL,
     CHANNEL,
+    OSCAR,
     BotUnderTest,
     MakeBot,
     answers_to,
@@ -38,7 +42,7 @@ from tests.bot.conftest import (
     is_card,
     wait_until,
 )
-from tests.bot.test_home import ages, open_home, texts
+from tests.bot.test_home import ages, buttons, open_home, texts
 from tests.bot.test_step_up import approve_with_code, enroll, step_up_bot
 from tests.support.fake_engine import (
     NEW_FP,
@@ -235,6 +239,80 @@ def test_offboarding_voids_the_departing_persons_requests_and_approvals(make_bot
     assert fleet.bot.state(request_id) == "pending"
 
 
+def test_an_offboarded_person_is_refused_on_every_surface_even_after_a_denial(make_bot: MakeBot) -> None:
+    """From the moment Erin's offboarding is filed she can neither file nor decide: every slash
+    command (one panel, ``--panels``, ``--all-panels``, ``/rotate-offboard``), the Home tab's
+    request button and a signed submission of its form, Approve and Deny (click and form) are
+    refused with a clear answer, each refusal audited, nothing filed or counted. Denying the
+    offboarding request does not restore her (docs/operations.md)."""
+    fleet = make_fleet(make_bot, 2, approvals_required=1, approvers=("S0ONCALL",))
+    fleet.bot.fake.groups["S0ONCALL"] = [BOB, CAROL, ALICE, ERIN]
+    fleet.bot.fake.groups["S0SECOPS"] = [ALICE, BOB, CAROL, ERIN]
+    fleet.bot.fake.users = (fleet.bot.fake.users or set()) | {ERIN}
+    other, other_ts = fleet.bot.request_key("panel-000 routine", user=ALICE)
+    offboard_id, offboard_ts = fleet.request("/rotate-offboard", f"<@{ERIN}|erin> left the ops team, HR-2211")
+    assert fleet.bot.state(other) == "pending"  # neither hers nor approved by her
+
+    def refused_to_erin(before: int) -> str:
+        answers = answers_to(fleet.bot.fake, ERIN, count=before + 1)
+        return answers[-1].text
+
+    told = 0
+    for command, text in [
+        ("/rotate-key", "panel-001 I still have access"),
+        ("/rotate-key", "--panels panel-000,panel-001 tidy up"),
+        ("/rotate-key", "--all-panels tidy up"),
+        ("/rotate-offboard", f"<@{BOB}|bob> revenge"),
+        ("/rotate-db-password", "panel-001 tidy up"),
+    ]:
+        sent = fleet.bot.command(command, text, ERIN)
+        assert sent.status == 200 and not sent.answer, (command, sent.answer)
+        answer = refused_to_erin(told)
+        told += 1
+        assert "You were offboarded: you can no longer request rotations" in answer, (command, answer)
+    assert fleet.bot.store.pending_of(ERIN, limit=5) == []
+
+    assert fleet.bot.slack.click_in_home(home.REQUEST_ROTATION_ACTION, "", ERIN).status == 200
+    opened = fleet.bot.fake.wait_for("views.open")[-1].params["view"]
+    opened = json.loads(opened) if isinstance(opened, str) else opened
+    assert opened["callback_id"] == home.REQUEST_REFUSED_MODAL and "submit" not in opened
+    assert "You were offboarded" in json.dumps(opened)
+    select = lambda v: {"type": "static_select", "selected_option": {"value": v}}  # noqa: E731
+    submitted = fleet.bot.slack.submit_view(
+        home.REQUEST_MODAL, "",
+        {home.PANEL_BLOCK: {home.PANEL_INPUT: select("panel-001")},
+         home.KIND_BLOCK: {home.KIND_INPUT: select("rotate-key")}, home.AGENTS_BLOCK: {home.AGENTS_INPUT: ""},
+         home.REASON_BLOCK: {home.REASON_INPUT: "forged form"}},
+        ERIN,
+    )  # fmt: skip
+    assert submitted.json().get("response_action") == "errors"
+    assert "You were offboarded" in submitted.json()["errors"][home.PANEL_BLOCK]
+
+    fleet.bot.approve(other, other_ts, ERIN)
+    assert "You were offboarded: your approvals no longer count" in refused_to_erin(told)
+    told += 1
+    fleet.bot.click(DENY_ACTION, offboard_id, offboard_ts, ERIN)
+    assert "You were offboarded: you can no longer deny requests" in refused_to_erin(told)
+    told += 1
+    fleet.bot.slack.submit_view(DENY_MODAL, offboard_id, {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "I stay"}}, ERIN)
+    assert "You were offboarded: you can no longer deny requests" in refused_to_erin(told)
+    told += 1
+    assert fleet.bot.state(offboard_id) == "pending" and fleet.bot.store.get(other).approvals == ()  # type: ignore[union-attr]
+    assert [c for c in fleet.bot.cards() if c.params.get("user") == ERIN] == []
+    refusals = [json.loads(e["data"])["act"] for e in fleet.bot.store.audit_entries() if e["kind"] == "person.refused"]
+    assert refusals.count("request") >= 7 and refusals.count("approve") == 1 and refusals.count("deny") >= 2
+
+    # the team chooses not to rotate: Erin still left, and stays refused
+    fleet.bot.click(DENY_ACTION, offboard_id, offboard_ts, BOB)
+    denial = {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "rotated by hand"}}
+    fleet.bot.slack.submit_view(DENY_MODAL, offboard_id, denial, BOB)
+    wait_until(lambda: fleet.bot.state(offboard_id) == "denied", what="the offboarding denied")
+    assert fleet.bot.store.is_offboarded(ERIN)
+    fleet.bot.command("/rotate-key", "panel-001 now that it was denied", ERIN)
+    assert "You were offboarded: you can no longer request rotations" in refused_to_erin(told)
+    assert fleet.bot.store.pending_of(ERIN, limit=5) == []
+
+
 def test_a_restart_mid_run_resumes_queued_and_reattaches_running_panels(make_bot: MakeBot) -> None:
     """The bot stops while two panels run and two wait; the next bot re-attaches the running
     ones, starts the queued ones, and each panel ran exactly once."""
@@ -265,6 +343,53 @@ def test_a_restart_mid_run_resumes_queued_and_reattaches_running_panels(make_bot
 
 
 @pytest.mark.slow
+def test_a_running_fleet_keeps_each_panels_plan_in_the_store_not_in_memory(make_bot: MakeBot) -> None:
+    """While a fleet runs, no copy of the request in the bot's memory holds every panel's
+    plan (that was ~4 KB per panel, bench/fleet.py): each panel's bound plan is in its
+    ``fleet_panels`` row, read when a worker takes the panel; the card keeps its plan hash."""
+    fleet = make_fleet(make_bot, 6, fleet_concurrency=2)
+    gates = [fleet.hosts[name].pause_before("restart") for name in ("panel-000", "panel-001")]
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
+    approved = fleet.bot.store.get(request_id)
+    assert approved is not None
+    planned = {mem["panel"]: mem["legs"] for mem in approved.plan.fleet["members"]}
+    plan_hash = approved.plan_hash
+    del approved
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.hosts["panel-000"].wait_reached("restart")
+    fleet.hosts["panel-001"].wait_reached("restart")
+    gc.collect()
+    held = [o for o in gc.get_objects() if isinstance(o, RotationRequest) and o.id == request_id]
+    assert held, "the runner holds its request"
+    assert [o for o in held if "members" in o.plan.fleet] == []
+    assert {o.plan_hash for o in held} == {plan_hash}
+    assert {name: fleet.bot.store.panel_plan(request_id, name) for name in planned} == planned
+    for gate in gates:
+        gate.set()
+    fleet.finished(request_id)
+    assert fleet.bot.state(request_id) == "done"
+    assert fleet.bot.fake.latest_card(CHANNEL, ts).all_text().count(plan_hash[:12]) >= 1
+
+
+def test_rows_from_before_plans_were_kept_in_them_run_from_the_requests_plan(make_bot: MakeBot) -> None:
+    """A fleet resumed from rows an older bot wrote (no plan in them) runs each panel from the
+    approved request's plan; a panel whose plan is found nowhere is refused, nothing changed."""
+    fleet = make_fleet(make_bot, 4, fleet_concurrency=1)
+    gate = fleet.hosts["panel-000"].pause_before("restart")
+    request_id, ts = fleet.request("/rotate-key", "--all-panels review")
+    fleet.bot.approve(request_id, ts, BOB)
+    fleet.hosts["panel-000"].wait_reached("restart")
+    with fleet.bot.store.transaction() as tx:  # as an older bot left them
+        tx.execute("UPDATE fleet_panels SET plan = NULL WHERE fleet_id = ? AND panel <> 'panel-003'", (request_id,))
+        tx.execute("UPDATE fleet_panels SET plan = '[]' WHERE fleet_id = ? AND panel = 'panel-003'", (request_id,))
+    gate.set()
+    fleet.finished(request_id)
+    outcome = {r.panel: (r.state, r.code) for r in fleet.bot.store.fleet_panels(request_id)}
+    assert outcome == {"panel-000": ("verified", ""), "panel-001": ("verified", ""), "panel-002": ("verified", ""),
+                       "panel-003": ("refused", "plan_missing")}  # fmt: skip
+    assert [r.op for r in fleet.hosts["panel-003"].requests if r.op != "plan"] == []
+
+
 def test_500_panels_stay_within_slacks_limits_and_429s_are_retried(make_bot: MakeBot) -> None:
     """500 panels under Slack's own rate limits: every message is one Slack accepts (the fake
     checks the block limits), the checklist is one message updated in place, coalesced, and
@@ -294,8 +419,8 @@ def test_fleet_rows_and_offboarded_people_on_both_backends(any_store_url: str) -
     """The fleet's per-panel rows survive a reopen (a restart) on SQLite and MariaDB; a
     panel's end is written with its audit record; an offboarded person is remembered."""
     store = open_store(any_store_url, audit_key=AUDIT_KEY)
-    store.add_fleet_panels("r-1", [("b", 1, 10), ("a", 0, 20)])
-    store.add_fleet_panels("r-1", [("a", 0, 20)])  # again after a restart: kept as it is
+    store.add_fleet_panels("r-1", [("b", 1, 10, [{"op": "rotate-key"}]), ("a", 0, 20, [])])
+    store.add_fleet_panels("r-1", [("a", 0, 20, [{"op": "x"}])])  # again after a restart: kept as it is
     first = store.fleet_panels("r-1")[0]
     assert store.claim_panel_run("r-1", "a") and not store.claim_panel_run("r-1", "a")  # one runner wins
     store.save_panel_run(replace(first, state="running", run_id="r-1.p0000.0", last_seq=7, started_at=1.5))
@@ -330,6 +455,28 @@ def test_the_home_tab_lists_panels_by_key_age_oldest_first(make_bot: MakeBot) ->
     bot = make_bot(panels=tuple(hosts), engine_clients={n: h.client() for n, h in hosts.items()})
     shown = texts(open_home(bot, ALICE))
     assert [t for t in shown if t.startswith("Panel ")] == ["Panel beta", "Panel gamma", "Panel delta", "Panel alpha"]
+
+
+def test_a_pending_fleet_request_shows_on_the_home_tab_under_each_of_its_panels(make_bot: MakeBot) -> None:
+    """A pending ``--tag prod`` fleet is on the Home tab under each panel it touches (with its
+    panel count and, for an approver, Approve/Deny), not under the panel it leaves out, and
+    not at all for someone the access rule does not let see pending requests."""
+    fleet = make_fleet(make_bot, 3, tags={"panel-000": ("prod",), "panel-002": ("prod",)})
+    request_id, _ = fleet.request("/rotate-key", "--tag prod quarterly review")
+    bob = open_home(fleet.bot, BOB)
+    shown = texts(bob)
+    panels = [t for t in shown if t.startswith("Panel ") or f"Pending `{request_id}`" in t]
+    line = f"Pending `{request_id}` rotate-fleet · 2 panels by <@{ALICE}>"
+    assert [p if p.startswith("Panel ") else "pending" for p in panels] == [
+        "Panel panel-000", "pending", "Panel panel-001", "Panel panel-002", "pending"]  # fmt: skip
+    assert all(line in p for p in panels if not p.startswith("Panel "))
+    assert [b for b in buttons(bob) if b == (APPROVE_ACTION, request_id)] == [(APPROVE_ACTION, request_id)] * 2
+    oscar = _all(open_home(fleet.bot, OSCAR))
+    assert request_id not in oscar and "quarterly review" not in oscar
+
+
+def _all(view: dict[str, object]) -> str:
+    return "\n".join(texts(view))
 
 
 def test_with_db_password_and_agents_runs_each_panels_incident_rotation(make_bot: MakeBot) -> None:
