@@ -191,6 +191,10 @@ class PanelDB:
             raise _translate(exc, f"connecting to {settings.host}:{settings.port}") from exc
         self._temp_tables: set[str] = set()
 
+    def twin(self) -> PanelDB:
+        """A second connection to the same database, a session of its own."""
+        return PanelDB(self.settings)
+
     # -- plumbing -------------------------------------------------------------
     def execute(self, sql: str, args: Any = None, doing: str = "running a query") -> int:
         try:
