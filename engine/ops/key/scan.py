@@ -250,7 +250,9 @@ def _seal_batch(
         plain = source.open(stored)
         if plain is None:
             if dest.open(stored) is not None:
-                kept += 1
+                kept += 1  # staged as it is: what the column must hold after the apply
+                written.add_row(pk, stored)
+                out.append((pk, stored, value_digest(stored)))
             else:
                 n_neither += 1
                 if len(neither_at) < MAX_LISTED:
@@ -262,7 +264,7 @@ def _seal_batch(
         written.add_row(pk, sealed)
         out.append((pk, sealed, value_digest(stored)))
     statements = staging_statements(head, out, literal)
-    return _Sealed(label, statements, len(out), kept, neither_at, n_neither, written, failed, read)
+    return _Sealed(label, statements, len(out) - kept, kept, neither_at, n_neither, written, failed, read)
 
 
 def _seal_or_keep(
@@ -288,8 +290,9 @@ def seal_and_stage(
     """The one pass over every value, without a row lock: each value ``source`` opens
     is sealed under ``dest`` and staged in the column's temporary table, with the MD5 of
     the value read; values ``dest`` already opens are kept; values neither opens are
-    counted and never touched. Rows that hold no value are staged as they are (NULL or
-    ''), so that a value saved there later is noticed. No row of the panel is written:
+    counted and never touched. Rows that hold no value (NULL or '') and values ``dest``
+    opens are staged as they are, so that a value saved there later is noticed and the
+    column's fingerprint after the apply is what was staged. No row of the panel is written:
     ``apply_staged`` does that, in a locked transaction of its own.
 
     The reads are plain (consistent) reads of one REPEATABLE READ snapshot, so a panel
@@ -398,6 +401,11 @@ def _restage(db: PanelDB, spec: ColumnSpec, result: Rewrite, changes: list[Chang
                 result.vanished[label] = result.vanished.get(label, 0) + 1
             continue
         plain = source.open(stored)
+        if plain is None and dest.open(stored) is not None:  # already under ``dest``: kept as it is
+            sealed.add_row(pk, stored)
+            result.kept[label] = result.kept.get(label, 0) + 1
+            rows.append((pk, stored, value_digest(stored)))
+            continue
         if plain is None:
             result.note_neither(label, pk)
             gone.append(pk)
@@ -459,7 +467,7 @@ def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source
         stored = db.fingerprints(specs, locked=True)
         for spec in specs:
             label = spec.label
-            result.written[label] = result.sealed[label].count
+            result.written[label] = result.sealed[label].count - result.kept.get(label, 0)
             if label in result.neither:
                 continue  # the caller refuses: nothing of this column is looked at further
             if stored[label] == result.sealed[label].as_tuple():
@@ -475,7 +483,7 @@ def apply_staged(db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source
                 late = db.late_rows(spec)  # rows inserted since: the whole table, joined
                 _restage(db, spec, result, late, source, dest)
                 db.apply_keys(spec, [pk for pk, _, _, exists in late if exists])
-            result.written[label] = result.sealed[label].count
+            result.written[label] = result.sealed[label].count - result.kept.get(label, 0)
     return result
 
 
