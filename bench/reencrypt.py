@@ -15,8 +15,8 @@ Prints, from one run on the same data:
     ``rotate-key`` (preflight to DONE);
   * the physical limit of what a rotation must do: a bare read of every value (the
     same keyset SELECTs, nothing else) plus the bare bulk write of precomputed
-    ciphertexts (temporary table, the same UPDATE ... STRAIGHT_JOIN, commit), per
-    column; the two times add up, no overlap;
+    ciphertexts (a temporary table in the engine's staging storage engine, the same
+    UPDATE ... STRAIGHT_JOIN, commit), per column; the two times add up;
   * with ``--naive``, a naive baseline: one SELECT, then decrypt, encrypt and
     UPDATE row by row;
   * pure AES-GCM decrypt + encrypt in memory, one core;
@@ -55,7 +55,7 @@ from bot.fakes.panel.database import schema_statements
 from engine import envfile
 from engine.cipher import Codec, Scheme
 from engine.context import Context
-from engine.db import ConnectionSettings, PanelDB
+from engine.db import STAGING_ENGINES, ConnectionSettings, PanelDB
 from engine.events import Emitter
 from engine.ops.key.rotation import KeyRotation
 from engine.ops.key.scan import reencrypt
@@ -192,7 +192,7 @@ def bare_bulk_write(old: str, new: str) -> tuple[float, int]:
     with conn.cursor() as cur:
         for table, column in PANEL_COLUMNS:
             cur.execute(
-                f"CREATE TEMPORARY TABLE `staging_{table}_{column}` (PRIMARY KEY (k)) "
+                f"CREATE TEMPORARY TABLE `staging_{table}_{column}` (PRIMARY KEY (k)){STAGING_ENGINES[0]} "
                 f"SELECT id AS k, `{column}` AS new_v FROM `{table}` LIMIT 0"
             )
         conn.begin()

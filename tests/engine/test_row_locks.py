@@ -11,7 +11,7 @@ from __future__ import annotations
 import pymysql
 import pytest
 
-from tests.engine.runner import finish, start_paused
+from tests.engine.runner import finish, rotate, start_paused
 from tests.support.php_crypto import php_encrypt
 from tests.support.secrets_scan import register_secret
 
@@ -102,8 +102,9 @@ def test_rows_are_locked_from_the_apply_to_the_commit(panel_factory):
 def test_a_value_saved_meanwhile_that_the_key_does_not_open_stops_the_rotation(panel_factory):
     """Rule 2: a value neither key opens is never overwritten. Saved between the pass and
     the apply, it is named, nothing is committed, and every other value opens under the
-    old key, still in .env. (The rollback's own check names it again: it opens under no
-    key, so the journal is kept for `recover` once someone fixed that value.)"""
+    old key, still in .env. The rollback leaves that value as the panel saved it, names it
+    and finishes (it used to fail its own check on that very value and keep the journal
+    open): the next rotation's preflight names the value, not an unfinished rotation."""
     panel = panel_factory(rows=6)
     old_key = panel.env_key()
     engine = start_paused(panel.profile_path, "state:STAGED", "rotate-key", "--yes", "--json")
@@ -121,6 +122,16 @@ def test_a_value_saved_meanwhile_that_the_key_does_not_open_stops_the_rotation(p
     assert panel.env_key() == old_key
     assert panel.stored_values()["email_configurations.mailgun_api_key#2"] == foreign
     assert panel.php_check_all() == ["email_configurations.mailgun_api_key#2: does not decrypt with the key"]
+    assert run.closing["rolled_back"] is True
+    assert run.step("rollback")["detail"].endswith(
+        "1 value opens with neither key, left untouched: email_configurations.mailgun_api_key id 2"
+    )
+    assert "left as it was: email_configurations.mailgun_api_key id 2" in run.step("verify_old")["detail"]
+    assert not (panel.root / "journal" / "rotation.json").exists()
+    again = rotate(panel.profile_path)
+    assert again.closing["code"] == run.closing["code"]
+    assert "email_configurations.mailgun_api_key id 2" in again.step("preflight", "failed")["detail"]
+    assert panel.env_key() == old_key
 
 
 def test_saves_after_the_catch_up_are_resealed_under_the_lock(panel_factory):

@@ -23,7 +23,7 @@ from engine.errors import (
 )
 from engine.journal import FORWARD_STATES, JournalRecord
 from engine.ops.journaled import converge, panel_lock, unfinished
-from engine.ops.key.scan import census, reencrypt
+from engine.ops.key.scan import Untouched, census, reencrypt
 from engine.ops.key.verify import panel_check, verify_from_disk
 from engine.profile import engine_command
 from engine.protocol.words import plural, verb
@@ -43,8 +43,8 @@ def _recover_hint(ctx: Context) -> str:
 
 def _converge_values(
     ctx: Context, db: PanelDB, record: JournalRecord, target_key: str, other_key: str
-) -> tuple[int, int]:
-    """(values rewritten to the target key, values neither key opens)."""
+) -> tuple[int, Untouched]:
+    """(values rewritten to the target key, values neither key opens, left as they are)."""
     scheme = Scheme.parse(record.scheme)
     columns, _ = ctx.columns(db)
     rewrite = reencrypt(
@@ -55,7 +55,7 @@ def _converge_values(
         ctx.profile.batch_size,
     )
     db.commit()
-    return rewrite.n_written, sum(rewrite.neither.values())
+    return rewrite.n_written, Untouched.of(rewrite)
 
 
 def _env_to(ctx: Context, record: JournalRecord, target_key: str) -> bool:
@@ -112,18 +112,21 @@ def roll_back(
             parts.append(".env restored" if env_restored else ".env unchanged")
             if restarted:
                 parts.append("panel restarted")
-            if neither:
-                opens = verb(neither, "opens", "open")
-                parts.append(f"{plural(neither, 'value')} {opens} with neither key, left untouched")
+            if neither.count:
+                opens = verb(neither.count, "opens", "open")
+                parts.append(f"{plural(neither.count, 'value')} {opens} with neither key, left untouched: "
+                             f"{neither.listed()}")
             out.detail = " · ".join(parts)
         with ctx.step("verify_old", "verifying the old key from disk") as out:
             verified = verify_from_disk(
-                ctx, db, ctx.columns(db)[0], Scheme.parse(record.scheme), expect_key=record.old_key
+                ctx, db, ctx.columns(db)[0], Scheme.parse(record.scheme), expect_key=record.old_key,
+                untouched=neither,
             )
             check = panel_check(ctx)
             out.detail = f"old key verified · {verified:,}/{verified:,}" + (
-                f" · panel check {check}" if check else ""
-            )
+                f" · {plural(neither.count, 'value')} written meanwhile under neither key, left as "
+                f"{verb(neither.count, 'it was', 'they were')}: {neither.listed()}" if neither.count else ""
+            ) + (f" · panel check {check}" if check else "")
     except EngineError as exc:
         raise RollbackFailedError(
             f"rollback failed: {exc.message}. {_recover_hint(ctx)}", rolled_back=False
@@ -146,7 +149,7 @@ def roll_forward(ctx: Context, record: JournalRecord) -> dict[str, Any]:
         with ctx.step("reencrypt", "re-encrypting what is still under the old key") as out:
             rewritten, neither = _converge_values(ctx, db, record, record.new_key, record.old_key)
             out.detail = f"{plural(rewritten, 'value')} re-encrypted" + (
-                f" · {neither} open with neither key, left untouched" if neither else ""
+                f" · {neither.count} open with neither key, left untouched" if neither.count else ""
             )
         with ctx.step("write_env", "making .env hold the new key") as out:
             changed = _env_to(ctx, record, record.new_key)

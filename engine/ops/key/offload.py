@@ -94,6 +94,12 @@ class Offload:
             self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
+    def start(self) -> None:
+        """Fork the worker now, before this process starts a thread of its own (a fork
+        copies only the calling thread, and no lock another thread holds, OpenSSL's of a
+        TLS connection included, must be copied held)."""
+        self._started().submit(os.getpid).result()
+
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(

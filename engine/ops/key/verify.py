@@ -7,7 +7,7 @@ from engine.cipher import Codec, Scheme
 from engine.context import Context
 from engine.db import PanelDB
 from engine.errors import PanelCheckError, VerificationError
-from engine.ops.key.scan import Rewrite, census
+from engine.ops.key.scan import Rewrite, Untouched, census
 from engine.profile import ColumnSpec
 from engine.protocol.words import plural, verb
 
@@ -23,8 +23,11 @@ def verify_from_disk(
     *,
     expect_key: str,
     written: Rewrite | None = None,
+    untouched: Untouched | None = None,
 ) -> int:
-    """Number of values verified; raises unless all open with the key in ``.env``.
+    """Number of values verified; raises unless all open with the key in ``.env``
+    (but the ``untouched`` ones: values the rollback found that neither key opens,
+    saved by the panel, which it must leave as they are).
 
     The key is read back from disk and must be the expected one. Then, when the
     rotation's ``written`` values are given and the server's fingerprint of every
@@ -50,7 +53,7 @@ def verify_from_disk(
                     )
         return sum(written.sealed[spec.label].count for spec in columns if spec.label in written.sealed)
     found = census(db, columns, codec, None, profile.batch_size)
-    if found.n_neither:
+    if found.n_neither and not (untouched and untouched.matches(found)):
         raise VerificationError(
             f"{found.n_neither:,} of {plural(found.total, 'value')} "
             f"{verb(found.n_neither, 'does', 'do')} not open with the key in .env: "
