@@ -52,6 +52,24 @@ def _no_commands(app: App, deps: HandlerDeps) -> None:
     """An operation of the shared request flow: ``handlers.commands`` registers its command."""
 
 
+def one_panel(request: RotationRequest) -> tuple[str, ...]:
+    """A request of the shared flow touches its one panel."""
+    return (request.panel,)
+
+
+def one_panel_card(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The shared flow's card (``handlers.blocks`` imports this module: imported on use)."""
+    from handlers import blocks
+
+    return blocks.one_panel_card(*args, **kwargs)
+
+
+def one_panel_headline(request: RotationRequest) -> str:
+    from handlers import blocks
+
+    return blocks.headline(request)
+
+
 @dataclass(frozen=True)
 class Operation:
     """What the rest of the bot needs to know of one operation."""
@@ -60,15 +78,15 @@ class Operation:
     name: str
     #: the slash commands it registers itself (``register``)
     commands: tuple[str, ...]
-    #: the card and its text fallback: ``card(request, approvers=, approvals_required=,
-    #: now=, name_requester=)``, as ``handlers.blocks.request_card``
-    card: Callable[..., dict[str, Any]]
-    #: the request's headline (``:key: … requested: …``), for its modal, history and card
-    headline: Callable[[RotationRequest], str]
-    #: the panels a request of this operation touches (for step-up and the Home tab)
-    panels: Callable[[RotationRequest], tuple[str, ...]]
     #: its commands' lines in ``/rotate-help``
     help_lines: tuple[str, ...]
+    #: the card and its text fallback: ``card(request, approvers=, approvals_required=,
+    #: now=, name_requester=)``, as ``handlers.blocks.request_card``; default: one panel's
+    card: Callable[..., dict[str, Any]] = one_panel_card
+    #: the request's headline (``:key: … requested: …``), for its modal, history and card
+    headline: Callable[[RotationRequest], str] = one_panel_headline
+    #: the panels a request of this operation touches (for step-up and the Home tab)
+    panels: Callable[[RotationRequest], tuple[str, ...]] = one_panel
     #: attach its own commands to the app (the shared request flow's are ``handlers.commands``')
     register: Callable[[App, HandlerDeps], None] = _no_commands
     #: shared commands: command -> (does this text belong to me?, my listener factory)
@@ -177,11 +195,6 @@ def route(command: str, deps: HandlerDeps, fallback: Listener) -> Listener:
 def panels_of(request: RotationRequest) -> tuple[str, ...]:
     """The panels ``request`` touches: its operation's answer."""
     return get(request.op).panels(request)
-
-
-def one_panel(request: RotationRequest) -> tuple[str, ...]:
-    """A request of the shared flow touches its one panel."""
-    return (request.panel,)
 
 
 #: what a person does that an operation may refuse: file a request (a command, the Home

@@ -15,7 +15,7 @@ from slack_bolt import App
 from handlers import blocks
 from handlers import messages as m
 from handlers.ending import Ending
-from handlers.ops import Listener, Operation, one_panel, run_summary
+from handlers.ops import Listener, Operation, run_summary
 from handlers.parsing import AGENT, MAX_AGENTS, Parsed, Refusal, reason_of, take_panel
 from handlers.plan_view import PlanView
 from handlers.rotation_request import RotationRequest
@@ -109,9 +109,6 @@ def attach(app: App, listener: Listener) -> None:
 OPERATION = Operation(
     name=OP,
     commands=(COMMAND,),
-    card=blocks.one_panel_card,
-    headline=blocks.headline,
-    panels=one_panel,
     help_lines=HELP_LINES,
     parse=parse,
     attach=attach,

@@ -15,7 +15,7 @@ from slack_bolt import App
 from handlers import blocks
 from handlers import messages as m
 from handlers.ending import Ending
-from handlers.ops import Listener, Operation, one_panel
+from handlers.ops import Listener, Operation
 from handlers.ops.incident import MAX_ACCOUNTS, accounts_tail, text_sections
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan_view import PlanView
@@ -122,9 +122,6 @@ def attach(app: App, listener: Listener) -> None:
 OPERATION = Operation(
     name=OP,
     commands=(COMMAND,),
-    card=blocks.one_panel_card,
-    headline=blocks.headline,
-    panels=one_panel,
     help_lines=HELP_LINES,
     parse=parse,
     attach=attach,

@@ -22,7 +22,7 @@ from engine.protocol.outcome import ManualItem, Outcome, PartResult
 from handlers import blocks
 from handlers import messages as m
 from handlers.ending import Ending
-from handlers.ops import Listener, Operation, one_panel
+from handlers.ops import Listener, Operation
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan_view import PlanView
 from handlers.rotation_request import RotationRequest, State
@@ -313,9 +313,6 @@ def attach(app: App, listener: Listener) -> None:
 OPERATION = Operation(
     name=OP,
     commands=(COMMAND,),
-    card=blocks.one_panel_card,
-    headline=blocks.headline,
-    panels=one_panel,
     help_lines=HELP_LINES,
     parse=parse,
     attach=attach,

@@ -14,7 +14,7 @@ from slack_bolt import App
 
 from handlers import blocks
 from handlers import messages as m
-from handlers.ops import Listener, Operation, one_panel, run_summary
+from handlers.ops import Listener, Operation, run_summary
 from handlers.parsing import Parsed, parse_panel_reason
 from handlers.plan_view import PlanView
 from handlers.rotation_request import RotationRequest
@@ -71,9 +71,6 @@ def attach(app: App, listener: Listener) -> None:
 OPERATION = Operation(
     name=OP,
     commands=(COMMAND,),
-    card=blocks.one_panel_card,
-    headline=blocks.headline,
-    panels=one_panel,
     help_lines=HELP_LINES,
     parse=parse,
     attach=attach,
