@@ -48,6 +48,7 @@ What each pass over the values proves:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from engine import __version__, envfile, faults, hooks
@@ -67,7 +68,8 @@ from engine.ops.db_password.rotation import refuse_if_unfinished
 from engine.ops.journaled import JournaledRotation
 from engine.ops.key.converge import RollbackPlan, roll_back
 from engine.ops.key.preflight import Preflight, run_preflight
-from engine.ops.key.scan import apply_staged, catch_up, sweep
+from engine.ops.key.scan import Rewrite, apply_staged, catch_up, sweep
+from engine.ops.key.stop_ahead import StopAhead, apply_ends_within, expected_stop_s
 from engine.ops.key.verify import check_written, panel_check, verify_from_disk
 from engine.profile import engine_command
 from engine.protocol import fingerprint
@@ -81,6 +83,9 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
         self.env_before: bytes | None = None
         self.env_written = False
         self.new_key = ""
+        #: the php-fpm stop, begun during the apply when it fits (restart split only)
+        self.stop_ahead: StopAhead | None = None
+        self.pass_s = 0.0
 
     # -- what JournaledRotation.run asks of a key rotation -----------------------------
     def preflight(self) -> Preflight:
@@ -94,8 +99,10 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
             )
         refuse_if_unfinished(self.ctx)  # a database password rotation, too
         self.new_key = new_key_hex()
+        began = time.monotonic()
         pre = run_preflight(self.ctx, lock_note="lock held", sealed_under=None if self.dry_run else self.new_key)
         self.db = pre.db
+        self.pass_s = time.monotonic() - began
         faults.checkpoint("pass:done")  # sealed and staged, unlocked; nothing journaled
         self.env_before = pre.env_bytes
         return pre
@@ -165,8 +172,8 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
         with ctx.step("reencrypt", f"writing {plural(rewrite.n_staged, 'value')} sealed under the new key") as out:
             caught_up = catch_up(db, columns, rewrite, old_codec, new_codec)
             faults.checkpoint("apply:caught-up")
-            apply_staged(db, columns, rewrite, old_codec, new_codec,
-                         before_column=lambda label: faults.checkpoint(f"apply:{label}"))
+            begin_stop = self._stop_when_apply_ends_within(rewrite)
+            apply_staged(db, columns, rewrite, old_codec, new_codec, before_column=begin_stop)
             faults.checkpoint("apply:done")
             if rewrite.neither:
                 n = sum(rewrite.neither.values())
@@ -175,6 +182,7 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
                     f"{verb(n, 'does', 'do')} not decrypt with the current key: {', '.join(rewrite.neither_at)}",
                     rewrite.neither_at,
                 )
+            begin_stop(None)  # the apply is over: the database check and .env take milliseconds
             out.detail = f"re-encrypted {plural(rewrite.n_written, 'value')} in one transaction"
             if rewrite.n_resealed:
                 out.detail += f" · {plural(rewrite.n_resealed, 'value')} saved by the panel meanwhile, re-sealed"
@@ -267,7 +275,40 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
             "escrow": profile.escrow_description,
             "duration_ms": self.watch.ms,
             "engine_version": __version__,
+            **({"stop_ms": self.stop_ahead.took_ms} if self.stop_ahead is not None else {}),
         }
+
+    def _stop_when_apply_ends_within(self, rewrite: Rewrite) -> Callable[[str | None], None]:
+        """Called before each column's locked apply (with its label) and once after the
+        last (``None``): with the restart split, begins the php-fpm stop once the rest of
+        the apply is expected to end within the stop's expected duration
+        (engine.ops.key.stop_ahead says why)."""
+        halves = self.profile.restart_halves
+        if halves is None:
+            return lambda label: faults.checkpoint(f"apply:{label}") if label else None
+        ahead = self.stop_ahead = StopAhead(halves[0], self.profile.restart_timeout_s)
+        expected_s = expected_stop_s(self.profile.journal_dir)
+        sizes = {label: written.size for label, written in rewrite.sealed.items()}
+        pass_rate = sum(read.size for read in rewrite.read.values()) / self.pass_s if self.pass_s > 0 else 0.0
+        started: list[float] = []
+        done: list[str] = []
+
+        def before(label: str | None) -> None:
+            if label is not None:
+                faults.checkpoint(f"apply:{label}")
+            if not started:
+                started.append(time.monotonic())
+            if ahead.begun or rewrite.neither:  # a value no key opens: the rotation stops, the panel stays up
+                return
+            left = sum(size for name, size in sizes.items() if name not in done)
+            if label is None or apply_ends_within(expected_s, left, sum(sizes[name] for name in done),
+                                                  time.monotonic() - started[0], pass_rate):
+                self.restart_attempted = True  # a failure from here restarts the panel
+                ahead.begin()
+            if label is not None:
+                done.append(label)
+
+        return before
 
     def _stop_commit_start(
         self, db: PanelDB, stop: list[str], start: list[str]
@@ -276,22 +317,28 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
         commit, new ones start after it. The panel is unavailable for the restart
         itself and never shows blank credentials."""
         timeout = self.profile.restart_timeout_s
+        ahead = self.stop_ahead or StopAhead(stop, timeout)
+        begun_ahead = ahead.begun
         watch = Stopwatch()
-        hooks.run_command("stop", stop, timeout_s=timeout)
-        stop_ms = watch.ms
+        ahead.wait()
+        stop_ms = watch.ms  # what was left of the stop once the apply and .env were done
         faults.checkpoint("restart:stopped")
         db.commit()
         commit_ms = watch.ms - stop_ms
         faults.checkpoint("commit:done")
         said = hooks.run_command("start", start, timeout_s=timeout)
         start_ms = watch.ms - stop_ms - commit_ms
+        stopped = (f"{hooks.describe(stop)} in {ahead.took_ms / 1000:.2f} s, begun during the apply "
+                   f"({stop_ms / 1000:.2f} s of it after)") if begun_ahead else \
+            f"{hooks.describe(stop)} in {stop_ms / 1000:.2f} s"
         detail = (
-            f"{hooks.describe(stop)} in {stop_ms / 1000:.2f} s · committed in {commit_ms} ms · "
+            f"{stopped} · committed in {commit_ms} ms · "
             f"{hooks.describe(start)} in {start_ms / 1000:.2f} s · no worker saw the other key"
             + (f" · {said}" if said else "")
         )
-        data = {"restart_ms": stop_ms + start_ms, "stop_ms": stop_ms, "start_ms": start_ms,
-                "commit_ms": commit_ms, "blank_window_ms": 0, "split": True}
+        data = {"restart_ms": stop_ms + start_ms, "stop_ms": ahead.took_ms, "stop_after_apply_ms": stop_ms,
+                "start_ms": start_ms, "commit_ms": commit_ms, "blank_window_ms": 0, "split": True,
+                "stop_begun_during_apply": begun_ahead}
         return detail, data
 
     def _restart_then_commit(self, db: PanelDB) -> tuple[str, dict[str, Any]]:
@@ -322,6 +369,8 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
     # -- failure: roll back by itself ---------------------------------------------------
     def fail(self, pre: Preflight, failure: EngineError) -> NoReturn:
         assert self.record is not None and self.env_before is not None
+        if self.stop_ahead is not None:
+            self.stop_ahead.settle()  # the rollback's restart must not race a stop in flight
         if self.db is not None:
             self.db.rollback()
             self.db.close()

@@ -1,0 +1,104 @@
+"""The php-fpm stop, begun while the locked apply still runs.
+
+Why: from the apply's first row to the commit, a panel user saving to a row already
+applied waits. With the stop after the apply, that wait was the apply *plus* the
+stop (php-fpm's own shutdown took about 2 s here); the stop needs nothing from the
+apply, so the two can overlap and the wait becomes the longer of the two. Old
+workers still running meanwhile read the committed rows, still under the old key
+(the apply's writes are invisible until the commit), and the commit still comes after
+the last of them is gone, so no worker ever holds one key while the rows are under
+the other. Measured with bench/write_stall.py (README, "Benchmarks").
+
+The stop is begun only when the apply is expected to end within the stop's expected
+duration (the last stop this host measured, from ``runs.jsonl``; before any, php-fpm's
+2 s), so that the panel is not down longer than the stop itself would keep it: begun
+too early, the panel would be unavailable while the apply finishes; too late, saves
+wait longer, as they did before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from engine import hooks
+from engine.errors import EngineError
+from engine.runs import RunRecord
+
+#: php-fpm's stop as measured here (SIGTERM to the master until it is gone, 4 children):
+#: the expectation until this host has measured one of its own.
+DEFAULT_STOP_S = 2.0
+
+
+def expected_stop_s(journal_dir: Path) -> float:
+    """How long the stop took in this host's latest run that recorded it, else ``DEFAULT_STOP_S``."""
+    for entry in reversed(RunRecord(journal_dir).recent(20)):
+        stop_ms = entry.get("stop_ms")
+        if isinstance(stop_ms, int | float) and not isinstance(stop_ms, bool) and stop_ms >= 0:
+            return float(stop_ms) / 1000
+    return DEFAULT_STOP_S
+
+
+def apply_ends_within(seconds: float, bytes_left: int, bytes_done: int, applying_s: float,
+                      fallback_rate: float) -> bool:
+    """Whether an apply with ``bytes_left`` to write is expected to end within ``seconds``:
+    at the rate of what it wrote so far, or, before it has written anything,
+    ``fallback_rate`` (bytes/s; the pass's, which wrote the same bytes into the
+    staging tables and was never faster than the apply in bench/apply_profile.py)."""
+    if bytes_left <= 0:
+        return True
+    rate = bytes_done / applying_s if bytes_done > 0 and applying_s > 0 else fallback_rate
+    return rate > 0 and bytes_left / rate <= seconds
+
+
+class StopAhead:
+    """Runs the stop command on a thread of its own once ``begin`` is called; ``wait``
+    joins it and returns how long the stop took, or raises the hook's error."""
+
+    def __init__(self, stop: list[str], timeout_s: float,
+                 run: Callable[..., str] = hooks.run_command) -> None:
+        self._stop = stop
+        self._timeout_s = timeout_s
+        self._run = run
+        self._thread: threading.Thread | None = None
+        self._error: EngineError | None = None
+        #: how long the stop took, from ``begin`` to its end (ms)
+        self.took_ms = 0
+        self.begun_at: float | None = None
+
+    @property
+    def begun(self) -> bool:
+        return self._thread is not None
+
+    def begin(self) -> None:
+        if self._thread is not None:
+            return
+        self.begun_at = time.monotonic()
+        self._thread = threading.Thread(target=self._stop_panel, name="stop-ahead", daemon=True)
+        self._thread.start()
+
+    def _stop_panel(self) -> None:
+        assert self.begun_at is not None
+        try:
+            self._run("stop", self._stop, timeout_s=self._timeout_s)
+        except EngineError as exc:
+            self._error = exc
+        finally:
+            self.took_ms = round((time.monotonic() - self.begun_at) * 1000)
+
+    def wait(self) -> int:
+        """Begin the stop if it was not, wait for it; its duration in ms."""
+        self.begin()
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.took_ms
+
+    def settle(self) -> None:
+        """On a failure: let a stop in flight end (its error dropped: the rollback restarts
+        the panel anyway), so that the restart never races it."""
+        if self._thread is not None:
+            self._thread.join()

@@ -1,0 +1,222 @@
+"""The php-fpm stop overlaps the locked apply; the commit still follows the whole stop.
+
+What a team relies on: a panel user saving during the switch waits about the longer of
+the apply and the stop, not both (bench/write_stall.py measures it); no worker holds the
+old key once the rows are committed under the new one; and a rotation that fails or is
+killed after the stop began leaves the panel running again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import pytest
+
+from engine.errors import HookError
+from engine.ops.key.stop_ahead import DEFAULT_STOP_S, StopAhead, apply_ends_within, expected_stop_s
+from engine.runs import RunRecord
+from tests.engine.runner import finish, rotate, run_engine, start_paused
+from tests.support.php_crypto import php_encrypt
+from tests.support.secrets_scan import register_secret
+
+
+def _noting(panel, tmp_path, action: str, hold_s: float = 0.0):
+    """A restart half that notes row 1's value as another session sees it when it begins
+    and, after ``hold_s`` (php-fpm's shutdown taking its time), when it ends; then runs
+    the reference panel's ``ctl.py``."""
+    script = tmp_path / f"{action}.py"
+    script.write_text(
+        "import json, subprocess, time\nimport pymysql\n"
+        f"conn = pymysql.connect(host={panel.db.host!r}, port={panel.db.port}, user='root', "
+        f"database={panel.db.name!r}, autocommit=True)\n"
+        "def note(when):\n"
+        "    with conn.cursor() as cur:\n"
+        "        cur.execute('SELECT webif_password FROM oscam_installs WHERE id = 1')\n"
+        f"        with open({str(tmp_path / 'seen.jsonl')!r}, 'a') as log:\n"
+        f"            log.write(json.dumps([{action!r}, when, cur.fetchone()[0]]) + '\\n')\n"
+        "note('begins')\n"
+        f"time.sleep({hold_s})\n"
+        "note('ends')\n"
+        f"subprocess.run({panel.server.ctl_argv(action)!r}, check=True)\n"
+    )
+    return [sys.executable, str(script)]
+
+
+def _save_foreign_value(panel, key_hex: str) -> None:
+    foreign = php_encrypt(panel.scheme, key_hex, [b"sealed under some other key"])[0]
+    with panel.db.connect() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE email_configurations SET mailgun_api_key = %s WHERE id = 2", (foreign,))
+        conn.commit()
+
+
+def _clear_the_foreign_value(panel) -> None:
+    """As a panel user clearing the field would; the panel's own check then passes."""
+    with panel.db.connect() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE email_configurations SET mailgun_api_key = NULL WHERE id = 2")
+        conn.commit()
+    panel.plaintexts["email_configurations.mailgun_api_key#2"] = None
+    panel.no_value["email_configurations.mailgun_api_key#2"] = None
+
+
+def _seen(tmp_path) -> list[list[str]]:
+    return [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
+
+
+def test_the_stop_runs_during_the_apply_and_the_commit_waits_for_all_of_it(panel_factory, tmp_path):
+    panel = panel_factory(rows={"oscam_installs": 6, "saved_servers": 6}, server=True)
+    before = panel.stored_values()["oscam_installs.webif_password#1"]
+    profile = panel.write_profile(
+        restart_stop_command=_noting(panel, tmp_path, "stop-app", hold_s=1.0),
+        restart_start_command=_noting(panel, tmp_path, "start-app"),
+    )
+
+    run = rotate(profile)
+    register_secret(panel.env_key(), "new PANEL_ENCRYPTION_KEY")
+
+    assert run.returncode == 0, run.stderr
+    after = panel.stored_values()["oscam_installs.webif_password#1"]
+    assert after != before
+    # old key in the rows for the whole stop, new key for the start: nothing blank either way
+    assert _seen(tmp_path) == [["stop-app", "begins", before], ["stop-app", "ends", before],
+                               ["start-app", "begins", after], ["start-app", "ends", after]]
+    restart = run.step("restart")
+    assert restart["stop_begun_during_apply"] is True
+    assert restart["stop_ms"] >= 1000
+    assert restart["stop_after_apply_ms"] < restart["stop_ms"]  # part of the stop ran during the apply
+    assert "begun during the apply" in restart["detail"]
+    assert panel.php_check_all() == []
+    assert panel.health()[0] == 200
+    # the next rotation expects the stop this host measured
+    assert expected_stop_s(panel.root / "journal") == pytest.approx(restart["stop_ms"] / 1000)
+    assert run.leaks() == []
+
+
+def test_a_failure_after_the_stop_began_waits_for_it_then_starts_the_panel(panel_factory, tmp_path):
+    """A value no key opens, saved once the stop has begun (paused before the second
+    table's apply): the rotation rolls back, the panel's restart comes after the stop
+    ended, and the panel runs again under the old key (its own check would fail on that
+    value, so the profile has none here; the test clears the value, then asks it)."""
+    panel = panel_factory(rows=6, server=True)
+    old_key = panel.env_key()
+    profile = panel.write_profile(
+        restart_stop_command=_noting(panel, tmp_path, "stop-app", hold_s=0.5),
+        restart_start_command=panel.server.start_command,
+        restart_command=_noting(panel, tmp_path, "restart"),
+        verify_url=None,
+    )
+    engine = start_paused(profile, "apply:saved_servers.ssh_credential_encrypted", "rotate-key", "--yes", "--json")
+    try:
+        _save_foreign_value(panel, "ab" * 32)
+    finally:
+        run = finish(engine)
+
+    assert run.returncode != 0, run.stdout[-800:]
+    assert run.closing["rolled_back"] is True
+    assert "email_configurations.mailgun_api_key id 2" in run.closing["message"]
+    assert [(action, when) for action, when, _ in _seen(tmp_path)] == [
+        ("stop-app", "begins"), ("stop-app", "ends"), ("restart", "begins"), ("restart", "ends")]
+    assert panel.env_key() == old_key
+    assert panel.php_check_all() == ["email_configurations.mailgun_api_key#2: does not decrypt with the key"]
+    assert not (panel.root / "journal" / "rotation.json").exists()
+    _clear_the_foreign_value(panel)
+    assert panel.php_check_all() == []
+    assert panel.health()[0] == 200
+
+
+def test_a_value_no_key_opens_found_before_the_locks_never_stops_the_panel(panel_factory, tmp_path):
+    panel = panel_factory(rows=6, server=True)
+    profile = panel.write_profile(
+        restart_stop_command=_noting(panel, tmp_path, "stop-app"),
+        restart_start_command=panel.server.start_command,
+        restart_command=_noting(panel, tmp_path, "restart"),
+        verify_url=None,
+    )
+    engine = start_paused(profile, "state:STAGED", "rotate-key", "--yes", "--json")
+    try:
+        _save_foreign_value(panel, "cd" * 32)
+    finally:
+        run = finish(engine)
+    assert run.closing["rolled_back"] is True
+    assert not (tmp_path / "seen.jsonl").exists()  # neither stopped nor restarted
+    _clear_the_foreign_value(panel)
+    assert panel.health()[0] == 200
+
+
+@pytest.mark.parametrize("point", ["apply:done", "state:DB_VERIFIED"])
+def test_killed_while_the_stop_runs_recover_starts_the_panel_again(panel_factory, point):
+    panel = panel_factory(rows=8, server=True)
+    profile = panel.write_profile(
+        batch_size=4,
+        restart_stop_command=panel.server.stop_command,
+        restart_start_command=panel.server.start_command,
+    )
+    old_key = panel.env_key()
+    engine = start_paused(profile, point, "rotate-key", "--yes", "--json")
+    engine.kill()
+    engine.communicate()
+
+    run = run_engine(profile, "recover", "--json")
+
+    assert run.returncode == 0, run.stderr
+    assert run.closing["state"] == "ROLLED_BACK"
+    assert panel.env_key() == old_key
+    assert panel.php_check_all() == []
+    assert panel.health()[0] == 200
+    assert not (panel.root / "journal" / "rotation.json").exists()
+
+
+# -- the decision and the bookkeeping, without a panel ------------------------------------
+
+
+def test_the_stop_begins_once_the_rest_of_the_apply_fits_in_it():
+    mb = 1_000_000
+    assert apply_ends_within(2.0, 58 * mb, 0, 0.0, fallback_rate=40 * mb)  # 1.45 s at the pass's rate
+    assert not apply_ends_within(2.0, 580 * mb, 0, 0.0, fallback_rate=10 * mb)  # 58 s
+    assert not apply_ends_within(2.0, 100 * mb, 50 * mb, 2.0, fallback_rate=1e12)  # 25 MB/s so far: 4 s left
+    assert apply_ends_within(2.0, 40 * mb, 50 * mb, 2.0, fallback_rate=0)  # 1.6 s left
+    assert apply_ends_within(2.0, 0, 0, 0.0, fallback_rate=0)  # nothing left
+    assert not apply_ends_within(2.0, 1, 0, 0.0, fallback_rate=0)  # no rate known: not before the apply is over
+
+
+def test_the_expected_stop_is_the_latest_one_this_host_measured(tmp_path):
+    assert expected_stop_s(tmp_path) == DEFAULT_STOP_S
+    runs = RunRecord(tmp_path)
+    runs.append({"event": "finished", "ok": True, "stop_ms": 2400})
+    runs.append({"event": "finished", "ok": True})  # a run without a split restart
+    assert expected_stop_s(tmp_path) == 2.4
+    runs.append({"event": "finished", "ok": True, "stop_ms": 150})
+    assert expected_stop_s(tmp_path) == 0.15
+    runs.append({"event": "finished", "ok": True, "stop_ms": "soon"})
+    assert expected_stop_s(tmp_path) == 0.15
+
+
+def test_a_stop_that_fails_is_raised_where_the_rotation_waits_for_it():
+    def failing(what, argv, *, timeout_s):
+        raise HookError(f"{what} failed: exit status 1")
+
+    ahead = StopAhead(["systemctl", "stop", "php8.3-fpm"], 5.0, run=failing)
+    ahead.begin()
+    with pytest.raises(HookError, match="stop failed"):
+        ahead.wait()
+
+
+def test_settle_lets_a_stop_in_flight_end_and_wait_begins_one_not_begun():
+    release, ran = threading.Event(), []
+
+    def slow(what, argv, *, timeout_s):
+        ran.append(what)
+        release.wait(5)
+        return ""
+
+    ahead = StopAhead(["stop"], 5.0, run=slow)
+    ahead.begin()
+    waiter = threading.Thread(target=ahead.settle)
+    waiter.start()
+    assert waiter.is_alive()
+    release.set()
+    waiter.join(5)
+    assert not waiter.is_alive() and ran == ["stop"]
+    late = StopAhead(["stop"], 5.0, run=slow)
+    assert late.wait() >= 0 and late.begun
