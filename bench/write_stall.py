@@ -17,12 +17,18 @@ In one run, on the same data:
     restart split in two: the stop takes ``--stop-s`` (php-fpm's stop measured about
     2.0 s here, docs/architecture.md) and marks the panel down, so the writers save
     nothing until the start, which makes them read the key from ``.env`` again, as new
-    php-fpm workers do.
+    php-fpm workers do;
+  * twice: first with the stop after the apply (as before the stop overlapped it: the
+    engine does so on a host whose last stop took no time, so the journal says that),
+    then as the engine does by default (the stop begun during the apply once the rest
+    of the apply fits in the stop this host last measured: the first run's).
 
-Printed: saves, errors, worst wait, p99 and median, both runs; the rotation's duration
-and its steps; the worst wait as a share of the rotation (aim: at most the bulk apply
-plus the php-fpm stop, measured as <= 30 % with a 2 s escrow at 100k values). Then PHP
-opens every stored value with the key in ``.env`` (bot/fakes/panel/php/crypto.php).
+Printed: saves, errors, worst wait, p99 and median, for each run; each rotation's
+duration and its steps; the worst wait as a share of the rotation (aim: at most the bulk
+apply plus the php-fpm stop, measured as <= 30 % with a 2 s escrow at 100k values), and
+how long the panel was down (from the stop's start to the start's end: what a user
+meets instead of a wait). Then PHP opens every stored value with the key in ``.env``
+(bot/fakes/panel/php/crypto.php).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from bot.fakes.panel.ctl import parse_env
 from bot.fakes.panel.database import schema_statements
 from bot.fakes.panel.files import to_toml
 from engine.cipher import Codec, Scheme
+from engine.runs import RunRecord
 from tests.support.panel import SHAPE_TABLES, Shape, seed_shape
 from tests.support.php_crypto import php_decrypt
 
@@ -182,8 +189,9 @@ def profile(root: Path, key: str, escrow_s: float, stop_s: float, down: Path, ep
         "journal_dir": str(root / "journal"),
         "ciphertext": SCHEME.label,
         "restart_command": ["true"],
-        "restart_stop_command": ["sh", "-c", f'touch "{down}"; sleep {stop_s}'],
-        "restart_start_command": ["sh", "-c", f'date +%s.%N > "{epoch}"; rm -f "{down}"'],
+        "restart_stop_command": ["sh", "-c", f'date +%s.%N > "{down}"; sleep {stop_s}'],
+        "restart_start_command": ["sh", "-c", f'date +%s.%N > "{epoch}"; cat "{down}" >> "{down}.log"; '
+                                  f'cat "{epoch}" >> "{down}.log"; rm -f "{down}"'],
         "escrow_command": ["sh", "-c", f"cat > /dev/null; sleep {escrow_s}"],
         "escrow_label": "a slow vault",
         "hook_timeout_s": 600,
@@ -217,6 +225,30 @@ def rotate(profile_path: Path) -> tuple[float, dict[str, float], dict[str, objec
 
     print(f"reencrypt: {ok('reencrypt').get('detail')}; sweep: {ok('sweep').get('detail')}")
     return took, steps, ok("restart")
+
+
+def last_down_s(down: Path) -> float:
+    """How long the panel was down in the latest restart: its stop's start to its start."""
+    stopped, started = (float(x) for x in Path(f"{down}.log").read_text().split()[-2:])
+    return started - stopped
+
+
+def report(name: str, during: Saves, outcome: tuple[float, dict[str, float], dict[str, object]],
+           down_s: float) -> float:
+    took, steps, restart = outcome
+    print(f"{name}: {during.summary()}")
+    print(f"  rotation {took:.2f} s, engine start to exit; steps: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
+    stop_s = float(restart.get("stop_ms", 0)) / 1000  # type: ignore[arg-type]
+    bound = steps.get("reencrypt", 0) + steps.get("verify_db", 0) + steps.get("write_env", 0) + stop_s
+    share = during.worst / took
+    print(f"  worst wait / rotation  {share:5.1%}  (aim <= 30 %); worst {during.worst:.2f} s against "
+          f"apply + db check + .env + php-fpm stop {bound:.2f} s; the stop "
+          + ("begun during the apply" if restart.get("stop_begun_during_apply") else "after the apply")
+          + f"; panel down {down_s:.2f} s (php-fpm stop {stop_s:.2f} s)")
+    for error in during.errors[:5]:
+        print(f"  save failed: {error}")
+    return share
 
 
 def php_opens_everything(key: str) -> tuple[int, int]:
@@ -256,23 +288,19 @@ def main() -> int:
                   f"escrow {args.escrow_s:.1f} s, php-fpm stop {args.stop_s:.1f} s", flush=True)
             base, _ = with_writers(panel, args.writers, lambda: time.sleep(args.baseline_s))
             print(f"no rotation ({args.baseline_s:.0f} s)   {base.summary()}", flush=True)
+            journal = root / "journal"
+            journal.mkdir(mode=0o700)
+            RunRecord(journal).append({"event": "finished", "ok": True, "stop_ms": 0})
+            after, outcome = with_writers(panel, args.writers, lambda: rotate(prof))
+            report("stop after the apply  ", after, outcome, last_down_s(down))  # type: ignore[arg-type]
             during, outcome = with_writers(panel, args.writers, lambda: rotate(prof))
-            took, steps, restart = outcome  # type: ignore[misc]
-            print(f"during the rotation   {during.summary()}")
-            print(f"rotation: {took:.2f} s, engine start to exit; steps: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
-            stop_s = float(restart.get("stop_ms", 0)) / 1000  # type: ignore[arg-type]
-            bound = steps.get("reencrypt", 0) + steps.get("verify_db", 0) + steps.get("write_env", 0) + stop_s
-            share = during.worst / took
-            print(f"worst wait / rotation  {share:5.1%}  (aim <= 30 %); worst {during.worst:.2f} s against "
-                  f"apply + db check + .env + php-fpm stop {bound:.2f} s")
-            print(f"worst wait vs no rotation: {during.worst * 1000:.0f} ms / {base.worst * 1000:.0f} ms")
-            for error in during.errors[:5]:
-                print(f"  save failed: {error}")
+            report("stop during the apply ", during, outcome, last_down_s(down))  # type: ignore[arg-type]
+            print(f"worst wait vs no rotation: {during.worst * 1000:.0f} ms (stop after the apply: "
+                  f"{after.worst * 1000:.0f} ms) / {base.worst * 1000:.0f} ms")
             new_key = parse_env(panel.env.read_text())["PANEL_ENCRYPTION_KEY"]
             opened, failed = php_opens_everything(new_key)
             print(f"PHP, key in .env: {opened:,} values open, {failed:,} do not")
-            return 0 if not during.errors and not failed else 1
+            return 0 if not during.errors and not after.errors and not failed else 1
     finally:
         with pymysql.connect(host="127.0.0.1", user="root", autocommit=True) as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {DB}")

@@ -11,7 +11,9 @@ split) the commit follows the moment the new workers are up, and the blank
 window is as short as a commit.
 
 The panel stays writable: a user saving a credential waits at most for the bulk
-apply and the php-fpm stop, never for the pass over the values or the escrow.
+apply and the php-fpm stop, never for the pass over the values or the escrow; the
+stop begins during the apply once the rest of it fits in the stop
+(``engine.ops.key.stop_ahead``), so where it does the wait is the longer of the two.
 The pass reads a consistent snapshot without row locks; the key is journaled and
 escrowed outside any lock; the locks are taken by the apply (the online
 schema-change tools' short cut-over), which re-seals, under them, the few rows
@@ -304,7 +306,7 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
             if label is None or apply_ends_within(expected_s, left, sum(sizes[name] for name in done),
                                                   time.monotonic() - started[0], pass_rate):
                 self.restart_attempted = True  # a failure from here restarts the panel
-                ahead.begin()
+                ahead.begin(during_apply=label is not None)
             if label is not None:
                 done.append(label)
 
@@ -318,7 +320,7 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
         itself and never shows blank credentials."""
         timeout = self.profile.restart_timeout_s
         ahead = self.stop_ahead or StopAhead(stop, timeout)
-        begun_ahead = ahead.begun
+        begun_ahead = ahead.during_apply
         watch = Stopwatch()
         ahead.wait()
         stop_ms = watch.ms  # what was left of the stop once the apply and .env were done
@@ -330,7 +332,7 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
         start_ms = watch.ms - stop_ms - commit_ms
         stopped = (f"{hooks.describe(stop)} in {ahead.took_ms / 1000:.2f} s, begun during the apply "
                    f"({stop_ms / 1000:.2f} s of it after)") if begun_ahead else \
-            f"{hooks.describe(stop)} in {stop_ms / 1000:.2f} s"
+            f"{hooks.describe(stop)} in {ahead.took_ms / 1000:.2f} s"
         detail = (
             f"{stopped} · committed in {commit_ms} ms · "
             f"{hooks.describe(start)} in {start_ms / 1000:.2f} s · no worker saw the other key"

@@ -67,14 +67,17 @@ class StopAhead:
         #: how long the stop took, from ``begin`` to its end (ms)
         self.took_ms = 0
         self.begun_at: float | None = None
+        #: begun while columns were still to be applied (not once the apply was over)
+        self.during_apply = False
 
     @property
     def begun(self) -> bool:
         return self._thread is not None
 
-    def begin(self) -> None:
+    def begin(self, *, during_apply: bool = False) -> None:
         if self._thread is not None:
             return
+        self.during_apply = during_apply
         self.begun_at = time.monotonic()
         self._thread = threading.Thread(target=self._stop_panel, name="stop-ahead", daemon=True)
         self._thread.start()
