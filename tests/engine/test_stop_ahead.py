@@ -19,6 +19,7 @@ from engine.ops.key.stop_ahead import DEFAULT_STOP_S, StopAhead, apply_ends_with
 from engine.runs import RunRecord
 from tests.engine.runner import finish, rotate, run_engine, start_paused
 from tests.support.php_crypto import php_encrypt
+from tests.support.procs import wait_until
 from tests.support.secrets_scan import register_secret
 
 
@@ -60,37 +61,48 @@ def _clear_the_foreign_value(panel) -> None:
     panel.no_value["email_configurations.mailgun_api_key#2"] = None
 
 
+def _measured_stop(panel, stop_ms: int) -> None:
+    """The host has rotated before, with the restart split: its journal holds the stop it measured."""
+    journal = panel.root / "journal"
+    journal.mkdir(mode=0o700, exist_ok=True)
+    RunRecord(journal).append({"event": "finished", "ok": True, "state": "DONE", "stop_ms": stop_ms})
+
+
 def _seen(tmp_path) -> list[list[str]]:
     return [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
 
 
-def test_the_stop_runs_during_the_apply_and_the_commit_waits_for_all_of_it(panel_factory, tmp_path):
-    panel = panel_factory(rows={"oscam_installs": 6, "saved_servers": 6}, server=True)
-    before = panel.stored_values()["oscam_installs.webif_password#1"]
+def test_the_stop_runs_during_the_apply_once_measured_and_the_commit_waits_for_all_of_it(panel_factory, tmp_path):
+    """The host's first rotation stops the panel after the apply and measures the stop;
+    the second begins it during the apply. In both, the rows hold the old key for the
+    whole stop and the new one for the start."""
+    panel = panel_factory(rows=6, server=True)  # every column holds values: the last one's apply is real work
     profile = panel.write_profile(
         restart_stop_command=_noting(panel, tmp_path, "stop-app", hold_s=1.0),
         restart_start_command=_noting(panel, tmp_path, "start-app"),
     )
+    for nth, during_apply in ((1, False), (2, True)):
+        before = panel.stored_values()["oscam_installs.webif_password#1"]
+        (tmp_path / "seen.jsonl").unlink(missing_ok=True)
 
-    run = rotate(profile)
-    register_secret(panel.env_key(), "new PANEL_ENCRYPTION_KEY")
+        run = rotate(profile)
+        register_secret(panel.env_key(), f"new PANEL_ENCRYPTION_KEY ({nth})")
 
-    assert run.returncode == 0, run.stderr
-    after = panel.stored_values()["oscam_installs.webif_password#1"]
-    assert after != before
-    # old key in the rows for the whole stop, new key for the start: nothing blank either way
-    assert _seen(tmp_path) == [["stop-app", "begins", before], ["stop-app", "ends", before],
-                               ["start-app", "begins", after], ["start-app", "ends", after]]
-    restart = run.step("restart")
-    assert restart["stop_begun_during_apply"] is True
-    assert restart["stop_ms"] >= 1000
+        assert run.returncode == 0, run.stderr
+        after = panel.stored_values()["oscam_installs.webif_password#1"]
+        assert after != before
+        assert _seen(tmp_path) == [["stop-app", "begins", before], ["stop-app", "ends", before],
+                                   ["start-app", "begins", after], ["start-app", "ends", after]]
+        restart = run.step("restart")
+        assert restart["stop_begun_during_apply"] is during_apply
+        assert restart["stop_ms"] >= 1000
+        assert ("begun during the apply" in restart["detail"]) is during_apply
+        # what the next rotation expects: the stop this one measured
+        assert expected_stop_s(panel.root / "journal") == pytest.approx(restart["stop_ms"] / 1000)
+        assert panel.php_check_all() == []
+        assert panel.health()[0] == 200
+        assert run.leaks() == []
     assert restart["stop_after_apply_ms"] < restart["stop_ms"]  # part of the stop ran during the apply
-    assert "begun during the apply" in restart["detail"]
-    assert panel.php_check_all() == []
-    assert panel.health()[0] == 200
-    # the next rotation expects the stop this host measured
-    assert expected_stop_s(panel.root / "journal") == pytest.approx(restart["stop_ms"] / 1000)
-    assert run.leaks() == []
 
 
 def test_a_failure_after_the_stop_began_waits_for_it_then_starts_the_panel(panel_factory, tmp_path):
@@ -106,6 +118,7 @@ def test_a_failure_after_the_stop_began_waits_for_it_then_starts_the_panel(panel
         restart_command=_noting(panel, tmp_path, "restart"),
         verify_url=None,
     )
+    _measured_stop(panel, 2000)
     engine = start_paused(profile, "apply:saved_servers.ssh_credential_encrypted", "rotate-key", "--yes", "--json")
     try:
         _save_foreign_value(panel, "ab" * 32)
@@ -133,6 +146,7 @@ def test_a_value_no_key_opens_found_before_the_locks_never_stops_the_panel(panel
         restart_command=_noting(panel, tmp_path, "restart"),
         verify_url=None,
     )
+    _measured_stop(panel, 2000)
     engine = start_paused(profile, "state:STAGED", "rotate-key", "--yes", "--json")
     try:
         _save_foreign_value(panel, "cd" * 32)
@@ -153,9 +167,11 @@ def test_killed_while_the_stop_runs_recover_starts_the_panel_again(panel_factory
         restart_start_command=panel.server.start_command,
     )
     old_key = panel.env_key()
+    _measured_stop(panel, 2000)
     engine = start_paused(profile, point, "rotate-key", "--yes", "--json")
     engine.kill()
     engine.communicate()
+    assert wait_until(lambda: panel.health()[0] != 200, 10, what="the panel stopped by the stop begun during the apply")
 
     run = run_engine(profile, "recover", "--json")
 
@@ -181,7 +197,7 @@ def test_the_stop_begins_once_the_rest_of_the_apply_fits_in_it():
 
 
 def test_the_expected_stop_is_the_latest_one_this_host_measured(tmp_path):
-    assert expected_stop_s(tmp_path) == DEFAULT_STOP_S
+    assert expected_stop_s(tmp_path) == DEFAULT_STOP_S == 0  # none measured: the stop follows the apply
     runs = RunRecord(tmp_path)
     runs.append({"event": "finished", "ok": True, "stop_ms": 2400})
     runs.append({"event": "finished", "ok": True})  # a run without a split restart
