@@ -175,6 +175,7 @@ class AgentServer:
             ) from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         where = f"agent server {route.label}"
+        started = time.monotonic()
         try:
             client.connect(
                 route.host,
@@ -194,11 +195,15 @@ class AgentServer:
             raise AgentError(
                 f"{where} presented a host key other than the one pinned in {self.known_hosts}: refusing"
             ) from None
-        except paramiko.AuthenticationException:
+        except (paramiko.SSHException, EOFError) as exc:  # AuthenticationException included
             client.close()
-            raise AgentError(f"{where} refused the SSH credential for user {route.user}") from None
-        except (paramiko.SSHException, EOFError) as exc:
-            client.close()
+            if time.monotonic() - started >= self.timeout_s:  # a phase ran out of time, not a refusal
+                raise AgentError(
+                    f"{where} did not complete the SSH handshake and login within {self.timeout_s:g} s "
+                    "(a slow or overloaded server or host; ssh_timeout_s sets this limit)"
+                ) from None
+            if isinstance(exc, paramiko.AuthenticationException):
+                raise AgentError(f"{where} refused the SSH credential for user {route.user}") from None
             if "known_hosts" in str(exc) or "not found in" in str(exc):
                 raise AgentError(f"{where} is not pinned in {self.known_hosts}: refusing") from None
             raise AgentError(f"{where}: SSH handshake failed ({type(exc).__name__})") from None
