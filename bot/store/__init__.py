@@ -8,7 +8,8 @@
     bot.store.deliveries   Slack deliveries seen (durable retry dedupe)
     bot.store.reminders    key-age reminders sent (not repeated within their interval)
     bot.store.home_viewers who opened the App Home tab (refreshed after each run, any replica)
-    bot.store.fleets       fleet runs (a row per panel) and the people offboarded
+    bot.store.fleets       fleet runs (a row per panel)
+    bot.store.offboarded   the people offboarded: marked, asked, listed, restored
     bot.store.enrollments  approvers' TOTP enrollments (sealed secrets), used steps, failures
     bot.store.audit_chain  the audit log's hash chain as stored (verify/export: ``bot.audit``)
 
@@ -30,6 +31,7 @@ from bot.store.deliveries import DELIVERY_TTL_S, DeliveryRows
 from bot.store.enrollments import EnrollmentRows
 from bot.store.fleets import FleetRows
 from bot.store.home_viewers import HomeViewerRows
+from bot.store.offboarded import OffboardedRows
 from bot.store.reminders import ReminderRows
 from bot.store.requests import RequestRows
 from bot.store.sql import Tx
@@ -38,7 +40,8 @@ __all__ = ["DELIVERY_TTL_S", "Store", "Tx", "open_backend", "open_store"]
 
 
 class Store(
-    RequestRows, DeliveryRows, AuditRows, ReminderRows, EnrollmentRows, HomeViewerRows, FleetRows
+    RequestRows, DeliveryRows, AuditRows, ReminderRows, EnrollmentRows, HomeViewerRows, FleetRows,
+    OffboardedRows,
 ):
     """The bot's state: requests, their transitions, Slack deliveries seen, the audit log,
     reminders sent, TOTP enrollments, Home tab viewers, fleet runs, offboarded people."""

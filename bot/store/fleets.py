@@ -1,4 +1,4 @@
-"""Fleet runs, one row per panel, and the people offboarded.
+"""Fleet runs, one row per panel (the people offboarded: ``bot.store.offboarded``).
 
 A fleet request (``handlers.ops.fleet``) is one ``rotation_requests`` row; its panels'
 runs are rows here, so that panels running in parallel never contend for the request's
@@ -113,27 +113,3 @@ class FleetRows(Database):
                     data=audit,
                     ts_ms=int(now * 1000),
                 )
-
-    def mark_offboarded(self, user_id: str, *, request_id: str, actor: str) -> bool:
-        """Record that ``user_id`` left (audited); False if they were already recorded."""
-        now = self.clock()
-        with self.transaction() as tx:
-            added = tx.execute(
-                f"{self._backend.insert_ignore} INTO offboarded_people (user_id, request_id, actor, at) "
-                "VALUES (?, ?, ?, ?)",
-                (user_id[:32], request_id, actor[:128], now),
-            )
-            append_in(
-                tx,
-                self.audit_key,
-                kind="person.offboarded",
-                request_id=request_id,
-                actor=actor,
-                data={"user": user_id, "approvals": "revoked", "first_time": added == 1},
-                ts_ms=int(now * 1000),
-            )
-        return added == 1
-
-    def is_offboarded(self, user_id: str) -> bool:
-        with self.transaction() as tx:
-            return tx.one("SELECT 1 FROM offboarded_people WHERE user_id = ?", (user_id[:32],)) is not None
