@@ -6,6 +6,7 @@
     python -m bot audit export [--since 2026-11-26T00:00:00] [--output FILE]
     python -m bot audit export --incident ID --format markdown [--output FILE]
     python -m bot audit verify [--file EXPORT.jsonl] [--anchor SEQ:DIGEST ...] [--slack]
+    python -m bot people list-offboarded | restore USER_ID --reason WHY
     python -m bot demo | doctor           (when bot.demo / bot.doctor are installed)
 
     python -m bot serve [--http ...]      serve Slack, never the demo (the systemd unit's form)
@@ -150,9 +151,10 @@ def _parser() -> argparse.ArgumentParser:
         help="log lines as text, or one JSON object per line (default: $ROTATOR_LOG_FORMAT or text)",
     )
     sub = parser.add_subparsers(dest="command")
-    from bot import audit_cli
+    from bot import audit_cli, people_cli
 
     audit_cli.add_parser(sub)
+    people_cli.add_parser(sub)
     sub.add_parser("demo", help="a local rehearsal (bot.demo)", add_help=False)
     sub.add_parser("doctor", help="check the installation (bot.doctor)", add_help=False)
     return parser
@@ -324,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "audit":
             return _audit(args)
+        if args.command == "people":
+            from bot import people_cli
+
+            return people_cli.run(args)
         return _serve(args)
     except BotError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

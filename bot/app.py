@@ -608,6 +608,7 @@ def build_rotator(
         directory=deps.directory,
         max_age_s=settings.max_key_age_s,
         clock=clock,
+        barred=lambda person: ops.barred(deps, person),
     )
     runner.on_finished = lambda request: room.refresh_all()
     fleet_runner.on_finished = runner.on_finished

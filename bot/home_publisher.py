@@ -48,6 +48,7 @@ class ControlRoom:
         max_age_s: Callable[[str], float],
         clock: Callable[[], float] = time.time,
         cache_s: float = 30.0,
+        barred: Callable[[Person], str | None] = lambda person: None,
     ) -> None:
         self.engine_clients = engine_clients
         self.panels = list(panels)
@@ -58,6 +59,7 @@ class ControlRoom:
         self.max_age_s = max_age_s
         self.clock = clock
         self.cache_s = cache_s
+        self.barred = barred
         self._cached: tuple[float, list[home.PanelStatus]] | None = None
         self._lock = threading.Lock()
 
@@ -122,12 +124,14 @@ class ControlRoom:
     ) -> dict[str, object]:
         """The same rule as the commands (``AccessPolicy``, with no channel: the Home tab is
         in none): pending requests for those who may see them, Approve/Deny for approvers
-        on others' requests, the request buttons for those who may request."""
+        on others' requests, the request buttons for those who may request; for someone
+        barred from acting (offboarded: ``handlers.ops.barred``), no button but why."""
         policy = self.policy
         refusal = home.home_refusal(policy, self.directory, person)
         if refusal:
             return home.not_allowed_view(refusal)
-        may_approve = policy.may_approve(person, self.directory, NO_CHANNEL)
+        barred = self.barred(person)
+        may_approve = not barred and policy.may_approve(person, self.directory, NO_CHANNEL)
 
         def may_decide(request: RotationRequest) -> bool:
             return may_approve and request.requester.user_id != person.user_id
@@ -138,7 +142,8 @@ class ControlRoom:
             now=self.clock(),
             max_age_s=self.max_age_s,
             may_decide=may_decide,
-            may_request=policy.may_request(person, self.directory, NO_CHANNEL),
+            may_request=not barred and policy.may_request(person, self.directory, NO_CHANNEL),
+            barred=barred,
         )
 
 

@@ -257,6 +257,10 @@ def key_age_order(status: PanelStatus) -> tuple[bool, float, str]:
     return known, status.key_rotated_at or 0.0, status.panel
 
 
+def _nobody(request: RotationRequest) -> bool:
+    return False
+
+
 def home_view(
     statuses: Sequence[PanelStatus],
     pending: Sequence[RotationRequest],
@@ -265,13 +269,18 @@ def home_view(
     max_age_s: Callable[[str], float],
     may_decide: Callable[[RotationRequest], bool],
     may_request: bool = True,
+    barred: str | None = None,
 ) -> dict[str, Any]:
     """The whole Home tab, panels by key age, oldest first (at most 100 blocks: panels past
-    that are summarised)."""
+    that are summarised). ``barred``: why the viewer may not act (``ops.barred``), said
+    where the request button would be; they get no button then."""
     body: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": "Rotation control room"}}
     ]
-    if may_request:
+    if barred:  # the same rule as a click on a button from before: no button at all
+        body.append({**blocks._section(m.esc(barred)), "block_id": "barred"})
+        may_request, may_decide = False, _nobody
+    elif may_request:
         body.append(
             {
                 "type": "actions",

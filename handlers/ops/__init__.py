@@ -4,7 +4,7 @@ An ``Operation`` says which request ``op`` it owns, which slash commands it answ
 (and which it shares with an older operation, e.g. ``/rotate-key --panels``), how its
 card and summary read, which panels a request of it touches and what it adds to the
 help. The rest of the code asks the registry (``lookup``, ``route``, ``panels_of``,
-``refusal``) instead of branching on an operation's name.
+``refusal``, ``barred``) instead of branching on an operation's name.
 
 Each operation has one module here: ``key``, ``agents``, ``incident``, ``db_password``
 and ``fleet``. An operation that uses the shared request flow (``handlers.commands``:
@@ -94,6 +94,9 @@ class Operation:
     #: a reason ``person`` may not ``act`` now (``ACTS``: request, approve, deny; e.g. they
     #: were offboarded), or None; the operation audits a refusal it gives
     refusal: Callable[[HandlerDeps, Person, str], str | None] = lambda deps, person, act: None
+    #: why ``person`` may do none of ``ACTS`` now, said once where their buttons would be
+    #: (the Home tab), or None; asked, not tried: not audited
+    barred: Callable[[HandlerDeps, Person], str | None] = lambda deps, person: None
 
     # --- the shared request flow (``handlers.commands``, ``blocks``, ``bot.runner``) ------
     #: its command's parser: (text, panels) -> ``Parsed``, or the sentence that says what to
@@ -208,6 +211,16 @@ def refusal(deps: HandlerDeps, person: Person, act: str) -> str | None:
     ``handlers.actions``)."""
     for operation in operations().values():
         found = operation.refusal(deps, person, act)
+        if found:
+            return found
+    return None
+
+
+def barred(deps: HandlerDeps, person: Person) -> str | None:
+    """Why ``person`` may do none of ``ACTS``, if any operation says so: the Home tab shows
+    this instead of its buttons (a click on a stale tab still gets ``refusal``)."""
+    for operation in operations().values():
+        found = operation.barred(deps, person)
         if found:
             return found
     return None

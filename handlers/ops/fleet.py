@@ -402,7 +402,9 @@ OFFBOARDED_ANSWERS = {
     "approve": "You were offboarded: your approvals no longer count. Ask a colleague to approve.",
     "deny": "You were offboarded: you can no longer deny requests. Ask a colleague to decide.",
 }
-RESTORE_HINT = " If this is a mistake, an admin can restore you (docs/operations.md, offboarding)."
+#: what an offboarded person's Home tab says instead of its buttons
+OFFBOARDED_HOME = "You were offboarded: you can no longer request, approve or deny rotations."
+RESTORE_HINT = " If this is a mistake, an admin can restore you (`python -m bot people restore`)."
 
 
 def refusal(deps: HandlerDeps, person: Person, act: str) -> str | None:
@@ -414,6 +416,15 @@ def refusal(deps: HandlerDeps, person: Person, act: str) -> str | None:
         return None
     offboarding.refused(person, act)
     return OFFBOARDED_ANSWERS.get(act, OFFBOARDED_ANSWERS["request"]) + RESTORE_HINT
+
+
+def barred(deps: HandlerDeps, person: Person) -> str | None:
+    """The same rule, as the Home tab says it instead of offering buttons; not audited,
+    since opening the tab is not an attempt to act."""
+    offboarding = settings_of(deps).offboarding
+    if offboarding is None or not offboarding.is_offboarded(person.user_id):
+        return None
+    return OFFBOARDED_HOME + RESTORE_HINT
 
 
 # --- the commands ----------------------------------------------------------------------------
@@ -556,4 +567,5 @@ OPERATION = Operation(
     register=register,
     shares={"/rotate-key": (claims_rotate_key, rotate_key_listener)},
     refusal=refusal,
+    barred=barred,
 )
