@@ -77,6 +77,24 @@ def test_the_metrics_table_lists_what_the_bot_exposes() -> None:
     assert len(families) == 9 and table == families
 
 
+def test_the_guides_offboarding_words_and_people_commands_are_the_bots() -> None:
+    """docs/operations.md, Offboarding: the Home tab's line is the one the bot shows, and the
+    `python -m bot people` commands it gives parse as written (their runs:
+    tests/bot/test_offboarded_people.py)."""
+    from handlers.ops.fleet import OFFBOARDED_HOME, RESTORE_HINT
+
+    guide = _words(_text(REPO / "docs" / "operations.md"))
+    assert _words(OFFBOARDED_HOME + RESTORE_HINT.split(" (")[0]) in guide
+    assert "python -m bot people restore" in _words(RESTORE_HINT)
+    from bot.__main__ import _parser
+
+    given = re.findall(r"^python -m bot (people [^#\n]*?)\s*(?:#.*)?$", _text(REPO / "docs" / "operations.md"), re.M)
+    assert len(given) == 2
+    for command in given:
+        args = _parser().parse_args([w.strip('"') for w in re.findall(r'"[^"]*"|\S+', command)])
+        assert args.command == "people", command
+
+
 def test_probe_after_an_upgrade_names_a_missing_escrow_line(panel_factory) -> None:  # type: ignore[no-untyped-def]
     """docs/operations.md, Upgrades: "`myosicam-rotator probe` on each panel host also tells
     you whether its profile needs the new `escrow` line" (a 0.1.0 profile has none)."""
