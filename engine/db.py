@@ -397,21 +397,24 @@ class PanelDB:
         except pymysql.MySQLError as exc:
             raise _translate(exc, f"staging new values for {spec.label}") from exc
 
-    def empty_rows(self, spec: ColumnSpec, batch: int) -> Iterator[list[tuple[Any, str | None]]]:
-        """(key, NULL or '') of the rows that hold no value, ``batch`` at a time: staged as
-        they are, so that the apply notices a value saved there since."""
-        t, c, pk = spec.table, spec.column, spec.primary_key
+    def iter_rows(self, specs: list[ColumnSpec], batch: int) -> Iterator[list[tuple[Any, ...]]]:
+        """(primary key, value of each of ``specs``) of every row of their one table, in
+        key order, ``batch`` rows at a time: one scan for all of a table's columns. A value
+        the server counts as empty (``= ''``: with a PAD SPACE collation, blanks too) comes
+        as '', so that a value is there exactly where ``iter_values`` would read it."""
+        t, pk = specs[0].table, specs[0].primary_key
+        values = ", ".join(f"IF(`{spec.column}` = '', '', `{spec.column}`)" for spec in specs)
+        labels = " and ".join(spec.label for spec in specs)
         last: Any = None
         while True:
-            after = "" if last is None else f"`{pk}` > %s AND "
+            after = "" if last is None else f"WHERE `{pk}` > %s "
             args: tuple[Any, ...] = (batch,) if last is None else (last, batch)
             rows = self.query(
-                f"SELECT `{pk}`, `{c}` FROM `{t}` WHERE {after}(`{c}` IS NULL OR `{c}` = '') "
-                f"ORDER BY `{pk}` LIMIT %s", args, doing=f"reading {spec.label}",
-            )  # fmt: skip
+                f"SELECT `{pk}`, {values} FROM `{t}` {after}ORDER BY `{pk}` LIMIT %s", args, doing=f"reading {labels}"
+            )
             if not rows:
                 return
-            yield [(r[0], None if r[1] is None else "") for r in rows]
+            yield rows
             if len(rows) < batch:
                 return
             last = rows[-1][0]

@@ -134,3 +134,25 @@ def test_the_one_loop_sums_as_the_server_does(mysql_db: TestDatabase) -> None:
             assert db.fingerprint(spec) == part.read.as_tuple()
     finally:
         db.close()
+
+
+def test_one_scan_per_table_reads_each_column_as_the_per_column_reads_did(mysql_db: TestDatabase) -> None:
+    """``iter_rows`` reads a table's columns in one scan: per column, the values it holds
+    are exactly what ``iter_values`` reads, and every other row comes as NULL or '' (a
+    blank value the server's collation counts as empty too)."""
+    mysql_db.execute("CREATE TABLE t (id INT PRIMARY KEY, a TEXT, b TEXT) DEFAULT CHARSET utf8mb4")
+    cells = [None, "", "  ", "x", "pw-1", "k" * 3000, "é€"]
+    rows = [(i + 1, cells[i % 7], cells[(i * 3) % 7]) for i in range(50)]
+    mysql_db.insert_rows("t", ["id", "a", "b"], rows)
+    specs = [ColumnSpec(table="t", column="a"), ColumnSpec(table="t", column="b")]
+    db = PanelDB(ConnectionSettings(mysql_db.host, mysql_db.port, mysql_db.name, mysql_db.user,
+                                    mysql_db.password, None, 5.0))
+    try:
+        read = [row for part in db.iter_rows(specs, 7) for row in part]
+        for i, spec in enumerate(specs, start=1):
+            values = [row for part in db.iter_values(spec, 7) for row in part]
+            assert values == [(row[0], row[i]) for row in read if row[i]]
+            assert {row[i] for row in read if not row[i]} == {None, ""}
+        assert [row[0] for row in read] == list(range(1, 51))
+    finally:
+        db.close()

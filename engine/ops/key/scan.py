@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -298,14 +299,21 @@ def _seal_batch(
                    Written(staged, written_size, written_crc), failed, Written(read_n, read_size, read_crc))
 
 
-def _seal_or_keep(
-    codecs: tuple[Codec, ...], label: str, head: str, literal: Literal, rows: list[Row], empty: bool
-) -> _Sealed:
-    """``_seal_batch``, or for rows that hold no value, their staging as they are."""
-    if not empty:
-        return _seal_batch(codecs, label, head, literal, rows)
-    kept = [(pk, value, value_digest(value)) for pk, value in rows]
-    return _Sealed(label, staging_statements(head, kept, literal), 0, 0, [], 0, Written(), 0, Written(), empty=True)
+def _seal_rows(
+    codecs: tuple[Codec, ...], columns: tuple[tuple[str, str], ...], literal: Literal, rows: list[tuple[Any, ...]]
+) -> list[_Sealed]:
+    """One batch of a table's rows, (key, a value per column): per column, the rows that
+    hold no value staged as they are, and the values sealed (``_seal_batch``)."""
+    parts: list[_Sealed] = []
+    for i, (label, head) in enumerate(columns, start=1):
+        empty = [(row[0], row[i], value_digest(row[i])) for row in rows if not row[i]]
+        if empty:
+            statements = staging_statements(head, empty, literal)
+            parts.append(_Sealed(label, statements, 0, 0, [], 0, Written(), 0, Written(), empty=True))
+        values = [(row[0], row[i]) for row in rows if row[i]]
+        if values:
+            parts.append(_seal_batch(codecs, label, head, literal, values))
+    return parts
 
 
 def seal_and_stage(
@@ -358,14 +366,18 @@ def seal_and_stage(
 
 def _snapshot_reads(
     reader: PanelDB, columns: list[ColumnSpec], batch: int
-) -> Iterator[tuple[ColumnSpec, bool, list[Row]]]:
-    """(column, whether the rows hold no value, rows) of every row, from ``reader``'s snapshot."""
+) -> Iterator[tuple[tuple[ColumnSpec, ...], list[tuple[Any, ...]]]]:
+    """(a table's columns, rows of key and their values) of every row, from ``reader``'s
+    snapshot: one scan per table, its rows with and without values alike. Measured on
+    100k values of the seed's shape: a scan for the values and one for the empty rows of
+    each column took 0.50 s (client CPU 0.30 s, server 0.13 s), one per table 0.36 s
+    (0.23 s, 0.06 s)."""
+    tables: dict[tuple[str, str], list[ColumnSpec]] = {}
     for spec in columns:
-        for empty in reader.empty_rows(spec, batch):
-            yield spec, True, list(empty)
-    for spec in columns:
-        for rows in reader.iter_values(spec, batch):
-            yield spec, False, rows
+        tables.setdefault((spec.table, spec.primary_key), []).append(spec)
+    for specs in tables.values():
+        for rows in reader.iter_rows(specs, batch):
+            yield tuple(specs), rows
 
 
 def _stage_from(reader: PanelDB, db: PanelDB, columns: list[ColumnSpec], result: Rewrite, source: Codec,
@@ -380,8 +392,10 @@ def _stage_from(reader: PanelDB, db: PanelDB, columns: list[ColumnSpec], result:
         offload.start()  # before the reader's thread
         reads = read_ahead(_snapshot_reads(reader, columns, batch), READ_AHEAD)
         with contextlib.closing(reads):
-            jobs = ((spec.label, heads[spec.label], literal, rows, empty) for spec, empty, rows in reads)
-            for part in offload.map(_seal_or_keep, jobs):
+            jobs = (
+                (tuple((spec.label, heads[spec.label]) for spec in specs), literal, rows) for specs, rows in reads
+            )
+            for part in itertools.chain.from_iterable(offload.map(_seal_rows, jobs)):
                 label = part.label
                 db.stage(by_label[label], part.statements)
                 if part.empty:
