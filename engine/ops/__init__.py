@@ -230,7 +230,8 @@ def _who(request: Request) -> dict[str, Any]:
 def _outcome(data: dict[str, Any]) -> dict[str, Any]:
     ok = data.get("ok", True) is not False and data.get("state", "DONE") != "ROLLED_BACK"
     out: dict[str, Any] = {"ok": bool(ok), "state": data.get("state")}
-    for key in ("old_fingerprint", "new_fingerprint", "verified", "rolled_back", "total", "stop_ms"):
+    for key in ("old_fingerprint", "new_fingerprint", "verified", "rolled_back", "total", "stop_ms",
+                "apply_bytes_per_s"):
         if key in data:
             out[key] = data[key]
     return out

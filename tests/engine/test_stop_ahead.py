@@ -15,7 +15,14 @@ import threading
 import pytest
 
 from engine.errors import HookError
-from engine.ops.key.stop_ahead import DEFAULT_STOP_S, StopAhead, apply_ends_within, expected_stop_s
+from engine.ops.key.stop_ahead import (
+    DEFAULT_STOP_S,
+    ApplyClock,
+    HostTimings,
+    StopAhead,
+    apply_ends_within,
+    host_timings,
+)
 from engine.runs import RunRecord
 from tests.engine.runner import finish, rotate, run_engine, start_paused
 from tests.support.php_crypto import php_encrypt
@@ -97,8 +104,10 @@ def test_the_stop_runs_during_the_apply_once_measured_and_the_commit_waits_for_a
         assert restart["stop_begun_during_apply"] is during_apply
         assert restart["stop_ms"] >= 1000
         assert ("begun during the apply" in restart["detail"]) is during_apply
-        # what the next rotation expects: the stop this one measured
-        assert expected_stop_s(panel.root / "journal") == pytest.approx(restart["stop_ms"] / 1000)
+        # what the next rotation expects: the stop and the apply's rate this one measured
+        timings = host_timings(panel.root / "journal")
+        assert timings.stop_s == pytest.approx(restart["stop_ms"] / 1000)
+        assert timings.apply_bytes_per_s == run.closing["apply_bytes_per_s"] > 0
         assert panel.php_check_all() == []
         assert panel.health()[0] == 200
         assert run.leaks() == []
@@ -196,16 +205,42 @@ def test_the_stop_begins_once_the_rest_of_the_apply_fits_in_it():
     assert not apply_ends_within(2.0, 1, 0, 0.0, fallback_rate=0)  # no rate known: not before the apply is over
 
 
-def test_the_expected_stop_is_the_latest_one_this_host_measured(tmp_path):
-    assert expected_stop_s(tmp_path) == DEFAULT_STOP_S == 0  # none measured: the stop follows the apply
+def test_the_expected_stop_and_apply_rate_are_the_latest_this_host_measured(tmp_path):
+    assert host_timings(tmp_path) == HostTimings(DEFAULT_STOP_S, 0.0)
+    assert DEFAULT_STOP_S == 0  # none measured: the stop follows the apply
     runs = RunRecord(tmp_path)
-    runs.append({"event": "finished", "ok": True, "stop_ms": 2400})
+    runs.append({"event": "finished", "ok": True, "stop_ms": 2400, "apply_bytes_per_s": 40_000_000})
     runs.append({"event": "finished", "ok": True})  # a run without a split restart
-    assert expected_stop_s(tmp_path) == 2.4
+    assert host_timings(tmp_path) == HostTimings(2.4, 40_000_000)
     runs.append({"event": "finished", "ok": True, "stop_ms": 150})
-    assert expected_stop_s(tmp_path) == 0.15
-    runs.append({"event": "finished", "ok": True, "stop_ms": "soon"})
-    assert expected_stop_s(tmp_path) == 0.15
+    assert host_timings(tmp_path) == HostTimings(0.15, 40_000_000)
+    runs.append({"event": "finished", "ok": True, "stop_ms": "soon", "apply_bytes_per_s": True})
+    assert host_timings(tmp_path) == HostTimings(0.15, 40_000_000)
+
+
+def test_the_clock_begins_the_stop_once_the_rest_fits_and_measures_the_apply():
+    class Ahead:
+        begun, during = False, None
+
+        def begin(self, *, during_apply=False):
+            self.begun, self.during = True, during_apply
+
+    mb = 1_000_000
+    sizes = {"a": 30 * mb, "b": 30 * mb}
+    # the host's last apply wrote 40 MB/s: 60 MB take 1.5 s, within a 2 s stop: begun before the first column
+    ahead, began = Ahead(), []
+    clock = ApplyClock(ahead, sizes, HostTimings(2.0, 40 * mb), 5 * mb, lambda: began.append(1))
+    clock.at("a")
+    assert (ahead.begun, ahead.during, began) == (True, True, [1])
+    # no apply measured yet, the pass's 5 MB/s: 12 s, not within 2 s; nor while a value no key opens is known
+    ahead = Ahead()
+    clock = ApplyClock(ahead, sizes, HostTimings(2.0, 0.0), 5 * mb, lambda: None)
+    clock.at("a")
+    clock.at("b", may_begin=False)
+    assert not ahead.begun
+    clock.at(None)  # the apply is over: begun, not during it
+    assert (ahead.begun, ahead.during) == (True, False)
+    assert clock.measured_rate > 0
 
 
 def test_a_stop_that_fails_is_raised_where_the_rotation_waits_for_it():

@@ -71,7 +71,7 @@ from engine.ops.journaled import JournaledRotation
 from engine.ops.key.converge import RollbackPlan, roll_back
 from engine.ops.key.preflight import Preflight, run_preflight
 from engine.ops.key.scan import Rewrite, apply_staged, catch_up, sweep
-from engine.ops.key.stop_ahead import StopAhead, apply_ends_within, expected_stop_s
+from engine.ops.key.stop_ahead import ApplyClock, StopAhead, host_timings
 from engine.ops.key.verify import check_written, panel_check, verify_from_disk
 from engine.profile import engine_command
 from engine.protocol import fingerprint
@@ -87,6 +87,7 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
         self.new_key = ""
         #: the php-fpm stop, begun during the apply when it fits (restart split only)
         self.stop_ahead: StopAhead | None = None
+        self.apply_clock: ApplyClock | None = None
         self.pass_s = 0.0
 
     # -- what JournaledRotation.run asks of a key rotation -----------------------------
@@ -278,6 +279,7 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
             "duration_ms": self.watch.ms,
             "engine_version": __version__,
             **({"stop_ms": self.stop_ahead.took_ms} if self.stop_ahead is not None else {}),
+            **({"apply_bytes_per_s": round(self.apply_clock.measured_rate)} if self.apply_clock else {}),
         }
 
     def _stop_when_apply_ends_within(self, rewrite: Rewrite) -> Callable[[str | None], None]:
@@ -289,26 +291,20 @@ class KeyRotation(JournaledRotation[Preflight, JournalRecord]):
         if halves is None:
             return lambda label: faults.checkpoint(f"apply:{label}") if label else None
         ahead = self.stop_ahead = StopAhead(halves[0], self.profile.restart_timeout_s)
-        expected_s = expected_stop_s(self.profile.journal_dir)
-        sizes = {label: written.size for label, written in rewrite.sealed.items()}
-        pass_rate = sum(read.size for read in rewrite.read.values()) / self.pass_s if self.pass_s > 0 else 0.0
-        started: list[float] = []
-        done: list[str] = []
+        read = sum(read.size for read in rewrite.read.values())
+
+        def began() -> None:
+            self.restart_attempted = True  # a failure from here restarts the panel
+
+        clock = self.apply_clock = ApplyClock(
+            ahead, {label: written.size for label, written in rewrite.sealed.items()},
+            host_timings(self.profile.journal_dir), read / self.pass_s if self.pass_s > 0 else 0.0, began,
+        )
 
         def before(label: str | None) -> None:
             if label is not None:
                 faults.checkpoint(f"apply:{label}")
-            if not started:
-                started.append(time.monotonic())
-            if ahead.begun or rewrite.neither:  # a value no key opens: the rotation stops, the panel stays up
-                return
-            left = sum(size for name, size in sizes.items() if name not in done)
-            if label is None or apply_ends_within(expected_s, left, sum(sizes[name] for name in done),
-                                                  time.monotonic() - started[0], pass_rate):
-                self.restart_attempted = True  # a failure from here restarts the panel
-                ahead.begin(during_apply=label is not None)
-            if label is not None:
-                done.append(label)
+            clock.at(label, may_begin=not rewrite.neither)  # a value no key opens: the panel stays up
 
         return before
 

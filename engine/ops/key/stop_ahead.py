@@ -23,7 +23,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import hooks
 from engine.errors import EngineError
@@ -35,25 +37,75 @@ from engine.runs import RunRecord
 DEFAULT_STOP_S = 0.0
 
 
-def expected_stop_s(journal_dir: Path) -> float:
-    """How long the stop took in this host's latest run that recorded it, else ``DEFAULT_STOP_S``."""
+@dataclass(frozen=True)
+class HostTimings:
+    """What this host's latest runs measured (``runs.jsonl``): how long the php-fpm stop
+    took, and how fast the locked apply wrote (bytes/s; 0 before any run recorded it)."""
+
+    stop_s: float = DEFAULT_STOP_S
+    apply_bytes_per_s: float = 0.0
+
+
+def _figure(entry: dict[str, Any], name: str) -> float | None:
+    value = entry.get(name)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
+
+
+def host_timings(journal_dir: Path) -> HostTimings:
+    """The latest stop and apply rate this host's runs recorded, each from the newest run that has it."""
+    stop_ms = rate = None
     for entry in reversed(RunRecord(journal_dir).recent(20)):
-        stop_ms = entry.get("stop_ms")
-        if isinstance(stop_ms, int | float) and not isinstance(stop_ms, bool) and stop_ms >= 0:
-            return float(stop_ms) / 1000
-    return DEFAULT_STOP_S
+        stop_ms = stop_ms if stop_ms is not None else _figure(entry, "stop_ms")
+        rate = rate if rate is not None else _figure(entry, "apply_bytes_per_s")
+    return HostTimings(DEFAULT_STOP_S if stop_ms is None else stop_ms / 1000, rate or 0.0)
 
 
 def apply_ends_within(seconds: float, bytes_left: int, bytes_done: int, applying_s: float,
                       fallback_rate: float) -> bool:
     """Whether an apply with ``bytes_left`` to write is expected to end within ``seconds``:
     at the rate of what it wrote so far, or, before it has written anything,
-    ``fallback_rate`` (bytes/s; the pass's, which wrote the same bytes into the
-    staging tables and was never faster than the apply in bench/apply_profile.py)."""
+    ``fallback_rate`` (bytes/s)."""
     if bytes_left <= 0:
         return True
     rate = bytes_done / applying_s if bytes_done > 0 and applying_s > 0 else fallback_rate
     return rate > 0 and bytes_left / rate <= seconds
+
+
+class ApplyClock:
+    """Times the locked apply column by column and begins ``ahead`` (the stop) once the
+    rest of the apply fits in the stop this host measured. Before the first column the
+    rate is the one this host's last apply measured, else the pass's (which wrote the
+    same bytes into the staging tables, and was slower than the apply in
+    bench/apply_profile.py: the stop then begins later, never earlier)."""
+
+    def __init__(self, ahead: StopAhead, sizes: dict[str, int], timings: HostTimings, pass_rate: float,
+                 on_begin: Callable[[], None]) -> None:
+        self.ahead = ahead
+        self.sizes = sizes
+        self.timings = timings
+        self.fallback_rate = timings.apply_bytes_per_s or pass_rate
+        self.on_begin = on_begin
+        self.done: list[str] = []
+        self.started: float | None = None
+        #: bytes/s of this apply, once it is over
+        self.measured_rate = 0.0
+
+    def at(self, label: str | None, *, may_begin: bool = True) -> None:
+        """Before the column ``label``'s apply, or (``None``) once every column is applied."""
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        written = sum(self.sizes[name] for name in self.done)
+        if label is None and now > self.started:
+            self.measured_rate = written / (now - self.started)
+        if may_begin and not self.ahead.begun:
+            left = sum(size for name, size in self.sizes.items() if name not in self.done)
+            if label is None or apply_ends_within(self.timings.stop_s, left, written, now - self.started,
+                                                  self.fallback_rate):
+                self.on_begin()
+                self.ahead.begin(during_apply=label is not None)
+        if label is not None:
+            self.done.append(label)
 
 
 class StopAhead:
