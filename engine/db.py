@@ -183,10 +183,19 @@ class PanelDB:
                 database=settings.name,
                 unix_socket=settings.unix_socket,
                 connect_timeout=settings.connect_timeout_s,
+                # PyMySQL's connect_timeout bounds the TCP connect only: a server that
+                # accepts and never greets would hold the engine (and a panel's lock)
+                # for ever. The greeting, the login and the session set-up get the same
+                # limit; the rotation's own statements none (an apply may take minutes).
+                read_timeout=settings.connect_timeout_s,
+                write_timeout=settings.connect_timeout_s,
                 charset="utf8mb4",
                 autocommit=False,
                 ssl_disabled=is_local(settings) or None,
             )
+            # from here on, no limit: PyMySQL reads these two at each read and write (2.2;
+            # 1.1 too); tests/engine/test_db_connection.py fails if that changes
+            self._conn._read_timeout = self._conn._write_timeout = None  # type: ignore[attr-defined]
         except pymysql.MySQLError as exc:
             raise _translate(exc, f"connecting to {settings.host}:{settings.port}") from exc
         self._temp_tables: set[str] = set()

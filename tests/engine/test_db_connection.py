@@ -40,3 +40,37 @@ def test_a_loopback_connection_builds_no_tls_context() -> None:
             conn.close()
     finally:
         db.drop()
+
+
+def test_a_server_that_accepts_and_never_greets_is_given_up_within_the_connect_timeout() -> None:
+    """PyMySQL's connect_timeout bounds the TCP connect only; the greeting and the login
+    get the same limit from the engine, so a wedged server cannot hold a rotation (and
+    the panel's lock) for ever."""
+    import socket
+    import time
+
+    from engine.errors import DatabaseError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseError, match=r"lost the database connection while connecting to 127\.0\.0\.1"):
+            PanelDB(ConnectionSettings("127.0.0.1", listener.getsockname()[1], "x", "u", "", None, 1.0))
+        assert time.monotonic() - started < 5
+    finally:
+        listener.close()
+
+
+def test_a_statement_longer_than_the_connect_timeout_is_not_cut() -> None:
+    """The limit is the connection's set-up only: a rotation's apply may take minutes."""
+    db = create_database(own_user=True)
+    try:
+        conn = PanelDB(ConnectionSettings(db.host, db.port, db.name, db.user, db.password, None, 1.0))
+        try:
+            assert conn.query("SELECT SLEEP(1.5)") == [(0,)]
+        finally:
+            conn.close()
+    finally:
+        db.drop()
