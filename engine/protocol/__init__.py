@@ -450,9 +450,12 @@ def key_binding(*, panel: str, engine_version: str, key_fingerprint: str, scheme
 
 
 def db_password_binding(
-    *, panel: str, engine_version: str, db_user: str, db_host: str, password_fingerprint: str
+    *, panel: str, engine_version: str, db_user: str, db_host: str, password_fingerprint: str,
+    accounts: list[str] | tuple[str, ...],
 ) -> dict[str, Any]:
-    """What a ``rotate-db-password`` approval binds: the login and its current password."""
+    """What a ``rotate-db-password`` approval binds: the login, its current password and
+    every account that password opens (``user@host``, sorted): a twin that appears after
+    the approval is a different plan."""
     return {
         "op": "rotate-db-password",
         "panel": panel,
@@ -460,6 +463,7 @@ def db_password_binding(
         "db_user": db_user,
         "db_host": db_host,
         "password_fingerprint": password_fingerprint,
+        "accounts": sorted(accounts),
     }
 
 
@@ -476,9 +480,11 @@ def agent_binding(*, panel: str, engine_version: str, agents: list[str] | tuple[
 def incident_binding(
     *, panel: str, engine_version: str, key_fingerprint: str, scheme: str,
     agents: list[str] | tuple[str, ...], db_user: str | None, password_fingerprint: str | None = None,
+    db_accounts: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """What a ``rotate-incident`` approval binds: the key, the exact agents, the DB login and
-    its current password (by fingerprint; None when the DB password part is skipped)."""
+    """What a ``rotate-incident`` approval binds: the key, the exact agents, the DB login,
+    its current password (by fingerprint; None when the DB password part is skipped) and
+    every account that password opens."""
     return {
         "op": "rotate-incident",
         "panel": panel,
@@ -488,6 +494,7 @@ def incident_binding(
         "agents": sorted(agents),
         "db_user": db_user,
         "password_fingerprint": password_fingerprint,
+        "db_accounts": sorted(db_accounts),
     }
 
 

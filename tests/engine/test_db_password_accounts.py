@@ -21,7 +21,7 @@ import pytest
 
 from tests.engine.runner import crash_at, run_engine
 from tests.support.db_accounts import SOCKET, drop_accounts, env_value, login, make_twins, php_login
-from tests.support.secrets_scan import register_secret
+from tests.support.secrets_scan import register_secret, scan_text
 
 TWIN_SHAPES = {"localhost+127.0.0.1": ("localhost", "127.0.0.1"), "localhost+%": ("localhost", "%")}
 
@@ -105,6 +105,37 @@ def test_an_account_only_for_localhost_is_rotated_and_the_refused_tcp_route_is_n
     assert outcomes["127.0.0.1:3306"] == "refused", json.dumps(run.step("db_preflight"))  # not a route
     assert_rotated_everywhere(panel, {f"{user}@localhost"}, old, new)
     assert run.leaks() == []
+
+
+def test_a_twin_account_made_after_the_approval_is_another_plan_and_nothing_changes(twin_panel):
+    """The approval binds every account the password opens: a ``user@127.0.0.1`` created
+    with the same password after the plan was approved makes the run refuse (the plan
+    changed), before any password changes; a fresh plan names both accounts."""
+    from tests.engine.test_incident import serve_raw
+    from tests.support.db_accounts import admin, drop_accounts
+
+    panel = twin_panel(("localhost",), "localhost")
+    user, old, name = panel.db.user, panel.db.password, panel.db.name
+    profile = panel.write_profile()
+    plan = run_engine(profile, "plan", "--db-password", "--json").closing
+    assert [a["account"] for a in plan["accounts"]] == [f"{user}@localhost"]
+    admin((f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY %s", (old,)),
+          (f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{user}'@'127.0.0.1'", ()))
+    try:
+        events, written = serve_raw(profile, id="r-twin-late", op="rotate-db-password", plan_hash=plan["plan_hash"],
+                                    password_fingerprint=plan["password_fingerprint"], requested_by="U0ALICE",
+                                    approved_by=["U0BOB"], reason="periodic review")  # fmt: skip
+        closing = events[-1]
+        assert (closing["type"], closing["code"]) == ("error", "plan_mismatch"), closing
+        assert env_value(panel, "DB_PASSWORD") == old
+        assert login(user, old, route="socket") == f"{user}@localhost"
+        assert login(user, old, route="tcp") == f"{user}@127.0.0.1"
+        again = run_engine(profile, "plan", "--db-password", "--json").closing
+        assert {a["account"] for a in again["accounts"]} == {f"{user}@localhost", f"{user}@127.0.0.1"}
+        assert again["plan_hash"] != plan["plan_hash"]
+        assert scan_text(written) == []
+    finally:
+        drop_accounts([(user, "127.0.0.1")])
 
 
 def test_a_panel_route_that_refuses_the_password_is_refused_before_any_change(twin_panel):

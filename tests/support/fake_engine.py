@@ -297,6 +297,8 @@ class FakeEngineHost:
                 panel=panel, engine_version=version, db_user=str(self.plan_result.get("db_user", "")),
                 db_host=str(self.plan_result.get("db_host", "")),
                 password_fingerprint=str(self.plan_result.get("password_fingerprint", "")),
+                accounts=[str(a["account"]) if isinstance(a, dict) else str(a)
+                          for a in self.plan_result.get("accounts") or []],
             )  # fmt: skip
         if request.op == "rotate-incident" or (request.op == "plan" and request.incident):
             return protocol.incident_binding(
@@ -305,6 +307,8 @@ class FakeEngineHost:
                 scheme=str(self.plan_result.get("scheme", "")), agents=self.agent_names(),
                 db_user=str(self.plan_result.get("db_user", "")),
                 password_fingerprint=self.plan_result.get("password_fingerprint"),
+                db_accounts=next((p.get("accounts") or [] for p in self.plan_result.get("parts") or []
+                                  if p.get("part") == "db_password"), []),
             )  # fmt: skip
         if request.op == "rotate-agent" or (request.op == "plan" and (request.agents or request.all_agents)):
             known = self.agent_names()

@@ -27,6 +27,7 @@ def binding(ctx: Context, pre: PasswordPreflight) -> dict[str, Any]:
         db_user=pre.settings.user,
         db_host=pre.settings.host,
         password_fingerprint=pre.fingerprint,
+        accounts=list(pre.routes.accounts()),
     )
 
 

@@ -110,7 +110,8 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
         agent_problems = list(data.get("problems") or [])
     ctx.emitter.part = None
     password_fp = db_facts.get("password_fingerprint")
-    binding = _binding(ctx, pre.key_fingerprint, pre.scheme.label, [a["name"] for a in agents], db_user, password_fp)
+    binding = _binding(ctx, pre.key_fingerprint, pre.scheme.label, [a["name"] for a in agents], db_user, password_fp,
+                       db_facts.get("accounts") or [])
     available = _db_password_available()
     parts = [
         {
@@ -148,11 +149,12 @@ def plan_incident(ctx: Context, request: Request) -> dict[str, Any]:
 
 
 def _binding(
-    ctx: Context, key_fp: str, scheme: str, agents: list[str], db_user: str, password_fp: str | None
+    ctx: Context, key_fp: str, scheme: str, agents: list[str], db_user: str, password_fp: str | None,
+    db_accounts: list[str],
 ) -> dict[str, Any]:
     return protocol.incident_binding(
         panel=ctx.profile.name, engine_version=__version__, key_fingerprint=key_fp,
-        scheme=scheme, agents=agents, db_user=db_user, password_fingerprint=password_fp,
+        scheme=scheme, agents=agents, db_user=db_user, password_fingerprint=password_fp, db_accounts=db_accounts,
     )  # fmt: skip
 
 
@@ -179,8 +181,9 @@ def rotate_incident(ctx: Context, request: Request) -> dict[str, Any]:
         from engine.errors import PlanMismatchError
 
         key = next(p for p in plan["parts"] if p["part"] == "key")
+        database = next(p for p in plan["parts"] if p["part"] == "db_password")
         binding = _binding(ctx, plan["key_fingerprint"], key["scheme"], plan["agents"], plan["db_user"],
-                           plan["password_fingerprint"])  # fmt: skip
+                           plan["password_fingerprint"], database.get("accounts") or [])  # fmt: skip
         # a request may leave the agents out (too many for one request line): the plan hash binds them
         named = request if request.agents is not None else request.replace(agents=binding["agents"])
         try:
