@@ -155,6 +155,28 @@ def test_an_unreachable_mysql_store_is_named_without_its_password() -> None:
     )
 
 
+def test_a_mysql_store_that_accepts_and_never_greets_is_given_up_within_its_connect_timeout() -> None:
+    """A wedged server (it accepts the connection, never sends its greeting) fails the
+    store's opening within connect_timeout, named without its password, instead of
+    holding the bot's thread for ever."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as raised:
+            open_store(f"mysql://rotator:hunter2-very-secret@127.0.0.1:{port}/rotator?connect_timeout=1")
+        assert time.monotonic() - started < 10
+        assert f"mysql://127.0.0.1:{port}/rotator" in str(raised.value)
+        assert "hunter2" not in str(raised.value)
+    finally:
+        listener.close()
+
+
 def test_a_store_url_of_an_unknown_kind_is_refused() -> None:
     with pytest.raises(StoreError, match="must start with sqlite:// or mysql://"):
         open_store("postgres://x@y/z")

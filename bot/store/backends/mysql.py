@@ -44,7 +44,13 @@ class MySQLBackend(Backend):
         self._where = f"mysql://{self._params['host']}:{self._params['port']}/{database}"
 
     def _connect(self) -> Any:
-        return self._pymysql.connect(**self._params)
+        """PyMySQL's connect_timeout bounds the TCP connect only: a server that accepts and
+        never greets would hold a handler's thread for ever. The greeting and the login get
+        the same limit; statements none (the migration lock waits up to 60 s)."""
+        limit = self._params["connect_timeout"]
+        conn = self._pymysql.connect(**self._params, read_timeout=limit, write_timeout=limit)
+        conn._read_timeout = conn._write_timeout = None  # PyMySQL reads both at each read and write
+        return conn
 
     def connection(self) -> Any:
         """This thread's connection, replaced if the server dropped it (restart, idle timeout)."""
