@@ -49,7 +49,8 @@ class MySQLBackend(Backend):
         the same limit; statements none (the migration lock waits up to 60 s)."""
         limit = self._params["connect_timeout"]
         conn = self._pymysql.connect(**self._params, read_timeout=limit, write_timeout=limit)
-        conn._read_timeout = conn._write_timeout = None  # PyMySQL reads both at each read and write
+        # PyMySQL reads both at each read and write (2.2; 1.1 too); tests/bot/test_store.py
+        conn._read_timeout = conn._write_timeout = None  # type: ignore[attr-defined]
         return conn
 
     def connection(self) -> Any:
