@@ -24,7 +24,7 @@ from handlers.access import NO_CHANNEL, AccessPolicy, Directory
 from handlers.commands import PlanningNow, open_request, request_refusal
 from handlers.errors import UserFacingError
 from handlers.lanes import Lane
-from handlers.parsing import AGENT, MAX_REASON, MIN_REASON, Parsed
+from handlers.parsing import MAX_REASON, MIN_REASON, Parsed, agent_names_text, is_agent_name, take_agent_names
 from handlers.ports import HandlerDeps
 from handlers.rotation_request import Person, RotationRequest
 
@@ -136,7 +136,7 @@ class Prefill:
         return cls(
             panel=str(data["panel"]) if data.get("panel") else None,
             op=str(data["op"]) if data.get("op") in ops.modal_kinds() else None,
-            agents=tuple(str(a) for a in data.get("agents") or () if AGENT.match(str(a))),
+            agents=tuple(str(a) for a in data.get("agents") or () if is_agent_name(str(a))),
             reason=str(data.get("reason") or "")[:MAX_REASON],
         )
 
@@ -379,7 +379,7 @@ def request_modal(panels: Sequence[str], prefill: Prefill) -> dict[str, Any]:
     }
     agents: dict[str, Any] = {"type": "plain_text_input", "action_id": AGENTS_INPUT, "max_length": 2000}
     if prefill.agents:
-        agents["initial_value"] = ",".join(prefill.agents)
+        agents["initial_value"] = agent_names_text(prefill.agents)
     reason: dict[str, Any] = {
         "type": "plain_text_input",
         "action_id": REASON_INPUT,
@@ -422,10 +422,11 @@ def parse_submission(values: dict[str, Any], panels: Sequence[str]) -> Parsed | 
         errors[REASON_BLOCK] = "Say why, e.g. \"key older than a year\"."
     elif len(reason) > MAX_REASON:
         errors[REASON_BLOCK] = m.reason_too_long(MAX_REASON)
-    names = tuple(dict.fromkeys(n.strip() for n in agents_text.split(",") if n.strip()))
+    taken = take_agent_names(agents_text) if agents_text else ((), "")
+    names = tuple(dict.fromkeys(taken[0])) if taken else ()
     takes_agents = op in ops.modal_kinds() and ops.get(op).takes_agents
-    if takes_agents and any(not AGENT.match(n) for n in names):
-        errors[AGENTS_BLOCK] = "Agent names are letters, digits, dot, dash, underscore, colon."
+    if takes_agents and (taken is None or taken[1].strip()):
+        errors[AGENTS_BLOCK] = "Separate the names with commas; put a name with a space, a comma or a quote in quotes."
     if errors:
         return errors
     if not takes_agents:

@@ -17,7 +17,10 @@ from handlers import messages as m
 MAX_REASON = 500
 MAX_AGENTS = 500
 MIN_REASON = 3
-AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+#: The reference panel's ``agents.name`` is VARCHAR(100); the engine carries any name but NUL
+MAX_AGENT_NAME = 100
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019"}  # Slack's clients may send curly quotes
+_SLACK_ESCAPES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))  # what Slack escapes in a command's text
 _ADMIN_WORDS = frozenset(
     {"admin", "admin-password", "admin_password", "operator", "operator-password", "password"}
 )
@@ -108,3 +111,54 @@ def parse_panel_reason(text: str, panels: Sequence[str], op: str, *, screen_spec
         return Parsed(op=op, panel=panel, reason=reason_of(words, f"/{op}", example))
     except Refusal as refusal:
         return refusal.message
+
+
+def is_agent_name(name: str) -> bool:
+    """1 to ``MAX_AGENT_NAME`` characters, none of them a control character."""
+    return 0 < len(name) <= MAX_AGENT_NAME and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
+def take_agent_names(text: str) -> tuple[tuple[str, ...], str] | None:
+    """The agent names at the start of ``text`` and the text after them, or None when
+    malformed (an unclosed quote, an empty or over-long name, a control character).
+
+    Names are separated by commas; a name with a space, a comma or a quote is quoted
+    (``"Büro 1",agent-9`` or with curly quotes). Any other name the panel accepts is
+    taken as it is (the engine treats names as data: docs/agents-contract.md), with
+    Slack's ``&lt;``/``&gt;``/``&amp;`` turned back into what was typed."""
+    names: list[str] = []
+    at, text = 0, text.strip()
+    while True:
+        close = _QUOTES.get(text[at:at + 1])
+        if close:
+            end = text.find(close, at + 1)
+            if end < 0:
+                return None
+            name, at = text[at + 1:end], end + 1
+        else:
+            match = re.compile(r"[^\s,]+").match(text, at)
+            if match is None:
+                return None
+            name, at = match.group(0), match.end()
+        for escaped, typed in _SLACK_ESCAPES:
+            name = name.replace(escaped, typed)
+        if not is_agent_name(name):
+            return None
+        names.append(name)
+        if text[at:at + 1] != ",":
+            break
+        at += 1
+        while text[at:at + 1].isspace():  # "a, b"
+            at += 1
+    if at < len(text) and not text[at].isspace():
+        return None  # "a"b: a quote ends a name only where a comma or a space follows
+    return tuple(names), text[at:]
+
+
+def agent_names_text(names: tuple[str, ...] | list[str]) -> str:
+    """Names as ``take_agent_names`` reads them back: quoted where a space, comma or quote needs it."""
+    def one(name: str) -> str:
+        bare = re.fullmatch(r"[^\s,\"'\u201c\u201d\u2018\u2019]+", name) is not None
+        return name if bare else (f'"{name}"' if '"' not in name else f"'{name}'")
+
+    return ", ".join(one(name) for name in names)

@@ -16,7 +16,7 @@ from handlers import blocks
 from handlers import messages as m
 from handlers.ending import Ending
 from handlers.ops import Listener, Operation, run_summary
-from handlers.parsing import AGENT, MAX_AGENTS, Parsed, Refusal, reason_of, take_panel
+from handlers.parsing import MAX_AGENTS, Parsed, Refusal, reason_of, take_agent_names, take_panel
 from handlers.plan_view import PlanView
 from handlers.rotation_request import RotationRequest
 
@@ -26,25 +26,28 @@ MAX_LISTED_AGENTS = 25
 HELP_LINES = (
     m.esc(
         "• `/rotate-agent <agent>[,<agent>…]|--all [panel] <reason>`: give agents new "
-        "tokens by re-running their bootstrap; the old tokens stop working."
+        "tokens by re-running their bootstrap; the old tokens stop working. Quote a name "
+        "with a space, a comma or a quote: `\"Büro 1\",agent-9`."
     ),
 )
 
 
 def parse(text: str, panels: Sequence[str]) -> Parsed | str:
-    """``/rotate-agent <agent>[,<agent>...]|--all [panel] <reason>``."""
+    """``/rotate-agent <agent>[,<agent>...]|--all [panel] <reason>``; a name with a space,
+    a comma or a quote in quotes (``handlers.parsing.take_agent_names``)."""
     words = text.split()
     if not words or (words[0] in panels and len(words) == 1):
         return m.needs_agents(COMMAND)
-    spec = words.pop(0)
-    all_agents = spec in ("--all", "all", "*")
+    all_agents = words[0] in ("--all", "all", "*")
     agents: tuple[str, ...] = ()
-    if not all_agents:
-        names = [n for n in spec.split(",") if n]
-        bad = [n for n in names if not AGENT.match(n)]
-        if not names or bad:
+    if all_agents:
+        spec = words.pop(0)
+    else:
+        taken = take_agent_names(text)
+        if taken is None:
             return m.needs_agents(COMMAND)
-        agents = tuple(dict.fromkeys(names))
+        agents, rest = tuple(dict.fromkeys(taken[0])), taken[1]
+        words, spec = rest.split(), text.strip()[: len(text.strip()) - len(rest)]
         if len(agents) > MAX_AGENTS:
             return f"At most {MAX_AGENTS} agents per request; use `--all` for every agent."
     try:

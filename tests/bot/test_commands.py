@@ -215,6 +215,18 @@ def test_rotate_agent_plans_the_named_agents(make_bot: MakeBot) -> None:
     assert bot.store.get(card_request_id(card)).agents == ("agent-7", "agent-9")
 
 
+def test_rotate_agent_names_any_agent_the_panel_accepts(make_bot: MakeBot) -> None:
+    """Quoted names with spaces and commas, shell syntax and &, < > (which Slack sends
+    escaped) reach the engine's plan request as typed (docs/agents-contract.md: names are
+    data everywhere)."""
+    bot = make_bot()
+    typed = '"Büro 1, Keller","$(touch /tmp/x)",a&b<c> lost laptop'
+    bot.command("/rotate-agent", typed.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    bot.fake.wait_for("chat.postMessage", lambda c: "requested:" in c.text)
+    (plan,) = bot.engine.ops("plan")
+    assert (plan.agents, plan.all_agents) == (["Büro 1, Keller", "$(touch /tmp/x)", "a&b<c>"], False)
+
+
 def test_rotate_agent_without_agents_shows_the_usage(make_bot: MakeBot) -> None:
     bot = make_bot()
     sent = bot.command("/rotate-agent", "")

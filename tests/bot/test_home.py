@@ -248,6 +248,23 @@ def test_the_request_button_opens_the_modal_and_submitting_it_creates_the_reques
     assert ["plan"] == [r.op for r in bot.engine.requests if r.op != "status"]
 
 
+def test_the_request_form_takes_any_agent_name_the_panel_accepts(make_bot: MakeBot) -> None:
+    """The form's agents field reads names as the command does: quoted where a name holds a
+    space, a comma or a quote; a malformed list is answered in the form, nothing filed."""
+    bot = make_bot(**NO_REPEAT)
+    refused = _submit(bot, ALICE, panel=PANEL, kind="rotate-agent", reason="lost laptop", agents='"Büro 1')
+    assert "errors" == refused.json().get("response_action")
+    assert "in quotes" in refused.json()["errors"][home.AGENTS_BLOCK]
+    assert [r.op for r in bot.engine.requests if r.op != "status"] == []
+
+    names = '"Büro 1, Keller", $(id), o\'hare'
+    accepted = _submit(bot, ALICE, panel=PANEL, kind="rotate-agent", reason="lost laptop", agents=names)
+    assert (200, "") == (accepted.status, accepted.answer)
+    bot.fake.wait_for("chat.postMessage", lambda c: "requested:" in c.text)
+    (plan,) = bot.engine.ops("plan")
+    assert plan.agents == ["Büro 1, Keller", "$(id)", "o'hare"]
+
+
 def _reminders(bot: Any) -> list[Call]:
     return [
         c for c in bot.fake.calls_to("chat.postMessage")
