@@ -21,6 +21,8 @@ MIN_REASON = 3
 MAX_AGENT_NAME = 100
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019"}  # Slack's clients may send curly quotes
 _SLACK_ESCAPES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))  # what Slack escapes in a command's text
+_BARE_NAME = re.compile(r"[^\s,]+")
+_NEEDS_NO_QUOTES = re.compile(r"[^\s,\"'\u201c\u201d\u2018\u2019]+")
 _ADMIN_WORDS = frozenset(
     {"admin", "admin-password", "admin_password", "operator", "operator-password", "password"}
 )
@@ -136,7 +138,7 @@ def take_agent_names(text: str) -> tuple[tuple[str, ...], str] | None:
                 return None
             name, at = text[at + 1:end], end + 1
         else:
-            match = re.compile(r"[^\s,]+").match(text, at)
+            match = _BARE_NAME.match(text, at)
             if match is None:
                 return None
             name, at = match.group(0), match.end()
@@ -158,7 +160,9 @@ def take_agent_names(text: str) -> tuple[tuple[str, ...], str] | None:
 def agent_names_text(names: tuple[str, ...] | list[str]) -> str:
     """Names as ``take_agent_names`` reads them back: quoted where a space, comma or quote needs it."""
     def one(name: str) -> str:
-        bare = re.fullmatch(r"[^\s,\"'\u201c\u201d\u2018\u2019]+", name) is not None
-        return name if bare else (f'"{name}"' if '"' not in name else f"'{name}'")
+        if _NEEDS_NO_QUOTES.fullmatch(name):
+            return name
+        opening = next((o for o, c in _QUOTES.items() if c not in name), '"')
+        return f"{opening}{name}{_QUOTES[opening]}"
 
     return ", ".join(one(name) for name in names)
